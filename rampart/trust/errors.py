@@ -1,0 +1,85 @@
+"""Errors of the trust core.
+
+Two families, never mixed (as in python-tuf):
+
+    TrustError                      untrusted input failed a check: refuse it
+    ├── DecodeError                 malformed, oversized, unknown field, wrong type, duplicate key
+    ├── SignatureError              bad signature, unknown key, wrong role
+    │   └── ThresholdError          not enough distinct authorised signers
+    ├── ExpiredError                outside its validity window (expired or not yet valid)
+    ├── RollbackError               version or log size would go backwards
+    ├── ReplayError                 nonce (or job id) seen before
+    ├── WrongDeviceError            not addressed to this device
+    ├── WrongTenantError            object of another tenant
+    ├── CapabilityError             declares something the grant, root or device policy does not allow
+    ├── DigestMismatchError         payload bytes do not match the signed SHA-256
+    └── InconsistentLogError        Merkle inclusion or consistency proof does not verify
+
+    UsageError                      the caller misused the API (a bug, not an attack)
+
+Every TrustError carries ``reason``: a short stable slug (for receipts, logs
+and tests) and a human message without secrets.
+"""
+
+from __future__ import annotations
+
+
+class TrustError(Exception):
+    """Untrusted input was refused. ``reason`` is a stable slug."""
+
+    reason = "untrusted"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.message}"
+
+
+class DecodeError(TrustError):
+    reason = "malformed"
+
+
+class SignatureError(TrustError):
+    reason = "bad-signature"
+
+
+class ThresholdError(SignatureError):
+    reason = "threshold-not-met"
+
+
+class ExpiredError(TrustError):
+    reason = "expired"
+
+
+class RollbackError(TrustError):
+    reason = "rollback"
+
+
+class ReplayError(TrustError):
+    reason = "replay"
+
+
+class WrongDeviceError(TrustError):
+    reason = "wrong-device"
+
+
+class WrongTenantError(TrustError):
+    reason = "wrong-tenant"
+
+
+class CapabilityError(TrustError):
+    reason = "capability-not-granted"
+
+
+class DigestMismatchError(TrustError):
+    reason = "digest-mismatch"
+
+
+class InconsistentLogError(TrustError):
+    reason = "inconsistent-log"
+
+
+class UsageError(Exception):
+    """The caller misused the trust API: a programming error, not an attack."""
