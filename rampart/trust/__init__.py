@@ -1,1 +1,91 @@
-"""Rampart."""
+"""Rampart's trust core: pure, I/O-free verification of everything an agent obeys.
+
+Server, agent and CLI import this package; it imports none of them. Inputs
+are bytes, trusted state and the time; outputs are frozen verified objects or
+a :class:`TrustError` with a precise ``reason``. The trust chain it enforces is
+specified in docs/trust-chain.md.
+"""
+
+from .envelope import Envelope, add_signature, decode_envelope, pae, sign_envelope, verified_signers
+from .errors import (
+    CapabilityError,
+    DecodeError,
+    DigestMismatchError,
+    ExpiredError,
+    InconsistentLogError,
+    ReplayError,
+    RevokedError,
+    RollbackError,
+    SignatureError,
+    ThresholdError,
+    TrustError,
+    UnknownKeyError,
+    UsageError,
+    WrongDeviceError,
+    WrongTenantError,
+)
+from .ids import new_grant_id, new_job_id, new_nonce, new_tenant_id
+from .keyfile import KeyFileError, decode_private_key, encode_plain_private_key, encrypt_private_key
+from .keys import (
+    AutomationKey,
+    AutomationPublicKey,
+    DeviceKey,
+    DevicePublicKey,
+    LogKey,
+    LogPublicKey,
+    OperatorKey,
+    OperatorPublicKey,
+    device_id_for,
+    key_id,
+)
+from .payloads import (
+    Action,
+    Checkpoint,
+    ContainmentReport,
+    Declared,
+    Grant,
+    Job,
+    KeyEntry,
+    PayloadRef,
+    Policy,
+    Receipt,
+    Revocation,
+    RoleSpec,
+    Roles,
+    TenantRoot,
+    decode_payload,
+    encode_payload,
+)
+from .roots import TrustedRoot, check_root_signatures, pin_root, root_sha256, update_root
+from .verify import (
+    Authorization,
+    DevicePolicy,
+    Effective,
+    GrantStatus,
+    LogEvidence,
+    approvers_required,
+    authorize_job,
+    check_log_progress,
+    grant_status,
+    verify_checkpoint,
+    verify_grant,
+    verify_receipt,
+    verify_revocation,
+)
+
+__all__ = [
+    "Action", "Authorization", "AutomationKey", "AutomationPublicKey", "CapabilityError",
+    "Checkpoint", "ContainmentReport", "DecodeError", "Declared", "DeviceKey", "DevicePolicy",
+    "DevicePublicKey", "DigestMismatchError", "Effective", "Envelope", "ExpiredError", "Grant",
+    "GrantStatus", "InconsistentLogError", "Job", "KeyEntry", "KeyFileError", "LogEvidence",
+    "LogKey", "LogPublicKey", "OperatorKey", "OperatorPublicKey", "PayloadRef", "Policy",
+    "Receipt", "ReplayError", "Revocation", "RevokedError", "RoleSpec", "Roles",
+    "RollbackError", "SignatureError", "TenantRoot", "ThresholdError", "TrustError",
+    "TrustedRoot", "UnknownKeyError", "UsageError", "WrongDeviceError", "WrongTenantError",
+    "add_signature", "approvers_required", "authorize_job", "check_log_progress",
+    "check_root_signatures", "decode_envelope", "decode_payload", "decode_private_key",
+    "device_id_for", "encode_payload", "encode_plain_private_key", "encrypt_private_key",
+    "grant_status", "key_id", "new_grant_id", "new_job_id", "new_nonce", "new_tenant_id",
+    "pae", "pin_root", "root_sha256", "sign_envelope", "update_root", "verified_signers",
+    "verify_checkpoint", "verify_grant", "verify_receipt", "verify_revocation",
+]

@@ -4,13 +4,15 @@ Two families, never mixed (as in python-tuf):
 
     TrustError                      untrusted input failed a check: refuse it
     ├── DecodeError                 malformed, oversized, unknown field, wrong type, duplicate key
-    ├── SignatureError              bad signature, unknown key, wrong role
+    ├── SignatureError              bad or missing signature, wrong role
+    │   ├── UnknownKeyError         signed by a key the pinned root does not name
     │   └── ThresholdError          not enough distinct authorised signers
     ├── ExpiredError                outside its validity window (expired or not yet valid)
     ├── RollbackError               version or log size would go backwards
     ├── ReplayError                 nonce (or job id) seen before
     ├── WrongDeviceError            not addressed to this device
     ├── WrongTenantError            object of another tenant
+    ├── RevokedError                the grant was revoked by an approver
     ├── CapabilityError             declares something the grant, root or device policy does not allow
     ├── DigestMismatchError         payload bytes do not match the signed SHA-256
     └── InconsistentLogError        Merkle inclusion or consistency proof does not verify
@@ -45,6 +47,10 @@ class SignatureError(TrustError):
     reason = "bad-signature"
 
 
+class UnknownKeyError(SignatureError):
+    reason = "unknown-key"
+
+
 class ThresholdError(SignatureError):
     reason = "threshold-not-met"
 
@@ -67,6 +73,10 @@ class WrongDeviceError(TrustError):
 
 class WrongTenantError(TrustError):
     reason = "wrong-tenant"
+
+
+class RevokedError(TrustError):
+    reason = "revoked"
 
 
 class CapabilityError(TrustError):

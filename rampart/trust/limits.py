@@ -1,0 +1,33 @@
+"""Typed limits for every size, count and duration an attacker controls.
+
+Every decoder in :mod:`rampart.trust` checks these before doing work, so a
+hostile input costs bounded memory and time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_envelope_bytes: int = 1 << 20
+    max_signatures: int = 32
+    max_keys: int = 256
+    max_devices: int = 10_000
+    max_capabilities: int = 32
+    max_args: int = 64
+    max_arg_bytes: int = 4096
+    max_payloads: int = 16
+    max_paths: int = 32
+    max_ports: int = 64
+    max_string: int = 4096
+    max_reason: int = 2048
+    max_output_bytes: int = 256 * 1024
+    max_job_lifetime_s: int = 7 * 24 * 3600
+    max_job_timeout_s: int = 24 * 3600
+    clock_skew_s: int = 300
+    max_root_versions_per_update: int = 1024
+
+
+DEFAULT_LIMITS = Limits()

@@ -1,0 +1,404 @@
+"""Strictly typed, versioned payloads carried in DSSE envelopes.
+
+Every payload is a frozen msgspec Struct that forbids unknown fields and
+checks its own invariants when built or decoded (``__post_init__``). Decoding
+goes through :func:`decode_payload` only, which turns every failure into a
+:class:`~rampart.trust.errors.DecodeError`; nothing unverified becomes a domain
+object elsewhere.
+
+Payload types (DSSE ``payloadType``)::
+
+    application/vnd.rampart.root.v1+json        TenantRoot
+    application/vnd.rampart.grant.v1+json       Grant
+    application/vnd.rampart.job.v1+json         Job
+    application/vnd.rampart.receipt.v1+json     Receipt
+    application/vnd.rampart.checkpoint.v1+json  Checkpoint
+    application/vnd.rampart.revocation.v1+json  Revocation
+
+See docs/trust-chain.md for what each field means to a verifier.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+from typing import Annotated, ClassVar, Literal, TypeVar
+
+import msgspec
+from msgspec import Meta
+
+from .errors import DecodeError, UsageError
+from .keys import (
+    AutomationPublicKey,
+    LogPublicKey,
+    OperatorPublicKey,
+    PublicKey,
+    b64decode_strict,
+)
+from .limits import DEFAULT_LIMITS
+
+_L = DEFAULT_LIMITS
+
+KeyId = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
+Hex32 = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
+TenantId = Annotated[str, Meta(pattern=r"^tn-[0-9a-z]{16,64}$")]
+DeviceId = Annotated[str, Meta(pattern=r"^dev-[0-9a-f]{24}$")]
+GrantId = Annotated[str, Meta(pattern=r"^gr-[0-9a-z]{16,64}$")]
+JobId = Annotated[str, Meta(pattern=r"^job-[0-9a-z]{16,64}$")]
+Nonce = Annotated[str, Meta(pattern=r"^[0-9a-f]{32,128}$")]
+Time = Annotated[int, Meta(ge=0, le=1 << 40)]
+Name = Annotated[str, Meta(min_length=1, max_length=128)]
+B64Key = Annotated[str, Meta(min_length=44, max_length=44)]
+
+Role = Literal["owner", "approver", "technician", "automation"]
+HUMAN_ROLES: tuple[str, ...] = ("owner", "approver", "technician")
+
+Capability = Literal["script", "file", "package", "patch", "inventory", "backup", "net", "root", "shell"]
+ALL_CAPABILITIES: tuple[str, ...] = (
+    "script", "file", "package", "patch", "inventory", "backup", "net", "root", "shell",
+)
+
+ActionKind = Literal["script", "file", "package", "os-update", "inventory-refresh", "backup-run"]
+#: The capability each action kind needs in the grant.
+ACTION_CAPABILITY: dict[str, str] = {
+    "script": "script",
+    "file": "file",
+    "package": "package",
+    "os-update": "patch",
+    "inventory-refresh": "inventory",
+    "backup-run": "backup",
+}
+#: Actions with no operator-chosen content: the only ones an automation key may sign.
+PAYLOAD_FREE_ACTIONS: frozenset[str] = frozenset({"os-update", "inventory-refresh", "backup-run"})
+
+ROOT_TYPE = "application/vnd.rampart.root.v1+json"
+GRANT_TYPE = "application/vnd.rampart.grant.v1+json"
+JOB_TYPE = "application/vnd.rampart.job.v1+json"
+RECEIPT_TYPE = "application/vnd.rampart.receipt.v1+json"
+CHECKPOINT_TYPE = "application/vnd.rampart.checkpoint.v1+json"
+REVOCATION_TYPE = "application/vnd.rampart.revocation.v1+json"
+
+
+class _Payload(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    PAYLOAD_TYPE: ClassVar[str] = ""
+
+
+def _unique(items: list[str] | list[int], what: str) -> None:
+    if len(set(items)) != len(items):
+        raise ValueError(f"{what} contains duplicates")
+
+
+# --- tenant root ---------------------------------------------------------------------
+
+
+class KeyEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    public: B64Key
+    name: Name
+
+
+class RoleSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    keyids: Annotated[list[KeyId], Meta(max_length=_L.max_keys)] = []
+    threshold: Annotated[int, Meta(ge=1, le=_L.max_keys)] = 1
+
+    def __post_init__(self) -> None:
+        _unique(self.keyids, "role keyids")
+
+
+class Roles(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    owner: RoleSpec
+    approver: RoleSpec = msgspec.field(default_factory=RoleSpec)
+    technician: RoleSpec = msgspec.field(default_factory=RoleSpec)
+    automation: RoleSpec = msgspec.field(default_factory=RoleSpec)
+
+    def get(self, role: str) -> RoleSpec:
+        if role not in ("owner", "approver", "technician", "automation"):
+            raise UsageError(f"unknown role {role!r}")
+        spec: RoleSpec = getattr(self, role)
+        return spec
+
+
+class Policy(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Tenant policy that agents enforce cryptographically."""
+
+    #: Devices one approver alone may grant.
+    approver_device_limit: Annotated[int, Meta(ge=1, le=_L.max_devices)] = 10
+    #: Approvers needed beyond that reach, or for a high-risk capability.
+    approvers_beyond_limit: Annotated[int, Meta(ge=1, le=16)] = 2
+    capabilities: Annotated[list[Capability], Meta(max_length=_L.max_capabilities)] = (
+        msgspec.field(default_factory=lambda: list(ALL_CAPABILITIES))
+    )
+    high_risk_capabilities: Annotated[list[Capability], Meta(max_length=_L.max_capabilities)] = (
+        msgspec.field(default_factory=lambda: ["root", "shell"])
+    )
+    max_grant_seconds: Annotated[int, Meta(ge=60, le=366 * 24 * 3600)] = 8 * 3600
+    #: Longest standing grant for an automation key (payload-free actions only).
+    max_automation_grant_seconds: Annotated[int, Meta(ge=60, le=366 * 24 * 3600)] = 90 * 24 * 3600
+
+    def __post_init__(self) -> None:
+        _unique(self.capabilities, "policy capabilities")
+
+
+class TenantRoot(_Payload, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    PAYLOAD_TYPE: ClassVar[str] = ROOT_TYPE
+    type: Literal["tenant-root"] = "tenant-root"
+    schema: Literal[1] = 1
+    tenant: TenantId
+    name: Name
+    version: Annotated[int, Meta(ge=1, le=1 << 31)]
+    expires: Time
+    keys: Annotated[dict[KeyId, KeyEntry], Meta(max_length=_L.max_keys)]
+    roles: Roles
+    log_keys: Annotated[dict[KeyId, B64Key], Meta(min_length=1, max_length=8)]
+    policy: Policy = msgspec.field(default_factory=Policy)
+
+    def __post_init__(self) -> None:
+        for kid, entry in self.keys.items():
+            raw = b64decode_strict(entry.public, what="root key")
+            if hashlib.sha256(raw).hexdigest() != kid:
+                raise ValueError(f"key id {kid[:16]}… does not match its public key")
+        for kid, pub in self.log_keys.items():
+            raw = b64decode_strict(pub, what="log key")
+            if hashlib.sha256(raw).hexdigest() != kid:
+                raise ValueError(f"log key id {kid[:16]}… does not match its public key")
+            if kid in self.keys:
+                raise ValueError("a log key cannot also be an operator key")
+        human: set[str] = set()
+        for role in ("owner", "approver", "technician", "automation"):
+            spec = self.roles.get(role)
+            for kid in spec.keyids:
+                if kid not in self.keys:
+                    raise ValueError(f"role {role} names key {kid[:16]}… absent from keys")
+            if role != "automation":
+                human.update(spec.keyids)
+        if not self.roles.owner.keyids:
+            raise ValueError("a root needs at least one owner key")
+        if self.roles.owner.threshold > len(self.roles.owner.keyids):
+            raise ValueError("owner threshold exceeds the number of owner keys")
+        if human & set(self.roles.automation.keyids):
+            raise ValueError("an automation key cannot hold a human role")
+
+    def role_keys(self, role: str) -> dict[str, PublicKey]:
+        """Public keys of ``role`` as typed keys (automation keys are their own type)."""
+        cls: type[PublicKey] = AutomationPublicKey if role == "automation" else OperatorPublicKey
+        return {kid: cls.from_b64(self.keys[kid].public) for kid in self.roles.get(role).keyids}
+
+    def log_public_keys(self) -> dict[str, PublicKey]:
+        return {kid: LogPublicKey.from_b64(pub) for kid, pub in self.log_keys.items()}
+
+    def key_name(self, keyid: str) -> str:
+        entry = self.keys.get(keyid)
+        return entry.name if entry else keyid[:16]
+
+    def roles_of(self, keyid: str) -> list[str]:
+        return [r for r in ("owner", "approver", "technician", "automation")
+                if keyid in self.roles.get(r).keyids]
+
+
+# --- grant ------------------------------------------------------------------------------
+
+
+class Grant(_Payload, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Just-in-time access: which key may act on which devices, with what, and when."""
+
+    PAYLOAD_TYPE: ClassVar[str] = GRANT_TYPE
+    type: Literal["grant"] = "grant"
+    schema: Literal[1] = 1
+    id: GrantId
+    tenant: TenantId
+    grantee: KeyId
+    devices: Annotated[list[DeviceId], Meta(min_length=1, max_length=_L.max_devices)]
+    capabilities: Annotated[list[Capability], Meta(min_length=1, max_length=_L.max_capabilities)]
+    #: For an automation grantee: the payload-free actions it may trigger.
+    actions: Annotated[list[ActionKind], Meta(max_length=8)] = []
+    not_before: Time
+    not_after: Time
+    reason: Annotated[str, Meta(min_length=1, max_length=_L.max_reason)]
+    requested_by: Annotated[str, Meta(max_length=128)] = ""
+
+    def __post_init__(self) -> None:
+        _unique(self.devices, "grant devices")
+        _unique(self.capabilities, "grant capabilities")
+        _unique(self.actions, "grant actions")
+        if self.not_after <= self.not_before:
+            raise ValueError("grant not_after must be later than not_before")
+        for a in self.actions:
+            if a not in PAYLOAD_FREE_ACTIONS:
+                raise ValueError(f"grant action {a!r} is not payload-free")
+
+
+# --- job --------------------------------------------------------------------------------
+
+
+class PayloadRef(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    name: Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
+    sha256: Hex32
+    size: Annotated[int, Meta(ge=0, le=1 << 30)]
+
+
+class Action(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    kind: ActionKind
+    args: Annotated[
+        list[Annotated[str, Meta(max_length=_L.max_arg_bytes)]], Meta(max_length=_L.max_args)
+    ] = []
+    payloads: Annotated[list[PayloadRef], Meta(max_length=_L.max_payloads)] = []
+
+    def __post_init__(self) -> None:
+        names = [p.name for p in self.payloads]
+        _unique(names, "payload names")
+        if self.kind in PAYLOAD_FREE_ACTIONS and (self.args or self.payloads):
+            raise ValueError(f"action {self.kind} takes no arguments and no payloads")
+        if self.kind == "script" and names != ["script"]:
+            raise ValueError("a script action carries exactly one payload named 'script'")
+        if any("\x00" in a for a in self.args):
+            raise ValueError("arguments may not contain NUL")
+
+
+AbsPath = Annotated[str, Meta(min_length=1, max_length=1024, pattern=r"^/")]
+Port = Annotated[int, Meta(ge=1, le=65535)]
+
+
+class Declared(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """What the job declares it needs; containment allows exactly this and no more."""
+
+    writes: Annotated[list[AbsPath], Meta(max_length=_L.max_paths)] = []
+    connect: Annotated[list[Port], Meta(max_length=_L.max_ports)] = []
+    run_as: Literal["job", "root"] = "job"
+
+    def __post_init__(self) -> None:
+        _unique(self.writes, "declared writes")
+        _unique(self.connect, "declared ports")
+        for p in self.writes:
+            if "\x00" in p or posixpath.normpath(p) != p or p.startswith("//"):
+                raise ValueError(f"declared write path {p!r} is not a normalised absolute path")
+
+
+class Job(_Payload, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    PAYLOAD_TYPE: ClassVar[str] = JOB_TYPE
+    type: Literal["job"] = "job"
+    schema: Literal[1] = 1
+    id: JobId
+    tenant: TenantId
+    grant: GrantId
+    signer: KeyId
+    devices: Annotated[list[DeviceId], Meta(min_length=1, max_length=_L.max_devices)]
+    action: Action
+    declared: Declared = msgspec.field(default_factory=Declared)
+    timeout_s: Annotated[int, Meta(ge=1, le=_L.max_job_timeout_s)] = 300
+    nonce: Nonce
+    issued_at: Time
+    expires_at: Time
+
+    def __post_init__(self) -> None:
+        _unique(self.devices, "job devices")
+        if self.expires_at <= self.issued_at:
+            raise ValueError("job expires_at must be later than issued_at")
+        if self.expires_at - self.issued_at > _L.max_job_lifetime_s:
+            raise ValueError("job lifetime exceeds the limit")
+
+    def required_capabilities(self) -> frozenset[str]:
+        """Capabilities the grant must hold for this job."""
+        caps = {ACTION_CAPABILITY[self.action.kind]}
+        if self.declared.connect:
+            caps.add("net")
+        if self.declared.run_as == "root":
+            caps.add("root")
+        return frozenset(caps)
+
+
+# --- receipt ----------------------------------------------------------------------------
+
+
+class ContainmentReport(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    level: Literal["full", "filesystem", "none"]
+    landlock_abi: Annotated[int, Meta(ge=0, le=64)]
+    filesystem: bool
+    network: bool
+    no_new_privs: bool
+    user: Annotated[str, Meta(max_length=64)]
+    uid: int
+    timeout_s: float
+    limits: dict[Annotated[str, Meta(max_length=32)], int] = {}
+
+
+class Receipt(_Payload, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """What a device did with a job, signed with its device key."""
+
+    PAYLOAD_TYPE: ClassVar[str] = RECEIPT_TYPE
+    type: Literal["receipt"] = "receipt"
+    schema: Literal[1] = 1
+    tenant: TenantId
+    job: JobId
+    device: DeviceId
+    outcome: Literal["ran", "refused", "failed"]
+    #: Refusal reason slug (see rampart.trust.errors) when outcome is "refused".
+    refusal: Annotated[str, Meta(max_length=64)] = ""
+    detail: Annotated[str, Meta(max_length=_L.max_string)] = ""
+    exit_code: int | None = None
+    signal: int | None = None
+    timed_out: bool = False
+    stdout: Annotated[str, Meta(max_length=_L.max_output_bytes * 2)] = ""
+    stderr: Annotated[str, Meta(max_length=_L.max_output_bytes * 2)] = ""
+    stdout_sha256: Hex32 = hashlib.sha256(b"").hexdigest()
+    stderr_sha256: Hex32 = hashlib.sha256(b"").hexdigest()
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    started_at: float = 0.0
+    ended_at: float = 0.0
+    containment: ContainmentReport | None = None
+
+
+# --- log checkpoint ---------------------------------------------------------------------
+
+
+class Checkpoint(_Payload, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A signed tree head of a tenant's audit log (RFC 9162 hashing)."""
+
+    PAYLOAD_TYPE: ClassVar[str] = CHECKPOINT_TYPE
+    type: Literal["checkpoint"] = "checkpoint"
+    schema: Literal[1] = 1
+    log: TenantId
+    size: Annotated[int, Meta(ge=0, le=1 << 48)]
+    root: Hex32
+    time: Time
+
+
+# --- grant revocation -------------------------------------------------------------------
+
+
+class Revocation(_Payload, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """An approver ends a grant early; agents refuse it from then on."""
+
+    PAYLOAD_TYPE: ClassVar[str] = REVOCATION_TYPE
+    type: Literal["revocation"] = "revocation"
+    schema: Literal[1] = 1
+    tenant: TenantId
+    grant: GrantId
+    issued_at: Time
+    reason: Annotated[str, Meta(max_length=_L.max_reason)] = ""
+
+
+# --- encoding ---------------------------------------------------------------------------
+
+T = TypeVar("T", bound=_Payload)
+
+_ENCODER = msgspec.json.Encoder()
+
+
+def encode_payload(obj: _Payload) -> bytes:
+    """Serialise a payload (the bytes that get signed)."""
+    return _ENCODER.encode(obj)
+
+
+def decode_payload(data: bytes, cls: type[T], *, max_bytes: int = DEFAULT_LIMITS.max_envelope_bytes) -> T:
+    """Decode payload bytes into ``cls`` strictly, or raise DecodeError."""
+    from .envelope import strict_json
+
+    doc = strict_json(data, max_bytes=max_bytes, what=cls.__name__)
+    try:
+        return msgspec.convert(doc, cls, strict=True)
+    except msgspec.ValidationError as exc:
+        raise DecodeError(f"{cls.__name__}: {exc}") from None
+    except (DecodeError, UsageError):
+        raise
+    except (ValueError, TypeError) as exc:  # pragma: no cover - msgspec wraps these
+        raise DecodeError(f"{cls.__name__}: {exc}") from None

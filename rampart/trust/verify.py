@@ -1,0 +1,351 @@
+"""Verification of grants, jobs, checkpoints and receipts: the agent's one entry point.
+
+:func:`authorize_job` is the only way a job becomes runnable. Its steps, in
+order (docs/trust-chain.md, "Verifying a job"):
+
+1. Decode the job envelope strictly; it must name the pinned root's tenant.
+2. The signer is a technician or automation key of the pinned root, and its
+   signature over the exact bytes verifies.
+3. The grant verifies (:func:`verify_grant`): approver signatures as the
+   root's policy requires for its reach, never counting the grantee's own
+   key; valid now; within the policy's longest grant.
+4. The job names that grant, its signer is the grant's grantee, and the grant
+   has not been revoked.
+5. This device is a target of the job; every target is covered by the grant.
+6. The job is within its own validity window and was issued within the grant's.
+7. Every capability the job needs is in the grant and in the tenant policy;
+   an automation key may only trigger payload-free actions the grant names.
+8. The device policy allows what the job declares (write paths under the
+   device's write roots and away from the agent's protected paths; root; network).
+9. Every payload's SHA-256 and size match the signed job.
+10. The log checkpoint is signed by the root's log key, is consistent with the
+    last checkpoint this device saw, and includes this exact job envelope.
+11. The nonce and job id were never seen on this device.
+
+"Now" is taken once by the caller and passed in. Nothing here does I/O or
+mutates state: the caller persists the new checkpoint and nonce only after
+this returns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+from collections.abc import Container, Mapping, Sequence
+from dataclasses import dataclass
+
+from . import merkle
+from .envelope import decode_envelope, verified_signers
+from .errors import (
+    CapabilityError,
+    DigestMismatchError,
+    ExpiredError,
+    InconsistentLogError,
+    ReplayError,
+    RevokedError,
+    RollbackError,
+    SignatureError,
+    ThresholdError,
+    UnknownKeyError,
+    WrongDeviceError,
+    WrongTenantError,
+)
+from .keys import DevicePublicKey
+from .limits import DEFAULT_LIMITS, Limits
+from .payloads import (
+    CHECKPOINT_TYPE,
+    GRANT_TYPE,
+    JOB_TYPE,
+    PAYLOAD_FREE_ACTIONS,
+    RECEIPT_TYPE,
+    REVOCATION_TYPE,
+    Checkpoint,
+    Grant,
+    Job,
+    Receipt,
+    Revocation,
+    TenantRoot,
+    decode_payload,
+)
+from .roots import TrustedRoot
+
+
+def approvers_required(root: TenantRoot, grant: Grant) -> int:
+    """Approver signatures the tenant policy requires for this grant's reach."""
+    p = root.policy
+    if len(grant.devices) > p.approver_device_limit or (
+        set(grant.capabilities) & set(p.high_risk_capabilities)
+    ):
+        return p.approvers_beyond_limit
+    return 1
+
+
+@dataclass(frozen=True, slots=True)
+class GrantStatus:
+    """A grant's signature status, without raising (for display while approvers sign)."""
+
+    grant: Grant
+    required: int
+    approved_by: frozenset[str]
+
+    @property
+    def complete(self) -> bool:
+        return len(self.approved_by) >= self.required
+
+
+def grant_status(root: TrustedRoot, grant_bytes: bytes, *,
+                 limits: Limits = DEFAULT_LIMITS) -> GrantStatus:
+    """Decode a grant envelope and count valid approver signatures.
+
+    The grantee's own key never counts, even if it is also an approver.
+    """
+    env = decode_envelope(grant_bytes, expect_type=GRANT_TYPE, limits=limits)
+    grant = decode_payload(env.payload, Grant, max_bytes=limits.max_envelope_bytes)
+    if grant.tenant != root.tenant:
+        raise WrongTenantError("grant names another tenant")
+    required = approvers_required(root.root, grant)
+    eligible = {k: v for k, v in root.approvers.items() if k != grant.grantee}
+    res = verified_signers(env, eligible, threshold=required)
+    return GrantStatus(grant, required, res.signed)
+
+
+def verify_grant(root: TrustedRoot, grant_bytes: bytes, *, now: int,
+                 limits: Limits = DEFAULT_LIMITS) -> Grant:
+    """Return the grant if it is fully approved and valid at ``now``; else raise."""
+    st = grant_status(root, grant_bytes, limits=limits)
+    grant = st.grant
+    is_automation = grant.grantee in root.automation
+    if grant.grantee not in root.technicians and not is_automation:
+        raise UnknownKeyError("grant is for a key that is not a technician or automation key of the root")
+    if not st.complete:
+        raise ThresholdError(
+            f"grant has {len(st.approved_by)} of {st.required} approver signatures required "
+            f"for {len(grant.devices)} device(s) and capabilities {sorted(grant.capabilities)}"
+        )
+    policy = root.root.policy
+    refused = set(grant.capabilities) - set(policy.capabilities)
+    if refused:
+        raise CapabilityError(f"tenant policy does not allow {sorted(refused)}")
+    longest = policy.max_automation_grant_seconds if is_automation else policy.max_grant_seconds
+    if grant.not_after - grant.not_before > longest:
+        raise CapabilityError(f"grant lasts longer than the policy's {longest} s")
+    if now < grant.not_before - limits.clock_skew_s:
+        raise ExpiredError("grant is not valid yet")
+    if now >= grant.not_after:
+        raise ExpiredError("grant has expired")
+    return grant
+
+
+def verify_revocation(root: TrustedRoot, data: bytes, *, limits: Limits = DEFAULT_LIMITS) -> Revocation:
+    """A revocation counts when signed by any approver or owner of the root."""
+    env = decode_envelope(data, expect_type=REVOCATION_TYPE, limits=limits)
+    rev = decode_payload(env.payload, Revocation, max_bytes=limits.max_envelope_bytes)
+    if rev.tenant != root.tenant:
+        raise WrongTenantError("revocation names another tenant")
+    signers = {**root.approvers, **root.owners}
+    if not verified_signers(env, signers, threshold=1).met:
+        raise UnknownKeyError("revocation is not signed by an approver or owner of the root")
+    return rev
+
+
+def verify_checkpoint(root: TrustedRoot, data: bytes, *, now: int,
+                      limits: Limits = DEFAULT_LIMITS) -> Checkpoint:
+    """A checkpoint of this tenant's log, signed by a log key the root names."""
+    env = decode_envelope(data, expect_type=CHECKPOINT_TYPE, limits=limits)
+    cp = decode_payload(env.payload, Checkpoint, max_bytes=limits.max_envelope_bytes)
+    if cp.log != root.tenant:
+        raise WrongTenantError("checkpoint is for another tenant's log")
+    if not verified_signers(env, root.log_keys, threshold=1).met:
+        raise UnknownKeyError("checkpoint is not signed by a log key of the root")
+    if cp.time > now + limits.clock_skew_s:
+        raise ExpiredError("checkpoint is dated in the future")
+    return cp
+
+
+def check_log_progress(last: Checkpoint | None, new: Checkpoint, consistency: Sequence[bytes]) -> None:
+    """The new checkpoint extends the last one seen (RFC 9162 consistency), never shrinks it."""
+    if last is None:
+        return
+    if new.size < last.size:
+        raise RollbackError(f"log shrank from {last.size} to {new.size} entries")
+    try:
+        merkle.verify_consistency(
+            old_size=last.size, new_size=new.size, old_root=bytes.fromhex(last.root),
+            new_root=bytes.fromhex(new.root), proof=consistency,
+        )
+    except InconsistentLogError as exc:
+        raise InconsistentLogError(
+            f"checkpoint at size {new.size} is inconsistent with the one seen at size {last.size}: "
+            f"{exc.message}"
+        ) from None
+
+
+@dataclass(frozen=True, slots=True)
+class DevicePolicy:
+    """What this device allows any job, whatever its grant says (set locally, never by the server)."""
+
+    device_id: str
+    write_roots: tuple[str, ...] = ()
+    protected_paths: tuple[str, ...] = ()
+    allow_root: bool = False
+    allow_network: bool = True
+    max_timeout_s: int = 3600
+
+
+@dataclass(frozen=True, slots=True)
+class LogEvidence:
+    """Proof that a job is in the tenant's audit log."""
+
+    checkpoint: bytes
+    index: int
+    inclusion: tuple[bytes, ...]
+    consistency: tuple[bytes, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Effective:
+    """The capabilities a job actually gets: declared ∩ granted ∩ device policy."""
+
+    writes: tuple[str, ...]
+    connect: tuple[int, ...]
+    run_as: str
+    timeout_s: int
+
+
+@dataclass(frozen=True, slots=True)
+class Authorization:
+    job: Job
+    grant: Grant
+    checkpoint: Checkpoint
+    effective: Effective
+    signer_role: str
+
+
+def _under(path: str, root: str) -> bool:
+    root = root.rstrip("/") or "/"
+    return path == root or path.startswith(root if root == "/" else root + "/")
+
+
+def _check_device_policy(job: Job, device: DevicePolicy) -> Effective:
+    d = job.declared
+    if d.run_as == "root" and not device.allow_root:
+        raise CapabilityError("this device does not allow jobs to run as root")
+    if d.connect and not device.allow_network:
+        raise CapabilityError("this device does not allow jobs network access")
+    for p in d.writes:
+        norm = posixpath.normpath(p)
+        if not any(_under(norm, r) for r in device.write_roots):
+            raise CapabilityError(f"write path {p} is outside the device's allowed write roots")
+        for prot in device.protected_paths:
+            if _under(norm, prot) or _under(prot, norm):
+                raise CapabilityError(f"write path {p} overlaps the agent's protected files")
+    if job.timeout_s > device.max_timeout_s:
+        raise CapabilityError(f"timeout {job.timeout_s} s exceeds the device limit")
+    return Effective(tuple(d.writes), tuple(d.connect), d.run_as, job.timeout_s)
+
+
+def authorize_job(
+    *,
+    root: TrustedRoot,
+    grant: bytes,
+    job: bytes,
+    payloads: Mapping[str, bytes],
+    log: LogEvidence,
+    last_checkpoint: Checkpoint | None,
+    device: DevicePolicy,
+    now: int,
+    seen_nonces: Container[str],
+    seen_jobs: Container[str] = frozenset(),
+    revoked_grants: Container[str] = frozenset(),
+    limits: Limits = DEFAULT_LIMITS,
+) -> Authorization:
+    """Decide whether this device may run ``job``; return its effective capabilities or raise.
+
+    Raises a :class:`~rampart.trust.errors.TrustError` whose ``reason`` is the
+    precise refusal. Pure: the caller persists nonce and checkpoint afterwards.
+    """
+    # 1. decode
+    env = decode_envelope(job, expect_type=JOB_TYPE, limits=limits)
+    j = decode_payload(env.payload, Job, max_bytes=limits.max_envelope_bytes)
+    if j.tenant != root.tenant:
+        raise WrongTenantError("job names another tenant")
+    # 2. signer
+    if j.signer in root.technicians:
+        role, key = "technician", root.technicians[j.signer]
+    elif j.signer in root.automation:
+        role, key = "automation", root.automation[j.signer]
+    else:
+        raise UnknownKeyError("job signer is not a technician or automation key of the pinned root")
+    if not verified_signers(env, {j.signer: key}, threshold=1).met:
+        raise SignatureError("job signature is missing or invalid")
+    # 3. grant
+    g = verify_grant(root, grant, now=now, limits=limits)
+    # 4. binding
+    if g.id != j.grant:
+        raise CapabilityError("job names a different grant than the one supplied")
+    if g.grantee != j.signer:
+        raise CapabilityError("job signer is not the grant's grantee")
+    if g.id in revoked_grants:
+        raise RevokedError("the grant was revoked")
+    # 5. devices
+    if device.device_id not in j.devices:
+        raise WrongDeviceError("this device is not a target of the job")
+    outside = set(j.devices) - set(g.devices)
+    if outside:
+        raise CapabilityError(f"job targets {len(outside)} device(s) outside the grant")
+    # 6. time
+    if now >= j.expires_at:
+        raise ExpiredError("job has expired")
+    if j.issued_at > now + limits.clock_skew_s:
+        raise ExpiredError("job is issued in the future")
+    if not (g.not_before - limits.clock_skew_s <= j.issued_at < g.not_after):
+        raise ExpiredError("job was issued outside the grant's window")
+    # 7. capabilities
+    needed = j.required_capabilities()
+    missing = needed - set(g.capabilities)
+    if missing:
+        raise CapabilityError(f"grant does not give {sorted(missing)}")
+    not_allowed = needed - set(root.root.policy.capabilities)
+    if not_allowed:
+        raise CapabilityError(f"tenant policy does not allow {sorted(not_allowed)}")
+    if role == "automation":
+        if j.action.kind not in PAYLOAD_FREE_ACTIONS or j.action.kind not in g.actions:
+            raise CapabilityError(
+                f"an automation key may not sign a {j.action.kind!r} action under this grant"
+            )
+        if j.declared.writes or j.declared.connect or j.declared.run_as != "job":
+            raise CapabilityError("an automation job may not declare capabilities")
+    # 8. device policy
+    effective = _check_device_policy(j, device)
+    # 9. payload digests
+    wanted = {p.name for p in j.action.payloads}
+    extra = set(payloads) - wanted
+    if extra:
+        raise DigestMismatchError(f"unexpected payload(s) {sorted(extra)}")
+    for ref in j.action.payloads:
+        data = payloads.get(ref.name)
+        if data is None:
+            raise DigestMismatchError(f"payload {ref.name!r} is missing")
+        if len(data) != ref.size or hashlib.sha256(data).hexdigest() != ref.sha256:
+            raise DigestMismatchError(f"payload {ref.name!r} does not match its signed SHA-256")
+    # 10. audit log
+    cp = verify_checkpoint(root, log.checkpoint, now=now, limits=limits)
+    check_log_progress(last_checkpoint, cp, log.consistency)
+    merkle.verify_inclusion(
+        leaf_hash=merkle.leaf_hash(job), index=log.index, tree_size=cp.size,
+        proof=log.inclusion, root=bytes.fromhex(cp.root),
+    )
+    # 11. replay
+    if j.nonce in seen_nonces or j.id in seen_jobs:
+        raise ReplayError("this job was already seen on this device")
+    return Authorization(j, g, cp, effective, role)
+
+
+def verify_receipt(data: bytes, device_key: DevicePublicKey, *,
+                   limits: Limits = DEFAULT_LIMITS) -> Receipt:
+    """A receipt signed by exactly this device's key."""
+    env = decode_envelope(data, expect_type=RECEIPT_TYPE, limits=limits)
+    r = decode_payload(env.payload, Receipt, max_bytes=limits.max_envelope_bytes)
+    if not verified_signers(env, {device_key.key_id: device_key}, threshold=1).met:
+        raise SignatureError("receipt is not signed by the device's key")
+    return r
