@@ -56,7 +56,14 @@ from .payloads import (
     decode_payload,
     encode_payload,
 )
-from .roots import TrustedRoot, check_root_signatures, pin_root, root_sha256, update_root
+from .roots import (
+    TrustedRoot,
+    check_root_signatures,
+    pin_root,
+    reload_root,
+    root_sha256,
+    update_root,
+)
 from .verify import (
     Authorization,
     DevicePolicy,
@@ -86,6 +93,6 @@ __all__ = [
     "check_root_signatures", "decode_envelope", "decode_payload", "decode_private_key",
     "device_id_for", "encode_payload", "encode_plain_private_key", "encrypt_private_key",
     "grant_status", "key_id", "new_grant_id", "new_job_id", "new_nonce", "new_tenant_id",
-    "pae", "pin_root", "root_sha256", "sign_envelope", "update_root", "verified_signers",
+    "pae", "pin_root", "reload_root", "root_sha256", "sign_envelope", "update_root", "verified_signers",
     "verify_checkpoint", "verify_grant", "verify_receipt", "verify_revocation",
 ]

@@ -317,6 +317,7 @@ class ContainmentReport(msgspec.Struct, frozen=True, forbid_unknown_fields=True,
     user: Annotated[str, Meta(max_length=64)]
     uid: int
     timeout_s: float
+    ipc_scoped: bool = False
     limits: dict[Annotated[str, Meta(max_length=32)], int] = {}
 
 

@@ -144,3 +144,17 @@ def update_root(trusted: TrustedRoot, new_envelopes: Sequence[bytes], *, now: in
     if current.root.expires <= now:
         raise ExpiredError(f"newest root v{current.root.version} is expired")
     return current
+
+
+def reload_root(envelope_bytes: bytes, *, limits: Limits = DEFAULT_LIMITS) -> TrustedRoot:
+    """Rebuild a root the caller verified earlier and kept in protected storage.
+
+    Checks the owner threshold again but not expiry: an expired pinned root
+    still anchors the rotation to its successor (rule 4); callers that act on
+    a root check expiry through :func:`update_root` or the objects it signs.
+    """
+    env, root = _decode_root(envelope_bytes, limits)
+    res = owner_signatures(env, root)
+    if not res.met:
+        raise ThresholdError(f"stored root v{root.version} lacks its owner signatures")
+    return _trusted(root, envelope_bytes)

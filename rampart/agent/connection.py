@@ -1,0 +1,152 @@
+"""The agent's link to the server: one pinned-TLS WebSocket, reconnecting with jittered back-off.
+
+The connection carries no authority: whatever arrives is verified by
+:class:`rampart.agent.core.Agent` before anything happens. Receipts stay in
+the durable outbox until the server acknowledges them and are resent on
+every reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import random
+import ssl
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import WebSocketException
+
+from .core import Agent
+from .enroll import AGENT_VERSION
+
+log = logging.getLogger("rampart.agent")
+
+MAX_MESSAGE = 4 * 1024 * 1024
+BACKOFF_FIRST_S = 1.0
+BACKOFF_MAX_S = 60.0
+
+
+def backoff_delays(first: float = BACKOFF_FIRST_S, cap: float = BACKOFF_MAX_S) -> Any:
+    """Exponential back-off with ±50 % jitter, so a fleet does not reconnect in lockstep."""
+    delay = first
+    while True:
+        yield delay * random.uniform(0.5, 1.5)
+        delay = min(cap, delay * 2)
+
+
+def auth_message(nonce: str, device_id: str) -> bytes:
+    return b"rampart-agent-auth-v1\n" + nonce.encode() + b"\n" + device_id.encode()
+
+
+class Link:
+    """One agent's session loop."""
+
+    def __init__(self, agent: Agent, server_url: str, ssl_context: ssl.SSLContext) -> None:
+        self.agent = agent
+        self.url = server_url.replace("https://", "wss://", 1).rstrip("/") + "/agent/v1/ws"
+        self.ssl = ssl_context
+        self.jobs: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.ws: ClientConnection | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await asyncio.to_thread(self.agent.recover_interrupted)
+        worker = asyncio.create_task(self._work())
+        delays = backoff_delays()
+        try:
+            while not stop.is_set():
+                try:
+                    await self._session(stop)
+                    delays = backoff_delays()
+                except (OSError, WebSocketException, asyncio.TimeoutError, ValueError) as exc:
+                    log.info("connection to server lost: %s", type(exc).__name__)
+                self.ws = None
+                if stop.is_set():
+                    break
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=next(delays))
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            worker.cancel()
+
+    async def _session(self, stop: asyncio.Event) -> None:
+        async with connect(self.url, ssl=self.ssl, max_size=MAX_MESSAGE, open_timeout=15,
+                           ping_interval=20, ping_timeout=20, close_timeout=5) as ws:
+            challenge = json.loads(await asyncio.wait_for(ws.recv(), 15))
+            if challenge.get("type") != "challenge" or not isinstance(challenge.get("nonce"), str):
+                raise ValueError("expected a challenge")
+            sig = self.agent.key.sign(auth_message(challenge["nonce"], self.agent.device_id))
+            await ws.send(json.dumps({
+                "type": "hello", "device": self.agent.device_id,
+                "sig": base64.b64encode(sig).decode(), "agent_version": AGENT_VERSION,
+                "root_version": self.agent.root_version(),
+                "checkpoint_size": self.agent.checkpoint_size(),
+            }))
+            welcome = json.loads(await asyncio.wait_for(ws.recv(), 15))
+            if welcome.get("type") != "welcome":
+                raise ValueError("server did not welcome this device")
+            log.info("connected to %s as %s (%s)", self.url, self.agent.device_id,
+                     welcome.get("status"))
+            self.ws = ws
+            for pending in await asyncio.to_thread(self.agent.state.unacked_receipts):
+                await self._send_receipt(pending.job_id, pending.receipt)
+            stopper = asyncio.create_task(stop.wait())
+            try:
+                while True:
+                    recv = asyncio.create_task(ws.recv())
+                    done, _ = await asyncio.wait({recv, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                    if stopper in done:
+                        recv.cancel()
+                        return
+                    await self._dispatch(json.loads(recv.result()))
+            finally:
+                stopper.cancel()
+
+    async def _dispatch(self, msg: Any) -> None:
+        if not isinstance(msg, dict):
+            return
+        kind = msg.get("type")
+        if kind == "job":
+            await self.jobs.put(msg)
+        elif kind == "ack" and isinstance(msg.get("job_id"), str):
+            await asyncio.to_thread(self.agent.state.mark_acked, msg["job_id"])
+        elif kind == "roots" and isinstance(msg.get("envelopes"), list):
+            envs = [e.encode() for e in msg["envelopes"] if isinstance(e, str)]
+            try:
+                await asyncio.to_thread(self.agent.apply_roots, envs)
+            except Exception as exc:  # a refused root changes nothing; keep serving
+                log.warning("refused root update: %s", exc)
+            await self._send_state()
+
+    async def _send_state(self) -> None:
+        if self.ws is not None:
+            await self.ws.send(json.dumps({
+                "type": "state", "root_version": self.agent.root_version(),
+                "checkpoint_size": self.agent.checkpoint_size(),
+            }))
+
+    async def _send_receipt(self, job_id: str, receipt: bytes) -> None:
+        if self.ws is None:
+            return
+        try:
+            await self.ws.send(json.dumps({
+                "type": "receipt", "job_id": job_id, "receipt": receipt.decode(),
+                "checkpoint_size": self.agent.checkpoint_size(),
+            }))
+        except (OSError, WebSocketException):
+            log.info("receipt for %s kept in the outbox until the server is back", job_id)
+
+    async def _work(self) -> None:
+        """Run jobs one at a time, in arrival order."""
+        while True:
+            msg = await self.jobs.get()
+            try:
+                receipt = await asyncio.to_thread(self.agent.handle_job, msg)
+            except Exception:
+                log.exception("job handling failed")
+                continue
+            if receipt is not None:
+                await self._send_receipt(str(msg.get("job_id")), receipt)

@@ -1,0 +1,333 @@
+"""The agent's decision and execution path for one job: verify, record, contain, receipt.
+
+Security invariants (docs/trust-chain.md, docs/containment.md):
+
+* Nothing runs unless :func:`rampart.trust.authorize_job` accepted it against
+  the pinned root, the last checkpoint seen and the device policy.
+* The nonce, job id and new checkpoint are committed before the job starts.
+* A job runs only through :func:`rampart.agent.containment.run_contained`
+  with exactly the effective capabilities, never more; the receipt reports
+  the containment the child actually applied.
+* Every outcome (ran, refused, failed) yields a receipt signed by the device key.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import logging
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rampart import trust
+from rampart.trust import merkle
+from rampart.trust.payloads import Checkpoint, ContainmentReport, Receipt, decode_payload
+from rampart.trust.roots import reload_root
+
+from . import containment
+from .state import AgentState
+
+log = logging.getLogger("rampart.agent")
+
+_JOB_ID = re.compile(r"^job-[0-9a-z]{16,64}$")
+MAX_OUTPUT = 64 * 1024
+
+
+class MessageError(Exception):
+    """A server message is malformed (it is dropped; nothing runs)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceConfig:
+    """The local device policy, fixed at enrolment by the device's administrator."""
+
+    write_roots: tuple[str, ...]
+    allow_root: bool
+    allow_network: bool
+    job_user: str | None
+    require_containment: str
+    max_timeout_s: int
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> DeviceConfig:
+        return cls(
+            write_roots=tuple(str(p) for p in doc.get("write_roots", [])),
+            allow_root=bool(doc.get("allow_root", False)),
+            allow_network=bool(doc.get("allow_network", True)),
+            job_user=doc.get("job_user") or None,
+            require_containment=str(doc.get("require_containment", "full")),
+            max_timeout_s=int(doc.get("max_timeout_s", 3600)),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "write_roots": list(self.write_roots), "allow_root": self.allow_root,
+            "allow_network": self.allow_network, "job_user": self.job_user,
+            "require_containment": self.require_containment, "max_timeout_s": self.max_timeout_s,
+        }
+
+
+def protected_paths(state_dir: Path) -> tuple[str, ...]:
+    """The agent's own files: state, keys, logs and code. Never writable by a job."""
+    code = Path(trust.__file__).resolve().parent.parent
+    paths = {str(state_dir.resolve()), str(code), str(Path(sys.prefix).resolve())}
+    return tuple(sorted(paths))
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(text: object, what: str) -> bytes:
+    if not isinstance(text, str):
+        raise MessageError(f"{what} must be base64 text")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise MessageError(f"{what} is not valid base64") from None
+
+
+def _unhex_list(items: object, what: str) -> tuple[bytes, ...]:
+    if not isinstance(items, list) or len(items) > merkle.MAX_PROOF_LEN:
+        raise MessageError(f"{what} must be a list of at most {merkle.MAX_PROOF_LEN} hashes")
+    try:
+        return tuple(bytes.fromhex(x) for x in items if isinstance(x, str))
+    except ValueError:
+        raise MessageError(f"{what} holds a non-hex entry") from None
+
+
+def _text(msg: Mapping[str, Any], key: str) -> bytes:
+    v = msg.get(key)
+    if not isinstance(v, str):
+        raise MessageError(f"{key} must be a string")
+    return v.encode("utf-8")
+
+
+class Agent:
+    """Verifies and runs jobs for one enrolled device. Not thread-safe: one job at a time."""
+
+    def __init__(self, state_dir: Path, *, clock: Any = time.time) -> None:
+        from .enroll import load_device_key
+
+        self.state_dir = state_dir
+        self.state = AgentState(state_dir)
+        self.key = load_device_key(state_dir)
+        self.device_id = trust.device_id_for(self.key.public)  # type: ignore[arg-type]
+        from .state import load_policy
+
+        self.config = DeviceConfig.from_dict(load_policy(state_dir))
+        self.clock = clock
+        self.policy = trust.DevicePolicy(
+            device_id=self.device_id,
+            write_roots=self.config.write_roots,
+            protected_paths=protected_paths(state_dir),
+            allow_root=self.config.allow_root,
+            allow_network=self.config.allow_network,
+            max_timeout_s=self.config.max_timeout_s,
+        )
+        self._root: trust.TrustedRoot | None = None
+
+    # --- trusted state ----------------------------------------------------------------
+
+    @property
+    def tenant(self) -> str:
+        return self.trusted_root().tenant
+
+    def trusted_root(self) -> trust.TrustedRoot:
+        """The pinned root, re-verified from its stored bytes (it was verified when pinned)."""
+        if self._root is None:
+            self._root = reload_root(self.state.current_root())
+        return self._root
+
+    def last_checkpoint(self) -> Checkpoint | None:
+        data = self.state.checkpoint()
+        if data is None:
+            return None
+        env = trust.decode_envelope(data)
+        return decode_payload(env.payload, Checkpoint)
+
+    def checkpoint_size(self) -> int:
+        cp = self.last_checkpoint()
+        return 0 if cp is None else cp.size
+
+    def root_version(self) -> int:
+        return self.trusted_root().version
+
+    def apply_roots(self, envelopes: list[bytes]) -> int:
+        """Move the pinned root forward through ``envelopes`` (rotation rule); return the version."""
+        current = self.trusted_root()
+        newer = []
+        for e in envelopes:
+            env = trust.decode_envelope(e, expect_type=trust.TenantRoot.PAYLOAD_TYPE)
+            if decode_payload(env.payload, trust.TenantRoot).version > current.version:
+                newer.append(e)
+        if not newer:
+            return current.version
+        updated = trust.update_root(current, newer, now=int(self.clock()))
+        with self.state.transaction() as db:
+            for e in newer:
+                v = decode_payload(trust.decode_envelope(e).payload, trust.TenantRoot).version
+                if v <= updated.version:
+                    self.state.save_root(db, v, e)
+        self._root = updated
+        log.info("root updated to v%d", updated.version)
+        return updated.version
+
+    # --- jobs ---------------------------------------------------------------------------
+
+    def recover_interrupted(self) -> None:
+        """Jobs that were running when the agent died are reported failed, never re-run."""
+        for job_id in self.state.interrupted_jobs():
+            r = self._receipt(job_id, outcome="failed",
+                              detail="the agent stopped while this job ran; it is not run again")
+            self.state.finish_job(job_id, r)
+            log.warning("job %s was interrupted by an agent restart; reported failed", job_id)
+
+    def handle_job(self, msg: Mapping[str, Any]) -> bytes | None:
+        """Process one ``job`` message; return the signed receipt to send (or None to drop)."""
+        job_id = msg.get("job_id")
+        if not isinstance(job_id, str) or not _JOB_ID.match(job_id):
+            log.warning("dropped a job message without a valid job id")
+            return None
+        prior = self.state.job_record(job_id)
+        if prior is not None and prior[0] in ("done", "started"):
+            # Already run here (or interrupted): never again. Resend what we reported.
+            return prior[1]
+        try:
+            auth, job_bytes, payloads = self._authorize(msg)
+        except (trust.TrustError, MessageError) as exc:
+            reason = exc.reason if isinstance(exc, trust.TrustError) else "malformed"
+            detail = exc.message if isinstance(exc, trust.TrustError) else str(exc)
+            log.warning("refused job %s: %s: %s", job_id, reason, detail)
+            receipt = self._receipt(job_id, outcome="refused", refusal=reason, detail=detail)
+            self.state.record_refusal(job_id, receipt)
+            return receipt
+        if auth.job.id != job_id:
+            receipt = self._receipt(job_id, outcome="refused", refusal="malformed",
+                                    detail="message job id does not match the signed job")
+            self.state.record_refusal(job_id, receipt)
+            return receipt
+        self.state.start_job(job_id=job_id, nonce=auth.job.nonce, expires_at=auth.job.expires_at,
+                             checkpoint=_text(msg["log"], "checkpoint"),
+                             checkpoint_size=auth.checkpoint.size)
+        log.info("running job %s (%s) signed by %s", job_id, auth.job.action.kind,
+                 self.trusted_root().root.key_name(auth.job.signer))
+        receipt = self._execute(auth, payloads)
+        self.state.finish_job(job_id, receipt)
+        return receipt
+
+    def _authorize(self, msg: Mapping[str, Any]) -> tuple[trust.Authorization, bytes, dict[str, bytes]]:
+        job_bytes = _text(msg, "job")
+        grant_bytes = _text(msg, "grant")
+        raw_payloads = msg.get("payloads", {})
+        if not isinstance(raw_payloads, dict) or len(raw_payloads) > 16:
+            raise MessageError("payloads must be an object of at most 16 entries")
+        payloads = {str(k): _unb64(v, f"payload {k}") for k, v in raw_payloads.items()}
+        lg = msg.get("log")
+        if not isinstance(lg, dict):
+            raise MessageError("log evidence missing")
+        index = lg.get("index")
+        if not isinstance(index, int) or isinstance(index, bool):
+            raise MessageError("log index must be an integer")
+        evidence = trust.LogEvidence(
+            checkpoint=_text(lg, "checkpoint"), index=index,
+            inclusion=_unhex_list(lg.get("inclusion"), "inclusion proof"),
+            consistency=_unhex_list(lg.get("consistency", []), "consistency proof"),
+        )
+        auth = trust.authorize_job(
+            root=self.trusted_root(), grant=grant_bytes, job=job_bytes, payloads=payloads,
+            log=evidence, last_checkpoint=self.last_checkpoint(), device=self.policy,
+            now=int(self.clock()), seen_nonces=_Seen(self.state.nonce_seen),
+            seen_jobs=_Seen(self.state.job_seen),
+        )
+        return auth, job_bytes, payloads
+
+    def _execute(self, auth: trust.Authorization, payloads: dict[str, bytes]) -> bytes:
+        job = auth.job
+        eff = auth.effective
+        if job.action.kind != "script":
+            return self._receipt(job.id, outcome="refused", refusal="unsupported-action",
+                                 detail=f"this agent version cannot run {job.action.kind!r} actions")
+        run_as: str | None
+        if eff.run_as == "root":
+            run_as = "root" if os.geteuid() == 0 else None
+        else:
+            run_as = self.config.job_user if os.geteuid() == 0 else None
+        workdir = Path(tempfile.mkdtemp(prefix="rampart-job-"))
+        try:
+            script = workdir / "script"
+            script.write_bytes(payloads["script"])
+            if run_as not in (None, "root"):
+                import pwd
+
+                pw = pwd.getpwnam(run_as)
+                os.chown(workdir, pw.pw_uid, pw.pw_gid)
+                os.chown(script, pw.pw_uid, pw.pw_gid)
+            os.chmod(workdir, 0o500)
+            os.chmod(script, 0o500)
+            argv = (str(script), *job.action.args) if payloads["script"].startswith(b"#!") \
+                else ("/bin/sh", str(script), *job.action.args)
+            spec = containment.ContainmentSpec(
+                argv=argv, cwd=eff.writes[0] if eff.writes else str(workdir),
+                env={"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                     "LANG": "C.UTF-8", "RAMPART_JOB_ID": job.id, "RAMPART_DEVICE_ID": self.device_id,
+                     "HOME": eff.writes[0] if eff.writes else str(workdir)},
+                write_paths=eff.writes, deny_read_paths=(str(self.state_dir.resolve()),),
+                connect_ports=eff.connect, run_as=run_as, timeout_s=float(eff.timeout_s),
+                max_output_bytes=MAX_OUTPUT, require=self.config.require_containment,
+            )
+            result = containment.run_contained(spec)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        if result.refused is not None:
+            return self._receipt(job.id, outcome="refused", refusal="containment-unavailable",
+                                 detail=result.refused, result=result)
+        return self._receipt(job.id, outcome="ran", result=result)
+
+    def _receipt(self, job_id: str, *, outcome: str, refusal: str = "", detail: str = "",
+                 result: containment.ContainedResult | None = None) -> bytes:
+        out = result.stdout if result else b""
+        err = result.stderr if result else b""
+        c = result.containment if result else None
+        now = self.clock()
+        receipt = Receipt(
+            tenant=self.tenant, job=job_id, device=self.device_id, outcome=outcome,  # type: ignore[arg-type]
+            refusal=refusal[:64], detail=detail[:4000],
+            exit_code=result.exit_code if result else None,
+            signal=result.signal if result else None,
+            timed_out=result.timed_out if result else False,
+            stdout=_b64(out), stderr=_b64(err),
+            stdout_sha256=hashlib.sha256(out).hexdigest(),
+            stderr_sha256=hashlib.sha256(err).hexdigest(),
+            stdout_truncated=result.stdout_truncated if result else False,
+            stderr_truncated=result.stderr_truncated if result else False,
+            started_at=result.started_at if result else now,
+            ended_at=result.ended_at if result else now,
+            containment=ContainmentReport(
+                level=c.level, landlock_abi=c.landlock_abi, filesystem=c.filesystem,  # type: ignore[arg-type]
+                network=c.network, no_new_privs=c.no_new_privs, user=c.user, uid=c.uid,
+                timeout_s=c.timeout_s, ipc_scoped=c.ipc_scoped, limits=dict(c.limits),
+            ) if c else None,
+        )
+        env = trust.sign_envelope(Receipt.PAYLOAD_TYPE, trust.encode_payload(receipt), [self.key])
+        return env.to_bytes()
+
+
+class _Seen:
+    """A Container view over the durable nonce / job-id store."""
+
+    def __init__(self, lookup: Any) -> None:
+        self._lookup = lookup
+
+    def __contains__(self, item: object) -> bool:
+        return isinstance(item, str) and bool(self._lookup(item))
+

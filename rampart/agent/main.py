@@ -1,0 +1,172 @@
+"""``rampart-agent``: the endpoint agent's command line.
+
+    rampart-agent enroll --server URL --token TOKEN --root-sha256 HASH --cert-sha256 FP --state DIR
+                         [--write-root PATH]... [--allow-root] [--no-network]
+                         [--job-user USER] [--require-containment full|filesystem|none]
+    rampart-agent run --state DIR
+    rampart-agent status --state DIR [--json]
+
+Secrets are never taken from the command line except the one-time enrolment
+token, which is useless once used; ``RAMPART_ENROLL_TOKEN`` may replace it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import pwd
+import signal
+import sys
+from pathlib import Path
+
+from rampart import tlspin, trust
+
+from . import containment
+from .core import Agent, DeviceConfig
+from .enroll import EnrollError, enroll, load_certificate
+from .state import AgentState, StateError
+
+DEFAULT_STATE = "/var/lib/rampart-agent"
+
+
+def _default_job_user() -> str | None:
+    if os.geteuid() != 0:
+        return None
+    for name in ("rampart-job", "nobody"):
+        try:
+            pwd.getpwnam(name)
+            return name
+        except KeyError:
+            continue
+    return None
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rampart-agent", description="Rampart endpoint agent")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    e = sub.add_parser("enroll", help="enrol this device with a one-time token")
+    e.add_argument("--server", required=True)
+    e.add_argument("--token", default=os.environ.get("RAMPART_ENROLL_TOKEN"))
+    e.add_argument("--root-sha256", required=True)
+    e.add_argument("--cert-sha256", required=True)
+    e.add_argument("--state", default=DEFAULT_STATE)
+    e.add_argument("--write-root", action="append", default=[],
+                   help="a directory jobs may be granted writes under (repeatable)")
+    e.add_argument("--allow-root", action="store_true", help="allow jobs granted 'root' to run as root")
+    e.add_argument("--no-network", action="store_true", help="never let jobs open TCP connections")
+    e.add_argument("--job-user", default=None, help="unprivileged user jobs run as")
+    e.add_argument("--require-containment", choices=["full", "filesystem", "none"], default=None)
+    e.add_argument("--max-timeout", type=int, default=3600)
+    r = sub.add_parser("run", help="run the agent")
+    r.add_argument("--state", default=DEFAULT_STATE)
+    s = sub.add_parser("status", help="show the agent's enrolment and trust state")
+    s.add_argument("--state", default=DEFAULT_STATE)
+    s.add_argument("--json", action="store_true")
+    return p
+
+
+def _setup_logging(state_dir: Path | None) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if state_dir is not None and (state_dir / "logs").is_dir():
+        handlers.append(logging.FileHandler(state_dir / "logs" / "agent.log"))
+    logging.basicConfig(level=logging.INFO, handlers=handlers,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def cmd_enroll(a: argparse.Namespace) -> int:
+    if not a.token:
+        raise EnrollError("an enrolment token is required (--token or RAMPART_ENROLL_TOKEN)")
+    roots = []
+    for w in a.write_root:
+        path = Path(w).resolve()
+        if not path.is_dir():
+            raise EnrollError(f"--write-root {w}: not an existing directory")
+        roots.append(str(path))
+    job_user = a.job_user or _default_job_user()
+    if job_user is not None:
+        try:
+            pwd.getpwnam(job_user)
+        except KeyError:
+            raise EnrollError(f"--job-user {job_user}: no such user") from None
+    require = a.require_containment or containment.kernel_level()
+    if os.geteuid() != 0 and require == "full":
+        require = "filesystem"  # an unprivileged agent cannot switch users
+    config = DeviceConfig(write_roots=tuple(roots), allow_root=a.allow_root,
+                          allow_network=not a.no_network, job_user=job_user,
+                          require_containment=require, max_timeout_s=a.max_timeout)
+    device_id = enroll(server_url=a.server, token=a.token, root_sha256=a.root_sha256,
+                       cert_sha256=a.cert_sha256, state_dir=Path(a.state), config=config)
+    print(f"enrolled; containment required: {require}; write roots: {', '.join(roots) or 'none'}")
+    print(f"device: {device_id}")
+    return 0
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from .connection import Link
+
+    state_dir = Path(a.state)
+    _setup_logging(state_dir)
+    st = AgentState(state_dir)
+    try:
+        if not st.enrolled:
+            raise StateError(f"{state_dir} holds no enrolled agent: run 'rampart-agent enroll' first")
+        server = st.get_text("server_url") or ""
+    finally:
+        st.close()
+    agent = Agent(state_dir)
+    link = Link(agent, server, tlspin.pinned_context(load_certificate(state_dir)))
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await link.run(stop)
+
+    try:
+        import uvloop
+
+        uvloop.run(main())
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        asyncio.run(main())
+    logging.getLogger("rampart.agent").info("agent stopped")
+    return 0
+
+
+def cmd_status(a: argparse.Namespace) -> int:
+    agent = Agent(Path(a.state))
+    root = agent.trusted_root()
+    doc = {
+        "device": agent.device_id, "tenant": root.tenant, "root_version": root.version,
+        "root_sha256": root.sha256, "checkpoint_size": agent.checkpoint_size(),
+        "policy": agent.config.to_dict(), "kernel_containment": containment.kernel_level(),
+        "landlock_abi": containment.detect_abi(),
+    }
+    if a.json:
+        print(json.dumps(doc, indent=1))
+    else:
+        for k, v in doc.items():
+            print(f"{k}: {v}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = _parser().parse_args(argv)
+    try:
+        if a.cmd == "enroll":
+            return cmd_enroll(a)
+        if a.cmd == "run":
+            return cmd_run(a)
+        return cmd_status(a)
+    except (EnrollError, StateError, trust.TrustError) as exc:
+        print(f"rampart-agent: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

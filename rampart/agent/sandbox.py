@@ -1,0 +1,407 @@
+"""In-child half of job containment: ``python -I -m rampart.agent.sandbox --status-fd N``.
+
+The parent (:mod:`rampart.agent.containment`) writes one JSON spec to our stdin
+and closes it. We then, in this order: setsid; set resource limits; set
+no_new_privs; drop to the job user; enforce Landlock; report what actually
+applied as one JSON line on the status fd (close-on-exec, so the job can never
+write to it); execve the job with exactly the spec's environment.
+
+Invariants:
+
+* The job is exec'd only after every step succeeded and the applied level is
+  at least ``require``; any failure before exec is reported on the status fd
+  and we exit 126 without running it.
+* The report describes what was applied and verified, never what was asked.
+* With Landlock, the job may write only beneath the declared write paths (plus
+  the ``/dev/null`` sink), may read and execute everywhere except beneath the
+  deny-read paths, may TCP-connect only to the declared ports and never bind.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import json
+import os
+import pwd
+import resource
+import signal
+import stat
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+from rampart.agent import landlock
+
+EXIT_REFUSED = 126
+EXIT_NOT_FOUND = 127
+MAX_SPEC_BYTES = 1 << 20
+LEVELS = ("none", "filesystem", "full")
+#: Lowest ABI at which every write-class right (incl. TRUNCATE) is handled.
+FS_MIN_ABI = 3
+NET_MIN_ABI = 4
+SCOPE_MIN_ABI = 6
+#: The only path outside the write paths that may be opened for writing: a data sink.
+WRITE_SINKS = ("/dev/null",)
+
+_PR_SET_NO_NEW_PRIVS = 38
+_PR_GET_NO_NEW_PRIVS = 39
+_LIMIT_NAMES = {
+    "cpu_seconds": resource.RLIMIT_CPU,
+    "address_space_bytes": resource.RLIMIT_AS,
+    "open_files": resource.RLIMIT_NOFILE,
+    "processes": resource.RLIMIT_NPROC,
+    "file_size_bytes": resource.RLIMIT_FSIZE,
+}
+
+
+class SandboxError(Exception):
+    """A containment step failed or fell short; the job must not run."""
+
+
+@dataclass(frozen=True)
+class _Spec:
+    argv: list[str]
+    cwd: str
+    env: dict[str, str]
+    write_paths: list[str]
+    deny_read_paths: list[str]
+    connect_ports: list[int]
+    run_as: str | None
+    limits: dict[str, int]
+    require: str
+    force_abi: int | None
+
+
+def compute_level(*, filesystem: bool, network: bool, no_new_privs: bool, uid: int) -> str:
+    """Containment level implied by what applied: never more than all its parts."""
+    if not (filesystem and no_new_privs):
+        return "none"
+    return "full" if network and uid != 0 else "filesystem"
+
+
+def level_satisfies(level: str, require: str) -> bool:
+    """True when ``level`` is at least ``require`` in none < filesystem < full."""
+    return LEVELS.index(level) >= LEVELS.index(require)
+
+
+def _norm(path: str) -> str:
+    if not os.path.isabs(path):
+        raise SandboxError(f"path must be absolute: {path!r}")
+    norm = os.path.normpath(path)
+    return "/" + norm.lstrip("/")  # POSIX normpath keeps a leading '//'
+
+
+def _is_within(path: str, root: str) -> bool:
+    return root == "/" or path == root or path.startswith(root + "/")
+
+
+def read_roots_excluding(denied: Iterable[str]) -> list[str]:
+    """Paths whose union covers the whole tree except beneath each denied path.
+
+    Landlock only allows, so a denied path is carved out by granting every
+    sibling of it and of each of its ancestors, walking down from ``/``.
+    Invariants: no returned path is a denied path, an ancestor of one, or
+    beneath one; symlinks are never returned (their target is covered by its
+    own rule, and following one could lead into a denied tree). With nothing
+    denied the result is ``["/"]``.
+    """
+    excluded: set[str] = set()
+    for path in denied:
+        excluded.add(_norm(path))
+        excluded.add(os.path.realpath(_norm(path)))
+    if "/" in excluded:
+        return []
+    # Keep only the topmost denied paths: a nested one is already covered.
+    excluded = {p for p in excluded if not any(q != p and _is_within(p, q) for q in excluded)}
+    if not excluded:
+        return ["/"]
+    partial: set[str] = set()
+    for path in excluded:
+        parent = os.path.dirname(path)
+        while parent not in partial:
+            partial.add(parent)
+            if parent == "/":
+                break
+            parent = os.path.dirname(parent)
+    roots: list[str] = []
+    for directory in sorted(partial):
+        try:
+            entries = list(os.scandir(directory))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for entry in entries:
+            child = os.path.join(directory, entry.name)
+            if child in excluded or child in partial or entry.is_symlink():
+                continue
+            roots.append(child)
+    return sorted(roots)
+
+
+@contextmanager
+def _step(name: str) -> Iterator[None]:
+    """Turn any failure inside a containment step into a one-line SandboxError."""
+    try:
+        yield
+    except SandboxError as exc:
+        raise SandboxError(f"{name}: {exc}") from None
+    except OSError as exc:
+        where = f" {exc.filename!r}" if exc.filename else ""
+        raise SandboxError(f"{name}:{where} {exc.strerror or exc}") from None
+    except (KeyError, ValueError, TypeError) as exc:
+        raise SandboxError(f"{name}: {exc}") from None
+
+
+def _is_cstr(value: object) -> bool:
+    return isinstance(value, str) and "\0" not in value
+
+
+def _parse_spec(raw: bytes) -> _Spec:
+    doc: Any = json.loads(raw)
+
+    def strs(key: str) -> list[str]:
+        value = doc[key]
+        if not isinstance(value, list) or not all(_is_cstr(v) for v in value):
+            raise ValueError(f"{key} must be a list of strings without NUL")
+        return value
+
+    argv = strs("argv")
+    env = doc["env"]
+    ports = doc["connect_ports"]
+    limits = doc["limits"]
+    if not argv or not argv[0]:
+        raise ValueError("argv must not be empty")
+    if not isinstance(env, dict) or not all(
+        _is_cstr(k) and _is_cstr(v) and k and "=" not in k for k, v in env.items()
+    ):
+        raise ValueError("env must map names to strings without NUL")
+    if not isinstance(ports, list) or not all(isinstance(p, int) and 0 < p <= 65535 for p in ports):
+        raise ValueError("connect_ports must be TCP ports in 1..65535")
+    if (
+        not isinstance(limits, dict)
+        or set(limits) != set(_LIMIT_NAMES)
+        or not all(isinstance(v, int) and v >= 0 for v in limits.values())
+    ):
+        raise ValueError(f"limits must give {sorted(_LIMIT_NAMES)} as non-negative integers")
+    if doc["require"] not in LEVELS:
+        raise ValueError(f"require must be one of {LEVELS}")
+    if not _is_cstr(doc["cwd"]) or not os.path.isabs(doc["cwd"]):
+        raise ValueError("cwd must be an absolute path")
+    run_as, force_abi = doc.get("run_as"), doc.get("unsafe_force_abi")
+    if run_as is not None and (not _is_cstr(run_as) or not run_as):
+        raise ValueError("run_as must be a user name or null")
+    if force_abi is not None and not isinstance(force_abi, int):
+        raise ValueError("unsafe_force_abi must be an integer or null")
+    return _Spec(
+        argv=argv,
+        cwd=doc["cwd"],
+        env=env,
+        write_paths=[_norm(p) for p in strs("write_paths")],
+        deny_read_paths=[_norm(p) for p in strs("deny_read_paths")],
+        connect_ports=ports,
+        run_as=run_as,
+        limits=limits,
+        require=doc["require"],
+        force_abi=force_abi,
+    )
+
+
+def _read_spec() -> _Spec:
+    """Read the spec from stdin to EOF, then point stdin at /dev/null for the job."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := os.read(0, 65536):
+        size += len(chunk)
+        if size > MAX_SPEC_BYTES:
+            raise SandboxError("spec too large")
+        chunks.append(chunk)
+    null = os.open("/dev/null", os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    return _parse_spec(b"".join(chunks))
+
+
+def _set_limits(limits: dict[str, int]) -> dict[str, int]:
+    """Set hard = soft limits (CPU: hard one second later, for SIGXCPU first); core off."""
+    for name, which in _LIMIT_NAMES.items():
+        soft = limits[name]
+        hard = soft + 1 if which == resource.RLIMIT_CPU else soft
+        resource.setrlimit(which, (soft, hard))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    applied = {name: resource.getrlimit(which)[0] for name, which in _LIMIT_NAMES.items()}
+    applied["core_bytes"] = resource.getrlimit(resource.RLIMIT_CORE)[0]
+    return applied
+
+
+def _set_no_new_privs() -> bool:
+    """Set no_new_privs (setuid/file caps can no longer raise privileges); verify it."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    zero = ctypes.c_ulong(0)
+    if libc.prctl(_PR_SET_NO_NEW_PRIVS, ctypes.c_ulong(1), zero, zero, zero) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return bool(libc.prctl(_PR_GET_NO_NEW_PRIVS, zero, zero, zero, zero) == 1)
+
+
+def _drop_user(run_as: str | None) -> tuple[str, int]:
+    """Irreversibly become ``run_as`` (no supplementary groups); verified by re-reading ids."""
+    if run_as is None:
+        uid = os.getuid()
+        try:
+            return pwd.getpwuid(uid).pw_name, uid
+        except KeyError:
+            return str(uid), uid
+    try:
+        pw = pwd.getpwnam(run_as)
+    except KeyError:
+        raise SandboxError(f"unknown user {run_as!r}") from None
+    if os.geteuid() != 0:
+        if pw.pw_uid == os.getuid() == os.geteuid():
+            return pw.pw_name, pw.pw_uid
+        raise SandboxError(f"cannot switch to user {run_as!r}: the agent is not root")
+    os.setgroups([])
+    os.setgid(pw.pw_gid)
+    os.setuid(pw.pw_uid)
+    uid, gid = pw.pw_uid, pw.pw_gid
+    if os.getresuid() != (uid, uid, uid) or os.getresgid() != (gid, gid, gid) or os.getgroups():
+        raise SandboxError(f"identity did not change to {run_as!r}")
+    if uid != 0:
+        try:
+            os.setuid(0)
+        except PermissionError:
+            pass
+        else:
+            raise SandboxError("root privileges could be regained after the drop")
+    return pw.pw_name, uid
+
+
+def _apply_landlock(spec: _Spec, abi: int) -> tuple[bool, bool, bool]:
+    """Enforce the Landlock domain; returns (filesystem, network, ipc_scoped) as enforced."""
+    if abi < 1:
+        return False, False, False
+    denied = [os.path.realpath(p) for p in spec.deny_read_paths] + spec.deny_read_paths
+    all_fs = landlock.fs_rights(abi)
+    with landlock.Ruleset(
+        abi, handled_fs=all_fs, handled_net=landlock.net_rights(abi), scoped=landlock.scopes(abi)
+    ) as ruleset:
+        for root in read_roots_excluding(spec.deny_read_paths):
+            try:
+                ruleset.allow_path(root, landlock.FS_READ_RIGHTS, follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # vanished since listing: nothing to grant
+        for path in spec.write_paths:
+            # Check the very inode the rule is added on, so a swapped symlink cannot
+            # redirect the grant onto a denied tree.
+            fd = os.open(path, os.O_PATH | os.O_CLOEXEC | os.O_DIRECTORY)
+            try:
+                real = os.readlink(f"/proc/self/fd/{fd}")
+                for deny in denied:
+                    if _is_within(real, deny) or _is_within(deny, real):
+                        raise SandboxError(f"write path {path!r} overlaps deny-read path {deny!r}")
+                ruleset.allow_fd(fd, all_fs)
+            finally:
+                os.close(fd)
+        for sink in WRITE_SINKS:
+            if os.path.exists(sink) and not any(_is_within(sink, d) for d in denied):
+                ruleset.allow_path(sink, landlock.ACCESS_FS_WRITE_FILE | landlock.FS_READ_RIGHTS)
+        for port in spec.connect_ports:
+            ruleset.allow_port(port, landlock.ACCESS_NET_CONNECT_TCP)
+        ruleset.restrict_self()
+    return abi >= FS_MIN_ABI, abi >= NET_MIN_ABI, abi >= SCOPE_MIN_ABI
+
+
+def _contain(spec: _Spec) -> dict[str, Any]:
+    """Apply every containment step in order; returns the report of what applied."""
+    abi = landlock.abi_version()
+    if spec.force_abi is not None:  # test-only: may lower, never raise, the ABI
+        abi = max(0, min(abi, spec.force_abi))
+    with _step("setsid"):
+        if os.getsid(0) != os.getpid():
+            os.setsid()
+    with _step("resource limits"):
+        limits = _set_limits(spec.limits)
+    with _step("no_new_privs"):
+        nnp = _set_no_new_privs()
+    with _step("drop user"):
+        user, uid = _drop_user(spec.run_as)
+    with _step("cwd"):
+        os.chdir(spec.cwd)
+    with _step("landlock"):
+        filesystem, network, scoped = _apply_landlock(spec, abi)
+    level = compute_level(filesystem=filesystem, network=network, no_new_privs=nnp, uid=uid)
+    if not level_satisfies(level, spec.require):
+        raise SandboxError(
+            f"containment level {level!r} is below the required {spec.require!r} "
+            f"(landlock ABI {abi}, filesystem={filesystem}, network={network}, "
+            f"no_new_privs={nnp}, uid={uid})"
+        )
+    return {
+        "landlock_abi": abi,
+        "filesystem": filesystem,
+        "network": network,
+        "ipc_scoped": scoped,
+        "no_new_privs": nnp,
+        "user": user,
+        "uid": uid,
+        "limits": limits,
+        "level": level,
+    }
+
+
+def _report(fd: int, message: dict[str, Any]) -> None:
+    data = json.dumps(message, separators=(",", ":")).encode() + b"\n"
+    while data:
+        data = data[os.write(fd, data) :]
+
+
+def _exec(spec: _Spec, status_fd: int) -> NoReturn:
+    """Replace this process with the job; on failure report it and exit 126/127."""
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ):  # Python ignores these; the job must not
+        signal.signal(sig, signal.SIG_DFL)
+    try:
+        os.execvpe(spec.argv[0], spec.argv, spec.env)  # noqa: S606 - argv is the signed job
+    except OSError as exc:
+        message = f"rampart-sandbox: cannot execute {spec.argv[0]!r}: {exc.strerror or exc}"
+        try:
+            _report(status_fd, {"ok": False, "stage": "exec", "error": message})
+            os.write(2, message.encode() + b"\n")
+        finally:
+            os._exit(EXIT_NOT_FOUND if exc.errno == errno.ENOENT else EXIT_REFUSED)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns an exit status only when the job was not exec'd."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 2 or args[0] != "--status-fd" or not args[1].isdigit():
+        os.write(2, b"usage: python -I -m rampart.agent.sandbox --status-fd N\n")
+        return 2
+    status_fd = int(args[1])
+    try:
+        if not stat.S_ISFIFO(os.fstat(status_fd).st_mode):
+            raise OSError(errno.EBADF, "status fd is not a pipe")
+        os.set_inheritable(status_fd, False)
+    except OSError as exc:
+        os.write(2, f"rampart-sandbox: bad status fd: {exc.strerror}\n".encode())
+        return EXIT_REFUSED
+    try:
+        with _step("spec"):
+            spec = _read_spec()
+        report = _contain(spec)
+    except Exception as exc:  # noqa: BLE001 - every failure before exec refuses the job
+        error = str(exc) if isinstance(exc, SandboxError) else f"{type(exc).__name__}: {exc}"
+        try:
+            _report(status_fd, {"ok": False, "stage": "contain", "error": error})
+        except OSError:
+            pass
+        return EXIT_REFUSED
+    try:
+        _report(status_fd, {"ok": True, "containment": report})
+    except OSError:
+        return EXIT_REFUSED  # nobody can learn what applied: do not run the job
+    _exec(spec, status_fd)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,259 @@
+"""The agent's durable state: pinned root, last checkpoint, nonces, receipts.
+
+Everything lives in one directory that only the agent's user can enter
+(0700) and that every job is denied by containment (read and write)::
+
+    STATE/device.key     the device's Ed25519 key (0600)
+    STATE/server.pem     the pinned server certificate
+    STATE/state.db       SQLite, synchronous=FULL: meta, roots, jobs, outbox
+    STATE/logs/          agent log
+
+Security invariants:
+
+* A job's nonce and id are committed (fsync'd by SQLite) *before* the job
+  starts, so a kill -9 at any moment can never let it run twice. A job found
+  in state ``started`` at start-up was interrupted; it is reported as failed
+  and never re-run.
+* The pinned root and last checkpoint only move forward; they are replaced in
+  the same transaction that records the job that proved them.
+* Receipts stay in the outbox until the server acknowledges them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import stat
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS roots (version INTEGER PRIMARY KEY, envelope BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY,
+    nonce TEXT UNIQUE,
+    expires_at INTEGER NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('started', 'done', 'refused')),
+    receipt BLOB,
+    acked INTEGER NOT NULL DEFAULT 0,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_unacked ON jobs (acked) WHERE acked = 0;
+"""
+
+KEY_FILE = "device.key"
+CERT_FILE = "server.pem"
+DB_FILE = "state.db"
+POLICY_FILE = "policy.json"
+
+
+class StateError(Exception):
+    """The state directory is missing, unsafe or not enrolled."""
+
+
+@dataclass(frozen=True, slots=True)
+class PendingReceipt:
+    job_id: str
+    receipt: bytes
+
+
+def write_private_file(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write ``data`` atomically and durably: temp file (mode set before writing), fsync, rename, fsync dir."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    try:
+        os.fchmod(fd, mode)
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def ensure_private_dir(path: Path) -> None:
+    """Create ``path`` 0700 (or tighten it); refuse a symlink or a directory others can write."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise StateError(f"{path} is not a directory")
+    if st.st_uid != os.geteuid():
+        raise StateError(f"{path} is owned by another user")
+    os.chmod(path, 0o700)
+
+
+class AgentState:
+    """Durable agent state in ``STATE/state.db`` (one connection, one thread at a time)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.dir = state_dir
+        ensure_private_dir(state_dir)
+        (state_dir / "logs").mkdir(mode=0o700, exist_ok=True)
+        db = state_dir / DB_FILE
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+        os.chmod(db, 0o600)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _one(self, sql: str, args: tuple[object, ...] = ()) -> tuple[object, ...] | None:
+        with self._lock:
+            row: tuple[object, ...] | None = self._db.execute(sql, args).fetchone()
+            return row
+
+    def _all(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        with self._lock:
+            return list(self._db.execute(sql, args).fetchall())
+
+    # --- meta -------------------------------------------------------------------------
+
+    def get(self, key: str) -> bytes | None:
+        row = self._one("SELECT value FROM meta WHERE key = ?", (key,))
+        return None if row is None else bytes(row[0])
+
+    def get_text(self, key: str) -> str | None:
+        v = self.get(key)
+        return None if v is None else v.decode()
+
+    def set_many(self, db: sqlite3.Connection, items: dict[str, bytes | str]) -> None:
+        for k, v in items.items():
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (k, v.encode() if isinstance(v, str) else v),
+            )
+
+    @property
+    def enrolled(self) -> bool:
+        return self.get("enrolled") == b"1"
+
+    # --- roots ------------------------------------------------------------------------
+
+    def save_root(self, db: sqlite3.Connection, version: int, envelope: bytes) -> None:
+        """Record a verified root as current; the caller verified it moves forward."""
+        current = self.root_version()
+        if current is not None and version <= current:
+            raise StateError(f"refusing to store root v{version}: v{current} is already pinned")
+        db.execute("INSERT INTO roots (version, envelope) VALUES (?, ?)", (version, envelope))
+        self.set_many(db, {"root_version": str(version)})
+
+    def root_version(self) -> int | None:
+        row = self._one("SELECT MAX(version) FROM roots")
+        return None if row is None or row[0] is None else int(row[0])
+
+    def current_root(self) -> bytes:
+        row = self._one("SELECT envelope FROM roots ORDER BY version DESC LIMIT 1")
+        if row is None:
+            raise StateError("no pinned root: enrol the agent first")
+        return bytes(row[0])
+
+    # --- checkpoint -------------------------------------------------------------------
+
+    def checkpoint(self) -> bytes | None:
+        return self.get("checkpoint")
+
+    # --- jobs -------------------------------------------------------------------------
+
+    def job_record(self, job_id: str) -> tuple[str, bytes | None] | None:
+        row = self._one("SELECT state, receipt FROM jobs WHERE job_id = ?", (job_id,))
+        if row is None:
+            return None
+        return str(row[0]), (None if row[1] is None else bytes(row[1]))
+
+    def nonce_seen(self, nonce: str) -> bool:
+        return self._one("SELECT 1 FROM jobs WHERE nonce = ?", (nonce,)) is not None
+
+    def job_seen(self, job_id: str) -> bool:
+        return self._one(
+            "SELECT 1 FROM jobs WHERE job_id = ? AND state != 'refused'", (job_id,)
+        ) is not None
+
+    def start_job(self, *, job_id: str, nonce: str, expires_at: int, checkpoint: bytes,
+                  checkpoint_size: int) -> None:
+        """Commit the nonce and the new checkpoint before the job runs (at-most-once)."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM jobs WHERE job_id = ? AND state = 'refused'", (job_id,))
+            db.execute(
+                "INSERT INTO jobs (job_id, nonce, expires_at, state, updated_at) "
+                "VALUES (?, ?, ?, 'started', ?)",
+                (job_id, nonce, expires_at, time.time()),
+            )
+            self.set_many(db, {"checkpoint": checkpoint, "checkpoint_size": str(checkpoint_size)})
+
+    def finish_job(self, job_id: str, receipt: bytes) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE jobs SET state = 'done', receipt = ?, updated_at = ? WHERE job_id = ?",
+                (receipt, time.time(), job_id),
+            )
+
+    def record_refusal(self, job_id: str, receipt: bytes) -> None:
+        """Keep a refusal receipt to send; a refusal never consumes a nonce."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO jobs (job_id, nonce, expires_at, state, receipt, updated_at) "
+                "VALUES (?, NULL, 0, 'refused', ?, ?) "
+                "ON CONFLICT (job_id) DO UPDATE SET receipt = excluded.receipt, acked = 0, "
+                "updated_at = excluded.updated_at WHERE jobs.state = 'refused'",
+                (job_id, receipt, time.time()),
+            )
+
+    def interrupted_jobs(self) -> list[str]:
+        rows = self._all("SELECT job_id FROM jobs WHERE state = 'started'")
+        return [str(r[0]) for r in rows]
+
+    def mark_acked(self, job_id: str) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE jobs SET acked = 1 WHERE job_id = ? AND receipt IS NOT NULL", (job_id,))
+
+    def unacked_receipts(self) -> list[PendingReceipt]:
+        rows = self._all(
+            "SELECT job_id, receipt FROM jobs WHERE acked = 0 AND receipt IS NOT NULL "
+            "ORDER BY updated_at"
+        )
+        return [PendingReceipt(str(r[0]), bytes(r[1])) for r in rows]
+
+    def prune(self, now: int, keep_s: int = 30 * 24 * 3600) -> None:
+        """Forget acknowledged jobs long expired (expiry alone then refuses a replay)."""
+        with self.transaction() as db:
+            db.execute(
+                "DELETE FROM jobs WHERE acked = 1 AND state != 'started' AND expires_at < ?",
+                (now - keep_s,),
+            )
+
+
+def load_policy(state_dir: Path) -> dict[str, object]:
+    try:
+        doc = json.loads((state_dir / POLICY_FILE).read_text())
+    except FileNotFoundError:
+        raise StateError("no device policy: enrol the agent first") from None
+    except ValueError:
+        raise StateError("device policy file is damaged") from None
+    if not isinstance(doc, dict):
+        raise StateError("device policy file is damaged")
+    return doc
