@@ -376,6 +376,28 @@ def test_T9_write_path_overlapping_agent_state_is_refused(world: Path) -> None:
     assert not marker.exists()
 
 
+@needs_fs
+@needs_root
+@needs_job_py
+def test_T9_deny_path_inside_a_root_only_directory(world: Path) -> None:
+    """The carve-out is computed with the agent's view, so a 0700 parent still works."""
+    private = world / "private"
+    private.mkdir(mode=0o700)
+    (private / "state").mkdir()
+    (private / "state" / "device.key").write_bytes(b"SECRET-KEY")
+    (private / "sibling").write_text("s")
+    result = py(
+        world,
+        PROBES
+        + dedent(f"""
+        print(json.dumps({{"key": attempt(read, {str(private / "state" / "device.key")!r}),
+                           "usr": attempt(read, "/usr/bin/env")}}))
+        """),
+        deny_read_paths=(str(private / "state"),),
+    )
+    assert json_out(result) == {"key": "EACCES", "usr": "ok"}
+
+
 # --- T9: privilege escalation -------------------------------------------------------------
 
 
@@ -763,6 +785,27 @@ def test_level_none_runs_without_landlock_and_says_so(
     assert not c.filesystem and not c.network and not c.ipc_scoped and c.no_new_privs
 
 
+@needs_job_py
+def test_report_never_claims_more_than_applied_on_an_old_abi(
+    world: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ABI 2 cannot confine truncate(2): rules apply, but filesystem is not claimed."""
+    if ABI < 3:
+        pytest.skip("needs a kernel above the forced ABI")
+    monkeypatch.setattr(containment, "_UNSAFE_FORCE_ABI", 2)
+    outside = open_dir(world / "outside")
+    result = py(
+        world,
+        PROBES + f"print(attempt(write, {str(outside / 'x')!r}))",
+        run_as=NOBODY if IS_ROOT else None,
+        require="none",
+    )
+    assert result.stdout.strip() == b"EACCES"  # best effort still applied
+    c = result.containment
+    assert c is not None and c.landlock_abi == 2
+    assert not c.filesystem and not c.network and c.level == "none"
+
+
 @needs_root
 def test_unknown_user_is_refused(world: Path) -> None:
     result = run_contained(spec(world, ("/bin/true",), run_as="no-such-user-rampart"))
@@ -777,6 +820,10 @@ def test_malformed_spec_is_a_caller_error(world: Path) -> None:
         run_contained(spec(world, ("/bin/true",), write_paths=("relative",)))
     with pytest.raises(ValueError):
         run_contained(spec(world, ("/bin/true",), require="most"))
+    with pytest.raises(ValueError):
+        run_contained(spec(world, ("/bin/echo", "nul\0byte")))
+    with pytest.raises(ValueError):
+        run_contained(spec(world, ("/bin/true",), timeout_s=0))
 
 
 # --- the report is the truth ------------------------------------------------------------------

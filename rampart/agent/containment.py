@@ -58,6 +58,8 @@ DRAIN_S = 1.0
 
 _MAX_STATUS_BYTES = 64 * 1024
 _CHUNK = 64 * 1024
+# ``-I`` ignores PYTHONPATH and the user site, so the child is told explicitly where
+# this very copy of rampart lives (argv[1]) instead of trusting the environment.
 _BOOTSTRAP = (
     "import sys; sys.path.insert(0, sys.argv.pop(1)); "
     "from rampart.agent.sandbox import main; sys.exit(main())"
@@ -220,7 +222,7 @@ def _supervise(
     status = _Capture(_MAX_STATUS_BYTES)
     sinks = {proc.stdout.fileno(): out, proc.stderr.fileno(): err, status_fd: status}
     deadline = time.monotonic() + spec.timeout_s
-    timed_out = exited = False
+    timed_out = exited = killed = False
     term_at: float | None = None
     drain_until = 0.0
     stdin_fd = proc.stdin.fileno()
@@ -239,14 +241,21 @@ def _supervise(
         try:
             while True:
                 now = time.monotonic()
+                timeout: float | None
                 if not exited:
                     if term_at is None and now >= deadline:
                         timed_out, term_at = True, now
                         _killpg(proc.pid, signal.SIGTERM)
-                    elif term_at is not None and now >= term_at + TERM_GRACE_S:
+                    if term_at is not None and not killed and now >= term_at + TERM_GRACE_S:
+                        killed = True
                         _killpg(proc.pid, signal.SIGKILL)
-                    wake = deadline if term_at is None else term_at + TERM_GRACE_S
-                    timeout = max(0.0, wake - now) if pidfd is not None else 0.05
+                    if pidfd is None:
+                        timeout = 0.05  # no pidfd: poll for the exit
+                    elif killed:
+                        timeout = None  # nothing left to do but wait for the exit
+                    else:
+                        wake = deadline if term_at is None else term_at + TERM_GRACE_S
+                        timeout = max(0.0, wake - now)
                 else:
                     if not sinks or now >= drain_until:
                         break
@@ -369,17 +378,17 @@ def run_contained(spec: ContainmentSpec) -> ContainedResult:
     except OSError as exc:
         os.close(status_r)
         return ContainedResult(
-            None,
-            None,
-            False,
-            b"",
-            b"",
-            False,
-            False,
-            started_at,
-            time.time(),
-            None,
-            f"cannot start the sandbox: {exc.strerror or exc}",
+            exit_code=None,
+            signal=None,
+            timed_out=False,
+            stdout=b"",
+            stderr=b"",
+            stdout_truncated=False,
+            stderr_truncated=False,
+            started_at=started_at,
+            ended_at=time.time(),
+            containment=None,
+            refused=f"cannot start the sandbox: {exc.strerror or exc}",
         )
     try:
         with proc:

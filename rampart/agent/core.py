@@ -283,7 +283,7 @@ class Agent:
                      "HOME": eff.writes[0] if eff.writes else str(workdir)},
                 write_paths=eff.writes, deny_read_paths=(str(self.state_dir.resolve()),),
                 connect_ports=eff.connect, run_as=run_as, timeout_s=float(eff.timeout_s),
-                max_output_bytes=MAX_OUTPUT, require=self.config.require_containment,
+                max_output_bytes=MAX_OUTPUT, require=_required_level(self.config, run_as),
             )
             result = containment.run_contained(spec)
         finally:
@@ -320,6 +320,14 @@ class Agent:
         )
         env = trust.sign_envelope(Receipt.PAYLOAD_TYPE, trust.encode_payload(receipt), [self.key])
         return env.to_bytes()
+
+
+def _required_level(config: DeviceConfig, run_as: str | None) -> str:
+    """The containment a job must get. A job granted root (two approvers and a device
+    that allows root) cannot drop to another user, so "full" means everything else."""
+    if run_as == "root" and config.require_containment == "full":
+        return "filesystem"
+    return config.require_containment
 
 
 class _Seen:

@@ -2,9 +2,10 @@
 
 The parent (:mod:`rampart.agent.containment`) writes one JSON spec to our stdin
 and closes it. We then, in this order: setsid; set resource limits; set
-no_new_privs; drop to the job user; enforce Landlock; report what actually
-applied as one JSON line on the status fd (close-on-exec, so the job can never
-write to it); execve the job with exactly the spec's environment.
+no_new_privs; build the Landlock ruleset (as the agent, which sees the whole
+tree); drop to the job user; enforce Landlock; report what actually applied as
+one JSON line on the status fd (close-on-exec, so the job can never write to
+it); execve the job with exactly the spec's environment.
 
 Invariants:
 
@@ -130,8 +131,8 @@ def read_roots_excluding(denied: Iterable[str]) -> list[str]:
     for directory in sorted(partial):
         try:
             entries = list(os.scandir(directory))
-        except (FileNotFoundError, NotADirectoryError):
-            continue
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            continue  # nothing granted there: stays denied
         for entry in entries:
             child = os.path.join(directory, entry.name)
             if child in excluded or child in partial or entry.is_symlink():
@@ -277,15 +278,20 @@ def _drop_user(run_as: str | None) -> tuple[str, int]:
     return pw.pw_name, uid
 
 
-def _apply_landlock(spec: _Spec, abi: int) -> tuple[bool, bool, bool]:
-    """Enforce the Landlock domain; returns (filesystem, network, ipc_scoped) as enforced."""
+def _build_ruleset(spec: _Spec, abi: int) -> landlock.Ruleset | None:
+    """Build, without enforcing, the job's Landlock ruleset (None when ABI < 1).
+
+    Built with the agent's credentials so every sibling of the deny-read paths
+    is seen; granting a path never grants more than DAC allows the job later.
+    """
     if abi < 1:
-        return False, False, False
+        return None
     denied = [os.path.realpath(p) for p in spec.deny_read_paths] + spec.deny_read_paths
     all_fs = landlock.fs_rights(abi)
-    with landlock.Ruleset(
+    ruleset = landlock.Ruleset(
         abi, handled_fs=all_fs, handled_net=landlock.net_rights(abi), scoped=landlock.scopes(abi)
-    ) as ruleset:
+    )
+    try:
         for root in read_roots_excluding(spec.deny_read_paths):
             try:
                 ruleset.allow_path(root, landlock.FS_READ_RIGHTS, follow_symlinks=False)
@@ -304,12 +310,21 @@ def _apply_landlock(spec: _Spec, abi: int) -> tuple[bool, bool, bool]:
             finally:
                 os.close(fd)
         for sink in WRITE_SINKS:
-            if os.path.exists(sink) and not any(_is_within(sink, d) for d in denied):
-                ruleset.allow_path(sink, landlock.ACCESS_FS_WRITE_FILE | landlock.FS_READ_RIGHTS)
+            try:
+                fd = os.open(sink, os.O_PATH | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                if stat.S_ISCHR(os.fstat(fd).st_mode):
+                    ruleset.allow_fd(fd, landlock.ACCESS_FS_WRITE_FILE | landlock.FS_READ_RIGHTS)
+            finally:
+                os.close(fd)
         for port in spec.connect_ports:
             ruleset.allow_port(port, landlock.ACCESS_NET_CONNECT_TCP)
-        ruleset.restrict_self()
-    return abi >= FS_MIN_ABI, abi >= NET_MIN_ABI, abi >= SCOPE_MIN_ABI
+    except BaseException:
+        ruleset.close()
+        raise
+    return ruleset
 
 
 def _contain(spec: _Spec) -> dict[str, Any]:
@@ -324,12 +339,23 @@ def _contain(spec: _Spec) -> dict[str, Any]:
         limits = _set_limits(spec.limits)
     with _step("no_new_privs"):
         nnp = _set_no_new_privs()
-    with _step("drop user"):
-        user, uid = _drop_user(spec.run_as)
-    with _step("cwd"):
-        os.chdir(spec.cwd)
     with _step("landlock"):
-        filesystem, network, scoped = _apply_landlock(spec, abi)
+        ruleset = _build_ruleset(spec, abi)
+    try:
+        with _step("drop user"):
+            user, uid = _drop_user(spec.run_as)
+        with _step("cwd"):
+            os.chdir(spec.cwd)
+        if ruleset is not None:
+            with _step("landlock"):
+                ruleset.restrict_self()
+    finally:
+        if ruleset is not None:
+            ruleset.close()
+    enforced = ruleset is not None
+    filesystem = enforced and abi >= FS_MIN_ABI
+    network = enforced and abi >= NET_MIN_ABI
+    scoped = enforced and abi >= SCOPE_MIN_ABI
     level = compute_level(filesystem=filesystem, network=network, no_new_privs=nnp, uid=uid)
     if not level_satisfies(level, spec.require):
         raise SandboxError(

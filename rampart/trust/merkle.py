@@ -26,7 +26,9 @@ Security rules:
 4. Error discipline. The verifiers take untrusted input and raise only
    :class:`~rampart.trust.errors.InconsistentLogError`, with a precise
    message, whatever is wrong (types, sizes, proof length, element length,
-   root mismatch). They do bounded work: at most :data:`MAX_PROOF_LEN` hashes.
+   root mismatch). Work is bounded: a proof longer than :data:`MAX_PROOF_LEN`
+   is refused before any hashing, and a proof of the wrong length for the
+   claimed sizes is refused before any hashing too.
    :class:`MerkleTree` and the hashing helpers are server-side/local APIs:
    misuse raises :class:`~rampart.trust.errors.UsageError`.
 
@@ -79,6 +81,7 @@ EMPTY_ROOT: bytes = _sha256(b"").digest()
 """``MTH({})``, the root of the empty tree (RFC 9162 2.1.1)."""
 
 _HASH_TYPES = (bytes, bytearray)
+_BUILD_CHUNK = 4096  # parent nodes hashed per batch by MerkleTree.extend
 
 
 # --------------------------------------------------------------------------
@@ -103,9 +106,9 @@ def node_hash(left: bytes, right: bytes) -> bytes:
     Invariant: children are exactly :data:`HASH_SIZE` bytes, so the
     concatenation is unambiguous (no shifting bytes between left and right).
     """
-    _require_hash(left, "left child")
-    _require_hash(right, "right child")
-    return _sha256(NODE_PREFIX + left + right).digest()
+    lhs = _require_hash(left, "left child")
+    rhs = _require_hash(right, "right child")
+    return _sha256(NODE_PREFIX + lhs + rhs).digest()
 
 
 def root_from_leaf_hashes(hashes: Sequence[bytes]) -> bytes:
@@ -353,9 +356,9 @@ class MerkleTree:
     O(log n) stored-node reads and at most O(log^2 n) hashes.
 
     Invariant: stored nodes are never modified, so a proof or root served for
-    a past size stays valid forever. Not thread-safe: serialise appends with
-    an external lock (concurrent readers of already-published sizes are fine
-    under CPython's GIL as long as no append runs).
+    a past size stays valid forever. A size becomes visible (:attr:`size`)
+    only after all of its nodes are stored. Writers are not synchronised:
+    serialise ``append``/``extend`` with an external lock.
     """
 
     __slots__ = ("_levels", "_size")
@@ -412,9 +415,13 @@ class MerkleTree:
         old = self._size
         new = old + len(buf) // HASH_SIZE
         levels = self._levels
-        levels[0] += buf
+        if old == 0:
+            levels[0] = buf  # adopt the buffer: no copy of the largest level
+        else:
+            levels[0] += buf
         del buf
         pair = 2 * HASH_SIZE
+        step = _BUILD_CHUNK * pair
         k = 0
         while True:
             have = old >> (k + 1)
@@ -423,13 +430,16 @@ class MerkleTree:
                 break
             if k + 1 == len(levels):
                 levels.append(bytearray())
+            above = levels[k + 1]
             with memoryview(levels[k]) as below:
-                levels[k + 1] += b"".join(
-                    [
-                        _sha256(NODE_PREFIX + below[o : o + pair]).digest()
-                        for o in range(have * pair, want * pair, pair)
-                    ]
-                )
+                # Hash in bounded chunks: temporary digests stay small.
+                for lo in range(have * pair, want * pair, step):
+                    above += b"".join(
+                        [
+                            _sha256(NODE_PREFIX + below[o : o + pair]).digest()
+                            for o in range(lo, min(lo + step, want * pair), pair)
+                        ]
+                    )
             k += 1
         self._size = new
 

@@ -1,0 +1,189 @@
+"""Per-tenant append-only audit logs (RFC 9162 Merkle trees) and signed checkpoints.
+
+Each log is a row in ``audit_logs`` (its size, locked to append) and its
+entries in ``audit_entries`` (index, kind, exact data bytes, leaf hash).
+Entry data is the exact envelope bytes for ``job.created`` and ``receipt``
+entries, and compact JSON ``{"kind","time","actor","details"}`` otherwise.
+
+Invariants:
+
+* :meth:`AuditLog.append` runs inside the caller's transaction and locks the
+  log row first, so indices are dense and assigned in commit order: a
+  committed size ``n`` implies entries ``0..n-1`` are committed.
+* The in-memory :class:`~rampart.trust.merkle.MerkleTree` per log is a cache
+  filled only from committed rows by transactions that do not append, so it
+  never holds a leaf that could still roll back.
+* A checkpoint is signed with the log's own key over the committed size and
+  root; one per (log, size). Agents refuse jobs without an inclusion proof
+  against a checkpoint consistent with the last one they saw (T7).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from rampart.trust import Checkpoint, encode_payload, sign_envelope
+from rampart.trust.merkle import MerkleTree, leaf_hash
+from rampart.trust.payloads import CHECKPOINT_TYPE
+
+from .db import Store
+from .errors import BadRequest
+from .keystore import LogKeyStore
+from .models import Account, AccountTenant, AuditEntry, AuditLogRow, CheckpointRow, Tenant
+
+#: The log for events that concern no tenant (logins of accounts that reach none).
+SERVER_LOG = "tn-00000000000000000000server"
+
+EVENT_KINDS = frozenset({
+    "login", "login.failed", "key.added", "root.published", "grant.requested",
+    "grant.approved", "job.created", "receipt", "device.enrolled", "device.approved",
+    "account.created", "tenant.created",
+})
+
+
+def event_bytes(kind: str, actor: str, details: dict[str, Any], now: float) -> bytes:
+    """Compact JSON of an event entry. Callers never put secrets in ``details``."""
+    doc = {"kind": kind, "time": round(now, 3), "actor": actor, "details": details}
+    return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
+
+
+class AuditLog:
+    """Appends entries, serves proofs and signs checkpoints for every log."""
+
+    def __init__(self, store: Store, keys: LogKeyStore) -> None:
+        self._store = store
+        self._keys = keys
+        self._trees: dict[str, MerkleTree] = {}
+        self._lock = threading.Lock()
+
+    # -- writing (inside the caller's transaction) ---------------------------------
+
+    def create_log(self, s: Session, log_id: str) -> str:
+        """Create ``log_id`` and its key; return the key's ``rampart-log-pub:`` text."""
+        key = self._keys.create(log_id)
+        s.add(AuditLogRow(id=log_id, size=0, log_keyid=key.key_id, log_public=key.public.to_b64()))
+        s.flush()
+        return key.public.to_text()
+
+    def append(self, s: Session, log_id: str, kind: str, data: bytes, now: float) -> int:
+        """Append one entry and return its index (the log row stays locked until commit)."""
+        if kind not in EVENT_KINDS:
+            raise ValueError(f"unknown audit kind {kind!r}")
+        log = s.execute(
+            select(AuditLogRow).where(AuditLogRow.id == log_id).with_for_update()
+        ).scalar_one()
+        index = log.size
+        s.add(AuditEntry(log_id=log_id, idx=index, kind=kind, time=now, data=data,
+                         leaf_hash=leaf_hash(data)))
+        log.size = index + 1
+        s.flush()
+        return index
+
+    def record(self, s: Session, log_ids: Iterable[str], kind: str, actor: str,
+               details: dict[str, Any], now: float) -> None:
+        """Append one event entry to each of ``log_ids``."""
+        data = event_bytes(kind, actor, details, now)
+        for log_id in sorted(set(log_ids)):
+            self.append(s, log_id, kind, data, now)
+
+    @staticmethod
+    def logs_for_account(s: Session, account: Account) -> list[str]:
+        """Every tenant log the account can reach, or the server log if none."""
+        if account.all_tenants:
+            ids = list(s.scalars(select(Tenant.id)))
+        else:
+            ids = list(s.scalars(
+                select(AccountTenant.tenant_id).where(AccountTenant.account_id == account.id)))
+        return ids or [SERVER_LOG]
+
+    # -- reading -------------------------------------------------------------------
+
+    @staticmethod
+    def size(s: Session, log_id: str) -> int:
+        return int(s.execute(select(AuditLogRow.size).where(AuditLogRow.id == log_id)).scalar_one())
+
+    def _tree(self, s: Session, log_id: str, size: int) -> MerkleTree:
+        """The cached tree holding at least ``size`` committed leaves (call with the lock held)."""
+        tree = self._trees.get(log_id)
+        if tree is None:
+            tree = self._trees[log_id] = MerkleTree()
+        if tree.size < size:
+            tree.extend(s.scalars(
+                select(AuditEntry.leaf_hash)
+                .where(AuditEntry.log_id == log_id, AuditEntry.idx >= tree.size,
+                       AuditEntry.idx < size)
+                .order_by(AuditEntry.idx)))
+            if tree.size < size:
+                raise RuntimeError(f"audit log {log_id} has a gap below {size}")
+        return tree
+
+    def _check_size(self, s: Session, log_id: str, *sizes: int) -> None:
+        committed = self.size(s, log_id)
+        for n in sizes:
+            if not 0 <= n <= committed:
+                raise BadRequest(f"size {n} is outside 0..{committed}")
+
+    def inclusion_proof(self, s: Session, log_id: str, index: int, size: int) -> list[bytes]:
+        self._check_size(s, log_id, size)
+        if not 0 <= index < size:
+            raise BadRequest(f"index {index} is outside 0..{size - 1}")
+        with self._lock:
+            return self._tree(s, log_id, size).inclusion_proof(index, size)
+
+    def consistency_proof(self, s: Session, log_id: str, old: int, new: int) -> list[bytes]:
+        self._check_size(s, log_id, old, new)
+        if old > new:
+            raise BadRequest("old size is larger than new size")
+        with self._lock:
+            return self._tree(s, log_id, new).consistency_proof(old, new)
+
+    @staticmethod
+    def latest_checkpoint(s: Session, log_id: str) -> CheckpointRow | None:
+        return s.scalars(select(CheckpointRow).where(CheckpointRow.log_id == log_id)
+                         .order_by(CheckpointRow.size.desc()).limit(1)).first()
+
+    # -- checkpoints (own transaction, after the appends committed) ----------------
+
+    def sign_checkpoint(self, log_id: str, now: float) -> CheckpointRow:
+        """Sign the committed size of ``log_id`` unless the latest checkpoint already covers it."""
+        with self._store.transaction() as s:
+            log = s.execute(
+                select(AuditLogRow).where(AuditLogRow.id == log_id).with_for_update()
+            ).scalar_one()
+            latest = self.latest_checkpoint(s, log_id)
+            if latest is not None and latest.size == log.size:
+                return latest
+            with self._lock:
+                root = self._tree(s, log_id, log.size).root(log.size)
+            cp = Checkpoint(log=log_id, size=log.size, root=root.hex(), time=int(now))
+            env = sign_envelope(CHECKPOINT_TYPE, encode_payload(cp), [self._keys.get(log_id)])
+            row = CheckpointRow(log_id=log_id, size=log.size, root=root.hex(),
+                                envelope=env.to_bytes(), created_at=now)
+            s.add(row)
+            return row
+
+    def checkpoint_covering(self, log_id: str, index: int, now: float) -> CheckpointRow:
+        """The latest checkpoint if it includes entry ``index``, else a new one."""
+        with self._store.transaction() as s:
+            latest = self.latest_checkpoint(s, log_id)
+        if latest is not None and latest.size > index:
+            return latest
+        return self.sign_checkpoint(log_id, now)
+
+    def sign_due(self, now: float) -> int:
+        """Sign a checkpoint for every log that grew since its last one; return how many."""
+        with self._store.transaction() as s:
+            last = (select(CheckpointRow.log_id, func.max(CheckpointRow.size).label("size"))
+                    .group_by(CheckpointRow.log_id).subquery())
+            due = list(s.scalars(
+                select(AuditLogRow.id).outerjoin(last, last.c.log_id == AuditLogRow.id)
+                .where((last.c.size.is_(None)) | (last.c.size < AuditLogRow.size))))
+        for log_id in due:
+            self.sign_checkpoint(log_id, now)
+        return len(due)

@@ -1,0 +1,221 @@
+"""Operator identity: Argon2id passwords, single-use TOTP, hashed sessions and tokens.
+
+Invariants (THREAT-MODEL T2, T11):
+
+* No default account and no web setup: the first owner is created only with
+  the one-time bootstrap token printed by ``server init``, and only while no
+  owner exists; a wrong token and "owner exists" are the same refusal.
+* Every login failure (unknown user, wrong password, wrong or reused TOTP
+  code, locked account, unfinished enrolment) is the same 401, after the same
+  Argon2id work, so accounts cannot be enumerated.
+* After ``lockout_after_failures`` consecutive failures an account is locked
+  for ``lockout_s``; the lock answers exactly like a wrong password.
+* A TOTP code is accepted once: the step it matched is stored and only later
+  steps are accepted afterwards.
+* Passwords, tokens and TOTP secrets are stored only as hashes (Argon2id,
+  SHA-256 of 256-bit random tokens) except the TOTP shared secret itself,
+  and never appear in logs, URLs or error messages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+import pyotp
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from .audit import SERVER_LOG, AuditLog
+from .config import ServerLimits
+from .errors import BadRequest, Forbidden, Unauthenticated
+from .models import Account, SessionRow, Setting
+
+BOOTSTRAP_SETTING = "bootstrap_token_sha256"
+TOTP_ISSUER = "Rampart"
+TOTP_STEP_S = 30
+INVALID_CREDENTIALS = "invalid credentials"
+
+_hasher = PasswordHasher()
+_dummy_hash: str | None = None
+
+
+def new_token() -> str:
+    """A random 256-bit token (URL-safe text)."""
+    return secrets.token_urlsafe(32)
+
+
+def token_hash(token: str) -> str:
+    """How tokens are stored: hex SHA-256 (they have 256 bits of entropy, so no salt)."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def _verify_password(stored: str | None, password: str) -> bool:
+    """Argon2id check; runs the same work against a dummy hash when ``stored`` is None."""
+    global _dummy_hash
+    if stored is None:
+        if _dummy_hash is None:
+            _dummy_hash = _hasher.hash(secrets.token_hex(16))
+        stored = _dummy_hash
+        password = password + "\x00never"
+    try:
+        return _hasher.verify(stored, password)
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        return False
+
+
+def check_password_policy(password: str, limits: ServerLimits) -> None:
+    if not limits.min_password_chars <= len(password) <= limits.max_password_chars:
+        raise BadRequest(
+            f"password must be {limits.min_password_chars} to {limits.max_password_chars} characters")
+
+
+def check_totp(account: Account, code: str, now: float) -> bool:
+    """Accept ``code`` for the current step ±1 if that step was not used before; record it."""
+    if account.totp_secret is None or len(code) != 6 or not code.isdigit():
+        return False
+    totp = pyotp.TOTP(account.totp_secret, interval=TOTP_STEP_S)
+    current = int(now // TOTP_STEP_S)
+    for step in (current - 1, current, current + 1):
+        if step > account.totp_last_step and hmac.compare_digest(totp.at(step * TOTP_STEP_S), code):
+            account.totp_last_step = step
+            return True
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class Enrolment:
+    """What a new account receives to set up TOTP (shown once, never stored in clear)."""
+
+    enrolment_token: str
+    otpauth_uri: str
+
+
+@dataclass(frozen=True, slots=True)
+class NewSession:
+    token: str
+    expires_at: float
+    account: Account
+
+
+def _start_enrolment(account: Account, now: float, limits: ServerLimits) -> Enrolment:
+    secret = pyotp.random_base32()
+    account.totp_secret = secret
+    account.totp_confirmed = False
+    account.totp_last_step = 0
+    token = new_token()
+    account.enrolment_token_hash = token_hash(token)
+    account.enrolment_expires_at = now + limits.enrolment_account_ttl_s
+    uri = pyotp.TOTP(secret, interval=TOTP_STEP_S).provisioning_uri(
+        name=account.username, issuer_name=TOTP_ISSUER)
+    return Enrolment(token, uri)
+
+
+def set_bootstrap_token(s: Session) -> str:
+    """Create the one-time bootstrap token and store only its hash."""
+    token = new_token()
+    s.merge(Setting(key=BOOTSTRAP_SETTING, value=token_hash(token)))
+    return token
+
+
+def bootstrap_owner(s: Session, *, token: str, username: str, password: str, now: float,
+                    limits: ServerLimits) -> Enrolment:
+    """Create the first owner (MSP-wide) if ``token`` is the bootstrap token and no owner exists."""
+    stored = s.get(Setting, BOOTSTRAP_SETTING)
+    owner_exists = s.scalars(select(Account.id).where(Account.role == "owner").limit(1)).first()
+    ok = stored is not None and hmac.compare_digest(stored.value, token_hash(token))
+    if not ok or owner_exists is not None:
+        raise Forbidden("bootstrap refused")
+    check_password_policy(password, limits)
+    s.delete(stored)
+    account = Account(username=username, role="owner", all_tenants=True,
+                      password_hash=hash_password(password), created_at=now,
+                      failed_logins=0, locked_until=0.0)
+    s.add(account)
+    enrolment = _start_enrolment(account, now, limits)
+    s.flush()
+    return enrolment
+
+
+def activate_account(s: Session, *, username: str, activation_token: str, password: str,
+                     now: float, limits: ServerLimits) -> Enrolment:
+    """Set a new account's password with its one-time activation token."""
+    account = s.scalars(select(Account).where(Account.username == username)).first()
+    if (account is None or account.activation_token_hash is None
+            or not hmac.compare_digest(account.activation_token_hash, token_hash(activation_token))):
+        raise Unauthenticated("invalid activation")
+    check_password_policy(password, limits)
+    account.activation_token_hash = None
+    account.password_hash = hash_password(password)
+    return _start_enrolment(account, now, limits)
+
+
+def confirm_totp(s: Session, *, enrolment_token: str, code: str, now: float,
+                 limits: ServerLimits) -> NewSession:
+    """Finish enrolment: the first valid TOTP code proves the authenticator works."""
+    account = s.scalars(
+        select(Account).where(Account.enrolment_token_hash == token_hash(enrolment_token))).first()
+    if (account is None or account.enrolment_expires_at is None
+            or account.enrolment_expires_at <= now or not check_totp(account, code, now)):
+        raise Unauthenticated("invalid enrolment token or code")
+    account.enrolment_token_hash = None
+    account.enrolment_expires_at = None
+    account.totp_confirmed = True
+    return create_session(s, account, now, limits)
+
+
+def login(s: Session, audit: AuditLog, *, username: str, password: str, totp: str, now: float,
+          limits: ServerLimits) -> NewSession:
+    """Password + TOTP login; every failure is the same :class:`Unauthenticated`."""
+    account = s.scalars(select(Account).where(Account.username == username)).first()
+    password_ok = _verify_password(account.password_hash if account else None, password)
+    if account is None:
+        audit.record(s, [SERVER_LOG], "login.failed", "unknown", {}, now)
+        raise Unauthenticated(INVALID_CREDENTIALS)
+    ok = (password_ok and account.totp_confirmed and account.locked_until <= now
+          and check_totp(account, totp, now))
+    logs = audit.logs_for_account(s, account)
+    if not ok:
+        account.failed_logins += 1
+        if account.failed_logins >= limits.lockout_after_failures:
+            account.locked_until = now + limits.lockout_s
+            account.failed_logins = 0
+        audit.record(s, logs, "login.failed", account.username, {}, now)
+        raise Unauthenticated(INVALID_CREDENTIALS)
+    account.failed_logins = 0
+    account.last_login_at = now
+    audit.record(s, logs, "login", account.username, {}, now)
+    return create_session(s, account, now, limits)
+
+
+def create_session(s: Session, account: Account, now: float, limits: ServerLimits) -> NewSession:
+    token = new_token()
+    expires = now + limits.session_absolute_s
+    s.add(SessionRow(token_hash=token_hash(token), account_id=account.id, created_at=now,
+                     last_used_at=now, expires_at=expires))
+    s.flush()
+    return NewSession(token, expires, account)
+
+
+def resolve_session(s: Session, token: str, now: float, limits: ServerLimits) -> Account:
+    """The account of a live session (idle and absolute limits), or Unauthenticated."""
+    row = s.get(SessionRow, token_hash(token))
+    if row is None or row.expires_at <= now or row.last_used_at + limits.session_idle_s <= now:
+        raise Unauthenticated("not logged in")
+    row.last_used_at = now
+    account = s.get(Account, row.account_id)
+    if account is None:
+        raise Unauthenticated("not logged in")
+    return account
+
+
+def end_session(s: Session, token: str) -> None:
+    s.execute(delete(SessionRow).where(SessionRow.token_hash == token_hash(token)))

@@ -1,0 +1,107 @@
+"""Server configuration and limits, read from ``DIR/config.json``.
+
+Data directory layout (docs/design/protocol.md, "Server data directory")::
+
+    DIR/config.json     {"db_url": ..., "public_url": null}
+    DIR/tls/cert.pem    self-signed ECDSA P-256 certificate
+    DIR/tls/key.pem     0600
+    DIR/keys/           0700; log-<log id>.key, 0600 each
+    DIR/rampart.db      SQLite (default store)
+
+The config file holds no secret: the database URL of a PostgreSQL store
+should authenticate by peer/socket or a password file, not inline.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import SetupError
+
+CONFIG_FILE = "config.json"
+MAX_CONFIG_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    """Every size, count and duration a client controls, bounded."""
+
+    max_body_bytes: int = 2 << 20
+    max_job_body_bytes: int = 6 << 20
+    max_job_payload_bytes: int = 4 << 20
+    max_ws_message_bytes: int = 4 << 20
+    max_list: int = 1000
+    hello_timeout_s: float = 15.0
+    #: How long the gateway waits for an agent to adopt a job's checkpoint before sending the next.
+    delivery_progress_timeout_s: float = 10.0
+    session_idle_s: int = 3600
+    session_absolute_s: int = 12 * 3600
+    enrolment_ttl_min_s: int = 60
+    enrolment_ttl_max_s: int = 7 * 24 * 3600
+    enrolment_account_ttl_s: int = 15 * 60
+    lockout_after_failures: int = 10
+    lockout_s: int = 15 * 60
+    checkpoint_interval_s: float = 60.0
+    min_password_chars: int = 12
+    max_password_chars: int = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    data_dir: Path
+    db_url: str
+    public_url: str | None = None
+    limits: ServerLimits = field(default_factory=ServerLimits)
+
+    @property
+    def cert_path(self) -> Path:
+        return self.data_dir / "tls" / "cert.pem"
+
+    @property
+    def key_path(self) -> Path:
+        return self.data_dir / "tls" / "key.pem"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.data_dir / "keys"
+
+
+def default_sqlite_url(data_dir: Path) -> str:
+    return f"sqlite:///{data_dir.resolve() / 'rampart.db'}"
+
+
+def normalise_db_url(url: str) -> str:
+    """Accept ``sqlite:///…`` and ``postgresql://…``; use psycopg 3 for PostgreSQL."""
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    if url.startswith("postgresql+psycopg://") or url.startswith("sqlite:///"):
+        return url
+    raise SetupError("database URL must start with sqlite:/// or postgresql://")
+
+
+def load_config(data_dir: Path) -> ServerConfig:
+    """Read ``DIR/config.json``; refuse an uninitialised directory."""
+    path = data_dir / CONFIG_FILE
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise SetupError(f"{data_dir} is not initialised: run `rampart server init`") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise SetupError(f"{path} is too large")
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        raise SetupError(f"{path} is not valid JSON") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("db_url"), str):
+        raise SetupError(f"{path} must hold a db_url")
+    public = doc.get("public_url")
+    if public is not None and not isinstance(public, str):
+        raise SetupError(f"{path}: public_url must be a string or null")
+    return ServerConfig(data_dir=data_dir, db_url=normalise_db_url(doc["db_url"]), public_url=public)
+
+
+def write_config(data_dir: Path, db_url: str) -> None:
+    doc = {"db_url": db_url, "public_url": None}
+    (data_dir / CONFIG_FILE).write_text(json.dumps(doc, indent=1) + "\n")

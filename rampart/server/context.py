@@ -1,0 +1,26 @@
+"""The running server's shared objects, built once by :func:`rampart.server.app.create_app`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .audit import AuditLog
+from .config import ServerConfig, ServerLimits
+from .db import Store
+
+if TYPE_CHECKING:
+    from .gateway import Gateway
+
+
+@dataclass(slots=True)
+class ServerContext:
+    config: ServerConfig
+    store: Store
+    audit: AuditLog
+    cert_sha256: str | None
+    gateway: Gateway
+
+    @property
+    def limits(self) -> ServerLimits:
+        return self.config.limits

@@ -1,0 +1,227 @@
+"""ORM models: the server's whole persistent state (SQLAlchemy 2, typed).
+
+Invariants held by the schema itself:
+
+* One target per (job, device) and one receipt per (job, device): primary
+  keys, so a retried request or a replayed receipt can never duplicate one.
+* One audit entry per (log, index) and one checkpoint per (log, size).
+* Secrets are stored only as hashes (sessions, tokens) or, for TOTP, as the
+  shared secret the RFC requires; no private key is ever stored here.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+ID = String(80)
+HASH = String(64)
+
+
+class Setting(Base):
+    """Server-wide values (the bootstrap token's hash while no owner exists)."""
+
+    __tablename__ = "settings"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class Account(Base):
+    __tablename__ = "accounts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    all_tenants: Mapped[bool] = mapped_column(Boolean)
+    password_hash: Mapped[str | None] = mapped_column(String(256))
+    totp_secret: Mapped[str | None] = mapped_column(String(64))
+    totp_confirmed: Mapped[bool] = mapped_column(Boolean, default=False)
+    totp_last_step: Mapped[int] = mapped_column(BigInteger, default=0)
+    activation_token_hash: Mapped[str | None] = mapped_column(HASH, unique=True)
+    enrolment_token_hash: Mapped[str | None] = mapped_column(HASH, unique=True)
+    enrolment_expires_at: Mapped[float | None] = mapped_column(Float)
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[float] = mapped_column(Float, default=0.0)
+    created_at: Mapped[float] = mapped_column(Float)
+    last_login_at: Mapped[float | None] = mapped_column(Float)
+
+
+class AccountTenant(Base):
+    __tablename__ = "account_tenants"
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
+
+
+class SessionRow(Base):
+    __tablename__ = "sessions"
+    token_hash: Mapped[str] = mapped_column(HASH, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    last_used_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)
+
+
+class OperatorKeyRow(Base):
+    """An operator's public key, registered so owners can put it in a root."""
+
+    __tablename__ = "operator_keys"
+    keyid: Mapped[str] = mapped_column(HASH, primary_key=True)
+    public: Mapped[str] = mapped_column(String(128))
+    name: Mapped[str] = mapped_column(String(128))
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    tenant_id: Mapped[str | None] = mapped_column(ForeignKey("tenants.id"))
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class RootVersion(Base):
+    """A published tenant root; versions are contiguous from 1."""
+
+    __tablename__ = "roots"
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sha256: Mapped[str] = mapped_column(HASH)
+    envelope: Mapped[bytes] = mapped_column(LargeBinary)
+    published_at: Mapped[float] = mapped_column(Float)
+
+
+class RootProposal(Base):
+    __tablename__ = "root_proposals"
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+    envelope: Mapped[bytes] = mapped_column(LargeBinary)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class EnrolmentToken(Base):
+    __tablename__ = "enrolment_tokens"
+    token_hash: Mapped[str] = mapped_column(HASH, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)
+    used_at: Mapped[float | None] = mapped_column(Float)
+
+
+class Device(Base):
+    __tablename__ = "devices"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    public_key: Mapped[str] = mapped_column(String(128))
+    hostname: Mapped[str] = mapped_column(String(255))
+    agent_version: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    enrolled_at: Mapped[float] = mapped_column(Float)
+    approved_at: Mapped[float | None] = mapped_column(Float)
+    approved_by: Mapped[str | None] = mapped_column(String(64))
+    last_seen: Mapped[float | None] = mapped_column(Float)
+
+
+class GrantRow(Base):
+    """A grant: its unsigned payload bytes and the merged envelope of valid approvals."""
+
+    __tablename__ = "grants"
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    grantee: Mapped[str] = mapped_column(HASH)
+    requested_by: Mapped[str] = mapped_column(String(64))
+    envelope: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[float] = mapped_column(Float)
+    not_after: Mapped[int] = mapped_column(BigInteger)
+
+
+class JobRow(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (UniqueConstraint("tenant_id", "nonce"),)
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    grant_id: Mapped[str] = mapped_column(ForeignKey("grants.id"))
+    signer: Mapped[str] = mapped_column(HASH)
+    kind: Mapped[str] = mapped_column(String(32))
+    nonce: Mapped[str] = mapped_column(String(128))
+    envelope: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[int] = mapped_column(BigInteger)
+    log_index: Mapped[int] = mapped_column(BigInteger)
+
+
+class JobPayload(Base):
+    __tablename__ = "job_payloads"
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class JobTarget(Base):
+    """One per (job, device); ``done`` only once the device's receipt is committed."""
+
+    __tablename__ = "job_targets"
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), primary_key=True, index=True)
+    state: Mapped[str] = mapped_column(String(16))
+    sent_at: Mapped[float | None] = mapped_column(Float)
+    done_at: Mapped[float | None] = mapped_column(Float)
+
+
+class ReceiptRow(Base):
+    __tablename__ = "receipts"
+    __table_args__ = (
+        ForeignKeyConstraint(["job_id", "device_id"], ["job_targets.job_id", "job_targets.device_id"]),
+    )
+    job_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    envelope: Mapped[bytes] = mapped_column(LargeBinary)
+    outcome: Mapped[str] = mapped_column(String(16))
+    received_at: Mapped[float] = mapped_column(Float)
+    log_index: Mapped[int] = mapped_column(BigInteger)
+
+
+class AuditLogRow(Base):
+    """One Merkle log per tenant (plus the server log); ``size`` is locked to append."""
+
+    __tablename__ = "audit_logs"
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
+    log_keyid: Mapped[str] = mapped_column(HASH)
+    log_public: Mapped[str] = mapped_column(String(64))
+
+
+class AuditEntry(Base):
+    __tablename__ = "audit_entries"
+    log_id: Mapped[str] = mapped_column(ForeignKey("audit_logs.id"), primary_key=True)
+    idx: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    time: Mapped[float] = mapped_column(Float)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    leaf_hash: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class CheckpointRow(Base):
+    __tablename__ = "checkpoints"
+    log_id: Mapped[str] = mapped_column(ForeignKey("audit_logs.id"), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    root: Mapped[str] = mapped_column(HASH)
+    envelope: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[float] = mapped_column(Float)

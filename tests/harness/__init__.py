@@ -1,0 +1,1 @@
+"""Test harnesses: real processes, loopback only."""

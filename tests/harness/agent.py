@@ -1,0 +1,75 @@
+"""Real ``rampart-agent`` processes for tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def agent_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "rampart.agent", *args]
+
+
+class AgentProcess:
+    """One enrolled agent: its state dir, and its ``run`` process when started."""
+
+    def __init__(self, state: Path) -> None:
+        self.state = state
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.device_id = ""
+        self.log = state.parent / f"{state.name}.log"
+
+    def enroll(self, server: str, token: str, root_sha256: str, cert_sha256: str,
+               *extra: str) -> subprocess.CompletedProcess[str]:
+        r = subprocess.run(
+            agent_cmd("enroll", "--server", server, "--token", token, "--root-sha256", root_sha256,
+                      "--cert-sha256", cert_sha256, "--state", str(self.state), *extra),
+            capture_output=True, text=True, timeout=60,
+        )
+        if r.returncode == 0:
+            self.device_id = r.stdout.strip().splitlines()[-1].split(": ", 1)[1]
+        return r
+
+    def start(self) -> AgentProcess:
+        with open(self.log, "ab") as logf:
+            self.proc = subprocess.Popen(agent_cmd("run", "--state", str(self.state)),
+                                         stdout=subprocess.DEVNULL, stderr=logf)
+        return self
+
+    def stop(self) -> int:
+        if self.proc is None:
+            return 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=20)
+        finally:
+            self.proc = None
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        self.proc = None
+
+    def status(self) -> dict[str, Any]:
+        r = subprocess.run(agent_cmd("status", "--state", str(self.state), "--json"),
+                           capture_output=True, text=True, timeout=60, check=True)
+        doc: dict[str, Any] = json.loads(r.stdout)
+        return doc
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def wait_log(self, needle: str, timeout: float = 30) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if needle in self.log_text():
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"{needle!r} not in agent log:\n{self.log_text()[-2000:]}")

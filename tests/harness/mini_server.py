@@ -1,0 +1,213 @@
+"""A minimal stand-in for the Rampart server, speaking the real agent protocol.
+
+Used by the agent's own tests (issue: trust core and agent), so that every
+attack can be played from the server's side: a compromised server is exactly
+a server that sends whatever it likes. It serves HTTPS with a throwaway
+certificate on 127.0.0.1 via uvicorn, in a thread of the test process;
+the agents it talks to are real ``rampart-agent`` processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import secrets
+import socket
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from rampart import trust
+from rampart.trust.keys import DevicePublicKey
+from rampart.trust.payloads import Receipt
+
+from .tenant import Tenant
+from .tls import make_cert
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class MiniServer:
+    def __init__(self, directory: Path, tenant: Tenant) -> None:
+        self.tenant = tenant
+        self.cert, self.key, self.cert_sha256 = make_cert(directory / "tls")
+        self.port = free_port()
+        self.tokens: set[str] = set()
+        self.devices: dict[str, DevicePublicKey] = {}
+        self.sockets: dict[str, WebSocket] = {}
+        self.agent_view: dict[str, dict[str, int]] = {}
+        self.receipts: dict[tuple[str, str], list[Receipt]] = defaultdict(list)
+        self.ack = True
+        self._cond = threading.Condition()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        app = Starlette(routes=[
+            Route("/agent/v1/enroll", self._enroll, methods=["POST"]),
+            WebSocketRoute("/agent/v1/ws", self._ws),
+        ])
+        cfg = uvicorn.Config(app, host="127.0.0.1", port=self.port, ssl_certfile=str(self.cert),
+                             ssl_keyfile=str(self.key), log_level="warning", ws="websockets-sansio",
+                             lifespan="off")
+        self._server = uvicorn.Server(cfg)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._server.serve())
+        finally:
+            loop.close()
+
+    def start(self) -> MiniServer:
+        self._thread.start()
+        deadline = time.time() + 20
+        while not self._server.started:
+            if time.time() > deadline:
+                raise RuntimeError("mini server did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+
+    def new_token(self) -> str:
+        tok = secrets.token_urlsafe(24)
+        self.tokens.add(tok)
+        return tok
+
+    # --- HTTP ---------------------------------------------------------------------------
+
+    async def _enroll(self, request: Request) -> JSONResponse:
+        body = await request.json()
+        if body.get("token") not in self.tokens:
+            return JSONResponse({"detail": "invalid or used enrolment token"}, status_code=403)
+        self.tokens.discard(body["token"])
+        pub = DevicePublicKey.from_text(body["public_key"])
+        device_id = trust.device_id_for(pub)
+        self.devices[device_id] = pub
+        return JSONResponse({"device_id": device_id, "tenant": self.tenant.id,
+                             "roots": [r.decode() for r in self.tenant.roots]})
+
+    # --- WebSocket ----------------------------------------------------------------------
+
+    async def _ws(self, ws: WebSocket) -> None:
+        await ws.accept()
+        nonce = secrets.token_hex(16)
+        await ws.send_text(json.dumps({"type": "challenge", "nonce": nonce}))
+        hello = json.loads(await ws.receive_text())
+        device = hello.get("device")
+        pub = self.devices.get(device)
+        sig = base64.b64decode(hello.get("sig", ""))
+        msg = b"rampart-agent-auth-v1\n" + nonce.encode() + b"\n" + str(device).encode()
+        if pub is None or not pub.verify(sig, msg):
+            await ws.close(code=4401)
+            return
+        await ws.send_text(json.dumps({"type": "welcome", "status": "approved"}))
+        with self._cond:
+            self.sockets[device] = ws
+            self.agent_view[device] = {"root_version": hello["root_version"],
+                                       "checkpoint_size": hello["checkpoint_size"]}
+            self._cond.notify_all()
+        try:
+            while True:
+                m = json.loads(await ws.receive_text())
+                await self._on_message(device, pub, m)
+        except WebSocketDisconnect:
+            pass
+        finally:
+            with self._cond:
+                if self.sockets.get(device) is ws:
+                    del self.sockets[device]
+                self._cond.notify_all()
+
+    async def _on_message(self, device: str, pub: DevicePublicKey, m: dict[str, Any]) -> None:
+        with self._cond:
+            if "checkpoint_size" in m:
+                self.agent_view[device]["checkpoint_size"] = m["checkpoint_size"]
+            if "root_version" in m:
+                self.agent_view[device]["root_version"] = m["root_version"]
+            if m.get("type") == "receipt":
+                r = trust.verify_receipt(m["receipt"].encode(), pub)
+                self.receipts[(r.job, device)].append(r)
+            self._cond.notify_all()
+        if m.get("type") == "receipt" and self.ack:
+            await ws_send(self.sockets.get(device), {"type": "ack", "job_id": m["job_id"]})
+
+    # --- test controls ------------------------------------------------------------------
+
+    def send(self, device: str, msg: dict[str, Any]) -> None:
+        ws = self.wait_connected(device)
+        assert self._loop is not None
+        asyncio.run_coroutine_threadsafe(ws_send(ws, msg), self._loop).result(10)
+
+    def wait_connected(self, device: str, timeout: float = 30) -> WebSocket:
+        with self._cond:
+            if not self._cond.wait_for(lambda: device in self.sockets, timeout):
+                raise TimeoutError(f"agent {device} did not connect")
+            return self.sockets[device]
+
+    def wait_disconnected(self, device: str, timeout: float = 30) -> None:
+        with self._cond:
+            if not self._cond.wait_for(lambda: device not in self.sockets, timeout):
+                raise TimeoutError(f"agent {device} did not disconnect")
+
+    def evidence(self, device: str, index: int, *, checkpoint: bytes | None = None) -> dict[str, Any]:
+        """Inclusion and consistency proofs as an honest server computes them."""
+        t = self.tenant
+        cp = checkpoint or t.checkpoint()
+        size = trust.decode_payload(trust.decode_envelope(cp).payload, trust.Checkpoint).size
+        seen = self.agent_view.get(device, {}).get("checkpoint_size", 0)
+        consistency = t.tree.consistency_proof(seen, size) if 0 < seen <= size else []
+        return {"checkpoint": cp.decode(), "index": index,
+                "inclusion": [h.hex() for h in t.tree.inclusion_proof(index, size)],
+                "consistency": [h.hex() for h in consistency]}
+
+    def job_message(self, device: str, job: bytes, grant: bytes, payloads: dict[str, bytes],
+                    index: int, **evidence: Any) -> dict[str, Any]:
+        job_id = trust.decode_payload(trust.decode_envelope(job).payload, trust.Job).id
+        return {"type": "job", "job_id": job_id, "job": job.decode(), "grant": grant.decode(),
+                "payloads": {k: base64.b64encode(v).decode() for k, v in payloads.items()},
+                "log": self.evidence(device, index, **evidence)}
+
+    def publish(self, job: bytes, grant: bytes, payloads: dict[str, bytes], devices: list[str]) -> str:
+        """Log the job, sign a checkpoint, deliver it to each device: the honest path."""
+        index = self.tenant.append(job)
+        cp = self.tenant.checkpoint()
+        for d in devices:
+            self.send(d, self.job_message(d, job, grant, payloads, index, checkpoint=cp))
+        return trust.decode_payload(trust.decode_envelope(job).payload, trust.Job).id
+
+    def wait_receipt(self, job_id: str, device: str, timeout: float = 60) -> Receipt:
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.receipts.get((job_id, device)), timeout):
+                raise TimeoutError(f"no receipt for {job_id} from {device}")
+            return self.receipts[(job_id, device)][0]
+
+    def wait_view(self, device: str, key: str, value: int, timeout: float = 30) -> None:
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.agent_view.get(device, {}).get(key) == value, timeout):
+                raise TimeoutError(f"agent {device} did not report {key}={value}")
+
+
+async def ws_send(ws: WebSocket | None, msg: dict[str, Any]) -> None:
+    if ws is not None:
+        await ws.send_text(json.dumps(msg))
