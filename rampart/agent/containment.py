@@ -110,13 +110,8 @@ class Containment:
     ipc_scoped: bool = False  # abstract unix sockets and signals scoped (ABI >= 6)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready copy with exactly the receipt's ContainmentReport fields.
-
-        ``ipc_scoped`` is left out: the signed receipt schema does not carry it.
-        """
-        doc = asdict(self)
-        del doc["ipc_scoped"]
-        return doc
+        """JSON-ready copy; the fields of the receipt's ContainmentReport."""
+        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -192,7 +192,7 @@ def abi_version() -> int:
         return _syscall(
             nrs[0], ctypes.c_void_p(None), ctypes.c_size_t(0), ctypes.c_long(CREATE_RULESET_VERSION)
         )
-    except (LandlockError, OSError):  # ENOSYS, EOPNOTSUPP (disabled), EPERM (seccomp), ...
+    except OSError:  # ENOSYS, EOPNOTSUPP (disabled), EPERM (seccomp), ...
         return 0
 
 

@@ -172,28 +172,47 @@ def confirm_totp(s: Session, *, enrolment_token: str, code: str, now: float,
     return create_session(s, account, now, limits)
 
 
+class LoginFailed(Exception):
+    """A login failed; carries which account (if any) so the failure can be counted."""
+
+    def __init__(self, account_id: int | None) -> None:
+        super().__init__(INVALID_CREDENTIALS)
+        self.account_id = account_id
+        self.error = Unauthenticated(INVALID_CREDENTIALS)
+
+
 def login(s: Session, audit: AuditLog, *, username: str, password: str, totp: str, now: float,
           limits: ServerLimits) -> NewSession:
-    """Password + TOTP login; every failure is the same :class:`Unauthenticated`."""
+    """Password + TOTP login; every failure raises the same :class:`LoginFailed`.
+
+    The caller rolls this transaction back and calls :func:`record_login_failure`
+    in a new one, so a failure never consumes a TOTP step but is always counted.
+    """
     account = s.scalars(select(Account).where(Account.username == username)).first()
     password_ok = _verify_password(account.password_hash if account else None, password)
     if account is None:
-        audit.record(s, [SERVER_LOG], "login.failed", "unknown", {}, now)
-        raise Unauthenticated(INVALID_CREDENTIALS)
-    ok = (password_ok and account.totp_confirmed and account.locked_until <= now
-          and check_totp(account, totp, now))
-    logs = audit.logs_for_account(s, account)
-    if not ok:
-        account.failed_logins += 1
-        if account.failed_logins >= limits.lockout_after_failures:
-            account.locked_until = now + limits.lockout_s
-            account.failed_logins = 0
-        audit.record(s, logs, "login.failed", account.username, {}, now)
-        raise Unauthenticated(INVALID_CREDENTIALS)
+        raise LoginFailed(None)
+    if not (password_ok and account.totp_confirmed and account.locked_until <= now
+            and check_totp(account, totp, now)):
+        raise LoginFailed(account.id)
     account.failed_logins = 0
     account.last_login_at = now
-    audit.record(s, logs, "login", account.username, {}, now)
+    audit.record(s, audit.logs_for_account(s, account), "login", account.username, {}, now)
     return create_session(s, account, now, limits)
+
+
+def record_login_failure(s: Session, audit: AuditLog, failed: LoginFailed, *, now: float,
+                         limits: ServerLimits) -> None:
+    """Count a failure towards lockout and audit it (the attempted name only if it exists)."""
+    account = s.get(Account, failed.account_id) if failed.account_id is not None else None
+    if account is None:
+        audit.record(s, [SERVER_LOG], "login.failed", "unknown", {}, now)
+        return
+    account.failed_logins += 1
+    if account.failed_logins >= limits.lockout_after_failures:
+        account.locked_until = now + limits.lockout_s
+        account.failed_logins = 0
+    audit.record(s, audit.logs_for_account(s, account), "login.failed", account.username, {}, now)
 
 
 def create_session(s: Session, account: Account, now: float, limits: ServerLimits) -> NewSession:

@@ -1,0 +1,284 @@
+"""Just-in-time grants: request, list, show, approve (signed locally by approvers).
+
+Security invariants:
+
+* ``grant approve`` signs only what it verified locally: the grant envelope is
+  decoded against the locally trusted root (:func:`rampart.trust.grant_status`),
+  every field the server's summary shows must equal the signed payload, the
+  grantee must be a technician (or automation) key of that root, and what is
+  displayed (technician name, devices, capabilities, window, reason) comes from
+  the payload and the root, never from the server's summary.
+* An approver never approves a grant for their own key or one they requested
+  (the trust core also never counts the grantee's signature).
+* A grant that the tenant policy would refuse (capability not allowed, too
+  long, expired) is not signed.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from rampart import trust
+from rampart.trust import Grant, TrustedRoot
+from rampart.trust.payloads import ALL_CAPABILITIES, GRANT_TYPE
+
+from . import prompts
+from .client import Client, expect_dict, expect_list, field
+from .common import (
+    api,
+    envelope_bytes,
+    now,
+    pick_key,
+    refusing,
+    resolve_tenant,
+    trusted_root,
+    unlock_key,
+)
+from .config import Config, Session
+from .errors import Refused, UsageProblem
+from .output import fmt_duration, fmt_time, parse_duration, print_json, say, table
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+grant_app = typer.Typer(help="Just-in-time access grants.", no_args_is_help=True)
+
+
+def split_list(text: str, what: str) -> list[str]:
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if not items:
+        raise UsageProblem(f"{what} is empty")
+    if len(set(items)) != len(items):
+        raise UsageProblem(f"{what} lists an item twice")
+    return items
+
+
+def decode_grant(data: bytes) -> tuple[trust.Envelope, Grant]:
+    with refusing("grant envelope"):
+        env = trust.decode_envelope(data, expect_type=GRANT_TYPE)
+        return env, trust.decode_payload(env.payload, Grant)
+
+
+def check_summary(summary: dict[str, Any], grant: Grant) -> None:
+    """Every field the server's summary states must equal the signed payload."""
+    checks: dict[str, Any] = {
+        "id": grant.id, "tenant": grant.tenant, "grantee": grant.grantee,
+        "not_before": grant.not_before, "not_after": grant.not_after, "reason": grant.reason,
+    }
+    for name, want in checks.items():
+        if name in summary and summary[name] != want:
+            raise Refused(f"the server's summary of the grant does not match what would be signed "
+                          f"({name}): refusing")
+    for name, want_list in (("devices", grant.devices), ("capabilities", grant.capabilities)):
+        if name in summary and sorted(summary[name] or []) != sorted(want_list):
+            raise Refused(f"the server's summary of the grant does not match what would be signed "
+                          f"({name}): refusing")
+    if "requested_by" in summary and grant.requested_by and summary["requested_by"] != \
+            grant.requested_by:
+        raise Refused("the server's summary of the grant does not match what would be signed "
+                      "(requested_by): refusing")
+
+
+def grant_doc(grant: Grant, root: TrustedRoot, status: trust.GrantStatus | None,
+              server_status: str | None = None) -> dict[str, Any]:
+    return {
+        "id": grant.id, "tenant": grant.tenant, "grantee": grant.grantee,
+        "grantee_name": root.root.key_name(grant.grantee),
+        "grantee_roles": root.root.roles_of(grant.grantee), "requested_by": grant.requested_by,
+        "devices": grant.devices, "capabilities": grant.capabilities, "actions": grant.actions,
+        "not_before": grant.not_before, "not_after": grant.not_after, "reason": grant.reason,
+        "approved_by": sorted(root.root.key_name(k) for k in (status.approved_by if status else ())),
+        "approvals": len(status.approved_by) if status else 0,
+        "required": status.required if status else None,
+        "complete": status.complete if status else False, "status": server_status,
+    }
+
+
+def print_grant(d: dict[str, Any]) -> None:
+    say(f"grant {d['id']} in tenant {d['tenant']}")
+    say(f"  technician:   {d['grantee_name']} ({d['grantee'][:16]}…, "
+        f"{', '.join(d['grantee_roles']) or 'not in root'})")
+    say(f"  devices:      {', '.join(d['devices'])}")
+    say(f"  capabilities: {', '.join(d['capabilities'])}")
+    say(f"  window:       {fmt_time(d['not_before'])} -> {fmt_time(d['not_after'])} "
+        f"({fmt_duration(d['not_after'] - d['not_before'])})")
+    say(f"  reason:       {d['reason']}")
+    if d.get("requested_by"):
+        say(f"  requested by: {d['requested_by']}")
+    say(f"  approvals:    {d['approvals']} of {d['required']}"
+        + (f" ({', '.join(d['approved_by'])})" if d["approved_by"] else ""))
+    if d.get("status"):
+        say(f"  status:       {d['status']}")
+
+
+# --- flows (also used by `rampart up`) -----------------------------------------------------------
+
+
+def request_grant(cfg: Config, client: Client, session: Session, tenant_id: str, *,
+                  devices: list[str], capabilities: list[str], duration_s: int,
+                  reason: str) -> tuple[str, Grant]:
+    """Ask the server for an unsigned grant and check it says exactly what was asked."""
+    bad = [c for c in capabilities if c not in ALL_CAPABILITIES]
+    if bad:
+        raise UsageProblem(f"unknown capabilities {bad}: choose from {', '.join(ALL_CAPABILITIES)}")
+    doc = expect_dict(client.post(f"/tenants/{tenant_id}/grants", {
+        "devices": devices, "capabilities": capabilities, "duration_s": duration_s,
+        "reason": reason, "actions": [],
+    }), "grant")
+    gid = field(doc, "id", str, "grant")
+    _, grant = decode_grant(envelope_bytes(doc, "grant"))
+    if (grant.id != gid or grant.tenant != tenant_id or sorted(grant.devices) != sorted(devices)
+            or sorted(grant.capabilities) != sorted(capabilities) or grant.reason != reason
+            or grant.not_after - grant.not_before != duration_s):
+        raise Refused("the grant the server made differs from the request")
+    mine = {k.keyid for k in cfg.list_keys(session.username)}
+    if grant.grantee not in mine:
+        raise Refused(f"the server made the grant for key {grant.grantee[:16]}…, which is not one "
+                      "of your keys")
+    return gid, grant
+
+
+def approve_grant(cfg: Config, client: Client, session: Session, grant_id: str, *,
+                  confirm: bool, show: bool = True) -> dict[str, Any]:
+    """Verify the grant locally against the trusted root, sign it as an approver, upload."""
+    summary = expect_dict(client.get(f"/grants/{grant_id}"), "grant")
+    tenant_id = field(summary, "tenant", str, "grant")
+    root = trusted_root(cfg, client, tenant_id)
+    data = envelope_bytes(summary, "grant")
+    env, grant = decode_grant(data)
+    if grant.id != grant_id:
+        raise Refused("the server sent a different grant than the one asked for")
+    with refusing("grant"):
+        status = trust.grant_status(root, data)
+    check_summary(summary, grant)
+    if grant.grantee not in root.technicians and grant.grantee not in root.automation:
+        raise Refused("the grant is for a key that is not a technician or automation key of the "
+                      f"root v{root.version} you trust")
+    policy = root.root.policy
+    not_allowed = set(grant.capabilities) - set(policy.capabilities)
+    if not_allowed:
+        raise Refused(f"the tenant policy does not allow {sorted(not_allowed)}")
+    longest = (policy.max_automation_grant_seconds if grant.grantee in root.automation
+               else policy.max_grant_seconds)
+    if grant.not_after - grant.not_before > longest:
+        raise Refused(f"the grant lasts longer than the policy's {fmt_duration(longest)}")
+    if grant.not_after <= now():
+        raise Refused("the grant has already expired")
+    info = pick_key(cfg, session, tenant_id, root, roles=("approver",))
+    if info.keyid == grant.grantee:
+        raise Refused("you cannot approve a grant for your own key")
+    if grant.requested_by and grant.requested_by == session.username:
+        raise Refused("you cannot approve a grant you requested")
+    doc = grant_doc(grant, root, status, summary.get("status"))
+    if show:
+        print_grant(doc)
+    if confirm and prompts.stdin_is_tty() and not prompts.confirm("Approve this grant?"):
+        raise Refused("not approved")
+    key = unlock_key(info)
+    signed = trust.add_signature(env, key).to_bytes()
+    client.post(f"/grants/{grant_id}/signatures", {"envelope": signed.decode()})
+    with refusing("signed grant"):
+        after = trust.grant_status(root, signed)
+    return grant_doc(grant, root, after, "approved" if after.complete else "requested")
+
+
+# --- commands --------------------------------------------------------------------------------
+
+
+@grant_app.command("request")
+def grant_request(
+    tenant: Annotated[str, typer.Argument(help="Tenant name or id.")],
+    devices: Annotated[str, typer.Option("--devices", help="Comma-separated device ids.")],
+    capabilities: Annotated[str, typer.Option(
+        "--capabilities", help=f"Comma-separated: {', '.join(ALL_CAPABILITIES)}.")],
+    duration: Annotated[str, typer.Option("--for", help="How long, e.g. 2h.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why (shown to approvers).")],
+    json_out: JsonOpt = False,
+) -> None:
+    """Request a grant for your technician key; prints the grant id for approvers."""
+    devs = split_list(devices, "--devices")
+    caps = split_list(capabilities, "--capabilities")
+    seconds = parse_duration(duration, what="--for")
+    cfg, client, session = api()
+    with client:
+        t = resolve_tenant(client, tenant)
+        gid, grant = request_grant(cfg, client, session, t["id"], devices=devs, capabilities=caps,
+                                   duration_s=seconds, reason=reason)
+    if json_out:
+        print_json({"id": gid, "tenant": t["id"], "devices": grant.devices,
+                    "capabilities": grant.capabilities, "not_before": grant.not_before,
+                    "not_after": grant.not_after})
+        return
+    say(gid)
+    say(f"an approver approves it with: rampart grant approve {gid}")
+
+
+@grant_app.command("list")
+def grant_list(
+    tenant: Annotated[str, typer.Argument(help="Tenant name or id.")],
+    json_out: JsonOpt = False,
+) -> None:
+    """List a tenant's grants (as the server reports them)."""
+    _, client, _ = api()
+    with client:
+        t = resolve_tenant(client, tenant)
+        docs = expect_list(client.get(f"/tenants/{t['id']}/grants"), "grants")
+    if json_out:
+        for d in docs:
+            if isinstance(d, dict):
+                d.pop("envelope", None)
+        print_json(docs)
+        return
+    table(["id", "technician", "devices", "capabilities", "until", "status", "approvals"],
+          ([d.get("id"), d.get("grantee_name"), len(d.get("devices") or []),
+            ",".join(d.get("capabilities") or []), fmt_time(d.get("not_after")), d.get("status"),
+            f"{len(d.get('approvals') or []) if isinstance(d.get('approvals'), list) else d.get('approvals')}"
+            f"/{d.get('required')}"] for d in docs if isinstance(d, dict)), title="Grants")
+
+
+@grant_app.command("show")
+def grant_show(
+    grant: Annotated[str, typer.Argument(help="Grant id (gr-…).")],
+    json_out: JsonOpt = False,
+) -> None:
+    """Show a grant, decoded and counted against your trusted root."""
+    cfg, client, _ = api()
+    with client:
+        summary = expect_dict(client.get(f"/grants/{grant}"), "grant")
+        tenant_id = field(summary, "tenant", str, "grant")
+        root = trusted_root(cfg, client, tenant_id)
+    data = envelope_bytes(summary, "grant")
+    _, g = decode_grant(data)
+    with refusing("grant"):
+        status = trust.grant_status(root, data)
+    check_summary(summary, g)
+    d = grant_doc(g, root, status, summary.get("status"))
+    if json_out:
+        print_json(d)
+        return
+    print_grant(d)
+
+
+@grant_app.command("approve")
+def grant_approve(
+    grant: Annotated[str, typer.Argument(help="Grant id (gr-…).")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Verify a grant locally against your trusted root and sign it with your approver key."""
+    if not grant.startswith("gr-"):
+        raise UsageProblem("a grant id looks like gr-…")
+    cfg, client, session = api()
+    with client:
+        d = approve_grant(cfg, client, session, grant, confirm=not yes, show=not json_out)
+    if json_out:
+        print_json(d)
+        return
+    say(f"approved: {d['approvals']} of {d['required']} approver signature(s)"
+        + ("; the grant is complete" if d["complete"] else "; more approvers are needed"))
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(grant_app, name="grant")
+

@@ -1,0 +1,231 @@
+"""Tenants, enrolment commands and devices.
+
+Security invariants:
+
+* ``tenant create`` builds root v1 locally from the members' registered keys,
+  shows who gets which role, signs it with the caller's own owner key and
+  stores it as trusted only after the server accepted it. The caller's key
+  must be an owner of the root it signs.
+* ``enroll new`` prints the root SHA-256 of the root this operator verified and
+  the certificate fingerprint pinned at login, never the server's claims about
+  them: a compromised server cannot make a new agent pin a root it forged.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from rampart import trust
+from rampart.trust import Policy, TenantRoot
+from rampart.trust.payloads import ROOT_TYPE
+
+from .client import Client, expect_dict, expect_list, field, split_server
+from .common import (
+    api,
+    local_root,
+    now,
+    pick_key,
+    resolve_tenant,
+    trust_root_v1,
+    trusted_root,
+    unlock_key,
+)
+from .config import Config, Session
+from .errors import Refused, ServerProblem, UsageProblem
+from .output import fmt_time, note, parse_duration, print_json, say, table
+from .root_cmds import DEFAULT_ROOT_LIFETIME, log_keys_of, make_root, members_keys, print_root
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+DEFAULT_AGENT_STATE = "/var/lib/rampart-agent"
+
+tenant_app = typer.Typer(help="Tenants (customers).", no_args_is_help=True)
+enroll_app = typer.Typer(help="Enrol devices.", no_args_is_help=True)
+devices_app = typer.Typer(help="List devices.", no_args_is_help=True)
+device_app = typer.Typer(help="Manage one device.", no_args_is_help=True)
+
+
+# --- reusable flows --------------------------------------------------------------------------
+
+
+def build_root_v1(client: Client, tenant: dict[str, Any], owner_keyid: str) -> TenantRoot:
+    """Root v1 from the tenant's members (owners are also approvers), owner threshold 1."""
+    tid = field(tenant, "id", str, "tenant")
+    log_entries = tenant.get("log_keys")
+    if not log_entries:
+        log_entries = expect_dict(client.get(f"/tenants/{tid}"), "tenant").get("log_keys")
+    members = expect_list(client.get(f"/tenants/{tid}/members"), "members")
+    keys, roles = members_keys(members)
+    if owner_keyid not in roles["owner"]:
+        raise Refused("your key is not among this tenant's owner keys on the server: register it "
+                      "with `rampart key new` (as an owner) first")
+    return make_root(tenant=tid, name=str(tenant.get("name") or tid), version=1,
+                     expires=now() + DEFAULT_ROOT_LIFETIME, keys=keys, roles=roles,
+                     thresholds={"owner": 1}, log_keys=log_keys_of(log_entries), policy=Policy())
+
+
+def create_tenant(cfg: Config, client: Client, session: Session, name: str) -> tuple[dict[str, Any],
+                                                                                    trust.TrustedRoot]:
+    """Create the tenant (or finish one left without a root) and publish its signed root v1."""
+    info = pick_key(cfg, session, None)
+    key = unlock_key(info)  # before anything changes on the server
+    try:
+        tenant = expect_dict(client.post("/tenants", {"name": name}), "tenant")
+    except ServerProblem as exc:
+        if exc.status != 409:
+            raise
+        existing = [t for t in expect_list(client.get("/tenants"), "tenants")
+                    if isinstance(t, dict) and t.get("name") == name]
+        if len(existing) != 1 or existing[0].get("status") != "pending-root":
+            raise
+        tenant = existing[0]
+        note(f"tenant {name} exists without a root: publishing its root v1 now")
+    root = build_root_v1(client, tenant, info.keyid)
+    env = trust.sign_envelope(ROOT_TYPE, trust.encode_payload(root), [key])
+    data = env.to_bytes()
+    trust.pin_root(data, expected_sha256=trust.root_sha256(data), now=now())  # self-check
+    client.post(f"/tenants/{root.tenant}/roots", {"envelope": data.decode()})
+    tr = trust_root_v1(cfg, data)
+    return tenant, tr
+
+
+def enrollment_command(cfg: Config, client: Client, session: Session, tenant_id: str, ttl_s: int,
+                       *, state: str, agent_server: str | None) -> dict[str, Any]:
+    """A one-time token and the full agent command, with locally verified pins."""
+    tr = trusted_root(cfg, client, tenant_id)
+    doc = expect_dict(client.post(f"/tenants/{tenant_id}/enrollment-tokens", {"ttl_s": ttl_s}),
+                      "enrolment token")
+    token = field(doc, "token", str, "enrolment token")
+    if doc.get("root_sha256") not in (None, tr.sha256):
+        note("warning: the server suggested a different root SHA-256 than the root you verified; "
+             "using yours")
+    if doc.get("cert_sha256") not in (None, session.cert_sha256):
+        note("warning: the server suggested a different certificate fingerprint than the one you "
+             "pinned; using yours")
+    server = split_server(agent_server)[2] if agent_server else session.server
+    command = (f"rampart-agent enroll --server {server} --token {token} --root-sha256 {tr.sha256} "
+               f"--cert-sha256 {session.cert_sha256} --state {state}")
+    return {"token": token, "expires_at": doc.get("expires_at"), "server": server,
+            "root_sha256": tr.sha256, "root_version": tr.version,
+            "cert_sha256": session.cert_sha256, "command": command}
+
+
+# --- commands --------------------------------------------------------------------------------
+
+
+@tenant_app.command("create")
+def tenant_create(
+    name: Annotated[str, typer.Argument(help="Tenant (customer) name.")],
+    json_out: JsonOpt = False,
+) -> None:
+    """Create a tenant and its root v1, signed locally with your owner key."""
+    cfg, client, session = api()
+    with client:
+        tenant, tr = create_tenant(cfg, client, session, name)
+    if json_out:
+        print_json({"id": tr.tenant, "name": tr.root.name, "root_version": tr.version,
+                    "root_sha256": tr.sha256})
+        return
+    say(f"tenant {tr.root.name} created: {tr.tenant}")
+    print_root(tr.root, tr.sha256)
+
+
+@tenant_app.command("list")
+def tenant_list(json_out: JsonOpt = False) -> None:
+    """List the tenants this account can see."""
+    cfg, client, _ = api()
+    with client:
+        docs = expect_list(client.get("/tenants"), "tenants")
+    for d in docs:
+        if isinstance(d, dict) and isinstance(d.get("id"), str):
+            lr = local_root(cfg, d["id"]) if cfg.load_root_bytes(d["id"]) else None
+            d["trusted_root_version"] = lr.version if lr else None
+    if json_out:
+        print_json(docs)
+        return
+    table(["id", "name", "status", "your trusted root"],
+          ([d.get("id"), d.get("name"), d.get("status"),
+            f"v{d['trusted_root_version']}" if d.get("trusted_root_version") else "-"]
+           for d in docs if isinstance(d, dict)), title="Tenants")
+
+
+@enroll_app.command("new")
+def enroll_new(
+    tenant: Annotated[str, typer.Argument(help="Tenant name or id.")],
+    ttl: Annotated[str, typer.Option("--ttl", help="Token lifetime, e.g. 1h.")] = "1h",
+    state: Annotated[str, typer.Option("--state", help="Agent state directory in the command.")
+                     ] = DEFAULT_AGENT_STATE,
+    agent_server: Annotated[str | None, typer.Option(
+        "--agent-server", help="Server URL as agents reach it (default: your login URL).")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Print the complete `rampart-agent enroll` command with a one-time token."""
+    ttl_s = parse_duration(ttl, what="--ttl")
+    cfg, client, session = api()
+    with client:
+        t = resolve_tenant(client, tenant)
+        out = enrollment_command(cfg, client, session, t["id"], ttl_s, state=state,
+                                 agent_server=agent_server)
+    if json_out:
+        print_json(out)
+        return
+    say(f"run on the device (as root), before {fmt_time(out['expires_at'])}:")
+    say(out["command"])
+    say(f"then approve it: rampart device approve {t['name']} DEVICE")
+
+
+def _devices(client: Client, tenant_id: str) -> list[Any]:
+    return expect_list(client.get(f"/tenants/{tenant_id}/devices"), "devices")
+
+
+@devices_app.command("list")
+def devices_list(
+    tenant: Annotated[str, typer.Argument(help="Tenant name or id.")],
+    json_out: JsonOpt = False,
+) -> None:
+    """List a tenant's devices (pending devices receive no job until approved)."""
+    _, client, _ = api()
+    with client:
+        t = resolve_tenant(client, tenant)
+        docs = _devices(client, t["id"])
+    if json_out:
+        print_json(docs)
+        return
+    table(["id", "hostname", "status", "connected", "last seen", "enrolled"],
+          ([d.get("id"), d.get("hostname"), d.get("status"),
+            "yes" if d.get("connected") else "no", fmt_time(d.get("last_seen")),
+            fmt_time(d.get("enrolled_at"))] for d in docs if isinstance(d, dict)),
+          title="Devices")
+
+
+@device_app.command("list")
+def device_list(
+    tenant: Annotated[str, typer.Argument(help="Tenant name or id.")],
+    json_out: JsonOpt = False,
+) -> None:
+    """Same as `rampart devices list`."""
+    devices_list(tenant, json_out)
+
+
+@device_app.command("approve")
+def device_approve(
+    tenant: Annotated[str, typer.Argument(help="Tenant name or id.")],
+    device: Annotated[str, typer.Argument(help="Device id (dev-…).")],
+) -> None:
+    """Approve an enrolled device so it may receive jobs."""
+    if not device.startswith("dev-"):
+        raise UsageProblem("a device id looks like dev-<24 hex>")
+    _, client, _ = api()
+    with client:
+        t = resolve_tenant(client, tenant)
+        client.post(f"/tenants/{t['id']}/devices/{device}/approve")
+    say(f"device {device} approved in {t['name']}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(tenant_app, name="tenant")
+    app.add_typer(enroll_app, name="enroll")
+    app.add_typer(devices_app, name="devices")
+    app.add_typer(device_app, name="device")
+

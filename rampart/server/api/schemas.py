@@ -1,0 +1,305 @@
+"""Request and response models of the REST API (docs/design/protocol.md).
+
+Every request model forbids unknown fields and bounds every string and list,
+so the OpenAPI document states the limits and hostile input fails validation
+(422) before any handler runs (T13).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+TENANT_ID = r"^tn-[0-9a-z]{16,64}$"
+DEVICE_ID = r"^dev-[0-9a-f]{24}$"
+GRANT_ID = r"^gr-[0-9a-z]{16,64}$"
+JOB_ID = r"^job-[0-9a-z]{16,64}$"
+USERNAME = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+TENANT_NAME = r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,127}$"
+
+MAX_ENVELOPE_TEXT = 2 << 20
+
+Username = Annotated[str, Field(pattern=USERNAME)]
+Secret = Annotated[str, Field(min_length=1, max_length=1024)]
+Envelope = Annotated[str, Field(min_length=2, max_length=MAX_ENVELOPE_TEXT)]
+TenantRef = Annotated[str, Field(min_length=1, max_length=128)]
+DeviceId = Annotated[str, Field(pattern=DEVICE_ID)]
+Role = Literal["owner", "approver", "technician", "viewer"]
+Capability = Literal["script", "file", "package", "patch", "inventory", "backup", "net", "root",
+                     "shell"]
+ActionKind = Literal["os-update", "inventory-refresh", "backup-run"]
+
+
+class In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class OkOut(BaseModel):
+    ok: bool = True
+
+
+class HealthOut(BaseModel):
+    status: str
+    version: str
+
+
+# --- auth ---------------------------------------------------------------------------
+
+class BootstrapIn(In):
+    token: Secret
+    username: Username
+    password: Secret
+
+
+class ActivateIn(In):
+    username: Username
+    activation_token: Secret
+    password: Secret
+
+
+class EnrolmentOut(BaseModel):
+    enrolment_token: str
+    otpauth_uri: str
+
+
+class TotpConfirmIn(In):
+    enrolment_token: Secret
+    code: Annotated[str, Field(min_length=1, max_length=16)]
+
+
+class LoginIn(In):
+    username: Annotated[str, Field(min_length=1, max_length=128)]
+    password: Secret
+    totp: Annotated[str, Field(min_length=1, max_length=16)]
+
+
+class SessionOut(BaseModel):
+    token: str
+    expires_at: float
+    username: str
+    role: str
+
+
+class MeOut(BaseModel):
+    username: str
+    role: str
+    tenants: list[str] | None
+
+
+# --- accounts and keys --------------------------------------------------------------
+
+class AccountIn(In):
+    username: Username
+    role: Role
+    tenants: Annotated[list[TenantRef], Field(max_length=1000)] | None
+
+
+class AccountCreatedOut(BaseModel):
+    username: str
+    role: str
+    activation_token: str
+
+
+class AccountOut(BaseModel):
+    username: str
+    role: str
+    tenants: list[str] | None
+    activated: bool
+    totp_confirmed: bool
+    last_login_at: float | None
+
+
+class KeyIn(In):
+    public: Annotated[str, Field(min_length=1, max_length=200)]
+    tenant: TenantRef | None = None
+    name: Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class KeyIdOut(BaseModel):
+    keyid: str
+
+
+class KeyOut(BaseModel):
+    keyid: str
+    public: str
+    name: str
+    tenant: str | None
+
+
+# --- tenants and roots --------------------------------------------------------------
+
+class TenantIn(In):
+    name: Annotated[str, Field(pattern=TENANT_NAME)]
+
+
+class PublicKeyOut(BaseModel):
+    keyid: str
+    public: str
+
+
+class TenantOut(BaseModel):
+    id: str
+    name: str
+    status: Literal["pending-root", "active"]
+    root_version: int | None
+    log_keys: list[PublicKeyOut]
+
+
+class MemberOut(BaseModel):
+    username: str
+    role: str
+    keys: list[PublicKeyOut]
+
+
+class EnvelopeIn(In):
+    envelope: Envelope
+
+
+class RootOut(BaseModel):
+    version: int
+    sha256: str
+    envelope: str
+
+
+class RootProposalOut(BaseModel):
+    version: int
+    envelope: str
+    signed_by: list[str]
+    threshold: int
+    previous_signed_by: list[str] | None
+    previous_threshold: int | None
+    complete: bool
+
+
+# --- enrolment and devices ----------------------------------------------------------
+
+class EnrolmentTokenIn(In):
+    ttl_s: Annotated[int, Field(ge=60, le=7 * 24 * 3600)] = 3600
+
+
+class EnrolmentTokenOut(BaseModel):
+    token: str
+    expires_at: float
+    root_sha256: str
+    cert_sha256: str | None
+    server_url: str
+
+
+class EnrollIn(In):
+    token: Secret
+    public_key: Annotated[str, Field(min_length=1, max_length=200)]
+    hostname: Annotated[str, Field(min_length=1, max_length=255)]
+    agent_version: Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class EnrollOut(BaseModel):
+    device_id: str
+    tenant: str
+    roots: list[str]
+
+
+class DeviceOut(BaseModel):
+    id: str
+    hostname: str
+    status: Literal["pending", "approved"]
+    connected: bool
+    last_seen: float | None
+    enrolled_at: float
+
+
+# --- grants -------------------------------------------------------------------------
+
+class GrantIn(In):
+    devices: Annotated[list[DeviceId], Field(min_length=1, max_length=10_000)]
+    capabilities: Annotated[list[Capability], Field(min_length=1, max_length=9)]
+    duration_s: Annotated[int, Field(ge=60, le=366 * 24 * 3600)]
+    reason: Annotated[str, Field(min_length=1, max_length=2048)]
+    actions: Annotated[list[ActionKind], Field(max_length=3)] = []
+
+
+class GrantCreatedOut(BaseModel):
+    id: str
+    envelope: str
+    status: str
+
+
+class GrantOut(BaseModel):
+    id: str
+    tenant: str
+    grantee: str
+    grantee_name: str
+    requested_by: str
+    devices: list[str]
+    capabilities: list[str]
+    not_before: int
+    not_after: int
+    reason: str
+    status: Literal["requested", "approved", "expired", "revoked"]
+    approvals: list[str]
+    required: int
+    envelope: str
+
+
+# --- jobs ---------------------------------------------------------------------------
+
+class JobIn(In):
+    envelope: Envelope
+    payloads: Annotated[dict[Annotated[str, Field(max_length=64)],
+                             Annotated[str, Field(max_length=6 << 20)]],
+                        Field(max_length=16)] = {}
+
+
+class JobCreatedOut(BaseModel):
+    id: str
+    targets: list[str]
+
+
+class ReceiptOut(BaseModel):
+    outcome: str
+    refusal: str
+    detail: str
+    exit_code: int | None
+    signal: int | None
+    timed_out: bool
+    stdout: str
+    stderr: str
+    started_at: float
+    ended_at: float
+    containment: dict[str, Any] | None
+
+
+class TargetOut(BaseModel):
+    device: str
+    state: Literal["pending", "sent", "done"]
+    receipt: ReceiptOut | None
+
+
+class JobOut(BaseModel):
+    id: str
+    tenant: str
+    kind: str
+    signer: str
+    grant: str
+    created_at: float
+    devices: list[str]
+    targets: list[TargetOut]
+
+
+# --- audit --------------------------------------------------------------------------
+
+class AuditEntryOut(BaseModel):
+    index: int
+    kind: str
+    time: float
+    data: str
+
+
+class CheckpointOut(BaseModel):
+    size: int
+    root: str
+    envelope: str
+
+
+class ProofOut(BaseModel):
+    proof: list[str]
