@@ -20,11 +20,12 @@ from ..auth import resolve_session
 from ..context import ServerContext
 from ..errors import Forbidden, NotFound, Unauthenticated
 from ..models import AccountTenant, Tenant
-from .schemas import GRANT_ID, JOB_ID, TENANT_ID
+from .schemas import DEVICE_ID, GRANT_ID, JOB_ID, TENANT_ID
 
 bearer = HTTPBearer(auto_error=False, description="Session token from /api/v1/auth/login")
 
 TenantPath = Annotated[str, Path(pattern=TENANT_ID, description="tenant id")]
+DevicePath = Annotated[str, Path(pattern=DEVICE_ID, description="device id")]
 GrantPath = Annotated[str, Path(pattern=GRANT_ID, description="grant id")]
 JobPath = Annotated[str, Path(pattern=JOB_ID, description="job id")]
 
@@ -54,6 +55,13 @@ class Caller:
         """The tenant if the caller reaches it; 404 otherwise, whether or not it exists."""
         row = s.get(Tenant, tenant_id) if self.reaches(tenant_id) else None
         if row is None:
+            raise NotFound("tenant not found")
+        return row
+
+    def tenant_ref(self, s: Session, ref: str) -> Tenant:
+        """Resolve a tenant id or name the caller reaches; 404 otherwise."""
+        row = s.get(Tenant, ref) or s.scalars(select(Tenant).where(Tenant.name == ref)).first()
+        if row is None or not self.reaches(row.id):
             raise NotFound("tenant not found")
         return row
 

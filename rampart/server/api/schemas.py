@@ -105,9 +105,9 @@ class AccountOut(BaseModel):
     username: str
     role: str
     tenants: list[str] | None
-    activated: bool
+    active: bool
     totp_confirmed: bool
-    last_login_at: float | None
+    last_login: float | None
 
 
 class KeyIn(In):
@@ -186,14 +186,14 @@ class EnrolmentTokenOut(BaseModel):
     server_url: str
 
 
-class EnrollIn(In):
+class EnrolIn(In):
     token: Secret
     public_key: Annotated[str, Field(min_length=1, max_length=200)]
     hostname: Annotated[str, Field(min_length=1, max_length=255)]
     agent_version: Annotated[str, Field(min_length=1, max_length=64)]
 
 
-class EnrollOut(BaseModel):
+class EnrolOut(BaseModel):
     device_id: str
     tenant: str
     roots: list[str]

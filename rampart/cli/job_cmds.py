@@ -1,0 +1,280 @@
+"""Jobs: sign a script job locally, upload it, follow its receipts.
+
+Security invariants:
+
+* ``run`` signs only after verifying, against the locally trusted root, that the
+  grant is fully approved and valid now (:func:`rampart.trust.verify_grant`),
+  that it is for this operator's own key, and that it covers every target device
+  and every capability the job declares. Agents check all of this again.
+* The job carries the SHA-256 and size of the exact script bytes read from
+  disk; the server relays the bytes but cannot change them unnoticed.
+* Each job has a fresh random nonce and id and a bounded lifetime, so a copy
+  cannot be replayed later or elsewhere.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from rampart import trust
+from rampart.trust import Action, Declared, Job, PayloadRef
+from rampart.trust.payloads import JOB_TYPE
+
+from .client import Client, expect_dict, expect_list, field
+from .common import api, envelope_bytes, now, refusing, resolve_tenant, trusted_root, unlock_key
+from .config import Config, Session
+from .errors import CliError, NetworkProblem, Refused, UsageProblem
+from .grant_cmds import decode_grant, split_list
+from .output import err_console, fmt_time, parse_duration, print_json, say, table
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+MAX_SCRIPT_BYTES = 2 * 1024 * 1024  # the agent channel carries at most 4 MiB frames (base64)
+POLL_INTERVAL_S = 0.5
+
+jobs_app = typer.Typer(help="Jobs and their receipts.", no_args_is_help=True)
+
+
+# --- flows (also used by `rampart up` and tests) -----------------------------------------------
+
+
+def sign_script_job(cfg: Config, client: Client, session: Session, tenant_id: str, *,
+                    grant_id: str, devices: list[str], script: bytes, writes: list[str],
+                    connect: list[int], as_root: bool, timeout_s: int,
+                    lifetime_s: int) -> tuple[bytes, Job]:
+    """Verify the grant locally, then build and sign the job with the grantee key."""
+    root = trusted_root(cfg, client, tenant_id)
+    summary = expect_dict(client.get(f"/grants/{grant_id}"), "grant")
+    data = envelope_bytes(summary, "grant")
+    _, g = decode_grant(data)
+    if g.id != grant_id or g.tenant != tenant_id:
+        raise Refused(f"grant {grant_id} does not belong to tenant {tenant_id}")
+    st = None
+    with refusing("grant"):
+        st = trust.grant_status(root, data)
+    if not st.complete:
+        raise Refused(f"grant {grant_id} is not approved yet: {len(st.approved_by)} of "
+                      f"{st.required} approver signature(s)")
+    t = now()
+    with refusing(f"grant {grant_id}"):
+        grant = trust.verify_grant(root, data, now=t)
+    mine = {k.keyid: k for k in cfg.key_candidates(session.username, tenant_id)}
+    info = mine.get(grant.grantee)
+    if info is None:
+        raise Refused(f"grant {grant_id} is for key {grant.grantee[:16]}…, which is not one of "
+                      "your keys")
+    outside = sorted(set(devices) - set(grant.devices))
+    if outside:
+        raise UsageProblem(f"the grant does not cover {', '.join(outside)}")
+    if len(script) > MAX_SCRIPT_BYTES:
+        raise UsageProblem(f"the script is larger than {MAX_SCRIPT_BYTES // 1024} KiB")
+    try:
+        job = Job(
+            id=trust.new_job_id(), tenant=tenant_id, grant=grant.id, signer=grant.grantee,
+            devices=devices,
+            action=Action(kind="script", payloads=[PayloadRef(
+                name="script", sha256=hashlib.sha256(script).hexdigest(), size=len(script))]),
+            declared=Declared(writes=writes, connect=connect, run_as="root" if as_root else "job"),
+            timeout_s=timeout_s, nonce=trust.new_nonce(), issued_at=t, expires_at=t + lifetime_s,
+        )
+        payload = trust.encode_payload(job)
+        trust.decode_payload(payload, Job)  # validate exactly as an agent will decode it
+    except (ValueError, msgspec.ValidationError) as exc:
+        raise UsageProblem(f"invalid job: {exc}") from None
+    except trust.DecodeError as exc:
+        raise UsageProblem(f"invalid job: {exc.message}") from None
+    missing = job.required_capabilities() - set(grant.capabilities)
+    if missing:
+        raise Refused(f"grant {grant_id} does not give {', '.join(sorted(missing))}")
+    key = unlock_key(info)
+    env = trust.sign_envelope(JOB_TYPE, payload, [key])
+    return env.to_bytes(), job
+
+
+def submit_job(client: Client, tenant_id: str, envelope: bytes, script: bytes) -> dict[str, Any]:
+    return expect_dict(client.post(f"/tenants/{tenant_id}/jobs", {
+        "envelope": envelope.decode(), "payloads": {"script": base64.b64encode(script).decode()},
+    }), "job")
+
+
+def wait_for_receipts(client: Client, job_id: str, total: int, deadline: float, *,
+                      show_progress: bool = True) -> dict[str, Any]:
+    """Poll ``GET /jobs/{j}`` until every target has a receipt or ``deadline`` passes."""
+    doc: dict[str, Any] = {}
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=err_console, transient=True,
+                        disable=not show_progress)
+    with progress:
+        task = progress.add_task(f"receipts for {job_id}", total=total)
+        while True:
+            try:
+                doc = expect_dict(client.get(f"/jobs/{job_id}"), "job")
+            except NetworkProblem:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1.0)
+                continue
+            targets = [x for x in doc.get("targets") or [] if isinstance(x, dict)]
+            done = sum(1 for x in targets if x.get("state") == "done" or x.get("receipt"))
+            progress.update(task, completed=done, total=max(total, len(targets)))
+            if targets and done >= len(targets):
+                return doc
+            if time.monotonic() > deadline:
+                return doc
+            time.sleep(POLL_INTERVAL_S)
+
+
+def target_ok(t: dict[str, Any]) -> bool:
+    r = t.get("receipt")
+    return (isinstance(r, dict) and r.get("outcome") == "ran" and r.get("exit_code") == 0
+            and not r.get("timed_out"))
+
+
+def print_targets(doc: dict[str, Any]) -> None:
+    for t in doc.get("targets") or []:
+        if not isinstance(t, dict):
+            continue
+        r = t.get("receipt")
+        dev = t.get("device")
+        if not isinstance(r, dict):
+            say(f"{dev}: no receipt yet ({t.get('state', 'pending')})")
+            continue
+        outcome = r.get("outcome")
+        if outcome == "refused":
+            line = f"{dev}: REFUSED ({r.get('refusal') or 'unknown'})"
+        elif outcome == "failed":
+            line = f"{dev}: FAILED"
+        else:
+            if r.get("timed_out"):
+                status = "timed out"
+            elif r.get("signal"):
+                status = f"killed by signal {r.get('signal')}"
+            else:
+                status = f"exit {r.get('exit_code')}"
+            line = f"{dev}: ran, {status}"
+        c = r.get("containment")
+        if isinstance(c, dict) and c.get("level"):
+            line += f" [containment {c['level']}]"
+        say(line)
+        if r.get("detail"):
+            say(f"  detail: {r['detail']}")
+        for stream in ("stdout", "stderr"):
+            text = r.get(stream)
+            if text:
+                say(f"  --- {stream} ---")
+                for ln in str(text).rstrip("\n").split("\n"):
+                    say(f"  {ln}")
+
+
+# --- commands --------------------------------------------------------------------------------
+
+
+def run(
+    tenant: Annotated[str, typer.Argument(help="Tenant name or id.")],
+    grant: Annotated[str, typer.Option("--grant", help="Approved grant id (gr-…).")],
+    devices: Annotated[str, typer.Option("--devices", help="Comma-separated device ids.")],
+    script: Annotated[Path, typer.Option("--script", help="Script file to run.")],
+    writes: Annotated[list[str] | None, typer.Option(
+        "--writes", help="Absolute path the script may write (repeatable).")] = None,
+    connect: Annotated[list[int] | None, typer.Option(
+        "--connect", help="TCP port the script may connect to (repeatable; needs 'net').")] = None,
+    as_root: Annotated[bool, typer.Option("--as-root", help="Run as root (needs 'root').")] = False,
+    timeout: Annotated[int, typer.Option("--timeout", help="Run time limit in seconds.")] = 300,
+    expires: Annotated[str, typer.Option("--expires", help="Job lifetime, e.g. 1h.")] = "1h",
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for every receipt.")] = False,
+    wait_timeout: Annotated[str | None, typer.Option(
+        "--wait-timeout", help="How long --wait waits (default: the timeout plus 60s).")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Sign a script job locally with your technician key and send it; optionally wait."""
+    devs = split_list(devices, "--devices")
+    lifetime = parse_duration(expires, what="--expires")
+    waiting = parse_duration(wait_timeout, what="--wait-timeout") if wait_timeout else timeout + 60
+    try:
+        body = script.read_bytes()
+    except OSError as exc:
+        raise UsageProblem(f"cannot read {script}: {exc.strerror}") from None
+    cfg, client, session = api()
+    with client:
+        t = resolve_tenant(client, tenant)
+        envelope, job = sign_script_job(
+            cfg, client, session, t["id"], grant_id=grant, devices=devs, script=body,
+            writes=list(writes or []), connect=list(connect or []), as_root=as_root,
+            timeout_s=timeout, lifetime_s=lifetime)
+        doc = submit_job(client, t["id"], envelope, body)
+        job_id = field(doc, "id", str, "job")
+        if job_id != job.id:
+            raise Refused("the server stored the job under another id")
+        if not wait:
+            if json_out:
+                print_json({"id": job_id, "targets": doc.get("targets")})
+            else:
+                say(job_id)
+                say(f"follow it with: rampart jobs show {job_id}")
+            return
+        if not json_out:
+            say(f"job {job_id} sent to {len(devs)} device(s)")
+        result = wait_for_receipts(client, job_id, len(devs), time.monotonic() + waiting,
+                                   show_progress=not json_out)
+    targets = [x for x in result.get("targets") or [] if isinstance(x, dict)]
+    if json_out:
+        print_json(result)
+    else:
+        print_targets(result)
+    pending = [x for x in targets if not isinstance(x.get("receipt"), dict)]
+    failed = [x for x in targets if isinstance(x.get("receipt"), dict) and not target_ok(x)]
+    if pending:
+        raise CliError(f"{len(pending)} device(s) sent no receipt within the wait time")
+    if failed:
+        raise CliError(f"{len(failed)} of {len(targets)} device(s) failed or refused the job")
+
+
+@jobs_app.command("show")
+def jobs_show(
+    job: Annotated[str, typer.Argument(help="Job id (job-…).")],
+    json_out: JsonOpt = False,
+) -> None:
+    """Show a job and each device's receipt."""
+    _, client, _ = api()
+    with client:
+        doc = expect_dict(client.get(f"/jobs/{job}"), "job")
+    if json_out:
+        print_json(doc)
+        return
+    say(f"job {doc.get('id')} ({doc.get('kind')}) in {doc.get('tenant')}, "
+        f"created {fmt_time(doc.get('created_at'))}")
+    say(f"signer {str(doc.get('signer'))[:16]}…, grant {doc.get('grant')}")
+    print_targets(doc)
+
+
+@jobs_app.command("list")
+def jobs_list(
+    tenant: Annotated[str, typer.Argument(help="Tenant name or id.")],
+    limit: Annotated[int, typer.Option("--limit", help="How many recent jobs.")] = 20,
+    json_out: JsonOpt = False,
+) -> None:
+    """List a tenant's recent jobs."""
+    _, client, _ = api()
+    with client:
+        t = resolve_tenant(client, tenant)
+        docs = expect_list(client.get(f"/tenants/{t['id']}/jobs", limit=limit), "jobs")
+    if json_out:
+        print_json(docs)
+        return
+    table(["id", "kind", "created", "devices", "done"],
+          ([d.get("id"), d.get("kind"), fmt_time(d.get("created_at")),
+            len(d.get("devices") or []),
+            sum(1 for x in d.get("targets") or [] if isinstance(x, dict) and x.get("receipt"))]
+           for d in docs if isinstance(d, dict)), title="Jobs")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run)
+    app.add_typer(jobs_app, name="jobs")

@@ -1,0 +1,125 @@
+"""`rampart`: the operator CLI (entry point and error boundary).
+
+Every error ends here as ONE line on stderr and a non-zero exit status (see
+:mod:`rampart.cli.errors` for the codes); tracebacks are shown only with
+``RAMPART_DEBUG=1``. ``rampart server ...`` is forwarded to
+:mod:`rampart.server.commands`, imported only when used so the operator
+commands work without the server's dependencies.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+
+from rampart.trust import TrustError
+
+from . import audit_cmds, auth_cmds, grant_cmds, job_cmds, root_cmds, tenant_cmds, up
+from .common import set_config_dir
+from .errors import CliError
+
+app = typer.Typer(
+    name="rampart",
+    help="Rampart operator CLI: endpoints run only what the responsible people signed.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+@app.callback()
+def _root(
+    config_dir: Annotated[Path | None, typer.Option(
+        "--config-dir", envvar="RAMPART_CONFIG_DIR", show_envvar=True,
+        help="Operator state directory (default ~/.config/rampart).")] = None,
+) -> None:
+    set_config_dir(config_dir)
+
+
+@app.command(
+    "server",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
+                      "help_option_names": []},
+    add_help_option=False,
+)
+def server(ctx: typer.Context) -> None:
+    """Run the Rampart server: `rampart server init --data DIR`, `rampart server run ...`."""
+    try:
+        from rampart.server.commands import server_app
+    except ImportError as exc:
+        raise CliError(f"the server is not available in this installation ({exc})") from exc
+    cmd = typer.main.get_command(server_app)
+    rc = cmd.main(list(ctx.args), prog_name="rampart server", standalone_mode=False)
+    if isinstance(rc, int) and rc:
+        raise typer.Exit(rc)
+
+
+auth_cmds.register(app)
+tenant_cmds.register(app)
+root_cmds_app = root_cmds.root_app
+app.add_typer(root_cmds_app, name="root")
+grant_cmds.register(app)
+job_cmds.register(app)
+audit_cmds.register(app)
+up.register(app)
+
+
+def _fail(message: str, code: int) -> int:
+    text = " ".join(str(message).split()) or "failed"
+    sys.stderr.write(f"rampart: error: {text}\n")
+    sys.stderr.flush()
+    return code
+
+
+def run_cli(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit status; never raises."""
+    debug = os.environ.get("RAMPART_DEBUG") == "1"
+    cmd = typer.main.get_command(app)
+    try:
+        rc = cmd.main(args=argv, prog_name="rampart", standalone_mode=False)
+        return rc if isinstance(rc, int) else 0
+    except CliError as exc:
+        if debug:
+            raise
+        return _fail(exc.message, exc.exit_code)
+    except TrustError as exc:
+        if debug:
+            raise
+        return _fail(f"refused: {exc}", 6)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        return _fail("aborted", 130)
+    except click.ClickException as exc:
+        hint = ""
+        ctx = getattr(exc, "ctx", None)
+        if ctx is not None:
+            hint = f" (see `{ctx.command_path} --help`)"
+        return _fail(exc.format_message() + hint, exc.exit_code if exc.exit_code else 2)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+    except BrokenPipeError:
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+        except OSError:
+            pass
+        return 141
+    except Exception as exc:  # the boundary: never a traceback for the operator
+        if debug:
+            raise
+        return _fail(f"internal error ({type(exc).__name__}): {exc}; rerun with RAMPART_DEBUG=1 "
+                     "for details", 70)
+
+
+def main() -> None:
+    sys.exit(run_cli())
+
+
+if __name__ == "__main__":
+    main()

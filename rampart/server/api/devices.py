@@ -1,0 +1,105 @@
+"""Enrolment tokens, agent enrolment and device approval.
+
+Invariants: an enrolment token is one-time, short-lived and stored hashed; a
+device's id is bound to its key (``device_id_for``); a new device is
+``pending`` and is sent no job until an owner or approver approves it (S3).
+"""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Request
+from sqlalchemy import select
+
+from rampart.trust import DevicePublicKey, TrustError, device_id_for
+
+from ..auth import new_token, token_hash
+from ..errors import BadRequest, Conflict, Forbidden, NotFound
+from ..models import Device, EnrolmentToken, RootVersion
+from ..tenant_roots import current_root
+from .deps import CallerDep, Ctx, DevicePath, TenantPath
+from .schemas import (
+    DeviceOut,
+    EnrolIn,
+    EnrolmentTokenIn,
+    EnrolmentTokenOut,
+    EnrolOut,
+    OkOut,
+)
+
+router = APIRouter(tags=["devices"])
+
+
+@router.post("/tenants/{t}/enrollment-tokens", response_model=EnrolmentTokenOut)
+def create_enrolment_token(t: TenantPath, body: EnrolmentTokenIn, caller: CallerDep, ctx: Ctx,
+                           request: Request) -> EnrolmentTokenOut:
+    now = time.time()
+    with ctx.store.transaction() as s:
+        caller.tenant(s, t)
+        caller.require("owner", "approver", "technician")
+        root = current_root(s, t)
+        if root is None:
+            raise Conflict("publish a root before enrolling devices")
+        token = new_token()
+        s.add(EnrolmentToken(token_hash=token_hash(token), tenant_id=t, created_by=caller.username,
+                             created_at=now, expires_at=now + body.ttl_s))
+        root_sha = root.sha256
+    url = ctx.config.public_url or str(request.base_url).rstrip("/")
+    return EnrolmentTokenOut(token=token, expires_at=now + body.ttl_s, root_sha256=root_sha,
+                             cert_sha256=ctx.cert_sha256, server_url=url)
+
+
+@router.post("/agent/v1/enroll", response_model=EnrolOut, tags=["agent"])
+def enrol(body: EnrolIn, ctx: Ctx) -> EnrolOut:
+    """Register a device key with a one-time token; the device starts ``pending``."""
+    now = time.time()
+    try:
+        public = DevicePublicKey.from_text(body.public_key)
+    except TrustError as exc:
+        raise BadRequest(exc.message) from None
+    device_id = device_id_for(public)
+    with ctx.store.transaction() as s:
+        tok = s.get(EnrolmentToken, token_hash(body.token))
+        if tok is None or tok.used_at is not None or tok.expires_at <= now:
+            raise Forbidden("invalid enrolment token")
+        if s.get(Device, device_id) is not None:
+            raise Conflict("this device key is already enrolled")
+        tok.used_at = now
+        s.add(Device(id=device_id, tenant_id=tok.tenant_id, public_key=public.to_text(),
+                     hostname=body.hostname, agent_version=body.agent_version, status="pending",
+                     enrolled_at=now))
+        ctx.audit.record(s, [tok.tenant_id], "device.enrolled", "device:" + device_id,
+                         {"device": device_id, "hostname": body.hostname,
+                          "agent_version": body.agent_version, "token_by": tok.created_by}, now)
+        roots = [r.envelope.decode() for r in s.scalars(
+            select(RootVersion).where(RootVersion.tenant_id == tok.tenant_id)
+            .order_by(RootVersion.version))]
+        return EnrolOut(device_id=device_id, tenant=tok.tenant_id, roots=roots)
+
+
+@router.get("/tenants/{t}/devices", response_model=list[DeviceOut])
+def list_devices(t: TenantPath, caller: CallerDep, ctx: Ctx) -> list[DeviceOut]:
+    with ctx.store.transaction() as s:
+        caller.tenant(s, t)
+        rows = s.scalars(select(Device).where(Device.tenant_id == t).order_by(Device.enrolled_at))
+        return [DeviceOut(id=d.id, hostname=d.hostname, status=d.status,  # type: ignore[arg-type]
+                          connected=ctx.gateway.is_connected(d.id), last_seen=d.last_seen,
+                          enrolled_at=d.enrolled_at) for d in rows]
+
+
+@router.post("/tenants/{t}/devices/{d}/approve", response_model=OkOut)
+def approve_device(t: TenantPath, d: DevicePath, caller: CallerDep, ctx: Ctx) -> OkOut:
+    now = time.time()
+    with ctx.store.transaction() as s:
+        caller.tenant(s, t)
+        device = s.get(Device, d)
+        if device is None or device.tenant_id != t:
+            raise NotFound("device not found")
+        caller.require("owner", "approver")
+        if device.status == "approved":
+            return OkOut()
+        device.status, device.approved_at, device.approved_by = "approved", now, caller.username
+        ctx.audit.record(s, [t], "device.approved", caller.username, {"device": d}, now)
+    ctx.gateway.wake([d])
+    return OkOut()

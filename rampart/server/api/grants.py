@@ -1,0 +1,164 @@
+"""Grants: the server drafts the unsigned payload; approvers sign it on their machines.
+
+Invariants: the grantee is a technician (or automation) key of the current
+root that belongs to the requester; an approval is stored only if the
+payload bytes are identical and the signature is one ``grant_status`` counts
+(an approver of the current root, never the grantee's own key); an approver
+cannot approve a grant for one of their own keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import msgspec
+from fastapi import APIRouter
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
+
+from rampart.trust import Grant, TrustError, decode_envelope, decode_payload, encode_payload
+from rampart.trust import grant_status as trust_grant_status
+from rampart.trust import new_grant_id
+from rampart.trust.envelope import Envelope as DsseEnvelope
+from rampart.trust.payloads import GRANT_TYPE
+
+from ..errors import BadRequest, Conflict, Forbidden, NotFound
+from ..models import Device, GrantRow, OperatorKeyRow
+from ..tenant_roots import current_trusted
+from .deps import Caller, CallerDep, Ctx, GrantPath, TenantPath
+from .schemas import EnvelopeIn, GrantCreatedOut, GrantIn, GrantOut
+
+router = APIRouter(tags=["grants"])
+
+
+def caller_keyids(s: Session, caller: Caller, tenant_id: str) -> set[str]:
+    return set(s.scalars(select(OperatorKeyRow.keyid).where(
+        OperatorKeyRow.account_id == caller.account_id,
+        or_(OperatorKeyRow.tenant_id.is_(None), OperatorKeyRow.tenant_id == tenant_id))))
+
+
+def grant_out(s: Session, row: GrantRow, now: float) -> GrantOut:
+    trusted = current_trusted(s, row.tenant_id)
+    try:
+        st = trust_grant_status(trusted, row.envelope)
+    except TrustError as exc:  # the root changed under a stored grant: show it, unapproved
+        raise Conflict(f"grant no longer decodes under the current root: {exc}") from None
+    g = st.grant
+    status = "expired" if now >= g.not_after else "approved" if st.complete else "requested"
+    return GrantOut(id=g.id, tenant=g.tenant, grantee=g.grantee,
+                    grantee_name=trusted.root.key_name(g.grantee), requested_by=g.requested_by,
+                    devices=list(g.devices), capabilities=list(g.capabilities),
+                    not_before=g.not_before, not_after=g.not_after, reason=g.reason,
+                    status=status,  # type: ignore[arg-type]
+                    approvals=sorted(st.approved_by), required=st.required,
+                    envelope=row.envelope.decode())
+
+
+@router.post("/tenants/{t}/grants", response_model=GrantCreatedOut)
+def request_grant(t: TenantPath, body: GrantIn, caller: CallerDep, ctx: Ctx) -> GrantCreatedOut:
+    """Draft a grant for the caller's key in the current root (technicians and owners)."""
+    now = int(time.time())
+    with ctx.store.transaction() as s:
+        caller.tenant(s, t)
+        caller.require("technician", "owner")
+        trusted = current_trusted(s, t)
+        eligible = trusted.automation if body.actions else trusted.technicians
+        mine = sorted(caller_keyids(s, caller, t) & set(eligible))
+        if not mine:
+            kind = "automation" if body.actions else "technician"
+            raise Conflict(f"none of your keys is a {kind} key of this tenant's current root")
+        known = s.scalar(select(func.count()).select_from(Device).where(
+            Device.tenant_id == t, Device.id.in_(set(body.devices))))
+        if known != len(set(body.devices)):
+            raise BadRequest("unknown device")
+        policy = trusted.root.policy
+        longest = policy.max_automation_grant_seconds if body.actions else policy.max_grant_seconds
+        if body.duration_s > longest:
+            raise BadRequest(f"the tenant policy allows grants of at most {longest} s")
+        refused = set(body.capabilities) - set(policy.capabilities)
+        if refused:
+            raise BadRequest(f"the tenant policy does not allow {sorted(refused)}")
+        try:
+            grant = Grant(id=new_grant_id(), tenant=t, grantee=mine[0], devices=body.devices,
+                          capabilities=body.capabilities,  # type: ignore[arg-type]
+                          actions=body.actions,  # type: ignore[arg-type]
+                          not_before=now, not_after=now + body.duration_s, reason=body.reason,
+                          requested_by=caller.username)
+            payload = encode_payload(grant)
+            decode_payload(payload, Grant)
+        except (ValueError, msgspec.ValidationError) as exc:
+            raise BadRequest(f"invalid grant: {exc}") from None
+        except TrustError as exc:
+            raise BadRequest(exc.message) from None
+        envelope = DsseEnvelope(GRANT_TYPE, payload, ()).to_bytes()
+        s.add(GrantRow(id=grant.id, tenant_id=t, grantee=grant.grantee,
+                       requested_by=caller.username, envelope=envelope, created_at=now,
+                       not_after=grant.not_after))
+        ctx.audit.record(s, [t], "grant.requested", caller.username, {
+            "grant": grant.id, "grantee": grant.grantee, "devices": len(grant.devices),
+            "capabilities": list(grant.capabilities), "not_after": grant.not_after,
+            "payload_sha256": hashlib.sha256(payload).hexdigest()}, now)
+    return GrantCreatedOut(id=grant.id, envelope=envelope.decode(), status="requested")
+
+
+@router.get("/tenants/{t}/grants", response_model=list[GrantOut])
+def list_grants(t: TenantPath, caller: CallerDep, ctx: Ctx) -> list[GrantOut]:
+    now = time.time()
+    with ctx.store.transaction() as s:
+        caller.tenant(s, t)
+        rows = s.scalars(select(GrantRow).where(GrantRow.tenant_id == t)
+                         .order_by(GrantRow.created_at.desc()).limit(ctx.limits.max_list))
+        return [grant_out(s, r, now) for r in rows]
+
+
+def load_grant(s: Session, caller: Caller, grant_id: str) -> GrantRow:
+    """The grant if the caller reaches its tenant; 404 otherwise."""
+    row = s.get(GrantRow, grant_id)
+    if row is None or not caller.reaches(row.tenant_id):
+        raise NotFound("grant not found")
+    return row
+
+
+@router.get("/grants/{g}", response_model=GrantOut)
+def get_grant(g: GrantPath, caller: CallerDep, ctx: Ctx) -> GrantOut:
+    with ctx.store.transaction() as s:
+        return grant_out(s, load_grant(s, caller, g), time.time())
+
+
+@router.post("/grants/{g}/signatures", response_model=GrantOut)
+def approve_grant(g: GrantPath, body: EnvelopeIn, caller: CallerDep, ctx: Ctx) -> GrantOut:
+    """Keep the approver signatures ``grant_status`` counts, over the identical payload bytes."""
+    now = time.time()
+    with ctx.store.transaction() as s:
+        row = load_grant(s, caller, g)
+        caller.require("approver", "owner")
+        if row.grantee in caller_keyids(s, caller, row.tenant_id):
+            raise Forbidden("you cannot approve a grant for your own key")
+        if now >= row.not_after:
+            raise Conflict("the grant has expired")
+        try:
+            stored = decode_envelope(row.envelope, expect_type=GRANT_TYPE)
+            new = decode_envelope(body.envelope.encode(), expect_type=GRANT_TYPE)
+        except TrustError as exc:
+            raise BadRequest(str(exc)) from None
+        if new.payload != stored.payload:
+            raise BadRequest("signatures must be over the grant's exact payload bytes")
+        if any(sig.keyid == row.grantee for sig in new.signatures):
+            raise BadRequest("the grantee cannot approve its own grant")
+        trusted = current_trusted(s, row.tenant_id)
+        before = trust_grant_status(trusted, row.envelope).approved_by
+        merged = {sig.keyid: sig for sig in stored.signatures}
+        merged.update({sig.keyid: sig for sig in new.signatures if sig.keyid not in before})
+        candidate = DsseEnvelope(stored.payload_type, stored.payload,
+                                 tuple(merged[k] for k in sorted(merged)))
+        st = trust_grant_status(trusted, candidate.to_bytes())
+        added = sorted(st.approved_by - before)
+        if not added:
+            raise BadRequest("no new valid approver signature")
+        kept = tuple(merged[k] for k in sorted(st.approved_by))
+        row.envelope = DsseEnvelope(stored.payload_type, stored.payload, kept).to_bytes()
+        ctx.audit.record(s, [row.tenant_id], "grant.approved", caller.username, {
+            "grant": row.id, "approvers": added, "approvals": len(st.approved_by),
+            "required": st.required}, now)
+        return grant_out(s, row, now)

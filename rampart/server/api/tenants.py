@@ -1,0 +1,256 @@
+"""``/tenants``: tenants, their members, published roots and the root being signed.
+
+Invariants: only MSP-wide owners create tenants; each tenant gets its own
+audit log and log key; a root is published only if an agent would accept it
+(:mod:`rampart.server.tenant_roots`); a proposal keeps only signatures that
+verify by owners of the proposed or the current root, over the same bytes.
+"""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter
+from sqlalchemy import delete, or_, select
+from sqlalchemy.orm import Session
+
+from rampart.trust import (
+    OperatorPublicKey,
+    TrustError,
+    check_root_signatures,
+    decode_envelope,
+    new_tenant_id,
+    root_sha256,
+)
+from rampart.trust.envelope import Envelope as DsseEnvelope
+from rampart.trust.payloads import ROOT_TYPE
+
+from ..errors import BadRequest, Conflict, NotFound
+from ..models import (
+    Account,
+    AccountTenant,
+    AuditLogRow,
+    OperatorKeyRow,
+    RootProposal,
+    RootVersion,
+    Tenant,
+)
+from ..tenant_roots import check_publishable, current_root, trusted_from_store
+from .deps import CallerDep, Ctx, TenantPath
+from .schemas import (
+    EnvelopeIn,
+    MemberOut,
+    PublicKeyOut,
+    RootOut,
+    RootProposalOut,
+    TenantIn,
+    TenantOut,
+)
+
+router = APIRouter(tags=["tenants"])
+
+
+def tenant_out(s: Session, t: Tenant) -> TenantOut:
+    log = s.get(AuditLogRow, t.id)
+    root = current_root(s, t.id)
+    log_keys = [PublicKeyOut(keyid=log.log_keyid, public="rampart-log-pub:" + log.log_public)] \
+        if log else []
+    return TenantOut(id=t.id, name=t.name, status="active" if root else "pending-root",
+                     root_version=root.version if root else None, log_keys=log_keys)
+
+
+def envelope_bytes(text: str) -> bytes:
+    return text.encode("utf-8")
+
+
+@router.post("/tenants", response_model=TenantOut)
+def create_tenant(body: TenantIn, caller: CallerDep, ctx: Ctx) -> TenantOut:
+    """Create a tenant with its audit log and log key (MSP-wide owners)."""
+    caller.require("owner")
+    if caller.tenants is not None:
+        raise BadRequest("only MSP-wide owners can create tenants")
+    now = time.time()
+    with ctx.store.transaction() as s:
+        if s.scalars(select(Tenant.id).where(Tenant.name == body.name)).first():
+            raise Conflict("a tenant with this name exists")
+        tenant = Tenant(id=new_tenant_id(), name=body.name, created_at=now)
+        s.add(tenant)
+        ctx.audit.create_log(s, tenant.id)
+        ctx.audit.record(s, [tenant.id], "tenant.created", caller.username,
+                         {"tenant": tenant.id, "name": body.name}, now)
+        out = tenant_out(s, tenant)
+    ctx.audit.sign_checkpoint(out.id, now)
+    return out
+
+
+@router.get("/tenants", response_model=list[TenantOut])
+def list_tenants(caller: CallerDep, ctx: Ctx) -> list[TenantOut]:
+    with ctx.store.transaction() as s:
+        rows = s.scalars(select(Tenant).order_by(Tenant.name))
+        return [tenant_out(s, t) for t in rows if caller.reaches(t.id)]
+
+
+@router.get("/tenants/{t}", response_model=TenantOut)
+def get_tenant(t: TenantPath, caller: CallerDep, ctx: Ctx) -> TenantOut:
+    with ctx.store.transaction() as s:
+        return tenant_out(s, caller.tenant(s, t))
+
+
+@router.get("/tenants/{t}/members", response_model=list[MemberOut])
+def list_members(t: TenantPath, caller: CallerDep, ctx: Ctx) -> list[MemberOut]:
+    """Accounts that reach the tenant, with their operator keys for it: what belongs in a root."""
+    with ctx.store.transaction() as s:
+        caller.tenant(s, t)
+        linked = select(AccountTenant.account_id).where(AccountTenant.tenant_id == t)
+        accounts = s.scalars(select(Account).where(
+            or_(Account.all_tenants.is_(True), Account.id.in_(linked))).order_by(Account.username))
+        out: list[MemberOut] = []
+        for a in accounts:
+            keys = s.scalars(select(OperatorKeyRow).where(
+                OperatorKeyRow.account_id == a.id,
+                or_(OperatorKeyRow.tenant_id.is_(None), OperatorKeyRow.tenant_id == t),
+                OperatorKeyRow.public.startswith(OperatorPublicKey.prefix()),
+            ).order_by(OperatorKeyRow.keyid))
+            out.append(MemberOut(username=a.username, role=a.role,
+                                 keys=[PublicKeyOut(keyid=k.keyid, public=k.public) for k in keys]))
+        return out
+
+
+def root_out(r: RootVersion) -> RootOut:
+    return RootOut(version=r.version, sha256=r.sha256, envelope=r.envelope.decode())
+
+
+@router.get("/tenants/{t}/roots", response_model=list[RootOut])
+def list_roots(t: TenantPath, caller: CallerDep, ctx: Ctx) -> list[RootOut]:
+    with ctx.store.transaction() as s:
+        caller.tenant(s, t)
+        rows = s.scalars(select(RootVersion).where(RootVersion.tenant_id == t)
+                         .order_by(RootVersion.version))
+        return [root_out(r) for r in rows]
+
+
+@router.get("/tenants/{t}/roots/current", response_model=RootOut)
+def get_current_root(t: TenantPath, caller: CallerDep, ctx: Ctx) -> RootOut:
+    with ctx.store.transaction() as s:
+        caller.tenant(s, t)
+        row = current_root(s, t)
+        if row is None:
+            raise NotFound("this tenant has no root yet")
+        return root_out(row)
+
+
+@router.post("/tenants/{t}/roots", response_model=RootOut)
+def publish_root(t: TenantPath, body: EnvelopeIn, caller: CallerDep, ctx: Ctx) -> RootOut:
+    """Publish the next root version, verified as agents verify it (T1, T6)."""
+    now = time.time()
+    data = envelope_bytes(body.envelope)
+    with ctx.store.transaction() as s:
+        caller.tenant(s, t)
+        caller.require("owner")
+        trusted = check_publishable(s, t, data, int(now))
+        row = RootVersion(tenant_id=t, version=trusted.version, sha256=trusted.sha256,
+                          envelope=data, published_at=now)
+        s.add(row)
+        s.execute(delete(RootProposal).where(RootProposal.tenant_id == t,
+                                             RootProposal.version <= trusted.version))
+        ctx.audit.record(s, [t], "root.published", caller.username,
+                         {"version": trusted.version, "sha256": trusted.sha256}, now)
+        out = root_out(row)
+    ctx.gateway.roots_published(t)
+    return out
+
+
+# --- the proposal owners sign before it is published ---------------------------------------
+
+def proposal_out(s: Session, tenant_id: str, p: RootProposal) -> RootProposalOut:
+    current = current_root(s, tenant_id)
+    previous = trusted_from_store(current.envelope).root if current else None
+    try:
+        root, own, prev = check_root_signatures(p.envelope, previous=previous)
+    except TrustError as exc:
+        raise BadRequest(str(exc)) from None
+    return RootProposalOut(
+        version=root.version, envelope=p.envelope.decode(), signed_by=sorted(own.signed),
+        threshold=own.threshold, previous_signed_by=sorted(prev.signed) if prev else None,
+        previous_threshold=prev.threshold if prev else None,
+        complete=own.met and (prev is None or prev.met))
+
+
+def _check_proposal(s: Session, tenant_id: str, data: bytes) -> int:
+    current = current_root(s, tenant_id)
+    previous = trusted_from_store(current.envelope).root if current else None
+    try:
+        root, _, _ = check_root_signatures(data, previous=previous)
+    except TrustError as exc:
+        raise BadRequest(str(exc)) from None
+    if root.tenant != tenant_id:
+        raise BadRequest("root names another tenant")
+    expected = current.version + 1 if current else 1
+    if root.version != expected:
+        raise BadRequest(f"the next root of this tenant is version {expected}")
+    return root.version
+
+
+@router.put("/tenants/{t}/root-proposal", response_model=RootProposalOut)
+def put_proposal(t: TenantPath, body: EnvelopeIn, caller: CallerDep, ctx: Ctx) -> RootProposalOut:
+    data = envelope_bytes(body.envelope)
+    with ctx.store.transaction() as s:
+        caller.tenant(s, t)
+        caller.require("owner")
+        version = _check_proposal(s, t, data)
+        row = s.get(RootProposal, t)
+        if row is None:
+            row = RootProposal(tenant_id=t, version=version, envelope=data, updated_at=time.time())
+            s.add(row)
+        else:
+            row.version, row.envelope, row.updated_at = version, data, time.time()
+        return proposal_out(s, t, row)
+
+
+@router.get("/tenants/{t}/root-proposal", response_model=RootProposalOut)
+def get_proposal(t: TenantPath, caller: CallerDep, ctx: Ctx) -> RootProposalOut:
+    with ctx.store.transaction() as s:
+        caller.tenant(s, t)
+        row = s.get(RootProposal, t)
+        if row is None:
+            raise NotFound("no root proposal")
+        return proposal_out(s, t, row)
+
+
+@router.post("/tenants/{t}/root-proposal/signatures", response_model=RootProposalOut)
+def sign_proposal(t: TenantPath, body: EnvelopeIn, caller: CallerDep,
+                  ctx: Ctx) -> RootProposalOut:
+    """Merge owner signatures made over the proposal's exact payload bytes."""
+    incoming = envelope_bytes(body.envelope)
+    with ctx.store.transaction() as s:
+        caller.tenant(s, t)
+        caller.require("owner")
+        row = s.get(RootProposal, t)
+        if row is None:
+            raise NotFound("no root proposal")
+        try:
+            stored = decode_envelope(row.envelope, expect_type=ROOT_TYPE)
+            new = decode_envelope(incoming, expect_type=ROOT_TYPE)
+        except TrustError as exc:
+            raise BadRequest(str(exc)) from None
+        if new.payload != stored.payload:
+            raise BadRequest("signatures must be over the proposal's exact payload bytes")
+        current = current_root(s, t)
+        previous = trusted_from_store(current.envelope).root if current else None
+        root, _, _ = check_root_signatures(row.envelope, previous=previous)
+        owners = dict(root.role_keys("owner"))
+        if previous is not None:
+            owners.update(previous.role_keys("owner"))
+        merged = {sig.keyid: sig for sig in stored.signatures}
+        added = 0
+        for sig in new.signatures:
+            key = owners.get(sig.keyid)
+            if key is not None and key.verify(sig.sig, new.signed_message()):
+                added += sig.keyid not in merged
+                merged[sig.keyid] = sig
+        if not added:
+            raise BadRequest("no new valid owner signature")
+        row.envelope = DsseEnvelope(stored.payload_type, stored.payload,
+                                    tuple(merged[k] for k in sorted(merged))).to_bytes()
+        row.updated_at = time.time()
+        return proposal_out(s, t, row)
