@@ -1,0 +1,45 @@
+# Sourced by ./quickstart and ./run-tests: make .venv with Rampart installed.
+# Installs Debian packages only when something is missing (python3-venv, PostgreSQL for tests).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+PY="${PYTHON:-python3}"
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    echo "error: need root (or sudo) to run: $*" >&2; exit 1; fi
+}
+
+apt_install() {
+  command -v apt-get >/dev/null || { echo "error: please install: $*" >&2; exit 1; }
+  if [ -z "${RAMPART_APT_UPDATED:-}" ]; then
+    as_root apt-get update -qq >/dev/null
+    export RAMPART_APT_UPDATED=1
+  fi
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+"$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
+  echo "error: Rampart needs Python 3.11 or newer ($PY is $("$PY" -V 2>&1))" >&2; exit 1; }
+
+if [ ! -x "$VENV/bin/python" ]; then
+  if ! "$PY" -m venv "$VENV" >/dev/null 2>&1; then
+    rm -rf "$VENV"
+    apt_install python3-venv
+    "$PY" -m venv "$VENV"
+  fi
+fi
+
+# Reinstall only when the project definition changed.
+stamp="$VENV/.rampart-installed-$1"
+if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
+  "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
+  if [ "$1" = test ]; then
+    "$VENV/bin/python" -m pip install -q -e "$ROOT[test]"
+  else
+    "$VENV/bin/python" -m pip install -q -e "$ROOT"
+  fi
+  touch "$stamp"
+fi
+export PATH="$VENV/bin:$PATH"
