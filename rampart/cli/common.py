@@ -26,6 +26,7 @@ from .errors import CliError, Refused, ServerProblem, UsageProblem
 from .output import note
 
 _config_dir: Path | None = None
+_passphrase_override: str | None = None
 
 
 def set_config_dir(path: Path | None) -> None:
@@ -222,13 +223,24 @@ def pick_key(cfg: Config, session: Session, tenant_id: str | None,
     )
 
 
+@contextmanager
+def key_passphrase(passphrase: str) -> Iterator[None]:
+    """Use ``passphrase`` for keys unlocked inside the block (for `rampart up`, in-process)."""
+    global _passphrase_override
+    old, _passphrase_override = _passphrase_override, passphrase
+    try:
+        yield
+    finally:
+        _passphrase_override = old
+
+
 def unlock_key(info: KeyInfo) -> OperatorKey:
     """Decrypt a key file with the passphrase (RAMPART_KEY_PASSPHRASE or prompt)."""
     try:
         data = info.path.read_bytes()
     except OSError as exc:
         raise CliError(f"cannot read key file {info.path}: {exc.strerror}") from exc
-    passphrase = prompts.key_passphrase()
+    passphrase = _passphrase_override or prompts.key_passphrase()
     try:
         key = trust.decode_private_key(data, passphrase, expect_kind="operator")
     except trust.KeyFileError as exc:
