@@ -36,9 +36,16 @@ from rampart.trust.payloads import (
     TenantRoot,
 )
 
-from .client import Client, expect_dict, expect_list, field
-from .common import api, envelope_bytes, now, refusing, resolve_tenant, trusted_root
-from .common import verified_root_versions
+from .client import Client, expect_dict, expect_list
+from .common import (
+    api,
+    envelope_bytes,
+    now,
+    refusing,
+    resolve_tenant,
+    trusted_root,
+    verified_root_versions,
+)
 from .config import Config
 from .errors import CliError, ServerProblem, UsageProblem
 from .output import fmt_time, print_json, say
@@ -75,7 +82,7 @@ def fetch_entries(client: Client, tenant_id: str, upto: int | None) -> list[dict
 
 
 def _job_signer_ok(data: bytes, tenant_id: str, roots: list[TenantRoot]) -> str | None:
-    """None if ``data`` is not a job or is a job signed by a key of a trusted root; else a problem."""
+    """None: not a job; "": a job signed by a key of a trusted root; else the problem."""
     try:
         env = trust.decode_envelope(data)
     except TrustError:
@@ -260,5 +267,3 @@ def audit_export(
 def register(app: typer.Typer) -> None:
     app.add_typer(audit_app, name="audit")
 
-
-_ = field

@@ -16,7 +16,6 @@ Security invariants:
 from __future__ import annotations
 
 import io
-import socket
 import sys
 from typing import Annotated, Any
 
@@ -29,8 +28,8 @@ from . import prompts
 from .client import Client, expect_dict, expect_list, fetch_server_certificate, field, split_server
 from .common import api, config, resolve_tenant
 from .config import Config, Session
-from .errors import CliError, NotLoggedIn, Refused, ServerProblem, UsageProblem
-from .output import console, fmt_time, note, print_json, say, table
+from .errors import NotLoggedIn, Refused, ServerProblem, UsageProblem
+from .output import fmt_time, print_json, say, table
 
 ROLES = ("owner", "approver", "technician", "viewer")
 
@@ -61,8 +60,9 @@ def pin_server(url: str, fingerprint: str | None, cfg: Config) -> tuple[str, byt
     pinned = cfg.load_cert()
     if prev is not None and pinned is not None and prev.server == server:
         if tlspin.fingerprint(pinned) != got:
-            raise Refused(f"{server} now presents certificate SHA-256 {got}, which differs from the "
-                          "one pinned at your last login: pass --fingerprint if it really changed")
+            raise Refused(f"{server} now presents certificate SHA-256 {got}, which differs from "
+                          "the one pinned at your last login: pass --fingerprint if it really "
+                          "changed")
         return server, der
     if not prompts.stdin_is_tty():
         raise UsageProblem(f"{server} presents certificate SHA-256 {got}: pass --fingerprint or "
@@ -87,7 +87,7 @@ def password_login(client: Client, username: str, password: str, code: str) -> A
 
 def print_totp_enrolment(uri: str) -> None:
     """Show the otpauth URI and a terminal QR code for an authenticator app."""
-    import qrcode
+    import qrcode  # type: ignore[import-untyped]
 
     qr = qrcode.QRCode(border=1)
     qr.add_data(uri)
@@ -236,7 +236,8 @@ def account_create(
         return
     say(f"account {name} created ({role})")
     say(f"one-time activation token (give it to {name} privately): {token}")
-    say("they log in for the first time with (the token is asked for, or RAMPART_ACTIVATION_TOKEN):")
+    say("they log in for the first time with (the token is asked for, or "
+        "RAMPART_ACTIVATION_TOKEN):")
     say(f"  {command}")
 
 

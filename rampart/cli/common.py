@@ -205,7 +205,7 @@ def verified_root_versions(cfg: Config, tenant_id: str) -> list[trust.TenantRoot
 
 def pick_key(cfg: Config, session: Session, tenant_id: str | None,
              root: TrustedRoot | None = None, roles: tuple[str, ...] = ()) -> KeyInfo:
-    """The key to sign with: tenant-specific first, else general; must hold ``roles`` in ``root``."""
+    """The key to sign with: tenant-specific first, else general; it must hold ``roles``."""
     candidates = cfg.key_candidates(session.username, tenant_id)
     if not candidates:
         raise UsageProblem(f"no operator key for {session.username} in {cfg.keys_dir}: "
@@ -213,7 +213,8 @@ def pick_key(cfg: Config, session: Session, tenant_id: str | None,
     if root is None:
         return candidates[0]
     for k in candidates:
-        if k.keyid in root.root.keys and (not roles or set(roles) & set(root.root.roles_of(k.keyid))):
+        held = set(root.root.roles_of(k.keyid))
+        if k.keyid in root.root.keys and (not roles or set(roles) & held):
             return k
     need = " or ".join(roles) if roles else "any"
     raise Refused(

@@ -234,7 +234,7 @@ class Config:
         return out
 
     def key_candidates(self, username: str, tenant_id: str | None) -> list[KeyInfo]:
-        """Keys to sign with for ``tenant_id``: tenant-specific first, then general; newest first."""
+        """Signing keys for ``tenant_id``: tenant-specific, then general; newest first."""
         keys = self.list_keys(username)
         specific = [k for k in keys if tenant_id is not None and k.tenant == tenant_id]
         general = [k for k in keys if k.tenant is None]

@@ -88,7 +88,8 @@ def grant_doc(grant: Grant, root: TrustedRoot, status: trust.GrantStatus | None,
         "grantee_roles": root.root.roles_of(grant.grantee), "requested_by": grant.requested_by,
         "devices": grant.devices, "capabilities": grant.capabilities, "actions": grant.actions,
         "not_before": grant.not_before, "not_after": grant.not_after, "reason": grant.reason,
-        "approved_by": sorted(root.root.key_name(k) for k in (status.approved_by if status else ())),
+        "approved_by": sorted(root.root.key_name(k)
+                              for k in (status.approved_by if status else ())),
         "approvals": len(status.approved_by) if status else 0,
         "required": status.required if status else None,
         "complete": status.complete if status else False, "status": server_status,
@@ -214,6 +215,10 @@ def grant_request(
     say(f"an approver approves it with: rampart grant approve {gid}")
 
 
+def _count(x: Any) -> Any:
+    return len(x) if isinstance(x, list) else x
+
+
 @grant_app.command("list")
 def grant_list(
     tenant: Annotated[str, typer.Argument(help="Tenant name or id.")],
@@ -233,8 +238,8 @@ def grant_list(
     table(["id", "technician", "devices", "capabilities", "until", "status", "approvals"],
           ([d.get("id"), d.get("grantee_name"), len(d.get("devices") or []),
             ",".join(d.get("capabilities") or []), fmt_time(d.get("not_after")), d.get("status"),
-            f"{len(d.get('approvals') or []) if isinstance(d.get('approvals'), list) else d.get('approvals')}"
-            f"/{d.get('required')}"] for d in docs if isinstance(d, dict)), title="Grants")
+            f"{_count(d.get('approvals'))}/{d.get('required')}"]
+           for d in docs if isinstance(d, dict)), title="Grants")
 
 
 @grant_app.command("show")

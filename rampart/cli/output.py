@@ -54,7 +54,8 @@ def print_json(doc: Any) -> None:
     sys.stdout.flush()
 
 
-def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], *, title: str | None = None) -> None:
+def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], *,
+          title: str | None = None) -> None:
     t = Table(title=title, show_lines=False, header_style="bold")
     for c in columns:
         t.add_column(c, overflow="fold")

@@ -23,7 +23,7 @@ import msgspec
 import typer
 
 from rampart import trust
-from rampart.trust import Envelope, KeyEntry, Policy, RoleSpec, Roles, TenantRoot, TrustedRoot
+from rampart.trust import Envelope, KeyEntry, Policy, Roles, RoleSpec, TenantRoot, TrustedRoot
 from rampart.trust.keys import LogPublicKey, OperatorPublicKey
 from rampart.trust.payloads import ROOT_TYPE
 from rampart.trust.roots import check_root_signatures
@@ -35,7 +35,6 @@ from .common import (
     envelope_bytes,
     local_root,
     now,
-    pick_key,
     refusing,
     resolve_tenant,
     trusted_root,
@@ -183,14 +182,14 @@ def diff_roots(old: TenantRoot, new: TenantRoot) -> list[str]:
     for kid in sorted(set(old.keys) & set(new.keys)):
         a, b = set(old.roles_of(kid)), set(new.roles_of(kid))
         if a != b:
-            lines.append(f"~ key {new.key_name(kid)} {kid[:16]}…: roles {', '.join(sorted(a)) or '-'}"
-                         f" -> {', '.join(sorted(b)) or '-'}")
+            lines.append(f"~ key {new.key_name(kid)} {kid[:16]}…: roles "
+                         f"{', '.join(sorted(a)) or '-'} -> {', '.join(sorted(b)) or '-'}")
         if old.keys[kid].name != new.keys[kid].name:
             lines.append(f"~ key {kid[:16]}… renamed {old.keys[kid].name} -> {new.keys[kid].name}")
     for r in ROLE_NAMES:
-        a, b = old.roles.get(r).threshold, new.roles.get(r).threshold
-        if a != b:
-            lines.append(f"~ {r} threshold {a} -> {b}")
+        ta, tb = old.roles.get(r).threshold, new.roles.get(r).threshold
+        if ta != tb:
+            lines.append(f"~ {r} threshold {ta} -> {tb}")
     if set(old.log_keys) != set(new.log_keys):
         lines.append(f"~ log keys {sorted(k[:16] for k in old.log_keys)} -> "
                      f"{sorted(k[:16] for k in new.log_keys)}")
@@ -409,7 +408,7 @@ def root_history(
     with client:
         t = resolve_tenant(client, tenant)
         trusted_root(cfg, client, t["id"], allow_expired=True)
-    docs = []
+    docs: list[dict[str, Any]] = []
     for data in cfg.root_history(t["id"]):
         _, r = decode_root_payload(data)
         docs.append({"version": r.version, "sha256": trust.root_sha256(data),

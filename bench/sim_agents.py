@@ -1,0 +1,168 @@
+"""Simulated agents for the fleet benchmark: many real agents in one process.
+
+Each simulated agent has its own device key, enrols with a one-time token
+over pinned HTTPS, holds its own WebSocket connection, and verifies every
+job with the real ``rampart.trust.authorize_job`` (pinned root, grant, job,
+payload digests, inclusion and consistency proofs, nonces) before answering
+with a receipt signed by its device key. It does not execute the script
+(outcome ``ran``, detail ``simulated``): the benchmark measures the server.
+
+    python bench/sim_agents.py --server URL --cert-sha256 FP --root-sha256 H \
+        --tokens FILE --ready FILE
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import hashlib
+import json
+import resource
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from websockets.asyncio.client import connect
+
+from rampart import tlspin, trust
+from rampart.trust.keys import DeviceKey
+from rampart.trust.payloads import Checkpoint, Receipt
+
+
+class SimAgent:
+    def __init__(self, key: DeviceKey, root: trust.TrustedRoot) -> None:
+        self.key = key
+        self.device_id = trust.device_id_for(key.public)  # type: ignore[arg-type]
+        self.root = root
+        self.nonces: set[str] = set()
+        self.jobs: set[str] = set()
+        self.checkpoint: Checkpoint | None = None
+        self.receipts = 0
+        self.refusals: list[str] = []
+
+    def handle(self, msg: dict[str, Any]) -> bytes:
+        lg = msg["log"]
+        payloads = {k: base64.b64decode(v) for k, v in msg.get("payloads", {}).items()}
+        outcome, refusal, detail = "ran", "", "simulated"
+        try:
+            auth = trust.authorize_job(
+                root=self.root, grant=msg["grant"].encode(), job=msg["job"].encode(),
+                payloads=payloads,
+                log=trust.LogEvidence(checkpoint=lg["checkpoint"].encode(), index=lg["index"],
+                                      inclusion=tuple(bytes.fromhex(h) for h in lg["inclusion"]),
+                                      consistency=tuple(bytes.fromhex(h) for h in lg.get("consistency", []))),
+                last_checkpoint=self.checkpoint,
+                device=trust.DevicePolicy(device_id=self.device_id, write_roots=("/srv",)),
+                now=int(time.time()), seen_nonces=self.nonces, seen_jobs=self.jobs,
+            )
+            self.nonces.add(auth.job.nonce)
+            self.jobs.add(auth.job.id)
+            self.checkpoint = auth.checkpoint
+        except trust.TrustError as exc:
+            outcome, refusal, detail = "refused", exc.reason, exc.message
+            self.refusals.append(exc.reason)
+        now = time.time()
+        r = Receipt(tenant=self.root.tenant, job=msg["job_id"], device=self.device_id,
+                    outcome=outcome, refusal=refusal, detail=detail,  # type: ignore[arg-type]
+                    exit_code=0 if outcome == "ran" else None,
+                    stdout_sha256=hashlib.sha256(b"").hexdigest(), started_at=now, ended_at=now)
+        return trust.sign_envelope(Receipt.PAYLOAD_TYPE, trust.encode_payload(r), [self.key]).to_bytes()
+
+    async def session(self, url: str, ctx: Any, connected: asyncio.Event, stop: asyncio.Event) -> None:
+        delay = 0.5
+        while not stop.is_set():
+            try:
+                async with connect(url, ssl=ctx, max_size=4 << 20, open_timeout=60,
+                                   ping_interval=None) as ws:
+                    ch = json.loads(await ws.recv())
+                    sig = self.key.sign(b"rampart-agent-auth-v1\n" + ch["nonce"].encode() + b"\n"
+                                        + self.device_id.encode())
+                    await ws.send(json.dumps({
+                        "type": "hello", "device": self.device_id, "sig": base64.b64encode(sig).decode(),
+                        "agent_version": "sim", "root_version": self.root.version,
+                        "checkpoint_size": self.checkpoint.size if self.checkpoint else 0}))
+                    welcome = json.loads(await ws.recv())
+                    assert welcome["type"] == "welcome", welcome
+                    connected.set()
+                    delay = 0.5
+                    async for raw in ws:
+                        msg = json.loads(raw)
+                        if msg.get("type") == "job":
+                            receipt = self.handle(msg)
+                            await ws.send(json.dumps({
+                                "type": "receipt", "job_id": msg["job_id"], "receipt": receipt.decode(),
+                                "checkpoint_size": self.checkpoint.size if self.checkpoint else 0}))
+                            self.receipts += 1
+            except (OSError, asyncio.TimeoutError, Exception):  # noqa: BLE001 - reconnect on anything
+                if stop.is_set():
+                    return
+                await asyncio.sleep(delay)
+                delay = min(10.0, delay * 2)
+
+
+async def main_async(a: argparse.Namespace) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    parts = urlsplit(a.server)
+    cert = tlspin.fetch_pinned_certificate(parts.hostname or "127.0.0.1", parts.port or 443, a.cert_sha256)
+    ctx = tlspin.pinned_context(cert)
+    tokens = [t for t in Path(a.tokens).read_text().split() if t]
+    keys = [DeviceKey.generate() for _ in tokens]
+    t0 = time.perf_counter()
+    sem = asyncio.Semaphore(32)
+    roots: list[str] = []
+    async with httpx.AsyncClient(verify=ctx, timeout=120) as client:
+        async def enrol(tok: str, key: DeviceKey) -> None:
+            async with sem:
+                r = await client.post(f"{a.server}/agent/v1/enroll", json={
+                    "token": tok, "public_key": key.public.to_text(), "hostname": "sim",
+                    "agent_version": "sim"})
+                r.raise_for_status()
+                if not roots:
+                    roots.extend(r.json()["roots"])
+        await asyncio.gather(*(enrol(t, k) for t, k in zip(tokens, keys, strict=True)))
+    enrol_s = time.perf_counter() - t0
+    pinned = next(e for e in roots if trust.root_sha256(e.encode()) == a.root_sha256)
+    root = trust.pin_root(pinned.encode(), expected_sha256=a.root_sha256, now=int(time.time()))
+    agents = [SimAgent(k, root) for k in keys]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    url = a.server.replace("https://", "wss://") + "/agent/v1/ws"
+    events = [asyncio.Event() for _ in agents]
+    t1 = time.perf_counter()
+    tasks = []
+    for i, (ag, ev) in enumerate(zip(agents, events, strict=True)):
+        tasks.append(asyncio.create_task(ag.session(url, ctx, ev, stop)))
+        if i % 50 == 49:
+            await asyncio.sleep(0)
+    await asyncio.gather(*(e.wait() for e in events))
+    connect_s = time.perf_counter() - t1
+    Path(a.ready).write_text(json.dumps({
+        "devices": [ag.device_id for ag in agents], "enrol_s": enrol_s, "connect_s": connect_s}))
+    await stop.wait()
+    Path(a.ready + ".final").write_text(json.dumps({
+        "receipts": sum(ag.receipts for ag in agents),
+        "refusals": sorted({r for ag in agents for r in ag.refusals})}))
+    for t in tasks:
+        t.cancel()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--server", required=True)
+    p.add_argument("--cert-sha256", required=True)
+    p.add_argument("--root-sha256", required=True)
+    p.add_argument("--tokens", required=True)
+    p.add_argument("--ready", required=True)
+    asyncio.run(main_async(p.parse_args()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

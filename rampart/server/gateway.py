@@ -1,0 +1,279 @@
+"""Agent WebSocket gateway (``/agent/v1/ws``, docs/design/protocol.md "Agent protocol").
+
+Handshake: the server sends a fresh 32-byte nonce (64 hex characters); the
+agent answers ``hello`` with its device id and an Ed25519 signature by its
+device key over ``b"rampart-agent-auth-v1\\n" + nonce_hex + b"\\n" + device_id``.
+A bad signature or unknown device closes with 4401; a malformed hello with
+4400. A newer connection of the same device replaces the older (4409).
+
+Invariants:
+
+* Nothing but a ``challenge`` is sent before the device proved its key.
+* Pending devices are sent no job (S3); the connection still receives roots.
+* Jobs go out one at a time per connection, each with proofs from the
+  checkpoint size the agent reported; before the next job the gateway waits
+  (bounded) for the agent to adopt the previous job's checkpoint or answer it,
+  so each consistency proof starts where the agent actually is.
+* A job is sent at most once per connection; undone jobs are re-sent on every
+  reconnect (the agent's durable job-id store makes that safe, T15).
+* Receipts are acknowledged only after they are committed (:mod:`.delivery`).
+* Every agent message is size-limited and strictly typed; bad ones get an
+  ``error`` reply, never a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from rampart.trust.keys import b64decode_strict
+
+from .config import ServerLimits
+from .delivery import Delivery, DeliveryStore, DeviceIdentity, ReceiptRefused
+
+log = logging.getLogger("rampart.server.gateway")
+
+AUTH_CONTEXT = b"rampart-agent-auth-v1\n"
+CLOSE_BAD_MESSAGE = 4400
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_REPLACED = 4409
+
+Count = Annotated[int, Meta(ge=0, le=1 << 48)]
+Short = Annotated[str, Meta(max_length=128)]
+JobIdText = Annotated[str, Meta(pattern=r"^job-[0-9a-z]{16,64}$")]
+
+
+class Hello(msgspec.Struct, tag="hello", tag_field="type"):
+    device: Annotated[str, Meta(pattern=r"^dev-[0-9a-f]{24}$")]
+    sig: Annotated[str, Meta(max_length=128)]
+    agent_version: Short = ""
+    root_version: Count = 0
+    checkpoint_size: Count = 0
+
+
+class ReceiptMessage(msgspec.Struct, tag="receipt", tag_field="type"):
+    job_id: JobIdText
+    receipt: str
+    checkpoint_size: Count | None = None
+
+
+class StateMessage(msgspec.Struct, tag="state", tag_field="type"):
+    root_version: Count
+    checkpoint_size: Count
+
+
+AgentMessage = ReceiptMessage | StateMessage
+
+
+def auth_message(nonce: str, device_id: str) -> bytes:
+    return AUTH_CONTEXT + nonce.encode() + b"\n" + device_id.encode()
+
+
+@dataclass(eq=False)
+class Connection:
+    """One authenticated agent connection and what the gateway knows of the agent's state."""
+
+    ws: WebSocket
+    device: DeviceIdentity
+    root_version: int
+    checkpoint_size: int
+    send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    progress: asyncio.Event = field(default_factory=asyncio.Event)
+    sent: set[str] = field(default_factory=set)
+    answered: set[str] = field(default_factory=set)
+
+    async def send(self, doc: dict[str, Any]) -> None:
+        async with self.send_lock:
+            await self.ws.send_text(json.dumps(doc, separators=(",", ":")))
+
+
+class Gateway:
+    """Holds the live agent connections of this process and talks the protocol."""
+
+    def __init__(self, delivery: DeliveryStore, limits: ServerLimits) -> None:
+        self._db = delivery
+        self._limits = limits
+        self._conns: dict[str, Connection] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def is_connected(self, device_id: str) -> bool:
+        return device_id in self._conns
+
+    def connected_count(self) -> int:
+        return len(self._conns)
+
+    # -- notifications from request threads ----------------------------------------
+
+    def wake(self, device_ids: Iterable[str]) -> None:
+        """New work may exist for these devices (thread-safe)."""
+        ids = list(device_ids)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake_now, ids)
+
+    def _wake_now(self, device_ids: list[str]) -> None:
+        for d in device_ids:
+            conn = self._conns.get(d)
+            if conn is not None:
+                conn.wake.set()
+
+    def roots_published(self, tenant_id: str) -> None:
+        """Push a newly published root to the tenant's connected agents (thread-safe)."""
+        if self._loop is not None:
+            asyncio.run_coroutine_threadsafe(self._push_roots(tenant_id), self._loop)
+
+    async def _push_roots(self, tenant_id: str) -> None:
+        for conn in [c for c in self._conns.values() if c.device.tenant_id == tenant_id]:
+            with contextlib.suppress(Exception):
+                await self._send_roots(conn)
+
+    # -- one connection ------------------------------------------------------------
+
+    async def serve(self, ws: WebSocket) -> None:
+        await ws.accept()
+        conn = await self._handshake(ws)
+        if conn is None:
+            return
+        device_id = conn.device.device_id
+        old = self._conns.get(device_id)
+        self._conns[device_id] = conn
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await old.ws.close(CLOSE_REPLACED)
+        deliverer = asyncio.create_task(self._deliver(conn))
+        try:
+            await conn.send({"type": "welcome",
+                             "status": "approved" if conn.device.approved else "pending"})
+            await self._send_roots(conn)
+            await self._receive(conn)
+        except WebSocketDisconnect:
+            pass
+        except Exception:  # a database or protocol fault ends this connection only
+            log.exception("agent connection %s failed", device_id)
+            await self._close(ws, 1011)
+        finally:
+            deliverer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await deliverer
+            if self._conns.get(device_id) is conn:
+                del self._conns[device_id]
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self._db.touch, device_id, time.time())
+
+    async def _handshake(self, ws: WebSocket) -> Connection | None:
+        nonce = secrets.token_hex(32)
+        await ws.send_text(json.dumps({"type": "challenge", "nonce": nonce}))
+        try:
+            text = await asyncio.wait_for(self._receive_text(ws), self._limits.hello_timeout_s)
+            hello = msgspec.json.decode(text, type=Hello) if text is not None else None
+        except (TimeoutError, msgspec.DecodeError, msgspec.ValidationError, WebSocketDisconnect):
+            hello = None
+        if hello is None:
+            await self._close(ws, CLOSE_BAD_MESSAGE)
+            return None
+        device = await asyncio.to_thread(self._db.identity, hello.device)
+        try:
+            sig = b64decode_strict(hello.sig, what="hello signature")
+        except Exception:
+            sig = b""
+        if device is None or not device.public.verify(sig, auth_message(nonce, hello.device)):
+            await self._close(ws, CLOSE_UNAUTHENTICATED)
+            return None
+        await asyncio.to_thread(self._db.touch, device.device_id, time.time())
+        return Connection(ws, device, hello.root_version, hello.checkpoint_size)
+
+    async def _receive_text(self, ws: WebSocket) -> str | None:
+        msg = await ws.receive()
+        if msg["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect(msg.get("code", 1000))
+        text = msg.get("text")
+        if not isinstance(text, str) or len(text) > self._limits.max_ws_message_bytes:
+            return None
+        return text
+
+    @staticmethod
+    async def _close(ws: WebSocket, code: int) -> None:
+        if ws.application_state != WebSocketState.DISCONNECTED:
+            with contextlib.suppress(Exception):
+                await ws.close(code)
+
+    async def _send_roots(self, conn: Connection) -> None:
+        roots = await asyncio.to_thread(self._db.roots_after, conn.device.tenant_id,
+                                        conn.root_version)
+        if roots:
+            await conn.send({"type": "roots", "envelopes": roots})
+
+    async def _receive(self, conn: Connection) -> None:
+        last_touch = time.monotonic()
+        while True:
+            text = await self._receive_text(conn.ws)
+            if text is None:
+                await conn.send({"type": "error", "detail": "expected a JSON text frame"})
+                continue
+            try:
+                msg = msgspec.json.decode(text, type=AgentMessage)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                await conn.send({"type": "error", "detail": f"bad message: {exc}"[:300]})
+                continue
+            if isinstance(msg, StateMessage):
+                conn.root_version = msg.root_version
+                conn.checkpoint_size = msg.checkpoint_size
+            else:
+                await self._on_receipt(conn, msg)
+            conn.progress.set()
+            if time.monotonic() - last_touch > 30:
+                last_touch = time.monotonic()
+                await asyncio.to_thread(self._db.touch, conn.device.device_id, time.time())
+
+    async def _on_receipt(self, conn: Connection, msg: ReceiptMessage) -> None:
+        try:
+            await asyncio.to_thread(self._db.store_receipt, conn.device.device_id, msg.job_id,
+                                    msg.receipt.encode(), time.time())
+        except ReceiptRefused as exc:
+            await conn.send({"type": "error", "job_id": msg.job_id, "detail": str(exc)[:300]})
+            return
+        if msg.checkpoint_size is not None:
+            conn.checkpoint_size = msg.checkpoint_size
+        conn.answered.add(msg.job_id)
+        await conn.send({"type": "ack", "job_id": msg.job_id})
+
+    async def _deliver(self, conn: Connection) -> None:
+        """Send undone jobs one by one; sleep until woken when there are none."""
+        while True:
+            conn.wake.clear()
+            delivery = await asyncio.to_thread(
+                self._db.next_delivery, conn.device.device_id, set(conn.sent),
+                conn.checkpoint_size, time.time())
+            if delivery is None:
+                await conn.wake.wait()
+                continue
+            await conn.send(delivery.message)
+            conn.sent.add(delivery.job_id)
+            await asyncio.to_thread(self._db.mark_sent, delivery.job_id, conn.device.device_id,
+                                    time.time())
+            await self._await_progress(conn, delivery)
+
+    async def _await_progress(self, conn: Connection, delivery: Delivery) -> None:
+        deadline = time.monotonic() + self._limits.delivery_progress_timeout_s
+        while (conn.checkpoint_size < delivery.checkpoint_size
+               and delivery.job_id not in conn.answered):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            conn.progress.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(conn.progress.wait(), remaining)
