@@ -34,11 +34,14 @@ fi
 # Reinstall only when the project definition changed.
 stamp="$VENV/.rampart-installed-$1"
 if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
-  "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
-  if [ "$1" = test ]; then
-    "$VENV/bin/python" -m pip install -q -e "$ROOT[test]"
-  else
-    "$VENV/bin/python" -m pip install -q -e "$ROOT"
+  target="$ROOT"
+  [ "$1" = test ] && target="$ROOT[test]"
+  echo "Installing Rampart into $VENV ..." >&2
+  if ! { "$VENV/bin/python" -m pip install -q --upgrade pip &&
+         "$VENV/bin/python" -m pip install -q -e "$target"; } >"$VENV/install.log" 2>&1; then
+    cat "$VENV/install.log" >&2
+    echo "error: installing Rampart failed (log above, also in $VENV/install.log)" >&2
+    exit 1
   fi
   touch "$stamp"
 fi

@@ -78,6 +78,8 @@ def init_data_dir(data_dir: Path | str, db_url: str | None = None) -> InitResult
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(data_dir, 0o700)
     url = normalise_db_url(db_url) if db_url else default_sqlite_url(data_dir)
+    if db_url is None:  # the database holds TOTP secrets and hashes: owner-only from birth
+        write_private_file(data_dir / "rampart.db", b"")
     (data_dir / "tls").mkdir(mode=0o700)
     keys_dir = data_dir / "keys"
     keys_dir.mkdir(mode=0o700)

@@ -29,6 +29,8 @@ from .schemas import (
 )
 
 router = APIRouter(tags=["devices"])
+#: Served at the root (``/agent/v1/...``), beside the agent WebSocket, not under ``/api/v1``.
+agent_router = APIRouter(tags=["agent"])
 
 
 @router.post("/tenants/{t}/enrollment-tokens", response_model=EnrolmentTokenOut)
@@ -50,7 +52,7 @@ def create_enrolment_token(t: TenantPath, body: EnrolmentTokenIn, caller: Caller
                              cert_sha256=ctx.cert_sha256, server_url=url)
 
 
-@router.post("/agent/v1/enroll", response_model=EnrolOut, tags=["agent"])
+@agent_router.post("/agent/v1/enroll", response_model=EnrolOut)
 def enrol(body: EnrolIn, ctx: Ctx) -> EnrolOut:
     """Register a device key with a one-time token; the device starts ``pending``."""
     now = time.time()

@@ -1,0 +1,189 @@
+"""FastAPI application factory: REST API under ``/api/v1``, agent endpoints, status page.
+
+Boundary invariants:
+
+* Every request body is size-limited before any handler sees it (413).
+* Every refusal is ``{"detail": "<one line>"}``; validation errors name the
+  field and the rule but never echo the submitted value (which may be a
+  password or token); an unexpected fault is a bare 500 with no detail.
+* The schema is migrated to head and overdue checkpoints are signed before
+  the first request; checkpoints are then signed every 60 s when a log grew.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request, WebSocket
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from rampart import __version__
+
+from .api import accounts, audit, devices, grants, jobs, tenants
+from .api import auth as auth_api
+from .api.schemas import HealthOut
+from .audit import AuditLog
+from .config import ServerConfig, load_config
+from .context import ServerContext
+from .db import Store, migrate
+from .delivery import DeliveryStore
+from .errors import ServerError
+from .gateway import Gateway
+from .keystore import LogKeyStore
+from .setup import cert_sha256_of
+from .status_page import router as status_router
+
+log = logging.getLogger("rampart.server")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class BodyLimit:
+    """Pure ASGI middleware: buffer at most ``limit`` bytes of a request body, else 413."""
+
+    def __init__(self, app: ASGIApp, *, default: int, jobs: int) -> None:
+        self.app = app
+        self.default = default
+        self.jobs = jobs
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope.get("path", "")
+        limit = self.jobs if path.endswith("/jobs") and scope.get("method") == "POST" \
+            else self.default
+        chunks: list[bytes] = []
+        total = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            total += len(chunk)
+            if total > limit:
+                await JSONResponse({"detail": f"request body exceeds {limit} bytes"},
+                                   status_code=413)(scope, receive, send)
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+def _one_line(exc: RequestValidationError) -> str:
+    errors = exc.errors()
+    if not errors:
+        return "invalid request"
+    first = errors[0]
+    loc = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body",))
+    msg = str(first.get("msg", "invalid value")).replace("\n", " ")[:200]
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{loc}: {msg}{more}" if loc else msg + more
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServerError)
+    async def _server_error(_: Request, exc: ServerError) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _one_line(exc)}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, str) else "error"
+        return JSONResponse({"detail": detail}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unexpected error on %s %s: %s", request.method, request.url.path,
+                  type(exc).__name__)
+        return JSONResponse({"detail": "internal error"}, status_code=500)
+
+
+async def _checkpoint_cadence(ctx: ServerContext) -> None:
+    while True:
+        await asyncio.sleep(ctx.limits.checkpoint_interval_s)
+        try:
+            await asyncio.to_thread(ctx.audit.sign_due, time.time())
+        except Exception:
+            log.exception("checkpoint cadence failed; retrying next interval")
+
+
+def build_context(config: ServerConfig) -> ServerContext:
+    store = Store(config.db_url)
+    migrate(store.engine)
+    audit_log = AuditLog(store, LogKeyStore(config.keys_dir))
+    gateway = Gateway(DeliveryStore(store, audit_log), config.limits)
+    cert = cert_sha256_of(config.cert_path) if config.cert_path.exists() else None
+    return ServerContext(config=config, store=store, audit=audit_log, cert_sha256=cert,
+                         gateway=gateway)
+
+
+def create_app(data_dir: Path | str, *, config: ServerConfig | None = None) -> FastAPI:
+    """Build the application for an initialised data directory (migrates the schema)."""
+    ctx = build_context(config or load_config(Path(data_dir)))
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        ctx.gateway.bind_loop(asyncio.get_running_loop())
+        await asyncio.to_thread(ctx.audit.sign_due, time.time())
+        cadence = asyncio.create_task(_checkpoint_cadence(ctx))
+        try:
+            yield
+        finally:
+            cadence.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await cadence
+            ctx.store.dispose()
+
+    app = FastAPI(title="Rampart server", version=__version__, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)
+    app.state.ctx = ctx
+    _install_error_handlers(app)
+
+    api = APIRouter(prefix="/api/v1")
+
+    @api.get("/health", response_model=HealthOut, tags=["meta"])
+    def health() -> HealthOut:
+        return HealthOut(status="ok", version=__version__)
+
+    for module in (auth_api, accounts, tenants, devices, grants, jobs, audit):
+        api.include_router(module.router)
+    app.include_router(api)
+    app.include_router(devices.agent_router)
+    app.include_router(status_router)
+
+    @app.websocket("/agent/v1/ws")
+    async def agent_socket(ws: WebSocket) -> None:
+        await ctx.gateway.serve(ws)
+
+    app.add_middleware(BodyLimit, default=ctx.limits.max_body_bytes,  # type: ignore[arg-type]
+                       jobs=ctx.limits.max_job_body_bytes)
+    return app

@@ -1,0 +1,94 @@
+"""``rampart server init`` and ``rampart server run`` (mounted by the CLI as ``server``).
+
+``init`` prints the certificate SHA-256 and the one-time bootstrap token
+exactly once; neither command takes a secret as a flag.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import uvicorn
+
+from .app import create_app
+from .config import load_config, normalise_db_url
+from .errors import SetupError
+from .setup import InitResult, init_data_dir
+
+server_app = typer.Typer(help="Run the Rampart server.", no_args_is_help=True,
+                         add_completion=False)
+
+DataOpt = Annotated[Path, typer.Option("--data", help="Server data directory.")]
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[IPv6]:PORT``."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise SetupError("--listen must be HOST:PORT")
+    host = host.strip("[]")
+    if not host:
+        raise SetupError("--listen must name a host")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not all(c.isalnum() or c in ".-" for c in host):
+            raise SetupError("--listen host is not a valid name or address") from None
+    return host, int(port)
+
+
+def run_server(data_dir: Path | str, host: str, port: int, tls: bool = True,
+               db_url: str | None = None) -> None:
+    """Serve the API, status page and agent gateway until interrupted (blocking)."""
+    config = load_config(Path(data_dir))
+    if db_url is not None:
+        config = dataclasses.replace(config, db_url=normalise_db_url(db_url))
+    app = create_app(data_dir, config=config)
+    ssl: dict[str, str] = {}
+    if tls:
+        ssl = {"ssl_certfile": str(config.cert_path), "ssl_keyfile": str(config.key_path)}
+    uv = uvicorn.Config(
+        app, host=host, port=port, loop="uvloop", ws="websockets-sansio",
+        ws_max_size=config.limits.max_ws_message_bytes, ws_per_message_deflate=False,
+        lifespan="on", proxy_headers=False, server_header=False, log_level="info",
+        timeout_graceful_shutdown=5, **ssl,  # type: ignore[arg-type]
+    )
+    uvicorn.Server(uv).run()
+
+
+@server_app.command("init")
+def init_command(data: DataOpt,
+                 db: Annotated[str | None, typer.Option(
+                     "--db", help="Database URL (default: SQLite in the data directory).")] = None
+                 ) -> None:
+    """Create a data directory: TLS certificate, keys, database, bootstrap token."""
+    try:
+        result: InitResult = init_data_dir(data, db)
+    except SetupError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"Initialised {data}")
+    typer.echo(f"TLS certificate SHA-256: {result.cert_sha256}")
+    typer.echo(f"Bootstrap token (shown once, valid until the first owner exists): "
+               f"{result.bootstrap_token}")
+
+
+@server_app.command("run")
+def run_command(data: DataOpt,
+                listen: Annotated[str, typer.Option("--listen", help="HOST:PORT")] = "127.0.0.1:8443",
+                no_tls: Annotated[bool, typer.Option(
+                    "--no-tls", help="Plain HTTP, for use behind a TLS-terminating proxy.")] = False,
+                db: Annotated[str | None, typer.Option(
+                    "--db", help="Database URL (default: the one in config.json).")] = None,
+                ) -> None:
+    """Serve HTTPS: API under /api/v1, status page at /, agents at /agent/v1/ws."""
+    try:
+        host, port = parse_listen(listen)
+        run_server(data, host, port, tls=not no_tls, db_url=db)
+    except SetupError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
