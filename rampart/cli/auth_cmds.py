@@ -28,8 +28,8 @@ from . import prompts
 from .client import Client, expect_dict, expect_list, fetch_server_certificate, field, split_server
 from .common import api, config, resolve_tenant
 from .config import Config, Session
-from .errors import NotLoggedIn, Refused, ServerProblem, UsageProblem
-from .output import fmt_time, print_json, say, table
+from .errors import NetworkProblem, NotLoggedIn, Refused, ServerProblem, UsageProblem
+from .output import fmt_time, note, print_json, say, table
 
 ROLES = ("owner", "approver", "technician", "viewer")
 
@@ -294,9 +294,12 @@ def key_list(json_out: JsonOpt = False) -> None:
     local = cfg.list_keys(session.username if session else None)
     remote: list[Any] = []
     if session is not None and session.token:
-        _, client, _ = api(cfg)
-        with client:
-            remote = expect_list(client.get("/keys"), "keys")
+        try:
+            _, client, _ = api(cfg)
+            with client:
+                remote = expect_list(client.get("/keys"), "keys")
+        except (NotLoggedIn, NetworkProblem) as exc:
+            note(f"showing local keys only: {exc}")
     rows: dict[str, dict[str, Any]] = {}
     for k in local:
         rows[k.keyid] = {**k.to_json(), "local": True, "registered": False}

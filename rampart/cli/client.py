@@ -79,7 +79,7 @@ def _detail(resp: httpx.Response) -> str:
     if not isinstance(detail, str) or not detail:
         detail = resp.reason_phrase or f"HTTP {resp.status_code}"
     detail = " ".join(detail.split())
-    return detail[:_MAX_DETAIL]
+    return str(detail)[:_MAX_DETAIL]
 
 
 class Client:

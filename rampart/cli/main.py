@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 
 from rampart.trust import TrustError
@@ -92,29 +91,31 @@ def run_cli(argv: list[str] | None = None) -> int:
         if debug:
             raise
         return _fail(f"refused: {exc}", 6)
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.exceptions.Abort:
+    except typer.Exit as exc:
+        return int(getattr(exc, "exit_code", 0) or 0)
+    except typer.Abort:
         return _fail("aborted", 130)
-    except click.ClickException as exc:
-        hint = ""
-        ctx = getattr(exc, "ctx", None)
-        if ctx is not None:
-            hint = f" (see `{ctx.command_path} --help`)"
-        return _fail(exc.format_message() + hint, exc.exit_code if exc.exit_code else 2)
-    except KeyboardInterrupt:
-        return _fail("interrupted", 130)
     except BrokenPipeError:
         try:
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
         except OSError:
             pass
         return 141
-    except Exception as exc:  # the boundary: never a traceback for the operator
+    except Exception as exc:
+        # Usage errors (typer vendors its own click): anything with format_message/exit_code.
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
+            hint = ""
+            ctx = getattr(exc, "ctx", None)
+            if ctx is not None and getattr(ctx, "command_path", None):
+                hint = f" (see `{ctx.command_path} --help`)"
+            code = exc.exit_code if isinstance(exc.exit_code, int) and exc.exit_code else 2
+            return _fail(str(exc.format_message()) + hint, code)
         if debug:
             raise
         return _fail(f"internal error ({type(exc).__name__}): {exc}; rerun with RAMPART_DEBUG=1 "
                      "for details", 70)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ import typer
 
 from rampart import trust
 from rampart.trust import Envelope, KeyEntry, Policy, Roles, RoleSpec, TenantRoot, TrustedRoot
+from rampart.trust.envelope import SignerResult
 from rampart.trust.keys import LogPublicKey, OperatorPublicKey
 from rampart.trust.payloads import ROOT_TYPE
 from rampart.trust.roots import check_root_signatures
@@ -40,6 +41,7 @@ from .common import (
     trusted_root,
     unlock_key,
 )
+from .config import Config, Session
 from .errors import Refused, ServerProblem, UsageProblem
 from .output import fmt_duration, fmt_time, parse_duration, print_json, say, table
 
@@ -262,8 +264,9 @@ def propose(client: Client, tenant_id: str, current: TrustedRoot, *,
     return new
 
 
-def sign_proposal(client: Client, cfg: Any, session: Any, tenant_id: str, current: TrustedRoot,
-                  data: bytes) -> tuple[TenantRoot, Any, Any]:
+def sign_proposal(client: Client, cfg: Config, session: Session, tenant_id: str,
+                  current: TrustedRoot, data: bytes
+                  ) -> tuple[TenantRoot, SignerResult, SignerResult]:
     """Sign the proposal with this operator's owner key (of the current or new root); upload."""
     new_root, _, _ = check_root_signatures(data, previous=current.root)
     owners = set(current.root.roles.owner.keyids) | set(new_root.roles.owner.keyids)
@@ -279,10 +282,13 @@ def sign_proposal(client: Client, cfg: Any, session: Any, tenant_id: str, curren
                 {"envelope": signed.to_bytes().decode()})
     with refusing("signed proposal"):
         _, own, prev = check_root_signatures(signed.to_bytes(), previous=current.root)
+    if prev is None:  # pragma: no cover - a previous root was given
+        raise Refused("no previous root to count signatures against")
     return new_root, own, prev
 
 
-def publish_proposal(client: Client, cfg: Any, tenant_id: str, current: TrustedRoot) -> TrustedRoot:
+def publish_proposal(client: Client, cfg: Config, tenant_id: str,
+                     current: TrustedRoot) -> TrustedRoot:
     """Check the thresholds locally with ``update_root``; publish; then trust the new root."""
     data, _ = get_proposal(client, tenant_id, current)
     with refusing("root proposal not publishable"):

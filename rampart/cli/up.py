@@ -103,8 +103,6 @@ class Quickstart:
     # --- files -------------------------------------------------------------------------
 
     def load(self) -> None:
-        ensure_private_dir(self.data)
-        ensure_private_dir(self.qs)
         for attr, path in (("creds", self.creds_path), ("state", self.state_path)):
             try:
                 setattr(self, attr, json.loads(path.read_text()))
@@ -114,11 +112,13 @@ class Quickstart:
                 raise CliError(f"cannot read {path}: {exc}") from exc
 
     def save_creds(self) -> None:
+        ensure_private_dir(self.qs)
         self.creds["note"] = ("Demo convenience of `rampart up`: these secrets let the quickstart "
                               "log in and sign for you. Never keep real ones like this.")
         write_private_json(self.creds_path, self.creds)
 
     def save_state(self) -> None:
+        ensure_private_dir(self.qs)
         write_private_json(self.state_path, self.state)
 
     def operator(self, name: str) -> Config:
@@ -136,7 +136,10 @@ class Quickstart:
         except ImportError as exc:
             raise CliError(f"the server is not available in this installation ({exc})") from exc
         say(f"initialising a server in {self.data}")
-        res = init_data_dir(self.data)
+        try:
+            res = init_data_dir(self.data)
+        except Exception as exc:  # SetupError and OS errors, as one line
+            raise CliError(f"cannot initialise {self.data}: {exc}") from exc
         self.creds["bootstrap_token"] = res.bootstrap_token
         self.save_creds()
 
@@ -155,7 +158,8 @@ class Quickstart:
 
     def spawn(self, name: str, argv: list[str], log: Path, env: dict[str, str] | None = None
               ) -> subprocess.Popen[bytes]:
-        fh = log.open("ab")
+        ensure_private_dir(log.parent)
+        fh = os.fdopen(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fh, stderr=fh,
                                     start_new_session=True, env=env)
@@ -402,13 +406,13 @@ def _print_next(q: Quickstart, device: str | None) -> None:
     say(f"  TOTP secret and key passphrases (demo convenience): {q.creds_path}")
     say("")
     say("Try it (in another terminal). The technician asks for access, the approver grants it:")
-    data = shlex.quote(str(q.data))
-    say(f"  eval \"$({cmd} up --data {data} --env {TECH})\"")
+    opts = "" if q.data == DEFAULT_DATA.resolve() else f" --data {shlex.quote(str(q.data))}"
+    say(f"  eval \"$({cmd} up{opts} --env {TECH})\"")
     say(f"  {cmd} grant request {TENANT} --devices {dev} --capabilities script --for 1h "
         "--reason 'try rampart'")
-    say(f"  eval \"$({cmd} up --data {data} --env {ADMIN})\"")
+    say(f"  eval \"$({cmd} up{opts} --env {ADMIN})\"")
     say(f"  {cmd} grant approve GRANT_ID")
-    say(f"  eval \"$({cmd} up --data {data} --env {TECH})\"")
+    say(f"  eval \"$({cmd} up{opts} --env {TECH})\"")
     say("  printf 'echo hello from $(hostname)\\n' > hello.sh")
     say(f"  {cmd} run {TENANT} --grant GRANT_ID --devices {dev} --script hello.sh --wait")
     say(f"  {cmd} audit verify {TENANT}")
@@ -425,6 +429,9 @@ def _print_env(q: Quickstart, name: str) -> None:
         raise UsageProblem(f"--env takes {ADMIN} or {TECH}")
     if not q.creds.get(name, {}).get("totp_secret"):
         raise CliError(f"{q.data} has no {name} account yet: run `rampart up` first")
+    url = q.state.get("url")
+    if isinstance(url, str) and url != q.url:
+        q.url = url  # the address the last `rampart up` served on
     cfg = q.operator(name)
     q.login(name, cfg)
     sys.stdout.write(f"export RAMPART_CONFIG_DIR={shlex.quote(str(cfg.dir))}\n")
@@ -458,6 +465,8 @@ def up(
     try:
         q.init_server()
         q.start_server()
+        q.state["url"] = q.url
+        q.save_state()
         admin_cfg, tech_cfg = q.operator(ADMIN), q.operator(TECH)
         admin_s = q.ensure_admin(admin_cfg)
         with q.client(admin_s.token) as admin:

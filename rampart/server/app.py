@@ -184,6 +184,6 @@ def create_app(data_dir: Path | str, *, config: ServerConfig | None = None) -> F
     async def agent_socket(ws: WebSocket) -> None:
         await ctx.gateway.serve(ws)
 
-    app.add_middleware(BodyLimit, default=ctx.limits.max_body_bytes,  # type: ignore[arg-type]
+    app.add_middleware(BodyLimit, default=ctx.limits.max_body_bytes,
                        jobs=ctx.limits.max_job_body_bytes)
     return app

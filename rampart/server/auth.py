@@ -75,7 +75,8 @@ def _verify_password(stored: str | None, password: str) -> bool:
 def check_password_policy(password: str, limits: ServerLimits) -> None:
     if not limits.min_password_chars <= len(password) <= limits.max_password_chars:
         raise BadRequest(
-            f"password must be {limits.min_password_chars} to {limits.max_password_chars} characters")
+            f"password must be {limits.min_password_chars} to {limits.max_password_chars} "
+            "characters")
 
 
 def check_totp(account: Account, code: str, now: float) -> bool:
@@ -150,7 +151,8 @@ def activate_account(s: Session, *, username: str, activation_token: str, passwo
     """Set a new account's password with its one-time activation token."""
     account = s.scalars(select(Account).where(Account.username == username)).first()
     if (account is None or account.activation_token_hash is None
-            or not hmac.compare_digest(account.activation_token_hash, token_hash(activation_token))):
+            or not hmac.compare_digest(account.activation_token_hash,
+                                       token_hash(activation_token))):
         raise Unauthenticated("invalid activation")
     check_password_policy(password, limits)
     account.activation_token_hash = None

@@ -79,9 +79,10 @@ def init_command(data: DataOpt,
 
 @server_app.command("run")
 def run_command(data: DataOpt,
-                listen: Annotated[str, typer.Option("--listen", help="HOST:PORT")] = "127.0.0.1:8443",
+                listen: Annotated[str, typer.Option(
+                    "--listen", help="HOST:PORT")] = "127.0.0.1:8443",
                 no_tls: Annotated[bool, typer.Option(
-                    "--no-tls", help="Plain HTTP, for use behind a TLS-terminating proxy.")] = False,
+                    "--no-tls", help="Plain HTTP behind a TLS-terminating proxy.")] = False,
                 db: Annotated[str | None, typer.Option(
                     "--db", help="Database URL (default: the one in config.json).")] = None,
                 ) -> None:

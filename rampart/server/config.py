@@ -99,7 +99,8 @@ def load_config(data_dir: Path) -> ServerConfig:
     public = doc.get("public_url")
     if public is not None and not isinstance(public, str):
         raise SetupError(f"{path}: public_url must be a string or null")
-    return ServerConfig(data_dir=data_dir, db_url=normalise_db_url(doc["db_url"]), public_url=public)
+    return ServerConfig(data_dir=data_dir, db_url=normalise_db_url(doc["db_url"]),
+                        public_url=public)
 
 
 def write_config(data_dir: Path, db_url: str) -> None:

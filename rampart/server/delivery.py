@@ -116,7 +116,7 @@ class DeliveryStore:
                 JobTarget.state == "pending").values(state="sent", sent_at=now))
 
     def store_receipt(self, device_id: str, job_id: str, data: bytes, now: float) -> bool:
-        """Store, log and mark done; False if this receipt was already stored. Raises ReceiptRefused."""
+        """Store, log and mark done; False if already stored; ReceiptRefused if not valid."""
         try:
             with self._store.transaction() as s:
                 target = s.get(JobTarget, {"job_id": job_id, "device_id": device_id})

@@ -252,6 +252,16 @@ class Gateway:
         await conn.send({"type": "ack", "job_id": msg.job_id})
 
     async def _deliver(self, conn: Connection) -> None:
+        """Send undone jobs one by one; on a fault, close so the agent reconnects and retries."""
+        try:
+            await self._deliver_loop(conn)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("delivery to %s failed", conn.device.device_id)
+            await self._close(conn.ws, 1011)
+
+    async def _deliver_loop(self, conn: Connection) -> None:
         """Send undone jobs one by one; sleep until woken when there are none."""
         while True:
             conn.wake.clear()

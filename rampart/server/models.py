@@ -78,7 +78,8 @@ class AccountTenant(Base):
 class SessionRow(Base):
     __tablename__ = "sessions"
     token_hash: Mapped[str] = mapped_column(HASH, primary_key=True)
-    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"),
+                                            index=True)
     created_at: Mapped[float] = mapped_column(Float)
     last_used_at: Mapped[float] = mapped_column(Float)
     expires_at: Mapped[float] = mapped_column(Float)
@@ -91,7 +92,8 @@ class OperatorKeyRow(Base):
     keyid: Mapped[str] = mapped_column(HASH, primary_key=True)
     public: Mapped[str] = mapped_column(String(128))
     name: Mapped[str] = mapped_column(String(128))
-    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"),
+                                            index=True)
     tenant_id: Mapped[str | None] = mapped_column(ForeignKey("tenants.id"))
     created_at: Mapped[float] = mapped_column(Float)
 
@@ -188,7 +190,8 @@ class JobTarget(Base):
 class ReceiptRow(Base):
     __tablename__ = "receipts"
     __table_args__ = (
-        ForeignKeyConstraint(["job_id", "device_id"], ["job_targets.job_id", "job_targets.device_id"]),
+        ForeignKeyConstraint(["job_id", "device_id"],
+                             ["job_targets.job_id", "job_targets.device_id"]),
     )
     job_id: Mapped[str] = mapped_column(ID, primary_key=True)
     device_id: Mapped[str] = mapped_column(String(32), primary_key=True)

@@ -52,7 +52,7 @@ def current_trusted(s: Session, tenant_id: str) -> TrustedRoot:
 
 
 def check_publishable(s: Session, tenant_id: str, envelope: bytes, now: int) -> TrustedRoot:
-    """Verify ``envelope`` as the next root of ``tenant_id``; raise BadRequest if an agent would refuse."""
+    """Check ``envelope`` as the next root of ``tenant_id``; BadRequest if an agent would refuse."""
     current = current_root(s, tenant_id)
     try:
         if current is None:

@@ -73,3 +73,32 @@ class AgentProcess:
                 return
             time.sleep(0.05)
         raise TimeoutError(f"{needle!r} not in agent log:\n{self.log_text()[-2000:]}")
+
+
+def traversable_dir(prefix: str) -> Path:
+    """A temp dir the job user can traverse (pytest's tmp_path is 0700 root-only)."""
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    base.chmod(0o755)
+    return base
+
+
+def enroll_fleet(base: Path, server_url: str, cert_sha256: str, root_sha256: str,
+                 tokens: list[str], scratch: Path, *extra: str) -> list[AgentProcess]:
+    """Enrol one real agent per token (in parallel) and start them all."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    agents = [AgentProcess(base / f"agent-{i:03d}") for i in range(len(tokens))]
+
+    def one(pair: tuple[AgentProcess, str]) -> None:
+        agent, token = pair
+        r = agent.enroll(server_url, token, root_sha256, cert_sha256,
+                         "--write-root", str(scratch), *extra)
+        assert r.returncode == 0, r.stderr
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(one, zip(agents, tokens, strict=True)))
+    for a in agents:
+        a.start()
+    return agents

@@ -103,7 +103,7 @@ def add_key(body: KeyIn, caller: CallerDep, ctx: Ctx) -> KeyIdOut:
 @router.get("/keys", response_model=list[KeyOut])
 def list_keys(caller: CallerDep, ctx: Ctx) -> list[KeyOut]:
     with ctx.store.transaction() as s:
-        rows = s.scalars(select(OperatorKeyRow).where(OperatorKeyRow.account_id == caller.account_id)
-                         .order_by(OperatorKeyRow.created_at))
+        mine = OperatorKeyRow.account_id == caller.account_id
+        rows = s.scalars(select(OperatorKeyRow).where(mine).order_by(OperatorKeyRow.created_at))
         return [KeyOut(keyid=r.keyid, public=r.public, name=r.name, tenant=r.tenant_id)
                 for r in rows]

@@ -23,7 +23,8 @@ MAX_SIZE = 1 << 48
 
 
 @router.get("/tenants/{t}/audit/entries", response_model=list[AuditEntryOut])
-def list_entries(t: TenantPath, caller: CallerDep, ctx: Ctx, start: int = Query(0, ge=0, le=MAX_SIZE),
+def list_entries(t: TenantPath, caller: CallerDep, ctx: Ctx,
+                 start: int = Query(0, ge=0, le=MAX_SIZE),
                  limit: int = Query(100, ge=1, le=1000)) -> list[AuditEntryOut]:
     with ctx.store.transaction() as s:
         caller.tenant(s, t)

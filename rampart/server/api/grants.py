@@ -17,9 +17,15 @@ from fastapi import APIRouter
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from rampart.trust import Grant, TrustError, decode_envelope, decode_payload, encode_payload
+from rampart.trust import (
+    Grant,
+    TrustError,
+    decode_envelope,
+    decode_payload,
+    encode_payload,
+    new_grant_id,
+)
 from rampart.trust import grant_status as trust_grant_status
-from rampart.trust import new_grant_id
 from rampart.trust.envelope import Envelope as DsseEnvelope
 from rampart.trust.payloads import GRANT_TYPE
 
@@ -81,7 +87,7 @@ def request_grant(t: TenantPath, body: GrantIn, caller: CallerDep, ctx: Ctx) -> 
             raise BadRequest(f"the tenant policy does not allow {sorted(refused)}")
         try:
             grant = Grant(id=new_grant_id(), tenant=t, grantee=mine[0], devices=body.devices,
-                          capabilities=body.capabilities,  # type: ignore[arg-type]
+                          capabilities=body.capabilities,
                           actions=body.actions,  # type: ignore[arg-type]
                           not_before=now, not_after=now + body.duration_s, reason=body.reason,
                           requested_by=caller.username)

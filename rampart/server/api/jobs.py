@@ -86,7 +86,8 @@ def check_job(s: Session, tenant_id: str, data: bytes, payloads: dict[str, bytes
         raise BadRequest(f"grant does not give {sorted(missing)}")
     if job.signer in trusted.automation and (
             job.action.kind not in PAYLOAD_FREE_ACTIONS or job.action.kind not in grant.actions):
-        raise BadRequest(f"an automation key may not sign a {job.action.kind} action under this grant")
+        raise BadRequest(
+            f"an automation key may not sign a {job.action.kind} action under this grant")
     if now >= job.expires_at:
         raise BadRequest("job has expired")
     if not grant.not_before - 300 <= job.issued_at < grant.not_after:
@@ -133,12 +134,21 @@ def create_job(t: TenantPath, body: JobIn, caller: CallerDep, ctx: Ctx) -> JobCr
     return JobCreatedOut(id=job.id, targets=list(job.devices))
 
 
+def output_text(b64: str) -> str:
+    """A receipt carries output as base64 bytes; the API shows it as text (UTF-8, replacement)."""
+    try:
+        return base64.b64decode(b64, validate=True).decode("utf-8", errors="replace")
+    except (binascii.Error, ValueError):
+        return ""
+
+
 def receipt_out(envelope: bytes) -> ReceiptOut:
     r = decode_payload(decode_envelope(envelope).payload, Receipt)
     containment = msgspec.to_builtins(r.containment) if r.containment else None
     return ReceiptOut(outcome=r.outcome, refusal=r.refusal, detail=r.detail,
                       exit_code=r.exit_code, signal=r.signal, timed_out=r.timed_out,
-                      stdout=r.stdout, stderr=r.stderr, started_at=r.started_at,
+                      stdout=output_text(r.stdout), stderr=output_text(r.stderr),
+                      started_at=r.started_at,
                       ended_at=r.ended_at, containment=containment)
 
 

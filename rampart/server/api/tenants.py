@@ -20,7 +20,6 @@ from rampart.trust import (
     check_root_signatures,
     decode_envelope,
     new_tenant_id,
-    root_sha256,
 )
 from rampart.trust.envelope import Envelope as DsseEnvelope
 from rampart.trust.payloads import ROOT_TYPE

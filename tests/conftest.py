@@ -1,0 +1,42 @@
+"""Shared fixtures: a real server process per test on SQLite or PostgreSQL.
+
+Set ``RAMPART_TEST_DB=postgresql`` to run every server test on a throwaway
+PostgreSQL cluster (one database per test) instead of SQLite.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from harness.server import PostgresCluster, RunningServer, start_server
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PostgresCluster | None]:
+    if os.environ.get("RAMPART_TEST_DB", "sqlite") != "postgresql":
+        yield None
+        return
+    cluster = PostgresCluster()
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def db_url(pg_cluster: PostgresCluster | None) -> str | None:
+    """None for the default SQLite store, else a fresh PostgreSQL database URL."""
+    return pg_cluster.new_database() if pg_cluster is not None else None
+
+
+@pytest.fixture
+def server(tmp_path: Path, db_url: str | None) -> Iterator[RunningServer]:
+    srv = start_server(tmp_path, db_url)
+    try:
+        yield srv
+    finally:
+        srv.stop()

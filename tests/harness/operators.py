@@ -1,0 +1,210 @@
+"""Operator-side helpers for tests: accounts with TOTP, keys, tenants, roots, grants, jobs.
+
+These do what the ``rampart`` CLI does, with real keys and real HTTP against a
+:class:`~harness.server.RunningServer`, so tests can set up a tenant quickly
+and then play the attacker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pyotp
+
+from rampart.trust import (
+    Action,
+    Job,
+    KeyEntry,
+    OperatorKey,
+    PayloadRef,
+    Roles,
+    RoleSpec,
+    TenantRoot,
+    add_signature,
+    decode_envelope,
+    encode_payload,
+    new_job_id,
+    new_nonce,
+    sign_envelope,
+)
+from rampart.trust.payloads import JOB_TYPE, ROOT_TYPE
+
+from .server import RunningServer
+
+PASSWORD = "correct horse battery staple"
+
+
+def ok(resp: httpx.Response) -> Any:
+    assert resp.status_code == 200, f"{resp.request.method} {resp.request.url}: " \
+                                    f"{resp.status_code} {resp.text[:500]}"
+    return resp.json()
+
+
+@dataclass
+class Totp:
+    """Generates codes never reused (the server accepts each step once)."""
+
+    secret: str
+    last_step: int = 0
+
+    @classmethod
+    def from_uri(cls, uri: str) -> Totp:
+        query = urllib.parse.parse_qs(urllib.parse.urlparse(uri).query)
+        return cls(query["secret"][0])
+
+    def code(self) -> str:
+        now_step = int(time.time() // 30)
+        step = max(self.last_step + 1, now_step - 1)
+        while step > int(time.time() // 30) + 1:
+            time.sleep(1)
+        self.last_step = step
+        return pyotp.TOTP(self.secret).at(step * 30)
+
+
+@dataclass
+class Operator:
+    server: RunningServer
+    username: str
+    role: str
+    token: str
+    totp: Totp
+    password: str = PASSWORD
+    keys: list[OperatorKey] = field(default_factory=list)
+
+    @property
+    def http(self) -> httpx.Client:
+        if not hasattr(self, "_http"):
+            self._http = self.server.client(self.token)
+        return self._http
+
+    def login(self) -> str:
+        with self.server.client() as c:
+            doc = ok(c.post("/auth/login", json={"username": self.username,
+                                                 "password": self.password,
+                                                 "totp": self.totp.code()}))
+        self.token = doc["token"]
+        if hasattr(self, "_http"):
+            del self._http
+        return self.token
+
+    def add_key(self, tenant: str | None = None, name: str | None = None) -> OperatorKey:
+        key = OperatorKey.generate()
+        ok(self.http.post("/keys", json={"public": key.public.to_text(), "tenant": tenant,
+                                         "name": name or f"{self.username}-key"}))
+        self.keys.append(key)
+        return key
+
+    def create_account(self, username: str, role: str,
+                       tenants: list[str] | None) -> Operator:
+        doc = ok(self.http.post("/accounts", json={"username": username, "role": role,
+                                                   "tenants": tenants}))
+        return activate(self.server, username, doc["activation_token"])
+
+
+def _confirm(server: RunningServer, username: str, enrol: dict[str, Any]) -> Operator:
+    totp = Totp.from_uri(enrol["otpauth_uri"])
+    with server.client() as c:
+        session = ok(c.post("/auth/totp/confirm", json={"enrolment_token": enrol["enrolment_token"],
+                                                        "code": totp.code()}))
+    return Operator(server, username, session["role"], session["token"], totp)
+
+
+def bootstrap_owner(server: RunningServer, username: str = "owner") -> Operator:
+    with server.client() as c:
+        enrol = ok(c.post("/auth/bootstrap", json={"token": server.bootstrap_token,
+                                                   "username": username, "password": PASSWORD}))
+    return _confirm(server, username, enrol)
+
+
+def activate(server: RunningServer, username: str, activation_token: str) -> Operator:
+    with server.client() as c:
+        enrol = ok(c.post("/auth/activate", json={"username": username, "password": PASSWORD,
+                                                  "activation_token": activation_token}))
+    return _confirm(server, username, enrol)
+
+
+def make_root(tenant: dict[str, Any], version: int, *, owners: list[OperatorKey],
+              approvers: list[OperatorKey] = (), technicians: list[OperatorKey] = (),
+              owner_threshold: int = 1, expires_in: int = 365 * 86400) -> TenantRoot:
+    everyone = {k.key_id: k for k in [*owners, *approvers, *technicians]}
+    log_keys = {k["keyid"]: k["public"].split(":", 1)[1] for k in tenant["log_keys"]}
+    return TenantRoot(
+        tenant=tenant["id"], name=tenant["name"], version=version,
+        expires=int(time.time()) + expires_in,
+        keys={kid: KeyEntry(public=k.public.to_b64(), name=kid[:8]) for kid, k in everyone.items()},
+        roles=Roles(owner=RoleSpec(keyids=sorted(k.key_id for k in owners),
+                                   threshold=owner_threshold),
+                    approver=RoleSpec(keyids=sorted(k.key_id for k in approvers)),
+                    technician=RoleSpec(keyids=sorted(k.key_id for k in technicians))),
+        log_keys=log_keys)
+
+
+def sign_root(root: TenantRoot, signers: list[OperatorKey]) -> str:
+    return sign_envelope(ROOT_TYPE, encode_payload(root), signers).to_bytes().decode()
+
+
+@dataclass
+class TenantSetup:
+    """A tenant with a published v1 root: owner, approver and technician accounts and keys."""
+
+    tenant: dict[str, Any]
+    owner: Operator
+    owner_key: OperatorKey
+    approver: Operator
+    approver_key: OperatorKey
+    tech: Operator
+    tech_key: OperatorKey
+    root_envelope: str
+
+    @property
+    def id(self) -> str:
+        return str(self.tenant["id"])
+
+
+def setup_tenant(owner: Operator, name: str, *, prefix: str = "") -> TenantSetup:
+    tenant = ok(owner.http.post("/tenants", json={"name": name}))
+    tid = tenant["id"]
+    approver = owner.create_account(f"{prefix}approver", "approver", [tid])
+    tech = owner.create_account(f"{prefix}tech", "technician", [tid])
+    owner_key = owner.keys[0] if owner.keys else owner.add_key(None, "owner")
+    approver_key = approver.add_key(tid)
+    tech_key = tech.add_key(tid)
+    root = make_root(tenant, 1, owners=[owner_key], approvers=[approver_key],
+                     technicians=[tech_key])
+    env = sign_root(root, [owner_key])
+    ok(owner.http.post(f"/tenants/{tid}/roots", json={"envelope": env}))
+    tenant = ok(owner.http.get(f"/tenants/{tid}"))
+    return TenantSetup(tenant, owner, owner_key, approver, approver_key, tech, tech_key, env)
+
+
+def approved_grant(t: TenantSetup, devices: list[str], capabilities: list[str] | None = None,
+                   duration_s: int = 3600) -> str:
+    """Request a grant as the technician and approve it as the approver; return its id."""
+    doc = ok(t.tech.http.post(f"/tenants/{t.id}/grants", json={
+        "devices": devices, "capabilities": capabilities or ["script"],
+        "duration_s": duration_s, "reason": "test maintenance"}))
+    signed = add_signature(decode_envelope(doc["envelope"].encode()), t.approver_key)
+    got = ok(t.approver.http.post(f"/grants/{doc['id']}/signatures",
+                                  json={"envelope": signed.to_bytes().decode()}))
+    assert got["status"] == "approved", got
+    return str(doc["id"])
+
+
+def signed_job(t: TenantSetup, grant_id: str, devices: list[str], script: bytes = b"echo hi\n",
+               *, expires_in: int = 3600) -> tuple[str, dict[str, str], str]:
+    """A script job signed by the technician key: (envelope text, payloads, job id)."""
+    import base64
+
+    now = int(time.time())
+    job = Job(id=new_job_id(), tenant=t.id, grant=grant_id, signer=t.tech_key.key_id,
+              devices=devices,
+              action=Action(kind="script", payloads=[PayloadRef(
+                  name="script", sha256=hashlib.sha256(script).hexdigest(), size=len(script))]),
+              nonce=new_nonce(), issued_at=now, expires_at=now + expires_in)
+    env = sign_envelope(JOB_TYPE, encode_payload(job), [t.tech_key]).to_bytes().decode()
+    return env, {"script": base64.b64encode(script).decode()}, job.id

@@ -1,0 +1,207 @@
+"""Real server processes and a throwaway PostgreSQL cluster for tests.
+
+``start_server`` runs ``python -m rampart.server init`` and ``... run`` as
+separate processes on a free 127.0.0.1 port, waits until the pinned TLS
+endpoint answers, and returns a :class:`RunningServer` with pinned httpx
+clients. ``PostgresCluster`` runs the machine's ``initdb``/``postgres`` as an
+unprivileged user (initdb refuses root) and hands out one fresh database per
+test. Nothing here knows about agents: see ``harness/agent.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from rampart.tlspin import fetch_pinned_certificate, pinned_context
+
+REPO = Path(__file__).resolve().parents[2]
+PG_BIN = Path(os.environ.get("RAMPART_PG_BIN", "/usr/lib/postgresql/15/bin"))
+START_TIMEOUT_S = 30.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
+    return env
+
+
+@dataclass
+class RunningServer:
+    """A server process plus what a client needs to reach it with the pinned certificate."""
+
+    data_dir: Path
+    port: int
+    cert_sha256: str
+    bootstrap_token: str
+    db_url: str | None
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    cert_der: bytes = b""
+    _clients: list[httpx.Client] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"wss://127.0.0.1:{self.port}/agent/v1/ws"
+
+    def ssl_context(self) -> ssl.SSLContext:
+        return pinned_context(self.cert_der)
+
+    def client(self, token: str | None = None, *, api: bool = True) -> httpx.Client:
+        """An httpx client that trusts exactly the server's certificate."""
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        c = httpx.Client(base_url=self.url + ("/api/v1" if api else ""), verify=self.ssl_context(),
+                         headers=headers, timeout=30.0)
+        self._clients.append(c)
+        return c
+
+    def start(self) -> None:
+        cmd = [sys.executable, "-m", "rampart.server", "run", "--data", str(self.data_dir),
+               "--listen", f"127.0.0.1:{self.port}"]
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env(),
+                                     cwd=REPO, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log_path.read_text()[-3000:]}")
+            try:
+                self.cert_der = fetch_pinned_certificate("127.0.0.1", self.port, self.cert_sha256,
+                                                         timeout=2)
+                with httpx.Client(verify=self.ssl_context(), timeout=5) as c:
+                    if c.get(self.url + "/api/v1/health").status_code == 200:
+                        return
+            except (OSError, httpx.HTTPError):
+                pass
+            time.sleep(0.1)
+        self.stop(kill=True)
+        raise RuntimeError(f"server did not start: {self.log_path.read_text()[-3000:]}")
+
+    def stop(self, *, kill: bool = False) -> None:
+        """Stop the process: SIGTERM (graceful) or SIGKILL (a crash)."""
+        for c in self._clients:
+            c.close()
+        self._clients.clear()
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+
+    def restart(self, *, kill: bool = True) -> None:
+        self.stop(kill=kill)
+        self.start()
+
+
+def init_server(base: Path, db_url: str | None = None) -> RunningServer:
+    """``rampart server init`` in a subprocess; parse the printed pin and token."""
+    data_dir = base / "data"
+    cmd = [sys.executable, "-m", "rampart.server", "init", "--data", str(data_dir)]
+    if db_url:
+        cmd += ["--db", db_url]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=REPO, check=True,
+                         timeout=60).stdout
+    cert = re.search(r"TLS certificate SHA-256: ([0-9a-f]{64})", out)
+    token = re.search(r"Bootstrap token[^:]*: (\S+)", out)
+    assert cert and token, out
+    return RunningServer(data_dir=data_dir, port=free_port(), cert_sha256=cert.group(1),
+                         bootstrap_token=token.group(1), db_url=db_url,
+                         log_path=base / "server.log")
+
+
+def start_server(base: Path, db_url: str | None = None) -> RunningServer:
+    server = init_server(base, db_url)
+    server.start()
+    return server
+
+
+class PostgresCluster:
+    """A private PostgreSQL cluster in a temporary directory (trust auth on 127.0.0.1)."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="rampart-pg-"))
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._user = "nobody" if os.geteuid() == 0 else None
+        self._count = 0
+
+    def _as_user(self) -> dict[str, object]:
+        return {"user": self._user} if self._user else {}
+
+    def start(self) -> None:
+        if self._user:
+            pw = pwd.getpwnam(self._user)
+            os.chown(self.dir, pw.pw_uid, pw.pw_gid)
+        data = self.dir / "data"
+        subprocess.run([str(PG_BIN / "initdb"), "-D", str(data), "-U", "rampart", "--auth=trust",
+                        "-E", "UTF8", "--no-sync", "--no-instructions"],
+                       check=True, capture_output=True, cwd=self.dir, timeout=120,
+                       **self._as_user())  # type: ignore[arg-type]
+        log = (self.dir / "postgres.log").open("ab")
+        self.proc = subprocess.Popen(
+            [str(PG_BIN / "postgres"), "-D", str(data), "-p", str(self.port), "-k", str(self.dir),
+             "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=200"],
+            stdout=log, stderr=subprocess.STDOUT, cwd=self.dir, start_new_session=True,
+            **self._as_user())  # type: ignore[arg-type]
+        log.close()
+        import psycopg
+
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with psycopg.connect(self.admin_url("postgres"), connect_timeout=2):
+                    return
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError((self.dir / "postgres.log").read_text()[-2000:]) from None
+                time.sleep(0.2)
+
+    def admin_url(self, db: str) -> str:
+        return f"postgresql://rampart@127.0.0.1:{self.port}/{db}"
+
+    def new_database(self) -> str:
+        """A fresh empty database; returns its ``postgresql://`` URL."""
+        import psycopg
+
+        self._count += 1
+        name = f"t{os.getpid()}_{self._count}"
+        with psycopg.connect(self.admin_url("postgres"), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.admin_url(name)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)  # fast shutdown
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)

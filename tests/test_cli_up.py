@@ -1,0 +1,116 @@
+"""`rampart up`, the quickstart: one command to a working server, tenant and agent.
+
+Run twice it reuses what it made; SIGINT and SIGTERM stop its children cleanly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def env() -> dict[str, str]:
+    e = {k: v for k, v in os.environ.items() if not k.startswith("RAMPART_")}
+    e["PYTHONPATH"] = str(REPO)
+    e["COLUMNS"] = "200"
+    return e
+
+
+def cli(*args: str, extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "rampart.cli.main", *args],
+                          env={**env(), **(extra or {})}, capture_output=True, text=True,
+                          timeout=120, cwd=REPO)
+
+
+def start_up(data: Path, port: int, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rampart.cli.main", "up", "--data", str(data), "--listen",
+             f"127.0.0.1:{port}"], stdout=fh, stderr=subprocess.STDOUT, env=env(), cwd=REPO)
+    deadline = time.monotonic() + 180
+    while "Press Ctrl-C to stop." not in log.read_text():
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.3)
+    return proc, log.read_text()
+
+
+def stop(proc: subprocess.Popen[bytes], sig: int) -> int:
+    proc.send_signal(sig)
+    return proc.wait(timeout=60)
+
+
+def shell_env(data: Path, name: str) -> dict[str, str]:
+    """Apply the `export` lines of `rampart up --env NAME`."""
+    r = cli("up", "--data", str(data), "--env", name)
+    assert r.returncode == 0, r.stderr
+    out: dict[str, str] = {}
+    for line in r.stdout.splitlines():
+        m = re.match(r"export (RAMPART_[A-Z_]+)=(.*)$", line)
+        if m:
+            import shlex
+
+            out[m.group(1)] = shlex.split(m.group(2))[0]
+    assert set(out) == {"RAMPART_CONFIG_DIR", "RAMPART_KEY_PASSPHRASE"}
+    return out
+
+
+@pytest.mark.slow
+def test_up_twice_reuses_everything_and_stops_cleanly(tmp_path: Path) -> None:
+    pytest.importorskip("rampart.server.commands")
+    data = tmp_path / "up"
+    port = free_port()
+    proc, out = start_up(data, port, tmp_path / "up1.log")
+    try:
+        assert "created tenant demo" in out
+        assert f"Console (status page): https://127.0.0.1:{port}/" in out
+        m = re.search(r"admin login: user admin, password (\S+)", out)
+        assert m
+        creds = data / "quickstart" / "credentials.json"
+        assert stat.S_IMODE(creds.stat().st_mode) == 0o600
+        doc = json.loads(creds.read_text())
+        assert doc["admin"]["password"] == m.group(1) and doc["admin"]["totp_secret"]
+        device = re.search(r"enrolled a local agent as (dev-[0-9a-f]{24})", out)
+        assert device
+        tech = shell_env(data, "tech")
+        listed = cli("devices", "list", "demo", "--json", extra=tech)
+        assert listed.returncode == 0, listed.stderr
+        assert [d for d in json.loads(listed.stdout)
+                if d["id"] == device.group(1) and d["status"] == "approved"]
+    finally:
+        rc = stop(proc, signal.SIGINT)
+    assert rc == 0
+    assert (tmp_path / "up1.log").read_text().rstrip().endswith("stopped")
+    with socket.socket() as s:  # the server child is gone: the port is free again
+        s.bind(("127.0.0.1", port))
+
+    proc, out = start_up(data, port, tmp_path / "up2.log")
+    try:
+        assert "created" not in out and "enrolled" not in out
+        assert device.group(1) in out
+        admin = shell_env(data, "admin")
+        tenants = json.loads(cli("tenant", "list", "--json", extra=admin).stdout)
+        assert [t["name"] for t in tenants] == ["demo"]
+        devices = json.loads(cli("devices", "list", "demo", "--json", extra=admin).stdout)
+        assert [d["id"] for d in devices] == [device.group(1)]
+    finally:
+        rc = stop(proc, signal.SIGTERM)
+    assert rc == 0
