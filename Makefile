@@ -1,9 +1,9 @@
 # Benchmarks print their numbers and write them to bench/results/.
 PY ?= .venv/bin/python
 
-.PHONY: bench bench-trust bench-merkle test up
+.PHONY: bench bench-trust bench-merkle bench-fleet test up
 
-bench: bench-trust bench-merkle
+bench: bench-trust bench-merkle bench-fleet
 
 bench-trust:
 	@mkdir -p bench/results
@@ -18,3 +18,7 @@ test:
 
 up:
 	./quickstart
+
+bench-fleet:
+	@mkdir -p bench/results
+	PYTHONPATH=.:tests $(PY) bench/fleet_bench.py 1000 bench/results/fleet.json

@@ -72,9 +72,10 @@ def test_job_reaches_connected_agent_and_one_that_connects_later(tenant: TenantS
     assert _states(tenant, job_id) == {a.device_id: "done", b.device_id: "pending"}
     b.connect()
     b.verify_job(b.wait_for("job"))
-    assert b.send_receipt(job_id, b.receipt(job_id, stdout="\ufffd")) ["type"] == "ack"
+    assert b.send_receipt(job_id, b.receipt(job_id, stdout=b"\xffok"))["type"] == "ack"
     job = ok(tenant.tech.http.get(f"/jobs/{job_id}"))
     assert {x["state"] for x in job["targets"]} == {"done"}
+    assert sorted(x["receipt"]["stdout"] for x in job["targets"]) == ["hi\n", "\ufffdok"]
     assert {x["receipt"]["outcome"] for x in job["targets"]} == {"ran"}
     devices = {d["id"]: d for d in ok(tenant.owner.http.get(f"/tenants/{tenant.id}/devices"))}
     assert devices[a.device_id]["connected"] and devices[a.device_id]["last_seen"]
@@ -102,7 +103,7 @@ def test_T15_receipt_stored_once_even_if_sent_twice(tenant: TenantSetup) -> None
     before = _receipt_entries(tenant.owner, tenant.id)
     assert agent.send_receipt(job_id, receipt)["type"] == "ack"
     assert agent.send_receipt(job_id, receipt)["type"] == "ack"
-    assert agent.send_receipt(job_id, agent.receipt(job_id, stdout="other"))["type"] == "ack"
+    assert agent.send_receipt(job_id, agent.receipt(job_id, stdout=b"other"))["type"] == "ack"
     assert _receipt_entries(tenant.owner, tenant.id) == before + 1
     assert ok(tenant.tech.http.get(f"/jobs/{job_id}"))["targets"][0]["receipt"]["stdout"] == "hi\n"
     agent.close()

@@ -8,6 +8,7 @@ as the real agent must, so tests prove the server's proofs are right.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import time
 from typing import Any
@@ -140,10 +141,13 @@ class WireAgent:
                    "checkpoint_size": self.checkpoint.size})
         return auth
 
-    def receipt(self, job_id: str, *, outcome: str = "ran", stdout: str = "hi\n",
+    def receipt(self, job_id: str, *, outcome: str = "ran", stdout: bytes = b"hi\n",
                 key: DeviceKey | None = None) -> str:
+        """A signed receipt; output travels as base64 of the raw bytes with their SHA-256."""
         r = Receipt(tenant=self.tenant, job=job_id, device=self.device_id, outcome=outcome,
-                    exit_code=0, stdout=stdout, started_at=time.time(), ended_at=time.time())
+                    exit_code=0, stdout=base64.b64encode(stdout).decode(),
+                    stdout_sha256=hashlib.sha256(stdout).hexdigest(),
+                    started_at=time.time(), ended_at=time.time())
         return sign_envelope(RECEIPT_TYPE, encode_payload(r),
                              [key or self.key]).to_bytes().decode()
 

@@ -1,0 +1,159 @@
+"""Fleet benchmark: 1,000 simulated agents against one real server process.
+
+Each simulated agent (``bench/sim_agents.py``, a separate process) has a real
+WebSocket connection over pinned TLS, its own device key, and verifies every
+job with the real trust core before signing its receipt. Measured:
+
+* time to connect all agents (TLS + challenge/hello/welcome);
+* time from submitting a signed job to 1,000 devices (the API call
+  ``rampart run`` makes) until all 1,000 receipts are stored on the server;
+* server resident memory per connected agent.
+
+Targets on the reference 2-core machine: every receipt within 5 s, at most
+50 KiB of server memory per agent.
+
+    PYTHONPATH=.:tests python bench/fleet_bench.py [n_agents] [out.json]
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from harness.operators import bootstrap_owner, make_root, ok, sign_root  # noqa: E402
+from harness.server import start_server  # noqa: E402
+
+from rampart import trust  # noqa: E402
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def wait_file(path: Path, proc: subprocess.Popen[bytes], timeout: float) -> dict:
+    deadline = time.time() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            raise RuntimeError(f"simulator exited with {proc.returncode}")
+        if time.time() > deadline:
+            raise TimeoutError(path)
+        time.sleep(0.05)
+    time.sleep(0.05)
+    return dict(json.loads(path.read_text()))
+
+
+def run(n: int = 1000) -> dict:
+    base = Path(tempfile.mkdtemp(prefix="rampart-fleet-bench-"))
+    server = start_server(base)
+    assert server.proc is not None
+    sim = None
+    try:
+        owner = bootstrap_owner(server)
+        tenant = ok(owner.http.post("/tenants", json={"name": "fleet"}))
+        tid = tenant["id"]
+        a1 = owner.create_account("approver1", "approver", [tid])
+        a2 = owner.create_account("approver2", "approver", [tid])
+        tech = owner.create_account("tech", "technician", [tid])
+        okey, k1, k2, tk = owner.add_key(None), a1.add_key(tid), a2.add_key(tid), tech.add_key(tid)
+        root = sign_root(make_root(tenant, 1, owners=[okey], approvers=[k1, k2], technicians=[tk]),
+                         [okey])
+        ok(owner.http.post(f"/tenants/{tid}/roots", json={"envelope": root}))
+        tokens = [ok(owner.http.post(f"/tenants/{tid}/enrollment-tokens", json={"ttl_s": 3600}))["token"]
+                  for _ in range(n)]
+        (base / "tokens").write_text("\n".join(tokens))
+        rss_before = rss_kib(server.proc.pid)
+        ready = base / "ready"
+        sim = subprocess.Popen(
+            [sys.executable, str(Path(__file__).parent / "sim_agents.py"), "--server", server.url,
+             "--cert-sha256", server.cert_sha256, "--root-sha256", trust.root_sha256(root.encode()),
+             "--tokens", str(base / "tokens"), "--ready", str(ready)])
+        enrolled = wait_file(Path(str(ready) + ".enrolled"), sim, 600)
+        devices = enrolled["devices"]
+        for d in devices:
+            ok(owner.http.post(f"/tenants/{tid}/devices/{d}/approve"))
+        Path(str(ready) + ".go").touch()
+        connected = wait_file(ready, sim, 600)
+        time.sleep(2.0)  # let allocations settle
+        rss_connected = rss_kib(server.proc.pid)
+        # A grant for all devices needs two approvers (policy: more than 10 devices).
+        g = ok(tech.http.post(f"/tenants/{tid}/grants", json={
+            "devices": devices, "capabilities": ["script"], "duration_s": 3600, "reason": "bench"}))
+        env = trust.decode_envelope(g["envelope"].encode())
+        for who, key in ((a1, k1), (a2, k2)):
+            env = trust.add_signature(env, key)
+            ok(who.http.post(f"/grants/{g['id']}/signatures", json={"envelope": env.to_bytes().decode()}))
+        script = b"#!/bin/sh\necho patched\n"
+        now = int(time.time())
+        job = trust.Job(id=trust.new_job_id(), tenant=tid, grant=g["id"], signer=tk.key_id, devices=devices,
+                        action=trust.Action(kind="script", payloads=[trust.PayloadRef(
+                            name="script", sha256=hashlib.sha256(script).hexdigest(), size=len(script))]),
+                        nonce=trust.new_nonce(), issued_at=now, expires_at=now + 600)
+        body = {"envelope": trust.sign_envelope(trust.Job.PAYLOAD_TYPE, trust.encode_payload(job),
+                                                [tk]).to_bytes().decode(),
+                "payloads": {"script": base64.b64encode(script).decode()}}
+        t0 = time.perf_counter()
+        ok(tech.http.post(f"/tenants/{tid}/jobs", json=body))
+        submit_s = time.perf_counter() - t0
+        while True:
+            doc = ok(tech.http.get(f"/jobs/{job.id}"))
+            done = sum(1 for t in doc["targets"] if t["state"] == "done")
+            if done == n:
+                break
+            if time.perf_counter() - t0 > 300:
+                raise TimeoutError(f"only {done} of {n} receipts after 300 s")
+            time.sleep(0.1)
+        all_receipts_s = time.perf_counter() - t0
+        refused = [t["receipt"]["refusal"] for t in doc["targets"] if t["receipt"]["outcome"] != "ran"]
+        rss_after = rss_kib(server.proc.pid)
+        result = {
+            "benchmark": "fleet",
+            "agents": n,
+            "enrol_all_s": round(enrolled["enrol_s"], 2),
+            "connect_all_s": round(connected["connect_s"], 2),
+            "job_submit_s": round(submit_s, 3),
+            "run_to_all_receipts_s": round(all_receipts_s, 2),
+            "receipts_refused": len(refused),
+            "server_rss_idle_mib": round(rss_before / 1024, 1),
+            "server_rss_connected_mib": round(rss_connected / 1024, 1),
+            "server_rss_after_job_mib": round(rss_after / 1024, 1),
+            "server_kib_per_agent": round((rss_connected - rss_before) / n, 1),
+            "target_receipts_s": 5.0,
+            "target_kib_per_agent": 50,
+        }
+        result["meets_targets"] = (result["run_to_all_receipts_s"] <= 5.0
+                                   and result["server_kib_per_agent"] <= 50 and not refused)
+        return result
+    finally:
+        if sim is not None:
+            sim.terminate()
+            try:
+                sim.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                sim.kill()
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def main(argv: list[str]) -> int:
+    n = int(argv[1]) if len(argv) > 1 else 1000
+    result = run(n)
+    print(json.dumps(result))
+    if len(argv) > 2:
+        Path(argv[2]).write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv))
