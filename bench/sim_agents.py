@@ -116,6 +116,7 @@ async def main_async(a: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     sem = asyncio.Semaphore(32)
     roots: list[str] = []
+    gateway: list[str] = []
     async with httpx.AsyncClient(verify=ctx, timeout=120) as client:
         async def enrol(tok: str, key: DeviceKey) -> None:
             async with sem:
@@ -125,6 +126,8 @@ async def main_async(a: argparse.Namespace) -> None:
                 r.raise_for_status()
                 if not roots:
                     roots.extend(r.json()["roots"])
+                    if r.json().get("gateway_url"):
+                        gateway.append(r.json()["gateway_url"])
         await asyncio.gather(*(enrol(t, k) for t, k in zip(tokens, keys, strict=True)))
     enrol_s = time.perf_counter() - t0
     Path(a.ready + ".enrolled").write_text(json.dumps({
@@ -137,7 +140,7 @@ async def main_async(a: argparse.Namespace) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    url = a.server.replace("https://", "wss://") + "/agent/v1/ws"
+    url = gateway[0] if gateway else a.server.replace("https://", "wss://") + "/agent/v1/ws"
     events = [asyncio.Event() for _ in agents]
     t1 = time.perf_counter()
     tasks = []

@@ -44,9 +44,11 @@ def auth_message(nonce: str, device_id: str) -> bytes:
 class Link:
     """One agent's session loop."""
 
-    def __init__(self, agent: Agent, server_url: str, ssl_context: ssl.SSLContext) -> None:
+    def __init__(self, agent: Agent, server_url: str, ssl_context: ssl.SSLContext, *,
+                 gateway_url: str | None = None) -> None:
         self.agent = agent
-        self.url = server_url.replace("https://", "wss://", 1).rstrip("/") + "/agent/v1/ws"
+        self.url = gateway_url or (
+            server_url.replace("https://", "wss://", 1).rstrip("/") + "/agent/v1/ws")
         self.ssl = ssl_context
         self.jobs: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.ws: ClientConnection | None = None

@@ -122,6 +122,10 @@ def enroll(*, server_url: str, token: str, root_sha256: str, cert_sha256: str,
         if pinned is None:
             raise EnrollError("the server did not offer the root with the pinned SHA-256")
         trusted = trust.update_root(pinned, later, now=now) if later else pinned
+        gateway = doc.get("gateway_url")
+        if gateway is not None and (not isinstance(gateway, str) or not gateway.startswith("wss://")
+                                    or len(gateway) > 512):
+            raise EnrollError("the server named an invalid agent gateway URL")
         write_private_file(state_dir / POLICY_FILE,
                            (json.dumps(config.to_dict(), indent=1) + "\n").encode(), 0o600)
         with state.transaction() as db:
@@ -129,8 +133,11 @@ def enroll(*, server_url: str, token: str, root_sha256: str, cert_sha256: str,
             for env in later:
                 v = trust.decode_payload(trust.decode_envelope(env).payload, trust.TenantRoot).version
                 state.save_root(db, v, env)
-            state.set_many(db, {"device_id": device_id, "tenant": trusted.tenant,
-                                "server_url": f"https://{host}:{port}", "enrolled": "1"})
+            meta = {"device_id": device_id, "tenant": trusted.tenant,
+                    "server_url": f"https://{host}:{port}", "enrolled": "1"}
+            if gateway:
+                meta["gateway_url"] = gateway  # same pinned certificate as the API
+            state.set_many(db, meta)
         return device_id
     except trust.TrustError as exc:
         raise EnrollError(f"the tenant root was refused: {exc}") from None

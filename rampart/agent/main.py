@@ -114,10 +114,12 @@ def cmd_run(a: argparse.Namespace) -> int:
         if not st.enrolled:
             raise StateError(f"{state_dir} holds no enrolled agent: run 'rampart-agent enroll' first")
         server = st.get_text("server_url") or ""
+        gateway = st.get_text("gateway_url")
     finally:
         st.close()
     agent = Agent(state_dir)
-    link = Link(agent, server, tlspin.pinned_context(load_certificate(state_dir)))
+    link = Link(agent, server, tlspin.pinned_context(load_certificate(state_dir)),
+                gateway_url=gateway)
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -38,6 +38,7 @@ from .db import Store, migrate
 from .delivery import DeliveryStore
 from .errors import ServerError
 from .gateway import Gateway
+from .gateway_listener import server_ssl_context, start_gateway_listener
 from .keystore import LogKeyStore
 from .setup import cert_sha256_of
 from .status_page import router as status_router
@@ -146,18 +147,35 @@ def build_context(config: ServerConfig) -> ServerContext:
                          gateway=gateway)
 
 
-def create_app(data_dir: Path | str, *, config: ServerConfig | None = None) -> FastAPI:
-    """Build the application for an initialised data directory (migrates the schema)."""
+def create_app(data_dir: Path | str, *, config: ServerConfig | None = None,
+               agent_listen: tuple[str, int] | None = None, tls: bool = True) -> FastAPI:
+    """Build the application for an initialised data directory (migrates the schema).
+
+    With ``agent_listen``, the agent gateway also serves on its own lean
+    listener there (:mod:`.gateway_listener`), started and stopped with the app.
+    """
     ctx = build_context(config or load_config(Path(data_dir)))
+    if agent_listen is not None:
+        ctx.agent_port = agent_listen[1]
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         ctx.gateway.bind_loop(asyncio.get_running_loop())
         await asyncio.to_thread(ctx.audit.sign_due, time.time())
         cadence = asyncio.create_task(_checkpoint_cadence(ctx))
+        listener = None
+        if agent_listen is not None:
+            ssl_ctx = server_ssl_context(str(ctx.config.cert_path), str(ctx.config.key_path)) \
+                if tls else None
+            listener = await start_gateway_listener(ctx.gateway, agent_listen[0], agent_listen[1],
+                                                    ssl_ctx, ctx.limits.max_ws_message_bytes)
         try:
             yield
         finally:
+            if listener is not None:
+                listener.close()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(listener.wait_closed(), 5)
             cadence.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await cadence

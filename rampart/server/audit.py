@@ -60,6 +60,7 @@ class AuditLog:
         self._store = store
         self._keys = keys
         self._trees: dict[str, MerkleTree] = {}
+        self._latest: dict[str, CheckpointRow] = {}
         self._lock = threading.Lock()
 
     # -- writing (inside the caller's transaction) ---------------------------------
@@ -158,21 +159,40 @@ class AuditLog:
             ).scalar_one()
             latest = self.latest_checkpoint(s, log_id)
             if latest is not None and latest.size == log.size:
-                return latest
-            with self._lock:
-                root = self._tree(s, log_id, log.size).root(log.size)
-            cp = Checkpoint(log=log_id, size=log.size, root=root.hex(), time=int(now))
-            env = sign_envelope(CHECKPOINT_TYPE, encode_payload(cp), [self._keys.get(log_id)])
-            row = CheckpointRow(log_id=log_id, size=log.size, root=root.hex(),
-                                envelope=env.to_bytes(), created_at=now)
-            s.add(row)
-            return row
+                row = latest
+            else:
+                with self._lock:
+                    root = self._tree(s, log_id, log.size).root(log.size)
+                cp = Checkpoint(log=log_id, size=log.size, root=root.hex(), time=int(now))
+                env = sign_envelope(CHECKPOINT_TYPE, encode_payload(cp), [self._keys.get(log_id)])
+                row = CheckpointRow(log_id=log_id, size=log.size, root=root.hex(),
+                                    envelope=env.to_bytes(), created_at=now)
+                s.add(row)
+        self._remember_checkpoint(row)  # only once committed
+        return row
 
-    def checkpoint_covering(self, log_id: str, index: int, now: float) -> CheckpointRow:
-        """The latest checkpoint if it includes entry ``index``, else a new one."""
-        with self._store.transaction() as s:
+    def _remember_checkpoint(self, row: CheckpointRow) -> None:
+        with self._lock:
+            known = self._latest.get(row.log_id)
+            if known is None or known.size < row.size:
+                self._latest[row.log_id] = row
+
+    def checkpoint_covering(self, log_id: str, index: int, now: float, *,
+                            at_least: int = 0) -> CheckpointRow:
+        """A committed checkpoint that includes entry ``index`` and is no smaller than ``at_least``.
+
+        Served from memory when this process signed or read one that qualifies
+        (a fan-out to many agents reads the store once), else from the store,
+        else newly signed.
+        """
+        with self._lock:
+            known = self._latest.get(log_id)
+        if known is not None and known.size > index and known.size >= at_least:
+            return known
+        with self._store.read() as s:
             latest = self.latest_checkpoint(s, log_id)
-        if latest is not None and latest.size > index:
+        if latest is not None and latest.size > index and latest.size >= at_least:
+            self._remember_checkpoint(latest)
             return latest
         return self.sign_checkpoint(log_id, now)
 

@@ -42,12 +42,16 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 
 def run_server(data_dir: Path | str, host: str, port: int, tls: bool = True,
-               db_url: str | None = None) -> None:
-    """Serve the API, status page and agent gateway until interrupted (blocking)."""
+               db_url: str | None = None, agent_listen: tuple[str, int] | None = None) -> None:
+    """Serve the API, status page and agent gateway until interrupted (blocking).
+
+    ``agent_listen`` adds the dedicated agent gateway listener (default in
+    ``rampart server run``: the API host, port + 1).
+    """
     config = load_config(Path(data_dir))
     if db_url is not None:
         config = dataclasses.replace(config, db_url=normalise_db_url(db_url))
-    app = create_app(data_dir, config=config)
+    app = create_app(data_dir, config=config, agent_listen=agent_listen, tls=tls)
     ssl: dict[str, str] = {}
     if tls:
         ssl = {"ssl_certfile": str(config.cert_path), "ssl_keyfile": str(config.key_path)}
@@ -85,11 +89,21 @@ def run_command(data: DataOpt,
                     "--no-tls", help="Plain HTTP behind a TLS-terminating proxy.")] = False,
                 db: Annotated[str | None, typer.Option(
                     "--db", help="Database URL (default: the one in config.json).")] = None,
+                agent_listen: Annotated[str | None, typer.Option(
+                    "--agent-listen",
+                    help="HOST:PORT of the agent gateway (default: --listen port + 1; 'off' to "
+                         "serve agents only at /agent/v1/ws on --listen).")] = None,
                 ) -> None:
-    """Serve HTTPS: API under /api/v1, status page at /, agents at /agent/v1/ws."""
+    """Serve HTTPS: API under /api/v1, status page at /, agents on the gateway port."""
     try:
         host, port = parse_listen(listen)
-        run_server(data, host, port, tls=not no_tls, db_url=db)
+        if agent_listen is None:
+            agent: tuple[str, int] | None = (host, port + 1)
+        elif agent_listen == "off":
+            agent = None
+        else:
+            agent = parse_listen(agent_listen)
+        run_server(data, host, port, tls=not no_tls, db_url=db, agent_listen=agent)
     except SetupError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -20,6 +20,8 @@ class ServerContext:
     audit: AuditLog
     cert_sha256: str | None
     gateway: Gateway
+    #: Port of the dedicated agent gateway listener, when one runs.
+    agent_port: int | None = None
 
     @property
     def limits(self) -> ServerLimits:

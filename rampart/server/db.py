@@ -27,8 +27,13 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 BUSY_TIMEOUT_MS = 10_000
 
 
-def make_engine(url: str) -> Engine:
-    """An engine with the pragmas above for SQLite; a small pool for PostgreSQL."""
+def make_engine(url: str, *, read_only: bool = False) -> Engine:
+    """An engine with the pragmas above for SQLite; a small pool for PostgreSQL.
+
+    A ``read_only`` SQLite engine begins with a deferred ``BEGIN``: under WAL,
+    readers then see one consistent snapshot without taking the write lock,
+    so reads never queue behind writers (or each other).
+    """
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
 
@@ -44,7 +49,7 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
@@ -67,6 +72,9 @@ class Store:
     def __init__(self, url: str) -> None:
         self.engine = make_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._read_engine = make_engine(url, read_only=True) if url.startswith("sqlite") \
+            else self.engine
+        self._read_sessions = sessionmaker(self._read_engine, expire_on_commit=False)
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
@@ -74,5 +82,17 @@ class Store:
         with self._sessions() as session, session.begin():
             yield session
 
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A read-only snapshot: nothing the block does is committed.
+
+        Closing the session hands its connection back to the pool, which rolls
+        back; loaded objects stay readable (detached, not expired).
+        """
+        with self._read_sessions() as session:
+            yield session
+
     def dispose(self) -> None:
         self.engine.dispose()
+        if self._read_engine is not self.engine:
+            self._read_engine.dispose()

@@ -76,6 +76,19 @@ class StateMessage(msgspec.Struct, tag="state", tag_field="type"):
 AgentMessage = ReceiptMessage | StateMessage
 
 
+WRITE_BATCH_MAX = 512
+
+
+@dataclass(frozen=True, slots=True)
+class _Write:
+    """One agent write for the group-commit queue: a receipt (with its waiter) or a sent mark."""
+
+    job_id: str
+    device_id: str
+    receipt: bytes | None = None
+    done: asyncio.Future[bool | ReceiptRefused] | None = None
+
+
 def auth_message(nonce: str, device_id: str) -> bytes:
     return AUTH_CONTEXT + nonce.encode() + b"\n" + device_id.encode()
 
@@ -89,14 +102,20 @@ class Connection:
     root_version: int
     checkpoint_size: int
     send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    #: The delivery task while one runs; none for an idle agent (memory: one fewer task each).
+    deliverer: asyncio.Task[None] | None = None
+    #: Set when new work may have arrived while the delivery task was running.
+    rescan: bool = False
     progress: asyncio.Event = field(default_factory=asyncio.Event)
     sent: set[str] = field(default_factory=set)
     answered: set[str] = field(default_factory=set)
 
     async def send(self, doc: dict[str, Any]) -> None:
+        await self.send_text(json.dumps(doc, separators=(",", ":")))
+
+    async def send_text(self, text: str) -> None:
         async with self.send_lock:
-            await self.ws.send_text(json.dumps(doc, separators=(",", ":")))
+            await self.ws.send_text(text)
 
 
 class Gateway:
@@ -107,6 +126,8 @@ class Gateway:
         self._limits = limits
         self._conns: dict[str, Connection] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._writes: asyncio.Queue[_Write] | None = None
+        self._writer: asyncio.Task[None] | None = None
 
     def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -129,7 +150,15 @@ class Gateway:
         for d in device_ids:
             conn = self._conns.get(d)
             if conn is not None:
-                conn.wake.set()
+                self._start_delivery(conn)
+
+    def _start_delivery(self, conn: Connection) -> None:
+        """Run the delivery task for ``conn``, or tell the running one to look again."""
+        if conn.deliverer is not None and not conn.deliverer.done():
+            conn.rescan = True
+            return
+        conn.rescan = False
+        conn.deliverer = asyncio.create_task(self._deliver(conn))
 
     def roots_published(self, tenant_id: str) -> None:
         """Push a newly published root to the tenant's connected agents (thread-safe)."""
@@ -143,6 +172,41 @@ class Gateway:
 
     # -- one connection ------------------------------------------------------------
 
+    # -- group commit ----------------------------------------------------------------
+
+    def _write_queue(self) -> asyncio.Queue[_Write]:
+        if self._writes is None or self._writer is None or self._writer.done():
+            self._writes = asyncio.Queue()
+            self._writer = asyncio.create_task(self._write_loop(self._writes))
+        return self._writes
+
+    async def _write_loop(self, queue: asyncio.Queue[_Write]) -> None:
+        """Commit receipts and "sent" marks in batches: one transaction (one fsync) per batch.
+
+        A receipt's future resolves only after its batch committed, so an ack
+        is never sent for a receipt that is not durably stored.
+        """
+        while True:
+            batch = [await queue.get()]
+            while len(batch) < WRITE_BATCH_MAX and not queue.empty():
+                batch.append(queue.get_nowait())
+            receipts = [w for w in batch if w.receipt is not None]
+            sent = [(w.job_id, w.device_id) for w in batch if w.receipt is None]
+            try:
+                results = await asyncio.to_thread(
+                    self._db.commit_batch,
+                    [(w.device_id, w.job_id, w.receipt) for w in receipts if w.receipt is not None],
+                    sent, time.time())
+            except Exception as exc:  # the store failed: every waiter learns it
+                log.exception("committing a batch of %d agent writes failed", len(batch))
+                for w in receipts:
+                    if w.done is not None and not w.done.done():
+                        w.done.set_exception(exc)
+                continue
+            for w, res in zip(receipts, results, strict=True):
+                if w.done is not None and not w.done.done():
+                    w.done.set_result(res)
+
     async def serve(self, ws: WebSocket) -> None:
         await ws.accept()
         conn = await self._handshake(ws)
@@ -154,7 +218,7 @@ class Gateway:
         if old is not None:
             with contextlib.suppress(Exception):
                 await old.ws.close(CLOSE_REPLACED)
-        deliverer = asyncio.create_task(self._deliver(conn))
+        self._start_delivery(conn)
         try:
             await conn.send({"type": "welcome",
                              "status": "approved" if conn.device.approved else "pending"})
@@ -166,9 +230,10 @@ class Gateway:
             log.exception("agent connection %s failed", device_id)
             await self._close(ws, 1011)
         finally:
-            deliverer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await deliverer
+            if conn.deliverer is not None:
+                conn.deliverer.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await conn.deliverer
             if self._conns.get(device_id) is conn:
                 del self._conns[device_id]
             with contextlib.suppress(Exception):
@@ -240,11 +305,12 @@ class Gateway:
                 await asyncio.to_thread(self._db.touch, conn.device.device_id, time.time())
 
     async def _on_receipt(self, conn: Connection, msg: ReceiptMessage) -> None:
-        try:
-            await asyncio.to_thread(self._db.store_receipt, conn.device.device_id, msg.job_id,
-                                    msg.receipt.encode(), time.time())
-        except ReceiptRefused as exc:
-            await conn.send({"type": "error", "job_id": msg.job_id, "detail": str(exc)[:300]})
+        done: asyncio.Future[bool | ReceiptRefused] = asyncio.get_running_loop().create_future()
+        await self._write_queue().put(_Write(msg.job_id, conn.device.device_id,
+                                             msg.receipt.encode(), done))
+        result = await done
+        if isinstance(result, ReceiptRefused):
+            await conn.send({"type": "error", "job_id": msg.job_id, "detail": str(result)[:300]})
             return
         if msg.checkpoint_size is not None:
             conn.checkpoint_size = msg.checkpoint_size
@@ -262,19 +328,19 @@ class Gateway:
             await self._close(conn.ws, 1011)
 
     async def _deliver_loop(self, conn: Connection) -> None:
-        """Send undone jobs one by one; sleep until woken when there are none."""
+        """Send undone jobs one by one; end when there are none (a wake starts it again)."""
         while True:
-            conn.wake.clear()
+            conn.rescan = False
             delivery = await asyncio.to_thread(
                 self._db.next_delivery, conn.device.device_id, set(conn.sent),
                 conn.checkpoint_size, time.time())
             if delivery is None:
-                await conn.wake.wait()
-                continue
-            await conn.send(delivery.message)
+                if conn.rescan:  # woken while we looked: look again
+                    continue
+                return
+            await conn.send_text(delivery.text)
             conn.sent.add(delivery.job_id)
-            await asyncio.to_thread(self._db.mark_sent, delivery.job_id, conn.device.device_id,
-                                    time.time())
+            self._write_queue().put_nowait(_Write(delivery.job_id, conn.device.device_id))
             await self._await_progress(conn, delivery)
 
     async def _await_progress(self, conn: Connection, delivery: Delivery) -> None:

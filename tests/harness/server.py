@@ -57,6 +57,7 @@ class RunningServer:
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
     cert_der: bytes = b""
+    agent_port: int = field(default_factory=lambda: free_port())
     _clients: list[httpx.Client] = field(default_factory=list)
 
     @property
@@ -80,7 +81,8 @@ class RunningServer:
 
     def start(self) -> None:
         cmd = [sys.executable, "-m", "rampart.server", "run", "--data", str(self.data_dir),
-               "--listen", f"127.0.0.1:{self.port}"]
+               "--listen", f"127.0.0.1:{self.port}", "--agent-listen",
+               f"127.0.0.1:{self.agent_port}"]
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env(),
                                      cwd=REPO, start_new_session=True)

@@ -8,6 +8,7 @@ device's id is bound to its key (``device_id_for``); a new device is
 from __future__ import annotations
 
 import time
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Request
 from sqlalchemy import select
@@ -15,6 +16,7 @@ from sqlalchemy import select
 from rampart.trust import DevicePublicKey, TrustError, device_id_for
 
 from ..auth import new_token, token_hash
+from ..context import ServerContext
 from ..errors import BadRequest, Conflict, Forbidden, NotFound
 from ..models import Device, EnrolmentToken, RootVersion
 from ..tenant_roots import current_root
@@ -53,7 +55,7 @@ def create_enrolment_token(t: TenantPath, body: EnrolmentTokenIn, caller: Caller
 
 
 @agent_router.post("/agent/v1/enroll", response_model=EnrolOut)
-def enrol(body: EnrolIn, ctx: Ctx) -> EnrolOut:
+def enrol(body: EnrolIn, ctx: Ctx, request: Request) -> EnrolOut:
     """Register a device key with a one-time token; the device starts ``pending``."""
     now = time.time()
     try:
@@ -77,7 +79,19 @@ def enrol(body: EnrolIn, ctx: Ctx) -> EnrolOut:
         roots = [r.envelope.decode() for r in s.scalars(
             select(RootVersion).where(RootVersion.tenant_id == tok.tenant_id)
             .order_by(RootVersion.version))]
-        return EnrolOut(device_id=device_id, tenant=tok.tenant_id, roots=roots)
+        return EnrolOut(device_id=device_id, tenant=tok.tenant_id, roots=roots,
+                        gateway_url=gateway_url(ctx, request))
+
+
+def gateway_url(ctx: ServerContext, request: Request) -> str | None:
+    """Where agents connect: the dedicated gateway port on the host they enrolled with."""
+    if ctx.agent_port is None:
+        return None
+    base = urlsplit(ctx.config.public_url) if ctx.config.public_url else request.url
+    host = base.hostname or "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"wss://{host}:{ctx.agent_port}/agent/v1/ws"
 
 
 @router.get("/tenants/{t}/devices", response_model=list[DeviceOut])

@@ -197,6 +197,8 @@ class EnrolOut(BaseModel):
     device_id: str
     tenant: str
     roots: list[str]
+    #: The dedicated agent gateway (same certificate); None: use /agent/v1/ws on this port.
+    gateway_url: str | None = None
 
 
 class DeviceOut(BaseModel):
