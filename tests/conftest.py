@@ -40,3 +40,10 @@ def server(tmp_path: Path, db_url: str | None) -> Iterator[RunningServer]:
         yield srv
     finally:
         srv.stop()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that runs a server store as ``store``: ./run-tests repeats those on PostgreSQL."""
+    for item in items:
+        if {"db_url", "pg_cluster"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.store)

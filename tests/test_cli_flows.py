@@ -11,7 +11,6 @@ CLI prints.
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import os
 import re
@@ -54,6 +53,7 @@ class Server:
     bootstrap_token: str
     data: Path
     cert_der: bytes
+    db_url: str | None = None
 
 
 class Totp:
@@ -156,16 +156,17 @@ def one_line_error(r: subprocess.CompletedProcess[str]) -> str:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    server_commands = pytest.importorskip("rampart.server.commands")
+def server(tmp_path_factory: pytest.TempPathFactory, pg_cluster: Any) -> Any:
+    from rampart.server import commands as server_commands
     data = tmp_path_factory.mktemp("server") / "data"
-    res = server_commands.init_data_dir(data)
+    db_url = pg_cluster.new_database() if pg_cluster is not None else None
+    res = server_commands.init_data_dir(data, db_url)
     port = free_port()
     log = data.parent / "server.log"
     with open(log, "ab") as fh:
         proc = subprocess.Popen(
             [sys.executable, "-m", "rampart.cli.main", "server", "run", "--data", str(data),
-             "--listen", f"127.0.0.1:{port}"],
+             "--listen", f"127.0.0.1:{port}", "--agent-listen", f"127.0.0.1:{free_port()}"],
             stdout=fh, stderr=fh, env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO)
     cert = ssl.PEM_cert_to_DER_cert((data / "tls" / "cert.pem").read_text())
     deadline = time.monotonic() + 60
@@ -178,7 +179,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Any:
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.2)
     assert tlspin.fingerprint(cert) == res.cert_sha256
-    yield Server(f"https://127.0.0.1:{port}", res.cert_sha256, res.bootstrap_token, data, cert)
+    yield Server(f"https://127.0.0.1:{port}", res.cert_sha256, res.bootstrap_token, data, cert,
+                 db_url)
     proc.send_signal(signal.SIGTERM)
     try:
         proc.wait(timeout=20)
@@ -475,9 +477,7 @@ def test_run_signs_and_uploads_a_job(people: dict[str, Operator], world: dict[st
 def test_run_wait_with_a_real_agent(people: dict[str, Operator], world: dict[str, Any],
                                     tmp_path: Path) -> None:
     """The whole path: enrol a real agent, approve it, grant, run --wait, read its receipt."""
-    if not importlib.util.find_spec("rampart.agent.main"):
-        pytest.skip("the agent is not available")
-    from tests.harness.agent import AgentProcess
+    from harness.agent import AgentProcess
 
     a, b = people["alice"], people["bob"]
     env = {"RAMPART_KEY_PASSPHRASE": PASSPHRASE}
@@ -589,8 +589,27 @@ def test_json_outputs_parse(people: dict[str, Operator], world: dict[str, Any]) 
 # --- the server is the attacker (T1): the CLI verifies before it trusts or signs ---------------
 
 
-def _db(server: Server) -> sqlite3.Connection:
-    return sqlite3.connect(server.data / "rampart.db", timeout=30, isolation_level=None)
+class _Db:
+    """The attacker's direct handle on the server's database, SQLite or PostgreSQL."""
+
+    def __init__(self, server: Server) -> None:
+        self.pg = server.db_url is not None
+        if server.db_url is not None:
+            import psycopg
+
+            self.conn: Any = psycopg.connect(server.db_url.replace("+psycopg", ""), autocommit=True)
+        else:
+            self.conn = sqlite3.connect(server.data / "rampart.db", timeout=30, isolation_level=None)
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
+        return self.conn.execute(sql.replace("?", "%s") if self.pg else sql, params)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _db(server: Server) -> _Db:
+    return _Db(server)
 
 
 def test_T1_forged_root_on_the_server_is_refused_and_not_trusted(

@@ -75,7 +75,6 @@ def shell_env(data: Path, name: str) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_up_twice_reuses_everything_and_stops_cleanly(tmp_path: Path) -> None:
-    pytest.importorskip("rampart.server.commands")
     data = tmp_path / "up"
     port = free_port()
     proc, out = start_up(data, port, tmp_path / "up1.log")
