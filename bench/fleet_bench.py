@@ -42,6 +42,21 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
+def delivery_phases(data_dir: Path, job_id: str) -> dict[str, float]:
+    """Server-side timeline of the fan-out, from the store: when the last job went out, the last receipt was stored."""
+    import sqlite3
+
+    db = sqlite3.connect(data_dir / "rampart.db")
+    try:
+        created = db.execute("SELECT created_at FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
+        last_sent, last_done = db.execute(
+            "SELECT MAX(sent_at), MAX(done_at) FROM job_targets WHERE job_id = ?", (job_id,)).fetchone()
+    finally:
+        db.close()
+    return {"server_last_job_sent_s": round(last_sent - created, 2),
+            "server_last_receipt_stored_s": round(last_done - created, 2)}
+
+
 def wait_file(path: Path, proc: subprocess.Popen[bytes], timeout: float) -> dict:
     deadline = time.time() + timeout
     while not path.exists():
@@ -116,6 +131,7 @@ def run(n: int = 1000) -> dict:
             time.sleep(0.1)
         all_receipts_s = time.perf_counter() - t0
         refused = [t["receipt"]["refusal"] for t in doc["targets"] if t["receipt"]["outcome"] != "ran"]
+        phases = delivery_phases(server.data_dir, job.id)
         rss_after = rss_kib(server.proc.pid)
         result = {
             "benchmark": "fleet",
@@ -129,6 +145,7 @@ def run(n: int = 1000) -> dict:
             "server_rss_connected_mib": round(rss_connected / 1024, 1),
             "server_rss_after_job_mib": round(rss_after / 1024, 1),
             "server_kib_per_agent": round((rss_connected - rss_before) / n, 1),
+            **phases,
             "target_receipts_s": 5.0,
             "target_kib_per_agent": 50,
         }

@@ -671,5 +671,9 @@ def test_T1_grant_swapped_on_the_server_is_not_approved(
     db.close()
     r = a.run("grant", "approve", gid, extra_env={"RAMPART_KEY_PASSPHRASE": PASSPHRASE})
     assert "not a technician or automation key" in one_line_error(r)
-    (raw,) = _db(a.server).execute("SELECT envelope FROM grants WHERE id = ?", (gid,)).fetchone()
+    db = _db(a.server)
+    try:
+        (raw,) = db.execute("SELECT envelope FROM grants WHERE id = ?", (gid,)).fetchone()
+    finally:
+        db.close()
     assert trust.decode_envelope(bytes(raw)).signatures == ()  # nothing was signed or uploaded

@@ -45,8 +45,8 @@ _dummy_hash: str | None = None
 
 
 def new_token() -> str:
-    """A random 256-bit token (URL-safe text)."""
-    return secrets.token_urlsafe(32)
+    """A random 256-bit token: hex, so it never starts with ``-`` on a command line."""
+    return secrets.token_hex(32)
 
 
 def token_hash(token: str) -> str:

@@ -90,7 +90,7 @@ class MiniServer:
         self._thread.join(timeout=10)
 
     def new_token(self) -> str:
-        tok = secrets.token_urlsafe(24)
+        tok = secrets.token_hex(24)
         self.tokens.add(tok)
         return tok
 
