@@ -43,7 +43,7 @@ def rss_kib(pid: int) -> int:
 
 
 def delivery_phases(data_dir: Path, job_id: str) -> dict[str, float]:
-    """Server-side timeline of the fan-out, from the store: when the last job went out, the last receipt was stored."""
+    """Server-side fan-out timeline from the store: last job sent, last receipt stored."""
     import sqlite3
 
     db = sqlite3.connect(data_dir / "rampart.db")

@@ -98,7 +98,7 @@ class SimAgent:
                                 "type": "receipt", "job_id": msg["job_id"], "receipt": receipt.decode(),
                                 "checkpoint_size": self.checkpoint.size if self.checkpoint else 0}))
                             self.receipts += 1
-            except (OSError, asyncio.TimeoutError, Exception):  # noqa: BLE001 - reconnect on anything
+            except (TimeoutError, OSError, Exception):  # noqa: BLE001 - reconnect on anything
                 if stop.is_set():
                     return
                 await asyncio.sleep(delay)

@@ -1,4 +1,4 @@
-"""Rampart: an RMM whose endpoints refuse what the responsible people did not sign.
+r"""Rampart: an RMM whose endpoints refuse what the responsible people did not sign.
 
 Layering (arrows point down only)::
 

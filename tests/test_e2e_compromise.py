@@ -63,7 +63,8 @@ class World:
         path = self.scratch / name
         return f"echo pwned > {path}\n".encode(), path
 
-    def job(self, signer: PrivateKey, grant: str, script: bytes, *, signer_id: str | None = None) -> trust.Job:
+    def job(self, signer: PrivateKey, grant: str, script: bytes, *,
+            signer_id: str | None = None) -> trust.Job:
         now = int(time.time())
         return trust.Job(
             id=trust.new_job_id(), tenant=self.t.id, grant=grant, signer=signer_id or signer.key_id,

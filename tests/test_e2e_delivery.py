@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from harness.agent import AgentProcess, enroll_fleet, traversable_dir
 from harness.operators import TenantSetup, approved_grant, bootstrap_owner, ok, setup_tenant
+from harness.server import RunningServer
 
 from rampart import trust
-from harness.server import RunningServer
 
 pytestmark = pytest.mark.store
 

@@ -11,6 +11,7 @@ import json
 import time
 
 import pytest
+from harness.tenant import Tenant, env_bytes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -26,8 +27,6 @@ from rampart.trust.payloads import (
     Revocation,
     TenantRoot,
 )
-
-from harness.tenant import Tenant, env_bytes
 
 NOW = int(time.time())
 
@@ -86,7 +85,8 @@ def test_T13_envelope_decoder_never_raises_anything_else(data: bytes) -> None:
 JSONISH = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False)
     | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=5),
+    lambda children: (st.lists(children, max_size=4)
+                      | st.dictionaries(st.text(max_size=10), children, max_size=5)),
     max_leaves=25,
 )
 

@@ -62,14 +62,14 @@ class Link:
                 try:
                     await self._session(stop)
                     delays = backoff_delays()
-                except (OSError, WebSocketException, asyncio.TimeoutError, ValueError) as exc:
+                except (TimeoutError, OSError, WebSocketException, ValueError) as exc:
                     log.info("connection to server lost: %s", type(exc).__name__)
                 self.ws = None
                 if stop.is_set():
                     break
                 try:
                     await asyncio.wait_for(stop.wait(), timeout=next(delays))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
         finally:
             worker.cancel()

@@ -27,10 +27,11 @@ import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -64,7 +65,10 @@ class PendingReceipt:
 
 
 def write_private_file(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write ``data`` atomically and durably: temp file (mode set before writing), fsync, rename, fsync dir."""
+    """Write ``data`` atomically and durably.
+
+    Temp file created with its final mode, fsync, rename, fsync of the directory.
+    """
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
     try:
@@ -121,12 +125,12 @@ class AgentState:
                 raise
             self._db.execute("COMMIT")
 
-    def _one(self, sql: str, args: tuple[object, ...] = ()) -> tuple[object, ...] | None:
+    def _one(self, sql: str, args: tuple[object, ...] = ()) -> tuple[Any, ...] | None:
         with self._lock:
-            row: tuple[object, ...] | None = self._db.execute(sql, args).fetchone()
+            row: tuple[Any, ...] | None = self._db.execute(sql, args).fetchone()
             return row
 
-    def _all(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    def _all(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             return list(self._db.execute(sql, args).fetchall())
 
@@ -140,7 +144,7 @@ class AgentState:
         v = self.get(key)
         return None if v is None else v.decode()
 
-    def set_many(self, db: sqlite3.Connection, items: dict[str, bytes | str]) -> None:
+    def set_many(self, db: sqlite3.Connection, items: Mapping[str, bytes | str]) -> None:
         for k, v in items.items():
             db.execute(
                 "INSERT INTO meta (key, value) VALUES (?, ?) "

@@ -132,7 +132,7 @@ class Quickstart:
         if (self.data / "config.json").exists():
             return
         try:
-            from rampart.server.commands import init_data_dir
+            from rampart.server import init_data_dir
         except ImportError as exc:
             raise CliError(f"the server is not available in this installation ({exc})") from exc
         say(f"initialising a server in {self.data}")

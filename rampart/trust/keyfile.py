@@ -98,7 +98,8 @@ def key_file_kind(data: bytes) -> tuple[str, str]:
     return str(doc["kind"]), str(doc.get("protection"))
 
 
-def decode_private_key(data: bytes, passphrase: str | None = None, *, expect_kind: str | None = None) -> PrivateKey:
+def decode_private_key(data: bytes, passphrase: str | None = None, *,
+                       expect_kind: str | None = None) -> PrivateKey:
     """Open a key file. Encrypted files need ``passphrase``; the kind is checked."""
     doc = _load(data)
     kind = str(doc["kind"])

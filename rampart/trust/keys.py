@@ -110,7 +110,7 @@ class PublicKey:
         return True
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other._raw == self._raw  # type: ignore[attr-defined]
+        return type(other) is type(self) and other._raw == self._raw
 
     def __hash__(self) -> int:
         return hash((self.KIND, self._raw))

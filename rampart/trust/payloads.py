@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import hashlib
 import posixpath
-from typing import Annotated, ClassVar, Literal, TypeVar
+from collections.abc import Sequence
+from typing import Annotated, ClassVar, Literal, TypeVar, cast
 
 import msgspec
 from msgspec import Meta
@@ -83,7 +84,7 @@ class _Payload(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     PAYLOAD_TYPE: ClassVar[str] = ""
 
 
-def _unique(items: list[str] | list[int], what: str) -> None:
+def _unique(items: Sequence[object], what: str) -> None:
     if len(set(items)) != len(items):
         raise ValueError(f"{what} contains duplicates")
 
@@ -125,7 +126,7 @@ class Policy(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     #: Approvers needed beyond that reach, or for a high-risk capability.
     approvers_beyond_limit: Annotated[int, Meta(ge=1, le=16)] = 2
     capabilities: Annotated[list[Capability], Meta(max_length=_L.max_capabilities)] = (
-        msgspec.field(default_factory=lambda: list(ALL_CAPABILITIES))
+        msgspec.field(default_factory=lambda: cast("list[Capability]", list(ALL_CAPABILITIES)))
     )
     high_risk_capabilities: Annotated[list[Capability], Meta(max_length=_L.max_capabilities)] = (
         msgspec.field(default_factory=lambda: ["root", "shell"])

@@ -93,8 +93,9 @@ def pin_root(envelope_bytes: bytes, *, expected_sha256: str, now: int,
     return _trusted(root, envelope_bytes)
 
 
-def check_root_signatures(envelope_bytes: bytes, *, previous: TenantRoot | None,
-                          limits: Limits = DEFAULT_LIMITS) -> tuple[TenantRoot, SignerResult, SignerResult | None]:
+def check_root_signatures(
+    envelope_bytes: bytes, *, previous: TenantRoot | None, limits: Limits = DEFAULT_LIMITS,
+) -> tuple[TenantRoot, SignerResult, SignerResult | None]:
     """Signature status of a proposed root against its own and the previous owners.
 
     Does not raise for a missing threshold (for showing progress while owners

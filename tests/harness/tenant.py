@@ -22,8 +22,8 @@ from rampart.trust.payloads import (
     KeyEntry,
     PayloadRef,
     Policy,
-    RoleSpec,
     Roles,
+    RoleSpec,
     TenantRoot,
 )
 

@@ -17,7 +17,7 @@ def make_cert(directory: Path) -> tuple[Path, Path, str]:
     """Write cert.pem/key.pem into ``directory``; return (cert, key, sha256 of the DER)."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rampart-test")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder().subject_name(name).issuer_name(name)
         .public_key(key.public_key()).serial_number(x509.random_serial_number())
