@@ -1,10 +1,15 @@
-"""``GET /``: a plain HTML status page (no JavaScript, no forms, no setup wizard).
+"""``GET /``: a plain HTML status page (no JavaScript, no setup wizard).
 
-Without a session it shows only aggregate counts. With ``Authorization:
-Bearer <session>`` it lists the tenants the caller reaches, their devices
-with last-seen times, and recent jobs with their targets' states and receipt
+Without a session it shows aggregate counts and a sign-in form (user,
+password, TOTP code: the same :func:`rampart.server.auth.login` as the API,
+with its throttling and lockout). A session comes from that form as a cookie
+(``HttpOnly; Secure; SameSite=Strict``) or from ``Authorization: Bearer``;
+with one the page lists the tenants the caller reaches, their devices with
+last-seen times, and recent jobs with their targets' states and receipt
 outcomes, so it never shows one tenant's data to another (T12). Every value
-is HTML-escaped.
+is HTML-escaped; a strict Content-Security-Policy forbids scripts and frames.
+The page is read-only: the cookie session can view, never act (acting needs
+the CLI and a signing key).
 """
 
 from __future__ import annotations
@@ -12,14 +17,17 @@ from __future__ import annotations
 import datetime
 import html
 import time
+from urllib.parse import parse_qs, urlsplit
 
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials
 from sqlalchemy import func, select
 
 from rampart import __version__
 
+from . import auth
 from .api.deps import Caller, current_caller, get_ctx
 from .context import ServerContext
 from .errors import Unauthenticated
@@ -83,16 +91,97 @@ def _details(ctx: ServerContext, caller: Caller) -> str:
     return "".join(parts)
 
 
+COOKIE = "rampart_session"
+HEADERS = {
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+                               "frame-ancestors 'none'; base-uri 'none'",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+LOGIN_FORM = """<h2>Sign in</h2>
+<form method="post" action="/login"><p>
+<label>User <input name="username" autocomplete="username" required></label>
+<label>Password <input name="password" type="password" autocomplete="current-password" required></label>
+<label>TOTP code <input name="totp" inputmode="numeric" autocomplete="one-time-code" required></label>
+<button type="submit">Sign in</button></p></form>"""
+LOGOUT_FORM = '<form method="post" action="/logout"><button type="submit">Sign out</button></form>'
+MAX_FORM_BYTES = 4096
+
+
+def _page(body: str, status: int = 200) -> HTMLResponse:
+    return HTMLResponse(PAGE.format(version=html.escape(__version__), body=body),
+                        status_code=status, headers=HEADERS)
+
+
+def _same_origin(request: Request) -> bool:
+    """Browsers send Origin on form posts: refuse one from another site (login CSRF)."""
+    origin = request.headers.get("origin")
+    return origin is None or urlsplit(origin).netloc == request.headers.get("host", "")
+
+
+def _session_token(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    if header.lower().startswith("bearer "):
+        return header[7:].strip() or None
+    return request.cookies.get(COOKIE) or None
+
+
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)
 def status_page(request: Request) -> HTMLResponse:
     ctx = get_ctx(request)
     body = _summary(ctx)
-    header = request.headers.get("authorization", "")
-    if header.lower().startswith("bearer "):
-        creds = HTTPAuthorizationCredentials(scheme="Bearer", credentials=header[7:].strip())
-        try:
-            body += _details(ctx, current_caller(ctx, creds))
-        except Unauthenticated:
-            body += "<p>Session invalid or expired.</p>"
-    return HTMLResponse(PAGE.format(version=html.escape(__version__), body=body),
-                        headers={"Cache-Control": "no-store"})
+    token = _session_token(request)
+    if token is None:
+        return _page(body + LOGIN_FORM)
+    creds = HTTPAuthorizationCredentials(scheme="Bearer", credentials=token)
+    try:
+        return _page(body + _details(ctx, current_caller(ctx, creds)) + LOGOUT_FORM)
+    except Unauthenticated:
+        return _page(body + "<p>Session invalid or expired.</p>" + LOGIN_FORM)
+
+
+@router.post("/login", response_class=HTMLResponse, include_in_schema=False)
+async def login_form(request: Request) -> Response:
+    """Sign in from the page; on success a session cookie and a redirect to ``/``."""
+    ctx = get_ctx(request)
+    if not _same_origin(request):
+        return _page("<p>Cross-site form refused.</p>", status=403)
+    raw = await request.body()
+    fields = parse_qs(raw[:MAX_FORM_BYTES].decode("utf-8", "replace"), max_num_fields=8)
+    username, password, totp = (fields.get(k, [""])[0] for k in ("username", "password", "totp"))
+    new = await run_in_threadpool(_login, ctx, username[:64], password[:1024], totp[:16])
+    if new is None:
+        summary = await run_in_threadpool(_summary, ctx)
+        return _page(summary + "<p>Invalid credentials.</p>" + LOGIN_FORM, status=401)
+    resp = RedirectResponse("/", status_code=303, headers=HEADERS)
+    resp.set_cookie(COOKIE, new.token, max_age=int(ctx.limits.session_absolute_s), path="/",
+                    secure=True, httponly=True, samesite="strict")
+    return resp
+
+
+def _login(ctx: ServerContext, username: str, password: str, totp: str) -> auth.NewSession | None:
+    now = time.time()
+    try:
+        with ctx.store.transaction() as s:
+            return auth.login(s, ctx.audit, username=username, password=password, totp=totp,
+                              now=now, limits=ctx.limits)
+    except auth.LoginFailed as failed:
+        with ctx.store.transaction() as s:
+            auth.record_login_failure(s, ctx.audit, failed, now=now, limits=ctx.limits)
+        return None
+
+
+@router.post("/logout", include_in_schema=False)
+def logout_form(request: Request) -> Response:
+    """End the cookie session (SameSite=Strict: another site cannot trigger this)."""
+    ctx = get_ctx(request)
+    if not _same_origin(request):
+        return _page("<p>Cross-site form refused.</p>", status=403)
+    token = request.cookies.get(COOKIE)
+    if token:
+        with ctx.store.transaction() as s:
+            auth.end_session(s, token)
+    resp = RedirectResponse("/", status_code=303, headers=HEADERS)
+    resp.delete_cookie(COOKIE, path="/", secure=True, httponly=True, samesite="strict")
+    return resp
