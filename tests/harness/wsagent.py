@@ -10,9 +10,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import ssl
 import time
 from typing import Any
 
+from websockets.exceptions import ConnectionClosedError
 from websockets.sync.client import ClientConnection, connect
 
 from rampart.trust import (
@@ -73,8 +75,7 @@ class WireAgent:
 
     def connect(self, *, sign_with: DeviceKey | None = None) -> dict[str, Any]:
         """Connect and authenticate; return the welcome (or raise on close)."""
-        self.ws = connect(self.server.ws_url, ssl=self.server.ssl_context(),
-                          max_size=8 << 20, open_timeout=10).__enter__()
+        self.ws = self._open()
         challenge = self.recv()
         assert challenge["type"] == "challenge"
         msg = AUTH_CONTEXT + challenge["nonce"].encode() + b"\n" + self.device_id.encode()
@@ -112,6 +113,24 @@ class WireAgent:
             if wanted(doc):
                 return doc
             self.backlog.append(doc)
+
+    def _open(self) -> Any:
+        """Open the socket, retrying the opening handshake like a real agent's back-off.
+
+        The synchronous websockets client reads TLS on a background thread
+        while the caller writes; under a loaded suite OpenSSL has rarely
+        reported "[SSL] internal error" in that handshake. The real agent uses
+        the asyncio client (one thread) and reconnects with back-off anyway.
+        """
+        for attempt in range(3):
+            try:
+                return connect(self.server.ws_url, ssl=self.server.ssl_context(),
+                               max_size=8 << 20, open_timeout=10).__enter__()
+            except (ssl.SSLError, ConnectionClosedError):
+                if attempt == 2:
+                    raise
+                time.sleep(0.2)
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         if self.ws is not None:
