@@ -120,9 +120,13 @@ async def main_async(a: argparse.Namespace) -> None:
     async with httpx.AsyncClient(verify=ctx, timeout=120) as client:
         async def enrol(tok: str, key: DeviceKey) -> None:
             async with sem:
-                r = await client.post(f"{a.server}/agent/v1/enroll", json={
-                    "token": tok, "public_key": key.public.to_text(), "hostname": "sim",
-                    "agent_version": "sim"})
+                for _ in range(10):  # 503 means "busy, retry": the transaction rolled back whole
+                    r = await client.post(f"{a.server}/agent/v1/enroll", json={
+                        "token": tok, "public_key": key.public.to_text(), "hostname": "sim",
+                        "agent_version": "sim"})
+                    if r.status_code != 503:
+                        break
+                    await asyncio.sleep(1)
                 r.raise_for_status()
                 if not roots:
                     roots.extend(r.json()["roots"])

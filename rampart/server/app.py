@@ -24,6 +24,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rampart import __version__
@@ -120,6 +121,15 @@ def _install_error_handlers(app: FastAPI) -> None:
         detail = exc.detail if isinstance(exc.detail, str) else "error"
         return JSONResponse({"detail": detail}, status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(OperationalError)
+    async def _store_busy(request: Request, exc: OperationalError) -> JSONResponse:
+        # The store could not be reached or stayed locked past its busy timeout: the
+        # transaction rolled back whole, so the client may simply retry.
+        log.warning("store unavailable on %s %s: %s", request.method, request.url.path,
+                    type(exc.orig).__name__ if exc.orig is not None else "OperationalError")
+        return JSONResponse({"detail": "the server is busy; retry shortly"}, status_code=503,
+                            headers={"Retry-After": "1"})
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -89,6 +89,12 @@ class _Write:
     done: asyncio.Future[bool | ReceiptRefused] | None = None
 
 
+def _forget_task(conn: Connection, task: asyncio.Task[None]) -> None:
+    """Drop a finished delivery task, so an idle connection holds no task at all."""
+    if conn.deliverer is task:
+        conn.deliverer = None
+
+
 def auth_message(nonce: str, device_id: str) -> bytes:
     return AUTH_CONTEXT + nonce.encode() + b"\n" + device_id.encode()
 
@@ -106,7 +112,8 @@ class Connection:
     deliverer: asyncio.Task[None] | None = None
     #: Set when new work may have arrived while the delivery task was running.
     rescan: bool = False
-    progress: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Set while the delivery task waits for the agent to answer; None otherwise.
+    progress: asyncio.Event | None = None
     sent: set[str] = field(default_factory=set)
     answered: set[str] = field(default_factory=set)
 
@@ -158,7 +165,9 @@ class Gateway:
             conn.rescan = True
             return
         conn.rescan = False
-        conn.deliverer = asyncio.create_task(self._deliver(conn))
+        task = asyncio.create_task(self._deliver(conn))
+        conn.deliverer = task
+        task.add_done_callback(lambda t: _forget_task(conn, t))
 
     def roots_published(self, tenant_id: str) -> None:
         """Push a newly published root to the tenant's connected agents (thread-safe)."""
@@ -299,7 +308,8 @@ class Gateway:
                 conn.checkpoint_size = msg.checkpoint_size
             else:
                 await self._on_receipt(conn, msg)
-            conn.progress.set()
+            if conn.progress is not None:
+                conn.progress.set()
             if time.monotonic() - last_touch > 30:
                 last_touch = time.monotonic()
                 await asyncio.to_thread(self._db.touch, conn.device.device_id, time.time())
@@ -345,11 +355,15 @@ class Gateway:
 
     async def _await_progress(self, conn: Connection, delivery: Delivery) -> None:
         deadline = time.monotonic() + self._limits.delivery_progress_timeout_s
-        while (conn.checkpoint_size < delivery.checkpoint_size
-               and delivery.job_id not in conn.answered):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            conn.progress.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(conn.progress.wait(), remaining)
+        conn.progress = progress = asyncio.Event()
+        try:
+            while (conn.checkpoint_size < delivery.checkpoint_size
+                   and delivery.job_id not in conn.answered):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                progress.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(progress.wait(), remaining)
+        finally:
+            conn.progress = None

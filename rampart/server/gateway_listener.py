@@ -15,6 +15,7 @@ and never compresses (no CRIME-style oracles, bounded memory).
 
 from __future__ import annotations
 
+import socket
 import ssl
 from typing import Any
 
@@ -67,11 +68,25 @@ async def start_gateway_listener(gateway: Gateway, host: str, port: int,
         if conn.request is None or conn.request.path != AGENT_PATH:
             await conn.close(4404)
             return
+        tcp_keepalive(conn.transport.get_extra_info("socket"))
         await gateway.serve(NativeSocket(conn))  # type: ignore[arg-type]
 
+    # No WebSocket keepalive task per connection (agents ping every 20 s); the
+    # kernel's TCP keepalive finds dead peers instead, at no memory cost here.
     return await serve(handler, host, port, ssl=ssl_context, max_size=max_message,
-                       compression=None, ping_interval=30, ping_timeout=30, max_queue=8,
-                       server_header=None)
+                       compression=None, ping_interval=None, max_queue=8, server_header=None)
+
+
+def tcp_keepalive(sock: socket.socket | None, *, idle_s: int = 60, interval_s: int = 15,
+                  probes: int = 4) -> None:
+    """Let the kernel detect a vanished agent (about 2 minutes) and close its connection."""
+    if sock is None:
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_KEEPIDLE", idle_s), ("TCP_KEEPINTVL", interval_s),
+                        ("TCP_KEEPCNT", probes)):
+        if hasattr(socket, name):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
 
 
 def server_ssl_context(cert_path: str, key_path: str) -> ssl.SSLContext:
