@@ -50,6 +50,7 @@ class Delivery:
     job_id: str
     checkpoint_size: int
     text: str  # the serialised ``job`` message
+    more: bool = True  # another undone job existed when this one was picked
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,9 +113,10 @@ class DeliveryStore:
                         JobRow.expires_at > int(now)))
             if exclude:
                 q = q.where(JobRow.id.not_in(exclude))
-            job_id = s.scalars(q.order_by(JobRow.log_index).limit(1)).first()
-            if job_id is None:
+            found = list(s.scalars(q.order_by(JobRow.log_index).limit(2)))
+            if not found:
                 return None
+            job_id, more = found[0], len(found) > 1
             parts = self._job_parts(s, job_id)
         cp = self._audit.checkpoint_covering(parts.tenant, parts.index, now, at_least=agent_size)
         key = (job_id, cp.size, agent_size)
@@ -132,7 +134,7 @@ class DeliveryStore:
                         "consistency": [h.hex() for h in consistency]},
             }, separators=(",", ":"))
             self._remember(self._messages, key, text, MESSAGE_CACHE)
-        return Delivery(job_id, cp.size, text)
+        return Delivery(job_id, cp.size, text, more)
 
     def _job_parts(self, s: Session, job_id: str) -> _JobParts:
         """A job's immutable delivery parts (envelopes and payloads), cached by job id."""

@@ -352,6 +352,8 @@ class Gateway:
             conn.sent.add(delivery.job_id)
             self._write_queue().put_nowait(_Write(delivery.job_id, conn.device.device_id))
             await self._await_progress(conn, delivery)
+            if not delivery.more and not conn.rescan:
+                return  # nothing else was pending and no new job woke us: no need to ask again
 
     async def _await_progress(self, conn: Connection, delivery: Delivery) -> None:
         deadline = time.monotonic() + self._limits.delivery_progress_timeout_s
