@@ -37,8 +37,16 @@ def test_T2_no_default_account_and_no_web_setup(server: RunningServer) -> None:
                 assert r.status_code == 401
     with server.client(api=False) as c:
         page = c.get("/")
-        assert page.status_code == 200 and "<form" not in page.text.lower()
+        text = page.text.lower()
+        # The only form is sign-in for existing accounts: nothing creates an account or
+        # takes a bootstrap token on the web (the CVE-2024-1709 setup-wizard pattern).
+        assert page.status_code == 200
+        assert text.count("<form") == 1 and 'action="/login"' in text
+        assert "bootstrap" not in text and "setup" not in text
         assert c.get("/setup").status_code == 404
+        for user in ("admin", "owner"):
+            r = c.post("/login", data={"username": user, "password": "admin", "totp": "000000"})
+            assert r.status_code == 401 and "set-cookie" not in r.headers
 
 
 def test_T11_wrong_password_and_unknown_user_are_identical(server: RunningServer) -> None:
