@@ -564,3 +564,21 @@ def test_T15_receipt_survives_agent_kill_before_ack(env: Env) -> None:
     finally:
         s.ack = True
         agent.stop()
+
+
+def test_agent_reports_its_new_checkpoint_before_the_job_finishes(env: Env) -> None:
+    """The server computes the next job's consistency proof from what the agent holds:
+    the agent says which checkpoint it adopted as soon as it commits it, not after a long job."""
+    t, s = env.tenant, env.server
+    grant = t.grant([env.a.device_id])
+    script = b"sleep 3\necho done\n"
+    job = t.job(grant, [env.a.device_id], script)
+    jid = s.publish(job, grant, {"script": script}, [env.a.device_id])
+    size = t.tree.size
+    s.wait_view(env.a.device_id, "checkpoint_size", size, timeout=10)
+    states = [m for d, m in s.messages if d == env.a.device_id and m.get("type") == "state"
+              and m.get("checkpoint_size") == size]
+    receipts = [m for d, m in s.messages if d == env.a.device_id and m.get("job_id") == jid
+                and m.get("type") == "receipt"]
+    assert states and not receipts  # reported while the job still runs
+    assert s.wait_receipt(jid, env.a.device_id).outcome == "ran"

@@ -51,6 +51,7 @@ class Link:
             server_url.replace("https://", "wss://", 1).rstrip("/") + "/agent/v1/ws")
         self.ssl = ssl_context
         self.jobs: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._background: set[asyncio.Task[None]] = set()
         self.ws: ClientConnection | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -130,6 +131,18 @@ class Link:
                 "checkpoint_size": self.agent.checkpoint_size(),
             }))
 
+    def _spawn(self, coro: Any) -> None:
+        """Run ``coro`` in the background, keeping a reference until it ends."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _send_state_quietly(self) -> None:
+        try:
+            await self._send_state()
+        except (OSError, WebSocketException):
+            pass  # the next hello reports it
+
     async def _send_receipt(self, job_id: str, receipt: bytes) -> None:
         if self.ws is None:
             return
@@ -143,10 +156,15 @@ class Link:
 
     async def _work(self) -> None:
         """Run jobs one at a time, in arrival order."""
+        loop = asyncio.get_running_loop()
+
+        def started() -> None:  # called from the worker thread once the checkpoint is committed
+            loop.call_soon_threadsafe(lambda: self._spawn(self._send_state_quietly()))
+
         while True:
             msg = await self.jobs.get()
             try:
-                receipt = await asyncio.to_thread(self.agent.handle_job, msg)
+                receipt = await asyncio.to_thread(self.agent.handle_job, msg, started)
             except Exception:
                 log.exception("job handling failed")
                 continue

@@ -23,7 +23,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -192,8 +192,14 @@ class Agent:
             self.state.finish_job(job_id, r)
             log.warning("job %s was interrupted by an agent restart; reported failed", job_id)
 
-    def handle_job(self, msg: Mapping[str, Any]) -> bytes | None:
-        """Process one ``job`` message; return the signed receipt to send (or None to drop)."""
+    def handle_job(self, msg: Mapping[str, Any],
+                   on_started: Callable[[], None] | None = None) -> bytes | None:
+        """Process one ``job`` message; return the signed receipt to send (or None to drop).
+
+        ``on_started`` is called once the job's nonce and the new checkpoint are
+        committed and before it runs, so the server can hear at once which
+        checkpoint this device now holds.
+        """
         job_id = msg.get("job_id")
         if not isinstance(job_id, str) or not _JOB_ID.match(job_id):
             log.warning("dropped a job message without a valid job id")
@@ -219,6 +225,8 @@ class Agent:
         self.state.start_job(job_id=job_id, nonce=auth.job.nonce, expires_at=auth.job.expires_at,
                              checkpoint=_text(msg["log"], "checkpoint"),
                              checkpoint_size=auth.checkpoint.size)
+        if on_started is not None:
+            on_started()
         log.info("running job %s (%s) signed by %s", job_id, auth.job.action.kind,
                  self.trusted_root().root.key_name(auth.job.signer))
         receipt = self._execute(auth, payloads)

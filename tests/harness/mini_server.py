@@ -52,6 +52,7 @@ class MiniServer:
         self.agent_view: dict[str, dict[str, int]] = {}
         self.receipts: dict[tuple[str, str], list[Receipt]] = defaultdict(list)
         self.ack = True
+        self.messages: list[tuple[str, dict[str, Any]]] = []
         self._cond = threading.Condition()
         self._loop: asyncio.AbstractEventLoop | None = None
         app = Starlette(routes=[
@@ -141,6 +142,7 @@ class MiniServer:
 
     async def _on_message(self, device: str, pub: DevicePublicKey, m: dict[str, Any]) -> None:
         with self._cond:
+            self.messages.append((device, dict(m)))
             if "checkpoint_size" in m:
                 self.agent_view[device]["checkpoint_size"] = m["checkpoint_size"]
             if "root_version" in m:
