@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from rampart import tlspin, trust
+from rampart.private_files import write_private_atomic
 from rampart.trust.keys import DeviceKey
 
 from .core import DeviceConfig
@@ -32,7 +33,6 @@ from .state import (
     AgentState,
     StateError,
     ensure_private_dir,
-    write_private_file,
 )
 
 AGENT_VERSION = "0.1.0"
@@ -90,9 +90,9 @@ def enroll(*, server_url: str, token: str, root_sha256: str, cert_sha256: str,
             raise EnrollError(str(exc)) from None
         except OSError as exc:
             raise EnrollError(f"cannot reach {host}:{port}: {exc.strerror or exc}") from None
-        write_private_file(state_dir / CERT_FILE, cert, 0o600)
+        write_private_atomic(state_dir / CERT_FILE, cert, 0o600)
         key = DeviceKey.generate()
-        write_private_file(state_dir / KEY_FILE, trust.encode_plain_private_key(key), 0o600)
+        write_private_atomic(state_dir / KEY_FILE, trust.encode_plain_private_key(key), 0o600)
         device_id = trust.device_id_for(key.public)  # type: ignore[arg-type]
         body = {"token": token, "public_key": key.public.to_text(),
                 "hostname": hostname or socket.gethostname(), "agent_version": AGENT_VERSION}
@@ -126,7 +126,7 @@ def enroll(*, server_url: str, token: str, root_sha256: str, cert_sha256: str,
         if gateway is not None and (not isinstance(gateway, str) or not gateway.startswith("wss://")
                                     or len(gateway) > 512):
             raise EnrollError("the server named an invalid agent gateway URL")
-        write_private_file(state_dir / POLICY_FILE,
+        write_private_atomic(state_dir / POLICY_FILE,
                            (json.dumps(config.to_dict(), indent=1) + "\n").encode(), 0o600)
         with state.transaction() as db:
             state.save_root(db, pinned.version, pinned.envelope)

@@ -64,27 +64,6 @@ class PendingReceipt:
     receipt: bytes
 
 
-def write_private_file(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write ``data`` atomically and durably.
-
-    Temp file created with its final mode, fsync, rename, fsync of the directory.
-    """
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
-    try:
-        os.fchmod(fd, mode)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
 def ensure_private_dir(path: Path) -> None:
     """Create ``path`` 0700 (or tighten it); refuse a symlink or a directory others can write."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)

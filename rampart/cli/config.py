@@ -27,11 +27,12 @@ import json
 import os
 import re
 import ssl
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from rampart.private_files import write_private_atomic
 
 from .errors import CliError, NotLoggedIn
 
@@ -60,28 +61,7 @@ def ensure_private_dir(path: Path) -> Path:
 def write_private(path: Path, data: bytes) -> None:
     """Atomically write ``data`` to ``path`` with mode 0600."""
     ensure_private_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:  # pragma: no cover - some filesystems refuse directory fsync
-        pass
+    write_private_atomic(path, data)
 
 
 def write_private_json(path: Path, doc: Any) -> None:
