@@ -582,3 +582,21 @@ def test_agent_reports_its_new_checkpoint_before_the_job_finishes(env: Env) -> N
                 and m.get("type") == "receipt"]
     assert states and not receipts  # reported while the job still runs
     assert s.wait_receipt(jid, env.a.device_id).outcome == "ran"
+
+
+def test_T6_agent_follows_a_valid_rotation_and_never_rolls_back(env: Env) -> None:
+    agent = env.new_agent("agent-rotate")
+    try:
+        t, s = env.tenant, env.server
+        v2 = t.make_root(2)  # signed by the owners of v1 and v2 (the same owners)
+        s.send(agent.device_id, {"type": "roots", "envelopes": [v2.decode()]})
+        s.wait_view(agent.device_id, "root_version", 2)
+        assert agent.status()["root_version"] == 2
+        s.send(agent.device_id, {"type": "roots", "envelopes": [t.roots[0].decode()]})  # v1 again
+        attacker = OperatorKey.generate()
+        forged = t.make_root(3, attacker, owners=[attacker])
+        s.send(agent.device_id, {"type": "roots", "envelopes": [forged.decode()]})
+        agent.wait_log("refused root update")
+        assert agent.status()["root_version"] == 2
+    finally:
+        agent.stop()

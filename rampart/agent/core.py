@@ -165,19 +165,18 @@ class Agent:
     def apply_roots(self, envelopes: list[bytes]) -> int:
         """Move the pinned root forward through ``envelopes`` (rotation rule); return the version."""
         current = self.trusted_root()
-        newer = []
+        newer: list[tuple[int, bytes]] = []
         for e in envelopes:
             env = trust.decode_envelope(e, expect_type=trust.TenantRoot.PAYLOAD_TYPE)
-            if decode_payload(env.payload, trust.TenantRoot).version > current.version:
-                newer.append(e)
+            version = decode_payload(env.payload, trust.TenantRoot).version
+            if version > current.version:
+                newer.append((version, e))
         if not newer:
             return current.version
-        updated = trust.update_root(current, newer, now=int(self.clock()))
+        updated = trust.update_root(current, [e for _, e in newer], now=int(self.clock()))
         with self.state.transaction() as db:
-            for e in newer:
-                v = decode_payload(trust.decode_envelope(e).payload, trust.TenantRoot).version
-                if v <= updated.version:
-                    self.state.save_root(db, v, e)
+            for version, e in newer:
+                self.state.save_root(db, version, e)
         self._root = updated
         log.info("root updated to v%d", updated.version)
         return updated.version

@@ -157,9 +157,6 @@ class DeliveryStore:
             while len(cache) > limit:
                 cache.popitem(last=False)
 
-    def mark_sent(self, job_id: str, device_id: str, now: float) -> None:
-        self.commit_batch([], [(job_id, device_id)], now)
-
     def commit_batch(self, receipts: list[tuple[str, str, bytes]], sent: list[tuple[str, str]],
                      now: float) -> list[bool | ReceiptRefused]:
         """Group commit: store many receipts and "sent" marks in one transaction.
