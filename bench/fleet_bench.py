@@ -83,7 +83,7 @@ def run(n: int = 1000) -> dict:
         a1 = owner.create_account("approver1", "approver", [tid])
         a2 = owner.create_account("approver2", "approver", [tid])
         tech = owner.create_account("tech", "technician", [tid])
-        okey, k1, k2, tk = owner.add_key(None), a1.add_key(tid), a2.add_key(tid), tech.add_key(tid)
+        okey, k1, k2, tk = owner.add_key(tid), a1.add_key(tid), a2.add_key(tid), tech.add_key(tid)
         root = sign_root(make_root(tenant, 1, owners=[okey], approvers=[k1, k2], technicians=[tk]),
                          [okey])
         ok(owner.http.post(f"/tenants/{tid}/roots", json={"envelope": root}))

@@ -62,7 +62,7 @@ def test_T6_forged_rotation_refused_and_nothing_stored(server: RunningServer) ->
 def test_T1_first_root_must_be_owner_signed_and_name_the_log_key(server: RunningServer) -> None:
     owner = bootstrap_owner(server)
     tenant = ok(owner.http.post("/tenants", json={"name": "Acme"}))
-    key = owner.add_key()
+    key = owner.add_key(tenant["id"])
     root = make_root(tenant, 1, owners=[key])
     unsigned = Envelope(root.PAYLOAD_TYPE, encode_payload(root), ()).to_bytes().decode()
     r = owner.http.post(f"/tenants/{tenant['id']}/roots", json={"envelope": unsigned})

@@ -123,6 +123,12 @@ class Link:
             except Exception as exc:  # a refused root changes nothing; keep serving
                 log.warning("refused root update: %s", exc)
             await self._send_state()
+        elif kind == "revocations" and isinstance(msg.get("envelopes"), list):
+            envs = [e.encode() for e in msg["envelopes"] if isinstance(e, str)]
+            try:
+                await asyncio.to_thread(self.agent.apply_revocations, envs)
+            except Exception as exc:  # keep serving; a later push or reconnect brings them again
+                log.warning("could not store revocations: %s", exc)
 
     async def _send_state(self) -> None:
         if self.ws is not None:

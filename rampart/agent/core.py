@@ -181,6 +181,26 @@ class Agent:
         log.info("root updated to v%d", updated.version)
         return updated.version
 
+    def apply_revocations(self, envelopes: list[bytes]) -> int:
+        """Keep every revocation that verifies against the pinned root; return how many were new.
+
+        A revocation that does not verify (wrong tenant, not an approver or
+        owner, bad signature) is skipped and logged; it changes nothing.
+        """
+        root = self.trusted_root()
+        verified: dict[str, bytes] = {}
+        for e in envelopes[:_MAX_REVOCATIONS]:
+            try:
+                rev = trust.verify_revocation(root, e)
+            except trust.TrustError as exc:
+                log.warning("ignored a revocation: %s: %s", exc.reason, exc.message)
+                continue
+            verified[rev.grant] = e
+        added = self.state.add_revocations(verified, self.clock())
+        if added:
+            log.info("%d grant(s) revoked", added)
+        return added
+
     # --- jobs ---------------------------------------------------------------------------
 
     def recover_interrupted(self) -> None:
@@ -255,6 +275,7 @@ class Agent:
             log=evidence, last_checkpoint=self.last_checkpoint(), device=self.policy,
             now=int(self.clock()), seen_nonces=_Seen(self.state.nonce_seen),
             seen_jobs=_Seen(self.state.job_seen),
+            revoked_grants=_Seen(self.state.grant_revoked),
         )
         return auth, job_bytes, payloads
 
@@ -335,6 +356,9 @@ def _required_level(config: DeviceConfig, run_as: str | None) -> str:
     if run_as == "root" and config.require_containment == "full":
         return "filesystem"
     return config.require_containment
+
+
+_MAX_REVOCATIONS = 1000
 
 
 class _Seen:

@@ -17,6 +17,7 @@ Security invariants:
 * The pinned root and last checkpoint only move forward; they are replaced in
   the same transaction that records the job that proved them.
 * Receipts stay in the outbox until the server acknowledges them.
+* A grant id, once a verified revocation named it, stays revoked for good.
 """
 
 from __future__ import annotations
@@ -46,6 +47,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     updated_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_unacked ON jobs (acked) WHERE acked = 0;
+CREATE TABLE IF NOT EXISTS revoked_grants (
+    grant_id TEXT PRIMARY KEY,
+    envelope BLOB NOT NULL,
+    stored_at REAL NOT NULL
+);
 """
 
 KEY_FILE = "device.key"
@@ -130,6 +136,25 @@ class AgentState:
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (k, v.encode() if isinstance(v, str) else v),
             )
+
+    # --- revocations --------------------------------------------------------------------
+
+    def add_revocations(self, items: Mapping[str, bytes], now: float) -> int:
+        """Store verified revocations (grant id -> envelope); return how many were new."""
+        added = 0
+        with self.transaction() as db:
+            for grant_id, envelope in items.items():
+                cur = db.execute("INSERT OR IGNORE INTO revoked_grants (grant_id, envelope, stored_at) "
+                                 "VALUES (?, ?, ?)", (grant_id, envelope, now))
+                added += cur.rowcount
+        return added
+
+    def grant_revoked(self, grant_id: str) -> bool:
+        return self._one("SELECT 1 FROM revoked_grants WHERE grant_id = ?", (grant_id,)) is not None
+
+    def revoked_count(self) -> int:
+        row = self._one("SELECT count(*) FROM revoked_grants")
+        return int(row[0]) if row else 0
 
     @property
     def enrolled(self) -> bool:

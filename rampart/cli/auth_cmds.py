@@ -26,12 +26,12 @@ from rampart.trust import OperatorKey
 
 from . import prompts
 from .client import Client, expect_dict, expect_list, fetch_server_certificate, field, split_server
-from .common import api, config, resolve_tenant
+from .common import api, config, new_key_passphrase, resolve_tenant
 from .config import Config, Session
 from .errors import NetworkProblem, NotLoggedIn, Refused, ServerProblem, UsageProblem
 from .output import fmt_time, note, print_json, say, table
 
-ROLES = ("owner", "approver", "technician", "viewer")
+ROLES = ("owner", "approver", "technician", "viewer", "customer-viewer")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
@@ -214,7 +214,8 @@ def whoami(json_out: JsonOpt = False) -> None:
 @account_app.command("create")
 def account_create(
     name: Annotated[str, typer.Argument(help="Account name.")],
-    role: Annotated[str, typer.Option("--role", help="owner, approver, technician or viewer.")],
+    role: Annotated[str, typer.Option(
+        "--role", help="owner, approver, technician, viewer or customer-viewer.")],
     tenant: Annotated[list[str] | None, typer.Option(
         "--tenant", help="Limit to this tenant (name or id; repeatable). Default: all tenants.")
     ] = None,
@@ -260,30 +261,39 @@ def account_list(json_out: JsonOpt = False) -> None:
 @key_app.command("new")
 def key_new(
     tenant: Annotated[str | None, typer.Option(
-        "--tenant", help="Make a key for this tenant only (name or id).")] = None,
+        "--tenant", help="The tenant this key is for (name or id); keys are per tenant.")] = None,
     name: Annotated[str | None, typer.Option(
         "--name", help="Name shown in tenant roots (default: the account name).")] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Generate an operator key, encrypt it with a passphrase, register its public key.
+    """Generate an operator key for one tenant, encrypt it, register its public key.
 
-    The passphrase comes from RAMPART_KEY_PASSPHRASE or is prompted twice.
+    Keys are per tenant (M5): the server refuses a key in two tenants' roots.
+    The passphrase comes from RAMPART_KEY_PASSPHRASE or is prompted; when you
+    already have keys, it must be the passphrase that opens them.
     """
+    if tenant is None:
+        raise UsageProblem("operator keys are per tenant: give --tenant TENANT")
     cfg, client, session = api()
     with client:
-        tenant_id = resolve_tenant(client, tenant)["id"] if tenant else None
-        passphrase = prompts.key_passphrase(confirm=True)
-        key = OperatorKey.generate()
-        label = name or session.username
-        out = register_key(cfg, client, session, key, passphrase, name=label, tenant_id=tenant_id)
+        tenant_id = resolve_tenant(client, tenant)["id"]
+        out = make_tenant_key(cfg, client, session, str(tenant_id), name=name or session.username)
     if json_out:
         print_json(out)
         return
-    say(f"key {key.key_id} created for {session.username}"
-        + (f" (tenant {tenant_id})" if tenant_id else ""))
+    say(f"key {out['keyid']} created for {session.username} (tenant {tenant_id})")
     say(f"encrypted key file: {out['file']}")
-    say("an owner adds it to a tenant root with: "
-        f"rampart root propose TENANT --add-key {key.key_id} --role ROLE")
+    say("an owner adds it to the tenant root with: "
+        f"rampart root propose {tenant} --add-key {out['keyid']} --role ROLE "
+        f"(or --sync)")
+
+
+def make_tenant_key(cfg: Config, client: Client, session: Session, tenant_id: str, *,
+                    name: str) -> dict[str, Any]:
+    """A new operator key for ``tenant_id``, sealed with the operator's passphrase, registered."""
+    passphrase = new_key_passphrase(cfg, session)
+    return register_key(cfg, client, session, OperatorKey.generate(), passphrase, name=name,
+                        tenant_id=tenant_id)
 
 
 @key_app.command("list")

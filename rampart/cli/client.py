@@ -7,6 +7,9 @@ Security invariants:
   the only trust anchor. A different certificate fails the handshake.
 * The session token travels only in the ``Authorization`` header; it never
   appears in an error message, a log line or argv.
+* A ``403 step-up-required`` answer (G5 mass-action safeguard) is met by
+  asking for a fresh TOTP code (RAMPART_TOTP or a prompt), proving it on this
+  session at ``/auth/step-up`` and retrying the same request once.
 * Every transport, TLS and HTTP error becomes one :class:`CliError` line here,
   at the boundary. Server error details are shown as the server's one-line
   ``detail`` (truncated), never as a traceback.
@@ -61,6 +64,19 @@ def _oserror_text(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc) or type(exc).__name__
+
+
+STEP_UP_CODE = "step-up-required"
+STEP_UP_PATH = "/auth/step-up"
+
+
+def _code(resp: httpx.Response) -> str | None:
+    try:
+        doc = resp.json()
+    except ValueError:
+        return None
+    code = doc.get("code") if isinstance(doc, dict) else None
+    return code if isinstance(code, str) else None
 
 
 def _detail(resp: httpx.Response) -> str:
@@ -122,8 +138,17 @@ class Client:
 
     # --- requests ----------------------------------------------------------------------
 
+    def step_up(self, why: str) -> None:
+        """Prove a fresh TOTP code on this session (the server asked for a step-up)."""
+        from . import output, prompts
+
+        output.note(f"{why}")
+        code = prompts.totp_code()
+        self.request("POST", STEP_UP_PATH, json={"code": code}, _retried=True)
+        output.note("step-up verified for 5 minutes")
+
     def request(self, method: str, path: str, *, json: Any = None,
-                params: dict[str, Any] | None = None) -> Any:
+                params: dict[str, Any] | None = None, _retried: bool = False) -> Any:
         url = API_PREFIX + path
         try:
             resp = self._http.request(method, url, json=json, params=params)
@@ -139,6 +164,14 @@ class Client:
             raise NetworkProblem(f"{self.server} did not answer in time") from exc
         except httpx.HTTPError as exc:
             raise NetworkProblem(f"request to {self.server} failed: {_short(exc)}") from exc
+        if (resp.status_code == 403 and _code(resp) == STEP_UP_CODE and self._token
+                and path != STEP_UP_PATH and not _retried):
+            self.step_up(_detail(resp))
+            return self.request(method, path, json=json, params=params, _retried=True)
+        if resp.status_code == 429:
+            wait = resp.headers.get("retry-after", "")
+            raise ServerProblem(f"server refused: {_detail(resp)} (HTTP 429"
+                                + (f"; retry in {wait} s)" if wait.isdigit() else ")"), 429)
         if resp.status_code >= 400:
             detail = _detail(resp)
             if resp.status_code == 401:

@@ -209,7 +209,7 @@ def pick_key(cfg: Config, session: Session, tenant_id: str | None,
     candidates = cfg.key_candidates(session.username, tenant_id)
     if not candidates:
         raise UsageProblem(f"no operator key for {session.username} in {cfg.keys_dir}: "
-                           "run `rampart key new`")
+                           "run `rampart key new --tenant TENANT`")
     if root is None:
         return candidates[0]
     for k in candidates:
@@ -233,6 +233,21 @@ def key_passphrase(passphrase: str) -> Iterator[None]:
         yield
     finally:
         _passphrase_override = old
+
+
+def new_key_passphrase(cfg: Config, session: Session) -> str:
+    """The passphrase for a new key: the operator's existing one (checked) or a new one.
+
+    One passphrase protects all of an operator's keys; when keys exist, the
+    newest is unlocked with it first, so a typo never seals a key nobody can open.
+    """
+    existing = cfg.list_keys(session.username)
+    if not existing:
+        return _passphrase_override or prompts.key_passphrase(confirm=True)
+    passphrase = _passphrase_override or prompts.key_passphrase()
+    with key_passphrase(passphrase):
+        unlock_key(existing[-1])
+    return passphrase
 
 
 def unlock_key(info: KeyInfo) -> OperatorKey:

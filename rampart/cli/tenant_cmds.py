@@ -24,9 +24,10 @@ from rampart.trust.payloads import ROOT_TYPE
 from .client import Client, expect_dict, expect_list, field, split_server
 from .common import (
     api,
+    key_passphrase,
     local_root,
+    new_key_passphrase,
     now,
-    pick_key,
     resolve_tenant,
     trust_root_v1,
     trusted_root,
@@ -59,7 +60,7 @@ def build_root_v1(client: Client, tenant: dict[str, Any], owner_keyid: str) -> T
     keys, roles = members_keys(members)
     if owner_keyid not in roles["owner"]:
         raise Refused("your key is not among this tenant's owner keys on the server: register it "
-                      "with `rampart key new` (as an owner) first")
+                      "with `rampart key new --tenant T` (as an owner) first")
     return make_root(tenant=tid, name=str(tenant.get("name") or tid), version=1,
                      expires=now() + DEFAULT_ROOT_LIFETIME, keys=keys, roles=roles,
                      thresholds={"owner": 1}, log_keys=log_keys_of(log_entries), policy=Policy())
@@ -67,9 +68,14 @@ def build_root_v1(client: Client, tenant: dict[str, Any], owner_keyid: str) -> T
 
 def create_tenant(cfg: Config, client: Client, session: Session, name: str) -> tuple[dict[str, Any],
                                                                                     trust.TrustedRoot]:
-    """Create the tenant (or finish one left without a root) and publish its signed root v1."""
-    info = pick_key(cfg, session, None)
-    key = unlock_key(info)  # before anything changes on the server
+    """Create the tenant (or finish one left without a root) and publish its signed root v1.
+
+    The owner's signing key for the tenant is made here (keys are per tenant,
+    M5) and sealed with the owner's passphrase, which is checked first.
+    """
+    from .auth_cmds import make_tenant_key
+
+    passphrase = new_key_passphrase(cfg, session)  # before anything changes on the server
     try:
         tenant = expect_dict(client.post("/tenants", {"name": name}), "tenant")
     except ServerProblem as exc:
@@ -81,6 +87,15 @@ def create_tenant(cfg: Config, client: Client, session: Session, name: str) -> t
             raise
         tenant = existing[0]
         note(f"tenant {name} exists without a root: publishing its root v1 now")
+    tid = field(tenant, "id", str, "tenant")
+    with key_passphrase(passphrase):
+        mine = [k for k in cfg.key_candidates(session.username, tid) if k.tenant == tid]
+        if mine:
+            info = mine[0]
+        else:
+            made = make_tenant_key(cfg, client, session, tid, name=session.username)
+            info = next(k for k in cfg.list_keys(session.username) if k.keyid == made["keyid"])
+        key = unlock_key(info)
     root = build_root_v1(client, tenant, info.keyid)
     env = trust.sign_envelope(ROOT_TYPE, trust.encode_payload(root), [key])
     data = env.to_bytes()
@@ -125,7 +140,7 @@ def tenant_create(
         tenant, tr = create_tenant(cfg, client, session, name)
     if json_out:
         print_json({"id": tr.tenant, "name": tr.root.name, "root_version": tr.version,
-                    "root_sha256": tr.sha256})
+                    "root_sha256": tr.sha256, "owner_keys": list(tr.root.roles.owner.keyids)})
         return
     say(f"tenant {tr.root.name} created: {tr.tenant}")
     print_root(tr.root, tr.sha256)

@@ -275,18 +275,24 @@ class Quickstart:
         say(f"created the technician account {TECH}")
         return session
 
-    def ensure_key(self, name: str, cfg: Config, session: Session) -> None:
-        if cfg.list_keys(session.username):
+    def passphrase(self, name: str) -> str:
+        """The operator's key passphrase (generated once, kept in the 0600 credentials file)."""
+        passphrase = self.creds[name].get("key_passphrase") or secrets.token_urlsafe(18)
+        if self.creds[name].get("key_passphrase") != passphrase:
+            self.creds[name]["key_passphrase"] = passphrase
+            self.save_creds()
+        return str(passphrase)
+
+    def ensure_key(self, name: str, cfg: Config, session: Session, tenant_id: str) -> None:
+        """A signing key of ``name`` for the tenant (keys are per tenant, M5)."""
+        if any(k.tenant == tenant_id for k in cfg.list_keys(session.username)):
             return
         from rampart.trust import OperatorKey
 
-        passphrase = self.creds[name].get("key_passphrase") or secrets.token_urlsafe(18)
-        self.creds[name]["key_passphrase"] = passphrase
-        self.save_creds()
         with self.client(session.token) as c:
-            register_key(cfg, c, session, OperatorKey.generate(), passphrase, name=name,
-                         tenant_id=None)
-        say(f"made an operator key for {name}")
+            register_key(cfg, c, session, OperatorKey.generate(), self.passphrase(name),
+                         name=name, tenant_id=tenant_id)
+        say(f"made an operator key for {name} in {TENANT}")
 
     # --- tenant and agent ------------------------------------------------------------------
 
@@ -295,7 +301,7 @@ class Quickstart:
         tenants = expect_list(admin.get("/tenants"), "tenants")
         found = [t for t in tenants if isinstance(t, dict) and t.get("name") == TENANT
                  and t.get("status") != "pending-root"]
-        with key_passphrase(self.creds[ADMIN]["key_passphrase"]):
+        with key_passphrase(self.passphrase(ADMIN)):
             if found:
                 tid = str(found[0]["id"])
                 root = trusted_root(admin_cfg, admin, tid)
@@ -303,6 +309,7 @@ class Quickstart:
                 _, root = create_tenant(admin_cfg, admin, admin_s, TENANT)
                 tid = root.tenant
                 say(f"created tenant {TENANT} ({tid}) with root v{root.version}")
+            self.ensure_key(TECH, tech_cfg, tech_s, tid)
             tech_keys = {k.keyid for k in tech_cfg.list_keys(tech_s.username)}
             if not tech_keys & set(root.technicians):
                 # The technician's key is not in the root yet: rotate to v+1 from the members.
@@ -404,6 +411,8 @@ def _print_next(q: Quickstart, device: str | None) -> None:
     say(f"  certificate SHA-256: {tlspin.fingerprint(q.cert())}")
     say(f"  admin login: user {ADMIN}, password {q.creds[ADMIN]['password']}")
     say(f"  TOTP secret and key passphrases (demo convenience): {q.creds_path}")
+    say(f"Warning: tenant {TENANT} accepts operators from any network (no approved networks, "
+        f"N3). Restrict it with: {cmd} tenant networks {TENANT} --allow 127.0.0.0/8")
     say("")
     say("Try it (in another terminal). The technician asks for access, the approver grants it:")
     opts = "" if q.data == DEFAULT_DATA.resolve() else f" --data {shlex.quote(str(q.data))}"
@@ -470,9 +479,7 @@ def up(
         admin_cfg, tech_cfg = q.operator(ADMIN), q.operator(TECH)
         admin_s = q.ensure_admin(admin_cfg)
         with q.client(admin_s.token) as admin:
-            q.ensure_key(ADMIN, admin_cfg, admin_s)
             tech_s = q.ensure_tech(admin, tech_cfg)
-            q.ensure_key(TECH, tech_cfg, tech_s)
             with q.client(tech_s.token) as tech:
                 tid, _ = q.ensure_tenant(admin_cfg, admin, admin_s, tech_cfg, tech, tech_s)
             device = None

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -29,15 +28,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rampart import __version__
 
-from .api import accounts, audit, devices, grants, jobs, tenants
+from . import clock, throttle
+from .access import sweep_dormant
+from .alerts import raise_alert
+from .api import accounts, alerts, audit, devices, grants, jobs, tenants
 from .api import auth as auth_api
 from .api.schemas import HealthOut
-from .audit import AuditLog
+from .audit import SERVER_LOG, AuditLog
 from .config import ServerConfig, load_config
 from .context import ServerContext
 from .db import Store, migrate
 from .delivery import DeliveryStore
-from .errors import ServerError
+from .errors import Refusal, ServerError, TooManyRequests
 from .gateway import Gateway
 from .gateway_listener import server_ssl_context, start_gateway_listener
 from .keystore import LogKeyStore
@@ -109,8 +111,17 @@ def _one_line(exc: RequestValidationError) -> str:
 
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServerError)
-    async def _server_error(_: Request, exc: ServerError) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status)
+    async def _server_error(request: Request, exc: ServerError) -> JSONResponse:
+        if exc.refusal is not None:
+            ctx: ServerContext = request.app.state.ctx
+            await asyncio.to_thread(record_refusal, ctx, exc.refusal)
+        doc: dict[str, object] = {"detail": exc.detail}
+        headers: dict[str, str] = {}
+        if exc.code is not None:
+            doc["code"] = exc.code
+        if isinstance(exc, TooManyRequests):
+            headers["Retry-After"] = str(exc.retry_after)
+        return JSONResponse(doc, status_code=exc.status, headers=headers or None)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -138,16 +149,51 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": "internal error"}, status_code=500)
 
 
+def record_refusal(ctx: ServerContext, refusal: Refusal) -> None:
+    """Write a refused request's audit entry (and alert) in a transaction of its own."""
+    now = clock.now()
+    try:
+        with ctx.store.transaction() as s:
+            ctx.audit.record(s, refusal.logs or (SERVER_LOG,), refusal.kind, refusal.actor,
+                             refusal.details, now)
+            if refusal.alert is not None:
+                scopes, kind, dedup, subject = refusal.alert
+                raise_alert(s, scopes or (None,), kind=kind, severity="warning", dedup=dedup,
+                            subject=subject, detail=subject, now=now)
+    except Exception:  # the refusal itself stands; only its record failed
+        log.exception("recording a refusal (%s) failed", refusal.kind)
+
+
+def housekeeping(ctx: ServerContext) -> None:
+    """Disable dormant accounts (S2) and forget stale login pacing."""
+    now = clock.now()
+    with ctx.store.transaction() as s:
+        disabled = sweep_dormant(s, ctx.audit, now)
+        throttle.prune(s, now)
+    for name in disabled:
+        log.warning("disabled dormant account %s", name)
+
+
+async def _housekeeping_cadence(ctx: ServerContext) -> None:
+    while True:
+        try:
+            await asyncio.to_thread(housekeeping, ctx)
+        except Exception:
+            log.exception("housekeeping failed; retrying next interval")
+        await asyncio.sleep(ctx.limits.housekeeping_interval_s)
+
+
 async def _checkpoint_cadence(ctx: ServerContext) -> None:
     while True:
         await asyncio.sleep(ctx.limits.checkpoint_interval_s)
         try:
-            await asyncio.to_thread(ctx.audit.sign_due, time.time())
+            await asyncio.to_thread(ctx.audit.sign_due, clock.now())
         except Exception:
             log.exception("checkpoint cadence failed; retrying next interval")
 
 
 def build_context(config: ServerConfig) -> ServerContext:
+    clock.configure_from_env()
     store = Store(config.db_url)
     migrate(store.engine)
     audit_log = AuditLog(store, LogKeyStore(config.keys_dir))
@@ -171,8 +217,9 @@ def create_app(data_dir: Path | str, *, config: ServerConfig | None = None,
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         ctx.gateway.bind_loop(asyncio.get_running_loop())
-        await asyncio.to_thread(ctx.audit.sign_due, time.time())
+        await asyncio.to_thread(ctx.audit.sign_due, clock.now())
         cadence = asyncio.create_task(_checkpoint_cadence(ctx))
+        chores = asyncio.create_task(_housekeeping_cadence(ctx))
         listener = None
         if agent_listen is not None:
             ssl_ctx = server_ssl_context(str(ctx.config.cert_path), str(ctx.config.key_path)) \
@@ -186,9 +233,10 @@ def create_app(data_dir: Path | str, *, config: ServerConfig | None = None,
                 listener.close()
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(listener.wait_closed(), 5)
-            cadence.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await cadence
+            for task in (cadence, chores):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             ctx.store.dispose()
 
     app = FastAPI(title="Rampart server", version=__version__, lifespan=lifespan,
@@ -202,7 +250,7 @@ def create_app(data_dir: Path | str, *, config: ServerConfig | None = None,
     def health() -> HealthOut:
         return HealthOut(status="ok", version=__version__)
 
-    for module in (auth_api, accounts, tenants, devices, grants, jobs, audit):
+    for module in (auth_api, accounts, tenants, devices, grants, jobs, audit, alerts):
         api.include_router(module.router)
     app.include_router(api)
     app.include_router(devices.agent_router)

@@ -9,7 +9,11 @@ Invariants (THREAT-MODEL T2, T11):
   code, locked account, unfinished enrolment) is the same 401, after the same
   Argon2id work, so accounts cannot be enumerated.
 * After ``lockout_after_failures`` consecutive failures an account is locked
-  for ``lockout_s``; the lock answers exactly like a wrong password.
+  for ``lockout_s`` (or until an owner unlocks it) and an alert is raised; the
+  lock answers exactly like a wrong password. Disabled and dormant accounts
+  answer the same way.
+* Before any password work, :mod:`.throttle` paces failures per name and per
+  source address (429 with ``Retry-After``), for unknown names alike.
 * A TOTP code is accepted once: the step it matched is stored and only later
   steps are accepted afterwards.
 * Passwords, tokens and TOTP secrets are stored only as hashes (Argon2id,
@@ -30,9 +34,11 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from . import access, throttle
+from .alerts import raise_alert
 from .audit import SERVER_LOG, AuditLog
 from .config import ServerLimits
-from .errors import BadRequest, Forbidden, Unauthenticated
+from .errors import BadRequest, Forbidden, NetworkRefused, Refusal, TooManyRequests, Unauthenticated
 from .models import Account, SessionRow, Setting
 
 BOOTSTRAP_SETTING = "bootstrap_token_sha256"
@@ -177,44 +183,104 @@ def confirm_totp(s: Session, *, enrolment_token: str, code: str, now: float,
 class LoginFailed(Exception):
     """A login failed; carries which account (if any) so the failure can be counted."""
 
-    def __init__(self, account_id: int | None) -> None:
+    def __init__(self, account_id: int | None, *, dormant: bool = False) -> None:
         super().__init__(INVALID_CREDENTIALS)
         self.account_id = account_id
+        self.dormant = dormant
         self.error = Unauthenticated(INVALID_CREDENTIALS)
 
 
 def login(s: Session, audit: AuditLog, *, username: str, password: str, totp: str, now: float,
-          limits: ServerLimits) -> NewSession:
-    """Password + TOTP login; every failure raises the same :class:`LoginFailed`.
+          limits: ServerLimits, address: str | None = None) -> NewSession:
+    """Password + TOTP login; every credential failure raises the same :class:`LoginFailed`.
 
-    The caller rolls this transaction back and calls :func:`record_login_failure`
-    in a new one, so a failure never consumes a TOTP step but is always counted.
+    Order: pacing (429, no password work), then the same Argon2id work for
+    every name, then the checks (password, enrolment, lock, disabled,
+    dormant, TOTP step), and only with valid credentials the network check
+    (so a refused network reveals nothing about accounts). The caller rolls
+    this transaction back and calls :func:`record_login_failure` in a new one,
+    so a failure never consumes a TOTP step but is always counted.
     """
+    try:
+        throttle.check(s, username, address, now)
+    except throttle.Throttled as exc:
+        raise TooManyRequests("too many failed attempts; retry later", exc.retry_after) from None
     account = s.scalars(select(Account).where(Account.username == username)).first()
     password_ok = _verify_password(account.password_hash if account else None, password)
     if account is None:
         raise LoginFailed(None)
     if not (password_ok and account.totp_confirmed and account.locked_until <= now
-            and check_totp(account, totp, now)):
+            and account.disabled_at is None):
         raise LoginFailed(account.id)
+    if access.is_dormant(s, account, now):
+        raise LoginFailed(account.id, dormant=True)
+    if not check_totp(account, totp, now):
+        raise LoginFailed(account.id)
+    if not access.login_network_allowed(s, account, address):
+        shown = address or "unknown"
+        scopes = access.account_tenant_ids(s, account)
+        raise NetworkRefused(
+            "login is not allowed from this network",
+            refusal=Refusal(tuple(scopes), "login.network-refused", account.username,
+                            {"address": shown},
+                            alert=(tuple(scopes), "network-refused", f"{username}@{shown}",
+                                   f"{username} refused from unapproved network {shown}")))
     account.failed_logins = 0
     account.last_login_at = now
-    audit.record(s, audit.logs_for_account(s, account), "login", account.username, {}, now)
+    throttle.record_success(s, username)
+    audit.record(s, audit.logs_for_account(s, account), "login", account.username,
+                 {"address": address or "unknown"}, now)
     return create_session(s, account, now, limits)
 
 
-def record_login_failure(s: Session, audit: AuditLog, failed: LoginFailed, *, now: float,
-                         limits: ServerLimits) -> None:
-    """Count a failure towards lockout and audit it (the attempted name only if it exists)."""
+def record_login_failure(s: Session, audit: AuditLog, failed: LoginFailed, *, username: str,
+                         now: float, limits: ServerLimits, address: str | None = None) -> None:
+    """Count a failure towards pacing and lockout and audit it.
+
+    The attempted name is recorded only if the account exists; an unknown name
+    is never stored (it may be a password typed into the wrong field).
+    """
+    throttle.record_failure(s, username, address, now)
+    shown = address or "unknown"
     account = s.get(Account, failed.account_id) if failed.account_id is not None else None
     if account is None:
-        audit.record(s, [SERVER_LOG], "login.failed", "unknown", {}, now)
+        audit.record(s, [SERVER_LOG], "login.failed", "unknown", {"address": shown}, now)
+        return
+    if failed.dormant and account.disabled_at is None:
+        access.disable_account(s, audit, account, reason="dormant", actor="rampart", now=now)
         return
     account.failed_logins += 1
-    if account.failed_logins >= limits.lockout_after_failures:
+    logs = audit.logs_for_account(s, account)
+    if account.failed_logins >= limits.lockout_after_failures and account.locked_until <= now:
         account.locked_until = now + limits.lockout_s
         account.failed_logins = 0
-    audit.record(s, audit.logs_for_account(s, account), "login.failed", account.username, {}, now)
+        audit.record(s, logs, "account.locked", "rampart",
+                     {"username": account.username, "until": account.locked_until,
+                      "address": shown}, now)
+        scopes: list[str | None] = list(access.account_tenant_ids(s, account)) or [None]
+        raise_alert(s, scopes, kind="account-locked", severity="warning", dedup=account.username,
+                    subject=f"account {account.username} locked after "
+                            f"{limits.lockout_after_failures} failed logins",
+                    detail=f"last attempt from {shown}; locked until an owner unlocks it or "
+                           f"{limits.lockout_s} s pass", now=now)
+    audit.record(s, logs, "login.failed", account.username, {"address": shown}, now)
+
+
+def step_up(s: Session, audit: AuditLog, *, account_id: int, token: str, code: str,
+            now: float) -> float:
+    """Mark this session as freshly MFA-verified if ``code`` is an unused TOTP step (G5).
+
+    A wrong code raises :class:`LoginFailed` so the caller counts it exactly like
+    a failed login (pacing and lockout apply to a stolen session guessing codes).
+    """
+    account = s.get(Account, account_id)
+    row = s.get(SessionRow, token_hash(token))
+    if account is None or row is None or not check_totp(account, code, now):
+        raise LoginFailed(account_id)
+    row.step_up_at = now
+    audit.record(s, audit.logs_for_account(s, account), "stepup.verified", account.username, {},
+                 now)
+    return now
 
 
 def create_session(s: Session, account: Account, now: float, limits: ServerLimits) -> NewSession:
@@ -226,16 +292,20 @@ def create_session(s: Session, account: Account, now: float, limits: ServerLimit
     return NewSession(token, expires, account)
 
 
-def resolve_session(s: Session, token: str, now: float, limits: ServerLimits) -> Account:
-    """The account of a live session (idle and absolute limits), or Unauthenticated."""
+def resolve_session(s: Session, token: str, now: float,
+                    limits: ServerLimits) -> tuple[Account, SessionRow]:
+    """The account and row of a live session (idle and absolute limits), or Unauthenticated.
+
+    A disabled account has no live session even if a row survived.
+    """
     row = s.get(SessionRow, token_hash(token))
     if row is None or row.expires_at <= now or row.last_used_at + limits.session_idle_s <= now:
         raise Unauthenticated("not logged in")
     row.last_used_at = now
     account = s.get(Account, row.account_id)
-    if account is None:
+    if account is None or account.disabled_at is not None:
         raise Unauthenticated("not logged in")
-    return account
+    return account, row
 
 
 def end_session(s: Session, token: str) -> None:

@@ -2,7 +2,7 @@
 
 Data directory layout (docs/design/protocol.md, "Server data directory")::
 
-    DIR/config.json     {"db_url": ..., "public_url": null}
+    DIR/config.json     {"db_url": ..., "public_url": null, "shared_operator_keys": false}
     DIR/tls/cert.pem    self-signed ECDSA P-256 certificate
     DIR/tls/key.pem     0600
     DIR/keys/           0700; log-<log id>.key, 0600 each
@@ -44,6 +44,8 @@ class ServerLimits:
     lockout_after_failures: int = 10
     lockout_s: int = 15 * 60
     checkpoint_interval_s: float = 60.0
+    #: Dormant-account sweep and pacing cleanup (also run once at start).
+    housekeeping_interval_s: float = 600.0
     min_password_chars: int = 12
     max_password_chars: int = 1024
 
@@ -54,6 +56,8 @@ class ServerConfig:
     db_url: str
     public_url: str | None = None
     limits: ServerLimits = field(default_factory=ServerLimits)
+    #: M5: allow one operator key in several tenants' roots (off: one key per tenant).
+    shared_operator_keys: bool = False
 
     @property
     def cert_path(self) -> Path:
@@ -99,8 +103,11 @@ def load_config(data_dir: Path) -> ServerConfig:
     public = doc.get("public_url")
     if public is not None and not isinstance(public, str):
         raise SetupError(f"{path}: public_url must be a string or null")
+    shared = doc.get("shared_operator_keys", False)
+    if not isinstance(shared, bool):
+        raise SetupError(f"{path}: shared_operator_keys must be true or false")
     return ServerConfig(data_dir=data_dir, db_url=normalise_db_url(doc["db_url"]),
-                        public_url=public)
+                        public_url=public, shared_operator_keys=shared)
 
 
 def write_config(data_dir: Path, db_url: str) -> None:

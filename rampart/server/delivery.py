@@ -95,6 +95,15 @@ class DeliveryStore:
                                           RootVersion.version > version)
                 .order_by(RootVersion.version))]
 
+    def revocations(self, tenant_id: str, now: float, limit: int = 1000) -> list[str]:
+        """Signed revocations of the tenant's grants that have not expired yet (newest first)."""
+        with self._store.read() as s:
+            return [r.decode() for r in s.scalars(
+                select(GrantRow.revocation).where(
+                    GrantRow.tenant_id == tenant_id, GrantRow.revocation.is_not(None),
+                    GrantRow.not_after > now)
+                .order_by(GrantRow.revoked_at.desc()).limit(limit)) if r is not None]
+
     def next_delivery(self, device_id: str, exclude: set[str], agent_size: int,
                       now: float) -> Delivery | None:
         """The oldest undone, unexpired job for an approved device, not in ``exclude``.

@@ -10,6 +10,9 @@ Invariants:
 
 * Nothing but a ``challenge`` is sent before the device proved its key.
 * Pending devices are sent no job (S3); the connection still receives roots.
+* Roots and then the tenant's grant revocations are sent before any job on
+  every connection, and revocations are pushed at once when one is stored,
+  so an agent refuses a revoked grant from its next job on (G4).
 * Jobs go out one at a time per connection, each with proofs from the
   checkpoint size the agent reported; before the next job the gateway waits
   (bounded) for the agent to adopt the previous job's checkpoint or answer it,
@@ -39,6 +42,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from rampart.trust.keys import b64decode_strict
 
+from . import clock
 from .config import ServerLimits
 from .delivery import Delivery, DeliveryStore, DeviceIdentity, ReceiptRefused
 
@@ -179,6 +183,26 @@ class Gateway:
             with contextlib.suppress(Exception):
                 await self._send_roots(conn)
 
+    def revocations_published(self, tenant_id: str) -> None:
+        """Push the tenant's grant revocations to its connected agents (thread-safe)."""
+        if self._loop is not None:
+            asyncio.run_coroutine_threadsafe(self._push_revocations(tenant_id), self._loop)
+
+    async def _push_revocations(self, tenant_id: str) -> None:
+        conns = [c for c in self._conns.values() if c.device.tenant_id == tenant_id]
+        if not conns:
+            return
+        revs = await asyncio.to_thread(self._db.revocations, tenant_id, clock.now())
+        text = json.dumps({"type": "revocations", "envelopes": revs}, separators=(",", ":"))
+        for conn in conns:
+            with contextlib.suppress(Exception):
+                await conn.send_text(text)
+
+    async def _send_revocations(self, conn: Connection) -> None:
+        revs = await asyncio.to_thread(self._db.revocations, conn.device.tenant_id, clock.now())
+        if revs:
+            await conn.send({"type": "revocations", "envelopes": revs})
+
     # -- one connection ------------------------------------------------------------
 
     # -- group commit ----------------------------------------------------------------
@@ -205,7 +229,7 @@ class Gateway:
                 results = await asyncio.to_thread(
                     self._db.commit_batch,
                     [(w.device_id, w.job_id, w.receipt) for w in receipts if w.receipt is not None],
-                    sent, time.time())
+                    sent, clock.now())
             except Exception as exc:  # the store failed: every waiter learns it
                 log.exception("committing a batch of %d agent writes failed", len(batch))
                 for w in receipts:
@@ -227,11 +251,12 @@ class Gateway:
         if old is not None:
             with contextlib.suppress(Exception):
                 await old.ws.close(CLOSE_REPLACED)
-        self._start_delivery(conn)
         try:
             await conn.send({"type": "welcome",
                              "status": "approved" if conn.device.approved else "pending"})
             await self._send_roots(conn)
+            await self._send_revocations(conn)
+            self._start_delivery(conn)
             await self._receive(conn)
         except WebSocketDisconnect:
             pass
@@ -246,7 +271,7 @@ class Gateway:
             if self._conns.get(device_id) is conn:
                 del self._conns[device_id]
             with contextlib.suppress(Exception):
-                await asyncio.to_thread(self._db.touch, device_id, time.time())
+                await asyncio.to_thread(self._db.touch, device_id, clock.now())
 
     async def _handshake(self, ws: WebSocket) -> Connection | None:
         nonce = secrets.token_hex(32)
@@ -267,7 +292,7 @@ class Gateway:
         if device is None or not device.public.verify(sig, auth_message(nonce, hello.device)):
             await self._close(ws, CLOSE_UNAUTHENTICATED)
             return None
-        await asyncio.to_thread(self._db.touch, device.device_id, time.time())
+        await asyncio.to_thread(self._db.touch, device.device_id, clock.now())
         return Connection(ws, device, hello.root_version, hello.checkpoint_size)
 
     async def _receive_text(self, ws: WebSocket) -> str | None:
@@ -312,7 +337,7 @@ class Gateway:
                 conn.progress.set()
             if time.monotonic() - last_touch > 30:
                 last_touch = time.monotonic()
-                await asyncio.to_thread(self._db.touch, conn.device.device_id, time.time())
+                await asyncio.to_thread(self._db.touch, conn.device.device_id, clock.now())
 
     async def _on_receipt(self, conn: Connection, msg: ReceiptMessage) -> None:
         done: asyncio.Future[bool | ReceiptRefused] = asyncio.get_running_loop().create_future()
@@ -343,7 +368,7 @@ class Gateway:
             conn.rescan = False
             delivery = await asyncio.to_thread(
                 self._db.next_delivery, conn.device.device_id, set(conn.sent),
-                conn.checkpoint_size, time.time())
+                conn.checkpoint_size, clock.now())
             if delivery is None:
                 if conn.rescan:  # woken while we looked: look again
                     continue

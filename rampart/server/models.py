@@ -43,10 +43,18 @@ class Setting(Base):
 
 
 class Tenant(Base):
+    """A customer. The access settings are the server-side layer (issue 4), never a key."""
+
     __tablename__ = "tenants"
     id: Mapped[str] = mapped_column(ID, primary_key=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
     created_at: Mapped[float] = mapped_column(Float)
+    #: Distinct devices one account may reach per rolling hour before step-up MFA (G5).
+    mass_action_limit: Mapped[int] = mapped_column(Integer, default=10)
+    #: Days without login after which an account of this tenant is disabled (S2).
+    dormant_days: Mapped[int] = mapped_column(Integer, default=30)
+    #: JSON list of CIDR networks operators may act from; empty: anywhere (N3).
+    allowed_networks: Mapped[str] = mapped_column(Text, default="[]")
 
 
 class Account(Base):
@@ -66,6 +74,11 @@ class Account(Base):
     locked_until: Mapped[float] = mapped_column(Float, default=0.0)
     created_at: Mapped[float] = mapped_column(Float)
     last_login_at: Mapped[float | None] = mapped_column(Float)
+    #: Set when the account was disabled (dormant, revoked, by an owner); login is refused.
+    disabled_at: Mapped[float | None] = mapped_column(Float)
+    disabled_reason: Mapped[str | None] = mapped_column(String(32))
+    #: When an owner last re-enabled it: dormancy counts from the latest of this and logins.
+    enabled_at: Mapped[float | None] = mapped_column(Float)
 
 
 class AccountTenant(Base):
@@ -83,6 +96,8 @@ class SessionRow(Base):
     created_at: Mapped[float] = mapped_column(Float)
     last_used_at: Mapped[float] = mapped_column(Float)
     expires_at: Mapped[float] = mapped_column(Float)
+    #: When this session last proved a fresh TOTP code (G5 step-up); None: never.
+    step_up_at: Mapped[float | None] = mapped_column(Float)
 
 
 class OperatorKeyRow(Base):
@@ -152,6 +167,10 @@ class GrantRow(Base):
     envelope: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[float] = mapped_column(Float)
     not_after: Mapped[int] = mapped_column(BigInteger)
+    #: The signed revocation (approver or owner of the root), once the grant is ended early.
+    revocation: Mapped[bytes | None] = mapped_column(LargeBinary)
+    revoked_at: Mapped[float | None] = mapped_column(Float)
+    revoked_by: Mapped[str | None] = mapped_column(String(64))
 
 
 class JobRow(Base):
@@ -167,6 +186,8 @@ class JobRow(Base):
     created_at: Mapped[float] = mapped_column(Float)
     expires_at: Mapped[int] = mapped_column(BigInteger)
     log_index: Mapped[int] = mapped_column(BigInteger)
+    #: The account that submitted it (the G5 rolling-hour count); None for scheduler jobs.
+    account_id: Mapped[int | None] = mapped_column(Integer, index=True)
 
 
 class JobPayload(Base):
@@ -228,3 +249,37 @@ class CheckpointRow(Base):
     root: Mapped[str] = mapped_column(HASH)
     envelope: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[float] = mapped_column(Float)
+
+
+class LoginThrottle(Base):
+    """Failed-login pacing per ``sha256("user:" name)`` or ``sha256("addr:" ip)`` (T11).
+
+    Keys are hashed so a password typed into the username field is never stored.
+    """
+
+    __tablename__ = "login_throttle"
+    key: Mapped[str] = mapped_column(HASH, primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer)
+    last_failure_at: Mapped[float] = mapped_column(Float)
+    next_allowed_at: Mapped[float] = mapped_column(Float)
+
+
+class AlertRow(Base):
+    """An alert: de-duplicated on (tenant, dedup key) while open or acknowledged."""
+
+    __tablename__ = "alerts"
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    tenant_id: Mapped[str | None] = mapped_column(ForeignKey("tenants.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    severity: Mapped[str] = mapped_column(String(16))
+    dedup_key: Mapped[str] = mapped_column(String(256), index=True)
+    subject: Mapped[str] = mapped_column(String(256))
+    detail: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16))
+    count: Mapped[int] = mapped_column(Integer, default=1)
+    first_seen: Mapped[float] = mapped_column(Float)
+    last_seen: Mapped[float] = mapped_column(Float)
+    acked_by: Mapped[str | None] = mapped_column(String(64))
+    acked_at: Mapped[float | None] = mapped_column(Float)
+    resolved_by: Mapped[str | None] = mapped_column(String(64))
+    resolved_at: Mapped[float | None] = mapped_column(Float)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from cryptography.x509.oid import NameOID
 
 from rampart.tlspin import fingerprint
 
+from . import clock
 from .audit import SERVER_LOG, AuditLog
 from .auth import set_bootstrap_token
 from .config import default_sqlite_url, normalise_db_url, write_config
@@ -94,7 +94,7 @@ def init_data_dir(data_dir: Path | str, db_url: str | None = None) -> InitResult
                 raise SetupError("the database is already initialised by another data directory")
             audit.create_log(s, SERVER_LOG)
             token = set_bootstrap_token(s)
-        audit.sign_checkpoint(SERVER_LOG, time.time())
+        audit.sign_checkpoint(SERVER_LOG, clock.now())
     finally:
         store.dispose()
     write_config(data_dir, db_url or url)

@@ -16,28 +16,28 @@ from __future__ import annotations
 
 import datetime
 import html
-import time
 from urllib.parse import parse_qs, urlsplit
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials
 from sqlalchemy import func, select
 
 from rampart import __version__
 
-from . import auth
-from .api.deps import Caller, current_caller, get_ctx
+from . import auth, clock
+from .access import address_allowed, tenant_networks
+from .api.auth import perform_login
+from .api.deps import Caller, client_address, get_ctx, resolve_caller
 from .context import ServerContext
-from .errors import Unauthenticated
+from .errors import ServerError, Unauthenticated
 from .models import Device, JobRow, JobTarget, ReceiptRow, Tenant
 
 router = APIRouter()
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Rampart server</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;margin-bottom:1em}}
+<style>body{{font-family:sans-serif;margin:2em}}.warn{{color:#a00;font-weight:bold}}table{{border-collapse:collapse;margin-bottom:1em}}
 td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:left}}</style></head>
 <body><h1>Rampart server {version}</h1>{body}</body></html>
 """
@@ -67,12 +67,19 @@ def _summary(ctx: ServerContext) -> str:
 
 def _details(ctx: ServerContext, caller: Caller) -> str:
     parts = [f"<p>Signed in as {html.escape(caller.username)} ({html.escape(caller.role)})</p>"]
-    now = time.time()
+    now = clock.now()
     with ctx.store.transaction() as s:
         for t in s.scalars(select(Tenant).order_by(Tenant.name)):
             if not caller.reaches(t.id):
                 continue
             parts.append(f"<h2>{html.escape(t.name)} <small>{html.escape(t.id)}</small></h2>")
+            if not tenant_networks(t):
+                parts.append(f'<p class="warn">Warning: operators may act on {html.escape(t.name)} '
+                             "from any network. Set approved networks with <code>rampart tenant "
+                             "networks</code> (N3).</p>")
+            elif not address_allowed(tenant_networks(t), caller.address):
+                parts.append("<p>Your address is outside this tenant's approved networks.</p>")
+                continue
             devices = s.scalars(select(Device).where(Device.tenant_id == t.id)
                                 .order_by(Device.hostname))
             parts.append(_table(["device", "hostname", "status", "connected", "last seen"], [
@@ -134,9 +141,9 @@ def status_page(request: Request) -> HTMLResponse:
     token = _session_token(request)
     if token is None:
         return _page(body + LOGIN_FORM)
-    creds = HTTPAuthorizationCredentials(scheme="Bearer", credentials=token)
     try:
-        return _page(body + _details(ctx, current_caller(ctx, creds)) + LOGOUT_FORM)
+        caller = resolve_caller(ctx, token, client_address(request))
+        return _page(body + _details(ctx, caller) + LOGOUT_FORM)
     except Unauthenticated:
         return _page(body + "<p>Session invalid or expired.</p>" + LOGIN_FORM)
 
@@ -150,26 +157,26 @@ async def login_form(request: Request) -> Response:
     raw = await request.body()
     fields = parse_qs(raw[:MAX_FORM_BYTES].decode("utf-8", "replace"), max_num_fields=8)
     username, password, totp = (fields.get(k, [""])[0] for k in ("username", "password", "totp"))
-    new = await run_in_threadpool(_login, ctx, username[:64], password[:1024], totp[:16])
-    if new is None:
+    new = await run_in_threadpool(_login, ctx, username[:64], password[:1024], totp[:16],
+                                  client_address(request))
+    if isinstance(new, str):
         summary = await run_in_threadpool(_summary, ctx)
-        return _page(summary + "<p>Invalid credentials.</p>" + LOGIN_FORM, status=401)
+        return _page(summary + f"<p>Sign-in refused: {html.escape(new)}.</p>" + LOGIN_FORM,
+                     status=401)
     resp = RedirectResponse("/", status_code=303, headers=HEADERS)
     resp.set_cookie(COOKIE, new.token, max_age=int(ctx.limits.session_absolute_s), path="/",
                     secure=True, httponly=True, samesite="strict")
     return resp
 
 
-def _login(ctx: ServerContext, username: str, password: str, totp: str) -> auth.NewSession | None:
-    now = time.time()
+def _login(ctx: ServerContext, username: str, password: str, totp: str,
+           address: str | None) -> auth.NewSession | str:
+    """A new session, or the one-line reason to show (never more than the API says)."""
     try:
-        with ctx.store.transaction() as s:
-            return auth.login(s, ctx.audit, username=username, password=password, totp=totp,
-                              now=now, limits=ctx.limits)
-    except auth.LoginFailed as failed:
-        with ctx.store.transaction() as s:
-            auth.record_login_failure(s, ctx.audit, failed, now=now, limits=ctx.limits)
-        return None
+        return perform_login(ctx, username=username, password=password, totp=totp,
+                             address=address)
+    except ServerError as exc:
+        return exc.detail
 
 
 @router.post("/logout", include_in_schema=False)

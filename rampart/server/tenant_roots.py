@@ -7,7 +7,8 @@ relay one an agent would refuse (T1, T6):
 * version N+1 must pass ``update_root`` from the stored version N (owner
   thresholds of both N and N+1, no skipped or repeated version, same tenant);
 * every root must name this tenant's log key, or agents could not verify a
-  single checkpoint, and must be unexpired when published.
+  single checkpoint, and must be unexpired when published;
+* no root may name another tenant's operator key (M5, :func:`check_keys_exclusive`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from rampart.trust import (
+    TenantRoot,
     TrustedRoot,
     TrustError,
     pin_root,
@@ -26,7 +28,7 @@ from rampart.trust import (
 )
 
 from .errors import BadRequest, Conflict
-from .models import AuditLogRow, RootVersion
+from .models import AuditLogRow, OperatorKeyRow, RootVersion
 
 
 @functools.lru_cache(maxsize=1024)
@@ -69,3 +71,30 @@ def check_publishable(s: Session, tenant_id: str, envelope: bytes, now: int) -> 
     if log is None or log.log_keyid not in trusted.root.log_keys:
         raise BadRequest("root does not name this tenant's audit log key")
     return trusted
+
+
+def check_keys_exclusive(s: Session, tenant_id: str, root: TenantRoot, *,
+                         shared_allowed: bool) -> None:
+    """M5: refuse a root naming an operator key of another tenant (unless sharing is allowed).
+
+    A key conflicts when it is registered to another tenant (or to every
+    tenant), or when another tenant's current root names it. The message
+    never names the other tenant.
+    """
+    if shared_allowed:
+        return
+    keyids = set(root.keys)
+    for row in s.scalars(select(OperatorKeyRow).where(OperatorKeyRow.keyid.in_(keyids))):
+        if row.tenant_id != tenant_id:
+            raise Conflict(f"key {row.keyid[:16]} is not registered for this tenant: operator "
+                           "keys are per tenant (rampart key new --tenant T)")
+    latest: dict[str, RootVersion] = {}
+    for r in s.scalars(select(RootVersion).where(RootVersion.tenant_id != tenant_id)
+                       .order_by(RootVersion.version)):
+        latest[r.tenant_id] = r
+    for r in latest.values():
+        other = set(trusted_from_store(r.envelope).root.keys)
+        shared = keyids & other
+        if shared:
+            raise Conflict(f"key {min(shared)[:16]} is in another tenant's root: operator keys "
+                           "are per tenant (rampart key new --tenant T)")

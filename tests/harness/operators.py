@@ -171,7 +171,7 @@ def setup_tenant(owner: Operator, name: str, *, prefix: str = "") -> TenantSetup
     tid = tenant["id"]
     approver = owner.create_account(f"{prefix}approver", "approver", [tid])
     tech = owner.create_account(f"{prefix}tech", "technician", [tid])
-    owner_key = owner.keys[0] if owner.keys else owner.add_key(None, "owner")
+    owner_key = owner.add_key(tid, f"owner-{name}")
     approver_key = approver.add_key(tid)
     tech_key = tech.add_key(tid)
     root = make_root(tenant, 1, owners=[owner_key], approvers=[approver_key],

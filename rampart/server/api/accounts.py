@@ -2,23 +2,37 @@
 
 An account is not a key (T2): creating one gives it no power over any agent
 until owners sign a root naming one of its keys. A tenant-scoped owner can
-only create accounts within its own tenants.
+only create and manage accounts within its own tenants. Keys are registered
+for one tenant (M5) unless the server allows shared operator keys.
 """
 
 from __future__ import annotations
 
-import time
-
 from fastapi import APIRouter
-from sqlalchemy import select
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
 
 from rampart.trust import AutomationPublicKey, OperatorPublicKey, TrustError
 
+from .. import clock
+from ..access import account_tenant_ids, disable_account, enable_account
 from ..auth import new_token, token_hash
-from ..errors import BadRequest, Conflict
-from ..models import Account, AccountTenant, OperatorKeyRow
-from .deps import CallerDep, Ctx
-from .schemas import AccountCreatedOut, AccountIn, AccountOut, KeyIdOut, KeyIn, KeyOut
+from ..errors import BadRequest, Conflict, NotFound
+from ..models import Account, AccountTenant, LoginThrottle, OperatorKeyRow, RootVersion
+from ..tenant_roots import current_root, trusted_from_store
+from ..throttle import user_key
+from .deps import Caller, CallerDep, Ctx, UsernamePath
+from .schemas import (
+    AccountCreatedOut,
+    AccountIn,
+    AccountOut,
+    AccountRevokedOut,
+    AccountRevokeIn,
+    KeyIdOut,
+    KeyIn,
+    KeyOut,
+    RevokedKeyOut,
+)
 
 router = APIRouter(tags=["accounts"])
 
@@ -26,11 +40,13 @@ router = APIRouter(tags=["accounts"])
 @router.post("/accounts", response_model=AccountCreatedOut)
 def create_account(body: AccountIn, caller: CallerDep, ctx: Ctx) -> AccountCreatedOut:
     """Create an account (owner); its one-time activation token is returned once."""
-    caller.require("owner")
-    now = time.time()
+    caller.require_perm("account.manage")
+    now = clock.now()
     with ctx.store.transaction() as s:
         if body.tenants is None and caller.tenants is not None:
             raise BadRequest("only MSP-wide owners can create MSP-wide accounts")
+        if body.role == "customer-viewer" and len(set(body.tenants or [])) != 1:
+            raise BadRequest("a customer-viewer account belongs to exactly one tenant")
         tenant_ids = sorted({caller.tenant_ref(s, ref).id for ref in body.tenants or []})
         if s.scalars(select(Account.id).where(Account.username == body.username)).first():
             raise Conflict("an account with this username exists")
@@ -53,8 +69,9 @@ def create_account(body: AccountIn, caller: CallerDep, ctx: Ctx) -> AccountCreat
 @router.get("/accounts", response_model=list[AccountOut])
 def list_accounts(caller: CallerDep, ctx: Ctx) -> list[AccountOut]:
     """Accounts that share a tenant with the caller (all, for MSP-wide owners)."""
-    caller.require("owner")
+    caller.require_perm("account.manage")
     out: list[AccountOut] = []
+    now = clock.now()
     with ctx.store.transaction() as s:
         links: dict[int, list[str]] = {}
         for link in s.scalars(select(AccountTenant)):
@@ -66,10 +83,98 @@ def list_accounts(caller: CallerDep, ctx: Ctx) -> list[AccountOut]:
                     tenants = [t for t in tenants if t in caller.tenants]
                     if not tenants:
                         continue
-            out.append(AccountOut(username=a.username, role=a.role, tenants=tenants,
-                                  active=a.password_hash is not None,
-                                  totp_confirmed=a.totp_confirmed, last_login=a.last_login_at))
+            out.append(account_out(a, tenants, now))
     return out
+
+
+def account_out(a: Account, tenants: list[str] | None, now: float) -> AccountOut:
+    status = ("disabled" if a.disabled_at is not None else "locked" if a.locked_until > now
+              else "active" if a.password_hash is not None and a.totp_confirmed else "pending")
+    return AccountOut(username=a.username, role=a.role, tenants=tenants,
+                      active=a.password_hash is not None, totp_confirmed=a.totp_confirmed,
+                      last_login=a.last_login_at, status=status,  # type: ignore[arg-type]
+                      disabled_reason=a.disabled_reason, disabled_at=a.disabled_at)
+
+
+def manageable_account(s: Session, caller: Caller, username: str) -> Account:
+    """An account the calling owner may manage: 404 unless every tenant of it is reachable."""
+    account = s.scalars(select(Account).where(Account.username == username)).first()
+    if account is None:
+        raise NotFound("account not found")
+    if caller.tenants is not None:
+        theirs = set(account_tenant_ids(s, account))
+        if account.all_tenants or not theirs or not theirs <= caller.tenants:
+            raise NotFound("account not found")
+    return account
+
+
+@router.post("/accounts/{username}/revoke", response_model=AccountRevokedOut)
+def revoke_account(username: UsernamePath, body: AccountRevokeIn, caller: CallerDep,
+                   ctx: Ctx) -> AccountRevokedOut:
+    """Disable login at once and end every session; list the keys owners must drop from roots.
+
+    The account's keys still verify on agents until owners publish roots
+    without them (``rampart account revoke`` proposes those roots).
+    """
+    caller.require_perm("account.manage")
+    now = clock.now()
+    with ctx.store.transaction() as s:
+        account = manageable_account(s, caller, username)
+        if account.id == caller.account_id:
+            raise BadRequest("you cannot revoke your own account")
+        keys = list(s.scalars(select(OperatorKeyRow).where(
+            OperatorKeyRow.account_id == account.id)))
+        keyids = {k.keyid for k in keys}
+        tenants = []
+        for tid in s.scalars(select(RootVersion.tenant_id).distinct()):
+            if not caller.reaches(tid):
+                continue
+            row = current_root(s, tid)
+            if row is not None and keyids & set(trusted_from_store(row.envelope).root.keys):
+                tenants.append(tid)
+        ended = 0
+        if account.disabled_at is None or account.disabled_reason != "revoked":
+            ended = disable_account(s, ctx.audit, account, reason="revoked", actor=caller.username,
+                                    now=now)
+        ctx.audit.record(s, ctx.audit.logs_for_account(s, account), "account.revoked",
+                         caller.username, {"username": account.username, "reason": body.reason,
+                                           "keys": sorted(keyids), "tenants": sorted(tenants)},
+                         now)
+        return AccountRevokedOut(username=account.username, sessions_ended=ended,
+                                 keys=[RevokedKeyOut(keyid=k.keyid, tenant=k.tenant_id)
+                                       for k in keys], tenants=sorted(tenants))
+
+
+@router.post("/accounts/{username}/unlock", response_model=AccountOut)
+def unlock_account(username: UsernamePath, caller: CallerDep, ctx: Ctx) -> AccountOut:
+    """End a lockout after failed logins (owners); the account's failure count restarts."""
+    caller.require_perm("account.manage")
+    now = clock.now()
+    with ctx.store.transaction() as s:
+        account = manageable_account(s, caller, username)
+        account.locked_until = 0.0
+        account.failed_logins = 0
+        s.execute(delete(LoginThrottle).where(LoginThrottle.key == user_key(account.username)))
+        ctx.audit.record(s, ctx.audit.logs_for_account(s, account), "account.unlocked",
+                         caller.username, {"username": account.username}, now)
+        return account_out(account, account_tenants_or_none(s, account), now)
+
+
+@router.post("/accounts/{username}/enable", response_model=AccountOut)
+def enable(username: UsernamePath, caller: CallerDep, ctx: Ctx) -> AccountOut:
+    """Re-enable a disabled (dormant or revoked) account; dormancy counts afresh from now."""
+    caller.require_perm("account.manage")
+    now = clock.now()
+    with ctx.store.transaction() as s:
+        account = manageable_account(s, caller, username)
+        if account.disabled_at is None:
+            raise Conflict("the account is not disabled")
+        enable_account(s, ctx.audit, account, actor=caller.username, now=now)
+        return account_out(account, account_tenants_or_none(s, account), now)
+
+
+def account_tenants_or_none(s: Session, account: Account) -> list[str] | None:
+    return None if account.all_tenants else sorted(account_tenant_ids(s, account))
 
 
 def parse_operator_key(text: str) -> OperatorPublicKey | AutomationPublicKey:
@@ -84,12 +189,17 @@ def parse_operator_key(text: str) -> OperatorPublicKey | AutomationPublicKey:
 @router.post("/keys", response_model=KeyIdOut)
 def add_key(body: KeyIn, caller: CallerDep, ctx: Ctx) -> KeyIdOut:
     """Register the caller's public key (for one tenant, or every tenant it reaches)."""
+    caller.require_perm("key.register")
     key = parse_operator_key(body.public)
-    now = time.time()
+    now = clock.now()
     with ctx.store.transaction() as s:
         tenant_id = caller.tenant_ref(s, body.tenant).id if body.tenant is not None else None
+        if tenant_id is None and not ctx.config.shared_operator_keys:
+            raise BadRequest("operator keys are per tenant: register this key for one tenant "
+                             "(rampart key new --tenant T)")
         if s.get(OperatorKeyRow, key.key_id) is not None:
-            raise Conflict("this key is already registered")
+            raise Conflict("this key is already registered (operator keys are per tenant: make "
+                           "another with rampart key new --tenant T)")
         s.add(OperatorKeyRow(keyid=key.key_id, public=key.to_text(), name=body.name,
                              account_id=caller.account_id, tenant_id=tenant_id, created_at=now))
         account = s.get(Account, caller.account_id)

@@ -7,11 +7,11 @@ checks these answers against checkpoints it already holds (T7).
 from __future__ import annotations
 
 import base64
-import time
 
 from fastapi import APIRouter, Query
 from sqlalchemy import select
 
+from .. import clock
 from ..errors import NotFound
 from ..models import AuditEntry
 from .deps import CallerDep, Ctx, TenantPath
@@ -48,8 +48,8 @@ def get_checkpoint(t: TenantPath, caller: CallerDep, ctx: Ctx) -> CheckpointOut:
 def sign_checkpoint(t: TenantPath, caller: CallerDep, ctx: Ctx) -> CheckpointOut:
     with ctx.store.transaction() as s:
         caller.tenant(s, t)
-        caller.require("owner", "approver", "technician")
-    row = ctx.audit.sign_checkpoint(t, time.time())
+        caller.require_perm("checkpoint.sign")
+    row = ctx.audit.sign_checkpoint(t, clock.now())
     return CheckpointOut(size=row.size, root=row.root, envelope=row.envelope.decode())
 
 

@@ -1,14 +1,18 @@
-"""``/auth/*`` and ``/me``: bootstrap, activation, TOTP enrolment, login, logout."""
+"""``/auth/*`` and ``/me``: bootstrap, activation, TOTP enrolment, login, step-up, logout."""
 
 from __future__ import annotations
 
-import time
+from fastapi import APIRouter, Request
+from sqlalchemy.orm import Session
 
-from fastapi import APIRouter
-
-from .. import auth
+from .. import auth, clock
+from ..access import STEP_UP_WINDOW_S
 from ..audit import SERVER_LOG
-from .deps import CallerDep, Ctx
+from ..context import ServerContext
+from ..errors import Forbidden, TooManyRequests
+from ..throttle import Throttled
+from ..throttle import check as _throttle_check
+from .deps import CallerDep, Ctx, client_address
 from .schemas import (
     ActivateIn,
     BootstrapIn,
@@ -17,10 +21,19 @@ from .schemas import (
     MeOut,
     OkOut,
     SessionOut,
+    StepUpIn,
+    StepUpOut,
     TotpConfirmIn,
 )
 
 router = APIRouter(tags=["auth"])
+
+
+def throttle_check(s: Session, username: str, address: str | None, now: float) -> None:
+    try:
+        _throttle_check(s, username, address, now)
+    except Throttled as exc:
+        raise TooManyRequests("too many failed attempts; retry later", exc.retry_after) from None
 
 
 def _session_out(new: auth.NewSession) -> SessionOut:
@@ -31,7 +44,7 @@ def _session_out(new: auth.NewSession) -> SessionOut:
 @router.post("/auth/bootstrap", response_model=EnrolmentOut)
 def bootstrap(body: BootstrapIn, ctx: Ctx) -> EnrolmentOut:
     """Create the first owner with the bootstrap token (only while no owner exists)."""
-    now = time.time()
+    now = clock.now()
     with ctx.store.transaction() as s:
         enrolment = auth.bootstrap_owner(s, token=body.token, username=body.username,
                                          password=body.password, now=now, limits=ctx.limits)
@@ -47,7 +60,7 @@ def activate(body: ActivateIn, ctx: Ctx) -> EnrolmentOut:
     with ctx.store.transaction() as s:
         enrolment = auth.activate_account(s, username=body.username,
                                           activation_token=body.activation_token,
-                                          password=body.password, now=time.time(),
+                                          password=body.password, now=clock.now(),
                                           limits=ctx.limits)
     return EnrolmentOut(enrolment_token=enrolment.enrolment_token,
                         otpauth_uri=enrolment.otpauth_uri)
@@ -57,24 +70,52 @@ def activate(body: ActivateIn, ctx: Ctx) -> EnrolmentOut:
 def totp_confirm(body: TotpConfirmIn, ctx: Ctx) -> SessionOut:
     with ctx.store.transaction() as s:
         new = auth.confirm_totp(s, enrolment_token=body.enrolment_token, code=body.code,
-                                now=time.time(), limits=ctx.limits)
+                                now=clock.now(), limits=ctx.limits)
         return _session_out(new)
 
 
-@router.post("/auth/login", response_model=SessionOut)
-def login(body: LoginIn, ctx: Ctx) -> SessionOut:
-    """Password and TOTP; every failure is the same 401 ``invalid credentials``."""
-    now = time.time()
+def perform_login(ctx: ServerContext, *, username: str, password: str, totp: str,
+                  address: str | None) -> auth.NewSession:
+    """Log in or raise: 401 for every credential failure, 429 while paced, 403 off-network."""
+    now = clock.now()
     try:
         with ctx.store.transaction() as s:
-            new = auth.login(s, ctx.audit, username=body.username, password=body.password,
-                             totp=body.totp, now=now, limits=ctx.limits)
-            return _session_out(new)
+            return auth.login(s, ctx.audit, username=username, password=password, totp=totp,
+                              now=now, limits=ctx.limits, address=address)
     except auth.LoginFailed as failed:
-        # The failure counter, lockout and audit entry must persist although the login fails.
+        # The failure counter, pacing, lockout and audit entry must persist although the login fails.
         with ctx.store.transaction() as s:
-            auth.record_login_failure(s, ctx.audit, failed, now=now, limits=ctx.limits)
+            auth.record_login_failure(s, ctx.audit, failed, username=username, now=now,
+                                      limits=ctx.limits, address=address)
         raise failed.error from None
+
+
+@router.post("/auth/login", response_model=SessionOut,
+             responses={429: {"description": "Too many failed attempts; see Retry-After"}})
+def login(body: LoginIn, ctx: Ctx, request: Request) -> SessionOut:
+    """Password and TOTP; every failure is the same 401 ``invalid credentials``."""
+    return _session_out(perform_login(ctx, username=body.username, password=body.password,
+                                      totp=body.totp, address=client_address(request)))
+
+
+@router.post("/auth/step-up", response_model=StepUpOut)
+def step_up(body: StepUpIn, caller: CallerDep, ctx: Ctx) -> StepUpOut:
+    """Prove a fresh TOTP code on this session; mass actions are then allowed for 5 minutes (G5).
+
+    A wrong or reused code counts as a failed login (pacing and lockout).
+    """
+    now = clock.now()
+    try:
+        with ctx.store.transaction() as s:
+            throttle_check(s, caller.username, caller.address, now)
+            at = auth.step_up(s, ctx.audit, account_id=caller.account_id, token=caller.token,
+                              code=body.code, now=now)
+    except auth.LoginFailed as failed:
+        with ctx.store.transaction() as s:
+            auth.record_login_failure(s, ctx.audit, failed, username=caller.username, now=now,
+                                      limits=ctx.limits, address=caller.address)
+        raise Forbidden("invalid or reused TOTP code") from None
+    return StepUpOut(step_up_at=at, valid_until=at + STEP_UP_WINDOW_S)
 
 
 @router.post("/auth/logout", response_model=OkOut)

@@ -1,13 +1,18 @@
 """Request dependencies: the server context, the authenticated caller, tenant access.
 
-Invariant (T12): a tenant-scoped handler calls :meth:`Caller.tenant` before
-anything else; it answers 404 for a tenant the caller cannot reach exactly as
-for one that does not exist, and only then checks the role (403).
+Invariants:
+
+* T12: a tenant-scoped handler calls :meth:`Caller.tenant` before anything
+  else; it answers 404 for a tenant the caller cannot reach exactly as for one
+  that does not exist, and only then checks the role (403).
+* N3: :meth:`Caller.tenant` also refuses a source address outside the
+  tenant's approved networks (403 ``network-refused``, audited).
+* M3: a handler that changes state calls :meth:`Caller.require_perm` with
+  one permission of :mod:`rampart.server.roles`.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -16,11 +21,14 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from .. import clock
+from ..access import check_network
 from ..auth import resolve_session
 from ..context import ServerContext
 from ..errors import Forbidden, NotFound, Unauthenticated
 from ..models import AccountTenant, Tenant
-from .schemas import DEVICE_ID, GRANT_ID, JOB_ID, TENANT_ID
+from ..roles import allowed, roles_with
+from .schemas import ALERT_ID, DEVICE_ID, GRANT_ID, JOB_ID, TENANT_ID, USERNAME
 
 bearer = HTTPBearer(auto_error=False, description="Session token from /api/v1/auth/login")
 
@@ -28,6 +36,8 @@ TenantPath = Annotated[str, Path(pattern=TENANT_ID, description="tenant id")]
 DevicePath = Annotated[str, Path(pattern=DEVICE_ID, description="device id")]
 GrantPath = Annotated[str, Path(pattern=GRANT_ID, description="grant id")]
 JobPath = Annotated[str, Path(pattern=JOB_ID, description="job id")]
+UsernamePath = Annotated[str, Path(pattern=USERNAME, description="account name")]
+AlertPath = Annotated[str, Path(pattern=ALERT_ID, description="alert id")]
 
 
 def get_ctx(request: Request) -> ServerContext:
@@ -40,48 +50,64 @@ Ctx = Annotated[ServerContext, Depends(get_ctx)]
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """An authenticated account: its role and the tenants it reaches (None: all)."""
+    """An authenticated account: its role, the tenants it reaches (None: all), its session."""
 
     account_id: int
     username: str
     role: str
     tenants: frozenset[str] | None
     token: str
+    #: Source address of the request (after trusted-proxy rewriting), if known.
+    address: str | None = None
+    #: When this session last passed a TOTP step-up (G5).
+    step_up_at: float | None = None
 
     def reaches(self, tenant_id: str) -> bool:
         return self.tenants is None or tenant_id in self.tenants
 
     def tenant(self, s: Session, tenant_id: str) -> Tenant:
-        """The tenant if the caller reaches it; 404 otherwise, whether or not it exists."""
+        """The tenant if the caller reaches it from an approved network; 404 if not reached."""
         row = s.get(Tenant, tenant_id) if self.reaches(tenant_id) else None
         if row is None:
             raise NotFound("tenant not found")
+        check_network(row, self.address, self.username)
         return row
 
     def tenant_ref(self, s: Session, ref: str) -> Tenant:
-        """Resolve a tenant id or name the caller reaches; 404 otherwise."""
+        """Resolve a tenant id or name the caller reaches; 404 otherwise (network checked)."""
         row = s.get(Tenant, ref) or s.scalars(select(Tenant).where(Tenant.name == ref)).first()
         if row is None or not self.reaches(row.id):
             raise NotFound("tenant not found")
+        check_network(row, self.address, self.username)
         return row
 
-    def require(self, *roles: str) -> None:
-        if self.role not in roles:
-            raise Forbidden(f"this needs the role {' or '.join(roles)}")
+    def require_perm(self, permission: str) -> None:
+        """403 unless the caller's role holds ``permission`` (see :mod:`..roles`)."""
+        if not allowed(self.role, permission):
+            raise Forbidden(f"{permission} needs the role {' or '.join(roles_with(permission))}")
 
 
-def current_caller(ctx: Ctx, creds: Annotated[HTTPAuthorizationCredentials | None,
-                                               Depends(bearer)]) -> Caller:
-    if creds is None or creds.scheme.lower() != "bearer" or not creds.credentials:
-        raise Unauthenticated("not logged in")
-    token = creds.credentials
-    if len(token) > 256:
+def client_address(request: Request) -> str | None:
+    return request.client.host if request.client is not None else None
+
+
+def resolve_caller(ctx: ServerContext, token: str | None, address: str | None) -> Caller:
+    """The caller of a session token, or Unauthenticated."""
+    if not token or len(token) > 256:
         raise Unauthenticated("not logged in")
     with ctx.store.transaction() as s:
-        account = resolve_session(s, token, time.time(), ctx.limits)
+        account, row = resolve_session(s, token, clock.now(), ctx.limits)
         tenants = None if account.all_tenants else frozenset(s.scalars(
             select(AccountTenant.tenant_id).where(AccountTenant.account_id == account.id)))
-        return Caller(account.id, account.username, account.role, tenants, token)
+        return Caller(account.id, account.username, account.role, tenants, token, address,
+                      row.step_up_at)
+
+
+def current_caller(ctx: Ctx, request: Request,
+                   creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Caller:
+    if creds is None or creds.scheme.lower() != "bearer":
+        raise Unauthenticated("not logged in")
+    return resolve_caller(ctx, creds.credentials, client_address(request))
 
 
 CallerDep = Annotated[Caller, Depends(current_caller)]

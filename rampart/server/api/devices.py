@@ -7,7 +7,6 @@ device's id is bound to its key (``device_id_for``); a new device is
 
 from __future__ import annotations
 
-import time
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Request
@@ -15,6 +14,7 @@ from sqlalchemy import select
 
 from rampart.trust import DevicePublicKey, TrustError, device_id_for
 
+from .. import clock
 from ..auth import new_token, token_hash
 from ..context import ServerContext
 from ..errors import BadRequest, Conflict, Forbidden, NotFound
@@ -38,10 +38,10 @@ agent_router = APIRouter(tags=["agent"])
 @router.post("/tenants/{t}/enrollment-tokens", response_model=EnrolmentTokenOut)
 def create_enrolment_token(t: TenantPath, body: EnrolmentTokenIn, caller: CallerDep, ctx: Ctx,
                            request: Request) -> EnrolmentTokenOut:
-    now = time.time()
+    now = clock.now()
     with ctx.store.transaction() as s:
         caller.tenant(s, t)
-        caller.require("owner", "approver", "technician")
+        caller.require_perm("device.enrol")
         root = current_root(s, t)
         if root is None:
             raise Conflict("publish a root before enrolling devices")
@@ -57,7 +57,7 @@ def create_enrolment_token(t: TenantPath, body: EnrolmentTokenIn, caller: Caller
 @agent_router.post("/agent/v1/enroll", response_model=EnrolOut)
 def enrol(body: EnrolIn, ctx: Ctx, request: Request) -> EnrolOut:
     """Register a device key with a one-time token; the device starts ``pending``."""
-    now = time.time()
+    now = clock.now()
     try:
         public = DevicePublicKey.from_text(body.public_key)
     except TrustError as exc:
@@ -106,13 +106,13 @@ def list_devices(t: TenantPath, caller: CallerDep, ctx: Ctx) -> list[DeviceOut]:
 
 @router.post("/tenants/{t}/devices/{d}/approve", response_model=OkOut)
 def approve_device(t: TenantPath, d: DevicePath, caller: CallerDep, ctx: Ctx) -> OkOut:
-    now = time.time()
+    now = clock.now()
     with ctx.store.transaction() as s:
         caller.tenant(s, t)
         device = s.get(Device, d)
         if device is None or device.tenant_id != t:
             raise NotFound("device not found")
-        caller.require("owner", "approver")
+        caller.require_perm("device.approve")
         if device.status == "approved":
             return OkOut()
         device.status, device.approved_at, device.approved_by = "approved", now, caller.username

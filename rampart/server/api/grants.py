@@ -4,13 +4,14 @@ Invariants: the grantee is a technician (or automation) key of the current
 root that belongs to the requester; an approval is stored only if the
 payload bytes are identical and the signature is one ``grant_status`` counts
 (an approver of the current root, never the grantee's own key); an approver
-cannot approve a grant for one of their own keys.
+cannot approve a grant for one of their own keys, nor their own request.
+Approving a grant that needs more than one approver requires a fresh
+step-up (G5). A revocation is stored only if it verifies as agents verify it.
 """
 
 from __future__ import annotations
 
 import hashlib
-import time
 
 import msgspec
 from fastapi import APIRouter
@@ -24,11 +25,14 @@ from rampart.trust import (
     decode_payload,
     encode_payload,
     new_grant_id,
+    verify_revocation,
 )
 from rampart.trust import grant_status as trust_grant_status
 from rampart.trust.envelope import Envelope as DsseEnvelope
 from rampart.trust.payloads import GRANT_TYPE
 
+from .. import clock
+from ..access import require_step_up
 from ..errors import BadRequest, Conflict, Forbidden, NotFound
 from ..models import Device, GrantRow, OperatorKeyRow
 from ..tenant_roots import current_trusted
@@ -51,7 +55,8 @@ def grant_out(s: Session, row: GrantRow, now: float) -> GrantOut:
     except TrustError as exc:  # the root changed under a stored grant: show it, unapproved
         raise Conflict(f"grant no longer decodes under the current root: {exc}") from None
     g = st.grant
-    status = "expired" if now >= g.not_after else "approved" if st.complete else "requested"
+    status = ("revoked" if row.revoked_at is not None else "expired" if now >= g.not_after
+              else "approved" if st.complete else "requested")
     return GrantOut(id=g.id, tenant=g.tenant, grantee=g.grantee,
                     grantee_name=trusted.root.key_name(g.grantee), requested_by=g.requested_by,
                     devices=list(g.devices), capabilities=list(g.capabilities),
@@ -64,10 +69,10 @@ def grant_out(s: Session, row: GrantRow, now: float) -> GrantOut:
 @router.post("/tenants/{t}/grants", response_model=GrantCreatedOut)
 def request_grant(t: TenantPath, body: GrantIn, caller: CallerDep, ctx: Ctx) -> GrantCreatedOut:
     """Draft a grant for the caller's key in the current root (technicians and owners)."""
-    now = int(time.time())
+    now = int(clock.now())
     with ctx.store.transaction() as s:
         caller.tenant(s, t)
-        caller.require("technician", "owner")
+        caller.require_perm("grant.request")
         trusted = current_trusted(s, t)
         eligible = trusted.automation if body.actions else trusted.technicians
         mine = sorted(caller_keyids(s, caller, t) & set(eligible))
@@ -110,7 +115,7 @@ def request_grant(t: TenantPath, body: GrantIn, caller: CallerDep, ctx: Ctx) -> 
 
 @router.get("/tenants/{t}/grants", response_model=list[GrantOut])
 def list_grants(t: TenantPath, caller: CallerDep, ctx: Ctx) -> list[GrantOut]:
-    now = time.time()
+    now = clock.now()
     with ctx.store.transaction() as s:
         caller.tenant(s, t)
         rows = s.scalars(select(GrantRow).where(GrantRow.tenant_id == t)
@@ -129,18 +134,23 @@ def load_grant(s: Session, caller: Caller, grant_id: str) -> GrantRow:
 @router.get("/grants/{g}", response_model=GrantOut)
 def get_grant(g: GrantPath, caller: CallerDep, ctx: Ctx) -> GrantOut:
     with ctx.store.transaction() as s:
-        return grant_out(s, load_grant(s, caller, g), time.time())
+        return grant_out(s, load_grant(s, caller, g), clock.now())
 
 
 @router.post("/grants/{g}/signatures", response_model=GrantOut)
 def approve_grant(g: GrantPath, body: EnvelopeIn, caller: CallerDep, ctx: Ctx) -> GrantOut:
     """Keep the approver signatures ``grant_status`` counts, over the identical payload bytes."""
-    now = time.time()
+    now = clock.now()
     with ctx.store.transaction() as s:
         row = load_grant(s, caller, g)
-        caller.require("approver", "owner")
+        tenant = caller.tenant(s, row.tenant_id)
+        caller.require_perm("grant.approve")
         if row.grantee in caller_keyids(s, caller, row.tenant_id):
             raise Forbidden("you cannot approve a grant for your own key")
+        if row.requested_by == caller.username:
+            raise Forbidden("you cannot approve your own request")
+        if row.revoked_at is not None:
+            raise Conflict("the grant was revoked")
         if now >= row.not_after:
             raise Conflict("the grant has expired")
         try:
@@ -153,7 +163,13 @@ def approve_grant(g: GrantPath, body: EnvelopeIn, caller: CallerDep, ctx: Ctx) -
         if any(sig.keyid == row.grantee for sig in new.signatures):
             raise BadRequest("the grantee cannot approve its own grant")
         trusted = current_trusted(s, row.tenant_id)
-        before = trust_grant_status(trusted, row.envelope).approved_by
+        status_before = trust_grant_status(trusted, row.envelope)
+        before = status_before.approved_by
+        if status_before.required > 1:  # beyond single-approver reach: G5 step-up
+            require_step_up(s, ctx.audit, tenant_id=tenant.id, actor=caller.username,
+                            step_up_at=caller.step_up_at, why="approving a multi-approver grant",
+                            details={"grant": row.id, "required": status_before.required,
+                                     "devices": len(status_before.grant.devices)}, now=now)
         merged = {sig.keyid: sig for sig in stored.signatures}
         merged.update({sig.keyid: sig for sig in new.signatures if sig.keyid not in before})
         candidate = DsseEnvelope(stored.payload_type, stored.payload,
@@ -168,3 +184,40 @@ def approve_grant(g: GrantPath, body: EnvelopeIn, caller: CallerDep, ctx: Ctx) -
             "grant": row.id, "approvers": added, "approvals": len(st.approved_by),
             "required": st.required}, now)
         return grant_out(s, row, now)
+
+
+@router.post("/grants/{g}/revocation", response_model=GrantOut)
+def revoke_grant(g: GrantPath, body: EnvelopeIn, caller: CallerDep, ctx: Ctx) -> GrantOut:
+    """Store a signed revocation (approver or owner key of the current root) and push it.
+
+    The server checks the revocation exactly as agents do; from then on it
+    refuses jobs under the grant, and agents refuse them once they hold it.
+    """
+    now = clock.now()
+    data = body.envelope.encode()
+    with ctx.store.transaction() as s:
+        row = load_grant(s, caller, g)
+        caller.tenant(s, row.tenant_id)
+        caller.require_perm("grant.revoke")
+        if row.revoked_at is not None:
+            raise Conflict("the grant is already revoked")
+        trusted = current_trusted(s, row.tenant_id)
+        try:
+            rev = verify_revocation(trusted, data)
+        except TrustError as exc:
+            raise BadRequest(f"revocation refused: {exc}") from None
+        if rev.grant != row.id:
+            raise BadRequest("the revocation names another grant")
+        signers = sorted(sig.keyid for sig in decode_envelope(data).signatures
+                         if sig.keyid in {**trusted.approvers, **trusted.owners})
+        row.revocation = data
+        row.revoked_at = now
+        row.revoked_by = caller.username
+        ctx.audit.record(s, [row.tenant_id], "grant.revoked", caller.username, {
+            "grant": row.id, "signers": signers, "reason": rev.reason,
+            "sha256": hashlib.sha256(data).hexdigest()}, now)
+        out = grant_out(s, row, now)
+        tenant_id = row.tenant_id
+    ctx.audit.sign_checkpoint(tenant_id, now)
+    ctx.gateway.revocations_published(tenant_id)
+    return out

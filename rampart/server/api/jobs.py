@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import time
 
 import msgspec
 from fastapi import APIRouter, Query
@@ -32,6 +31,8 @@ from rampart.trust import (
 )
 from rampart.trust.payloads import JOB_TYPE, PAYLOAD_FREE_ACTIONS
 
+from .. import clock
+from ..access import check_mass_action
 from ..errors import BadRequest, Conflict, NotFound, TooLarge
 from ..models import Device, GrantRow, JobPayload, JobRow, JobTarget, ReceiptRow
 from ..tenant_roots import current_trusted
@@ -74,6 +75,8 @@ def check_job(s: Session, tenant_id: str, data: bytes, payloads: dict[str, bytes
         row = s.get(GrantRow, job.grant)
         if row is None or row.tenant_id != tenant_id:
             raise BadRequest("the job's grant is not stored on this server")
+        if row.revoked_at is not None:
+            raise BadRequest("the job's grant was revoked")
         grant = verify_grant(trusted, row.envelope, now=now)
     except TrustError as exc:
         raise BadRequest(str(exc)) from None
@@ -108,13 +111,16 @@ def check_job(s: Session, tenant_id: str, data: bytes, payloads: dict[str, bytes
 
 @router.post("/tenants/{t}/jobs", response_model=JobCreatedOut)
 def create_job(t: TenantPath, body: JobIn, caller: CallerDep, ctx: Ctx) -> JobCreatedOut:
-    now = time.time()
+    now = clock.now()
     data = body.envelope.encode()
     with ctx.store.transaction() as s:
-        caller.tenant(s, t)
-        caller.require("technician", "owner")
+        tenant = caller.tenant(s, t)
+        caller.require_perm("job.create")
         payloads = decode_payload_map(body.payloads, ctx.limits.max_job_payload_bytes)
         job = check_job(s, t, data, payloads, int(now))
+        check_mass_action(s, ctx.audit, account_id=caller.account_id, actor=caller.username,
+                          step_up_at=caller.step_up_at, tenant=tenant, devices=job.devices,
+                          now=now)
         if s.get(JobRow, job.id) is not None:
             raise Conflict("a job with this id exists")
         if s.scalars(select(JobRow.id).where(JobRow.tenant_id == t,
@@ -123,7 +129,7 @@ def create_job(t: TenantPath, body: JobIn, caller: CallerDep, ctx: Ctx) -> JobCr
         index = ctx.audit.append(s, t, "job.created", data, now)
         s.add(JobRow(id=job.id, tenant_id=t, grant_id=job.grant, signer=job.signer,
                      kind=job.action.kind, nonce=job.nonce, envelope=data, created_at=now,
-                     expires_at=job.expires_at, log_index=index))
+                     expires_at=job.expires_at, log_index=index, account_id=caller.account_id))
         s.flush()
         for name, blob in payloads.items():
             s.add(JobPayload(job_id=job.id, name=name, data=blob))

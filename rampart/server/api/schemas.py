@@ -25,7 +25,7 @@ Secret = Annotated[str, Field(min_length=1, max_length=1024)]
 Envelope = Annotated[str, Field(min_length=2, max_length=MAX_ENVELOPE_TEXT)]
 TenantRef = Annotated[str, Field(min_length=1, max_length=128)]
 DeviceId = Annotated[str, Field(pattern=DEVICE_ID)]
-Role = Literal["owner", "approver", "technician", "viewer"]
+Role = Literal["owner", "approver", "technician", "viewer", "customer-viewer"]
 Capability = Literal["script", "file", "package", "patch", "inventory", "backup", "net", "root",
                      "shell"]
 ActionKind = Literal["os-update", "inventory-refresh", "backup-run"]
@@ -50,6 +50,15 @@ class BootstrapIn(In):
     token: Secret
     username: Username
     password: Secret
+
+
+class StepUpIn(In):
+    code: Annotated[str, Field(pattern=r"^[0-9]{6}$")]
+
+
+class StepUpOut(BaseModel):
+    step_up_at: float
+    valid_until: float
 
 
 class ActivateIn(In):
@@ -108,6 +117,27 @@ class AccountOut(BaseModel):
     active: bool
     totp_confirmed: bool
     last_login: float | None
+    status: Literal["pending", "active", "locked", "disabled"] = "active"
+    disabled_reason: str | None = None
+    disabled_at: float | None = None
+
+
+class AccountRevokeIn(In):
+    reason: Annotated[str, Field(max_length=256)] = ""
+
+
+class RevokedKeyOut(BaseModel):
+    keyid: str
+    tenant: str | None
+
+
+class AccountRevokedOut(BaseModel):
+    username: str
+    sessions_ended: int
+    #: Every operator key of the account: owners propose roots without them.
+    keys: list[RevokedKeyOut]
+    #: Tenants whose current root names one of those keys.
+    tenants: list[str]
 
 
 class KeyIn(In):
@@ -144,6 +174,19 @@ class TenantOut(BaseModel):
     status: Literal["pending-root", "active"]
     root_version: int | None
     log_keys: list[PublicKeyOut]
+
+
+class TenantSettingsOut(BaseModel):
+    mass_action_limit: int
+    dormant_days: int
+    allowed_networks: list[str]
+
+
+class TenantSettingsIn(In):
+    mass_action_limit: Annotated[int, Field(ge=1, le=100000)] | None = None
+    dormant_days: Annotated[int, Field(ge=1, le=3650)] | None = None
+    allowed_networks: Annotated[list[Annotated[str, Field(max_length=64)]],
+                                Field(max_length=64)] | None = None
 
 
 class MemberOut(BaseModel):
@@ -305,3 +348,25 @@ class CheckpointOut(BaseModel):
 
 class ProofOut(BaseModel):
     proof: list[str]
+
+
+# --- alerts -------------------------------------------------------------------------
+
+ALERT_ID = r"^al-[0-9a-z]{16,64}$"
+
+
+class AlertOut(BaseModel):
+    id: str
+    tenant: str | None
+    kind: str
+    severity: str
+    subject: str
+    detail: str
+    status: Literal["open", "acknowledged", "resolved"]
+    count: int
+    first_seen: float
+    last_seen: float
+    acked_by: str | None
+    acked_at: float | None
+    resolved_by: str | None
+    resolved_at: float | None

@@ -8,7 +8,8 @@ verify by owners of the proposed or the current root, over the same bytes.
 
 from __future__ import annotations
 
-import time
+import ipaddress
+import json
 
 from fastapi import APIRouter
 from sqlalchemy import delete, or_, select
@@ -24,6 +25,8 @@ from rampart.trust import (
 from rampart.trust.envelope import Envelope as DsseEnvelope
 from rampart.trust.payloads import ROOT_TYPE
 
+from .. import clock
+from ..access import address_allowed, normalise_networks, tenant_networks
 from ..errors import BadRequest, Conflict, NotFound
 from ..models import (
     Account,
@@ -34,7 +37,7 @@ from ..models import (
     RootVersion,
     Tenant,
 )
-from ..tenant_roots import check_publishable, current_root, trusted_from_store
+from ..tenant_roots import check_keys_exclusive, check_publishable, current_root, trusted_from_store
 from .deps import CallerDep, Ctx, TenantPath
 from .schemas import (
     EnvelopeIn,
@@ -44,6 +47,8 @@ from .schemas import (
     RootProposalOut,
     TenantIn,
     TenantOut,
+    TenantSettingsIn,
+    TenantSettingsOut,
 )
 
 router = APIRouter(tags=["tenants"])
@@ -65,10 +70,10 @@ def envelope_bytes(text: str) -> bytes:
 @router.post("/tenants", response_model=TenantOut)
 def create_tenant(body: TenantIn, caller: CallerDep, ctx: Ctx) -> TenantOut:
     """Create a tenant with its audit log and log key (MSP-wide owners)."""
-    caller.require("owner")
+    caller.require_perm("tenant.create")
     if caller.tenants is not None:
         raise BadRequest("only MSP-wide owners can create tenants")
-    now = time.time()
+    now = clock.now()
     with ctx.store.transaction() as s:
         if s.scalars(select(Tenant.id).where(Tenant.name == body.name)).first():
             raise Conflict("a tenant with this name exists")
@@ -93,6 +98,48 @@ def list_tenants(caller: CallerDep, ctx: Ctx) -> list[TenantOut]:
 def get_tenant(t: TenantPath, caller: CallerDep, ctx: Ctx) -> TenantOut:
     with ctx.store.transaction() as s:
         return tenant_out(s, caller.tenant(s, t))
+
+
+def settings_out(t: Tenant) -> TenantSettingsOut:
+    return TenantSettingsOut(mass_action_limit=t.mass_action_limit, dormant_days=t.dormant_days,
+                             allowed_networks=[str(n) for n in tenant_networks(t)])
+
+
+@router.get("/tenants/{t}/settings", response_model=TenantSettingsOut)
+def get_settings(t: TenantPath, caller: CallerDep, ctx: Ctx) -> TenantSettingsOut:
+    """The tenant's access settings: mass-action limit (G5), dormancy (S2), networks (N3)."""
+    with ctx.store.transaction() as s:
+        return settings_out(caller.tenant(s, t))
+
+
+@router.put("/tenants/{t}/settings", response_model=TenantSettingsOut)
+def put_settings(t: TenantPath, body: TenantSettingsIn, caller: CallerDep,
+                 ctx: Ctx) -> TenantSettingsOut:
+    """Change access settings (owners); each change is an audit entry.
+
+    Setting networks that exclude the caller's own address is refused, so an
+    owner cannot lock themselves out by mistake.
+    """
+    now = clock.now()
+    with ctx.store.transaction() as s:
+        tenant = caller.tenant(s, t)
+        caller.require_perm("tenant.settings")
+        changes: dict[str, object] = {}
+        if body.mass_action_limit is not None:
+            tenant.mass_action_limit = changes["mass_action_limit"] = body.mass_action_limit
+        if body.dormant_days is not None:
+            tenant.dormant_days = changes["dormant_days"] = body.dormant_days
+        if body.allowed_networks is not None:
+            nets = normalise_networks(body.allowed_networks)
+            parsed = [ipaddress.ip_network(n) for n in nets]
+            if nets and not address_allowed(parsed, caller.address):
+                raise BadRequest("these networks exclude your own address; include it first")
+            tenant.allowed_networks = json.dumps(nets)
+            changes["allowed_networks"] = nets
+        if not changes:
+            raise BadRequest("nothing to change")
+        ctx.audit.record(s, [t], "tenant.settings", caller.username, changes, now)
+        return settings_out(tenant)
 
 
 @router.get("/tenants/{t}/members", response_model=list[MemberOut])
@@ -141,12 +188,13 @@ def get_current_root(t: TenantPath, caller: CallerDep, ctx: Ctx) -> RootOut:
 @router.post("/tenants/{t}/roots", response_model=RootOut)
 def publish_root(t: TenantPath, body: EnvelopeIn, caller: CallerDep, ctx: Ctx) -> RootOut:
     """Publish the next root version, verified as agents verify it (T1, T6)."""
-    now = time.time()
+    now = clock.now()
     data = envelope_bytes(body.envelope)
     with ctx.store.transaction() as s:
         caller.tenant(s, t)
-        caller.require("owner")
+        caller.require_perm("root.manage")
         trusted = check_publishable(s, t, data, int(now))
+        check_keys_exclusive(s, t, trusted.root, shared_allowed=ctx.config.shared_operator_keys)
         row = RootVersion(tenant_id=t, version=trusted.version, sha256=trusted.sha256,
                           envelope=data, published_at=now)
         s.add(row)
@@ -175,7 +223,7 @@ def proposal_out(s: Session, tenant_id: str, p: RootProposal) -> RootProposalOut
         complete=own.met and (prev is None or prev.met))
 
 
-def _check_proposal(s: Session, tenant_id: str, data: bytes) -> int:
+def _check_proposal(s: Session, tenant_id: str, data: bytes, shared_allowed: bool) -> int:
     current = current_root(s, tenant_id)
     previous = trusted_from_store(current.envelope).root if current else None
     try:
@@ -187,6 +235,7 @@ def _check_proposal(s: Session, tenant_id: str, data: bytes) -> int:
     expected = current.version + 1 if current else 1
     if root.version != expected:
         raise BadRequest(f"the next root of this tenant is version {expected}")
+    check_keys_exclusive(s, tenant_id, root, shared_allowed=shared_allowed)
     return root.version
 
 
@@ -195,14 +244,14 @@ def put_proposal(t: TenantPath, body: EnvelopeIn, caller: CallerDep, ctx: Ctx) -
     data = envelope_bytes(body.envelope)
     with ctx.store.transaction() as s:
         caller.tenant(s, t)
-        caller.require("owner")
-        version = _check_proposal(s, t, data)
+        caller.require_perm("root.manage")
+        version = _check_proposal(s, t, data, ctx.config.shared_operator_keys)
         row = s.get(RootProposal, t)
         if row is None:
-            row = RootProposal(tenant_id=t, version=version, envelope=data, updated_at=time.time())
+            row = RootProposal(tenant_id=t, version=version, envelope=data, updated_at=clock.now())
             s.add(row)
         else:
-            row.version, row.envelope, row.updated_at = version, data, time.time()
+            row.version, row.envelope, row.updated_at = version, data, clock.now()
         return proposal_out(s, t, row)
 
 
@@ -223,7 +272,7 @@ def sign_proposal(t: TenantPath, body: EnvelopeIn, caller: CallerDep,
     incoming = envelope_bytes(body.envelope)
     with ctx.store.transaction() as s:
         caller.tenant(s, t)
-        caller.require("owner")
+        caller.require_perm("root.manage")
         row = s.get(RootProposal, t)
         if row is None:
             raise NotFound("no root proposal")
@@ -251,5 +300,5 @@ def sign_proposal(t: TenantPath, body: EnvelopeIn, caller: CallerDep,
             raise BadRequest("no new valid owner signature")
         row.envelope = DsseEnvelope(stored.payload_type, stored.payload,
                                     tuple(merged[k] for k in sorted(merged))).to_bytes()
-        row.updated_at = time.time()
+        row.updated_at = clock.now()
         return proposal_out(s, t, row)

@@ -1,0 +1,68 @@
+"""Alerts: stored, de-duplicated, with a lifecycle (open → acknowledged → resolved).
+
+An alert with the same (tenant, dedup key) as one still open or acknowledged
+is not stored twice: its count and last-seen time grow instead. Who
+acknowledged or resolved it, and when, is kept. Alerts of MSP-wide concern
+(an MSP-wide account locked out, say) have no tenant and are visible to
+MSP-wide staff only.
+
+Invariant: ``subject`` and ``detail`` are built by the server from known
+values (names, counts, addresses); they never carry a secret.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Literal
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from rampart.trust.ids import new_id
+
+from .errors import Conflict
+from .models import AlertRow
+
+Severity = Literal["info", "warning", "critical"]
+LIVE = ("open", "acknowledged")
+MAX_DETAIL = 2000
+
+
+def raise_alert(s: Session, tenant_ids: Iterable[str | None], *, kind: str, severity: Severity,
+                dedup: str, subject: str, detail: str, now: float) -> list[AlertRow]:
+    """Open (or re-count) one alert per tenant; ``None`` means the MSP-wide scope."""
+    out: list[AlertRow] = []
+    for tenant_id in dict.fromkeys(tenant_ids):
+        key = f"{kind}:{dedup}"[:256]
+        row = s.scalars(select(AlertRow).where(
+            AlertRow.dedup_key == key, AlertRow.status.in_(LIVE),
+            AlertRow.tenant_id.is_(None) if tenant_id is None else AlertRow.tenant_id == tenant_id,
+        ).limit(1)).first()
+        if row is not None:
+            row.count += 1
+            row.last_seen = now
+            row.detail = detail[:MAX_DETAIL]
+        else:
+            row = AlertRow(id=new_id("al"), tenant_id=tenant_id, kind=kind, severity=severity,
+                           dedup_key=key, subject=subject[:256], detail=detail[:MAX_DETAIL],
+                           status="open", count=1, first_seen=now, last_seen=now)
+            s.add(row)
+        out.append(row)
+    s.flush()
+    return out
+
+
+def acknowledge(row: AlertRow, who: str, now: float) -> None:
+    if row.status != "open":
+        raise Conflict(f"the alert is {row.status}")
+    row.status = "acknowledged"
+    row.acked_by = who
+    row.acked_at = now
+
+
+def resolve(row: AlertRow, who: str, now: float) -> None:
+    if row.status == "resolved":
+        raise Conflict("the alert is already resolved")
+    row.status = "resolved"
+    row.resolved_by = who
+    row.resolved_at = now

@@ -1,0 +1,106 @@
+"""``/alerts``: list, acknowledge and resolve alerts (delivery comes with issue 5).
+
+Tenant alerts are visible to whoever reaches the tenant; MSP-wide alerts (no
+tenant) only to MSP-wide staff. Acknowledging and resolving need the
+``alert.manage`` permission and are audit entries.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query
+from sqlalchemy import Select, select
+from sqlalchemy.orm import Session
+
+from .. import clock
+from ..access import address_allowed, tenant_networks
+from ..alerts import acknowledge, resolve
+from ..audit import SERVER_LOG
+from ..errors import NotFound
+from ..models import AlertRow, Tenant
+from .deps import AlertPath, Caller, CallerDep, Ctx, TenantPath
+from .schemas import AlertOut
+
+router = APIRouter(tags=["alerts"])
+
+StatusFilter = Literal["open", "acknowledged", "resolved", "live", "all"]
+StatusQuery = Annotated[StatusFilter, Query(description="live: open or acknowledged")]
+LimitQuery = Annotated[int, Query(ge=1, le=1000)]
+
+
+def alert_out(a: AlertRow) -> AlertOut:
+    return AlertOut(id=a.id, tenant=a.tenant_id, kind=a.kind, severity=a.severity,
+                    subject=a.subject, detail=a.detail,
+                    status=a.status,  # type: ignore[arg-type]
+                    count=a.count, first_seen=a.first_seen, last_seen=a.last_seen,
+                    acked_by=a.acked_by, acked_at=a.acked_at, resolved_by=a.resolved_by,
+                    resolved_at=a.resolved_at)
+
+
+def _filtered(q: Select[Any], status: StatusFilter, limit: int) -> Select[Any]:
+    if status == "live":
+        q = q.where(AlertRow.status.in_(("open", "acknowledged")))
+    elif status != "all":
+        q = q.where(AlertRow.status == status)
+    return q.order_by(AlertRow.last_seen.desc()).limit(limit)
+
+
+@router.get("/tenants/{t}/alerts", response_model=list[AlertOut])
+def list_tenant_alerts(t: TenantPath, caller: CallerDep, ctx: Ctx,
+                       status: StatusQuery = "live", limit: LimitQuery = 200) -> list[AlertOut]:
+    with ctx.store.transaction() as s:
+        caller.tenant(s, t)
+        rows = s.scalars(_filtered(select(AlertRow).where(AlertRow.tenant_id == t), status, limit))
+        return [alert_out(a) for a in rows]
+
+
+@router.get("/alerts", response_model=list[AlertOut])
+def list_alerts(caller: CallerDep, ctx: Ctx, status: StatusQuery = "live",
+                limit: LimitQuery = 200) -> list[AlertOut]:
+    """Alerts of every tenant the caller reaches, plus MSP-wide ones for MSP-wide staff."""
+    with ctx.store.transaction() as s:
+        q = select(AlertRow)
+        if caller.tenants is not None:
+            q = q.where(AlertRow.tenant_id.in_(sorted(caller.tenants)))
+        out: list[AlertOut] = []
+        for a in s.scalars(_filtered(q, status, limit)):
+            tenant = s.get(Tenant, a.tenant_id) if a.tenant_id is not None else None
+            if tenant is None or address_allowed(tenant_networks(tenant), caller.address):
+                out.append(alert_out(a))
+        return out
+
+
+def load_alert(s: Session, caller: Caller, alert_id: str) -> AlertRow:
+    row = s.get(AlertRow, alert_id)
+    if row is None or (row.tenant_id is None and caller.tenants is not None):
+        raise NotFound("alert not found")
+    if row.tenant_id is not None:
+        if not caller.reaches(row.tenant_id):
+            raise NotFound("alert not found")
+        caller.tenant(s, row.tenant_id)
+    return row
+
+
+@router.post("/alerts/{a}/ack", response_model=AlertOut)
+def ack_alert(a: AlertPath, caller: CallerDep, ctx: Ctx) -> AlertOut:
+    now = clock.now()
+    with ctx.store.transaction() as s:
+        row = load_alert(s, caller, a)
+        caller.require_perm("alert.manage")
+        acknowledge(row, caller.username, now)
+        ctx.audit.record(s, [row.tenant_id or SERVER_LOG], "alert.acknowledged", caller.username,
+                         {"alert": row.id, "kind": row.kind}, now)
+        return alert_out(row)
+
+
+@router.post("/alerts/{a}/resolve", response_model=AlertOut)
+def resolve_alert(a: AlertPath, caller: CallerDep, ctx: Ctx) -> AlertOut:
+    now = clock.now()
+    with ctx.store.transaction() as s:
+        row = load_alert(s, caller, a)
+        caller.require_perm("alert.manage")
+        resolve(row, caller.username, now)
+        ctx.audit.record(s, [row.tenant_id or SERVER_LOG], "alert.resolved", caller.username,
+                         {"alert": row.id, "kind": row.kind}, now)
+        return alert_out(row)

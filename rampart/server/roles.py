@@ -1,0 +1,55 @@
+"""Roles and what each may do: the one permission table (M3, G1; docs/access.md).
+
+Every route that changes state names one permission here and calls
+``Caller.require_perm``; reading a tenant's records needs only that the caller
+reaches the tenant (``Caller.tenant``). A test walks every route of the API
+with every role against an independent expectation table.
+
+Roles:
+
+* ``viewer``: read-only monitoring of the tenants it reaches.
+* ``customer-viewer``: read-only, exactly one tenant; sees all MSP activity
+  there (C2), including the audit log.
+* ``technician``: requests grants and signs jobs; never approves.
+* ``approver``: approves grants (never their own request, never for their
+  own key), revokes grants, approves devices.
+* ``owner``: accounts, tenants, roots, tenant settings; may also approve.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+ROLES: Final = ("owner", "approver", "technician", "viewer", "customer-viewer")
+
+_STAFF: Final = frozenset({"owner", "approver", "technician"})
+
+PERMISSIONS: Final[dict[str, frozenset[str]]] = {
+    # accounts, tenants and roots
+    "account.manage": frozenset({"owner"}),
+    "tenant.create": frozenset({"owner"}),
+    "tenant.settings": frozenset({"owner"}),
+    "root.manage": frozenset({"owner"}),
+    # keys: anyone who may sign something
+    "key.register": _STAFF,
+    # devices
+    "device.enrol": _STAFF,
+    "device.approve": frozenset({"owner", "approver"}),
+    # grants and jobs
+    "grant.request": frozenset({"technician"}),
+    "grant.approve": frozenset({"owner", "approver"}),
+    "grant.revoke": frozenset({"owner", "approver"}),
+    "job.create": frozenset({"technician"}),
+    # audit log and alerts
+    "checkpoint.sign": _STAFF,
+    "alert.manage": _STAFF,
+}
+
+
+def allowed(role: str, permission: str) -> bool:
+    """Whether ``role`` holds ``permission``; an unknown permission is held by no one."""
+    return role in PERMISSIONS.get(permission, frozenset())
+
+
+def roles_with(permission: str) -> list[str]:
+    return [r for r in ROLES if allowed(r, permission)]
