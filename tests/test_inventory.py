@@ -76,7 +76,13 @@ from rampart.agent.inventory.packages import (
     parse_dpkg_status,
     parse_rpm_qa,
 )
-from rampart.agent.inventory.processes import classify_exe, collect_processes, parse_stat, split_cmdline
+from rampart.agent.inventory.processes import (
+    classify_exe,
+    collect_processes,
+    parse_stat,
+    redact_cmdline,
+    split_cmdline,
+)
 from rampart.agent.inventory.services import merge_services, parse_list_units, parse_show, parse_unit_files
 from rampart.agent.inventory.sockets import collect_sockets, decode_address, parse_proc_net
 from rampart.agent.inventory.system import (
@@ -235,6 +241,29 @@ def test_stat_parser_handles_hostile_command_names() -> None:
     assert parse_stat(f"99 (a) b (c)) {tail}") == ("a) b (c)", 77, 4194560, 12345)
     assert parse_stat("99 no parens") is None
     assert parse_stat("99 (x) S") is None
+
+
+def test_credentials_on_a_command_line_never_leave_the_host() -> None:
+    secrets = ["--password", "hunter2", "--api-key=k3y", "PGPASSWORD=pgsecret", "https://u:urlpw@127.0.0.1/x"]
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", *secrets])
+    try:
+        _wait_for(lambda: (p := _find_process(proc.pid)) is not None and "--password" in p.cmdline)
+        p = _find_process(proc.pid)
+        assert p is not None
+        assert p.cmdline[3:] == ["--password", "<redacted>", "--api-key=<redacted>", "PGPASSWORD=<redacted>",
+                                 "https://u:<redacted>@127.0.0.1/x"]
+        assert not any(s in msgspec.json.encode(p) for s in (b"hunter2", b"k3y", b"pgsecret", b"urlpw"))
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_redaction_leaves_ordinary_arguments_alone() -> None:
+    args = ["--passes=3", "--bypass-cache", "x", "--max-tokens", "5", "PATH=/bin", "-", "file://host/x",
+            "https://127.0.0.1:8080/a@b", "--user=root"]
+    assert redact_cmdline(args) == args
+    assert redact_cmdline(["--token", "t", "GITHUB_TOKEN=g", "postgres://me:se@cr@t@127.0.0.1/db"]) == [
+        "--token", "<redacted>", "GITHUB_TOKEN=<redacted>", "postgres://me:<redacted>@127.0.0.1/db"]
 
 
 def test_memfd_and_tmpfs_classification() -> None:

@@ -142,8 +142,11 @@ def parse_distro_info(dist: str, text: str) -> dict[tuple[str, str], str]:
     ``eol`` and ``eol-server``. Releases without a date yet are left out.
     """
     out: dict[tuple[str, str], str] = {}
-    reader = csv.DictReader(io.StringIO(text))
-    for row in reader:
+    try:
+        rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    except csv.Error:
+        return out
+    for row in rows:
         version = (row.get("version") or "").split(" ", 1)[0].strip()
         if not version or not all(part.isdigit() for part in version.split(".")):
             continue

@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Sequence
+from typing import Literal
 
 from ._util import CommandError, clip, run, which
 from .model import (
@@ -275,7 +276,8 @@ def dnf_updates(rows: Iterable[tuple[str, str, str, str]], packages: Sequence[Pa
 
 def collect_patching(limits: InventoryLimits = DEFAULT_LIMITS, run_dir: str = "/run") -> Patching:
     """Which update manager the host uses and whether it waits for a reboot."""
-    manager = "apt" if which("apt-cache") else "dnf" if (which("dnf") or which("yum")) else "none"
+    manager: Literal["apt", "dnf", "none"] = (
+        "apt" if which("apt-cache") else "dnf" if (which("dnf") or which("yum")) else "none")
     required = os.path.exists(f"{run_dir}/reboot-required")
     pkgs: list[str] = []
     try:
@@ -289,7 +291,7 @@ def collect_patching(limits: InventoryLimits = DEFAULT_LIMITS, run_dir: str = "/
             run(["needs-restarting", "-r"], timeout=limits.command_timeout_s, max_output=1 << 20)
         except CommandError as exc:
             required = "status 1" in str(exc)
-    return Patching(manager=manager, reboot_required=required, reboot_packages=pkgs)  # type: ignore[arg-type]
+    return Patching(manager=manager, reboot_required=required, reboot_packages=pkgs)
 
 
 # --- caching -------------------------------------------------------------------------

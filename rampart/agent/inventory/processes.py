@@ -12,11 +12,18 @@ says whether its executable is still on disk:
 Kernel threads are left out (they carry no executable and churn). A process
 may exit at any moment of the walk; it is then skipped, never an error. The
 key of a process is (pid, start ticks), since pids are reused.
+
+Command lines often carry credentials. Before they leave the host, the value
+of any option or ``NAME=value`` argument whose name says password, secret,
+token, API key, access key, private key or credential is replaced with
+``<redacted>``, as is the password of a URL (``scheme://user:<redacted>@host``).
+This is a heuristic: it removes the common forms, not every secret.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Mapping
 
 from ._util import clip, passwd_names, try_read_text
@@ -26,6 +33,37 @@ from .system import boot_time
 PF_KTHREAD = 0x00200000
 _DELETED = " (deleted)"
 MEMORY_FS = frozenset({"tmpfs", "ramfs"})
+REDACTED = "<redacted>"
+_SECRET_NAME = re.compile(
+    r"password|passwd|passphrase|(?<![a-z])pass(?![a-z])|secret|token(?![a-z])|api[-_]?key|access[-_]?key"
+    r"|private[-_]?key|credential", re.IGNORECASE)
+_ENV_ASSIGNMENT = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=")
+_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://[^/\s:@]*:)[^/\s]+@")
+
+
+def redact_cmdline(args: list[str]) -> list[str]:
+    """``args`` with likely secrets replaced by :data:`REDACTED` (see the module docstring)."""
+    out: list[str] = []
+    hide_next = False
+    for arg in args:
+        if hide_next:
+            out.append(REDACTED)
+            hide_next = False
+            continue
+        if arg.startswith("-") and len(arg) > 1:
+            name, eq, _ = arg.partition("=")
+            if _SECRET_NAME.search(name):
+                if eq:
+                    out.append(f"{name}={REDACTED}")
+                else:
+                    out.append(arg)
+                    hide_next = True
+                continue
+        elif (m := _ENV_ASSIGNMENT.match(arg)) and _SECRET_NAME.search(m.group(1)):
+            out.append(f"{m.group(1)}={REDACTED}")
+            continue
+        out.append(_URL_PASSWORD.sub(lambda u: f"{u.group(1)}{REDACTED}@", arg))
+    return out
 
 
 def memory_mounts(mounts_text: str) -> list[str]:
@@ -124,7 +162,7 @@ def read_process(pid: int, *, btime: int, clk_tck: int, users: Mapping[int, str]
     return Process(
         pid=pid, ppid=ppid, start_ticks=start_ticks, start_time=btime + start_ticks // max(1, clk_tck),
         name=clip(comm), exe=exe[:4096] if exe is not None else None, exe_deleted=deleted, memory_only=memory,
-        cmdline=[a[:4096] for a in cmdline], cmdline_truncated=truncated, uid=ruid, euid=euid,
+        cmdline=[a[:4096] for a in redact_cmdline(cmdline)], cmdline_truncated=truncated, uid=ruid, euid=euid,
         user=users.get(euid),
     )
 
