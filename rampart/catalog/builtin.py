@@ -15,6 +15,8 @@ Its limits, which every detection built on it inherits:
 - Names identify a tool only as well as the name is unique: a renamed binary
   is not found by name, and a few names are shared on purpose (``vncviewer``
   belongs to several VNC implementations).
+- ``platforms`` lists where the tool can be recognised from these facts, so
+  ``linux`` is set only for tools with Linux executable names or paths here.
 - Install paths list the locations known here. Where the locations on one
   operating system are unknown the tool has none for it, and portable use is
   then judged by temporary and per-user locations only.
@@ -184,7 +186,7 @@ BUILTIN_TOOLS: tuple[Tool, ...] = (
        paths="?:/windows/dwrcs, ?:/program files/solarwinds/dameware mini remote control, "
              "?:/program files (x86)/solarwinds/dameware mini remote control",
        services="dwmrcs", ports=(6129,)),
-    _t("Netop Remote Control", "remote_access", "windows, linux, macos",
+    _t("Netop Remote Control", "remote_access", "windows, macos",
        aliases="netop, impero-connect, netop-remote-control-impero-connect, "
                "netop-remote-control-aka-impero-connect",
        exes="nhostsvc.exe, nhstw32.exe, ngstw32.exe",
@@ -204,8 +206,8 @@ BUILTIN_TOOLS: tuple[Tool, ...] = (
        exes="sunloginclient.exe, sunloginclient",
        paths="?:/program files/oray/sunlogin, ?:/program files (x86)/oray/sunlogin, /usr/local/sunlogin",
        services="sunloginservice, runsunloginclient", domains="oray.com, *.oray.com, *.oray.net"),
-    _t("AweSun", "remote_access", "windows, macos, linux", aliases="aweray",
-       exes="awesun.exe, awesun", domains="aweray.com, *.aweray.com, *.aweray.net"),
+    _t("AweSun", "remote_access", "windows, macos", aliases="aweray",
+       exes="awesun.exe", domains="aweray.com, *.aweray.com, *.aweray.net"),
     _t("AnyViewer", "remote_access", "windows",
        exes="anyviewer.exe, rcclient.exe, rcservice.exe",
        paths="?:/program files (x86)/anyviewer, ?:/program files/anyviewer",
@@ -221,14 +223,14 @@ BUILTIN_TOOLS: tuple[Tool, ...] = (
     _t("Jump Desktop", "remote_access", "windows, macos",
        exes="jumpconnect.exe, jumpdesktop.exe", paths="/applications/jump desktop connect.app",
        domains="jumpdesktop.com, *.jumpdesktop.com"),
-    _t("RemotePC", "remote_access", "windows, macos, linux",
+    _t("RemotePC", "remote_access", "windows, macos",
        exes="remotepcservice.exe", paths="?:/program files (x86)/remotepc, ?:/program files/remotepc",
        services="remotepcservice", domains="remotepc.com, *.remotepc.com"),
-    _t("Zoho Assist", "remote_access", "windows, macos, linux",
+    _t("Zoho Assist", "remote_access", "windows, macos",
        exes="za_access.exe, zaservice.exe, zohours.exe",
        domains="zohoassist.com, *.zohoassist.com, assist.zoho.com, *.assist.zoho.com, assist.zoho.eu, "
                "*.assist.zoho.eu, assist.zoho.in, assist.zoho.com.au"),
-    _t("ISL Online", "remote_access", "windows, linux, macos", aliases="isl-light",
+    _t("ISL Online", "remote_access", "windows, macos", aliases="isl-light",
        exes="isllight.exe, isllightservice.exe, isllightclient.exe",
        paths="?:/program files (x86)/isl online, ?:/program files/isl online",
        ports=(7615,), domains="islonline.com, *.islonline.com, *.islonline.net"),
@@ -427,7 +429,7 @@ BUILTIN_TOOLS: tuple[Tool, ...] = (
        paths="/usr/local/bin/frpc, /usr/local/bin/frps, /usr/bin/frpc, /usr/bin/frps",
        services="frpc, frps, frpc@*, frps@*", ports=(7000, 7500)),
     _t("Remote.It", "tunnel", "windows, linux, macos", slug="remote-it", aliases="remoteit",
-       exes="remoteit, remoteit.exe, connectd", paths="/usr/bin/remoteit, /usr/bin/connectd",
+       exes="remoteit, remoteit.exe", paths="/usr/bin/remoteit",
        domains="remote.it, *.remote.it, *.remot3.it"),
     _t("PiTunnel", "tunnel", "linux",
        exes="pitunnel", paths="/opt/pitunnel, /usr/local/bin/pitunnel", services="pitunnel",

@@ -69,6 +69,7 @@ from .model import (
     is_executable_name,
     make_tool,
     parse_ports,
+    path_flavour,
     slugify,
 )
 
@@ -477,8 +478,7 @@ def _build(slug: str, f: _Facts, tally: _Tally) -> Tool | None:
     if not f.useful():
         tally.skip("tool-without-facts")
         return None
-    if any(p.startswith("/") and not p.startswith(("/applications", "/library", "/users", "/system"))
-           for p in f.install_paths) and not f.platforms:
+    if not f.platforms and any(path_flavour(p) == "posix" for p in f.install_paths):
         f.platforms.add("linux")  # a POSIX install path and no stated platform
     try:
         return make_tool(
