@@ -306,9 +306,9 @@ def canonical_domain(text: str) -> str:
         raise InvalidFact("bad-domain", text)
     last_glob = max((i for i, label in enumerate(labels) if "*" in label), default=-1)
     literal_tail = labels[last_glob + 1:]
-    if len(literal_tail) < 2 or not _TLD_RE.match(literal_tail[-1]):
+    if len(literal_tail) < 2:
         raise InvalidFact("domain-too-broad", text)
-    if any(not _LABEL_RE.match(label) for label in literal_tail):
+    if not _TLD_RE.match(literal_tail[-1]) or any(not _LABEL_RE.match(label) for label in literal_tail):
         raise InvalidFact("bad-domain", text)
     tail = ".".join(literal_tail)
     if last_glob < 0 and host in SHARED_SUFFIXES:
@@ -453,8 +453,9 @@ class VulnerableRange(msgspec.Struct, frozen=True, forbid_unknown_fields=True, k
             low = version_key(self.introduced)
             if low is None or low >= high:
                 raise ValueError(f"introduced {self.introduced!r} is not below {self.below!r}")
-        if self.platforms != _sorted_unique(self.platforms):
-            raise ValueError("platforms must be sorted and unique")
+        unknown = any(p not in PLATFORMS for p in self.platforms)
+        if unknown or self.platforms != _sorted_unique(self.platforms):
+            raise ValueError("platforms must be known, sorted and unique")
 
     def affects(self, version: tuple[int, ...], platform: str | None = None) -> bool:
         if platform is not None and self.platforms and platform not in self.platforms:
