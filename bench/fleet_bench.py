@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from harness.operators import bootstrap_owner, make_root, ok, sign_root  # noqa: E402
+from harness.operators import bootstrap_owner, make_root, ok, sign_root, step_up  # noqa: E402
 from harness.server import start_server  # noqa: E402
 
 from rampart import trust  # noqa: E402
@@ -113,6 +113,7 @@ def run(n: int = 1000) -> dict:
             "devices": devices, "capabilities": ["script"], "duration_s": 3600, "reason": "bench"}))
         env = trust.decode_envelope(g["envelope"].encode())
         for who, key in ((a1, k1), (a2, k2)):
+            step_up(who)  # approving beyond single-approver reach needs a fresh TOTP (G5)
             env = trust.add_signature(env, key)
             ok(who.http.post(f"/grants/{g['id']}/signatures", json={"envelope": env.to_bytes().decode()}))
         script = b"#!/bin/sh\necho patched\n"
@@ -124,6 +125,7 @@ def run(n: int = 1000) -> dict:
         body = {"envelope": trust.sign_envelope(trust.Job.PAYLOAD_TYPE, trust.encode_payload(job),
                                                 [tk]).to_bytes().decode(),
                 "payloads": {"script": base64.b64encode(script).decode()}}
+        step_up(tech)  # a job to more than 10 devices in an hour needs a fresh TOTP (G5)
         t0 = time.perf_counter()
         ok(tech.http.post(f"/tenants/{tid}/jobs", json=body))
         submit_s = time.perf_counter() - t0

@@ -264,26 +264,11 @@ def test_not_logged_in_is_one_line(tmp_path: Path, server: Server) -> None:
 # --- keys ------------------------------------------------------------------------------------
 
 
-def test_key_new_is_encrypted_0600_and_registered(people: dict[str, Operator]) -> None:
+def test_M5_key_new_needs_a_tenant(people: dict[str, Operator]) -> None:
     a = people["alice"]
-    keyid = a.key_new()
-    keyfile = a.config / "keys" / f"{keyid}.key"
-    assert stat.S_IMODE(keyfile.stat().st_mode) == 0o600
-    assert stat.S_IMODE((a.config / "keys").stat().st_mode) == 0o700
-    doc = json.loads(keyfile.read_text())
-    assert doc["protection"] == "encrypted" and "seed" not in doc
-    assert trust.decode_private_key(keyfile.read_bytes(), PASSPHRASE).key_id == keyid
-    listed = a.json("key", "list")
-    assert [k for k in listed if k["keyid"] == keyid and k["registered"] and k["local"]]
-
-
-def test_wrong_passphrase_is_refused_in_one_line_and_nothing_is_created(
-        people: dict[str, Operator]) -> None:
-    a = people["alice"]
-    r = a.run("tenant", "create", "never", extra_env={"RAMPART_KEY_PASSPHRASE": "wrong"})
-    line = one_line_error(r)
-    assert "wrong passphrase" in line
-    assert not [t for t in a.json("tenant", "list") if t["name"] == "never"]
+    r = a.run("key", "new", extra_env={"RAMPART_KEY_PASSPHRASE": PASSPHRASE})
+    assert "per tenant" in one_line_error(r)
+    assert a.json("key", "list") == []
 
 
 # --- tenant, root v1 -------------------------------------------------------------------------
@@ -295,6 +280,17 @@ def test_tenant_create_signs_root_v1_locally(people: dict[str, Operator],
     doc = a.json("tenant", "create", "acme", extra_env={"RAMPART_KEY_PASSPHRASE": PASSPHRASE})
     world["tenant"] = doc["id"]
     assert doc["root_version"] == 1
+    # The tenant's owner key was made for it (keys are per tenant, M5), encrypted, 0600.
+    [a.keyid] = doc["owner_keys"]
+    keyfile = a.config / "keys" / f"{a.keyid}.key"
+    assert stat.S_IMODE(keyfile.stat().st_mode) == 0o600
+    assert stat.S_IMODE((a.config / "keys").stat().st_mode) == 0o700
+    sealed = json.loads(keyfile.read_text())
+    assert sealed["protection"] == "encrypted" and "seed" not in sealed
+    assert trust.decode_private_key(keyfile.read_bytes(), PASSPHRASE).key_id == a.keyid
+    listed = a.json("key", "list")
+    assert [k for k in listed if k["keyid"] == a.keyid and k["registered"] and k["local"]
+            and k["tenant"] == doc["id"]]
     saved = (a.config / "roots" / f"{doc['id']}.json").read_bytes()
     assert trust.root_sha256(saved) == doc["root_sha256"]
     root = a.json("root", "show", "acme")
@@ -310,6 +306,15 @@ def test_tenant_create_signs_root_v1_locally(people: dict[str, Operator],
     assert [t for t in tenants if t["id"] == doc["id"] and t["trusted_root_version"] == 1]
 
 
+def test_wrong_passphrase_is_refused_in_one_line_and_nothing_is_created(
+        people: dict[str, Operator]) -> None:
+    a = people["alice"]
+    r = a.run("tenant", "create", "never", extra_env={"RAMPART_KEY_PASSPHRASE": "wrong"})
+    line = one_line_error(r)
+    assert "wrong passphrase" in line
+    assert not [t for t in a.json("tenant", "list") if t["name"] == "never"]
+
+
 def test_account_create_and_activation_login(people: dict[str, Operator]) -> None:
     a = people["alice"]
     for name, role in (("bob", "technician"), ("carol", "owner")):
@@ -319,7 +324,7 @@ def test_account_create_and_activation_login(people: dict[str, Operator]) -> Non
         out = p.enrol_interactively("--activate", "RAMPART_ACTIVATION_TOKEN",
                                     doc["activation_token"])
         assert f"logged in to {a.server.url} as {name}" in out
-        p.key_new()
+        p.key_new("--tenant", "acme")
     accounts = a.json("account", "list")
     assert {"alice", "bob", "carol"} <= {x["username"] for x in accounts}
     r = people["bob"].run("account", "create", "eve", "--role", "owner")
@@ -427,15 +432,14 @@ def test_grant_request_and_approval(people: dict[str, Operator], world: dict[str
     world["grant"] = gid
 
 
-def test_approver_cannot_approve_own_grant(people: dict[str, Operator],
-                                           world: dict[str, Any]) -> None:
+def test_M3_owner_cannot_request_a_grant(people: dict[str, Operator],
+                                        world: dict[str, Any]) -> None:
+    """Least privilege: requesting access is the technician's job; owners approve."""
     a = people["alice"]
-    env = {"RAMPART_KEY_PASSPHRASE": PASSPHRASE}
-    doc = a.json("grant", "request", "acme", "--devices", world["device"], "--capabilities",
-                 "script", "--for", "1h", "--reason", "self service")
-    line = one_line_error(a.run("grant", "approve", doc["id"], extra_env=env))
-    assert "your own key" in line or "you requested" in line
-    assert a.json("grant", "show", doc["id"])["approvals"] == 0
+    r = a.run("grant", "request", "acme", "--devices", world["device"], "--capabilities",
+              "script", "--for", "1h", "--reason", "self service")
+    line = one_line_error(r)
+    assert "403" in line and "grant.request" in line
 
 
 # --- jobs ------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from harness.agent import AgentProcess, enroll_fleet, traversable_dir
-from harness.operators import TenantSetup, approved_grant, bootstrap_owner, ok, setup_tenant
+from harness.operators import TenantSetup, approved_grant, bootstrap_owner, ok, setup_tenant, step_up
 from harness.server import RunningServer
 
 from rampart import trust
@@ -66,8 +66,12 @@ class Fleet:
 
     def post_job(self, grant: str, devices: list[str], script: bytes) -> str:
         env, payloads, job_id = job_writing(self.tenant, grant, devices, script, self.scratch)
-        ok(self.tenant.tech.http.post(f"/tenants/{self.tenant.id}/jobs",
-                                      json={"envelope": env, "payloads": payloads}))
+        body = {"envelope": env, "payloads": payloads}
+        r = self.tenant.tech.http.post(f"/tenants/{self.tenant.id}/jobs", json=body)
+        if r.status_code == 403 and r.json().get("code") == "step-up-required":
+            step_up(self.tenant.tech)  # a fan-out beyond 10 devices needs a fresh TOTP (G5)
+            r = self.tenant.tech.http.post(f"/tenants/{self.tenant.id}/jobs", json=body)
+        ok(r)
         return job_id
 
     def wait_done(self, job_ids: list[str], timeout: float = 120) -> dict[str, dict]:

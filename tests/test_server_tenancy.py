@@ -34,12 +34,16 @@ def world(server: RunningServer) -> dict[str, Any]:
     gid = approved_grant(b, [device])
     env, payloads, job_id = signed_job(b, gid, [device])
     ok(b.tech.http.post(f"/tenants/{b.id}/jobs", json={"envelope": env, "payloads": payloads}))
+    # An account of B revoked by the MSP leaves an alert in B.
+    msp.create_account("b-spare", "viewer", [b.id])
+    ok(msp.http.post("/accounts/b-spare/revoke", json={"reason": "left"}))
+    [alert] = ok(msp.http.get(f"/tenants/{b.id}/alerts"))
     a = setup_tenant(msp, "Alpha", prefix="a-")
     a_owner = msp.create_account("a-owner", "owner", [a.id])
     a_viewer = msp.create_account("a-viewer", "viewer", [a.id])
     grant = ok(b.tech.http.get(f"/grants/{gid}"))
     return {"msp": msp, "a": a, "b": b, "device": device, "grant": grant, "job": job_id,
-            "job_env": env, "payloads": payloads,
+            "job_env": env, "payloads": payloads, "alert": alert["id"],
             "users": [a_owner, a.approver, a.tech, a_viewer]}
 
 
@@ -58,6 +62,13 @@ def _bodies(w: dict[str, Any]) -> dict[tuple[str, str], Any]:
                                                "payloads": w["payloads"]},
         ("post", "/api/v1/tenants/{t}/audit/checkpoint"): None,
         ("post", "/api/v1/tenants/{t}/devices/{d}/approve"): None,
+        ("put", "/api/v1/tenants/{t}/settings"): {"mass_action_limit": 1000},
+        ("post", "/api/v1/grants/{g}/revocation"): {"envelope": w["grant"]["envelope"]},
+        ("post", "/api/v1/accounts/{username}/revoke"): {"reason": "cross-tenant"},
+        ("post", "/api/v1/accounts/{username}/unlock"): None,
+        ("post", "/api/v1/accounts/{username}/enable"): None,
+        ("post", "/api/v1/alerts/{a}/ack"): None,
+        ("post", "/api/v1/alerts/{a}/resolve"): None,
     }
 
 
@@ -65,6 +76,9 @@ def _b_state(w: dict[str, Any]) -> Any:
     msp: Operator = w["msp"]
     b: TenantSetup = w["b"]
     return (ok(msp.http.get(f"/tenants/{b.id}/audit/checkpoint"))["size"],
+            ok(msp.http.get(f"/tenants/{b.id}/alerts", params={"status": "all"})),
+            ok(msp.http.get(f"/tenants/{b.id}/settings")),
+            [(x["username"], x["status"]) for x in ok(msp.http.get("/accounts"))],
             ok(msp.http.get(f"/tenants/{b.id}/devices")),
             ok(msp.http.get(f"/tenants/{b.id}/roots")),
             ok(msp.http.get(f"/grants/{w['grant']['id']}"))["status"])
@@ -73,7 +87,8 @@ def _b_state(w: dict[str, Any]) -> Any:
 def test_T12_every_tenant_route_refuses_another_tenants_ids(
         server: RunningServer, world: dict[str, Any]) -> None:
     b: TenantSetup = world["b"]
-    ids = {"t": b.id, "g": world["grant"]["id"], "j": world["job"], "d": world["device"]}
+    ids = {"t": b.id, "g": world["grant"]["id"], "j": world["job"], "d": world["device"],
+           "username": b.tech.username, "a": world["alert"]}
     secret_ids = set(ids.values())
     before = _b_state(world)
     spec = ok(server.client(api=False).get("/openapi.json"))

@@ -44,6 +44,11 @@ EVENT_KINDS = frozenset({
     "login", "login.failed", "key.added", "root.published", "grant.requested",
     "grant.approved", "job.created", "receipt", "device.enrolled", "device.approved",
     "account.created", "tenant.created",
+    # identity and access (docs/access.md)
+    "stepup.required", "stepup.verified", "stepup.passed", "account.disabled",
+    "account.enabled", "account.locked", "account.unlocked", "account.revoked",
+    "login.network-refused", "access.network-refused", "tenant.settings", "grant.revoked",
+    "alert.acknowledged", "alert.resolved",
 })
 
 

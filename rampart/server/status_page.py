@@ -161,7 +161,7 @@ async def login_form(request: Request) -> Response:
                                   client_address(request))
     if isinstance(new, str):
         summary = await run_in_threadpool(_summary, ctx)
-        return _page(summary + f"<p>Sign-in refused: {html.escape(new)}.</p>" + LOGIN_FORM,
+        return _page(summary + f"<p>{html.escape(new[:1].upper() + new[1:])}.</p>" + LOGIN_FORM,
                      status=401)
     resp = RedirectResponse("/", status_code=303, headers=HEADERS)
     resp.set_cookie(COOKIE, new.token, max_age=int(ctx.limits.session_absolute_s), path="/",

@@ -51,6 +51,8 @@ class Totp:
 
     secret: str
     last_step: int = 0
+    #: Seconds the server's clock is shifted by (RAMPART_CLOCK_OFFSET_S).
+    offset: float = 0.0
 
     @classmethod
     def from_uri(cls, uri: str) -> Totp:
@@ -58,9 +60,9 @@ class Totp:
         return cls(query["secret"][0])
 
     def code(self) -> str:
-        now_step = int(time.time() // 30)
+        now_step = int((time.time() + self.offset) // 30)
         step = max(self.last_step + 1, now_step - 1)
-        while step > int(time.time() // 30) + 1:
+        while step > int((time.time() + self.offset) // 30) + 1:
             time.sleep(1)
         self.last_step = step
         return pyotp.TOTP(self.secret).at(step * 30)
@@ -208,3 +210,50 @@ def signed_job(t: TenantSetup, grant_id: str, devices: list[str], script: bytes 
               nonce=new_nonce(), issued_at=now, expires_at=now + expires_in)
     env = sign_envelope(JOB_TYPE, encode_payload(job), [t.tech_key]).to_bytes().decode()
     return env, {"script": base64.b64encode(script).decode()}, job.id
+
+
+def enrol_devices(t: TenantSetup, n: int) -> list[str]:
+    """Enrol and approve ``n`` devices the way agents do (the test holds the device keys)."""
+    from rampart.trust import DeviceKey
+
+    out = []
+    for i in range(n):
+        tok = ok(t.owner.http.post(f"/tenants/{t.id}/enrollment-tokens", json={"ttl_s": 600}))
+        key = DeviceKey.generate()
+        with t.owner.server.client(api=False) as c:
+            doc = ok(c.post("/agent/v1/enroll", json={
+                "token": tok["token"], "public_key": key.public.to_text(),
+                "hostname": f"host-{i}", "agent_version": "test"}))
+        ok(t.owner.http.post(f"/tenants/{t.id}/devices/{doc['device_id']}/approve"))
+        out.append(str(doc["device_id"]))
+    return out
+
+
+def post_job(t: TenantSetup, grant_id: str, devices: list[str],
+             http: httpx.Client | None = None) -> httpx.Response:
+    """Sign a script job as the technician and submit it; return the raw response."""
+    env, payloads, _ = signed_job(t, grant_id, devices)
+    return (http or t.tech.http).post(f"/tenants/{t.id}/jobs",
+                                      json={"envelope": env, "payloads": payloads})
+
+
+def audit_events(op: Operator, tenant_id: str) -> list[dict[str, Any]]:
+    """Every event entry of a tenant's audit log (kind, actor, details), in order."""
+    import base64
+    import json
+
+    entries = ok(op.http.get(f"/tenants/{tenant_id}/audit/entries", params={"limit": 1000}))
+    out = []
+    for e in entries:
+        try:
+            doc = json.loads(base64.b64decode(e["data"]))
+        except ValueError:
+            continue
+        if isinstance(doc, dict) and "actor" in doc:
+            out.append(doc)
+    return out
+
+
+def step_up(op: Operator) -> None:
+    """Prove a fresh TOTP code on the operator's session (G5), as the CLI does when asked."""
+    ok(op.http.post("/auth/step-up", json={"code": op.totp.code()}))

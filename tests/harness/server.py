@@ -58,6 +58,8 @@ class RunningServer:
     proc: subprocess.Popen[bytes] | None = None
     cert_der: bytes = b""
     agent_port: int = field(default_factory=lambda: free_port())
+    #: Extra environment for the server process (e.g. RAMPART_CLOCK_OFFSET_S).
+    env: dict[str, str] = field(default_factory=dict)
     _clients: list[httpx.Client] = field(default_factory=list)
 
     @property
@@ -71,11 +73,18 @@ class RunningServer:
     def ssl_context(self) -> ssl.SSLContext:
         return pinned_context(self.cert_der)
 
-    def client(self, token: str | None = None, *, api: bool = True) -> httpx.Client:
-        """An httpx client that trusts exactly the server's certificate."""
+    def client(self, token: str | None = None, *, api: bool = True,
+               source: str | None = None) -> httpx.Client:
+        """An httpx client that trusts exactly the server's certificate.
+
+        ``source`` binds the client to a local loopback address (127.0.0.x), so
+        tests can play operators on different networks.
+        """
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        transport = httpx.HTTPTransport(verify=self.ssl_context(), local_address=source) \
+            if source else None
         c = httpx.Client(base_url=self.url + ("/api/v1" if api else ""), verify=self.ssl_context(),
-                         headers=headers, timeout=30.0)
+                         headers=headers, timeout=30.0, transport=transport)
         self._clients.append(c)
         return c
 
@@ -84,8 +93,8 @@ class RunningServer:
                "--listen", f"127.0.0.1:{self.port}", "--agent-listen",
                f"127.0.0.1:{self.agent_port}"]
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env(),
-                                     cwd=REPO, start_new_session=True)
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                     env={**_env(), **self.env}, cwd=REPO, start_new_session=True)
         log.close()
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:

@@ -116,10 +116,10 @@ def revoke_account(username: UsernamePath, body: AccountRevokeIn, caller: Caller
     The account's keys still verify on agents until owners publish roots
     without them (``rampart account revoke`` proposes those roots).
     """
-    caller.require_perm("account.manage")
     now = clock.now()
     with ctx.store.transaction() as s:
         account = manageable_account(s, caller, username)
+        caller.require_perm("account.manage")
         if account.id == caller.account_id:
             raise BadRequest("you cannot revoke your own account")
         keys = list(s.scalars(select(OperatorKeyRow).where(
@@ -148,10 +148,10 @@ def revoke_account(username: UsernamePath, body: AccountRevokeIn, caller: Caller
 @router.post("/accounts/{username}/unlock", response_model=AccountOut)
 def unlock_account(username: UsernamePath, caller: CallerDep, ctx: Ctx) -> AccountOut:
     """End a lockout after failed logins (owners); the account's failure count restarts."""
-    caller.require_perm("account.manage")
     now = clock.now()
     with ctx.store.transaction() as s:
         account = manageable_account(s, caller, username)
+        caller.require_perm("account.manage")
         account.locked_until = 0.0
         account.failed_logins = 0
         s.execute(delete(LoginThrottle).where(LoginThrottle.key == user_key(account.username)))
@@ -163,10 +163,10 @@ def unlock_account(username: UsernamePath, caller: CallerDep, ctx: Ctx) -> Accou
 @router.post("/accounts/{username}/enable", response_model=AccountOut)
 def enable(username: UsernamePath, caller: CallerDep, ctx: Ctx) -> AccountOut:
     """Re-enable a disabled (dormant or revoked) account; dormancy counts afresh from now."""
-    caller.require_perm("account.manage")
     now = clock.now()
     with ctx.store.transaction() as s:
         account = manageable_account(s, caller, username)
+        caller.require_perm("account.manage")
         if account.disabled_at is None:
             raise Conflict("the account is not disabled")
         enable_account(s, ctx.audit, account, actor=caller.username, now=now)
@@ -189,11 +189,11 @@ def parse_operator_key(text: str) -> OperatorPublicKey | AutomationPublicKey:
 @router.post("/keys", response_model=KeyIdOut)
 def add_key(body: KeyIn, caller: CallerDep, ctx: Ctx) -> KeyIdOut:
     """Register the caller's public key (for one tenant, or every tenant it reaches)."""
-    caller.require_perm("key.register")
     key = parse_operator_key(body.public)
     now = clock.now()
     with ctx.store.transaction() as s:
         tenant_id = caller.tenant_ref(s, body.tenant).id if body.tenant is not None else None
+        caller.require_perm("key.register")
         if tenant_id is None and not ctx.config.shared_operator_keys:
             raise BadRequest("operator keys are per tenant: register this key for one tenant "
                              "(rampart key new --tenant T)")
