@@ -160,12 +160,16 @@ def account_tenant_ids(s: Session, account: Account) -> list[str]:
 
 
 def dormant_days_for(s: Session, account: Account) -> int:
-    """The strictest ``dormant_days`` of the account's tenants (every tenant if MSP-wide)."""
-    q = select(Tenant.dormant_days)
-    if not account.all_tenants:
-        q = q.join(AccountTenant, AccountTenant.tenant_id == Tenant.id).where(
-            AccountTenant.account_id == account.id)
-    days = [d for d in s.scalars(q) if d and d > 0]
+    """The strictest ``dormant_days`` of the account's tenants; MSP-wide accounts: the default.
+
+    An MSP-wide account is not bound by one customer's setting (a tenant owner
+    could otherwise disable MSP staff); it gets :data:`DEFAULT_DORMANT_DAYS`.
+    """
+    if account.all_tenants:
+        return DEFAULT_DORMANT_DAYS
+    days = [d for d in s.scalars(select(Tenant.dormant_days).join(
+        AccountTenant, AccountTenant.tenant_id == Tenant.id).where(
+        AccountTenant.account_id == account.id)) if d and d > 0]
     return min(days) if days else DEFAULT_DORMANT_DAYS
 
 

@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 import uvicorn
+from sqlalchemy import select
 
 from .app import create_app
 from .config import load_config, normalise_db_url
@@ -79,6 +80,46 @@ def init_command(data: DataOpt,
     typer.echo(f"TLS certificate SHA-256: {result.cert_sha256}")
     typer.echo(f"Bootstrap token (shown once, valid until the first owner exists): "
                f"{result.bootstrap_token}")
+
+
+@server_app.command("enable-account")
+def enable_account_command(
+        data: DataOpt,
+        username: Annotated[str, typer.Argument(help="Account to re-enable and unlock.")],
+        db: Annotated[str | None, typer.Option(
+            "--db", help="Database URL (default: the one in config.json).")] = None,
+) -> None:
+    """Recovery on the server host: re-enable and unlock an account (e.g. the last owner).
+
+    Needs access to the data directory (root on the server), never the API;
+    the change is an audit entry by ``server-admin``.
+    """
+    from . import clock
+    from .access import enable_account
+    from .audit import AuditLog
+    from .db import Store, migrate
+    from .keystore import LogKeyStore
+    from .models import Account
+
+    try:
+        config = load_config(Path(data))
+        store = Store(normalise_db_url(db) if db else config.db_url)
+    except SetupError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    clock.configure_from_env()
+    try:
+        migrate(store.engine)
+        audit = AuditLog(store, LogKeyStore(config.keys_dir))
+        with store.transaction() as s:
+            account = s.scalars(select(Account).where(Account.username == username)).first()
+            if account is None:
+                typer.echo(f"error: no account named {username}", err=True)
+                raise typer.Exit(1)
+            enable_account(s, audit, account, actor="server-admin", now=clock.now())
+    finally:
+        store.dispose()
+    typer.echo(f"account {username} enabled and unlocked")
 
 
 @server_app.command("run")
