@@ -681,3 +681,90 @@ def test_T1_grant_swapped_on_the_server_is_not_approved(
     finally:
         db.close()
     assert trust.decode_envelope(bytes(raw)).signatures == ()  # nothing was signed or uploaded
+
+
+# --- identity and access (issue 4) -------------------------------------------------------------
+
+
+def test_N3_tenant_networks_warns_while_any_network_is_allowed(people: dict[str, Operator]) -> None:
+    a = people["alice"]
+    r = a.ok("tenant", "networks", "acme")
+    assert "accepts operators from any network" in r.stderr
+    r = a.run("tenant", "networks", "acme", "--allow", "10.0.0.1/8")
+    assert "CIDR" in one_line_error(r)
+    doc = a.json("tenant", "settings", "acme")
+    assert doc == {"mass_action_limit": 10, "dormant_days": 30, "allowed_networks": []}
+
+
+def test_G5_run_asks_for_a_fresh_totp_code_and_retries(people: dict[str, Operator],
+                                                       world: dict[str, Any],
+                                                       tmp_path: Path) -> None:
+    a, b = people["alice"], people["bob"]
+    env = {"RAMPART_KEY_PASSPHRASE": PASSPHRASE}
+    info = a.json("enroll", "new", "acme", "--ttl", "10m")
+    second = _enrol_fake_device(a.server, info["token"])
+    a.ok("device", "approve", "acme", second)
+    devices = f"{world['device']},{second}"
+    gid = b.json("grant", "request", "acme", "--devices", devices, "--capabilities", "script",
+                 "--for", "1h", "--reason", "two hosts")["id"]
+    a.ok("grant", "approve", gid, extra_env=env)
+    assert a.json("tenant", "settings", "acme", "--mass-action-limit", "1")[
+        "mass_action_limit"] == 1
+    script = tmp_path / "two.sh"
+    script.write_text("echo two\n")
+    argv = ("run", "acme", "--grant", gid, "--devices", devices, "--script", str(script))
+    # No terminal and no RAMPART_TOTP: the step-up cannot be answered, nothing is stored.
+    r = b.run(*argv, extra_env=env)
+    assert r.returncode != 0 and "step-up required" in r.stderr and "RAMPART_TOTP" in r.stderr
+    # With a fresh code the CLI proves it and retries the same signed job once.
+    r = b.ok(*argv, extra_env={**env, "RAMPART_TOTP": TOTP.code(b.totp_secret)})
+    assert "step-up verified" in r.stderr
+    job = b.json("jobs", "show", r.stdout.split()[0])
+    assert sorted(tg["device"] for tg in job["targets"]) == sorted(devices.split(","))
+    a.json("tenant", "settings", "acme", "--mass-action-limit", "10")
+    world["two_hosts_grant"] = gid
+
+
+def test_G4_grant_revoke_signs_a_revocation_and_ends_the_grant(
+        people: dict[str, Operator], world: dict[str, Any], tmp_path: Path) -> None:
+    a, b = people["alice"], people["bob"]
+    env = {"RAMPART_KEY_PASSPHRASE": PASSPHRASE}
+    gid = world["two_hosts_grant"]
+    r = b.run("grant", "revoke", gid, "--yes", extra_env=env)
+    assert "approver or owner role" in one_line_error(r)  # refused locally, nothing signed
+    r = a.ok("grant", "revoke", gid, "--reason", "work done", "--yes", extra_env=env)
+    assert f"grant {gid} revoked" in r.stdout
+    assert a.json("grant", "show", gid)["status"] == "revoked"
+    script = tmp_path / "late.sh"
+    script.write_text("echo too late\n")
+    r = b.run("run", "acme", "--grant", gid, "--devices", world["device"], "--script",
+              str(script), extra_env=env)
+    assert "revoked" in one_line_error(r)
+
+
+def test_S2_account_revoke_proposes_roots_without_the_keys(people: dict[str, Operator]) -> None:
+    a, b, c = people["alice"], people["bob"], people["carol"]
+    env = {"RAMPART_KEY_PASSPHRASE": PASSPHRASE}
+    before = a.json("root", "show", "acme")
+    doc = a.json("account", "revoke", "bob", "--reason", "left the company")
+    assert doc["tenants"] == [before["tenant"]] and doc["sessions_ended"] >= 1
+    [proposal] = doc["proposals"]
+    assert proposal["version"] == before["version"] + 1 and proposal["removed"] == [b.keyid]
+    # bob's session is gone at once.
+    assert "log in again" in one_line_error(b.run("whoami"))
+    # The owners (threshold 2 since v3) sign and publish; bob's key is out of the root.
+    a.ok("root", "sign", "acme", "--yes", extra_env=env)
+    c.ok("root", "sign", "acme", "--yes", extra_env=env)
+    a.ok("root", "publish", "acme")
+    after = a.json("root", "show", "acme")
+    assert after["version"] == proposal["version"]
+    assert b.keyid not in {k["keyid"] for role in after["roles"].values() for k in role["keys"]}
+    # bob was MSP-wide staff: the alert is MSP-wide, listed and acknowledged by MSP staff.
+    assert not [x for x in a.json("alerts", "list", "acme") if x["kind"] == "account-disabled"]
+    alerts = a.json("alerts", "list")
+    [alert] = [x for x in alerts if x["kind"] == "account-disabled"]
+    assert "bob" in alert["subject"]
+    assert f"alert {alert['id']} acknowledged by alice" in a.ok("alerts", "ack", alert["id"]).stdout
+    assert a.json("alerts", "list", "--status", "acknowledged")[0]["id"] == alert["id"]
+    accounts = {x["username"]: x for x in a.json("account", "list")}
+    assert accounts["bob"]["status"] == "disabled"
