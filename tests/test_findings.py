@@ -564,11 +564,12 @@ def test_n2_inbound_ephemeral_ports_and_loopback_peers_are_not_rat_ports() -> No
         return Socket(proto="tcp", state=state, local_addr="127.0.0.1" if state == "listen" else "192.0.2.1",  # type: ignore[arg-type]
                       local_port=lport, remote_addr=raddr, remote_port=rport, inode=inode, uid=0, pid=pid)
 
-    procs = [_proc(10, "/usr/bin/curl")]
+    procs = [_proc(10, "/usr/bin/curl"), _proc(11, "/usr/bin/wget")]
     socks = [
         sock("listen", 22, "0.0.0.0", 0, 1),
         sock("established", 22, "192.0.2.9", 41641, 2),    # inbound ssh from Tailscale's port number
-        sock("established", 40000, "127.0.0.1", 5938, 3),  # loopback peer
+        sock("established", 40000, "127.0.0.1", 5938, 3, pid=11),  # loopback peer
+        sock("established", 40002, "::ffff:127.0.0.1", 5938, 5, pid=11),  # the same, IPv4-mapped
         sock("established", 40001, "192.0.2.7", 5938, 4),  # outbound to TeamViewer's port
     ]
     found = evaluate(_inv(processes=procs, sockets=socks), CATALOG, sanctioned=NOBODY, now=NOW)
