@@ -66,3 +66,22 @@ def test_N3_only_approved_networks_reach_the_tenant(server: RunningServer) -> No
         ok(on_vpn.put(f"/tenants/{t.id}/settings", json={"allowed_networks": []}))
     ok(t.tech.http.get(f"/tenants/{t.id}/devices"))
     assert "tenant.settings" in [e["kind"] for e in audit_events(owner, t.id)]
+
+
+def test_N3_forwarded_header_is_believed_only_from_a_trusted_proxy(server: RunningServer) -> None:
+    proxy = "127.0.0.3"
+    server.stop()
+    server.args = ["--trusted-proxy", f"{proxy}/32"]
+    server.start()
+    owner = bootstrap_owner(server)
+    t = setup_tenant(owner, "Acme")
+    office = {"X-Forwarded-For": "198.51.100.7"}
+    with server.client(owner.token, source=proxy) as via_proxy:
+        ok(via_proxy.put(f"/tenants/{t.id}/settings", headers=office,
+                         json={"allowed_networks": ["198.51.100.0/24"]}))
+        ok(via_proxy.get(f"/tenants/{t.id}/devices", headers=office))
+        r = via_proxy.get(f"/tenants/{t.id}/devices", headers={"X-Forwarded-For": "203.0.113.9"})
+        assert r.status_code == 403 and r.json()["code"] == "network-refused"
+    # Anyone else claiming to forward for the office is not believed.
+    r = owner.http.get(f"/tenants/{t.id}/devices", headers=office)
+    assert r.status_code == 403 and r.json()["code"] == "network-refused"

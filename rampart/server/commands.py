@@ -42,12 +42,26 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def parse_proxies(items: list[str]) -> list[str]:
+    """Validate ``--trusted-proxy`` networks (CIDR); return them normalised."""
+    out = []
+    for item in items:
+        try:
+            out.append(str(ipaddress.ip_network(item.strip(), strict=True)))
+        except ValueError:
+            raise SetupError("--trusted-proxy must be a network such as 10.0.0.5/32") from None
+    return out
+
+
 def run_server(data_dir: Path | str, host: str, port: int, tls: bool = True,
-               db_url: str | None = None, agent_listen: tuple[str, int] | None = None) -> None:
+               db_url: str | None = None, agent_listen: tuple[str, int] | None = None,
+               trusted_proxies: list[str] | None = None) -> None:
     """Serve the API, status page and agent gateway until interrupted (blocking).
 
     ``agent_listen`` adds the dedicated agent gateway listener (default in
-    ``rampart server run``: the API host, port + 1).
+    ``rampart server run``: the API host, port + 1). ``trusted_proxies``: only
+    requests from these networks may set the client address with
+    ``X-Forwarded-For`` (pacing and approved networks use it); none by default.
     """
     config = load_config(Path(data_dir))
     if db_url is not None:
@@ -59,7 +73,9 @@ def run_server(data_dir: Path | str, host: str, port: int, tls: bool = True,
     uv = uvicorn.Config(
         app, host=host, port=port, loop="uvloop", ws="websockets-sansio",
         ws_max_size=config.limits.max_ws_message_bytes, ws_per_message_deflate=False,
-        lifespan="on", proxy_headers=False, server_header=False, log_level="info",
+        lifespan="on", proxy_headers=bool(trusted_proxies),
+        forwarded_allow_ips=list(trusted_proxies or []) or None, server_header=False,
+        log_level="info",
         timeout_graceful_shutdown=5, **ssl,  # type: ignore[arg-type]
     )
     uvicorn.Server(uv).run()
@@ -134,6 +150,10 @@ def run_command(data: DataOpt,
                     "--agent-listen",
                     help="HOST:PORT of the agent gateway (default: --listen port + 1; 'off' to "
                          "serve agents only at /agent/v1/ws on --listen).")] = None,
+                trusted_proxy: Annotated[list[str] | None, typer.Option(
+                    "--trusted-proxy",
+                    help="Network (CIDR) of a reverse proxy whose X-Forwarded-For is believed "
+                         "(repeatable; default: none).")] = None,
                 ) -> None:
     """Serve HTTPS: API under /api/v1, status page at /, agents on the gateway port."""
     try:
@@ -144,7 +164,9 @@ def run_command(data: DataOpt,
             agent = None
         else:
             agent = parse_listen(agent_listen)
-        run_server(data, host, port, tls=not no_tls, db_url=db, agent_listen=agent)
+        proxies = parse_proxies(trusted_proxy or [])
+        run_server(data, host, port, tls=not no_tls, db_url=db, agent_listen=agent,
+                   trusted_proxies=proxies)
     except SetupError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

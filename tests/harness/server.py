@@ -60,6 +60,8 @@ class RunningServer:
     agent_port: int = field(default_factory=lambda: free_port())
     #: Extra environment for the server process (e.g. RAMPART_CLOCK_OFFSET_S).
     env: dict[str, str] = field(default_factory=dict)
+    #: Extra ``rampart server run`` arguments (e.g. --trusted-proxy).
+    args: list[str] = field(default_factory=list)
     _clients: list[httpx.Client] = field(default_factory=list)
 
     @property
@@ -91,7 +93,7 @@ class RunningServer:
     def start(self) -> None:
         cmd = [sys.executable, "-m", "rampart.server", "run", "--data", str(self.data_dir),
                "--listen", f"127.0.0.1:{self.port}", "--agent-listen",
-               f"127.0.0.1:{self.agent_port}"]
+               f"127.0.0.1:{self.agent_port}", *self.args]
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                      env={**_env(), **self.env}, cwd=REPO, start_new_session=True)
