@@ -225,10 +225,14 @@ def from_alert(row: AlertLike, *, tenant_name: str | None = None,
     }
     if row.severity not in SEVERITIES:
         raw["stored_severity"] = row.severity
-    for key, value in (("acked_by", row.acked_by), ("acked_at", row.acked_at),
-                       ("resolved_by", row.resolved_by), ("resolved_at", row.resolved_at)):
-        if value is not None:
-            raw[key] = _time(value) if key.endswith("_at") else value
+    if row.acked_by is not None:
+        raw["acked_by"] = row.acked_by
+    if row.acked_at is not None:
+        raw["acked_at"] = _time(row.acked_at)
+    if row.resolved_by is not None:
+        raw["resolved_by"] = row.resolved_by
+    if row.resolved_at is not None:
+        raw["resolved_at"] = _time(row.resolved_at)
     return Event(
         source="alert", id=_clip(row.id, limits.text), time=_time(row.last_seen),
         kind=_clip(row.kind, limits.text), severity=_severity(row.severity),
