@@ -524,6 +524,8 @@ def test_retry_policy_backs_off_and_gives_up() -> None:
     policy = RetryPolicy(base=10.0, factor=2.0, max_delay=100.0, max_attempts=5, jitter=0.0)
     assert [policy.delay(n) for n in range(1, 7)] == [10.0, 20.0, 40.0, 80.0, 100.0, 100.0]
     assert policy.delay(10**9) == 100.0
+    assert RetryPolicy(base=5.0, factor=1.0, jitter=0.0).delay(10**12) == 5.0
+    assert RetryPolicy(base=1.0, factor=1.0001, max_delay=2.0, jitter=0.0).delay(10**12) == 2.0
     failed = DeliveryResult.failure("x", retryable=True)
     assert policy.next_attempt(1, failed, 1000.0) == 1010.0
     assert policy.next_attempt(5, failed, 1000.0) is None

@@ -14,6 +14,7 @@ password or a message body; it is safe to log and to show.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from typing import Final
 
@@ -75,12 +76,12 @@ class RetryPolicy:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
         if attempt < 1:
             raise ValueError("attempts are counted from 1")
-        # factor ** (attempt - 1) overflows for large attempts: cap the exponent first.
-        exponent = 0
-        raw = self.base
-        while exponent < attempt - 1 and raw < self.max_delay:
-            raw *= self.factor
-            exponent += 1
+        # factor ** (attempt - 1) overflows for large attempts: cap the exponent where the delay caps.
+        if self.factor == 1.0 or self.base == self.max_delay:
+            raw = self.base
+        else:
+            cap = math.ceil(math.log(self.max_delay / self.base, self.factor))
+            raw = self.base * self.factor ** min(attempt - 1, cap)
         delay = min(raw, self.max_delay)
         if self.jitter:
             digest = hashlib.sha256(f"{key}\0{attempt}".encode()).digest()
