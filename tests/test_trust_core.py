@@ -31,6 +31,13 @@ from rampart.trust.payloads import (
 NOW = int(time.time())
 
 
+@pytest.fixture(autouse=True)
+def _fresh_now() -> None:
+    """Each test's "now" is when it runs, not when the module was collected minutes earlier."""
+    global NOW
+    NOW = int(time.time())
+
+
 # --- DSSE ---------------------------------------------------------------------------------
 
 

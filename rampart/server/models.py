@@ -283,3 +283,107 @@ class AlertRow(Base):
     acked_at: Mapped[float | None] = mapped_column(Float)
     resolved_by: Mapped[str | None] = mapped_column(String(64))
     resolved_at: Mapped[float | None] = mapped_column(Float)
+
+
+# --- monitoring, inventory and detection (issue 5) ----------------------------------------------
+
+class DeviceInventory(Base):
+    """The latest materialised inventory of a device (msgspec-encoded ``Inventory``).
+
+    ``digest`` is the SHA-256 the agent computed for the snapshot it holds as
+    acknowledged; deltas newer than the snapshot wait in ``inventory_deltas``.
+    """
+
+    __tablename__ = "device_inventory"
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), primary_key=True)
+    digest: Mapped[str] = mapped_column(HASH)
+    snapshot: Mapped[bytes] = mapped_column(LargeBinary)
+    snapshot_at: Mapped[float] = mapped_column(Float)
+    #: Digest of the newest state received (snapshot plus pending deltas).
+    head: Mapped[str] = mapped_column(HASH)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class InventoryDelta(Base):
+    """One acknowledged inventory delta, kept until folded into the snapshot."""
+
+    __tablename__ = "inventory_deltas"
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    base: Mapped[str] = mapped_column(HASH)
+    result: Mapped[str] = mapped_column(HASH)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    received_at: Mapped[float] = mapped_column(Float)
+
+
+class FindingRow(Base):
+    """A detection on a device, open while the agent keeps reporting it."""
+
+    __tablename__ = "findings"
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(512), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    severity: Mapped[str] = mapped_column(String(16))
+    tool: Mapped[str] = mapped_column(String(64))
+    subject: Mapped[str] = mapped_column(String(300))
+    evidence: Mapped[str] = mapped_column(Text)
+    first_seen: Mapped[float] = mapped_column(Float)
+    last_seen: Mapped[float] = mapped_column(Float)
+    resolved_at: Mapped[float | None] = mapped_column(Float)
+
+
+class SanctionedTool(Base):
+    """A remote access tool the tenant uses on purpose (H1): not reported as unsanctioned."""
+
+    __tablename__ = "sanctioned_tools"
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
+    slug: Mapped[str] = mapped_column(String(64), primary_key=True)
+    added_by: Mapped[str] = mapped_column(String(64))
+    added_at: Mapped[float] = mapped_column(Float)
+
+
+class MonitorCheck(Base):
+    """A classic RMM check (disk, cpu, memory, service, tcp port) on a tenant's devices."""
+
+    __tablename__ = "checks"
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    device_id: Mapped[str | None] = mapped_column(ForeignKey("devices.id"))
+    kind: Mapped[str] = mapped_column(String(16))
+    params: Mapped[str] = mapped_column(Text)
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class NotifyTarget(Base):
+    """Where alerts go: a webhook, e-mail recipients or a syslog forwarder (no secret inline)."""
+
+    __tablename__ = "notify_targets"
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    tenant_id: Mapped[str | None] = mapped_column(ForeignKey("tenants.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(128))
+    config: Mapped[str] = mapped_column(Text)
+    min_severity: Mapped[str] = mapped_column(String(16))
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class Delivery(Base):
+    """One alert to one target: the outbox with retries (exactly one row per pair)."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (UniqueConstraint("target_id", "alert_id", "alert_count"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    target_id: Mapped[str] = mapped_column(ForeignKey("notify_targets.id", ondelete="CASCADE"),
+                                           index=True)
+    alert_id: Mapped[str] = mapped_column(ForeignKey("alerts.id"))
+    #: The alert's count when queued: a re-raised alert is delivered again.
+    alert_count: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    attempts: Mapped[int] = mapped_column(Integer)
+    next_attempt_at: Mapped[float] = mapped_column(Float)
+    last_detail: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[float] = mapped_column(Float)
+    delivered_at: Mapped[float | None] = mapped_column(Float)
