@@ -1,7 +1,9 @@
 """Alerts: stored, de-duplicated, with a lifecycle (open → acknowledged → resolved).
 
 An alert with the same (tenant, dedup key) as one still open or acknowledged
-is not stored twice: its count and last-seen time grow instead. Who
+is not stored twice: its count and last-seen time grow instead. A new alert
+is queued for every matching notification target in the same transaction
+(:func:`rampart.server.notifier.enqueue`). Who
 acknowledged or resolved it, and when, is kept. Alerts of MSP-wide concern
 (an MSP-wide account locked out, say) have no tenant and are visible to
 MSP-wide staff only.
@@ -22,6 +24,7 @@ from rampart.trust.ids import new_id
 
 from .errors import Conflict
 from .models import AlertRow
+from .notifier import enqueue
 
 Severity = Literal["info", "warning", "critical"]
 LIVE = ("open", "acknowledged")
@@ -47,6 +50,8 @@ def raise_alert(s: Session, tenant_ids: Iterable[str | None], *, kind: str, seve
                            dedup_key=key, subject=subject[:256], detail=detail[:MAX_DETAIL],
                            status="open", count=1, first_seen=now, last_seen=now)
             s.add(row)
+            s.flush()
+            enqueue(s, row, now)  # delivered by the notifier; queued with the alert itself
         out.append(row)
     s.flush()
     return out

@@ -31,7 +31,7 @@ from rampart import __version__
 from . import clock, throttle
 from .access import sweep_dormant
 from .alerts import raise_alert
-from .api import accounts, alerts, audit, devices, grants, jobs, tenants
+from .api import accounts, alerts, audit, devices, grants, jobs, notify, tenants
 from .api import auth as auth_api
 from .api.schemas import HealthOut
 from .audit import SERVER_LOG, AuditLog
@@ -43,6 +43,7 @@ from .errors import Refusal, ServerError, TooManyRequests
 from .gateway import Gateway
 from .gateway_listener import server_ssl_context, start_gateway_listener
 from .keystore import LogKeyStore
+from .notifier import Notifier
 from .setup import cert_sha256_of
 from .status_page import router as status_router
 
@@ -183,6 +184,20 @@ async def _housekeeping_cadence(ctx: ServerContext) -> None:
         await asyncio.sleep(ctx.limits.housekeeping_interval_s)
 
 
+async def _notify_cadence(ctx: ServerContext) -> None:
+    """Deliver queued alerts and forward events to SIEM targets, every couple of seconds."""
+    notifier = Notifier(ctx.store, ctx.config)
+    try:
+        while True:
+            try:
+                await asyncio.to_thread(notifier.run_once, clock.now())
+            except Exception:
+                log.exception("alert delivery pass failed; retrying")
+            await asyncio.sleep(ctx.limits.notify_interval_s)
+    finally:
+        await asyncio.to_thread(notifier.close)
+
+
 async def _checkpoint_cadence(ctx: ServerContext) -> None:
     while True:
         await asyncio.sleep(ctx.limits.checkpoint_interval_s)
@@ -220,6 +235,7 @@ def create_app(data_dir: Path | str, *, config: ServerConfig | None = None,
         await asyncio.to_thread(ctx.audit.sign_due, clock.now())
         cadence = asyncio.create_task(_checkpoint_cadence(ctx))
         chores = asyncio.create_task(_housekeeping_cadence(ctx))
+        notifying = asyncio.create_task(_notify_cadence(ctx))
         listener = None
         if agent_listen is not None:
             ssl_ctx = server_ssl_context(str(ctx.config.cert_path), str(ctx.config.key_path)) \
@@ -233,7 +249,7 @@ def create_app(data_dir: Path | str, *, config: ServerConfig | None = None,
                 listener.close()
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(listener.wait_closed(), 5)
-            for task in (cadence, chores):
+            for task in (cadence, chores, notifying):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -250,7 +266,7 @@ def create_app(data_dir: Path | str, *, config: ServerConfig | None = None,
     def health() -> HealthOut:
         return HealthOut(status="ok", version=__version__)
 
-    for module in (auth_api, accounts, tenants, devices, grants, jobs, audit, alerts):
+    for module in (auth_api, accounts, tenants, devices, grants, jobs, audit, alerts, notify):
         api.include_router(module.router)
     app.include_router(api)
     app.include_router(devices.agent_router)

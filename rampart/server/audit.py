@@ -49,6 +49,8 @@ EVENT_KINDS = frozenset({
     "account.enabled", "account.locked", "account.unlocked", "account.revoked",
     "login.network-refused", "access.network-refused", "tenant.settings", "grant.revoked",
     "alert.acknowledged", "alert.resolved",
+    # alert delivery (docs/monitoring.md)
+    "notify.target-added", "notify.target-removed",
 })
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .errors import SetupError
 
@@ -46,6 +47,8 @@ class ServerLimits:
     checkpoint_interval_s: float = 60.0
     #: Dormant-account sweep and pacing cleanup (also run once at start).
     housekeeping_interval_s: float = 600.0
+    #: How often queued alerts are delivered and events forwarded to SIEM targets.
+    notify_interval_s: float = 2.0
     min_password_chars: int = 12
     max_password_chars: int = 1024
 
@@ -58,6 +61,9 @@ class ServerConfig:
     limits: ServerLimits = field(default_factory=ServerLimits)
     #: M5: allow one operator key in several tenants' roots (off: one key per tenant).
     shared_operator_keys: bool = False
+    #: SMTP relay for alert e-mail: host, port, from, starttls, implicit_tls, username,
+    #: password_env (the name of an environment variable; never the password itself).
+    smtp: dict[str, Any] | None = None
 
     @property
     def cert_path(self) -> Path:
@@ -107,7 +113,27 @@ def load_config(data_dir: Path) -> ServerConfig:
     if not isinstance(shared, bool):
         raise SetupError(f"{path}: shared_operator_keys must be true or false")
     return ServerConfig(data_dir=data_dir, db_url=normalise_db_url(doc["db_url"]),
-                        public_url=public, shared_operator_keys=shared)
+                        public_url=public, shared_operator_keys=shared,
+                        smtp=_smtp(doc.get("smtp"), path))
+
+
+SMTP_KEYS = {"host": str, "port": int, "from": str, "starttls": bool, "implicit_tls": bool,
+             "username": str, "password_env": str}
+
+
+def _smtp(doc: object, path: Path) -> dict[str, Any] | None:
+    """Validate the ``smtp`` section (checked again, fully, when a message is sent)."""
+    if doc is None:
+        return None
+    if isinstance(doc, dict) and "password" in doc:
+        raise SetupError(f"{path}: put the SMTP password in an environment variable (password_env)")
+    if not isinstance(doc, dict) or set(doc) - set(SMTP_KEYS) or not {"host", "from"} <= set(doc):
+        raise SetupError(f"{path}: smtp must be an object with host and from (and optionally "
+                         "port, starttls, implicit_tls, username, password_env)")
+    for key, typ in SMTP_KEYS.items():
+        if key in doc and doc[key] is not None and not isinstance(doc[key], typ):
+            raise SetupError(f"{path}: smtp.{key} must be a {typ.__name__}")
+    return dict(doc)
 
 
 def write_config(data_dir: Path, db_url: str) -> None:

@@ -43,6 +43,7 @@ PERMISSIONS: Final[dict[str, frozenset[str]]] = {
     # audit log and alerts
     "checkpoint.sign": _STAFF,
     "alert.manage": _STAFF,
+    "notify.manage": frozenset({"owner"}),
 }
 
 

@@ -370,3 +370,48 @@ class AlertOut(BaseModel):
     acked_at: float | None
     resolved_by: str | None
     resolved_at: float | None
+
+
+# --- alert delivery and SIEM export -----------------------------------------------------
+
+TARGET_ID = r"^nt-[0-9a-z]{16,64}$"
+SeverityName = Literal["info", "warning", "critical"]
+
+
+class NotifyTargetIn(In):
+    """A webhook (``url``), e-mail (``recipients``) or syslog forwarder (``host``, ``port``)."""
+
+    kind: Literal["webhook", "email", "syslog"]
+    name: Annotated[str, Field(min_length=1, max_length=128)]
+    min_severity: SeverityName = "warning"
+    url: Annotated[str, Field(max_length=2048)] | None = None
+    recipients: Annotated[list[Annotated[str, Field(max_length=254)]], Field(max_length=20)] | None = None
+    host: Annotated[str, Field(max_length=253)] | None = None
+    port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    format: Literal["syslog", "cef", "jsonl"] = "syslog"
+    tls: bool = False
+
+
+class NotifyTargetOut(BaseModel):
+    id: str
+    tenant: str | None
+    kind: str
+    name: str
+    min_severity: str
+    config: dict[str, Any]
+    created_by: str
+    created_at: float
+    delivered: int
+    pending: int
+    failed: int
+    last_detail: str | None
+
+
+class NotifyTargetCreatedOut(NotifyTargetOut):
+    #: The webhook's HMAC secret, shown this once (None for other kinds).
+    secret: str | None = None
+
+
+class DeliveryResultOut(BaseModel):
+    ok: bool
+    detail: str
