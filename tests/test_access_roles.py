@@ -89,6 +89,13 @@ EXPECTED: dict[tuple[str, str], frozenset[str] | None] = {
     ("get", "/api/v1/alerts"): ALL,
     ("post", "/api/v1/alerts/{a}/ack"): STAFF,
     ("post", "/api/v1/alerts/{a}/resolve"): STAFF,
+    ("post", "/api/v1/tenants/{t}/notify-targets"): OWNER,
+    ("get", "/api/v1/tenants/{t}/notify-targets"): ALL,
+    ("post", "/api/v1/notify-targets"): OWNER,
+    ("get", "/api/v1/notify-targets"): ALL,  # MSP-wide staff; tenant-scoped accounts get 404
+    ("delete", "/api/v1/notify-targets/{n}"): OWNER,
+    ("post", "/api/v1/notify-targets/{n}/test"): OWNER,
+    ("get", "/api/v1/tenants/{t}/events"): ALL,
 }
 
 QUERY = {"start": 0, "limit": 10, "old": 0, "new": 1, "index": 0, "size": 1}
@@ -111,7 +118,10 @@ def test_M3_every_route_enforces_the_roles_table(server: RunningServer) -> None:
     owner.create_account("spare2", "viewer", [t.id])
     ok(owner.http.post("/accounts/spare2/revoke", json={"reason": "alert for the walk"}))
     [alert] = ok(owner.http.get(f"/tenants/{t.id}/alerts"))
-    ids = {"t": t.id, "g": grant, "j": job_id, "d": device, "username": "spare", "a": alert["id"]}
+    target = ok(owner.http.post(f"/tenants/{t.id}/notify-targets", json={
+        "kind": "syslog", "name": "walk", "host": "127.0.0.1", "port": 9}))
+    ids = {"t": t.id, "g": grant, "j": job_id, "d": device, "username": "spare", "a": alert["id"],
+           "n": target["id"]}
 
     def fresh_job() -> dict[str, Any]:
         e, p, _ = signed_job(t, grant, [device])
@@ -142,6 +152,10 @@ def test_M3_every_route_enforces_the_roles_table(server: RunningServer) -> None:
         ("post", "/api/v1/grants/{g}/signatures"): lambda: {"envelope": grant_env},
         ("post", "/api/v1/grants/{g}/revocation"): revocation,
         ("post", "/api/v1/tenants/{t}/jobs"): fresh_job,
+        ("post", "/api/v1/tenants/{t}/notify-targets"): lambda: {
+            "kind": "syslog", "name": "walk", "host": "127.0.0.1", "port": 9},
+        ("post", "/api/v1/notify-targets"): lambda: {
+            "kind": "syslog", "name": "soc", "host": "127.0.0.1", "port": 9},
     }
 
     spec = ok(server.client(api=False).get("/openapi.json"))
@@ -150,12 +164,16 @@ def test_M3_every_route_enforces_the_roles_table(server: RunningServer) -> None:
                                      routes ^ set(EXPECTED))
     checked = 0
     # Read-only calls first, then state changes; logout last (it ends the session).
-    order = sorted(EXPECTED, key=lambda k: (k[0] != "get", k[1].endswith("/logout"), k[1]))
+    order = sorted(EXPECTED, key=lambda k: (k[0] != "get", k[1].endswith("/logout"),
+                                            k[0] == "delete", k[1]))
     for method, path in order:
         allowed = EXPECTED[(method, path)]
         if allowed is None:
             continue
-        for role, person in people.items():
+        # A deletion by an allowed role would leave nothing for the others: allowed roles last.
+        walk = sorted(people.items(), key=lambda rp: rp[0] in allowed) if method == "delete" \
+            else list(people.items())
+        for role, person in walk:
             url = path.format(**ids).removeprefix("/api/v1")
             kwargs: dict[str, Any] = {"params": QUERY} if method == "get" else {}
             make = bodies.get((method, path))

@@ -38,12 +38,14 @@ def world(server: RunningServer) -> dict[str, Any]:
     msp.create_account("b-spare", "viewer", [b.id])
     ok(msp.http.post("/accounts/b-spare/revoke", json={"reason": "left"}))
     [alert] = ok(msp.http.get(f"/tenants/{b.id}/alerts"))
+    target = ok(msp.http.post(f"/tenants/{b.id}/notify-targets", json={
+        "kind": "syslog", "name": "b-siem", "host": "127.0.0.1", "port": 9}))
     a = setup_tenant(msp, "Alpha", prefix="a-")
     a_owner = msp.create_account("a-owner", "owner", [a.id])
     a_viewer = msp.create_account("a-viewer", "viewer", [a.id])
     grant = ok(b.tech.http.get(f"/grants/{gid}"))
     return {"msp": msp, "a": a, "b": b, "device": device, "grant": grant, "job": job_id,
-            "job_env": env, "payloads": payloads, "alert": alert["id"],
+            "job_env": env, "payloads": payloads, "alert": alert["id"], "target": target["id"],
             "users": [a_owner, a.approver, a.tech, a_viewer]}
 
 
@@ -69,6 +71,10 @@ def _bodies(w: dict[str, Any]) -> dict[tuple[str, str], Any]:
         ("post", "/api/v1/accounts/{username}/enable"): None,
         ("post", "/api/v1/alerts/{a}/ack"): None,
         ("post", "/api/v1/alerts/{a}/resolve"): None,
+        ("post", "/api/v1/tenants/{t}/notify-targets"): {
+            "kind": "syslog", "name": "x", "host": "127.0.0.1", "port": 9},
+        ("delete", "/api/v1/notify-targets/{n}"): None,
+        ("post", "/api/v1/notify-targets/{n}/test"): None,
     }
 
 
@@ -78,6 +84,7 @@ def _b_state(w: dict[str, Any]) -> Any:
     return (ok(msp.http.get(f"/tenants/{b.id}/audit/checkpoint"))["size"],
             ok(msp.http.get(f"/tenants/{b.id}/alerts", params={"status": "all"})),
             ok(msp.http.get(f"/tenants/{b.id}/settings")),
+            ok(msp.http.get(f"/tenants/{b.id}/notify-targets")),
             [(x["username"], x["status"]) for x in ok(msp.http.get("/accounts"))],
             ok(msp.http.get(f"/tenants/{b.id}/devices")),
             ok(msp.http.get(f"/tenants/{b.id}/roots")),
@@ -88,7 +95,7 @@ def test_T12_every_tenant_route_refuses_another_tenants_ids(
         server: RunningServer, world: dict[str, Any]) -> None:
     b: TenantSetup = world["b"]
     ids = {"t": b.id, "g": world["grant"]["id"], "j": world["job"], "d": world["device"],
-           "username": b.tech.username, "a": world["alert"]}
+           "username": b.tech.username, "a": world["alert"], "n": world["target"]}
     secret_ids = set(ids.values())
     before = _b_state(world)
     spec = ok(server.client(api=False).get("/openapi.json"))

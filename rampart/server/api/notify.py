@@ -86,6 +86,7 @@ def _msp_only(caller: Caller) -> None:
 @router.post("/notify-targets", response_model=NotifyTargetCreatedOut)
 def add_msp_target(body: NotifyTargetIn, caller: CallerDep, ctx: Ctx) -> NotifyTargetCreatedOut:
     """An MSP-wide target: every tenant's alerts (a SOC). MSP-wide owners only."""
+    caller.require_perm("notify.manage")
     _msp_only(caller)
     with ctx.store.transaction() as s:
         return _create(ctx, caller, None, body, s)
