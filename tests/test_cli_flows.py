@@ -768,3 +768,30 @@ def test_S2_account_revoke_proposes_roots_without_the_keys(people: dict[str, Ope
     assert a.json("alerts", "list", "--status", "acknowledged")[0]["id"] == alert["id"]
     accounts = {x["username"]: x for x in a.json("account", "list")}
     assert accounts["bob"]["status"] == "disabled"
+
+
+# --- alert delivery and SIEM export (issue 5) ------------------------------------------------
+
+
+def test_G2_events_export_and_notify_targets_from_the_cli(people: dict[str, Operator],
+                                                         tmp_path: Path) -> None:
+    from test_notify import parse_cef, parse_syslog
+
+    a = people["alice"]
+    out = tmp_path / "acme.cef"
+    r = a.ok("events", "export", "acme", "--format", "cef", "--output", str(out))
+    lines = out.read_text().splitlines()
+    assert f"{len(lines)} events written" in r.stdout and len(lines) > 10
+    kinds = {parse_cef(line)[0][4] for line in lines}
+    assert {"audit:tenant.created", "audit:grant.revoked", "audit:account.revoked"} <= kinds
+    syslog_lines = a.ok("events", "export", "acme", "--format", "syslog", "--limit", "3").stdout
+    assert [parse_syslog(x).app for x in syslog_lines.splitlines()] == ["rampart"] * 3
+    assert "--format must be" in one_line_error(a.run("events", "export", "acme", "--format", "xml"))
+    doc = a.json("alerts", "notify", "add", "acme", "--webhook", "http://127.0.0.1:9/hook",
+                 "--name", "ticketing")
+    assert doc["kind"] == "webhook" and len(doc["secret"]) == 64
+    listed = a.json("alerts", "notify", "list", "acme")
+    assert [x["name"] for x in listed] == ["ticketing"] and "secret" not in listed[0]
+    assert "not delivered" in one_line_error(a.run("alerts", "notify", "test", doc["id"]))
+    a.ok("alerts", "notify", "remove", doc["id"])
+    assert a.json("alerts", "notify", "list", "acme") == []

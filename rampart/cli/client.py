@@ -148,7 +148,8 @@ class Client:
         output.note("step-up verified for 5 minutes")
 
     def request(self, method: str, path: str, *, json: Any = None,
-                params: dict[str, Any] | None = None, _retried: bool = False) -> Any:
+                params: dict[str, Any] | None = None, _retried: bool = False,
+                text: bool = False) -> Any:
         url = API_PREFIX + path
         try:
             resp = self._http.request(method, url, json=json, params=params)
@@ -167,7 +168,7 @@ class Client:
         if (resp.status_code == 403 and _code(resp) == STEP_UP_CODE and self._token
                 and path != STEP_UP_PATH and not _retried):
             self.step_up(_detail(resp))
-            return self.request(method, path, json=json, params=params, _retried=True)
+            return self.request(method, path, json=json, params=params, _retried=True, text=text)
         if resp.status_code == 429:
             wait = resp.headers.get("retry-after", "")
             raise ServerProblem(f"server refused: {_detail(resp)} (HTTP 429"
@@ -183,6 +184,8 @@ class Client:
                 raise ServerProblem(f"{detail} (HTTP 401)", 401)
             raise ServerProblem(f"server refused: {detail} (HTTP {resp.status_code})",
                                 resp.status_code)
+        if text:
+            return resp.text
         if resp.status_code == 204 or not resp.content:
             return None
         try:
@@ -193,6 +196,11 @@ class Client:
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params={k: v for k, v in params.items() if v is not None}
                             or None)
+
+    def get_text(self, path: str, **params: Any) -> str:
+        """A plain-text answer (e.g. an event export), errors handled as for JSON."""
+        return str(self.request("GET", path, params={k: v for k, v in params.items()
+                                                      if v is not None} or None, text=True))
 
     def post(self, path: str, body: Any = None) -> Any:
         return self.request("POST", path, json=body if body is not None else {})

@@ -18,7 +18,17 @@ import typer
 
 from rampart.trust import TrustError
 
-from . import access_cmds, audit_cmds, auth_cmds, grant_cmds, job_cmds, root_cmds, tenant_cmds, up
+from . import (
+    access_cmds,
+    audit_cmds,
+    auth_cmds,
+    grant_cmds,
+    job_cmds,
+    notify_cmds,
+    root_cmds,
+    tenant_cmds,
+    up,
+)
 from .common import set_config_dir
 from .errors import CliError
 
@@ -68,6 +78,7 @@ job_cmds.register(app)
 audit_cmds.register(app)
 up.register(app)
 access_cmds.register(app)
+notify_cmds.register(app)
 
 
 def _fail(message: str, code: int) -> int:
