@@ -302,6 +302,8 @@ class DeviceInventory(Base):
     #: Digest of the newest state received (snapshot plus pending deltas).
     head: Mapped[str] = mapped_column(HASH)
     updated_at: Mapped[float] = mapped_column(Float)
+    #: JSON list of the catalogued tools present at the last report, sanctioned or not (migration 0004).
+    tools: Mapped[str] = mapped_column(Text, default="[]")
 
 
 class InventoryDelta(Base):
