@@ -2,7 +2,8 @@
 
 Data directory layout (docs/design/protocol.md, "Server data directory")::
 
-    DIR/config.json     {"db_url": ..., "public_url": null, "shared_operator_keys": false}
+    DIR/config.json     {"db_url": ..., "public_url": null, "shared_operator_keys": false,
+                         "inventory_interval_s": 300 (optional; the agents' interval)}
     DIR/tls/cert.pem    self-signed ECDSA P-256 certificate
     DIR/tls/key.pem     0600
     DIR/keys/           0700; log-<log id>.key, 0600 each
@@ -23,6 +24,7 @@ from .errors import SetupError
 
 CONFIG_FILE = "config.json"
 MAX_CONFIG_BYTES = 64 * 1024
+DEFAULT_INVENTORY_INTERVAL_S = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +53,23 @@ class ServerLimits:
     notify_interval_s: float = 2.0
     min_password_chars: int = 12
     max_password_chars: int = 1024
+    # --- telemetry (docs/design/telemetry.md) ---
+    #: The agents' inventory interval; an agent is overdue or offline after ``overdue_intervals`` of them.
+    inventory_interval_s: float = DEFAULT_INVENTORY_INTERVAL_S
+    overdue_intervals: float = 2.0
+    #: How often overdue/offline agents are looked for and detection configurations re-checked.
+    telemetry_sweep_interval_s: float = 60.0
+    #: Largest decompressed inventory report (zlib output is cut here before any decoding).
+    max_inventory_bytes: int = 64 << 20
+    #: Inventory reports per agent connection: a burst, then one more per ``inventory_refill_s``.
+    inventory_burst: int = 20
+    inventory_refill_s: float = 15.0
+    #: Pending deltas after which a device's snapshot is materialised in the background.
+    inventory_compact_after: int = 64
+
+    @property
+    def overdue_after_s(self) -> float:
+        return self.inventory_interval_s * self.overdue_intervals
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,9 +131,14 @@ def load_config(data_dir: Path) -> ServerConfig:
     shared = doc.get("shared_operator_keys", False)
     if not isinstance(shared, bool):
         raise SetupError(f"{path}: shared_operator_keys must be true or false")
+    interval = doc.get("inventory_interval_s", DEFAULT_INVENTORY_INTERVAL_S)
+    if (isinstance(interval, bool) or not isinstance(interval, int | float)
+            or not 1 <= interval <= 86400):
+        raise SetupError(f"{path}: inventory_interval_s must be a number of seconds in 1..86400")
     return ServerConfig(data_dir=data_dir, db_url=normalise_db_url(doc["db_url"]),
                         public_url=public, shared_operator_keys=shared,
-                        smtp=_smtp(doc.get("smtp"), path))
+                        smtp=_smtp(doc.get("smtp"), path),
+                        limits=ServerLimits(inventory_interval_s=float(interval)))
 
 
 SMTP_KEYS = {"host": str, "port": int, "from": str, "starttls": bool, "implicit_tls": bool,
