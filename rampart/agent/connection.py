@@ -3,7 +3,9 @@
 The connection carries no authority: whatever arrives is verified by
 :class:`rampart.agent.core.Agent` before anything happens. Receipts stay in
 the durable outbox until the server acknowledges them and are resent on
-every reconnect.
+every reconnect. Telemetry messages (``detection``, ``inventory-ack``,
+``inventory-full``, ``inventory-request``) go to
+:class:`rampart.agent.telemetry.Telemetry`; none of them makes the agent act.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from websockets.exceptions import WebSocketException
 
 from .core import Agent
 from .enroll import AGENT_VERSION
+from .telemetry import Telemetry
 
 log = logging.getLogger("rampart.agent")
 
@@ -45,8 +48,10 @@ class Link:
     """One agent's session loop."""
 
     def __init__(self, agent: Agent, server_url: str, ssl_context: ssl.SSLContext, *,
-                 gateway_url: str | None = None) -> None:
+                 gateway_url: str | None = None, telemetry: Telemetry | None = None) -> None:
         self.agent = agent
+        self.telemetry = telemetry
+        self._detection_seen = False
         self.url = gateway_url or (
             server_url.replace("https://", "wss://", 1).rstrip("/") + "/agent/v1/ws")
         self.ssl = ssl_context
@@ -57,6 +62,7 @@ class Link:
     async def run(self, stop: asyncio.Event) -> None:
         await asyncio.to_thread(self.agent.recover_interrupted)
         worker = asyncio.create_task(self._work())
+        reporter = asyncio.create_task(self.telemetry.run()) if self.telemetry is not None else None
         delays = backoff_delays()
         try:
             while not stop.is_set():
@@ -74,6 +80,8 @@ class Link:
                     pass
         finally:
             worker.cancel()
+            if reporter is not None:
+                reporter.cancel()
 
     async def _session(self, stop: asyncio.Event) -> None:
         async with connect(self.url, ssl=self.ssl, max_size=MAX_MESSAGE, open_timeout=15,
@@ -87,6 +95,7 @@ class Link:
                 "sig": base64.b64encode(sig).decode(), "agent_version": AGENT_VERSION,
                 "root_version": self.agent.root_version(),
                 "checkpoint_size": self.agent.checkpoint_size(),
+                "catalog_sha256": self.telemetry.catalog_sha256 if self.telemetry is not None else "",
             }))
             welcome = json.loads(await asyncio.wait_for(ws.recv(), 15))
             if welcome.get("type") != "welcome":
@@ -94,6 +103,9 @@ class Link:
             log.info("connected to %s as %s (%s)", self.url, self.agent.device_id,
                      welcome.get("status"))
             self.ws = ws
+            self._detection_seen = False
+            if self.telemetry is not None:
+                self.telemetry.attach(ws.send)
             for pending in await asyncio.to_thread(self.agent.state.unacked_receipts):
                 await self._send_receipt(pending.job_id, pending.receipt)
             stopper = asyncio.create_task(stop.wait())
@@ -107,6 +119,8 @@ class Link:
                     await self._dispatch(json.loads(recv.result()))
             finally:
                 stopper.cancel()
+                if self.telemetry is not None:
+                    self.telemetry.detach()
 
     async def _dispatch(self, msg: Any) -> None:
         if not isinstance(msg, dict):
@@ -129,6 +143,24 @@ class Link:
                 await asyncio.to_thread(self.agent.apply_revocations, envs)
             except Exception as exc:  # keep serving; a later push or reconnect brings them again
                 log.warning("could not store revocations: %s", exc)
+        elif kind == "error":
+            log.warning("the server refused a message: %s", str(msg.get("detail", ""))[:300])
+        elif self.telemetry is not None:
+            await self._telemetry_message(kind, msg)
+
+    async def _telemetry_message(self, kind: object, msg: dict[str, Any]) -> None:
+        assert self.telemetry is not None
+        if kind == "detection":
+            first = not self._detection_seen
+            self._detection_seen = True
+            await self.telemetry.on_detection(msg, first_on_connection=first)
+        elif kind == "inventory-ack":
+            self.telemetry.on_ack(msg.get("result"))
+        elif kind == "inventory-full":
+            self.telemetry.on_full()
+        elif kind == "inventory-request":
+            log.info("the server asked for an inventory")
+            self.telemetry.request()
 
     async def _send_state(self) -> None:
         if self.ws is not None:

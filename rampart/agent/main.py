@@ -3,7 +3,7 @@
     rampart-agent enroll --server URL --token TOKEN --root-sha256 HASH --cert-sha256 FP --state DIR
                          [--write-root PATH]... [--allow-root] [--no-network]
                          [--job-user USER] [--require-containment full|filesystem|none]
-    rampart-agent run --state DIR
+    rampart-agent run --state DIR [--inventory-interval SECONDS]
     rampart-agent status --state DIR [--json]
 
 Secrets are never taken from the command line except the one-time enrolment
@@ -28,6 +28,7 @@ from . import containment
 from .core import Agent, DeviceConfig
 from .enroll import EnrollError, enroll, load_certificate
 from .state import AgentState, StateError
+from .telemetry import DEFAULT_INTERVAL_S, Telemetry
 
 DEFAULT_STATE = "/var/lib/rampart-agent"
 
@@ -42,6 +43,16 @@ def _default_job_user() -> str | None:
         except KeyError:
             continue
     return None
+
+
+def _interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be a number of seconds") from None
+    if not 1 <= value <= 86400:
+        raise argparse.ArgumentTypeError("must be between 1 and 86400 seconds")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -62,6 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--max-timeout", type=int, default=3600)
     r = sub.add_parser("run", help="run the agent")
     r.add_argument("--state", default=DEFAULT_STATE)
+    r.add_argument("--inventory-interval", type=_interval, default=DEFAULT_INTERVAL_S, metavar="SECONDS",
+                   help="seconds between inventories, jittered by ±20%% (default 300)")
     s = sub.add_parser("status", help="show the agent's enrolment and trust state")
     s.add_argument("--state", default=DEFAULT_STATE)
     s.add_argument("--json", action="store_true")
@@ -118,8 +131,9 @@ def cmd_run(a: argparse.Namespace) -> int:
     finally:
         st.close()
     agent = Agent(state_dir)
+    telemetry = Telemetry(agent, interval_s=a.inventory_interval)
     link = Link(agent, server, tlspin.pinned_context(load_certificate(state_dir)),
-                gateway_url=gateway)
+                gateway_url=gateway, telemetry=telemetry)
 
     async def main() -> None:
         stop = asyncio.Event()
