@@ -26,6 +26,7 @@ from . import (
     job_cmds,
     notify_cmds,
     root_cmds,
+    sbom_cmds,
     tenant_cmds,
     up,
 )
@@ -79,6 +80,7 @@ audit_cmds.register(app)
 up.register(app)
 access_cmds.register(app)
 notify_cmds.register(app)
+sbom_cmds.register(app)
 
 
 def _fail(message: str, code: int) -> int:
