@@ -1,9 +1,9 @@
 # Benchmarks print their numbers and write them to bench/results/.
 PY ?= .venv/bin/python
 
-.PHONY: bench bench-trust bench-merkle bench-fleet test up
+.PHONY: bench bench-trust bench-merkle bench-fleet bench-inventory test up sbom
 
-bench: bench-trust bench-merkle bench-fleet
+bench: bench-trust bench-merkle bench-fleet bench-inventory
 
 bench-trust:
 	@mkdir -p bench/results
@@ -22,3 +22,12 @@ up:
 bench-fleet:
 	@mkdir -p bench/results
 	PYTHONPATH=.:tests $(PY) bench/fleet_bench.py 1000 bench/results/fleet.json
+
+bench-inventory:
+	@mkdir -p bench/results
+	PYTHONPATH=. $(PY) bench/inventory_bench.py bench/results/inventory.json
+
+# Rampart's own software bill of materials (CycloneDX 1.6), from the installed environment.
+sbom:
+	@mkdir -p dist
+	PYTHONPATH=. $(PY) -m rampart.cli.main sbom --self --output dist/rampart.cdx.json
