@@ -415,3 +415,102 @@ class NotifyTargetCreatedOut(NotifyTargetOut):
 class DeliveryResultOut(BaseModel):
     ok: bool
     detail: str
+
+
+# --- telemetry: inventory, findings, tools, catalog (docs/monitoring.md) --------------------
+
+TOOL_SLUG = r"^[a-z0-9]+(?:-[a-z0-9]+)*$"
+InventorySection = Literal["agent", "os", "hardware", "patching", "disks", "packages", "updates",
+                           "processes", "services", "sockets", "users", "metrics"]
+
+
+class InventoryOut(BaseModel):
+    device: str
+    hostname: str
+    #: SHA-256 of the snapshot shown (the agent's digest of it).
+    digest: str
+    #: When the server last received a report from the device.
+    updated_at: float
+    collected_at: int
+    sections: list[str]
+    inventory: dict[str, Any]
+
+
+class FindingOut(BaseModel):
+    device: str
+    hostname: str
+    key: str
+    kind: str
+    severity: str
+    tool: str
+    subject: str
+    evidence: dict[str, str]
+    status: Literal["open", "resolved"]
+    first_seen: float
+    last_seen: float
+    resolved_at: float | None
+
+
+class ToolFoundOut(BaseModel):
+    device: str
+    hostname: str
+    tool: str
+    name: str
+    sanctioned: bool
+    #: process, package, service (inventory), or network (a port or address finding only).
+    found_by: list[str]
+    portable: bool
+    evidence: dict[str, str]
+    reported_at: float
+
+
+class SanctionedToolOut(BaseModel):
+    slug: str
+    name: str
+    added_by: str
+    added_at: float
+
+
+class InventoryRequestIn(In):
+    #: Ask for a full report instead of a delta.
+    full: bool = False
+
+
+class InventoryRequestOut(BaseModel):
+    device: str
+    #: False: the device is not connected to this server process; it reports when it reconnects.
+    connected: bool
+    full: bool
+
+
+class CatalogIn(In):
+    #: A normalised catalog document (``rampart.catalog.v1``, as `rampart catalog import` builds from a
+    #: LOLRMM feed); the server re-validates every tool.
+    catalog: Annotated[str, Field(min_length=2, max_length=2 << 20)]
+    source: Annotated[str, Field(max_length=256)] = ""
+    feed_entries: Annotated[int, Field(ge=0, le=1_000_000)] = 0
+    feed_warnings: Annotated[int, Field(ge=0, le=100_000_000)] = 0
+
+
+class CatalogToolOut(BaseModel):
+    slug: str
+    name: str
+    category: str
+    platforms: list[str]
+    linux: bool
+    sources: list[str]
+    executables: list[str]
+    ports: list[int]
+    advisories: int
+    vulnerable_ranges: int
+
+
+class CatalogOut(BaseModel):
+    builtin: int
+    imported: int
+    merged: int
+    sha256: str | None
+    imported_at: float | None
+    imported_by: str | None
+    source: str | None
+    tools: list[CatalogToolOut]
