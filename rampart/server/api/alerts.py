@@ -7,6 +7,7 @@ tenant) only to MSP-wide staff. Acknowledging and resolving need the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
@@ -17,6 +18,7 @@ from .. import clock
 from ..access import address_allowed, tenant_networks
 from ..alerts import acknowledge, resolve
 from ..audit import SERVER_LOG
+from ..context import ServerContext
 from ..errors import NotFound
 from ..models import AlertRow, Tenant
 from .deps import AlertPath, Caller, CallerDep, Ctx, TenantPath
@@ -73,34 +75,29 @@ def list_alerts(caller: CallerDep, ctx: Ctx, status: StatusQuery = "live",
 
 def load_alert(s: Session, caller: Caller, alert_id: str) -> AlertRow:
     row = s.get(AlertRow, alert_id)
-    if row is None or (row.tenant_id is None and caller.tenants is not None):
+    if row is None:
         raise NotFound("alert not found")
-    if row.tenant_id is not None:
-        if not caller.reaches(row.tenant_id):
-            raise NotFound("alert not found")
-        caller.tenant(s, row.tenant_id)
+    caller.scoped(s, row.tenant_id, "alert")
     return row
+
+
+def _transition(a: str, caller: Caller, ctx: ServerContext,
+                change: Callable[[AlertRow, str, float], None], kind: str) -> AlertOut:
+    now = clock.now()
+    with ctx.store.transaction() as s:
+        row = load_alert(s, caller, a)
+        caller.require_perm("alert.manage")
+        change(row, caller.username, now)
+        ctx.audit.record(s, [row.tenant_id or SERVER_LOG], kind, caller.username,
+                         {"alert": row.id, "kind": row.kind}, now)
+        return alert_out(row)
 
 
 @router.post("/alerts/{a}/ack", response_model=AlertOut)
 def ack_alert(a: AlertPath, caller: CallerDep, ctx: Ctx) -> AlertOut:
-    now = clock.now()
-    with ctx.store.transaction() as s:
-        row = load_alert(s, caller, a)
-        caller.require_perm("alert.manage")
-        acknowledge(row, caller.username, now)
-        ctx.audit.record(s, [row.tenant_id or SERVER_LOG], "alert.acknowledged", caller.username,
-                         {"alert": row.id, "kind": row.kind}, now)
-        return alert_out(row)
+    return _transition(a, caller, ctx, acknowledge, "alert.acknowledged")
 
 
 @router.post("/alerts/{a}/resolve", response_model=AlertOut)
 def resolve_alert(a: AlertPath, caller: CallerDep, ctx: Ctx) -> AlertOut:
-    now = clock.now()
-    with ctx.store.transaction() as s:
-        row = load_alert(s, caller, a)
-        caller.require_perm("alert.manage")
-        resolve(row, caller.username, now)
-        ctx.audit.record(s, [row.tenant_id or SERVER_LOG], "alert.resolved", caller.username,
-                         {"alert": row.id, "kind": row.kind}, now)
-        return alert_out(row)
+    return _transition(a, caller, ctx, resolve, "alert.resolved")

@@ -81,6 +81,19 @@ class Caller:
         check_network(row, self.address, self.username)
         return row
 
+    def scoped(self, s: Session, tenant_id: str | None, what: str) -> None:
+        """404 unless the caller may see a record of ``tenant_id``.
+
+        ``None`` marks an MSP-wide record (no tenant): MSP-wide staff only.
+        """
+        if tenant_id is None:
+            if self.tenants is not None:
+                raise NotFound(f"{what} not found")
+            return
+        if not self.reaches(tenant_id):
+            raise NotFound(f"{what} not found")
+        self.tenant(s, tenant_id)
+
     def require_perm(self, permission: str) -> None:
         """403 unless the caller's role holds ``permission`` (see :mod:`..roles`)."""
         if not allowed(self.role, permission):

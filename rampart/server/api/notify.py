@@ -103,12 +103,9 @@ def list_msp_targets(caller: CallerDep, ctx: Ctx) -> list[NotifyTargetOut]:
 
 def load_target(s: Session, caller: Caller, target_id: str) -> NotifyTarget:
     row = s.get(NotifyTarget, target_id)
-    if row is None or (row.tenant_id is None and caller.tenants is not None):
+    if row is None:
         raise NotFound("target not found")
-    if row.tenant_id is not None:
-        if not caller.reaches(row.tenant_id):
-            raise NotFound("target not found")
-        caller.tenant(s, row.tenant_id)
+    caller.scoped(s, row.tenant_id, "target")
     return row
 
 
