@@ -51,6 +51,8 @@ EVENT_KINDS = frozenset({
     "alert.acknowledged", "alert.resolved",
     # alert delivery (docs/monitoring.md)
     "notify.target-added", "notify.target-removed",
+    # telemetry (docs/monitoring.md)
+    "tool.sanctioned", "tool.unsanctioned", "catalog.imported", "inventory.requested",
 })
 
 

@@ -44,6 +44,10 @@ PERMISSIONS: Final[dict[str, frozenset[str]]] = {
     "checkpoint.sign": _STAFF,
     "alert.manage": _STAFF,
     "notify.manage": frozenset({"owner"}),
+    # telemetry (docs/monitoring.md)
+    "tools.manage": frozenset({"owner", "approver"}),
+    "catalog.import": frozenset({"owner"}),
+    "inventory.request": _STAFF,
 }
 
 
