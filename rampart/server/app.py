@@ -31,7 +31,7 @@ from rampart import __version__
 from . import clock, throttle
 from .access import sweep_dormant
 from .alerts import raise_alert
-from .api import accounts, alerts, audit, devices, grants, jobs, notify, tenants
+from .api import accounts, alerts, audit, devices, grants, jobs, notify, telemetry, tenants
 from .api import auth as auth_api
 from .api.schemas import HealthOut
 from .audit import SERVER_LOG, AuditLog
@@ -46,6 +46,7 @@ from .keystore import LogKeyStore
 from .notifier import Notifier
 from .setup import cert_sha256_of
 from .status_page import router as status_router
+from .telemetry import TelemetryStore
 
 log = logging.getLogger("rampart.server")
 
@@ -198,6 +199,25 @@ async def _notify_cadence(ctx: ServerContext) -> None:
         await asyncio.to_thread(notifier.close)
 
 
+async def _telemetry_cadence(ctx: ServerContext) -> None:
+    """Overdue/offline agents and detection configuration changes (docs/design/telemetry.md).
+
+    The first sweep waits for agents to reconnect after a server start, so a
+    restart does not report the whole fleet offline.
+    """
+    lim = ctx.limits
+    await asyncio.sleep(min(lim.overdue_after_s, 120.0))
+    while True:
+        try:
+            store = ctx.gateway.telemetry
+            if store is not None:
+                await asyncio.to_thread(store.sweep_overdue, clock.now(), ctx.gateway.connected_ids())
+            await ctx.gateway.recheck_detection()
+        except Exception:
+            log.exception("telemetry sweep failed; retrying next interval")
+        await asyncio.sleep(min(lim.telemetry_sweep_interval_s, lim.inventory_interval_s))
+
+
 async def _checkpoint_cadence(ctx: ServerContext) -> None:
     while True:
         await asyncio.sleep(ctx.limits.checkpoint_interval_s)
@@ -212,7 +232,8 @@ def build_context(config: ServerConfig) -> ServerContext:
     store = Store(config.db_url)
     migrate(store.engine)
     audit_log = AuditLog(store, LogKeyStore(config.keys_dir))
-    gateway = Gateway(DeliveryStore(store, audit_log), config.limits)
+    gateway = Gateway(DeliveryStore(store, audit_log), config.limits,
+                      TelemetryStore(store, config.limits))
     cert = cert_sha256_of(config.cert_path) if config.cert_path.exists() else None
     return ServerContext(config=config, store=store, audit=audit_log, cert_sha256=cert,
                          gateway=gateway)
@@ -236,6 +257,7 @@ def create_app(data_dir: Path | str, *, config: ServerConfig | None = None,
         cadence = asyncio.create_task(_checkpoint_cadence(ctx))
         chores = asyncio.create_task(_housekeeping_cadence(ctx))
         notifying = asyncio.create_task(_notify_cadence(ctx))
+        watching = asyncio.create_task(_telemetry_cadence(ctx))
         listener = None
         if agent_listen is not None:
             ssl_ctx = server_ssl_context(str(ctx.config.cert_path), str(ctx.config.key_path)) \
@@ -249,7 +271,7 @@ def create_app(data_dir: Path | str, *, config: ServerConfig | None = None,
                 listener.close()
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(listener.wait_closed(), 5)
-            for task in (cadence, chores, notifying):
+            for task in (cadence, chores, notifying, watching):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -266,7 +288,7 @@ def create_app(data_dir: Path | str, *, config: ServerConfig | None = None,
     def health() -> HealthOut:
         return HealthOut(status="ok", version=__version__)
 
-    for module in (auth_api, accounts, tenants, devices, grants, jobs, audit, alerts, notify):
+    for module in (auth_api, accounts, tenants, devices, grants, jobs, audit, alerts, notify, telemetry):
         api.include_router(module.router)
     app.include_router(api)
     app.include_router(devices.agent_router)

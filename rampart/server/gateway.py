@@ -22,6 +22,12 @@ Invariants:
 * Receipts are acknowledged only after they are committed (:mod:`.delivery`).
 * Every agent message is size-limited and strictly typed; bad ones get an
   ``error`` reply, never a crash.
+* Telemetry (docs/design/telemetry.md): after the revocations, every
+  connection is sent its tenant's ``detection`` configuration (with the
+  imported catalog when the agent's differs) and the stored inventory head;
+  inventory reports are rate-limited per connection, committed in batches by
+  one writer (:mod:`.telemetry`) and acknowledged only after the commit.
+  Nothing the gateway sends for telemetry makes an agent act.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from rampart.trust.keys import b64decode_strict
 from . import clock
 from .config import ServerLimits
 from .delivery import Delivery, DeliveryStore, DeviceIdentity, ReceiptRefused
+from .telemetry import Incoming, Outcome, Refused, TelemetryStore
 
 log = logging.getLogger("rampart.server.gateway")
 
@@ -56,6 +63,7 @@ CLOSE_REPLACED = 4409
 Count = Annotated[int, Meta(ge=0, le=1 << 48)]
 Short = Annotated[str, Meta(max_length=128)]
 JobIdText = Annotated[str, Meta(pattern=r"^job-[0-9a-z]{16,64}$")]
+Hex64 = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
 
 
 class Hello(msgspec.Struct, tag="hello", tag_field="type"):
@@ -64,6 +72,8 @@ class Hello(msgspec.Struct, tag="hello", tag_field="type"):
     agent_version: Short = ""
     root_version: Count = 0
     checkpoint_size: Count = 0
+    #: The imported tool catalog the agent holds ("" none), so it is resent only when it changed.
+    catalog_sha256: Annotated[str, Meta(pattern=r"^(?:[0-9a-f]{64})?$")] = ""
 
 
 class ReceiptMessage(msgspec.Struct, tag="receipt", tag_field="type"):
@@ -77,7 +87,15 @@ class StateMessage(msgspec.Struct, tag="state", tag_field="type"):
     checkpoint_size: Count
 
 
-AgentMessage = ReceiptMessage | StateMessage
+class InventoryMessage(msgspec.Struct, tag="inventory", tag_field="type"):
+    """An inventory report: base64 of zlib of a strict ``Report`` (rampart.agent.telemetry)."""
+
+    report: Annotated[str, Meta(min_length=1)]
+    result: Hex64
+    base: Hex64 | None = None
+
+
+AgentMessage = ReceiptMessage | StateMessage | InventoryMessage
 
 
 WRITE_BATCH_MAX = 512
@@ -91,6 +109,14 @@ class _Write:
     device_id: str
     receipt: bytes | None = None
     done: asyncio.Future[bool | ReceiptRefused] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Report:
+    """One inventory report for the telemetry group-commit queue, with its waiter."""
+
+    item: Incoming
+    done: asyncio.Future[Outcome]
 
 
 def _forget_task(conn: Connection, task: asyncio.Task[None]) -> None:
@@ -120,6 +146,12 @@ class Connection:
     progress: asyncio.Event | None = None
     sent: set[str] = field(default_factory=set)
     answered: set[str] = field(default_factory=set)
+    #: The imported catalog the agent holds, and the detection fingerprint it was last sent.
+    catalog_sha256: str = ""
+    detection: str = ""
+    #: Inventory report tokens (a bucket refilled over time) and when they were last counted.
+    report_tokens: float = 0.0
+    report_at: float = 0.0
 
     async def send(self, doc: dict[str, Any]) -> None:
         await self.send_text(json.dumps(doc, separators=(",", ":")))
@@ -132,13 +164,20 @@ class Connection:
 class Gateway:
     """Holds the live agent connections of this process and talks the protocol."""
 
-    def __init__(self, delivery: DeliveryStore, limits: ServerLimits) -> None:
+    def __init__(self, delivery: DeliveryStore, limits: ServerLimits,
+                 telemetry: TelemetryStore | None = None) -> None:
         self._db = delivery
         self._limits = limits
         self._conns: dict[str, Connection] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._writes: asyncio.Queue[_Write] | None = None
         self._writer: asyncio.Task[None] | None = None
+        self.telemetry = telemetry
+        self._reports: asyncio.Queue[_Report] | None = None
+        self._report_writer: asyncio.Task[None] | None = None
+        self._compact_due: set[str] = set()
+        self._compactor: asyncio.Task[None] | None = None
+        self.reports_stored = 0
 
     def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -148,6 +187,9 @@ class Gateway:
 
     def connected_count(self) -> int:
         return len(self._conns)
+
+    def connected_ids(self) -> frozenset[str]:
+        return frozenset(self._conns)
 
     # -- notifications from request threads ----------------------------------------
 
@@ -256,6 +298,7 @@ class Gateway:
                              "status": "approved" if conn.device.approved else "pending"})
             await self._send_roots(conn)
             await self._send_revocations(conn)
+            await self._send_detection(conn)
             self._start_delivery(conn)
             await self._receive(conn)
         except WebSocketDisconnect:
@@ -293,7 +336,9 @@ class Gateway:
             await self._close(ws, CLOSE_UNAUTHENTICATED)
             return None
         await asyncio.to_thread(self._db.touch, device.device_id, clock.now())
-        return Connection(ws, device, hello.root_version, hello.checkpoint_size)
+        return Connection(ws, device, hello.root_version, hello.checkpoint_size,
+                          catalog_sha256=hello.catalog_sha256,
+                          report_tokens=float(self._limits.inventory_burst), report_at=time.monotonic())
 
     async def _receive_text(self, ws: WebSocket) -> str | None:
         msg = await ws.receive()
@@ -331,6 +376,8 @@ class Gateway:
             if isinstance(msg, StateMessage):
                 conn.root_version = msg.root_version
                 conn.checkpoint_size = msg.checkpoint_size
+            elif isinstance(msg, InventoryMessage):
+                await self._on_inventory(conn, msg)
             else:
                 await self._on_receipt(conn, msg)
             if conn.progress is not None:
@@ -394,3 +441,147 @@ class Gateway:
                     await asyncio.wait_for(progress.wait(), remaining)
         finally:
             conn.progress = None
+
+    # -- telemetry (docs/design/telemetry.md) ------------------------------------------
+
+    def _detection_text(self, sanctioned: list[str], days: int, catalog_sha: str, blob: str | None) -> str:
+        return json.dumps({"type": "detection", "sanctioned": sanctioned, "dormant_days": days,
+                           "catalog_sha256": catalog_sha, "catalog": blob}, separators=(",", ":"))
+
+    async def _send_detection(self, conn: Connection) -> None:
+        """The tenant's detection configuration and the stored inventory head, on every connection."""
+        if self.telemetry is None:
+            return
+        sanctioned, days, info, head = await asyncio.to_thread(
+            self.telemetry.on_connect, conn.device.tenant_id, conn.device.device_id)
+        sha = info.sha256 if info is not None else ""
+        blob = info.blob if info is not None and conn.catalog_sha256 != sha else None
+        await conn.send_text(self._detection_text(sanctioned, days, sha, blob))
+        conn.catalog_sha256 = sha
+        conn.detection = TelemetryStore.fingerprint(sanctioned, days, sha)
+        if head is not None:
+            await conn.send({"type": "inventory-ack", "result": head})
+
+    def detection_changed(self) -> None:
+        """A tenant's sanctioned tools or the imported catalog changed: push it (thread-safe)."""
+        if self._loop is not None:
+            asyncio.run_coroutine_threadsafe(self.recheck_detection(), self._loop)
+
+    async def recheck_detection(self) -> int:
+        """Send every connection whose detection configuration changed its new one; return how many."""
+        if self.telemetry is None or not self._conns:
+            return 0
+        configs, info = await asyncio.to_thread(self.telemetry.detection_configs)
+        sha = info.sha256 if info is not None else ""
+        texts: dict[tuple[str, bool], str] = {}
+        pushed = 0
+        for conn in list(self._conns.values()):
+            sanctioned, days = configs.get(conn.device.tenant_id, ([], 30))
+            fp = TelemetryStore.fingerprint(sanctioned, days, sha)
+            if conn.detection == fp:
+                continue
+            with_catalog = info is not None and conn.catalog_sha256 != sha
+            key = (conn.device.tenant_id, with_catalog)
+            if key not in texts:
+                texts[key] = self._detection_text(sanctioned, days, sha,
+                                                  info.blob if with_catalog and info is not None else None)
+            with contextlib.suppress(Exception):
+                await conn.send_text(texts[key])
+                conn.catalog_sha256, conn.detection = sha, fp
+                pushed += 1
+        return pushed
+
+    def request_inventory(self, device_id: str, *, full: bool = False) -> bool:
+        """Ask a connected agent for an inventory now (thread-safe); False if it is not connected here."""
+        conn = self._conns.get(device_id)
+        if conn is None or self._loop is None:
+            return False
+        doc = {"type": "inventory-full" if full else "inventory-request"}
+        asyncio.run_coroutine_threadsafe(self._send_quietly(device_id, doc), self._loop)
+        return True
+
+    async def _send_quietly(self, device_id: str, doc: dict[str, Any]) -> None:
+        conn = self._conns.get(device_id)
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.send(doc)
+
+    def _take_report_token(self, conn: Connection) -> bool:
+        now = time.monotonic()
+        refill = (now - conn.report_at) / max(self._limits.inventory_refill_s, 1e-6)
+        conn.report_tokens = min(float(self._limits.inventory_burst), conn.report_tokens + refill)
+        conn.report_at = now
+        if conn.report_tokens < 1.0:
+            return False
+        conn.report_tokens -= 1.0
+        return True
+
+    async def _on_inventory(self, conn: Connection, msg: InventoryMessage) -> None:
+        if self.telemetry is None:
+            await conn.send({"type": "error", "detail": "this server does not accept telemetry"})
+            return
+        if not self._take_report_token(conn):
+            await conn.send({"type": "error", "detail": "inventory reports are too frequent; "
+                                                        "the next scheduled one will be accepted"})
+            return
+        done: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        item = Incoming(conn.device.device_id, conn.device.tenant_id, msg.report, msg.result, msg.base)
+        await self._report_queue().put(_Report(item, done))
+        try:
+            outcome = await done
+        except Exception:  # the store failed: the agent keeps its snapshot and reports again
+            await conn.send({"type": "error", "detail": "the server could not store the inventory now"})
+            return
+        if outcome == "stored":
+            await conn.send({"type": "inventory-ack", "result": msg.result})
+        elif outcome == "full":
+            await conn.send({"type": "inventory-full"})
+        else:
+            await conn.send({"type": "error", "detail": f"inventory refused: {outcome}"[:300]})
+
+    def _report_queue(self) -> asyncio.Queue[_Report]:
+        if self._reports is None or self._report_writer is None or self._report_writer.done():
+            self._reports = asyncio.Queue()
+            self._report_writer = asyncio.create_task(self._report_loop(self._reports))
+        return self._reports
+
+    async def _report_loop(self, queue: asyncio.Queue[_Report]) -> None:
+        """Commit inventory reports in batches; each waiter learns its outcome after the commit."""
+        assert self.telemetry is not None
+        while True:
+            batch = [await queue.get()]
+            while len(batch) < WRITE_BATCH_MAX and not queue.empty():
+                batch.append(queue.get_nowait())
+            try:
+                outcomes, due = await asyncio.to_thread(
+                    self.telemetry.ingest_batch, [r.item for r in batch], clock.now())
+            except Exception as exc:
+                log.exception("committing a batch of %d inventory reports failed", len(batch))
+                for r in batch:
+                    if not r.done.done():
+                        r.done.set_exception(exc)
+                continue
+            for r, outcome in zip(batch, outcomes, strict=True):
+                if not r.done.done():
+                    r.done.set_result(outcome)
+                if outcome == "stored":
+                    self.reports_stored += 1
+                elif isinstance(outcome, Refused):
+                    log.info("inventory from %s refused: %s", r.item.device_id, outcome)
+            if due:
+                self._compact_due |= due
+                if self._compactor is None or self._compactor.done():
+                    self._compactor = asyncio.create_task(self._compact_loop())
+
+    async def _compact_loop(self) -> None:
+        """Fold pending deltas into snapshots in the background, one device at a time."""
+        assert self.telemetry is not None
+        while self._compact_due:
+            device_id = self._compact_due.pop()
+            try:
+                refetch = await asyncio.to_thread(self.telemetry.compact, device_id, clock.now())
+            except Exception:
+                log.exception("materialising the inventory of %s failed", device_id)
+                continue
+            if refetch:
+                await self._send_quietly(device_id, {"type": "inventory-full"})

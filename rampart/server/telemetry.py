@@ -1,0 +1,558 @@
+"""The database side of telemetry: inventory ingest, materialisation, findings, alerts, overdue agents.
+
+See docs/design/telemetry.md. Invariants:
+
+* A report is decoded and checked *before* its transaction (bounded
+  decompression, strict types, digests: :func:`rampart.agent.telemetry.decode_report`);
+  a refused report changes nothing. Reports are committed in batches (one
+  transaction per batch); the gateway acknowledges a report only after its
+  batch committed.
+* A delta is stored only when its ``base`` is the device's stored head, and
+  then becomes the head; a full report replaces the snapshot and drops the
+  pending deltas. Materialising applies the deltas in order and checks each
+  digest (:func:`rampart.agent.inventory.apply`); a delta that does not apply
+  is dropped with every later one, the head falls back to the last good
+  snapshot, and the agent must send a full report.
+* Findings and alerts follow the reports: one finding row per (device, key),
+  one live alert per (device, finding key); a finding the agent no longer
+  reports is resolved with its alert. Only approved devices' reports are
+  ingested (S3).
+* The imported tool catalog lives in the store (``settings``), so every
+  server process sends agents the same one.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import json
+import logging
+import threading
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from rampart.agent.findings import Finding
+from rampart.agent.inventory import (
+    DeltaError,
+    Inventory,
+    apply,
+    decode,
+    decode_delta,
+    digest,
+    encode,
+    encode_delta,
+)
+from rampart.agent.telemetry import Report, ReportError, ToolSeen, decode_report, inflate
+from rampart.catalog import Catalog, CatalogError, builtin_catalog, decode_catalog, encode_catalog
+from rampart.catalog.store import MAX_CATALOG_BYTES
+
+from .alerts import LIVE, raise_alert, resolve
+from .config import ServerLimits
+from .db import Store
+from .models import (
+    AlertRow,
+    Device,
+    DeviceInventory,
+    FindingRow,
+    InventoryDelta,
+    SanctionedTool,
+    Setting,
+    Tenant,
+)
+
+log = logging.getLogger("rampart.server.telemetry")
+
+CATALOG_KEY = "catalog.v1"
+CATALOG_META_KEY = "catalog.meta"
+OFFLINE = "agent-offline"
+OVERDUE = "agent-overdue"
+#: Stored snapshots are compressed; this bounds what reading one back may cost.
+MAX_SNAPSHOT_BYTES = 64 << 20
+
+
+class Refused(Exception):
+    """A report was refused; the text is sent back to the agent as an ``error``."""
+
+
+Outcome = Literal["stored", "full"] | Refused
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """One ``inventory`` message from an authenticated device connection."""
+
+    device_id: str
+    tenant_id: str
+    report: str
+    result: str
+    base: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Decoded:
+    item: Incoming
+    report: Report
+    #: zlib of the canonical snapshot (full) or delta encoding, as stored.
+    blob: bytes
+    tools: str
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogInfo:
+    """The imported catalog (None when there is none) and what the server sends agents."""
+
+    sha256: str
+    data: bytes
+    catalog: Catalog
+    #: base64 of zlib of ``data``: the ``catalog`` field of a ``detection`` message.
+    blob: str
+    meta: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredInventory:
+    inventory: Inventory
+    digest: str
+    updated_at: float
+    snapshot_at: float
+    #: Deltas applied on reading; ``refetch`` is set when one did not apply and a full report is needed.
+    applied: int
+    refetch: bool
+
+
+def _pack(data: bytes) -> bytes:
+    return zlib.compress(data, 6)
+
+
+def finding_dedup(device_id: str, key: str) -> str:
+    """The alert dedup key of one finding on one device (keys may be longer than alert keys)."""
+    return f"{device_id}:{hashlib.sha256(key.encode('utf-8', 'surrogatepass')).hexdigest()[:32]}"
+
+
+def _alert_severity(severity: str) -> Literal["warning", "critical"]:
+    return "warning" if severity == "warning" else "critical"
+
+
+def _detail(device_id: str, hostname: str, f: Finding, extra: str = "") -> str:
+    ev = "; ".join(f"{k}={v}" for k, v in f.evidence.items())
+    return (f"device {device_id} ({hostname}); {f.kind} ({f.severity}); key {f.key}"
+            + (f"; {extra}" if extra else "") + (f"; {ev}" if ev else ""))
+
+
+def live_alert(s: Session, tenant_id: str, kind: str, dedup: str) -> AlertRow | None:
+    key = f"{kind}:{dedup}"[:256]
+    return s.scalars(select(AlertRow).where(
+        AlertRow.tenant_id == tenant_id, AlertRow.dedup_key == key,
+        AlertRow.status.in_(LIVE)).limit(1)).first()
+
+
+class TelemetryStore:
+    """Synchronous database operations for telemetry; the gateway and the API run them in threads."""
+
+    def __init__(self, store: Store, limits: ServerLimits) -> None:
+        self._store = store
+        self._limits = limits
+        self._builtin = builtin_catalog()
+        self._catalog: CatalogInfo | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def limits(self) -> ServerLimits:
+        return self._limits
+
+    # --- the imported catalog --------------------------------------------------------------------
+
+    def catalog_info(self, s: Session | None = None) -> CatalogInfo | None:
+        """The imported catalog, cached per digest; None when none was imported."""
+        if s is None:
+            with self._store.read() as rs:
+                return self.catalog_info(rs)
+        meta_text = s.scalar(select(Setting.value).where(Setting.key == CATALOG_META_KEY))
+        if not meta_text:
+            return None
+        meta = json.loads(meta_text)
+        sha = str(meta.get("sha256", ""))
+        with self._lock:
+            cached = self._catalog
+        if cached is not None and cached.sha256 == sha:
+            return cached
+        text = s.scalar(select(Setting.value).where(Setting.key == CATALOG_KEY)) or ""
+        data = text.encode()
+        if hashlib.sha256(data).hexdigest() != sha:
+            log.error("the stored catalog does not match its digest; using the built-in catalog only")
+            return None
+        try:
+            catalog = decode_catalog(data)
+        except CatalogError as exc:
+            log.error("the stored catalog is refused (%s); using the built-in catalog only", exc)
+            return None
+        info = CatalogInfo(sha, data, catalog, base64.b64encode(_pack(data)).decode("ascii"), meta)
+        with self._lock:
+            self._catalog = info
+        return info
+
+    def merged_catalog(self, s: Session | None = None) -> Catalog:
+        info = self.catalog_info(s)
+        return self._builtin if info is None else self._builtin.merged(info.catalog)
+
+    @property
+    def builtin(self) -> Catalog:
+        return self._builtin
+
+    def store_catalog(self, s: Session, catalog: Catalog, meta: dict[str, Any]) -> str:
+        """Keep ``catalog`` as the imported one (inside the caller's transaction); return its digest."""
+        data = encode_catalog(catalog)
+        if len(data) > MAX_CATALOG_BYTES:
+            raise CatalogError(f"the catalog is larger than {MAX_CATALOG_BYTES} bytes")
+        self._builtin.merged(catalog)  # must merge cleanly (raises ValueError otherwise)
+        sha = hashlib.sha256(data).hexdigest()
+        doc = {**meta, "sha256": sha, "tools": len(catalog)}
+        for key, value in ((CATALOG_KEY, data.decode()), (CATALOG_META_KEY, json.dumps(doc, sort_keys=True))):
+            row = s.get(Setting, key)
+            if row is None:
+                s.add(Setting(key=key, value=value))
+            else:
+                row.value = value
+        s.flush()
+        return sha
+
+    # --- detection configuration -----------------------------------------------------------------
+
+    @staticmethod
+    def fingerprint(sanctioned: Sequence[str], dormant_days: int, catalog_sha256: str) -> str:
+        doc = json.dumps([sorted(sanctioned), dormant_days, catalog_sha256], separators=(",", ":"))
+        return hashlib.sha256(doc.encode()).hexdigest()
+
+    def detection_configs(self) -> tuple[dict[str, tuple[list[str], int]], CatalogInfo | None]:
+        """Every tenant's (sanctioned slugs, dormant days), and the imported catalog."""
+        with self._store.read() as s:
+            out: dict[str, tuple[list[str], int]] = {
+                t: ([], days) for t, days in s.execute(select(Tenant.id, Tenant.dormant_days))}
+            for tenant_id, slug in s.execute(select(SanctionedTool.tenant_id, SanctionedTool.slug)
+                                             .order_by(SanctionedTool.slug)):
+                if tenant_id in out:
+                    out[tenant_id][0].append(slug)
+            return out, self.catalog_info(s)
+
+    def on_connect(self, tenant_id: str,
+                   device_id: str) -> tuple[list[str], int, CatalogInfo | None, str | None]:
+        """What a new connection is sent: sanctioned slugs, dormant days, the catalog, the stored head."""
+        with self._store.read() as s:
+            sanctioned = list(s.scalars(select(SanctionedTool.slug).where(
+                SanctionedTool.tenant_id == tenant_id).order_by(SanctionedTool.slug)))
+            days = s.scalar(select(Tenant.dormant_days).where(Tenant.id == tenant_id)) or 30
+            head = s.scalar(select(DeviceInventory.head).where(DeviceInventory.device_id == device_id))
+            return sanctioned, int(days), self.catalog_info(s), head
+
+    # --- ingest ----------------------------------------------------------------------------------
+
+    def _decode(self, item: Incoming) -> _Decoded:
+        try:
+            report = decode_report(item.report, max_bytes=self._limits.max_inventory_bytes)
+        except ReportError as exc:
+            raise Refused(str(exc)) from None
+        if report.full is not None:
+            if item.base is not None:
+                raise Refused("a full report has no base")
+            data = encode(report.full)
+            if hashlib.sha256(data).hexdigest() != item.result:
+                raise Refused("the snapshot does not match its digest")
+        else:
+            assert report.delta is not None
+            if report.delta.base != item.base or report.delta.result != item.result:
+                raise Refused("the delta's base or result does not match the message")
+            data = encode_delta(report.delta)
+        tools = json.dumps([dataclasses.asdict(_tool_doc(t)) for t in report.tools], sort_keys=True,
+                           separators=(",", ":"))
+        return _Decoded(item, report, _pack(data), tools)
+
+    def ingest_batch(self, items: Sequence[Incoming], now: float) -> tuple[list[Outcome], set[str]]:
+        """Decode and commit a batch of reports in one transaction.
+
+        Returns one outcome per item ("stored", "full": send a full report,
+        or the Refused reason) and the devices whose pending deltas reached
+        the compaction threshold.
+        """
+        outcomes: list[Outcome | None] = [None] * len(items)
+        decoded: list[tuple[int, _Decoded]] = []
+        for i, item in enumerate(items):
+            try:
+                decoded.append((i, self._decode(item)))
+            except Refused as exc:
+                outcomes[i] = exc
+        due: set[str] = set()
+        if decoded:
+            try:
+                with self._store.transaction() as s:
+                    for i, result in self._commit(s, [d for _, d in decoded], now, due):
+                        outcomes[decoded[i][0]] = result
+            except IntegrityError:  # a race with another server process: one report at a time
+                due.clear()
+                for i, d in decoded:
+                    try:
+                        with self._store.transaction() as s:
+                            outcomes[i] = self._commit(s, [d], now, due)[0][1]
+                    except IntegrityError:
+                        outcomes[i] = "full"
+        return [o if o is not None else Refused("not processed") for o in outcomes], due
+
+    def _commit(self, s: Session, batch: Sequence[_Decoded], now: float,
+                due: set[str]) -> list[tuple[int, Outcome]]:
+        ids = sorted({d.item.device_id for d in batch})
+        devices = {d.id: d for d in s.scalars(select(Device).where(Device.id.in_(ids)))}
+        heads: dict[str, tuple[str, str]] = {
+            r.device_id: (r.head, r.tools) for r in s.execute(
+                select(DeviceInventory.device_id, DeviceInventory.head, DeviceInventory.tools)
+                .where(DeviceInventory.device_id.in_(ids)).with_for_update())}
+        pending: dict[str, tuple[int, int]] = {
+            r[0]: (int(r[1]), int(r[2] or 0)) for r in s.execute(
+                select(InventoryDelta.device_id, func.count(), func.max(InventoryDelta.seq))
+                .where(InventoryDelta.device_id.in_(ids)).group_by(InventoryDelta.device_id))}
+        open_rows: dict[str, dict[str, FindingRow]] = {}
+        for row in s.scalars(select(FindingRow).where(FindingRow.device_id.in_(ids),
+                                                      FindingRow.resolved_at.is_(None))):
+            open_rows.setdefault(row.device_id, {})[row.key] = row
+        out: list[tuple[int, Outcome]] = []
+        new_deltas: list[dict[str, Any]] = []
+        head_updates: dict[str, dict[str, Any]] = {}
+        stored: list[str] = []
+        for i, d in enumerate(batch):
+            dev_id = d.item.device_id
+            device = devices.get(dev_id)
+            if device is None or device.tenant_id != d.item.tenant_id:
+                out.append((i, Refused("unknown device")))
+                continue
+            if device.status != "approved":
+                out.append((i, Refused("this device is pending approval: telemetry is accepted once an "
+                                       "approver approves it")))
+                continue
+            current = heads.get(dev_id)
+            if d.report.full is not None:
+                if dev_id in head_updates:  # flush what this batch queued for the device first
+                    self._flush(s, new_deltas, head_updates)
+                s.execute(delete(InventoryDelta).where(InventoryDelta.device_id == dev_id))
+                values = {"digest": d.item.result, "snapshot": d.blob, "snapshot_at": now,
+                          "head": d.item.result, "updated_at": now, "tools": d.tools}
+                if current is None:
+                    s.execute(insert(DeviceInventory).values(device_id=dev_id, **values))
+                else:
+                    s.execute(update(DeviceInventory).where(DeviceInventory.device_id == dev_id)
+                              .values(**values))
+                heads[dev_id] = (d.item.result, d.tools)
+                pending[dev_id] = (0, pending.get(dev_id, (0, 0))[1])
+            else:
+                if current is None or current[0] != d.item.base:
+                    out.append((i, "full"))
+                    continue
+                count, seq = pending.get(dev_id, (0, 0))
+                new_deltas.append({"device_id": dev_id, "seq": seq + 1, "base": d.item.base,
+                                   "result": d.item.result, "data": d.blob, "received_at": now})
+                pending[dev_id] = (count + 1, seq + 1)
+                upd = {"head": d.item.result, "updated_at": now}
+                if d.tools != current[1]:
+                    upd["tools"] = d.tools
+                head_updates[dev_id] = {**head_updates.get(dev_id, {}), **upd}
+                heads[dev_id] = (d.item.result, d.tools)
+                if count + 1 >= self._limits.inventory_compact_after:
+                    due.add(dev_id)
+            self._findings(s, device, d.report, open_rows.setdefault(dev_id, {}), now)
+            stored.append(dev_id)
+            out.append((i, "stored"))
+        self._flush(s, new_deltas, head_updates)
+        if stored:
+            s.execute(update(Device).where(Device.id.in_(sorted(set(stored)))).values(last_seen=now))
+            self._resolve_agent_alerts(s, [devices[x] for x in sorted(set(stored))], now)
+        return out
+
+    @staticmethod
+    def _flush(s: Session, new_deltas: list[dict[str, Any]], head_updates: dict[str, dict[str, Any]]) -> None:
+        if new_deltas:
+            s.execute(insert(InventoryDelta), new_deltas)
+            new_deltas.clear()
+        for dev_id, values in head_updates.items():
+            s.execute(update(DeviceInventory).where(DeviceInventory.device_id == dev_id).values(**values))
+        head_updates.clear()
+
+    # --- findings and alerts ---------------------------------------------------------------------
+
+    def _findings(self, s: Session, device: Device, report: Report, open_rows: dict[str, FindingRow],
+                  now: float) -> None:
+        reported = {f.key: f for f in report.findings}
+        for key, f in reported.items():
+            row = open_rows.get(key)
+            if row is None:
+                row = self._open(s, device, f, now, first_seen=now)
+                open_rows[key] = row
+                raise_alert(s, [device.tenant_id], kind=f.kind, severity=_alert_severity(f.severity),
+                            dedup=finding_dedup(device.id, key), subject=f"{device.hostname}: {f.subject}",
+                            detail=_detail(device.id, device.hostname, f), now=now)
+            else:
+                _fill(row, f)
+                row.last_seen = now
+        for key in [k for k in open_rows if k not in reported]:
+            row = open_rows.pop(key)
+            row.resolved_at = now
+            alert = live_alert(s, device.tenant_id, row.kind, finding_dedup(device.id, key))
+            if alert is not None:
+                resolve(alert, f"device:{device.id}", now)
+        for e in report.earlier:
+            f = e.finding
+            if f.key in reported or f.key in open_rows:
+                continue
+            row = self._open(s, device, f, now, first_seen=now)
+            row.resolved_at = now
+            when = (f"seen by the agent from {_ts(e.first_seen)} to {_ts(e.last_seen)} (agent clock), "
+                    "gone by its next report")
+            [alert] = raise_alert(s, [device.tenant_id], kind=f.kind, severity=_alert_severity(f.severity),
+                                  dedup=finding_dedup(device.id, f.key),
+                                  subject=f"{device.hostname}: {f.subject} (no longer seen)",
+                                  detail=_detail(device.id, device.hostname, f, when), now=now)
+            if alert.status != "resolved":
+                resolve(alert, f"device:{device.id}", now)
+
+    @staticmethod
+    def _open(s: Session, device: Device, f: Finding, now: float, *, first_seen: float) -> FindingRow:
+        row = s.get(FindingRow, {"device_id": device.id, "key": f.key})
+        if row is None:
+            row = FindingRow(device_id=device.id, key=f.key, tenant_id=device.tenant_id)
+            s.add(row)
+        _fill(row, f)
+        row.first_seen, row.last_seen, row.resolved_at = first_seen, now, None
+        return row
+
+    @staticmethod
+    def _resolve_agent_alerts(s: Session, devices: Iterable[Device], now: float) -> None:
+        by_key = {f"{kind}:{d.id}": d for d in devices for kind in (OFFLINE, OVERDUE)}
+        for alert in s.scalars(select(AlertRow).where(AlertRow.dedup_key.in_(sorted(by_key)),
+                                                      AlertRow.status.in_(LIVE))):
+            device = by_key[alert.dedup_key]
+            if alert.tenant_id == device.tenant_id:
+                resolve(alert, f"device:{device.id}", now)
+
+    # --- reading and materialising ---------------------------------------------------------------
+
+    def inventory(self, device_id: str, now: float) -> StoredInventory | None:
+        """The device's current inventory: the snapshot with every pending delta applied (and kept)."""
+        with self._store.read() as s:
+            row = s.get(DeviceInventory, device_id)
+            if row is None:
+                return None
+            base_digest, snapshot, updated_at, snapshot_at = row.digest, row.snapshot, row.updated_at, \
+                row.snapshot_at
+            deltas = [(d.seq, d.data) for d in s.scalars(
+                select(InventoryDelta).where(InventoryDelta.device_id == device_id)
+                .order_by(InventoryDelta.seq))]
+        inv = decode(inflate(snapshot, MAX_SNAPSHOT_BYTES))
+        last_seq: int | None = None
+        bad_seq: int | None = None
+        applied = 0
+        for seq, data in deltas:
+            try:
+                inv = apply(inv, decode_delta(inflate(data, MAX_SNAPSHOT_BYTES)))
+            except (DeltaError, ReportError, ValueError) as exc:
+                log.warning("device %s: delta %d does not apply (%s); asking for a full report",
+                            device_id, seq, exc)
+                bad_seq = seq
+                break
+            last_seq = seq
+            applied += 1
+        cur = digest(inv)
+        if last_seq is not None or bad_seq is not None:
+            self._compact(device_id, base_digest, last_seq, bad_seq, inv, cur, now)
+        return StoredInventory(inv, cur, updated_at, now if last_seq is not None else snapshot_at, applied,
+                               bad_seq is not None)
+
+    def compact(self, device_id: str, now: float) -> bool:
+        """Fold pending deltas into the snapshot; True when the agent must send a full report."""
+        got = self.inventory(device_id, now)
+        return got is not None and got.refetch
+
+    def _compact(self, device_id: str, base_digest: str, last_seq: int | None, bad_seq: int | None,
+                 inv: Inventory, cur: str, now: float) -> None:
+        with self._store.transaction() as s:
+            row = s.scalars(select(DeviceInventory).where(DeviceInventory.device_id == device_id)
+                            .with_for_update()).first()
+            if row is None or row.digest != base_digest:
+                return  # a full report replaced the snapshot meanwhile
+            if last_seq is not None:
+                s.execute(delete(InventoryDelta).where(InventoryDelta.device_id == device_id,
+                                                       InventoryDelta.seq <= last_seq))
+                row.snapshot, row.digest, row.snapshot_at = _pack(encode(inv)), cur, now
+            if bad_seq is not None:
+                s.execute(delete(InventoryDelta).where(InventoryDelta.device_id == device_id,
+                                                       InventoryDelta.seq >= bad_seq))
+                row.head = cur
+
+    # --- overdue and offline agents --------------------------------------------------------------
+
+    def sweep_overdue(self, now: float, connected: frozenset[str]) -> tuple[int, int]:
+        """Raise ``agent-offline`` / ``agent-overdue`` alerts (once each); return how many were raised."""
+        cutoff = now - self._limits.overdue_after_s
+        minutes = round(self._limits.overdue_after_s / 60)
+        raised = [0, 0]
+        with self._store.transaction() as s:
+            q = (select(Device, DeviceInventory.updated_at)
+                 .outerjoin(DeviceInventory, DeviceInventory.device_id == Device.id)
+                 .where(Device.status == "approved"))
+            rows = list(s.execute(q))
+            want: dict[str, tuple[Device, str, str, str]] = {}
+            for device, inv_at in rows:
+                since = device.approved_at or device.enrolled_at
+                contact = max(device.last_seen or 0.0, inv_at or 0.0, since)
+                if contact < cutoff and device.id not in connected:
+                    want[f"{OFFLINE}:{device.id}"] = (
+                        device, OFFLINE, f"{device.hostname}: agent offline",
+                        f"device {device.id} ({device.hostname}) has not been in contact for more than "
+                        f"{minutes} minutes (last contact {_ts(contact)})")
+                elif (inv_at or since) < cutoff:
+                    want[f"{OVERDUE}:{device.id}"] = (
+                        device, OVERDUE, f"{device.hostname}: inventory overdue",
+                        f"device {device.id} ({device.hostname}) is in contact but sent no inventory for "
+                        f"more than {minutes} minutes (last inventory {_ts(inv_at)})")
+            live = {a.dedup_key: a for a in s.scalars(select(AlertRow).where(
+                AlertRow.kind.in_((OFFLINE, OVERDUE)), AlertRow.status.in_(LIVE)))}
+            for key, (device, kind, subject, detail) in want.items():
+                if key in live:
+                    continue
+                raise_alert(s, [device.tenant_id], kind=kind, severity="warning", dedup=device.id,
+                            subject=subject, detail=detail, now=now)
+                raised[kind == OVERDUE] += 1
+            for key, alert in live.items():
+                if key not in want:  # back in contact, or the device was removed from approval
+                    resolve(alert, "server", now)
+        return raised[0], raised[1]
+
+
+def _ts(t: float | None) -> str:
+    if not t:
+        return "never"
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _fill(row: FindingRow, f: Finding) -> None:
+    evidence = json.dumps(f.evidence, sort_keys=True, separators=(",", ":"))
+    for name, value in (("kind", f.kind), ("severity", f.severity), ("tool", f.tool), ("subject", f.subject),
+                        ("evidence", evidence)):
+        if getattr(row, name, None) != value:
+            setattr(row, name, value)
+
+
+@dataclass(frozen=True, slots=True)
+class _ToolDoc:
+    slug: str
+    found_by: list[str]
+    portable: bool
+    evidence: dict[str, str]
+
+
+def _tool_doc(t: ToolSeen) -> _ToolDoc:
+    return _ToolDoc(t.slug, list(t.found_by), t.portable, dict(t.evidence))
