@@ -28,6 +28,7 @@ from harness.operators import (
 from harness.server import RunningServer
 
 from rampart import trust
+from rampart.catalog import builtin_catalog, encode_catalog
 from rampart.trust import OperatorKey
 from rampart.trust.payloads import REVOCATION_TYPE
 
@@ -96,6 +97,16 @@ EXPECTED: dict[tuple[str, str], frozenset[str] | None] = {
     ("delete", "/api/v1/notify-targets/{n}"): OWNER,
     ("post", "/api/v1/notify-targets/{n}/test"): OWNER,
     ("get", "/api/v1/tenants/{t}/events"): ALL,
+    # telemetry (docs/monitoring.md)
+    ("get", "/api/v1/tenants/{t}/devices/{d}/inventory"): ALL,
+    ("post", "/api/v1/tenants/{t}/devices/{d}/inventory-request"): STAFF,
+    ("get", "/api/v1/tenants/{t}/findings"): ALL,
+    ("get", "/api/v1/tenants/{t}/tools"): ALL,
+    ("get", "/api/v1/tenants/{t}/sanctioned-tools"): ALL,
+    ("put", "/api/v1/tenants/{t}/sanctioned-tools/{slug}"): APPROVE,
+    ("delete", "/api/v1/tenants/{t}/sanctioned-tools/{slug}"): APPROVE,
+    ("get", "/api/v1/catalog"): ALL,
+    ("post", "/api/v1/catalog"): OWNER,
 }
 
 QUERY = {"start": 0, "limit": 10, "old": 0, "new": 1, "index": 0, "size": 1}
@@ -121,7 +132,7 @@ def test_M3_every_route_enforces_the_roles_table(server: RunningServer) -> None:
     target = ok(owner.http.post(f"/tenants/{t.id}/notify-targets", json={
         "kind": "syslog", "name": "walk", "host": "127.0.0.1", "port": 9}))
     ids = {"t": t.id, "g": grant, "j": job_id, "d": device, "username": "spare", "a": alert["id"],
-           "n": target["id"]}
+           "n": target["id"], "slug": "anydesk"}
 
     def fresh_job() -> dict[str, Any]:
         e, p, _ = signed_job(t, grant, [device])
@@ -156,6 +167,8 @@ def test_M3_every_route_enforces_the_roles_table(server: RunningServer) -> None:
             "kind": "syslog", "name": "walk", "host": "127.0.0.1", "port": 9},
         ("post", "/api/v1/notify-targets"): lambda: {
             "kind": "syslog", "name": "soc", "host": "127.0.0.1", "port": 9},
+        ("post", "/api/v1/catalog"): lambda: {"catalog": encode_catalog(builtin_catalog()).decode(),
+                                              "source": "walk"},
     }
 
     spec = ok(server.client(api=False).get("/openapi.json"))

@@ -40,6 +40,7 @@ def world(server: RunningServer) -> dict[str, Any]:
     [alert] = ok(msp.http.get(f"/tenants/{b.id}/alerts"))
     target = ok(msp.http.post(f"/tenants/{b.id}/notify-targets", json={
         "kind": "syslog", "name": "b-siem", "host": "127.0.0.1", "port": 9}))
+    ok(msp.http.put(f"/tenants/{b.id}/sanctioned-tools/anydesk"))
     a = setup_tenant(msp, "Alpha", prefix="a-")
     a_owner = msp.create_account("a-owner", "owner", [a.id])
     a_viewer = msp.create_account("a-viewer", "viewer", [a.id])
@@ -75,6 +76,9 @@ def _bodies(w: dict[str, Any]) -> dict[tuple[str, str], Any]:
             "kind": "syslog", "name": "x", "host": "127.0.0.1", "port": 9},
         ("delete", "/api/v1/notify-targets/{n}"): None,
         ("post", "/api/v1/notify-targets/{n}/test"): None,
+        ("post", "/api/v1/tenants/{t}/devices/{d}/inventory-request"): {"full": True},
+        ("put", "/api/v1/tenants/{t}/sanctioned-tools/{slug}"): None,
+        ("delete", "/api/v1/tenants/{t}/sanctioned-tools/{slug}"): None,
     }
 
 
@@ -85,6 +89,7 @@ def _b_state(w: dict[str, Any]) -> Any:
             ok(msp.http.get(f"/tenants/{b.id}/alerts", params={"status": "all"})),
             ok(msp.http.get(f"/tenants/{b.id}/settings")),
             ok(msp.http.get(f"/tenants/{b.id}/notify-targets")),
+            ok(msp.http.get(f"/tenants/{b.id}/sanctioned-tools")),
             [(x["username"], x["status"]) for x in ok(msp.http.get("/accounts"))],
             ok(msp.http.get(f"/tenants/{b.id}/devices")),
             ok(msp.http.get(f"/tenants/{b.id}/roots")),
@@ -95,7 +100,7 @@ def test_T12_every_tenant_route_refuses_another_tenants_ids(
         server: RunningServer, world: dict[str, Any]) -> None:
     b: TenantSetup = world["b"]
     ids = {"t": b.id, "g": world["grant"]["id"], "j": world["job"], "d": world["device"],
-           "username": b.tech.username, "a": world["alert"], "n": world["target"]}
+           "username": b.tech.username, "a": world["alert"], "n": world["target"], "slug": "anydesk"}
     secret_ids = set(ids.values())
     before = _b_state(world)
     spec = ok(server.client(api=False).get("/openapi.json"))
