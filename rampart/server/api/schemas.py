@@ -425,6 +425,11 @@ InventorySection = Literal["agent", "os", "hardware", "patching", "disks", "pack
 
 
 class InventoryOut(BaseModel):
+    """The device's inventory: these fields, then the snapshot's own (``rampart.agent.inventory.Inventory``:
+    schema, collected_at, agent, os, hardware, patching, disks, packages, updates, processes, services,
+    sockets, users, metrics, errors, notes), limited to the sections asked for."""
+
+    model_config = ConfigDict(extra="allow")
     device: str
     hostname: str
     #: SHA-256 of the snapshot shown (the agent's digest of it).
@@ -433,7 +438,6 @@ class InventoryOut(BaseModel):
     updated_at: float
     collected_at: int
     sections: list[str]
-    inventory: dict[str, Any]
 
 
 class FindingOut(BaseModel):

@@ -84,9 +84,8 @@ def get_inventory(t: TenantPath, d: DevicePath, caller: CallerDep, ctx: Ctx,
         ctx.gateway.request_inventory(d, full=True)
     doc: dict[str, Any] = msgspec.to_builtins(got.inventory)
     wanted = list(dict.fromkeys(section)) if section else list(get_args(InventorySection))
-    shown = {k: v for k, v in doc.items() if k in _ALWAYS or k in wanted}
     out = {"device": d, "hostname": hostname, "digest": got.digest, "updated_at": got.updated_at,
-           "collected_at": got.inventory.collected_at, "sections": wanted, "inventory": shown}
+           "sections": wanted, **{k: v for k, v in doc.items() if k in _ALWAYS or k in wanted}}
     return Response(msgspec.json.encode(out), media_type="application/json")
 
 
