@@ -27,6 +27,7 @@ from . import (
     notify_cmds,
     root_cmds,
     sbom_cmds,
+    telemetry_cmds,
     tenant_cmds,
     up,
 )
@@ -81,6 +82,7 @@ up.register(app)
 access_cmds.register(app)
 notify_cmds.register(app)
 sbom_cmds.register(app)
+telemetry_cmds.register(app)
 
 
 def _fail(message: str, code: int) -> int:
