@@ -61,7 +61,8 @@ class ServerLimits:
     telemetry_sweep_interval_s: float = 60.0
     #: Largest decompressed inventory report (zlib output is cut here before any decoding).
     max_inventory_bytes: int = 64 << 20
-    #: Inventory reports per agent connection: a burst, then one more per ``inventory_refill_s``.
+    #: Inventory reports per agent connection: a burst, then one more per ``inventory_refill_s`` (or half
+    #: the inventory interval, when shorter).
     inventory_burst: int = 20
     inventory_refill_s: float = 15.0
     #: Pending deltas after which a device's snapshot is materialised in the background.

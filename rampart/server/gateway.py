@@ -508,7 +508,9 @@ class Gateway:
 
     def _take_report_token(self, conn: Connection) -> bool:
         now = time.monotonic()
-        refill = (now - conn.report_at) / max(self._limits.inventory_refill_s, 1e-6)
+        # One report per refill period, faster for fleets configured with a short interval.
+        period = min(self._limits.inventory_refill_s, self._limits.inventory_interval_s / 2)
+        refill = (now - conn.report_at) / max(period, 1e-3)
         conn.report_tokens = min(float(self._limits.inventory_burst), conn.report_tokens + refill)
         conn.report_at = now
         if conn.report_tokens < 1.0:
