@@ -97,6 +97,9 @@ EXPECTED: dict[tuple[str, str], frozenset[str] | None] = {
     ("delete", "/api/v1/notify-targets/{n}"): OWNER,
     ("post", "/api/v1/notify-targets/{n}/test"): OWNER,
     ("get", "/api/v1/tenants/{t}/events"): ALL,
+    ("post", "/api/v1/tenants/{t}/checks"): STAFF,
+    ("get", "/api/v1/tenants/{t}/checks"): ALL,
+    ("delete", "/api/v1/checks/{c}"): STAFF,
     # telemetry (docs/monitoring.md)
     ("get", "/api/v1/tenants/{t}/devices/{d}/inventory"): ALL,
     ("post", "/api/v1/tenants/{t}/devices/{d}/inventory-request"): STAFF,
@@ -131,8 +134,10 @@ def test_M3_every_route_enforces_the_roles_table(server: RunningServer) -> None:
     [alert] = ok(owner.http.get(f"/tenants/{t.id}/alerts"))
     target = ok(owner.http.post(f"/tenants/{t.id}/notify-targets", json={
         "kind": "syslog", "name": "walk", "host": "127.0.0.1", "port": 9}))
+    check = ok(owner.http.post(f"/tenants/{t.id}/checks", json={
+        "kind": "port", "params": {"port": 22}}))
     ids = {"t": t.id, "g": grant, "j": job_id, "d": device, "username": "spare", "a": alert["id"],
-           "n": target["id"], "slug": "anydesk"}
+           "n": target["id"], "slug": "anydesk", "c": check["id"]}
 
     def fresh_job() -> dict[str, Any]:
         e, p, _ = signed_job(t, grant, [device])
@@ -165,6 +170,7 @@ def test_M3_every_route_enforces_the_roles_table(server: RunningServer) -> None:
         ("post", "/api/v1/tenants/{t}/jobs"): fresh_job,
         ("post", "/api/v1/tenants/{t}/notify-targets"): lambda: {
             "kind": "syslog", "name": "walk", "host": "127.0.0.1", "port": 9},
+        ("post", "/api/v1/tenants/{t}/checks"): lambda: {"kind": "port", "params": {"port": 22}},
         ("post", "/api/v1/notify-targets"): lambda: {
             "kind": "syslog", "name": "soc", "host": "127.0.0.1", "port": 9},
         ("post", "/api/v1/catalog"): lambda: {"catalog": encode_catalog(builtin_catalog()).decode(),

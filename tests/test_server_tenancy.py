@@ -40,6 +40,7 @@ def world(server: RunningServer) -> dict[str, Any]:
     [alert] = ok(msp.http.get(f"/tenants/{b.id}/alerts"))
     target = ok(msp.http.post(f"/tenants/{b.id}/notify-targets", json={
         "kind": "syslog", "name": "b-siem", "host": "127.0.0.1", "port": 9}))
+    check = ok(msp.http.post(f"/tenants/{b.id}/checks", json={"kind": "port", "params": {"port": 22}}))
     ok(msp.http.put(f"/tenants/{b.id}/sanctioned-tools/anydesk"))
     a = setup_tenant(msp, "Alpha", prefix="a-")
     a_owner = msp.create_account("a-owner", "owner", [a.id])
@@ -47,6 +48,7 @@ def world(server: RunningServer) -> dict[str, Any]:
     grant = ok(b.tech.http.get(f"/grants/{gid}"))
     return {"msp": msp, "a": a, "b": b, "device": device, "grant": grant, "job": job_id,
             "job_env": env, "payloads": payloads, "alert": alert["id"], "target": target["id"],
+            "check": check["id"],
             "users": [a_owner, a.approver, a.tech, a_viewer]}
 
 
@@ -76,6 +78,8 @@ def _bodies(w: dict[str, Any]) -> dict[tuple[str, str], Any]:
             "kind": "syslog", "name": "x", "host": "127.0.0.1", "port": 9},
         ("delete", "/api/v1/notify-targets/{n}"): None,
         ("post", "/api/v1/notify-targets/{n}/test"): None,
+        ("post", "/api/v1/tenants/{t}/checks"): {"kind": "port", "params": {"port": 22}},
+        ("delete", "/api/v1/checks/{c}"): None,
         ("post", "/api/v1/tenants/{t}/devices/{d}/inventory-request"): {"full": True},
         ("put", "/api/v1/tenants/{t}/sanctioned-tools/{slug}"): None,
         ("delete", "/api/v1/tenants/{t}/sanctioned-tools/{slug}"): None,
@@ -89,6 +93,7 @@ def _b_state(w: dict[str, Any]) -> Any:
             ok(msp.http.get(f"/tenants/{b.id}/alerts", params={"status": "all"})),
             ok(msp.http.get(f"/tenants/{b.id}/settings")),
             ok(msp.http.get(f"/tenants/{b.id}/notify-targets")),
+            ok(msp.http.get(f"/tenants/{b.id}/checks")),
             ok(msp.http.get(f"/tenants/{b.id}/sanctioned-tools")),
             [(x["username"], x["status"]) for x in ok(msp.http.get("/accounts"))],
             ok(msp.http.get(f"/tenants/{b.id}/devices")),
@@ -100,7 +105,8 @@ def test_T12_every_tenant_route_refuses_another_tenants_ids(
         server: RunningServer, world: dict[str, Any]) -> None:
     b: TenantSetup = world["b"]
     ids = {"t": b.id, "g": world["grant"]["id"], "j": world["job"], "d": world["device"],
-           "username": b.tech.username, "a": world["alert"], "n": world["target"], "slug": "anydesk"}
+           "username": b.tech.username, "a": world["alert"], "n": world["target"], "slug": "anydesk",
+           "c": world["check"]}
     secret_ids = set(ids.values())
     before = _b_state(world)
     spec = ok(server.client(api=False).get("/openapi.json"))

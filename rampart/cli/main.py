@@ -22,6 +22,7 @@ from . import (
     access_cmds,
     audit_cmds,
     auth_cmds,
+    checks_cmds,
     grant_cmds,
     job_cmds,
     notify_cmds,
@@ -82,6 +83,7 @@ up.register(app)
 access_cmds.register(app)
 notify_cmds.register(app)
 sbom_cmds.register(app)
+checks_cmds.register(app)
 telemetry_cmds.register(app)
 
 

@@ -31,10 +31,11 @@ from rampart import __version__
 from . import clock, throttle
 from .access import sweep_dormant
 from .alerts import raise_alert
-from .api import accounts, alerts, audit, devices, grants, jobs, notify, telemetry, tenants
+from .api import accounts, alerts, audit, checks, devices, grants, jobs, notify, telemetry, tenants
 from .api import auth as auth_api
 from .api.schemas import HealthOut
 from .audit import SERVER_LOG, AuditLog
+from .checks import CheckRunner
 from .config import ServerConfig, load_config
 from .context import ServerContext
 from .db import Store, migrate
@@ -185,6 +186,20 @@ async def _housekeeping_cadence(ctx: ServerContext) -> None:
         await asyncio.sleep(ctx.limits.housekeeping_interval_s)
 
 
+async def _checks_cadence(ctx: ServerContext) -> None:
+    """Evaluate monitoring checks against the newest inventories (skips unchanged ones)."""
+    telemetry = ctx.gateway.telemetry
+    if telemetry is None:
+        return
+    runner = CheckRunner(ctx.store, telemetry)
+    while True:
+        try:
+            await asyncio.to_thread(runner.run_once, clock.now())
+        except Exception:
+            log.exception("monitoring checks failed; retrying next interval")
+        await asyncio.sleep(ctx.limits.checks_interval_s)
+
+
 async def _notify_cadence(ctx: ServerContext) -> None:
     """Deliver queued alerts and forward events to SIEM targets, every couple of seconds."""
     notifier = Notifier(ctx.store, ctx.config)
@@ -257,6 +272,7 @@ def create_app(data_dir: Path | str, *, config: ServerConfig | None = None,
         cadence = asyncio.create_task(_checkpoint_cadence(ctx))
         chores = asyncio.create_task(_housekeeping_cadence(ctx))
         notifying = asyncio.create_task(_notify_cadence(ctx))
+        checking = asyncio.create_task(_checks_cadence(ctx))
         watching = asyncio.create_task(_telemetry_cadence(ctx))
         listener = None
         if agent_listen is not None:
@@ -271,7 +287,7 @@ def create_app(data_dir: Path | str, *, config: ServerConfig | None = None,
                 listener.close()
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(listener.wait_closed(), 5)
-            for task in (cadence, chores, notifying, watching):
+            for task in (cadence, chores, notifying, checking, watching):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -288,7 +304,8 @@ def create_app(data_dir: Path | str, *, config: ServerConfig | None = None,
     def health() -> HealthOut:
         return HealthOut(status="ok", version=__version__)
 
-    for module in (auth_api, accounts, tenants, devices, grants, jobs, audit, alerts, notify, telemetry):
+    for module in (auth_api, accounts, tenants, devices, grants, jobs, audit, alerts, notify, telemetry,
+                   checks):
         api.include_router(module.router)
     app.include_router(api)
     app.include_router(devices.agent_router)

@@ -50,7 +50,7 @@ EVENT_KINDS = frozenset({
     "login.network-refused", "access.network-refused", "tenant.settings", "grant.revoked",
     "alert.acknowledged", "alert.resolved",
     # alert delivery (docs/monitoring.md)
-    "notify.target-added", "notify.target-removed",
+    "notify.target-added", "notify.target-removed", "check.added", "check.removed",
     # telemetry (docs/monitoring.md)
     "tool.sanctioned", "tool.unsanctioned", "catalog.imported", "inventory.requested",
 })

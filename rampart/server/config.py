@@ -51,6 +51,8 @@ class ServerLimits:
     housekeeping_interval_s: float = 600.0
     #: How often queued alerts are delivered and events forwarded to SIEM targets.
     notify_interval_s: float = 2.0
+    #: How often monitoring checks look at new inventories.
+    checks_interval_s: float = 5.0
     min_password_chars: int = 12
     max_password_chars: int = 1024
     # --- telemetry (docs/design/telemetry.md) ---

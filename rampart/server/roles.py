@@ -44,6 +44,7 @@ PERMISSIONS: Final[dict[str, frozenset[str]]] = {
     "checkpoint.sign": _STAFF,
     "alert.manage": _STAFF,
     "notify.manage": frozenset({"owner"}),
+    "checks.manage": _STAFF,
     # telemetry (docs/monitoring.md)
     "tools.manage": frozenset({"owner", "approver"}),
     "catalog.import": frozenset({"owner"}),

@@ -518,3 +518,27 @@ class CatalogOut(BaseModel):
     imported_by: str | None
     source: str | None
     tools: list[CatalogToolOut]
+
+
+# --- monitoring checks ----------------------------------------------------------------------
+
+CHECK_ID = r"^ck-[0-9a-z]{16,64}$"
+
+
+class CheckIn(In):
+    kind: Literal["disk", "memory", "cpu", "service", "port"]
+    device: DeviceId | None = None
+    params: Annotated[dict[Annotated[str, Field(max_length=32)],
+                           str | int | float | bool], Field(max_length=8)] = {}
+
+
+class CheckOut(BaseModel):
+    id: str
+    tenant: str
+    device: str | None
+    kind: str
+    params: dict[str, Any]
+    created_by: str
+    created_at: float
+    #: Devices where the check currently fails (open alerts).
+    failing: list[str]
