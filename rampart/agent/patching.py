@@ -767,34 +767,55 @@ _RPM_SCRIPTLET_NEVRA = re.compile(r"^warning: %\w+\((\S+)\) scriptlet failed")
 _RPM_SCRIPTLET_NAME = re.compile(r"^Error in \S+ scriptlet in rpm package (\S+)")
 
 
+# dpkg's progress lines name the package the following output (its maintainer scripts' among it) is about.
+_DPKG_PROGRESS = re.compile(
+    r"^(?:Setting up|Unpacking|Removing|Purging configuration files for|Processing triggers for)"
+    r" ([a-z0-9][a-z0-9+.\-]*)(?::\S+)? |^Preparing to unpack \S*/([a-z0-9][a-z0-9+.\-]*)_")
+
+
 class _ErrorCollector:
-    """Picks the error blocks of a package manager's output as it streams: per package, and general."""
+    """Picks the error blocks of a package manager's output as it streams: per package, and general.
+
+    A package's error text is what dpkg printed about it since its last
+    progress line ("Setting up foo (1.1) ...", the maintainer script's own
+    output), the "dpkg: error processing package foo" line and its indented
+    continuation, bounded.
+    """
 
     def __init__(self, limits: PatchLimits) -> None:
         self.limits = limits
         self.by_package: dict[str, str] = {}
         self.general: list[str] = []
-        self._context: deque[str] = deque(maxlen=8)
+        self._subject = ""
+        self._context: deque[str] = deque(maxlen=12)
         self._current: str | None = None
 
     def _add(self, pkg: str, text: str) -> None:
         have = self.by_package.get(pkg, "")
-        if len(have) < self.limits.max_error_chars:
-            self.by_package[pkg] = (have + ("\n" if have else "") + text)[: self.limits.max_error_chars]
+        if text in have or len(have) >= self.limits.max_error_chars:
+            return
+        self.by_package[pkg] = (have + ("\n" if have else "") + text)[: self.limits.max_error_chars]
 
     def __call__(self, line: str) -> None:
         if self._current is not None and line.startswith((" ", "\t")):
             self._add(self._current, line.strip())
             return
         self._current = None
+        if m := _DPKG_PROGRESS.match(line):
+            self._subject = m.group(1) or m.group(2) or ""
+            self._context.clear()
         m = _DPKG_ERROR.match(line) or _DPKG_DEPENDENCY.match(line)
         if m:
             target = m.group(1)
             pkg = os.path.basename(target).split("_", 1)[0] if target.endswith(".deb") else target
             pkg = pkg.split(":", 1)[0]
-            self._add(pkg, "\n".join([*self._context, line]))
+            context = list(self._context) if self._subject == pkg else []
+            self._add(pkg, "\n".join([*context, line]))
             self._current = pkg
-        elif m2 := _RPM_SCRIPTLET_NEVRA.match(line):
+            self._context.clear()
+            self._subject = ""
+            return
+        if m2 := _RPM_SCRIPTLET_NEVRA.match(line):
             self._add(m2.group(1).rsplit("-", 2)[0], line.strip())
         elif m3 := _RPM_SCRIPTLET_NAME.match(line):
             self._add(m3.group(1), line.strip())
@@ -929,11 +950,11 @@ def _finish(root: PackageRoot, operation: Operation, run: _Run, before: _Snapsho
     reboot_pkgs = [n for n in changed if _needs_reboot_pkg(root.manager, n)]
     if reboot_pkgs:
         _mark_reboot(root, reboot_pkgs)
-    ok = not failure and not broken and not any(c.action == "failed" for c in changes)
-    if not ok and not failure:
-        failed = [c.name for c in changes if c.action == "failed"]
-        failure = ("failed: " + ", ".join(failed[:20])) if failed else "packages left unconfigured: " + \
-            ", ".join(broken[:20])
+    failed = [f"{c.name} ({c.state})" for c in changes if c.action == "failed"]
+    ok = not failure and not broken and not failed
+    summary = [f"failed: {', '.join(failed[:20])}" if failed else "",
+               f"left unconfigured: {', '.join(broken[:20])}" if broken and not failed else "", failure]
+    failure = "; ".join(x for x in summary if x)
     return PatchResult(manager=root.manager, operation=operation, ok=ok, changes=changes,
                        error=failure[:2000],
                        errors=run.errors.general, exit_code=run.exit_code, timed_out=run.timed_out,
@@ -949,7 +970,8 @@ def _recover_dpkg(root: PackageRoot, run: _Run) -> None:
         snap = _snapshot(root)
     except OSError:
         return
-    if any(i.state in _DPKG_TRANSIENT for i in snap.values()):
+    # half-configured alone means a maintainer script failed: running it again would only repeat that.
+    if any(i.state in _DPKG_TRANSIENT - {"half-configured"} for i in snap.values()):
         code, failure = run.exit_code, run.failure
         run(["dpkg", *_dpkg_root_options(root), "--force-confdef", "--force-confold", "--configure",
              "--pending"])
