@@ -765,6 +765,8 @@ _DPKG_DEPENDENCY = re.compile(r"^dpkg: dependency problems prevent (?:configurat
 # "Error in POSTIN scriptlet in rpm package foo".
 _RPM_SCRIPTLET_NEVRA = re.compile(r"^warning: %\w+\((\S+)\) scriptlet failed")
 _RPM_SCRIPTLET_NAME = re.compile(r"^Error in \S+ scriptlet in rpm package (\S+)")
+_RPM_PROGRESS = re.compile(r"^\s+(?:Running scriptlet|Installing|Upgrading|Downgrading|Reinstalling|Erasing)"
+                           r"\s*: (\S+)-[^-\s]+-[^-\s]+\s")
 
 
 # dpkg's progress lines name the package the following output (its maintainer scripts' among it) is about.
@@ -789,6 +791,7 @@ class _ErrorCollector:
         self._subject = ""
         self._context: deque[str] = deque(maxlen=12)
         self._current: str | None = None
+        self._general_open = False
 
     def _add(self, pkg: str, text: str) -> None:
         have = self.by_package.get(pkg, "")
@@ -801,9 +804,20 @@ class _ErrorCollector:
             self._add(self._current, line.strip())
             return
         self._current = None
+        if self._general_open and line.startswith((" ", "\t")) and line.strip():
+            # dnf: "Error:" then the problem on indented lines.
+            last = self.general[-1]
+            if len(last) < self.limits.max_error_chars:
+                self.general[-1] = (last.rstrip() + " " + line.strip())[: self.limits.max_error_chars]
+            return
+        self._general_open = False
         if m := _DPKG_PROGRESS.match(line):
             self._subject = m.group(1) or m.group(2) or ""
             self._context.clear()
+        elif m := _RPM_PROGRESS.match(line):
+            self._subject = m.group(1)
+            self._context.clear()
+            return
         m = _DPKG_ERROR.match(line) or _DPKG_DEPENDENCY.match(line)
         if m:
             target = m.group(1)
@@ -816,12 +830,15 @@ class _ErrorCollector:
             self._subject = ""
             return
         if m2 := _RPM_SCRIPTLET_NEVRA.match(line):
-            self._add(m2.group(1).rsplit("-", 2)[0], line.strip())
+            pkg = m2.group(1).rsplit("-", 2)[0]
+            context = [c for c in self._context if c.strip()] if self._subject == pkg else []
+            self._add(pkg, "\n".join([*context, line.strip()]))
         elif m3 := _RPM_SCRIPTLET_NAME.match(line):
             self._add(m3.group(1), line.strip())
         elif line.startswith(("E: ", "Error: ", "Error:", "error: ")) and \
                 len(self.general) < self.limits.max_error_lines:
             self.general.append(line[: self.limits.max_error_chars])
+            self._general_open = line.startswith("Error:")
         self._context.append(line[:500])
 
 
@@ -914,7 +931,10 @@ def _diff(root: PackageRoot, before: _Snapshot, after: _Snapshot, wanted: Mappin
         else:
             ok = a is not None and a.state == "installed" and (not want_version or a.version == want_version)
         error = errors.by_package.get(name, "")
-        if ok:
+        # dpkg: a package that ends installed at the wanted version succeeded, whatever was printed on the
+        # way (a recovery may have configured it). rpm: a failed scriptlet leaves the package installed
+        # but its setup undone, so it is a failure.
+        if ok and not (root.manager == "dnf" and error):
             if key not in changes:
                 changes[key] = PackageChange(name=name, arch=key[1], before=b.version if b else None,
                                              after=a.version if a else None, action="unchanged", state=state,
