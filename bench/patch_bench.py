@@ -50,7 +50,7 @@ def _measure(fn: Callable[[], Any]) -> tuple[float, float, Any]:
     return time.perf_counter() - t0, _cpu() - cpu0, value
 
 
-def _series(fn: Callable[[], Any], runs: int) -> tuple[dict[str, float], Any]:
+def _series(fn: Callable[[], Any], runs: int) -> tuple[dict[str, Any], Any]:
     walls, cpus, value = [], [], None
     for _ in range(runs):
         wall, cpu, value = _measure(fn)

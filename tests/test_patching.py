@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -37,8 +37,8 @@ REBOOT_POSTINST = 'echo "*** System restart required ***" > /run/reboot-required
 def repo(tmp_path_factory: pytest.TempPathFactory) -> AptRepo:
     repo = AptRepo(tmp_path_factory.mktemp("archive"))
 
-    def deb(name: str, version: str, **kw: str) -> Path:
-        return build_deb(repo.path, name, version, **kw)
+    def deb(name: str, version: str, *, postinst: str | None = None, depends: str | None = None) -> Path:
+        return build_deb(repo.path, name, version, postinst=postinst, depends=depends)
 
     repo.add("stable", [
         deb("rampart-demo", "1.0", postinst='echo "configured rampart-demo $2"'),
@@ -71,8 +71,9 @@ def host_packages_untouched() -> Iterator[None]:
     assert os.path.exists("/run/reboot-required") == reboot
 
 
-def _root(tmp_path: Path, repo: AptRepo, suites: list[str] = BASE, **kw: object) -> PackageRoot:
-    return scratch_root(tmp_path / "root", repo, suites, **kw)  # type: ignore[arg-type]
+def _root(tmp_path: Path, repo: AptRepo, suites: list[str] = BASE, *, trusted: bool = True,
+          limits: PatchLimits | None = None, update: bool = True) -> PackageRoot:
+    return scratch_root(tmp_path / "root", repo, suites, trusted=trusted, limits=limits, update=update)
 
 
 def _install(root: PackageRoot, *specs: tuple[str, str]) -> None:
@@ -115,7 +116,7 @@ def test_argument_injection_is_refused_before_any_command(tmp_path: Path, repo: 
     root = _root(tmp_path, repo)
     _install(root, ("rampart-demo", "1.0"))
     status, history = _status_text(root), root.file("var/log/apt/history.log").read_bytes()
-    attempts = [
+    attempts: list[Callable[[], object]] = [
         lambda: patching.install(root, "--reinstall"),
         lambda: patching.install(root, "rampart-tool=1.0;rm -rf /"),
         lambda: patching.install(root, "rampart-tool", "1.0 --allow-downgrades"),

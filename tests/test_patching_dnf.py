@@ -36,8 +36,10 @@ pytestmark = [
 def repos(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     top = tmp_path_factory.mktemp("rpmbuild")
 
-    def rpm(name: str, version: str, **kw: object) -> Path:
-        return build_rpm(TOOLS, top, name, version, **kw)  # type: ignore[arg-type]
+    def rpm(name: str, version: str, *, post: str | None = None, requires: str | None = None,
+            provides: str | None = None, files: bool = True) -> Path:
+        return build_rpm(TOOLS, top, name, version, post=post, requires=requires, provides=provides,
+                         files=files)
 
     # Scriptlets need /bin/sh in the installroot: this package provides it (the file is copied in).
     base = make_repo(TOOLS, top / "repo-base", [

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -82,7 +83,8 @@ def build_rpm(tools: DnfTools, topdir: Path, name: str, version: str, *, post: s
     return topdir / "RPMS" / "noarch" / f"{name}-{version}-1.noarch.rpm"
 
 
-def make_repo(tools: DnfTools, path: Path, rpms: list[Path], *, security: list[tuple[str, str]] = ()) -> Path:
+def make_repo(tools: DnfTools, path: Path, rpms: list[Path], *,
+              security: Sequence[tuple[str, str]] = ()) -> Path:
     """A dnf repository of ``rpms``; ``security`` (name, version) pairs get a security advisory."""
     path.mkdir(parents=True, exist_ok=True)
     for rpm in rpms:
