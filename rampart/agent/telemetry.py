@@ -69,8 +69,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_INTERVAL_S", "MAX_GAP_S", "MAX_REPORT_BYTES", "MAX_TOOLS", "MAX_WIRE_BYTES", "DetectionConfig",
-    "EarlierFinding", "Report", "ReportError", "Telemetry", "ToolSeen", "decode_report", "encode_report",
-    "inflate", "tools_seen",
+    "EarlierFinding", "Report", "ReportError", "Telemetry", "ToolSeen", "decode_report", "decode_report_blob",
+    "encode_report", "inflate", "report_blob", "tools_seen",
 ]
 
 log = logging.getLogger("rampart.agent")
@@ -172,7 +172,17 @@ def encode_report(report: Report) -> str:
 
 def decode_report(text: str, *, max_bytes: int = MAX_REPORT_BYTES) -> Report:
     """The :class:`Report` in a message's ``report`` field, or :class:`ReportError`."""
-    raw = inflate(_unb64(text, "report"), max_bytes)
+    return decode_report_blob(_unb64(text, "report"), max_bytes=max_bytes)
+
+
+def report_blob(text: str) -> bytes:
+    """The compressed bytes of a ``report`` field (strict base64), or :class:`ReportError`."""
+    return _unb64(text, "report")
+
+
+def decode_report_blob(blob: bytes, *, max_bytes: int = MAX_REPORT_BYTES) -> Report:
+    """The :class:`Report` in compressed bytes (what the server keeps for a delta)."""
+    raw = inflate(blob, max_bytes)
     try:
         return msgspec.json.decode(raw, type=Report)
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:

@@ -34,7 +34,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -44,12 +44,10 @@ from rampart.agent.inventory import (
     Inventory,
     apply,
     decode,
-    decode_delta,
     digest,
     encode,
-    encode_delta,
 )
-from rampart.agent.telemetry import Report, ReportError, ToolSeen, decode_report, inflate
+from rampart.agent.telemetry import Report, ReportError, ToolSeen, decode_report_blob, inflate, report_blob
 from rampart.catalog import Catalog, CatalogError, builtin_catalog, decode_catalog, encode_catalog
 from rampart.catalog.store import MAX_CATALOG_BYTES
 
@@ -68,6 +66,12 @@ from .models import (
 )
 
 log = logging.getLogger("rampart.server.telemetry")
+
+#: Core tables for the set-based ingest statements (no ORM identity-map work per row).
+FT: Table = FindingRow.__table__  # type: ignore[assignment]
+DIT: Table = DeviceInventory.__table__  # type: ignore[assignment]
+IDT: Table = InventoryDelta.__table__  # type: ignore[assignment]
+DT: Table = Device.__table__  # type: ignore[assignment]
 
 CATALOG_KEY = "catalog.v1"
 CATALOG_META_KEY = "catalog.meta"
@@ -99,7 +103,7 @@ class Incoming:
 class _Decoded:
     item: Incoming
     report: Report
-    #: zlib of the canonical snapshot (full) or delta encoding, as stored.
+    #: As stored: zlib of the canonical snapshot (full), or the agent's compressed report (delta).
     blob: bytes
     tools: str
 
@@ -255,7 +259,8 @@ class TelemetryStore:
 
     def _decode(self, item: Incoming) -> _Decoded:
         try:
-            report = decode_report(item.report, max_bytes=self._limits.max_inventory_bytes)
+            blob = report_blob(item.report)
+            report = decode_report_blob(blob, max_bytes=self._limits.max_inventory_bytes)
         except ReportError as exc:
             raise Refused(str(exc)) from None
         if report.full is not None:
@@ -264,14 +269,15 @@ class TelemetryStore:
             data = encode(report.full)
             if hashlib.sha256(data).hexdigest() != item.result:
                 raise Refused("the snapshot does not match its digest")
+            blob = _pack(data)  # the snapshot alone, canonical
         else:
             assert report.delta is not None
             if report.delta.base != item.base or report.delta.result != item.result:
                 raise Refused("the delta's base or result does not match the message")
-            data = encode_delta(report.delta)
+            # A delta is kept as the agent's compressed report (it was just decoded and checked).
         tools = json.dumps([dataclasses.asdict(_tool_doc(t)) for t in report.tools], sort_keys=True,
-                           separators=(",", ":"))
-        return _Decoded(item, report, _pack(data), tools)
+                           separators=(",", ":")) if report.tools else "[]"
+        return _Decoded(item, report, blob, tools)
 
     def ingest_batch(self, items: Sequence[Incoming], now: float) -> tuple[list[Outcome], set[str]]:
         """Decode and commit a batch of reports in one transaction.
@@ -305,8 +311,11 @@ class TelemetryStore:
 
     def _commit(self, s: Session, batch: Sequence[_Decoded], now: float,
                 due: set[str]) -> list[tuple[int, Outcome]]:
+        """One batch in the caller's transaction, with set-based statements (a few per batch, not per
+        report): the common case (a delta, findings unchanged) costs one row insert per report."""
         ids = sorted({d.item.device_id for d in batch})
-        devices = {d.id: d for d in s.scalars(select(Device).where(Device.id.in_(ids)))}
+        devices = {r.id: _Dev(r.id, r.tenant_id, r.status, r.hostname) for r in s.execute(
+            select(Device.id, Device.tenant_id, Device.status, Device.hostname).where(Device.id.in_(ids)))}
         heads: dict[str, tuple[str, str]] = {
             r.device_id: (r.head, r.tools) for r in s.execute(
                 select(DeviceInventory.device_id, DeviceInventory.head, DeviceInventory.tools)
@@ -315,13 +324,12 @@ class TelemetryStore:
             r[0]: (int(r[1]), int(r[2] or 0)) for r in s.execute(
                 select(InventoryDelta.device_id, func.count(), func.max(InventoryDelta.seq))
                 .where(InventoryDelta.device_id.in_(ids)).group_by(InventoryDelta.device_id))}
-        open_rows: dict[str, dict[str, FindingRow]] = {}
-        for row in s.scalars(select(FindingRow).where(FindingRow.device_id.in_(ids),
-                                                      FindingRow.resolved_at.is_(None))):
-            open_rows.setdefault(row.device_id, {})[row.key] = row
+        open_now: dict[str, dict[str, tuple[str, ...]]] = {}
+        for r in s.execute(select(FT.c.device_id, FT.c.key, FT.c.kind, FT.c.severity, FT.c.tool, FT.c.subject,
+                                  FT.c.evidence).where(FT.c.device_id.in_(ids), FT.c.resolved_at.is_(None))):
+            open_now.setdefault(r[0], {})[r[1]] = tuple(r[2:])
         out: list[tuple[int, Outcome]] = []
-        new_deltas: list[dict[str, Any]] = []
-        head_updates: dict[str, dict[str, Any]] = {}
+        batch_sql = _BatchSql()
         stored: list[str] = []
         for i, d in enumerate(batch):
             dev_id = d.item.device_id
@@ -335,16 +343,14 @@ class TelemetryStore:
                 continue
             current = heads.get(dev_id)
             if d.report.full is not None:
-                if dev_id in head_updates:  # flush what this batch queued for the device first
-                    self._flush(s, new_deltas, head_updates)
-                s.execute(delete(InventoryDelta).where(InventoryDelta.device_id == dev_id))
+                batch_sql.run(s)  # what this batch queued for the device goes first
+                s.execute(delete(IDT).where(IDT.c.device_id == dev_id))
                 values = {"digest": d.item.result, "snapshot": d.blob, "snapshot_at": now,
                           "head": d.item.result, "updated_at": now, "tools": d.tools}
                 if current is None:
-                    s.execute(insert(DeviceInventory).values(device_id=dev_id, **values))
+                    s.execute(insert(DIT).values(device_id=dev_id, **values))
                 else:
-                    s.execute(update(DeviceInventory).where(DeviceInventory.device_id == dev_id)
-                              .values(**values))
+                    s.execute(update(DIT).where(DIT.c.device_id == dev_id).values(**values))
                 heads[dev_id] = (d.item.result, d.tools)
                 pending[dev_id] = (0, pending.get(dev_id, (0, 0))[1])
             else:
@@ -352,59 +358,56 @@ class TelemetryStore:
                     out.append((i, "full"))
                     continue
                 count, seq = pending.get(dev_id, (0, 0))
-                new_deltas.append({"device_id": dev_id, "seq": seq + 1, "base": d.item.base,
-                                   "result": d.item.result, "data": d.blob, "received_at": now})
-                pending[dev_id] = (count + 1, seq + 1)
-                upd = {"head": d.item.result, "updated_at": now}
+                batch_sql.deltas.append({"device_id": dev_id, "seq": seq + 1, "base": d.item.base,
+                                         "result": d.item.result, "data": d.blob, "received_at": now})
+                batch_sql.heads[dev_id] = {"b_dev": dev_id, "b_head": d.item.result, "b_at": now}
                 if d.tools != current[1]:
-                    upd["tools"] = d.tools
-                head_updates[dev_id] = {**head_updates.get(dev_id, {}), **upd}
+                    batch_sql.tools[dev_id] = {"b_dev": dev_id, "b_tools": d.tools}
+                pending[dev_id] = (count + 1, seq + 1)
                 heads[dev_id] = (d.item.result, d.tools)
                 if count + 1 >= self._limits.inventory_compact_after:
                     due.add(dev_id)
-            self._findings(s, device, d.report, open_rows.setdefault(dev_id, {}), now)
+            self._findings(s, device, d.report, open_now.setdefault(dev_id, {}), now)
             stored.append(dev_id)
             out.append((i, "stored"))
-        self._flush(s, new_deltas, head_updates)
+        batch_sql.run(s)
         if stored:
-            s.execute(update(Device).where(Device.id.in_(sorted(set(stored)))).values(last_seen=now))
-            self._resolve_agent_alerts(s, [devices[x] for x in sorted(set(stored))], now)
+            reporting = sorted(set(stored))
+            s.flush()
+            s.execute(update(FT).where(FT.c.device_id.in_(reporting), FT.c.resolved_at.is_(None))
+                      .values(last_seen=now))
+            s.execute(update(DT).where(DT.c.id.in_(reporting)).values(last_seen=now))
+            self._resolve_agent_alerts(s, [devices[x] for x in reporting], now)
         return out
-
-    @staticmethod
-    def _flush(s: Session, new_deltas: list[dict[str, Any]], head_updates: dict[str, dict[str, Any]]) -> None:
-        if new_deltas:
-            s.execute(insert(InventoryDelta), new_deltas)
-            new_deltas.clear()
-        for dev_id, values in head_updates.items():
-            s.execute(update(DeviceInventory).where(DeviceInventory.device_id == dev_id).values(**values))
-        head_updates.clear()
 
     # --- findings and alerts ---------------------------------------------------------------------
 
-    def _findings(self, s: Session, device: Device, report: Report, open_rows: dict[str, FindingRow],
+    def _findings(self, s: Session, device: _Dev, report: Report, open_now: dict[str, tuple[str, ...]],
                   now: float) -> None:
+        """Open, update and resolve ``device``'s findings and their alerts as ``report`` says."""
         reported = {f.key: f for f in report.findings}
         for key, f in reported.items():
-            row = open_rows.get(key)
-            if row is None:
-                row = self._open(s, device, f, now, first_seen=now)
-                open_rows[key] = row
+            fields = _fields(f)
+            known = open_now.get(key)
+            if known is None:
+                self._open(s, device, f, now, first_seen=now)
+                open_now[key] = fields
                 raise_alert(s, [device.tenant_id], kind=f.kind, severity=_alert_severity(f.severity),
                             dedup=finding_dedup(device.id, key), subject=f"{device.hostname}: {f.subject}",
                             detail=_detail(device.id, device.hostname, f), now=now)
-            else:
-                _fill(row, f)
-                row.last_seen = now
-        for key in [k for k in open_rows if k not in reported]:
-            row = open_rows.pop(key)
-            row.resolved_at = now
-            alert = live_alert(s, device.tenant_id, row.kind, finding_dedup(device.id, key))
+            elif known != fields:
+                s.execute(update(FT).where(FT.c.device_id == device.id, FT.c.key == key)
+                          .values(dict(zip(_FIELDS, fields, strict=True))))
+                open_now[key] = fields
+        for key in [k for k in open_now if k not in reported]:
+            kind = open_now.pop(key)[0]
+            s.execute(update(FT).where(FT.c.device_id == device.id, FT.c.key == key).values(resolved_at=now))
+            alert = live_alert(s, device.tenant_id, kind, finding_dedup(device.id, key))
             if alert is not None:
                 resolve(alert, f"device:{device.id}", now)
         for e in report.earlier:
             f = e.finding
-            if f.key in reported or f.key in open_rows:
+            if f.key in reported or f.key in open_now:
                 continue
             row = self._open(s, device, f, now, first_seen=now)
             row.resolved_at = now
@@ -418,7 +421,7 @@ class TelemetryStore:
                 resolve(alert, f"device:{device.id}", now)
 
     @staticmethod
-    def _open(s: Session, device: Device, f: Finding, now: float, *, first_seen: float) -> FindingRow:
+    def _open(s: Session, device: _Dev, f: Finding, now: float, *, first_seen: float) -> FindingRow:
         row = s.get(FindingRow, {"device_id": device.id, "key": f.key})
         if row is None:
             row = FindingRow(device_id=device.id, key=f.key, tenant_id=device.tenant_id)
@@ -428,7 +431,7 @@ class TelemetryStore:
         return row
 
     @staticmethod
-    def _resolve_agent_alerts(s: Session, devices: Iterable[Device], now: float) -> None:
+    def _resolve_agent_alerts(s: Session, devices: Iterable[_Dev], now: float) -> None:
         by_key = {f"{kind}:{d.id}": d for d in devices for kind in (OFFLINE, OVERDUE)}
         for alert in s.scalars(select(AlertRow).where(AlertRow.dedup_key.in_(sorted(by_key)),
                                                       AlertRow.status.in_(LIVE))):
@@ -455,7 +458,10 @@ class TelemetryStore:
         applied = 0
         for seq, data in deltas:
             try:
-                inv = apply(inv, decode_delta(inflate(data, MAX_SNAPSHOT_BYTES)))
+                delta = decode_report_blob(data, max_bytes=self._limits.max_inventory_bytes).delta
+                if delta is None:
+                    raise DeltaError("stored delta row holds no delta")
+                inv = apply(inv, delta)
             except (DeltaError, ReportError, ValueError) as exc:
                 log.warning("device %s: delta %d does not apply (%s); asking for a full report",
                             device_id, seq, exc)
@@ -538,12 +544,48 @@ def _ts(t: float | None) -> str:
     return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
-def _fill(row: FindingRow, f: Finding) -> None:
+_FIELDS = ("kind", "severity", "tool", "subject", "evidence")
+
+
+def _fields(f: Finding) -> tuple[str, ...]:
+    """A finding's stored columns, in :data:`_FIELDS` order."""
     evidence = json.dumps(f.evidence, sort_keys=True, separators=(",", ":"))
-    for name, value in (("kind", f.kind), ("severity", f.severity), ("tool", f.tool), ("subject", f.subject),
-                        ("evidence", evidence)):
+    return (f.kind, f.severity, f.tool, f.subject, evidence)
+
+
+def _fill(row: FindingRow, f: Finding) -> None:
+    for name, value in zip(_FIELDS, _fields(f), strict=True):
         if getattr(row, name, None) != value:
             setattr(row, name, value)
+
+
+@dataclass(frozen=True, slots=True)
+class _Dev:
+    id: str
+    tenant_id: str
+    status: str
+    hostname: str
+
+
+class _BatchSql:
+    """Statements a batch queues: delta rows, new heads, new tool lists; run as three executemany."""
+
+    def __init__(self) -> None:
+        self.deltas: list[dict[str, Any]] = []
+        self.heads: dict[str, dict[str, Any]] = {}
+        self.tools: dict[str, dict[str, Any]] = {}
+
+    def run(self, s: Session) -> None:
+        if self.deltas:
+            s.execute(insert(IDT), self.deltas)
+        if self.heads:
+            s.execute(update(DIT).where(DIT.c.device_id == bindparam("b_dev"))
+                      .values(head=bindparam("b_head"), updated_at=bindparam("b_at")),
+                      list(self.heads.values()))
+        if self.tools:
+            s.execute(update(DIT).where(DIT.c.device_id == bindparam("b_dev"))
+                      .values(tools=bindparam("b_tools")), list(self.tools.values()))
+        self.deltas, self.heads, self.tools = [], {}, {}
 
 
 @dataclass(frozen=True, slots=True)
