@@ -1,9 +1,9 @@
 # Benchmarks print their numbers and write them to bench/results/.
 PY ?= .venv/bin/python
 
-.PHONY: bench bench-trust bench-merkle bench-fleet bench-inventory test up sbom
+.PHONY: bench bench-trust bench-merkle bench-fleet bench-inventory bench-patch test up sbom
 
-bench: bench-trust bench-merkle bench-fleet bench-inventory
+bench: bench-trust bench-merkle bench-fleet bench-inventory bench-patch
 
 bench-trust:
 	@mkdir -p bench/results
@@ -31,3 +31,7 @@ bench-inventory:
 sbom:
 	@mkdir -p dist
 	PYTHONPATH=. $(PY) -m rampart.cli.main sbom --self --output dist/rampart.cdx.json
+
+bench-patch:
+	@mkdir -p bench/results
+	PYTHONPATH=.:tests $(PY) bench/patch_bench.py bench/results/patch.json
