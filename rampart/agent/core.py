@@ -17,14 +17,11 @@ import base64
 import binascii
 import hashlib
 import logging
-import os
 import re
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +30,8 @@ from rampart.trust import merkle
 from rampart.trust.payloads import Checkpoint, ContainmentReport, Receipt, decode_payload
 from rampart.trust.roots import reload_root
 
-from . import containment
+from . import actions, containment
+from .actions import ActionPolicy
 from .state import AgentState
 
 log = logging.getLogger("rampart.agent")
@@ -56,6 +54,8 @@ class DeviceConfig:
     job_user: str | None
     require_containment: str
     max_timeout_s: int
+    #: Packages, updates and backups (rampart.agent.actions, docs/patching.md).
+    actions: ActionPolicy = field(default_factory=ActionPolicy)
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> DeviceConfig:
@@ -66,6 +66,7 @@ class DeviceConfig:
             job_user=doc.get("job_user") or None,
             require_containment=str(doc.get("require_containment", "full")),
             max_timeout_s=int(doc.get("max_timeout_s", 3600)),
+            actions=ActionPolicy.from_dict(doc),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -73,6 +74,7 @@ class DeviceConfig:
             "write_roots": list(self.write_roots), "allow_root": self.allow_root,
             "allow_network": self.allow_network, "job_user": self.job_user,
             "require_containment": self.require_containment, "max_timeout_s": self.max_timeout_s,
+            **self.actions.to_dict(),
         }
 
 
@@ -135,6 +137,8 @@ class Agent:
             max_timeout_s=self.config.max_timeout_s,
         )
         self._root: trust.TrustedRoot | None = None
+        #: Set by the running agent: ask telemetry for an inventory now; True if the server is connected.
+        self.inventory_trigger: Callable[[], bool] | None = None
 
     # --- trusted state ----------------------------------------------------------------
 
@@ -280,46 +284,10 @@ class Agent:
         return auth, job_bytes, payloads
 
     def _execute(self, auth: trust.Authorization, payloads: dict[str, bytes]) -> bytes:
-        job = auth.job
-        eff = auth.effective
-        if job.action.kind != "script":
-            return self._receipt(job.id, outcome="refused", refusal="unsupported-action",
-                                 detail=f"this agent version cannot run {job.action.kind!r} actions")
-        run_as: str | None
-        if eff.run_as == "root":
-            run_as = "root" if os.geteuid() == 0 else None
-        else:
-            run_as = self.config.job_user if os.geteuid() == 0 else None
-        workdir = Path(tempfile.mkdtemp(prefix="rampart-job-"))
-        try:
-            script = workdir / "script"
-            script.write_bytes(payloads["script"])
-            if run_as not in (None, "root"):
-                import pwd
-
-                pw = pwd.getpwnam(run_as)
-                os.chown(workdir, pw.pw_uid, pw.pw_gid)
-                os.chown(script, pw.pw_uid, pw.pw_gid)
-            os.chmod(workdir, 0o500)
-            os.chmod(script, 0o500)
-            argv = (str(script), *job.action.args) if payloads["script"].startswith(b"#!") \
-                else ("/bin/sh", str(script), *job.action.args)
-            spec = containment.ContainmentSpec(
-                argv=argv, cwd=eff.writes[0] if eff.writes else str(workdir),
-                env={"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                     "LANG": "C.UTF-8", "RAMPART_JOB_ID": job.id, "RAMPART_DEVICE_ID": self.device_id,
-                     "HOME": eff.writes[0] if eff.writes else str(workdir)},
-                write_paths=eff.writes, deny_read_paths=(str(self.state_dir.resolve()),),
-                connect_ports=eff.connect, run_as=run_as, timeout_s=float(eff.timeout_s),
-                max_output_bytes=MAX_OUTPUT, require=_required_level(self.config, run_as),
-            )
-            result = containment.run_contained(spec)
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
-        if result.refused is not None:
-            return self._receipt(job.id, outcome="refused", refusal="containment-unavailable",
-                                 detail=result.refused, result=result)
-        return self._receipt(job.id, outcome="ran", result=result)
+        """Run the authorized job the way its action kind runs (:mod:`rampart.agent.actions`)."""
+        done = actions.run(self, auth, payloads)
+        return self._receipt(auth.job.id, outcome=done.outcome, refusal=done.refusal, detail=done.detail,
+                             result=done.result)
 
     def _receipt(self, job_id: str, *, outcome: str, refusal: str = "", detail: str = "",
                  result: containment.ContainedResult | None = None) -> bytes:
@@ -348,14 +316,6 @@ class Agent:
         )
         env = trust.sign_envelope(Receipt.PAYLOAD_TYPE, trust.encode_payload(receipt), [self.key])
         return env.to_bytes()
-
-
-def _required_level(config: DeviceConfig, run_as: str | None) -> str:
-    """The containment a job must get. A job granted root (two approvers and a device
-    that allows root) cannot drop to another user, so "full" means everything else."""
-    if run_as == "root" and config.require_containment == "full":
-        return "filesystem"
-    return config.require_containment
 
 
 _MAX_REVOCATIONS = 1000

@@ -3,6 +3,10 @@
     rampart-agent enroll --server URL --token TOKEN --root-sha256 HASH --cert-sha256 FP --state DIR
                          [--write-root PATH]... [--allow-root] [--no-network]
                          [--job-user USER] [--require-containment full|filesystem|none]
+                         [--package-root PATH] [--package-manager auto|apt|dnf|none]
+                         [--security-only-updates] [--backup-repo LOCATION --backup-path PATH...
+                          [--backup-rsh COMMAND] [--backup-passphrase-file PATH]
+                          [--backup-exclude PATH]... [--backup-restore-samples N]]
     rampart-agent run --state DIR [--inventory-interval SECONDS]
     rampart-agent status --state DIR [--json]
 
@@ -24,7 +28,7 @@ from pathlib import Path
 
 from rampart import tlspin, trust
 
-from . import containment
+from . import actions, containment
 from .core import Agent, DeviceConfig
 from .enroll import EnrollError, enroll, load_certificate
 from .state import AgentState, StateError
@@ -71,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--job-user", default=None, help="unprivileged user jobs run as")
     e.add_argument("--require-containment", choices=["full", "filesystem", "none"], default=None)
     e.add_argument("--max-timeout", type=int, default=3600)
+    actions.add_enroll_options(e)
     r = sub.add_parser("run", help="run the agent")
     r.add_argument("--state", default=DEFAULT_STATE)
     r.add_argument("--inventory-interval", type=_interval, default=DEFAULT_INTERVAL_S, metavar="SECONDS",
@@ -107,9 +112,14 @@ def cmd_enroll(a: argparse.Namespace) -> int:
     require = a.require_containment or containment.kernel_level()
     if os.geteuid() != 0 and require == "full":
         require = "filesystem"  # an unprivileged agent cannot switch users
+    try:
+        action_policy = actions.policy_from_args(a, state_dir=Path(a.state), write_roots=roots)
+    except actions.PolicyError as exc:
+        raise EnrollError(str(exc)) from None
     config = DeviceConfig(write_roots=tuple(roots), allow_root=a.allow_root,
                           allow_network=not a.no_network, job_user=job_user,
-                          require_containment=require, max_timeout_s=a.max_timeout)
+                          require_containment=require, max_timeout_s=a.max_timeout,
+                          actions=action_policy)
     device_id = enroll(server_url=a.server, token=a.token, root_sha256=a.root_sha256,
                        cert_sha256=a.cert_sha256, state_dir=Path(a.state), config=config)
     print(f"enrolled; containment required: {require}; write roots: {', '.join(roots) or 'none'}")
@@ -140,6 +150,12 @@ def cmd_run(a: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+
+        def refresh_inventory() -> bool:  # called from the job worker thread
+            loop.call_soon_threadsafe(telemetry.request)
+            return link.ws is not None
+
+        agent.inventory_trigger = refresh_inventory
         await link.run(stop)
 
     try:
