@@ -1,4 +1,8 @@
-"""Jobs: sign a script job locally, upload it, follow its receipts.
+"""Jobs: sign a job locally, upload it, follow its receipts.
+
+``rampart run`` (script jobs) lives here, with the flow every job command
+shares (:func:`sign_job`, :func:`send_and_follow`); packages, patches, files and
+backups are in :mod:`rampart.cli.action_cmds`.
 
 Security invariants:
 
@@ -17,6 +21,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -36,19 +41,25 @@ from .grant_cmds import decode_grant, split_list
 from .output import err_console, fmt_time, parse_duration, print_json, say, table
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+TenantArg = Annotated[str, typer.Argument(help="Tenant name or id.")]
+GrantOpt = Annotated[str, typer.Option("--grant", help="Approved grant id (gr-…).")]
+DevicesOpt = Annotated[str, typer.Option("--devices", help="Comma-separated device ids.")]
+ExpiresOpt = Annotated[str, typer.Option("--expires", help="Job lifetime, e.g. 1h.")]
+WaitOpt = Annotated[bool, typer.Option("--wait", help="Wait for every receipt.")]
+WaitTimeoutOpt = Annotated[str | None, typer.Option(
+    "--wait-timeout", help="How long --wait waits (default: the timeout plus 60s).")]
 MAX_SCRIPT_BYTES = 2 * 1024 * 1024  # the agent channel carries at most 4 MiB frames (base64)
 POLL_INTERVAL_S = 0.5
 
 jobs_app = typer.Typer(help="Jobs and their receipts.", no_args_is_help=True)
 
 
-# --- flows (also used by `rampart up` and tests) -----------------------------------------------
+# --- flows (also used by `rampart up`, the action commands and tests) ---------------------------
 
 
-def sign_script_job(cfg: Config, client: Client, session: Session, tenant_id: str, *,
-                    grant_id: str, devices: list[str], script: bytes, writes: list[str],
-                    connect: list[int], as_root: bool, timeout_s: int,
-                    lifetime_s: int) -> tuple[bytes, Job]:
+def sign_job(cfg: Config, client: Client, session: Session, tenant_id: str, *, grant_id: str,
+             devices: list[str], action: Action, declared: Declared, timeout_s: int,
+             lifetime_s: int) -> tuple[bytes, Job]:
     """Verify the grant locally, then build and sign the job with the grantee key."""
     root = trusted_root(cfg, client, tenant_id)
     summary = expect_dict(client.get(f"/grants/{grant_id}"), "grant")
@@ -73,16 +84,11 @@ def sign_script_job(cfg: Config, client: Client, session: Session, tenant_id: st
     outside = sorted(set(devices) - set(grant.devices))
     if outside:
         raise UsageProblem(f"the grant does not cover {', '.join(outside)}")
-    if len(script) > MAX_SCRIPT_BYTES:
-        raise UsageProblem(f"the script is larger than {MAX_SCRIPT_BYTES // 1024} KiB")
     try:
         job = Job(
             id=trust.new_job_id(), tenant=tenant_id, grant=grant.id, signer=grant.grantee,
-            devices=devices,
-            action=Action(kind="script", payloads=[PayloadRef(
-                name="script", sha256=hashlib.sha256(script).hexdigest(), size=len(script))]),
-            declared=Declared(writes=writes, connect=connect, run_as="root" if as_root else "job"),
-            timeout_s=timeout_s, nonce=trust.new_nonce(), issued_at=t, expires_at=t + lifetime_s,
+            devices=devices, action=action, declared=declared, timeout_s=timeout_s,
+            nonce=trust.new_nonce(), issued_at=t, expires_at=t + lifetime_s,
         )
         payload = trust.encode_payload(job)
         trust.decode_payload(payload, Job)  # validate exactly as an agent will decode it
@@ -98,9 +104,39 @@ def sign_script_job(cfg: Config, client: Client, session: Session, tenant_id: st
     return env.to_bytes(), job
 
 
-def submit_job(client: Client, tenant_id: str, envelope: bytes, script: bytes) -> dict[str, Any]:
+def job_times(devices: str, expires: str, wait_timeout: str | None,
+              timeout: int) -> tuple[list[str], int, int]:
+    """(device ids, job lifetime, how long --wait waits) from the common options."""
+    return (split_list(devices, "--devices"), parse_duration(expires, what="--expires"),
+            parse_duration(wait_timeout, what="--wait-timeout") if wait_timeout else timeout + 60)
+
+
+def payload_ref(name: str, data: bytes) -> PayloadRef:
+    """The signed reference to a payload: its exact size and SHA-256."""
+    return PayloadRef(name=name, sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+
+
+def sign_script_job(cfg: Config, client: Client, session: Session, tenant_id: str, *,
+                    grant_id: str, devices: list[str], script: bytes, writes: list[str],
+                    connect: list[int], as_root: bool, timeout_s: int,
+                    lifetime_s: int) -> tuple[bytes, Job]:
+    """A script job: the script's digest signed, with what it declares it writes and connects to."""
+    if len(script) > MAX_SCRIPT_BYTES:
+        raise UsageProblem(f"the script is larger than {MAX_SCRIPT_BYTES // 1024} KiB")
+    try:
+        declared = Declared(writes=writes, connect=connect, run_as="root" if as_root else "job")
+    except (ValueError, msgspec.ValidationError) as exc:
+        raise UsageProblem(f"invalid job: {exc}") from None
+    return sign_job(cfg, client, session, tenant_id, grant_id=grant_id, devices=devices,
+                    action=Action(kind="script", payloads=[payload_ref("script", script)]),
+                    declared=declared, timeout_s=timeout_s, lifetime_s=lifetime_s)
+
+
+def submit_job(client: Client, tenant_id: str, envelope: bytes,
+               payloads: dict[str, bytes]) -> dict[str, Any]:
     return expect_dict(client.post(f"/tenants/{tenant_id}/jobs", {
-        "envelope": envelope.decode(), "payloads": {"script": base64.b64encode(script).decode()},
+        "envelope": envelope.decode(),
+        "payloads": {name: base64.b64encode(data).decode() for name, data in payloads.items()},
     }), "job")
 
 
@@ -137,7 +173,22 @@ def target_ok(t: dict[str, Any]) -> bool:
             and not r.get("timed_out"))
 
 
-def print_targets(doc: dict[str, Any]) -> None:
+#: Lines to show for one receipt's output (the action commands summarise their JSON result).
+Render = Callable[[dict[str, Any]], list[str]]
+
+
+def raw_output(receipt: dict[str, Any]) -> list[str]:
+    """A script's stdout and stderr, as they came."""
+    lines: list[str] = []
+    for stream in ("stdout", "stderr"):
+        text = receipt.get(stream)
+        if text:
+            lines.append(f"--- {stream} ---")
+            lines += str(text).rstrip("\n").split("\n")
+    return lines
+
+
+def print_targets(doc: dict[str, Any], render: Render = raw_output) -> None:
     for t in doc.get("targets") or []:
         if not isinstance(t, dict):
             continue
@@ -165,21 +216,54 @@ def print_targets(doc: dict[str, Any]) -> None:
         say(line)
         if r.get("detail"):
             say(f"  detail: {r['detail']}")
-        for stream in ("stdout", "stderr"):
-            text = r.get(stream)
-            if text:
-                say(f"  --- {stream} ---")
-                for ln in str(text).rstrip("\n").split("\n"):
-                    say(f"  {ln}")
+        for ln in render(r):
+            say(f"  {ln}")
+
+
+def send_and_follow(client: Client, tenant_id: str, envelope: bytes, job: Job,
+                    payloads: dict[str, bytes], *, wait: bool, wait_s: int, json_out: bool,
+                    render: Render = raw_output,
+                    enrich: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+    """Upload a signed job; with ``wait``, follow its receipts and fail unless every device ran it.
+
+    ``enrich`` may add to the ``--json`` document (the action commands decode their results).
+    """
+    doc = submit_job(client, tenant_id, envelope, payloads)
+    job_id = field(doc, "id", str, "job")
+    if job_id != job.id:
+        raise Refused("the server stored the job under another id")
+    devices = len(job.devices)
+    if not wait:
+        if json_out:
+            print_json({"id": job_id, "targets": doc.get("targets")})
+        else:
+            say(job_id)
+            say(f"follow it with: rampart jobs show {job_id}")
+        return
+    if not json_out:
+        say(f"job {job_id} sent to {devices} device(s)")
+    result = wait_for_receipts(client, job_id, devices, time.monotonic() + wait_s,
+                               show_progress=not json_out)
+    targets = [x for x in result.get("targets") or [] if isinstance(x, dict)]
+    if json_out:
+        print_json(enrich(result) if enrich is not None else result)
+    else:
+        print_targets(result, render)
+    pending = [x for x in targets if not isinstance(x.get("receipt"), dict)]
+    failed = [x for x in targets if isinstance(x.get("receipt"), dict) and not target_ok(x)]
+    if pending:
+        raise CliError(f"{len(pending)} device(s) sent no receipt within the wait time")
+    if failed:
+        raise CliError(f"{len(failed)} of {len(targets)} device(s) failed or refused the job")
 
 
 # --- commands --------------------------------------------------------------------------------
 
 
 def run(
-    tenant: Annotated[str, typer.Argument(help="Tenant name or id.")],
-    grant: Annotated[str, typer.Option("--grant", help="Approved grant id (gr-…).")],
-    devices: Annotated[str, typer.Option("--devices", help="Comma-separated device ids.")],
+    tenant: TenantArg,
+    grant: GrantOpt,
+    devices: DevicesOpt,
     script: Annotated[Path, typer.Option("--script", help="Script file to run.")],
     writes: Annotated[list[str] | None, typer.Option(
         "--writes", help="Absolute path the script may write (repeatable).")] = None,
@@ -187,16 +271,13 @@ def run(
         "--connect", help="TCP port the script may connect to (repeatable; needs 'net').")] = None,
     as_root: Annotated[bool, typer.Option("--as-root", help="Run as root (needs 'root').")] = False,
     timeout: Annotated[int, typer.Option("--timeout", help="Run time limit in seconds.")] = 300,
-    expires: Annotated[str, typer.Option("--expires", help="Job lifetime, e.g. 1h.")] = "1h",
-    wait: Annotated[bool, typer.Option("--wait", help="Wait for every receipt.")] = False,
-    wait_timeout: Annotated[str | None, typer.Option(
-        "--wait-timeout", help="How long --wait waits (default: the timeout plus 60s).")] = None,
+    expires: ExpiresOpt = "1h",
+    wait: WaitOpt = False,
+    wait_timeout: WaitTimeoutOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Sign a script job locally with your technician key and send it; optionally wait."""
-    devs = split_list(devices, "--devices")
-    lifetime = parse_duration(expires, what="--expires")
-    waiting = parse_duration(wait_timeout, what="--wait-timeout") if wait_timeout else timeout + 60
+    devs, lifetime, waiting = job_times(devices, expires, wait_timeout, timeout)
     try:
         body = script.read_bytes()
     except OSError as exc:
@@ -208,32 +289,8 @@ def run(
             cfg, client, session, t["id"], grant_id=grant, devices=devs, script=body,
             writes=list(writes or []), connect=list(connect or []), as_root=as_root,
             timeout_s=timeout, lifetime_s=lifetime)
-        doc = submit_job(client, t["id"], envelope, body)
-        job_id = field(doc, "id", str, "job")
-        if job_id != job.id:
-            raise Refused("the server stored the job under another id")
-        if not wait:
-            if json_out:
-                print_json({"id": job_id, "targets": doc.get("targets")})
-            else:
-                say(job_id)
-                say(f"follow it with: rampart jobs show {job_id}")
-            return
-        if not json_out:
-            say(f"job {job_id} sent to {len(devs)} device(s)")
-        result = wait_for_receipts(client, job_id, len(devs), time.monotonic() + waiting,
-                                   show_progress=not json_out)
-    targets = [x for x in result.get("targets") or [] if isinstance(x, dict)]
-    if json_out:
-        print_json(result)
-    else:
-        print_targets(result)
-    pending = [x for x in targets if not isinstance(x.get("receipt"), dict)]
-    failed = [x for x in targets if isinstance(x.get("receipt"), dict) and not target_ok(x)]
-    if pending:
-        raise CliError(f"{len(pending)} device(s) sent no receipt within the wait time")
-    if failed:
-        raise CliError(f"{len(failed)} of {len(targets)} device(s) failed or refused the job")
+        send_and_follow(client, t["id"], envelope, job, {"script": body}, wait=wait, wait_s=waiting,
+                         json_out=json_out)
 
 
 @jobs_app.command("show")

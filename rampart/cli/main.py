@@ -20,6 +20,7 @@ from rampart.trust import TrustError
 
 from . import (
     access_cmds,
+    action_cmds,
     audit_cmds,
     auth_cmds,
     checks_cmds,
@@ -85,6 +86,7 @@ notify_cmds.register(app)
 sbom_cmds.register(app)
 checks_cmds.register(app)
 telemetry_cmds.register(app)
+action_cmds.register(app)
 
 
 def _fail(message: str, code: int) -> int:
