@@ -148,7 +148,8 @@ def test_G2_an_alert_reaches_email_webhook_and_syslog(server: RunningServer) -> 
         assert doc["kind"] == "account-disabled" and doc["tenant"] == "Acme"
 
         # The forwarder streams the audit log and the alert, as RFC 5424.
-        wait_for(lambda: any("account.revoked" in r for r in records), "no forwarded event")
+        wait_for(lambda: any("account.revoked" in r for r in records)
+                 and any("account-disabled" in r for r in records), "no forwarded event and alert")
         parsed = [parse_syslog(r) for r in records]
         kinds = {dict(p.sd.get("rampart@32473", [])).get("kind") for p in parsed}
         assert {"tenant.created", "root.published", "account.revoked", "account-disabled"} <= kinds
