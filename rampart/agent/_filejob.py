@@ -2,10 +2,11 @@
 
 :mod:`rampart.agent.actions` starts this as the job's program in the
 contained child (:mod:`rampart.agent.containment`: Landlock writes only beneath
-the job's declared paths, the job user, no new privileges), so a file job can
-write no more than a script job with the same declaration could; the engine
-(:func:`rampart.agent.filedeploy.deploy_file`) adds the digest check, the
-symlink-proof walk from the device's write root and the atomic replacement.
+the job's declared paths, no new privileges, the agent's state unreadable) as
+the agent's user; the engine (:func:`rampart.agent.filedeploy.deploy_file`)
+adds the digest check, the symlink-proof walk from the device's write root and
+the atomic replacement. A file that is replaced keeps its owner and group; a
+new file belongs to the agent's user.
 
 Protocol: ``argv[1]`` is one JSON object ``{"payload", "sha256", "dest", "mode",
 "roots"}``. Exit 0 with the result document on stdout, or exit 1 with one line
@@ -17,6 +18,8 @@ under the job's resource limits.
 from __future__ import annotations
 
 import json
+import os
+import stat
 import sys
 from collections.abc import Sequence
 
@@ -31,6 +34,20 @@ def _fail(kind: str, message: str) -> int:
     sys.stdout.write(json.dumps({"schema": 1, "action": "file", "error": kind, "message": line}) + "\n")
     sys.stderr.write(line + "\n")
     return 1
+
+
+def _owner_of(dest: str) -> tuple[int, int] | None:
+    """(uid, gid) of the regular file being replaced, to keep; None for a new file.
+
+    Only metadata: deploy_file itself refuses a destination that is a symlink or not a regular file.
+    """
+    try:
+        st = os.lstat(dest)
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode) or os.geteuid() != 0:
+        return None
+    return st.st_uid, st.st_gid
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -51,8 +68,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             data = fh.read()
     except OSError as exc:
         return _fail("io", f"cannot read the payload: {exc.strerror}")
+    owner = _owner_of(dest)
     try:
-        res = deploy_file(data, sha256, dest, mode, allowed_roots=roots)
+        res = deploy_file(data, sha256, dest, mode, allowed_roots=roots, owner=owner)
     except DigestMismatchError as exc:
         return _fail("digest-mismatch", str(exc))
     except PathRefusedError as exc:

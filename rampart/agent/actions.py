@@ -11,8 +11,10 @@ Per action: what the grant must give, what the device must allow, how it runs.
 * ``script``: script (+ net, + root as declared); the device's write roots and
   ``--allow-root``; a contained child.
 * ``file`` [DEST, MODE]: file, and DEST below a path the job declares it
-  writes; DEST below a device write root; a contained child as the job user
-  (:mod:`rampart.agent._filejob`).
+  writes; DEST below a device write root; the agent's own deployment code
+  (:mod:`rampart.agent._filejob`) in a contained child, as the agent's user,
+  writing only beneath the declared path (Landlock) and below the write root
+  without following symlinks (the engine).
 * ``package`` [install, NAME(, VERSION)] or [remove, NAME]: package **and
   root** (the job declares ``run_as root``); ``--allow-root`` and a package
   manager (not ``none``); as root, outside Landlock.
@@ -499,10 +501,15 @@ def _code_root() -> str:
 
 
 def _contained(agent: Agent, auth: trust.Authorization, files: Mapping[str, bytes],
-               argv: Callable[[Path], tuple[str, ...]]) -> containment.ContainedResult:
-    """Run ``argv(workdir)`` in the job's sandbox, with ``files`` in a private work directory."""
+               argv: Callable[[Path], tuple[str, ...]], *,
+               as_agent: bool = False) -> containment.ContainedResult:
+    """Run ``argv(workdir)`` in the job's sandbox, with ``files`` in a private work directory.
+
+    ``as_agent``: the program is the agent's own code (not the job's), run as the agent's user
+    under the job's Landlock rules: the job user may not be able to execute the agent's interpreter.
+    """
     job, eff = auth.job, auth.effective
-    run_as = _run_as(agent, eff.run_as)
+    run_as = None if as_agent else _run_as(agent, eff.run_as)
     workdir = Path(tempfile.mkdtemp(prefix="rampart-job-"))
     try:
         for name, data in files.items():
@@ -522,7 +529,8 @@ def _contained(agent: Agent, auth: trust.Authorization, files: Mapping[str, byte
                  "RAMPART_DEVICE_ID": agent.device_id, "HOME": home},
             write_paths=eff.writes, deny_read_paths=(str(agent.state_dir.resolve()),),
             connect_ports=eff.connect, run_as=run_as, timeout_s=float(eff.timeout_s),
-            max_output_bytes=MAX_OUTPUT, require=_required_level(agent.config, run_as),
+            max_output_bytes=MAX_OUTPUT,
+            require=_required_level(agent.config, "root" if as_agent and os.geteuid() == 0 else run_as),
         )
         return containment.run_contained(spec)
     finally:
@@ -580,7 +588,7 @@ def _file(agent: Agent, auth: trust.Authorization, payloads: Mapping[str, bytes]
                 "roots": roots}
         return (sys.executable, "-I", "-c", _FILEJOB_BOOT, _code_root(), json.dumps(spec))
 
-    result = _contained(agent, auth, {"file": payloads["file"]}, argv)
+    result = _contained(agent, auth, {"file": payloads["file"]}, argv, as_agent=True)
     if result.refused is not None:
         return Done("refused", "containment-unavailable", result.refused, result)
     if result.timed_out or result.exit_code != 0:
