@@ -795,3 +795,41 @@ def test_G2_events_export_and_notify_targets_from_the_cli(people: dict[str, Oper
     assert "not delivered" in one_line_error(a.run("alerts", "notify", "test", doc["id"]))
     a.ok("alerts", "notify", "remove", doc["id"])
     assert a.json("alerts", "notify", "list", "acme") == []
+
+
+def test_G6_sbom_of_a_real_agents_device(people: dict[str, Operator], tmp_path: Path) -> None:
+    """A real agent reports its inventory; `rampart sbom DEVICE` turns it into CycloneDX."""
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+    from harness.agent import AgentProcess, agent_cmd
+
+    a = people["alice"]
+    info = a.json("enroll", "new", "acme", "--ttl", "10m")
+    base = Path(tempfile.mkdtemp(prefix="rampart-sbom-test-"))
+    agent = AgentProcess(base / "agent")
+    r = agent.enroll(info["server"], info["token"], info["root_sha256"], info["cert_sha256"])
+    assert r.returncode == 0, r.stderr
+    a.ok("device", "approve", "acme", agent.device_id)
+    with open(agent.log, "ab") as logf:
+        proc = subprocess.Popen(agent_cmd("run", "--state", str(agent.state),
+                                          "--inventory-interval", "2"),
+                                stdout=subprocess.DEVNULL, stderr=logf)
+    try:
+        deadline = time.time() + 90
+        while a.run("inventory", "show", "acme", agent.device_id, "--json").returncode != 0:
+            assert time.time() < deadline, agent.log.read_text()[-2000:]
+            time.sleep(1)
+        out = tmp_path / "dev.cdx.json"
+        assert "SBOM written" in a.ok("sbom", agent.device_id, "--output", str(out)).stdout
+        text = out.read_text()
+        assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(text) is None
+        doc = json.loads(text)
+        assert doc["metadata"]["component"]["bom-ref"] == agent.device_id
+        assert any(c["name"] == "bash" for c in doc["components"])
+        assert "DEVICE or --self" in one_line_error(a.run("sbom"))
+        own = json.loads(a.ok("sbom", "--self").stdout)
+        assert own["metadata"]["component"]["name"] == "rampart"
+    finally:
+        proc.kill()
+        proc.wait()
+        shutil.rmtree(base, ignore_errors=True)
