@@ -751,10 +751,9 @@ def test_T9_hostile_root_job_cannot_destroy_the_backup_history(env: Env) -> None
     assert {n: after.get(n) for n in segments_before} == segments_before
 
     # The vault holder's offline procedure, on the vault host.
-    vault.forensic_copy(env.vault_repo, env.base / "dev1-attacked")
-    removed = vault.rollback(env.vault_repo, good)
+    removed = vault.recover(env.vault_repo, good, key_export=env.key_export, env=env.holder_env,
+                            forensics=env.base / "dev1-attacked")
     assert removed and min(removed) == good + 1
-    vault.import_key(env.vault_repo, env.key_export, env.holder_env)
     checked = backup.check(env.holder, verify_data=True)
     assert checked.ok, checked
     assert first in [a.name for a in backup.list_archives(env.holder)]

@@ -294,10 +294,9 @@ def test_T9_hostile_job_cannot_destroy_backup_history(world: World) -> None:
     assert vault.transactions(world.repo_path)[-1][0] > good_transaction
 
     # The vault holder's offline procedure (docs/backup-vault.md), on the vault host.
-    vault.forensic_copy(world.repo_path, world.tmp / "dev1-attacked")
-    removed = vault.rollback(world.repo_path, good_transaction)
+    removed = vault.recover(world.repo_path, good_transaction, key_export=world.key_export,
+                            env=world.vault_env, forensics=world.tmp / "dev1-attacked")
     assert removed and min(removed) == good_transaction + 1
-    vault.import_key(world.repo_path, world.key_export, world.vault_env)
     checked = backup.check(world.vault, verify_data=True)
     assert checked.ok, checked
     restored_list = backup.list_archives(world.vault)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -35,6 +36,7 @@ import msgspec
 import typer
 
 from rampart.trust import Action, Declared
+from rampart.trust.payloads import ActionKind
 
 from .common import api, resolve_tenant
 from .errors import UsageProblem
@@ -233,15 +235,25 @@ def package_remove(
           wait_timeout=wait_timeout, json_out=json_out)
 
 
-@patch_app.command("apply")
-def patch_apply(
-    tenant: TenantArg, grant: GrantOpt, devices: DevicesOpt, timeout: TimeoutOpt = 3600,
-    expires: ExpiresOpt = "1h", wait: WaitOpt = False, wait_timeout: WaitTimeoutOpt = None,
-    json_out: JsonOpt = False,
-) -> None:
-    """Apply pending OS updates (all, or security only where the device policy says so)."""
-    _send(tenant, grant, devices, action=Action(kind="os-update"), declared=Declared(), payloads={},
-          timeout=timeout, expires=expires, wait=wait, wait_timeout=wait_timeout, json_out=json_out)
+def _payload_free(kind: ActionKind, doc: str) -> Callable[..., None]:
+    """A command that sends a payload-free job (``os-update``, ``backup-run``): nothing to choose but when."""
+
+    def command(tenant: TenantArg, grant: GrantOpt, devices: DevicesOpt, timeout: TimeoutOpt = 3600,
+                expires: ExpiresOpt = "1h", wait: WaitOpt = False, wait_timeout: WaitTimeoutOpt = None,
+                json_out: JsonOpt = False) -> None:
+        _send(tenant, grant, devices, action=Action(kind=kind), declared=Declared(), payloads={},
+              timeout=timeout, expires=expires, wait=wait, wait_timeout=wait_timeout,
+              json_out=json_out)
+
+    command.__doc__ = doc
+    return command
+
+
+patch_app.command("apply")(_payload_free(
+    "os-update", "Apply pending OS updates (all, or security only where the device policy says so)."))
+backup_app.command("run")(_payload_free(
+    "backup-run", "Back up each device's configured paths to its append-only vault, then check and "
+                  "restore-test."))
 
 
 @file_app.command("deploy")
@@ -274,17 +286,6 @@ def file_deploy(
         raise UsageProblem(f"--dest: {exc}") from None
     action = Action(kind="file", args=[dest, "0" + m.group(1)], payloads=[payload_ref("file", data)])
     _send(tenant, grant, devices, action=action, declared=declared, payloads={"file": data},
-          timeout=timeout, expires=expires, wait=wait, wait_timeout=wait_timeout, json_out=json_out)
-
-
-@backup_app.command("run")
-def backup_run(
-    tenant: TenantArg, grant: GrantOpt, devices: DevicesOpt, timeout: TimeoutOpt = 3600,
-    expires: ExpiresOpt = "1h", wait: WaitOpt = False, wait_timeout: WaitTimeoutOpt = None,
-    json_out: JsonOpt = False,
-) -> None:
-    """Back up each device's configured paths to its append-only vault, then check and restore-test."""
-    _send(tenant, grant, devices, action=Action(kind="backup-run"), declared=Declared(), payloads={},
           timeout=timeout, expires=expires, wait=wait, wait_timeout=wait_timeout, json_out=json_out)
 
 

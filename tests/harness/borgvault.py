@@ -111,6 +111,18 @@ def import_key(repo: Path, exported: Path, env: dict[str, str]) -> None:
     assert r.returncode == 0, r.stderr
 
 
+def recover(repo: Path, good_transaction: int, *, key_export: Path, env: dict[str, str],
+            forensics: Path) -> list[int]:
+    """Section 4 of docs/backup-vault.md after an attack: keep evidence, roll back, re-import the key.
+
+    Returns the segment numbers removed (those written after ``good_transaction``).
+    """
+    forensic_copy(repo, forensics)
+    removed = rollback(repo, good_transaction)
+    import_key(repo, key_export, env)
+    return removed
+
+
 def vault_repo(repo: Path, base_dir: Path, pass_file: Path) -> BorgRepo:
     """The vault holder's view: the repository path itself on the vault host, no forced command."""
     return BorgRepo(location=str(repo), passphrase_file=pass_file, base_dir=base_dir)
