@@ -769,3 +769,52 @@ def test_agent_stops_cleanly(live: Live) -> None:
     live.agent.proc = None
     assert "agent stopped" in live.agent.log_text()
     assert "Traceback" not in live.agent.log_text()
+
+
+def test_t15_agent_diffs_only_against_what_the_server_acknowledged() -> None:
+    """The agent's side of T15, with a scripted host: lost acks cost a full report, never a wrong delta;
+    a finding seen between two reports is carried as ``earlier`` until a report covering it is acked."""
+    import asyncio
+
+    from rampart.agent.telemetry import Telemetry
+
+    portable = Process(pid=777, ppid=1, start_ticks=1, start_time=1_800_000_000, name="anydesk",
+                       exe="/home/eve/Downloads/anydesk", uid=1000, euid=1000)
+    with_tool = Inventory(collected_at=1_800_000_000, agent=AgentInfo(version="wire", containment="none"),
+                          processes=[*_inventory(2).processes, portable])
+    hosts = [_inventory(1), _inventory(2), with_tool, _inventory(4), _inventory(5), _inventory(6)]
+    script = iter(hosts)
+    sent: list[dict[str, Any]] = []
+
+    async def send(text: str) -> None:
+        sent.append(json.loads(text))
+
+    async def scenario() -> None:
+        tel = Telemetry(None, interval_s=60, collect=lambda now: next(script))
+        tel.attach(send)
+        await tel.report(await tel.collect_now())
+        await tel.report(await tel.collect_now())  # no ack yet: full again, never a delta on a guess
+        assert [m["base"] for m in sent] == [None, None]
+        tel.on_ack(sent[0]["result"])  # a late ack of the first: its snapshot is not the latest one
+        tel.on_ack(sent[1]["result"])
+        # Offline: the portable tool is seen by a collection whose report cannot be sent...
+        tel.detach()
+        assert await tel.report(await tel.collect_now()) is False
+        tel.attach(send)
+        # ...and is gone by the next one, which carries it as "earlier", as a delta on what was acked.
+        await tel.report(await tel.collect_now())
+        third = decode_report(sent[2]["report"])
+        assert sent[2]["base"] == digest(hosts[1]) and third.delta is not None
+        assert [e.finding.key for e in third.earlier if e.finding.kind == "rat-portable"] == [
+            "rat-portable:anydesk:/home/eve/Downloads/anydesk"]
+        assert third.findings == []
+        tel.on_ack(sent[2]["result"])
+        await tel.report(await tel.collect_now())
+        assert decode_report(sent[3]["report"]).earlier == [] and sent[3]["base"] == digest(hosts[3])
+        # The server holds something else (its ack names an unknown snapshot): the next report is full.
+        tel.on_ack("f" * 64)
+        assert tel.acked_digest is None
+        await tel.report(await tel.collect_now())
+        assert sent[4]["base"] is None and decode_report(sent[4]["report"]).full == hosts[5]
+
+    asyncio.run(scenario())

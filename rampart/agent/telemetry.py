@@ -288,6 +288,21 @@ class _Seen:
     last: int
 
 
+def message_text(snap: _Snapshot, acked: tuple[Inventory, str] | None,
+                 earlier: list[EarlierFinding]) -> tuple[str, bool]:
+    """The ``inventory`` message: a full report when nothing is ``acked``, else a delta against it."""
+    if acked is None:
+        report = Report(full=snap.inv, findings=snap.findings, earlier=earlier, tools=snap.tools)
+        base = None
+    else:
+        report = Report(delta=diff(acked[0], snap.inv), findings=snap.findings, earlier=earlier,
+                        tools=snap.tools)
+        base = acked[1]
+    text = json.dumps({"type": "inventory", "report": encode_report(report), "result": snap.digest,
+                       "base": base}, separators=(",", ":"))
+    return text, acked is None
+
+
 SendText = Callable[[str], Awaitable[None]]
 Collector = Callable[[int], Inventory]
 
@@ -449,22 +464,19 @@ class Telemetry:
                 self._seen[f.key] = _Seen(f, snap.at, snap.at)
 
     def build_message(self, snap: _Snapshot) -> tuple[str, bool]:
-        """The ``inventory`` message for ``snap`` and whether it is a full report."""
+        """The ``inventory`` message for ``snap`` and whether it is a full report.
+
+        The state it depends on is read here, on the event loop; the costly part
+        (:func:`message_text`) may then run in a worker thread.
+        """
+        return message_text(*self._message_parts(snap))
+
+    def _message_parts(self, snap: _Snapshot) -> tuple[_Snapshot, tuple[Inventory, str] | None,
+                                                          list[EarlierFinding]]:
         current = {f.key for f in snap.findings}
         earlier = [EarlierFinding(finding=s.finding, first_seen=s.first, last_seen=s.last)
                    for k, s in self._seen.items() if k not in current]
-        full = self._full_next or self._acked is None
-        if full:
-            report = Report(full=snap.inv, findings=snap.findings, earlier=earlier, tools=snap.tools)
-            base = None
-        else:
-            assert self._acked is not None
-            report = Report(delta=diff(self._acked[0], snap.inv), findings=snap.findings, earlier=earlier,
-                            tools=snap.tools)
-            base = self._acked[1]
-        text = json.dumps({"type": "inventory", "report": encode_report(report), "result": snap.digest,
-                           "base": base}, separators=(",", ":"))
-        return text, full
+        return snap, None if self._full_next else self._acked, earlier
 
     async def collect_now(self) -> _Snapshot:
         """Collect and evaluate one snapshot (in a worker thread) and remember its findings."""
@@ -479,7 +491,7 @@ class Telemetry:
         send = self._send
         if send is None:
             return False
-        text, full = await asyncio.to_thread(self.build_message, snap)
+        text, full = await asyncio.to_thread(message_text, *self._message_parts(snap))
         if len(text) > self._max_wire:
             log.error("inventory report of %d bytes exceeds the gateway's %d-byte limit: not sent",
                       len(text), self._max_wire)
