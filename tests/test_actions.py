@@ -796,3 +796,38 @@ def test_inventory_refresh_job_asks_for_a_report_now(env: Env) -> None:
     while ok(env.owner.http.get(path))["updated_at"] < asked:
         assert time.time() < deadline, "the requested inventory did not arrive"
         time.sleep(0.5)
+
+
+# --- without a server ------------------------------------------------------------------------------------
+
+
+def test_receipt_result_is_bounded_and_keeps_failures_first() -> None:
+    from rampart.agent.actions import MAX_DOC_BYTES, bounded_json
+
+    changes = [{"name": "aaa-failed", "action": "failed", "error": "E" * 3000}] + [
+        {"name": f"pkg-{i:05d}", "action": "upgraded", "error": ""} for i in range(5000)]
+    doc = {"schema": 1, "action": "os-update", "result": {"changes": changes, "output_tail": "x" * 16384}}
+    data, cut = bounded_json(doc)
+    assert cut and len(data) <= MAX_DOC_BYTES
+    out = json.loads(data)
+    assert out["truncated"] is True and out["action"] == "os-update"
+    assert out["result"]["changes"][0]["name"] == "aaa-failed" and len(out["result"]["changes"]) > 100
+    small, cut = bounded_json({"schema": 1, "action": "file"})
+    assert not cut and json.loads(small) == {"schema": 1, "action": "file"}
+
+
+def test_T13_a_damaged_device_policy_turns_package_and_backup_jobs_off() -> None:
+    from rampart.agent.actions import ActionPolicy
+
+    good = ActionPolicy.from_dict({"package_root": "/", "package_manager": "apt", "backup": {
+        "repository": "ssh://vault/srv/borg/dev1", "paths": ["/srv"], "restore_samples": 2,
+        "passphrase_file": "/var/lib/rampart-agent/borg-passphrase"}})
+    assert good.error == "" and good.backup is not None and good.backup.restore_samples == 2
+    assert ActionPolicy.from_dict({}) == ActionPolicy()  # an agent enrolled before these options
+    for damaged in ({"package_manager": "yum"}, {"package_root": "../x"}, {"security_only_updates": "yes"},
+                    {"backup": {"repository": "ssh://v/r::a", "passphrase_file": "/p", "paths": ["/srv"]}},
+                    {"backup": {"repository": "/r", "passphrase_file": "/p", "paths": []}},
+                    {"backup": {"repository": "/r", "passphrase_file": "/p", "paths": ["/srv"], "extra": 1}},
+                    {"backup": "on"}):
+        policy = ActionPolicy.from_dict(damaged)
+        assert policy.error and policy.package_manager == "none" and policy.backup is None, damaged

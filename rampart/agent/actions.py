@@ -742,6 +742,7 @@ def _restore_samples(cfg: BackupConfig, skip: Sequence[str]) -> list[str]:
         return []
     rng = random.SystemRandom()
     found = backup.sample_files(list(cfg.paths), cfg.restore_samples + 16, rng=rng)
+    found += [p for p in cfg.paths if os.path.isfile(p) and not os.path.islink(p)]  # a path that is a file
     out = []
     for path in rng.sample(found, len(found)):
         if any(_within(path, x) for x in skip):
