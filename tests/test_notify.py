@@ -611,18 +611,38 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return paths
 
 
-def free_port() -> int:
-    """A port nothing listens on (for 'connection refused')."""
+@contextmanager
+def refusing_port() -> Iterator[int]:
+    """A port of 127.0.0.1 held for the test, where nothing listens: connections are refused.
+
+    The socket is bound (with SO_REUSEADDR) and never listens, so no other
+    process can take the port meanwhile (a port merely found free can be taken
+    by anyone's outgoing connection before it is used), yet a
+    :class:`SyslogListener` of the test can listen on it, and again after a
+    restart.
+    """
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        yield int(s.getsockname()[1])
 
 
-def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+def wait_for(cond: Callable[[], bool], timeout: float = 60.0) -> None:
+    """Poll ``cond`` until it holds; the generous timeout only bounds a test that is broken."""
     deadline = time.monotonic() + timeout
     while not cond():
         assert time.monotonic() < deadline, "timed out waiting"
         time.sleep(0.01)
+
+
+class FakeClock:
+    """A monotonic clock that moves only when the test says so (for backoff schedules)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 # -- webhook against a real HTTP server -------------------------------------------------------
@@ -635,16 +655,27 @@ class Received:
     body: bytes
 
 
+FLOOD_BYTES = 64 * 1024 * 1024
+
+
 @dataclass
 class HttpSink:
     base: str
     port: int
     received: list[Received] = field(default_factory=list)
+    #: /slow answers only once this is set (when the sink stops): a client timeout is then certain.
+    release: threading.Event = field(default_factory=threading.Event)
+    #: Bytes of the /flood answer the handler managed to write before the client went away.
+    flood_written: list[int] = field(default_factory=list)
+    flood_done: threading.Event = field(default_factory=threading.Event)
 
 
 @contextmanager
 def http_sink(tls: ssl.SSLContext | None = None) -> Iterator[HttpSink]:
     received: list[Received] = []
+    release = threading.Event()
+    flood_written: list[int] = []
+    flood_done = threading.Event()
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -664,19 +695,28 @@ def http_sink(tls: ssl.SSLContext | None = None) -> Iterator[HttpSink]:
                 elif path.startswith("/bad"):
                     self._reply(400, b"bad payload")
                 elif path.startswith("/slow"):
-                    time.sleep(2.0)
+                    release.wait(120)
                     self._reply(200, b"late")
                 elif path.startswith("/flood"):
-                    self.send_response(500)
-                    self.send_header("Content-Length", str(64 * 1024 * 1024))
-                    self.end_headers()
-                    chunk = b"x" * 65536
-                    for _ in range(1024):
-                        self.wfile.write(chunk)
+                    self._flood()
                 else:
                     self._reply(204, b"")
             except (BrokenPipeError, ConnectionResetError):
                 pass
+
+        def _flood(self) -> None:
+            written = 0
+            try:
+                self.send_response(500)
+                self.send_header("Content-Length", str(FLOOD_BYTES))
+                self.end_headers()
+                chunk = b"x" * 65536
+                while written < FLOOD_BYTES:
+                    self.wfile.write(chunk)
+                    written += len(chunk)
+            finally:
+                flood_written.append(written)
+                flood_done.set()
 
         def _reply(self, status: int, body: bytes, headers: list[tuple[str, str]] = []) -> None:  # noqa: B006
             self.send_response(status)
@@ -694,8 +734,10 @@ def http_sink(tls: ssl.SSLContext | None = None) -> Iterator[HttpSink]:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield HttpSink(f"{'https' if tls else 'http'}://127.0.0.1:{port}", int(port), received)
+        yield HttpSink(f"{'https' if tls else 'http'}://127.0.0.1:{port}", int(port), received, release,
+                       flood_written, flood_done)
     finally:
+        release.set()
         server.shutdown()
         server.server_close()
         thread.join()
@@ -749,16 +791,20 @@ def test_webhook_without_secret_is_unsigned_and_short_secrets_are_refused() -> N
     ("https://[64:ff9b::a9fe:a9fe]/hook", "link-local"),
     ("https://0.0.0.0/hook", "unspecified"),
     ("https://224.0.0.1/hook", "multicast"),
-    ("https://user:hunter2pw@127.0.0.1/hook", "user name"),
+    ("https://rampart:S3CR3T-pw-q7Zx@127.0.0.1/hook", "user name"),
+    ("https://T0KEN-as-user-k9Wm@127.0.0.1/hook", "user name"),  # a token as the user name, no password
     ("https://exa mple/hook", "host"),
     ("not a url", "https"),
 ])
 def test_webhook_refuses_destinations_before_connecting(url: str, reason: str) -> None:
-    with pytest.raises(ValueError, match=reason):
+    with pytest.raises(ValueError, match=reason) as refused:
         check_webhook_url(url)
     result = send_webhook(url, b"{}", secret=SECRET, timeout=1)
     assert not result.ok and not result.retryable and reason in result.detail
-    assert "hunter2pw" not in result.detail and "meta-data" not in result.detail
+    # Values that cannot occur in a message by chance: the URL's credentials and path are never echoed.
+    for secret in ("S3CR3T-pw-q7Zx", "T0KEN-as-user-k9Wm", "rampart:", "meta-data"):
+        assert secret.lower() not in str(refused.value).lower()
+        assert secret.lower() not in result.detail.lower()
 
 
 def test_webhook_does_not_follow_redirects() -> None:
@@ -777,7 +823,8 @@ def test_webhook_errors_are_one_line_without_url_secrets() -> None:
     assert "\n" not in err.detail and "\r" not in err.detail and "T0KEN" not in err.detail
     assert err.detail.startswith(f"http://127.0.0.1:{sink.port} answered HTTP 500: boom#015#012FAKE")
     assert not bad.ok and not bad.retryable and bad.status == 400
-    refused = send_webhook(f"http://127.0.0.1:{free_port()}/x/T0KEN?k=T0KEN", b"{}", secret=SECRET, timeout=5)
+    with refusing_port() as port:
+        refused = send_webhook(f"http://127.0.0.1:{port}/x/T0KEN?k=T0KEN", b"{}", secret=SECRET, timeout=30)
     assert not refused.ok and refused.retryable and "T0KEN" not in refused.detail
 
 
@@ -785,12 +832,14 @@ def test_webhook_times_out_and_bounds_the_response_read() -> None:
     with http_sink() as sink:
         start = time.monotonic()
         slow = send_webhook(sink.base + "/slow", b"{}", secret=SECRET, timeout=0.5)
-        assert time.monotonic() - start < 1.8
-        start = time.monotonic()
-        flood = send_webhook(sink.base + "/flood", b"{}", secret=SECRET, timeout=5)
-        assert time.monotonic() - start < 3.0  # 64 MiB offered, at most a few KiB read
+        # The receiver answers only when released (after this), so only the timeout can have ended it.
+        assert not sink.release.is_set() and time.monotonic() - start < 60
+        flood = send_webhook(sink.base + "/flood", b"{}", secret=SECRET, timeout=30)
+        # The client read at most 1 KiB and hung up: the receiver could not write its 64 MiB.
+        assert sink.flood_done.wait(60)
     assert not slow.ok and slow.retryable and "timed out" in slow.detail
     assert not flood.ok and flood.status == 500 and len(flood.detail.encode()) <= 200
+    assert sink.flood_written and sink.flood_written[0] < FLOOD_BYTES
 
 
 def test_webhook_over_https_with_a_private_ca_pins_the_checked_address(pki: Pki) -> None:
@@ -810,7 +859,12 @@ def test_webhook_over_https_with_a_private_ca_pins_the_checked_address(pki: Pki)
 
 
 class LoopbackController(Controller):
-    """aiosmtpd's controller, listening on a free port of 127.0.0.1 chosen by the kernel."""
+    """aiosmtpd's controller, listening on a free port of 127.0.0.1 chosen by the kernel.
+
+    The authenticator must answer with ``handled=False`` when it refuses: with
+    ``handled=True`` aiosmtpd sends no reply at all and the client waits for
+    one until its timeout.
+    """
 
     def _create_server(self) -> Any:
         return self._create_on_free_port()
@@ -853,7 +907,7 @@ class Authenticator:
 
 @contextmanager
 def smtp_server(inbox: Inbox, **kw: Any) -> Iterator[int]:
-    ctl = LoopbackController(inbox, hostname="127.0.0.1", **kw)
+    ctl = LoopbackController(inbox, hostname="127.0.0.1", ready_timeout=60, **kw)
     ctl.start()
     try:
         yield int(ctl.port)
@@ -881,6 +935,9 @@ def test_email_delivers_an_alert_to_a_local_smtp_server() -> None:
     [env] = inbox.messages
     assert env.mail_from == "rampart@msp.example"
     assert env.rcpt_tos == ["soc@msp.example", "oncall@msp.example"]
+    # One unfolded line on the wire (folded "Subject:\r\n [Rampart..." parses back with a leading space).
+    raw = env.original_content or env.content
+    assert isinstance(raw, bytes) and b"\r\nSubject: " + subject.encode() + b"\r\n" in raw
     msg = parsed(env)
     assert msg["Subject"] == subject
     assert subject == "[Rampart warning] Acme: Account alice locked#012Bcc: evil@evil.example"
@@ -891,10 +948,31 @@ def test_email_delivers_an_alert_to_a_local_smtp_server() -> None:
     assert "count: 3" in content
 
 
+def test_email_encoded_words_in_alert_text_cannot_add_headers() -> None:
+    """RFC 2047: the email package decodes ``=?charset?q?...?=`` when a header is set; one holding
+    CR LF must neither split the Subject (Python before 3.11.10 wrote it out raw) nor change on the way."""
+    hostile = "Account =?utf-8?q?x=0D=0AReply-To:_attacker@evil.example=0D=0ABcc:_v@evil.example?= locked"
+    ev = from_alert(alert_row(subject=hostile), tenant_name="=?utf-8?b?QWNtZQ0KWC1Jbmo6IDE=?=")
+    subject, body = render_email(ev)
+    assert "=?" not in subject and subject.startswith("[Rampart warning] =#077utf-8?b?QWNtZQ0K")
+    inbox = Inbox()
+    with smtp_server(inbox) as port:
+        settings_ = SmtpSettings(host="127.0.0.1", port=port, starttls=False, from_addr="rampart@msp.example")
+        result = send_email(settings_, ["soc@msp.example"], subject, body)
+    assert result.ok, result
+    [env] = inbox.messages
+    msg = parsed(env)
+    assert msg["Subject"] == subject  # literally what was rendered, nothing decoded
+    assert msg["Reply-To"] is None and msg["Bcc"] is None and msg["X-Inj"] is None
+    assert env.rcpt_tos == ["soc@msp.example"]
+
+
 @pytest.mark.parametrize("to, subject", [
     (["soc@msp.example"], "Alert\r\nBcc: victim@evil.example"),
     (["soc@msp.example"], "Alert\nX-Injected: 1"),
     (["soc@msp.example"], "Alert\x00"),
+    (["soc@msp.example"], "Alert =?utf-8?q?=0D=0ABcc:_victim@evil.example?="),  # decoded, CR LF would split
+    (["=?utf-8?b?dg0KQmNjOiB2aWN0aW1AZXZpbC5leGFtcGxl?=@msp.example"], "Alert"),
     (["soc@msp.example\r\nRCPT TO:<victim@evil.example>"], "Alert"),
     (["soc@msp.example, victim@evil.example"], "Alert"),
     (["Attacker <victim@evil.example>"], "Alert"),
@@ -918,6 +996,8 @@ def test_smtp_settings_refuse_plaintext_off_loopback_and_inline_mistakes() -> No
         SmtpSettings(host="mail.msp.example", starttls=False, from_addr="rampart@msp.example")
     with pytest.raises(ValueError, match="From"):
         SmtpSettings(host="127.0.0.1", starttls=False, from_addr="rampart@msp.example\r\nBcc: x@y.example")
+    with pytest.raises(ValueError, match="From"):
+        SmtpSettings(host="127.0.0.1", starttls=False, from_addr="=?utf-8?b?cg0KQmNjOiB4?=@msp.example")
     with pytest.raises(ValueError, match="password_env"):
         SmtpSettings(host="mail.msp.example", from_addr="rampart@msp.example", username="rampart")
     with pytest.raises(ValueError, match="password_env"):
@@ -937,7 +1017,7 @@ def test_email_starttls_and_login_with_the_password_from_the_environment(
                      auth_required=True, auth_require_tls=True) as port:
         trusted = SmtpSettings(host="127.0.0.1", port=port, from_addr="rampart@msp.example",
                                username="rampart", password_env="RAMPART_TEST_SMTP_PASSWORD",
-                               tls=pki.client())
+                               tls=pki.client(), timeout=60)
         ok = send_email(trusted, ["soc@msp.example"], "Alert", "body\n")
         untrusted = send_email(replace(trusted, tls=None), ["soc@msp.example"], "Alert", "body\n")
         monkeypatch.setenv("RAMPART_TEST_SMTP_PASSWORD", "wrong-password")
@@ -969,9 +1049,10 @@ def test_email_temporary_failure_is_retryable_and_unreachable_server_too() -> No
         st_ = SmtpSettings(host="127.0.0.1", port=port, starttls=False, from_addr="rampart@msp.example")
         later = send_email(st_, ["soc@msp.example"], "Alert", "body")
     assert not later.ok and later.retryable and later.status == 451
-    down = send_email(SmtpSettings(host="127.0.0.1", port=free_port(), starttls=False,
-                                   from_addr="rampart@msp.example", timeout=2),
-                      ["soc@msp.example"], "Alert", "body")
+    with refusing_port() as port:
+        down = send_email(SmtpSettings(host="127.0.0.1", port=port, starttls=False,
+                                       from_addr="rampart@msp.example", timeout=30),
+                          ["soc@msp.example"], "Alert", "body")
     assert not down.ok and down.retryable and "\n" not in down.detail
 
 
@@ -1062,43 +1143,48 @@ def test_forwarder_delivers_octet_counted_rfc5424_records() -> None:
 
 
 def test_forwarder_reconnects_after_the_listener_restarts() -> None:
-    first = SyslogListener()
-    port = first.port
-    fwd = SyslogForwarder("127.0.0.1", port, tls=None, backoff=FAST_BACKOFF)
-    try:
-        assert fwd.send(syslog_lines(2)) == 2
-        wait_for(lambda: len(first.messages) == 2)
-        first.stop()
-        second = SyslogListener(port)
+    with refusing_port() as port:  # held throughout, so the restarted listener gets the same port
+        first = SyslogListener(port)
+        fwd = SyslogForwarder("127.0.0.1", port, tls=None, backoff=FAST_BACKOFF)
         try:
-            assert fwd.send(syslog_lines(3, start=2)) == 3
-            wait_for(lambda: len(second.messages) == 3)
+            assert fwd.send(syslog_lines(2)) == 2
+            wait_for(lambda: len(first.messages) == 2)
+            first.stop()
+            # The receiver's FIN may not have reached the forwarder's socket yet on a busy machine;
+            # a record written before it arrives would be lost (syslog has no acknowledgement).
+            wait_for(lambda: fwd.flush() == 0 and not fwd.stats().connected)
+            second = SyslogListener(port)
+            try:
+                assert fwd.send(syslog_lines(3, start=2)) == 3
+                wait_for(lambda: len(second.messages) == 3)
+            finally:
+                second.stop()
         finally:
-            second.stop()
-    finally:
-        fwd.close()
+            fwd.close()
     ids = [dict(parse_syslog(m).sd["rampart@32473"])["id"] for m in second.messages]
     assert ids == ["al-2", "al-3", "al-4"]
     assert fwd.stats().connects == 2 and "closed" in (fwd.stats().last_error or "")
 
 
 def test_forwarder_queues_while_the_receiver_is_down_and_drops_the_oldest() -> None:
-    port = free_port()
-    fwd = SyslogForwarder("127.0.0.1", port, tls=None, max_queue=3, backoff=FAST_BACKOFF)
+    clock = FakeClock()
     lines = syslog_lines(5)
-    assert fwd.send(lines) == 0
-    stats = fwd.stats()
-    assert (stats.queued, stats.dropped, stats.sent, stats.connected) == (3, 2, 0, False)
-    assert stats.last_error is not None and "ConnectionRefused" in stats.last_error
-    assert fwd.flush() == 0  # backing off: no new attempt yet
-    listener = SyslogListener(port)
-    try:
-        time.sleep(0.1)
-        assert fwd.flush() == 3
-        wait_for(lambda: len(listener.messages) == 3)
-    finally:
-        listener.stop()
-        fwd.close()
+    with refusing_port() as port:
+        fwd = SyslogForwarder("127.0.0.1", port, tls=None, max_queue=3, backoff=FAST_BACKOFF, clock=clock)
+        assert fwd.send(lines) == 0
+        stats = fwd.stats()
+        assert (stats.queued, stats.dropped, stats.sent, stats.connected) == (3, 2, 0, False)
+        assert stats.last_error is not None and "ConnectionRefused" in stats.last_error
+        listener = SyslogListener(port)
+        try:
+            # Backing off: no new attempt before the delay has passed, although the receiver is back.
+            assert fwd.flush() == 0 and fwd.stats().connects == 0
+            clock.now += FAST_BACKOFF.delay(1)
+            assert fwd.flush() == 3
+            wait_for(lambda: len(listener.messages) == 3)
+        finally:
+            listener.stop()
+            fwd.close()
     assert listener.messages == lines[2:]  # the newest records were kept
 
 

@@ -4,9 +4,14 @@ Security rules:
 
 * Header injection is impossible: a subject or address holding CR, LF or any
   other control character is refused, not cleaned, before a message exists.
+  So is one holding ``=?``, the start of an RFC 2047 encoded word: the
+  standard library decodes encoded words when a header is set and, without
+  the fix for CVE-2024-6923 (Python 3.11.10), writes a decoded CR LF out as a
+  real line break: ``=?utf-8?q?x=0D=0ABcc:_...?=`` would add a header.
   Addresses are bare ASCII ``local@domain`` (no display name, comment, comma
   or angle bracket). The standard library's SMTP policy, which also refuses
-  line breaks in header values, is a second line.
+  line breaks in header values, is a second line. Headers are folded only
+  past 998 characters, so the bounded subject always stays on one line.
 * TLS: STARTTLS (port 587) or implicit TLS (port 465) with the certificate
   and host name verified (system trust store, or ``tls`` for a private CA).
   Plain SMTP is allowed only to a loopback IP literal: a local MTA. When
@@ -51,10 +56,13 @@ _HOST: Final = re.compile(rf"(?=.{{1,253}}\Z){_LABEL}(?:\.{_LABEL})*")
 _ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 _CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _BODY_CONTROL: Final = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+#: Opens an RFC 2047 encoded word, which the email package decodes in header values.
+_ENCODED_WORD: Final = "=?"
 
 
 def _valid_address(addr: str) -> bool:
-    return isinstance(addr, str) and len(addr) <= 254 and _ADDRESS.fullmatch(addr) is not None
+    return (isinstance(addr, str) and len(addr) <= 254 and _ENCODED_WORD not in addr
+            and _ADDRESS.fullmatch(addr) is not None)
 
 
 def _loopback_literal(host: str) -> bool:
@@ -128,6 +136,8 @@ def _message_problem(to: Sequence[str], subject: str, body: str) -> str | None:
             return f"recipient {n} is not a plain local@domain address"
     if not isinstance(subject, str) or _CONTROL.search(subject):
         return "the subject holds a line break or control character"
+    if _ENCODED_WORD in subject:
+        return "the subject holds =? (RFC 2047 encoded-word syntax)"
     if len(subject) > MAX_SUBJECT:
         return f"the subject is longer than {MAX_SUBJECT} characters"
     if not isinstance(body, str) or len(body.encode("utf-8", "replace")) > MAX_BODY:

@@ -426,10 +426,14 @@ def render_email(event: Event, *, limits: FormatLimits = DEFAULT_LIMITS) -> tupl
     """A one-line subject and a plain-text body for a notification e-mail.
 
     Every value is neutralised (no value can add a line or a header) and
-    bounded; the body has one ``key: value`` line per detail.
+    bounded; the body has one ``key: value`` line per detail. In the subject,
+    ``=?`` becomes ``=#077``: an RFC 2047 encoded word in a header value is
+    decoded by mail software and could carry a line break (see
+    :func:`~.email.send_email`, which refuses subjects holding ``=?``).
     """
     tenant = event.tenant_name or event.tenant_id or "MSP-wide"
-    subject = one_line(f"[Rampart {event.severity}] {tenant}: {event.subject}", 200)
+    subject = f"[Rampart {event.severity}] {tenant}: {event.subject}".replace("=?", "=#077")
+    subject = one_line(subject, 200)
     f = limits.field
     lines = [
         f"Rampart {one_line(event.source, 16)} ({one_line(event.severity, 16)})",

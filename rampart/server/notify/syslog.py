@@ -117,7 +117,12 @@ class SyslogForwarder:
             return self._flush()
 
     def flush(self) -> int:
-        """Write queued records if the receiver can be reached; return how many were written."""
+        """Write queued records if the receiver can be reached; return how many were written.
+
+        With nothing queued it still notices a connection the receiver closed
+        (``stats().connected`` turns False), so calling it periodically keeps
+        the status true.
+        """
         with self._lock:
             return self._flush()
 
@@ -154,6 +159,8 @@ class SyslogForwarder:
     def _flush(self) -> int:
         sent = 0
         retried = False
+        if not self._queue and self._sock is not None and self._peer_closed(self._sock):
+            self._disconnect("the receiver closed the connection")
         while self._queue:
             if self._sock is not None and self._peer_closed(self._sock):
                 self._disconnect("the receiver closed the connection")
