@@ -1,9 +1,9 @@
 # Benchmarks print their numbers and write them to bench/results/.
 PY ?= .venv/bin/python
 
-.PHONY: bench bench-trust bench-merkle bench-fleet bench-inventory bench-patch test up sbom
+.PHONY: bench bench-trust bench-merkle bench-fleet bench-inventory bench-patch bench-ingest test up sbom
 
-bench: bench-trust bench-merkle bench-fleet bench-inventory bench-patch
+bench: bench-trust bench-merkle bench-fleet bench-inventory bench-patch bench-ingest
 
 bench-trust:
 	@mkdir -p bench/results
@@ -35,3 +35,7 @@ sbom:
 bench-patch:
 	@mkdir -p bench/results
 	PYTHONPATH=.:tests $(PY) bench/patch_bench.py bench/results/patch.json
+
+bench-ingest:
+	@mkdir -p bench/results
+	PYTHONPATH=.:tests $(PY) bench/ingest_bench.py 1000 bench/results/ingest.json
