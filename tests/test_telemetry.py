@@ -818,3 +818,29 @@ def test_t15_agent_diffs_only_against_what_the_server_acknowledged() -> None:
         assert sent[4]["base"] is None and decode_report(sent[4]["report"]).full == hosts[5]
 
     asyncio.run(scenario())
+
+
+def test_t13_a_delta_that_does_not_produce_its_promised_digest_is_dropped_on_reading(
+        wire: tuple[RunningServer, TenantSetup, WireAgent]) -> None:
+    """A lying (or broken) agent's delta is stored (its base matches), but materialising it fails the
+    digest check: it is dropped with every later delta, the last good snapshot is kept, and the agent is
+    asked for a full report."""
+    server, t, agent = wire
+    a, b = _inventory(2), _inventory(3)
+    agent.send(_full(a))
+    agent.wait_for("inventory-ack")
+    lie = msgspec.structs.replace(diff(a, b), result="e" * 64)
+    agent.send({"type": "inventory", "report": encode_report(Report(delta=lie)), "result": "e" * 64,
+                "base": digest(a)})
+    assert agent.wait_for("inventory-ack")["result"] == "e" * 64  # the base matched: accepted for now
+    doc = ok(t.owner.http.get(f"/tenants/{t.id}/devices/{agent.device_id}/inventory"))
+    assert doc["digest"] == digest(a) and len(doc["processes"]) == 2
+    assert agent.wait_for("inventory-full") == {"type": "inventory-full"}
+    # Its next delta (on a snapshot the server does not hold) gets the same answer; the full report it
+    # then sends is taken.
+    agent.send(_delta(b, _inventory(4)))
+    assert agent.wait_for("inventory-full") == {"type": "inventory-full"}
+    agent.send(_full(b))
+    assert agent.wait_for("inventory-ack")["result"] == digest(b)
+    assert _deltas(server, agent.device_id) == 0
+    assert ok(t.owner.http.get(f"/tenants/{t.id}/devices/{agent.device_id}/inventory"))["digest"] == digest(b)
