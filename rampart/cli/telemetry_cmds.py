@@ -155,7 +155,7 @@ def _summary(doc: dict[str, Any]) -> None:
     for kind in ("errors", "notes"):
         for name, text in (doc.get(kind) or {}).items():
             rows.append((kind[:-1], f"{name}: {text}"))
-    table(["", ""], rows, title="Inventory")
+    table(["item", "value"], rows, title="Inventory")
 
 
 _COLUMNS: dict[str, tuple[tuple[str, ...], Any]] = {
