@@ -288,10 +288,10 @@ class AlertRow(Base):
 # --- monitoring, inventory and detection (issue 5) ----------------------------------------------
 
 class DeviceInventory(Base):
-    """The latest materialised inventory of a device (msgspec-encoded ``Inventory``).
+    """The latest materialised inventory of a device (zlib-compressed msgspec ``Inventory``).
 
-    ``digest`` is the SHA-256 the agent computed for the snapshot it holds as
-    acknowledged; deltas newer than the snapshot wait in ``inventory_deltas``.
+    ``digest`` is the SHA-256 of that snapshot; reports newer than it wait in
+    ``inventory_deltas`` until they are folded in (rampart/server/telemetry.py).
     """
 
     __tablename__ = "device_inventory"
@@ -307,7 +307,7 @@ class DeviceInventory(Base):
 
 
 class InventoryDelta(Base):
-    """One acknowledged inventory delta, kept until folded into the snapshot."""
+    """One acknowledged delta report (the agent's zlib-compressed report), kept until folded in."""
 
     __tablename__ = "inventory_deltas"
     device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), primary_key=True)
