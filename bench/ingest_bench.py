@@ -47,6 +47,9 @@ from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from fleet_bench import wait_file as wait_json  # noqa: E402  (the simulator's ready file)
 
 DELTAS_TARGET_PER_S = 2000.0
 RSS_TARGET_MB = 60.0
@@ -224,18 +227,6 @@ def proc_status(pid: int, name: str) -> float:
 def cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def wait_json(path: Path, proc: subprocess.Popen[bytes], timeout: float) -> dict[str, Any]:
-    deadline = time.time() + timeout
-    while not path.exists():
-        if proc.poll() is not None:
-            raise RuntimeError(f"simulator exited with {proc.returncode}")
-        if time.time() > deadline:
-            raise TimeoutError(path)
-        time.sleep(0.05)
-    time.sleep(0.05)
-    return dict(json.loads(path.read_text()))
 
 
 def store_counts(server: Any, devices: list[str], final: str) -> dict[str, int]:

@@ -92,22 +92,23 @@ def _propose_without(cfg: Any, client: Client, tenant_id: str, keyids: set[str])
     return out
 
 
+def _account_change(name: str, action: str, done: str) -> None:
+    _, client, _ = api()
+    with client:
+        doc = expect_dict(client.post(f"/accounts/{name}/{action}"), "account")
+    say(f"account {name} {done} ({doc.get('status')})")
+
+
 @account_app.command("unlock")
 def account_unlock(name: Annotated[str, typer.Argument(help="Account name.")]) -> None:
     """End a lockout after failed logins."""
-    _, client, _ = api()
-    with client:
-        doc = expect_dict(client.post(f"/accounts/{name}/unlock"), "account")
-    say(f"account {name} unlocked ({doc.get('status')})")
+    _account_change(name, "unlock", "unlocked")
 
 
 @account_app.command("enable")
 def account_enable(name: Annotated[str, typer.Argument(help="Account name.")]) -> None:
     """Re-enable a disabled (dormant or revoked) account; dormancy counts afresh."""
-    _, client, _ = api()
-    with client:
-        doc = expect_dict(client.post(f"/accounts/{name}/enable"), "account")
-    say(f"account {name} enabled ({doc.get('status')})")
+    _account_change(name, "enable", "enabled")
 
 
 # --- grants ------------------------------------------------------------------------------------
