@@ -26,6 +26,10 @@ class Limits:
     max_output_bytes: int = 256 * 1024
     max_job_lifetime_s: int = 7 * 24 * 3600
     max_job_timeout_s: int = 24 * 3600
+    #: A repeating script job (a script check): its interval bounds and how long it may repeat.
+    min_repeat_every_s: int = 1
+    max_repeat_every_s: int = 7 * 24 * 3600
+    max_repeat_lifetime_s: int = 90 * 24 * 3600
     clock_skew_s: int = 300
     max_root_versions_per_update: int = 1024
 

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from typing import Annotated, ClassVar, Literal, TypeVar, cast
 
 import msgspec
-from msgspec import Meta
+from msgspec import UNSET, Meta, UnsetType
 
 from .errors import DecodeError, UsageError
 from .keys import (
@@ -273,6 +273,21 @@ class Declared(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
                 raise ValueError(f"declared write path {p!r} is not a normalised absolute path")
 
 
+class Repeat(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A script job the agent itself runs again every ``every_s`` seconds until ``until`` (a script check).
+
+    Signed once, inside the job, by the technician; the agent also stops at the
+    grant's ``not_after``, at a revocation, and when its pinned root no longer
+    names the signer (:func:`rampart.trust.verify.authorize_repeat`). The device
+    may run it less often than asked (its own floor), never more often.
+    """
+
+    every_s: Annotated[int, Meta(ge=_L.min_repeat_every_s, le=_L.max_repeat_every_s)]
+    until: Time
+    #: A label for people (``rampart checks list``); signed, so the server cannot rename a check.
+    name: Annotated[str, Meta(max_length=128, pattern=r"^[^\x00-\x1f\x7f]*$")] = ""
+
+
 class Job(_Payload, frozen=True, forbid_unknown_fields=True, kw_only=True):
     PAYLOAD_TYPE: ClassVar[str] = JOB_TYPE
     type: Literal["job"] = "job"
@@ -288,6 +303,9 @@ class Job(_Payload, frozen=True, forbid_unknown_fields=True, kw_only=True):
     nonce: Nonce
     issued_at: Time
     expires_at: Time
+    #: Absent (UNSET, never encoded) for a one-off job, so a one-off job's bytes are exactly as before
+    #: this field existed and agents that predate it still accept them.
+    repeat: Repeat | UnsetType = UNSET
 
     def __post_init__(self) -> None:
         _unique(self.devices, "job devices")
@@ -295,6 +313,21 @@ class Job(_Payload, frozen=True, forbid_unknown_fields=True, kw_only=True):
             raise ValueError("job expires_at must be later than issued_at")
         if self.expires_at - self.issued_at > _L.max_job_lifetime_s:
             raise ValueError("job lifetime exceeds the limit")
+        r = self.repeat
+        if isinstance(r, Repeat):
+            if self.action.kind != "script":
+                raise ValueError("only a script job may repeat")
+            if self.declared.run_as == "root":
+                raise ValueError("a repeating job may not run as root")
+            if r.until <= self.issued_at:
+                raise ValueError("repeat until must be later than issued_at")
+            if r.until - self.issued_at > _L.max_repeat_lifetime_s:
+                raise ValueError(f"a job may repeat for at most {_L.max_repeat_lifetime_s // 86400} days")
+
+    @property
+    def repeating(self) -> Repeat | None:
+        """The job's repeat rule, or None for a one-off job."""
+        return self.repeat if isinstance(self.repeat, Repeat) else None
 
     def required_capabilities(self) -> frozenset[str]:
         """Capabilities the grant must hold for this job."""

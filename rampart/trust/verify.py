@@ -22,6 +22,9 @@ order (docs/trust-chain.md, "Verifying a job"):
     last checkpoint this device saw, and includes this exact job envelope.
 11. The nonce and job id were never seen on this device.
 
+A repeating script job (a script check, ``Job.repeat``) passes these steps
+once, at its first run; :func:`authorize_repeat` decides every later run.
+
 "Now" is taken once by the caller and passed in. Nothing here does I/O or
 mutates state: the caller persists the new checkpoint and nonce only after
 this returns.
@@ -63,6 +66,7 @@ from .payloads import (
     Grant,
     Job,
     Receipt,
+    Repeat,
     Revocation,
     TenantRoot,
     decode_payload,
@@ -244,6 +248,19 @@ def _check_device_policy(job: Job, device: DevicePolicy) -> Effective:
     return Effective(tuple(d.writes), tuple(d.connect), d.run_as, job.timeout_s)
 
 
+def _check_payloads(j: Job, payloads: Mapping[str, bytes]) -> None:
+    wanted = {p.name for p in j.action.payloads}
+    extra = set(payloads) - wanted
+    if extra:
+        raise DigestMismatchError(f"unexpected payload(s) {sorted(extra)}")
+    for ref in j.action.payloads:
+        data = payloads.get(ref.name)
+        if data is None:
+            raise DigestMismatchError(f"payload {ref.name!r} is missing")
+        if len(data) != ref.size or hashlib.sha256(data).hexdigest() != ref.sha256:
+            raise DigestMismatchError(f"payload {ref.name!r} does not match its signed SHA-256")
+
+
 def authorize_job(
     *,
     root: TrustedRoot,
@@ -318,16 +335,7 @@ def authorize_job(
     # 8. device policy
     effective = _check_device_policy(j, device)
     # 9. payload digests
-    wanted = {p.name for p in j.action.payloads}
-    extra = set(payloads) - wanted
-    if extra:
-        raise DigestMismatchError(f"unexpected payload(s) {sorted(extra)}")
-    for ref in j.action.payloads:
-        data = payloads.get(ref.name)
-        if data is None:
-            raise DigestMismatchError(f"payload {ref.name!r} is missing")
-        if len(data) != ref.size or hashlib.sha256(data).hexdigest() != ref.sha256:
-            raise DigestMismatchError(f"payload {ref.name!r} does not match its signed SHA-256")
+    _check_payloads(j, payloads)
     # 10. audit log
     cp = verify_checkpoint(root, log.checkpoint, now=now, limits=limits)
     check_log_progress(last_checkpoint, cp, log.consistency)
@@ -339,6 +347,91 @@ def authorize_job(
     if j.nonce in seen_nonces or j.id in seen_jobs:
         raise ReplayError("this job was already seen on this device")
     return Authorization(j, g, cp, effective, role)
+
+
+@dataclass(frozen=True, slots=True)
+class RepeatAuthorization:
+    """A later run of a repeating script job that the agent may start now."""
+
+    job: Job
+    grant: Grant
+    repeat: Repeat
+    effective: Effective
+
+    @property
+    def runs_until(self) -> int:
+        """When the schedule ends at the latest: the repeat's ``until`` or the grant's end."""
+        return min(self.repeat.until, self.grant.not_after)
+
+
+def authorize_repeat(
+    *,
+    root: TrustedRoot,
+    grant: bytes,
+    job: bytes,
+    payloads: Mapping[str, bytes],
+    device: DevicePolicy,
+    now: int,
+    revoked_grants: Container[str] = frozenset(),
+    limits: Limits = DEFAULT_LIMITS,
+) -> RepeatAuthorization:
+    """Decide whether a repeating script job that already ran here once may run again now.
+
+    The agent calls this before every later run, with the job and grant
+    envelopes and the script it stored at the first run, the root it has
+    pinned *now* and the revocations it holds. Everything that can change with
+    time is checked again: the signer is still a technician of the pinned root
+    (a rotation that removed it ends the schedule), the grant still verifies
+    against that root, is valid now and is not revoked, ``now`` is before the
+    repeat's ``until``, the device is a target, the capabilities and the device
+    policy still allow it, and the stored script still has the signed SHA-256.
+
+    Deliberately not checked: the nonce (the first run consumed it; every
+    later run is of the same signed job), the job's own ``expires_at`` (the
+    deadline for the first run) and the audit log (the first run proved the
+    job is in the log; the job bytes are the same). Pure: no I/O.
+    """
+    env = decode_envelope(job, expect_type=JOB_TYPE, limits=limits)
+    j = decode_payload(env.payload, Job, max_bytes=limits.max_envelope_bytes)
+    if j.tenant != root.tenant:
+        raise WrongTenantError("job names another tenant")
+    rep = j.repeating
+    if rep is None:
+        raise CapabilityError("this job does not repeat")
+    # Payload rules hold these already; re-checked so this function alone guarantees them.
+    if j.action.kind != "script" or j.declared.run_as == "root":
+        raise CapabilityError("only a script job that does not run as root may repeat")
+    key = root.technicians.get(j.signer)
+    if key is None:
+        raise UnknownKeyError("the repeating job's signer is not a technician of the pinned root")
+    if not verified_signers(env, {j.signer: key}, threshold=1).met:
+        raise SignatureError("job signature is missing or invalid")
+    g = verify_grant(root, grant, now=now, limits=limits)
+    if g.id != j.grant:
+        raise CapabilityError("job names a different grant than the one supplied")
+    if g.grantee != j.signer:
+        raise CapabilityError("job signer is not the grant's grantee")
+    if g.id in revoked_grants:
+        raise RevokedError("the grant was revoked")
+    if device.device_id not in j.devices:
+        raise WrongDeviceError("this device is not a target of the job")
+    outside = set(j.devices) - set(g.devices)
+    if outside:
+        raise CapabilityError(f"job targets {len(outside)} device(s) outside the grant")
+    if now >= rep.until:
+        raise ExpiredError("the job's repeat period has ended")
+    if not (g.not_before - limits.clock_skew_s <= j.issued_at < g.not_after):
+        raise ExpiredError("job was issued outside the grant's window")
+    needed = j.required_capabilities()
+    missing = needed - set(g.capabilities)
+    if missing:
+        raise CapabilityError(f"grant does not give {sorted(missing)}")
+    not_allowed = needed - set(root.root.policy.capabilities)
+    if not_allowed:
+        raise CapabilityError(f"tenant policy does not allow {sorted(not_allowed)}")
+    effective = _check_device_policy(j, device)
+    _check_payloads(j, payloads)
+    return RepeatAuthorization(j, g, rep, effective)
 
 
 def verify_receipt(data: bytes, device_key: DevicePublicKey, *,

@@ -101,7 +101,8 @@ class Tenant:
     def job(self, grant: bytes, devices: list[str], script: bytes = b"echo hello\n", *,
             signer: PrivateKey | None = None, writes: tuple[str, ...] = (),
             connect: tuple[int, ...] = (), run_as: str = "job", expires_in: int = 600,
-            kind: str = "script", timeout_s: int = 60, issued_at: int | None = None) -> bytes:
+            kind: str = "script", timeout_s: int = 60, issued_at: int | None = None,
+            repeat: trust.Repeat | None = None) -> bytes:
         g = trust.decode_payload(trust.decode_envelope(grant).payload, Grant)
         now = int(time.time()) if issued_at is None else issued_at
         payloads = [] if kind != "script" else [
@@ -112,6 +113,7 @@ class Tenant:
             action=Action(kind=kind, payloads=payloads),  # type: ignore[arg-type]
             declared=Declared(writes=list(writes), connect=list(connect), run_as=run_as),  # type: ignore[arg-type]
             timeout_s=timeout_s, nonce=trust.new_nonce(), issued_at=now, expires_at=now + expires_in,
+            **({"repeat": repeat} if repeat is not None else {}),  # type: ignore[arg-type]
         )
         return env_bytes(j, signer or self.technicians[0])
 
