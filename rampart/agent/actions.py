@@ -80,7 +80,7 @@ log = logging.getLogger("rampart.agent")
 
 __all__ = [
     "MAX_DOC_BYTES", "ActionPolicy", "BackupConfig", "Done", "PolicyError", "add_enroll_options",
-    "policy_from_args", "run",
+    "policy_from_args", "run", "run_check",
 ]
 
 #: Bytes of stdout and stderr kept from a contained job (each).
@@ -478,6 +478,16 @@ def run(agent: Agent, auth: trust.Authorization, payloads: Mapping[str, bytes]) 
                                               f"{exc}"))
 
 
+def run_check(agent: Agent, auth: trust.RepeatAuthorization, script: bytes) -> Done:
+    """A later run of a script check (:mod:`rampart.agent.script_checks`): exactly a script job's run."""
+    try:
+        return _script(agent, auth, {"script": script})
+    except Exception as exc:  # noqa: BLE001 - the result must still say what happened
+        log.exception("script check %s failed inside the agent", auth.job.id)
+        return Done("failed", detail=one_line(f"the agent failed running this check: {type(exc).__name__}: "
+                                              f"{exc}"))
+
+
 # --- contained jobs: script and file -------------------------------------------------------------------
 
 
@@ -500,7 +510,8 @@ def _code_root() -> str:
     return os.path.dirname(os.path.dirname(os.path.abspath(rampart.__file__)))
 
 
-def _contained(agent: Agent, auth: trust.Authorization, files: Mapping[str, bytes],
+def _contained(agent: Agent, auth: trust.Authorization | trust.RepeatAuthorization,
+               files: Mapping[str, bytes],
                argv: Callable[[Path], tuple[str, ...]], *,
                as_agent: bool = False) -> containment.ContainedResult:
     """Run ``argv(workdir)`` in the job's sandbox, with ``files`` in a private work directory.
@@ -537,7 +548,8 @@ def _contained(agent: Agent, auth: trust.Authorization, files: Mapping[str, byte
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _script(agent: Agent, auth: trust.Authorization, payloads: Mapping[str, bytes]) -> Done:
+def _script(agent: Agent, auth: trust.Authorization | trust.RepeatAuthorization,
+            payloads: Mapping[str, bytes]) -> Done:
     script = payloads["script"]
     args = auth.job.action.args
 

@@ -6,6 +6,9 @@ the durable outbox until the server acknowledges them and are resent on
 every reconnect. Telemetry messages (``detection``, ``inventory-ack``,
 ``inventory-full``, ``inventory-request``) go to
 :class:`rampart.agent.telemetry.Telemetry`; none of them makes the agent act.
+Script check results (``check-result``) go out from
+:class:`rampart.agent.script_checks.ScriptChecks` and are removed from their
+outbox at the server's ``check-ack``; nothing the server sends starts a check.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from websockets.exceptions import WebSocketException
 
 from .core import Agent
 from .enroll import AGENT_VERSION
+from .script_checks import ScriptChecks
 from .telemetry import Telemetry
 
 log = logging.getLogger("rampart.agent")
@@ -48,9 +52,11 @@ class Link:
     """One agent's session loop."""
 
     def __init__(self, agent: Agent, server_url: str, ssl_context: ssl.SSLContext, *,
-                 gateway_url: str | None = None, telemetry: Telemetry | None = None) -> None:
+                 gateway_url: str | None = None, telemetry: Telemetry | None = None,
+                 checks: ScriptChecks | None = None) -> None:
         self.agent = agent
         self.telemetry = telemetry
+        self.checks = checks if checks is not None else ScriptChecks(agent)
         self._detection_seen = False
         self.url = gateway_url or (
             server_url.replace("https://", "wss://", 1).rstrip("/") + "/agent/v1/ws")
@@ -63,6 +69,13 @@ class Link:
         await asyncio.to_thread(self.agent.recover_interrupted)
         worker = asyncio.create_task(self._work())
         reporter = asyncio.create_task(self.telemetry.run()) if self.telemetry is not None else None
+        loop = asyncio.get_running_loop()
+
+        def check_stored() -> None:  # called from the job worker thread
+            loop.call_soon_threadsafe(self.checks.changed)
+
+        self.agent.on_check_stored = check_stored
+        scheduler = asyncio.create_task(self.checks.run())
         delays = backoff_delays()
         try:
             while not stop.is_set():
@@ -80,6 +93,7 @@ class Link:
                     pass
         finally:
             worker.cancel()
+            scheduler.cancel()
             if reporter is not None:
                 reporter.cancel()
 
@@ -106,6 +120,7 @@ class Link:
             self._detection_seen = False
             if self.telemetry is not None:
                 self.telemetry.attach(ws.send)
+            self.checks.attach(ws.send)
             for pending in await asyncio.to_thread(self.agent.state.unacked_receipts):
                 await self._send_receipt(pending.job_id, pending.receipt)
             stopper = asyncio.create_task(stop.wait())
@@ -119,6 +134,7 @@ class Link:
                     await self._dispatch(json.loads(recv.result()))
             finally:
                 stopper.cancel()
+                self.checks.detach()
                 if self.telemetry is not None:
                     self.telemetry.detach()
 
@@ -143,6 +159,8 @@ class Link:
                 await asyncio.to_thread(self.agent.apply_revocations, envs)
             except Exception as exc:  # keep serving; a later push or reconnect brings them again
                 log.warning("could not store revocations: %s", exc)
+        elif kind == "check-ack":
+            await self.checks.on_ack(msg.get("seq"))
         elif kind == "error":
             log.warning("the server refused a message: %s", str(msg.get("detail", ""))[:300])
         elif self.telemetry is not None:

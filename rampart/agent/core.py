@@ -19,6 +19,7 @@ import hashlib
 import logging
 import re
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from rampart.trust.roots import reload_root
 
 from . import actions, containment
 from .actions import ActionPolicy
-from .state import AgentState
+from .state import AgentState, StoredCheck
 
 log = logging.getLogger("rampart.agent")
 
@@ -56,6 +57,8 @@ class DeviceConfig:
     max_timeout_s: int
     #: Packages, updates and backups (rampart.agent.actions, docs/patching.md).
     actions: ActionPolicy = field(default_factory=ActionPolicy)
+    #: The shortest interval this device runs one script check at, whatever the check asks.
+    min_check_interval_s: int = 60
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> DeviceConfig:
@@ -67,6 +70,7 @@ class DeviceConfig:
             require_containment=str(doc.get("require_containment", "full")),
             max_timeout_s=int(doc.get("max_timeout_s", 3600)),
             actions=ActionPolicy.from_dict(doc),
+            min_check_interval_s=max(1, int(doc.get("min_check_interval_s", 60))),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -74,6 +78,7 @@ class DeviceConfig:
             "write_roots": list(self.write_roots), "allow_root": self.allow_root,
             "allow_network": self.allow_network, "job_user": self.job_user,
             "require_containment": self.require_containment, "max_timeout_s": self.max_timeout_s,
+            "min_check_interval_s": self.min_check_interval_s,
             **self.actions.to_dict(),
         }
 
@@ -139,6 +144,10 @@ class Agent:
         self._root: trust.TrustedRoot | None = None
         #: Set by the running agent: ask telemetry for an inventory now; True if the server is connected.
         self.inventory_trigger: Callable[[], bool] | None = None
+        #: Held while a job or a script check runs: one at a time (rampart.agent.script_checks).
+        self.exec_lock = threading.RLock()
+        #: Called (from the job's thread) when a repeating job stored its schedule.
+        self.on_check_stored: Callable[[], None] | None = None
 
     # --- trusted state ----------------------------------------------------------------
 
@@ -223,6 +232,10 @@ class Agent:
         committed and before it runs, so the server can hear at once which
         checkpoint this device now holds.
         """
+        with self.exec_lock:
+            return self._handle_job(msg, on_started)
+
+    def _handle_job(self, msg: Mapping[str, Any], on_started: Callable[[], None] | None) -> bytes | None:
         job_id = msg.get("job_id")
         if not isinstance(job_id, str) or not _JOB_ID.match(job_id):
             log.warning("dropped a job message without a valid job id")
@@ -252,9 +265,34 @@ class Agent:
             on_started()
         log.info("running job %s (%s) signed by %s", job_id, auth.job.action.kind,
                  self.trusted_root().root.key_name(auth.job.signer))
-        receipt = self._execute(auth, payloads)
-        self.state.finish_job(job_id, receipt)
+        started = self.clock()
+        done = actions.run(self, auth, payloads)
+        receipt = self._receipt(auth.job.id, outcome=done.outcome, refusal=done.refusal, detail=done.detail,
+                                result=done.result)
+        check, result = self._schedule(auth, job_bytes, _text(msg, "grant"), payloads, done, started)
+        self.state.finish_job(job_id, receipt, check=check, result=result)
+        if check is not None:
+            log.info("script check %s scheduled every %d s until %d", job_id, check.interval_s,
+                     min(auth.job.repeating.until if auth.job.repeating else 0, auth.grant.not_after))
+            if self.on_check_stored is not None:
+                self.on_check_stored()
         return receipt
+
+    def _schedule(self, auth: trust.Authorization, job: bytes, grant: bytes, payloads: Mapping[str, bytes],
+                  done: actions.Done, started: float) -> tuple[StoredCheck | None, bytes | None]:
+        """For a repeating script job that ran: its schedule and its first result (else nothing)."""
+        rep = auth.job.repeating
+        if rep is None or done.outcome == "refused":
+            return None, None
+        from .script_checks import encode_result, result_of
+
+        interval = max(rep.every_s, self.config.min_check_interval_s)
+        result = encode_result(result_of(auth.job.id, done, interval, started=started))
+        now = self.clock()
+        if now >= min(rep.until, auth.grant.not_after):
+            return None, result
+        return StoredCheck(job_id=auth.job.id, job=job, grant=grant, script=payloads["script"],
+                           interval_s=interval, next_run=max(now, started + interval), runs=1), result
 
     def _authorize(self, msg: Mapping[str, Any]) -> tuple[trust.Authorization, bytes, dict[str, bytes]]:
         job_bytes = _text(msg, "job")
@@ -282,12 +320,6 @@ class Agent:
             revoked_grants=_Seen(self.state.grant_revoked),
         )
         return auth, job_bytes, payloads
-
-    def _execute(self, auth: trust.Authorization, payloads: dict[str, bytes]) -> bytes:
-        """Run the authorized job the way its action kind runs (:mod:`rampart.agent.actions`)."""
-        done = actions.run(self, auth, payloads)
-        return self._receipt(auth.job.id, outcome=done.outcome, refusal=done.refusal, detail=done.detail,
-                             result=done.result)
 
     def _receipt(self, job_id: str, *, outcome: str, refusal: str = "", detail: str = "",
                  result: containment.ContainedResult | None = None) -> bytes:

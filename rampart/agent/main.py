@@ -3,6 +3,7 @@
     rampart-agent enroll --server URL --token TOKEN --root-sha256 HASH --cert-sha256 FP --state DIR
                          [--write-root PATH]... [--allow-root] [--no-network]
                          [--job-user USER] [--require-containment full|filesystem|none]
+                         [--min-check-interval SECONDS]
                          [--package-root PATH] [--package-manager auto|apt|dnf|none]
                          [--security-only-updates] [--backup-repo LOCATION --backup-path PATH...
                           [--backup-rsh COMMAND] [--backup-passphrase-file PATH]
@@ -31,6 +32,7 @@ from rampart import tlspin, trust
 from . import actions, containment
 from .core import Agent, DeviceConfig
 from .enroll import EnrollError, enroll, load_certificate
+from .script_checks import describe
 from .state import AgentState, StateError
 from .telemetry import DEFAULT_INTERVAL_S, Telemetry
 
@@ -75,6 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--job-user", default=None, help="unprivileged user jobs run as")
     e.add_argument("--require-containment", choices=["full", "filesystem", "none"], default=None)
     e.add_argument("--max-timeout", type=int, default=3600)
+    e.add_argument("--min-check-interval", type=_interval, default=60, metavar="SECONDS",
+                   help="shortest interval a script check runs at on this device (default 60)")
     actions.add_enroll_options(e)
     r = sub.add_parser("run", help="run the agent")
     r.add_argument("--state", default=DEFAULT_STATE)
@@ -119,7 +123,7 @@ def cmd_enroll(a: argparse.Namespace) -> int:
     config = DeviceConfig(write_roots=tuple(roots), allow_root=a.allow_root,
                           allow_network=not a.no_network, job_user=job_user,
                           require_containment=require, max_timeout_s=a.max_timeout,
-                          actions=action_policy)
+                          actions=action_policy, min_check_interval_s=int(a.min_check_interval))
     device_id = enroll(server_url=a.server, token=a.token, root_sha256=a.root_sha256,
                        cert_sha256=a.cert_sha256, state_dir=Path(a.state), config=config)
     print(f"enrolled; containment required: {require}; write roots: {', '.join(roots) or 'none'}")
@@ -176,6 +180,7 @@ def cmd_status(a: argparse.Namespace) -> int:
         "root_sha256": root.sha256, "checkpoint_size": agent.checkpoint_size(),
         "policy": agent.config.to_dict(), "kernel_containment": containment.kernel_level(),
         "landlock_abi": containment.detect_abi(),
+        "script_checks": [json.loads(describe(c)) for c in agent.state.script_checks()],
     }
     if a.json:
         print(json.dumps(doc, indent=1))

@@ -5,7 +5,9 @@ Everything lives in one directory that only the agent's user can enter
 
     STATE/device.key     the device's Ed25519 key (0600)
     STATE/server.pem     the pinned server certificate
-    STATE/state.db       SQLite, synchronous=FULL: meta, roots, jobs, outbox
+    STATE/state.db       SQLite, synchronous=FULL: meta, roots, jobs, outbox,
+                         script checks (job, grant and script as verified at the first run)
+                         and their results not yet acknowledged
     STATE/logs/          agent log
 
 Security invariants:
@@ -18,6 +20,10 @@ Security invariants:
   the same transaction that records the job that proved them.
 * Receipts stay in the outbox until the server acknowledges them.
 * A grant id, once a verified revocation named it, stays revoked for good.
+* A script check is stored only after its first run passed
+  :func:`rampart.trust.authorize_job`, in the transaction that records that
+  run; the server cannot add, change or reschedule one (nothing it sends
+  writes this table). Every later run is re-verified from these bytes.
 """
 
 from __future__ import annotations
@@ -52,7 +58,25 @@ CREATE TABLE IF NOT EXISTS revoked_grants (
     envelope BLOB NOT NULL,
     stored_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS script_checks (
+    job_id TEXT PRIMARY KEY,
+    job BLOB NOT NULL,
+    grant_env BLOB NOT NULL,
+    script BLOB NOT NULL,
+    interval_s INTEGER NOT NULL,
+    next_run REAL NOT NULL,
+    runs INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS check_outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL,
+    result BLOB NOT NULL,
+    created_at REAL NOT NULL
+);
 """
+
+#: Script check results kept while the server is unreachable; the oldest go first beyond this.
+CHECK_OUTBOX_MAX = 2000
 
 KEY_FILE = "device.key"
 CERT_FILE = "server.pem"
@@ -68,6 +92,19 @@ class StateError(Exception):
 class PendingReceipt:
     job_id: str
     receipt: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCheck:
+    """A repeating script job the agent runs itself (rampart.agent.script_checks)."""
+
+    job_id: str
+    job: bytes
+    grant: bytes
+    script: bytes
+    interval_s: int
+    next_run: float
+    runs: int
 
 
 def ensure_private_dir(path: Path) -> None:
@@ -213,12 +250,59 @@ class AgentState:
             )
             self.set_many(db, {"checkpoint": checkpoint, "checkpoint_size": str(checkpoint_size)})
 
-    def finish_job(self, job_id: str, receipt: bytes) -> None:
+    def finish_job(self, job_id: str, receipt: bytes, *, check: StoredCheck | None = None,
+                   result: bytes | None = None) -> None:
+        """Store the receipt; for a repeating job also its schedule and first result (one transaction)."""
         with self.transaction() as db:
             db.execute(
                 "UPDATE jobs SET state = 'done', receipt = ?, updated_at = ? WHERE job_id = ?",
                 (receipt, time.time(), job_id),
             )
+            if check is not None:
+                db.execute(
+                    "INSERT OR IGNORE INTO script_checks (job_id, job, grant_env, script, interval_s, "
+                    "next_run, runs) VALUES (?, ?, ?, ?, ?, ?, 1)",
+                    (check.job_id, check.job, check.grant, check.script, check.interval_s,
+                     check.next_run),
+                )
+            if result is not None:
+                self._queue_result(db, job_id, result)
+
+    # --- script checks ------------------------------------------------------------------
+
+    def _queue_result(self, db: sqlite3.Connection, job_id: str, result: bytes) -> None:
+        db.execute("INSERT INTO check_outbox (job_id, result, created_at) VALUES (?, ?, ?)",
+                   (job_id, result, time.time()))
+        db.execute("DELETE FROM check_outbox WHERE seq <= "
+                   "(SELECT MAX(seq) FROM check_outbox) - ?", (CHECK_OUTBOX_MAX,))
+
+    def script_checks(self) -> list[StoredCheck]:
+        rows = self._all("SELECT job_id, job, grant_env, script, interval_s, next_run, runs "
+                         "FROM script_checks ORDER BY next_run")
+        return [StoredCheck(str(r[0]), bytes(r[1]), bytes(r[2]), bytes(r[3]), int(r[4]),
+                            float(r[5]), int(r[6])) for r in rows]
+
+    def script_check(self, job_id: str) -> StoredCheck | None:
+        return next((c for c in self.script_checks() if c.job_id == job_id), None)
+
+    def record_check_run(self, job_id: str, next_run: float, result: bytes) -> None:
+        """One later run: move its schedule on and queue its result, in one transaction."""
+        with self.transaction() as db:
+            db.execute("UPDATE script_checks SET next_run = ?, runs = runs + 1 WHERE job_id = ?",
+                       (next_run, job_id))
+            self._queue_result(db, job_id, result)
+
+    def drop_script_check(self, job_id: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM script_checks WHERE job_id = ?", (job_id,))
+
+    def check_outbox(self, limit: int = 500) -> list[tuple[int, bytes]]:
+        rows = self._all("SELECT seq, result FROM check_outbox ORDER BY seq LIMIT ?", (limit,))
+        return [(int(r[0]), bytes(r[1])) for r in rows]
+
+    def ack_check_result(self, seq: int) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM check_outbox WHERE seq = ?", (seq,))
 
     def record_refusal(self, job_id: str, receipt: bytes) -> None:
         """Keep a refusal receipt to send; a refusal never consumes a nonce."""

@@ -1,0 +1,244 @@
+"""Script checks: repeating signed script jobs the agent runs itself, and their results.
+
+A script job whose signed payload carries ``repeat`` (:class:`rampart.trust.Repeat`)
+first runs as every job does (:meth:`rampart.agent.core.Agent.handle_job`:
+:func:`rampart.trust.authorize_job`, nonce committed, signed receipt). In the
+transaction that records that run, the agent stores the job envelope, the
+grant envelope and the script it verified (``script_checks`` in the state
+database). From then on *the agent* runs it every ``max(every_s, device floor)``
+seconds (:class:`ScriptChecks`); the server only receives results.
+
+Before every later run, :func:`rampart.trust.authorize_repeat` decides again,
+against the root the agent has pinned *now* and the revocations it holds: the
+signer is still a technician, the grant still verifies and is not revoked,
+the repeat period and the grant have not ended, and the stored script still
+has its signed SHA-256. A schedule that fails is dropped (and logged); nothing
+brings it back but a new signed job. The script then runs exactly like a
+script job (:func:`rampart.agent.actions.run_check`: same containment, same
+device policy).
+
+Security invariants:
+
+* Nothing the server sends adds, changes, speeds up or restarts a schedule: the
+  table is written only by the first run of a verified job and by the
+  scheduler itself. A server re-sending the job gets the stored receipt (the job
+  id is spent); a different job is a different, separately signed check.
+* The device chooses the floor (``min_check_interval_s`` in its policy, set at
+  enrolment, 60 s by default): a check runs at most that often, whatever it asks.
+* One job or check runs at a time (:attr:`rampart.agent.core.Agent.exec_lock`).
+
+Results (:class:`CheckResult`) go to the server in ``check-result`` messages and
+stay in the durable outbox (``check_outbox``, newest
+:data:`~rampart.agent.state.CHECK_OUTBOX_MAX`) until the server answers
+``check-ack`` for their sequence number, so results produced while
+disconnected are sent at the next connection (docs/design/script-checks.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Annotated, Final
+
+import msgspec
+from msgspec import Meta
+
+from rampart import trust
+
+from . import actions
+from .state import StoredCheck
+
+if TYPE_CHECKING:
+    from .core import Agent
+
+__all__ = ["DEFAULT_MIN_INTERVAL_S", "MAX_DETAIL", "MAX_TAIL", "CheckResult", "ScriptChecks",
+           "decode_result", "encode_result", "result_of"]
+
+log = logging.getLogger("rampart.agent")
+
+#: Characters of stdout and stderr kept from the end of each run's output.
+MAX_TAIL: Final = 4096
+MAX_DETAIL: Final = 1000
+#: The device's default floor between two runs of one check.
+DEFAULT_MIN_INTERVAL_S: Final = 60
+#: Longest sleep of the scheduler between looks at its table.
+_MAX_SLEEP_S: Final = 30.0
+
+SendText = Callable[[str], Awaitable[None]]
+
+
+class CheckResult(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """One run of a script check, as reported (agent clock). Strict and bounded both ways."""
+
+    job: Annotated[str, Meta(pattern=r"^job-[0-9a-z]{16,64}$")]
+    run_at: Annotated[float, Meta(ge=0, le=1 << 40)]
+    duration_s: Annotated[float, Meta(ge=0, le=1 << 20)]
+    exit_code: Annotated[int, Meta(ge=-(1 << 31), le=1 << 31)] | None = None
+    signal: Annotated[int, Meta(ge=0, le=128)] | None = None
+    timed_out: bool = False
+    ok: bool
+    #: The interval the device actually runs this check at (its floor may be above ``every_s``).
+    interval_s: Annotated[int, Meta(ge=1, le=trust.limits.DEFAULT_LIMITS.max_repeat_every_s)]
+    stdout: Annotated[str, Meta(max_length=MAX_TAIL)] = ""
+    stderr: Annotated[str, Meta(max_length=MAX_TAIL)] = ""
+    #: Why the run did not happen or failed inside the agent (a refusal), else "".
+    detail: Annotated[str, Meta(max_length=MAX_DETAIL)] = ""
+
+
+_ENC = msgspec.json.Encoder()
+
+
+def encode_result(r: CheckResult) -> bytes:
+    return _ENC.encode(r)
+
+
+def decode_result(data: bytes | str) -> CheckResult:
+    """Strictly decode one result; raises ``msgspec.ValidationError`` / ``DecodeError``."""
+    return msgspec.json.decode(data, type=CheckResult, strict=True)
+
+
+def _tail(data: bytes) -> str:
+    text = data[-MAX_TAIL:].decode("utf-8", errors="replace")
+    return text[-MAX_TAIL:]
+
+
+def result_of(job_id: str, done: actions.Done, interval_s: int, *, started: float) -> CheckResult:
+    """The result of one run from what :mod:`rampart.agent.actions` reported."""
+    r = done.result
+    ended = r.ended_at if r is not None and done.outcome != "refused" else time.time()
+    begun = r.started_at if r is not None and done.outcome != "refused" else started
+    exit_code = r.exit_code if r is not None else None
+    ok = (done.outcome == "ran" and r is not None and exit_code == 0 and not r.timed_out)
+    detail = ""
+    if done.outcome != "ran":
+        detail = actions.one_line(f"{done.outcome}: {done.refusal + ': ' if done.refusal else ''}"
+                                  f"{done.detail}", MAX_DETAIL)
+    return CheckResult(
+        job=job_id, run_at=begun, duration_s=max(0.0, ended - begun),
+        exit_code=exit_code, signal=r.signal if r is not None else None,
+        timed_out=bool(r.timed_out) if r is not None else False, ok=ok,
+        interval_s=min(max(1, interval_s), trust.limits.DEFAULT_LIMITS.max_repeat_every_s),
+        stdout=_tail(r.stdout) if r is not None else "", stderr=_tail(r.stderr) if r is not None else "",
+        detail=detail[:MAX_DETAIL],
+    )
+
+
+class ScriptChecks:
+    """Runs the stored script checks on their schedule and sends their results."""
+
+    def __init__(self, agent: Agent, *, clock: Callable[[], float] = time.time) -> None:
+        self._agent = agent
+        self._clock = clock
+        self._wake = asyncio.Event()
+        self._send: SendText | None = None
+        self._sent: set[int] = set()
+        self.runs = 0
+
+    # --- the link --------------------------------------------------------------------------
+
+    def attach(self, send: SendText) -> None:
+        """A connection is up: send every queued result now."""
+        self._send = send
+        self._sent = set()
+        self._wake.set()
+
+    def detach(self) -> None:
+        self._send = None
+
+    def changed(self) -> None:
+        """A schedule may have been added (a first run finished): look again."""
+        self._wake.set()
+
+    async def on_ack(self, seq: object) -> None:
+        if isinstance(seq, int) and not isinstance(seq, bool):
+            await asyncio.to_thread(self._agent.state.ack_check_result, seq)
+
+    async def flush(self) -> None:
+        """Send queued results not yet sent on this connection, oldest first."""
+        send = self._send
+        if send is None:
+            return
+        for seq, data in await asyncio.to_thread(self._agent.state.check_outbox):
+            if seq in self._sent:
+                continue
+            text = f'{{"type":"check-result","seq":{seq},"result":{data.decode()}}}'
+            try:
+                await send(text)
+            except Exception as exc:  # noqa: BLE001 - a lost connection: sent again on the next one
+                log.info("script check results kept until the server is back (%s)", type(exc).__name__)
+                return
+            self._sent.add(seq)
+
+    # --- running ---------------------------------------------------------------------------
+
+    def run_due(self) -> float:
+        """Run every check that is due (in this worker thread); return when the next one is due."""
+        now = self._clock()
+        for check in self._agent.state.script_checks():
+            if check.next_run <= now:
+                self.run_one(check)
+                now = self._clock()
+        nexts = [c.next_run for c in self._agent.state.script_checks()]
+        return min(nexts) if nexts else now + _MAX_SLEEP_S
+
+    def run_one(self, check: StoredCheck) -> CheckResult | None:
+        """Re-verify and run one stored check; drop it when it no longer verifies."""
+        agent = self._agent
+        with agent.exec_lock:
+            started = self._clock()
+            try:
+                auth = trust.authorize_repeat(
+                    root=agent.trusted_root(), grant=check.grant, job=check.job,
+                    payloads={"script": check.script}, device=agent.policy, now=int(started),
+                    revoked_grants=_Revoked(agent),
+                )
+            except trust.TrustError as exc:
+                agent.state.drop_script_check(check.job_id)
+                log.warning("script check %s stopped: %s: %s", check.job_id, exc.reason, exc.message)
+                return None
+            done = actions.run_check(agent, auth, check.script)
+            result = result_of(check.job_id, done, check.interval_s, started=started)
+            next_run = max(self._clock(), started + check.interval_s)
+            agent.state.record_check_run(check.job_id, next_run, encode_result(result))
+            self.runs += 1
+        log.info("script check %s ran: %s (exit %s)", check.job_id, "ok" if result.ok else "FAILED",
+                 result.exit_code)
+        return result
+
+    async def run(self) -> None:
+        """Run checks when due and send results, forever (cancel to stop)."""
+        while True:
+            self._wake.clear()
+            try:
+                next_due = await asyncio.to_thread(self.run_due)
+            except Exception:  # never let one bad check stop the others
+                log.exception("running script checks failed")
+                next_due = self._clock() + 5.0
+            await self.flush()
+            delay = min(_MAX_SLEEP_S, max(0.05, next_due - self._clock()))
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+            except TimeoutError:
+                pass
+
+
+class _Revoked:
+    def __init__(self, agent: Agent) -> None:
+        self._agent = agent
+
+    def __contains__(self, item: object) -> bool:
+        return isinstance(item, str) and self._agent.state.grant_revoked(item)
+
+
+def describe(check: StoredCheck) -> str:
+    """A one-line summary for ``rampart-agent status``."""
+    try:
+        job = trust.decode_payload(trust.decode_envelope(check.job).payload, trust.Job)
+    except trust.TrustError:
+        return json.dumps({"job": check.job_id, "error": "unreadable"})
+    rep = job.repeating
+    return json.dumps({"job": check.job_id, "name": rep.name if rep else "", "interval_s": check.interval_s,
+                       "until": rep.until if rep else 0, "runs": check.runs, "next_run": int(check.next_run)})
