@@ -110,6 +110,18 @@ EXPECTED: dict[tuple[str, str], frozenset[str] | None] = {
     ("delete", "/api/v1/tenants/{t}/sanctioned-tools/{slug}"): APPROVE,
     ("get", "/api/v1/catalog"): ALL,
     ("post", "/api/v1/catalog"): OWNER,
+    # scheduled work (docs/patching.md)
+    ("get", "/api/v1/tenants/{t}/automation-key"): ALL,
+    ("post", "/api/v1/tenants/{t}/automation-key"): OWNER,
+    ("get", "/api/v1/tenants/{t}/patch-policies"): ALL,
+    ("get", "/api/v1/tenants/{t}/patch-policies/{name}"): ALL,
+    ("put", "/api/v1/tenants/{t}/patch-policies/{name}"): STAFF,
+    ("delete", "/api/v1/tenants/{t}/patch-policies/{name}"): STAFF,
+    ("post", "/api/v1/tenants/{t}/patch-policies/{name}/resume"): APPROVE,
+    ("get", "/api/v1/tenants/{t}/patch-report"): ALL,
+    ("put", "/api/v1/tenants/{t}/devices/{d}/backup-policy"): STAFF,
+    ("delete", "/api/v1/tenants/{t}/devices/{d}/backup-policy"): STAFF,
+    ("get", "/api/v1/tenants/{t}/backup-status"): ALL,
 }
 
 QUERY = {"start": 0, "limit": 10, "old": 0, "new": 1, "index": 0, "size": 1}
@@ -137,7 +149,7 @@ def test_M3_every_route_enforces_the_roles_table(server: RunningServer) -> None:
     check = ok(owner.http.post(f"/tenants/{t.id}/checks", json={
         "kind": "port", "params": {"port": 22}}))
     ids = {"t": t.id, "g": grant, "j": job_id, "d": device, "username": "spare", "a": alert["id"],
-           "n": target["id"], "slug": "anydesk", "c": check["id"]}
+           "n": target["id"], "slug": "anydesk", "c": check["id"], "name": "walk"}
 
     def fresh_job() -> dict[str, Any]:
         e, p, _ = signed_job(t, grant, [device])
@@ -175,6 +187,9 @@ def test_M3_every_route_enforces_the_roles_table(server: RunningServer) -> None:
             "kind": "syslog", "name": "soc", "host": "127.0.0.1", "port": 9},
         ("post", "/api/v1/catalog"): lambda: {"catalog": encode_catalog(builtin_catalog()).decode(),
                                               "source": "walk"},
+        ("put", "/api/v1/tenants/{t}/patch-policies/{name}"): lambda: {
+            "rings": [{"name": "pilot", "devices": [device]}]},
+        ("put", "/api/v1/tenants/{t}/devices/{d}/backup-policy"): lambda: {"every_s": 3600},
     }
 
     spec = ok(server.client(api=False).get("/openapi.json"))

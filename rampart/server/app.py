@@ -31,10 +31,24 @@ from rampart import __version__
 from . import clock, throttle
 from .access import sweep_dormant
 from .alerts import raise_alert
-from .api import accounts, alerts, audit, checks, devices, grants, jobs, notify, telemetry, tenants
+from .api import (
+    accounts,
+    alerts,
+    audit,
+    backups,
+    checks,
+    devices,
+    grants,
+    jobs,
+    notify,
+    patching,
+    telemetry,
+    tenants,
+)
 from .api import auth as auth_api
 from .api.schemas import HealthOut
 from .audit import SERVER_LOG, AuditLog
+from .automation import AutomationKeyStore
 from .checks import CheckRunner
 from .config import ServerConfig, load_config
 from .context import ServerContext
@@ -45,6 +59,8 @@ from .gateway import Gateway
 from .gateway_listener import server_ssl_context, start_gateway_listener
 from .keystore import LogKeyStore
 from .notifier import Notifier
+from .scheduler import Scheduler
+from .script_checks import ScriptCheckStore
 from .setup import cert_sha256_of
 from .status_page import router as status_router
 from .telemetry import TelemetryStore
@@ -197,6 +213,12 @@ async def _checks_cadence(ctx: ServerContext) -> None:
             await asyncio.to_thread(runner.run_once, clock.now())
         except Exception:
             log.exception("monitoring checks failed; retrying next interval")
+        try:
+            if ctx.gateway.script_checks is not None:
+                await asyncio.to_thread(ctx.gateway.script_checks.sweep_overdue, clock.now(),
+                                        ctx.gateway.connected_ids())
+        except Exception:
+            log.exception("script check overdue sweep failed; retrying next interval")
         await asyncio.sleep(ctx.limits.checks_interval_s)
 
 
@@ -233,6 +255,17 @@ async def _telemetry_cadence(ctx: ServerContext) -> None:
         await asyncio.sleep(min(lim.telemetry_sweep_interval_s, lim.inventory_interval_s))
 
 
+async def _scheduler_cadence(ctx: ServerContext) -> None:
+    """Patch cycles and scheduled backups under standing grants (docs/patching.md)."""
+    scheduler = Scheduler(ctx.store, ctx.audit, ctx.automation, ctx.gateway)
+    while True:
+        try:
+            await asyncio.to_thread(scheduler.run_once, clock.now())
+        except Exception:
+            log.exception("scheduler pass failed; retrying next interval")
+        await asyncio.sleep(ctx.limits.scheduler_interval_s)
+
+
 async def _checkpoint_cadence(ctx: ServerContext) -> None:
     while True:
         await asyncio.sleep(ctx.limits.checkpoint_interval_s)
@@ -248,10 +281,10 @@ def build_context(config: ServerConfig) -> ServerContext:
     migrate(store.engine)
     audit_log = AuditLog(store, LogKeyStore(config.keys_dir))
     gateway = Gateway(DeliveryStore(store, audit_log), config.limits,
-                      TelemetryStore(store, config.limits))
+                      TelemetryStore(store, config.limits), ScriptCheckStore(store))
     cert = cert_sha256_of(config.cert_path) if config.cert_path.exists() else None
     return ServerContext(config=config, store=store, audit=audit_log, cert_sha256=cert,
-                         gateway=gateway)
+                         gateway=gateway, automation=AutomationKeyStore(config.keys_dir))
 
 
 def create_app(data_dir: Path | str, *, config: ServerConfig | None = None,
@@ -274,6 +307,7 @@ def create_app(data_dir: Path | str, *, config: ServerConfig | None = None,
         notifying = asyncio.create_task(_notify_cadence(ctx))
         checking = asyncio.create_task(_checks_cadence(ctx))
         watching = asyncio.create_task(_telemetry_cadence(ctx))
+        scheduling = asyncio.create_task(_scheduler_cadence(ctx))
         listener = None
         if agent_listen is not None:
             ssl_ctx = server_ssl_context(str(ctx.config.cert_path), str(ctx.config.key_path)) \
@@ -287,7 +321,7 @@ def create_app(data_dir: Path | str, *, config: ServerConfig | None = None,
                 listener.close()
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(listener.wait_closed(), 5)
-            for task in (cadence, chores, notifying, checking, watching):
+            for task in (cadence, chores, notifying, checking, watching, scheduling):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -305,7 +339,7 @@ def create_app(data_dir: Path | str, *, config: ServerConfig | None = None,
         return HealthOut(status="ok", version=__version__)
 
     for module in (auth_api, accounts, tenants, devices, grants, jobs, audit, alerts, notify, telemetry,
-                   checks):
+                   checks, patching, backups):
         api.include_router(module.router)
     app.include_router(api)
     app.include_router(devices.agent_router)

@@ -3,7 +3,8 @@
 Data directory layout (docs/design/protocol.md, "Server data directory")::
 
     DIR/config.json     {"db_url": ..., "public_url": null, "shared_operator_keys": false,
-                         "inventory_interval_s": 300 (optional; the agents' interval)}
+                         "inventory_interval_s": 300 (optional; the agents' interval),
+                         "scheduler_interval_s": 60 (optional; patch and backup scheduling)}
     DIR/tls/cert.pem    self-signed ECDSA P-256 certificate
     DIR/tls/key.pem     0600
     DIR/keys/           0700; log-<log id>.key, 0600 each
@@ -69,6 +70,8 @@ class ServerLimits:
     inventory_refill_s: float = 15.0
     #: Pending deltas after which a device's snapshot is materialised in the background.
     inventory_compact_after: int = 64
+    #: How often the scheduler advances patch cycles and triggers due backups (docs/patching.md).
+    scheduler_interval_s: float = 60.0
 
     @property
     def overdue_after_s(self) -> float:
@@ -138,10 +141,14 @@ def load_config(data_dir: Path) -> ServerConfig:
     if (isinstance(interval, bool) or not isinstance(interval, int | float)
             or not 1 <= interval <= 86400):
         raise SetupError(f"{path}: inventory_interval_s must be a number of seconds in 1..86400")
+    tick = doc.get("scheduler_interval_s", 60.0)
+    if isinstance(tick, bool) or not isinstance(tick, int | float) or not 0.5 <= tick <= 3600:
+        raise SetupError(f"{path}: scheduler_interval_s must be a number of seconds in 0.5..3600")
     return ServerConfig(data_dir=data_dir, db_url=normalise_db_url(doc["db_url"]),
                         public_url=public, shared_operator_keys=shared,
                         smtp=_smtp(doc.get("smtp"), path),
-                        limits=ServerLimits(inventory_interval_s=float(interval)))
+                        limits=ServerLimits(inventory_interval_s=float(interval),
+                                            scheduler_interval_s=float(tick)))
 
 
 SMTP_KEYS = {"host": str, "port": int, "from": str, "starttls": bool, "implicit_tls": bool,

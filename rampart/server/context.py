@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .audit import AuditLog
+from .automation import AutomationKeyStore
 from .config import ServerConfig, ServerLimits
 from .db import Store
 
@@ -20,6 +21,8 @@ class ServerContext:
     audit: AuditLog
     cert_sha256: str | None
     gateway: Gateway
+    #: The tenants' automation keys (scheduled payload-free jobs only; rampart/server/automation.py).
+    automation: AutomationKeyStore
     #: Port of the dedicated agent gateway listener, when one runs.
     agent_port: int | None = None
 

@@ -49,6 +49,10 @@ PERMISSIONS: Final[dict[str, frozenset[str]]] = {
     "tools.manage": frozenset({"owner", "approver"}),
     "catalog.import": frozenset({"owner"}),
     "inventory.request": _STAFF,
+    # scheduled work (docs/patching.md): when payload-free jobs run; approvers sign the grants
+    "patch.manage": _STAFF,
+    "patch.resume": frozenset({"owner", "approver"}),
+    "backup.manage": _STAFF,
 }
 
 

@@ -74,8 +74,19 @@ def request_grant(t: TenantPath, body: GrantIn, caller: CallerDep, ctx: Ctx) -> 
         caller.tenant(s, t)
         caller.require_perm("grant.request")
         trusted = current_trusted(s, t)
-        eligible = trusted.automation if body.actions else trusted.technicians
-        mine = sorted(caller_keyids(s, caller, t) & set(eligible))
+        if body.for_automation:
+            # A standing grant for the server's automation key: approvers still sign it, and
+            # the key can only trigger the payload-free actions the grant names.
+            server_key = ctx.automation.get(t)
+            if not body.actions:
+                raise BadRequest("a standing grant names the actions it allows (--action)")
+            if server_key is None or server_key.key_id not in trusted.automation:
+                raise Conflict("the server's automation key is not in this tenant's current root "
+                               "(rampart automation enable)")
+            mine = [server_key.key_id]
+        else:
+            eligible = trusted.automation if body.actions else trusted.technicians
+            mine = sorted(caller_keyids(s, caller, t) & set(eligible))
         if not mine:
             kind = "automation" if body.actions else "technician"
             raise Conflict(f"none of your keys is a {kind} key of this tenant's current root")

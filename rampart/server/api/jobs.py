@@ -33,8 +33,9 @@ from rampart.trust.payloads import JOB_TYPE, PAYLOAD_FREE_ACTIONS
 
 from .. import clock
 from ..access import check_mass_action
+from ..audit import AuditLog
 from ..errors import BadRequest, Conflict, NotFound, TooLarge
-from ..models import Device, GrantRow, JobPayload, JobRow, JobTarget, ReceiptRow
+from ..models import Device, GrantRow, JobPayload, JobRow, JobTarget, ReceiptRow, ScriptCheck
 from ..tenant_roots import current_trusted
 from .deps import Caller, CallerDep, Ctx, JobPath, TenantPath
 from .schemas import JobCreatedOut, JobIn, JobOut, ReceiptOut, TargetOut
@@ -95,6 +96,12 @@ def check_job(s: Session, tenant_id: str, data: bytes, payloads: dict[str, bytes
         raise BadRequest("job has expired")
     if not grant.not_before - 300 <= job.issued_at < grant.not_after:
         raise BadRequest("job was issued outside the grant's window")
+    rep = job.repeating
+    if rep is not None:  # a script check: what authorize_repeat will require of every later run
+        if job.signer not in trusted.technicians:
+            raise BadRequest("only a technician key may sign a repeating job")
+        if now >= min(rep.until, grant.not_after):
+            raise BadRequest("the repeating job's period (or its grant) has already ended")
     wanted = {p.name: p for p in job.action.payloads}
     if set(payloads) != set(wanted):
         raise BadRequest("payloads must be exactly the ones the job names")
@@ -109,6 +116,29 @@ def check_job(s: Session, tenant_id: str, data: bytes, payloads: dict[str, bytes
     return job
 
 
+def store_job(s: Session, audit: AuditLog, tenant_id: str, job: Job, data: bytes,
+              payloads: dict[str, bytes], now: float, *, account_id: int | None) -> None:
+    """Append the exact envelope to the tenant's log and record one target per device.
+
+    The caller has run :func:`check_job`; the caller signs a checkpoint after
+    commit and wakes the devices. ``account_id`` is None for scheduler jobs.
+    """
+    if s.get(JobRow, job.id) is not None:
+        raise Conflict("a job with this id exists")
+    if s.scalars(select(JobRow.id).where(JobRow.tenant_id == tenant_id,
+                                         JobRow.nonce == job.nonce)).first():
+        raise Conflict("a job with this nonce exists")
+    index = audit.append(s, tenant_id, "job.created", data, now)
+    s.add(JobRow(id=job.id, tenant_id=tenant_id, grant_id=job.grant, signer=job.signer,
+                 kind=job.action.kind, nonce=job.nonce, envelope=data, created_at=now,
+                 expires_at=job.expires_at, log_index=index, account_id=account_id))
+    s.flush()
+    for name, blob in payloads.items():
+        s.add(JobPayload(job_id=job.id, name=name, data=blob))
+    for device in job.devices:
+        s.add(JobTarget(job_id=job.id, device_id=device, state="pending"))
+
+
 @router.post("/tenants/{t}/jobs", response_model=JobCreatedOut)
 def create_job(t: TenantPath, body: JobIn, caller: CallerDep, ctx: Ctx) -> JobCreatedOut:
     now = clock.now()
@@ -121,20 +151,11 @@ def create_job(t: TenantPath, body: JobIn, caller: CallerDep, ctx: Ctx) -> JobCr
         check_mass_action(s, ctx.audit, account_id=caller.account_id, actor=caller.username,
                           step_up_at=caller.step_up_at, tenant=tenant, devices=job.devices,
                           now=now)
-        if s.get(JobRow, job.id) is not None:
-            raise Conflict("a job with this id exists")
-        if s.scalars(select(JobRow.id).where(JobRow.tenant_id == t,
-                                             JobRow.nonce == job.nonce)).first():
-            raise Conflict("a job with this nonce exists")
-        index = ctx.audit.append(s, t, "job.created", data, now)
-        s.add(JobRow(id=job.id, tenant_id=t, grant_id=job.grant, signer=job.signer,
-                     kind=job.action.kind, nonce=job.nonce, envelope=data, created_at=now,
-                     expires_at=job.expires_at, log_index=index, account_id=caller.account_id))
-        s.flush()
-        for name, blob in payloads.items():
-            s.add(JobPayload(job_id=job.id, name=name, data=blob))
-        for device in job.devices:
-            s.add(JobTarget(job_id=job.id, device_id=device, state="pending"))
+        store_job(s, ctx.audit, t, job, data, payloads, now, account_id=caller.account_id)
+        rep = job.repeating
+        if rep is not None:
+            s.add(ScriptCheck(job_id=job.id, tenant_id=t, name=rep.name, every_s=rep.every_s,
+                              until=rep.until, created_by=caller.username, created_at=now))
     ctx.audit.sign_checkpoint(t, now)
     ctx.gateway.wake(job.devices)
     return JobCreatedOut(id=job.id, targets=list(job.devices))

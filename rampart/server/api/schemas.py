@@ -261,6 +261,8 @@ class GrantIn(In):
     duration_s: Annotated[int, Field(ge=60, le=366 * 24 * 3600)]
     reason: Annotated[str, Field(min_length=1, max_length=2048)]
     actions: Annotated[list[ActionKind], Field(max_length=3)] = []
+    #: A standing grant for the server's automation key of this tenant (docs/patching.md).
+    for_automation: bool = False
 
 
 class GrantCreatedOut(BaseModel):

@@ -1,0 +1,485 @@
+"""Patch policies: rings, maintenance windows, deferral, reboot notices, and the patch report.
+
+A policy lists rings in order (pilot first). The scheduler (:class:`PatchScheduler`)
+runs *cycles*: in an open window occurrence, when a device of the policy has
+updates pending for at least the deferral, a cycle starts with ring 0; each
+ring's devices with eligible updates get an ``os-update`` job signed with the
+tenant's automation key (rampart/server/automation.py); when every job of a
+ring has a receipt and none failed, the next ring starts once its delay has
+passed and a window is open. A failed (or unanswered) job halts the cycle at
+that ring with a critical ``patch-ring-halted`` alert: later rings are never
+patched until an approver or owner resumes (``rampart patch resume``).
+
+Security invariants:
+
+* The scheduler can trigger only ``os-update`` (payload-free: the device's
+  own signed sources, never a removal) and only under an approver-signed
+  standing grant; ``check_job`` refuses everything else as agents would.
+* A policy names devices of its own tenant only, each in at most one ring of
+  one policy; its ids are validated before storing.
+* Ages ("security update pending for N days") count from when the server first
+  saw the update pending in the device's reported inventory: the device
+  cannot make an update look older than the server has seen it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from rampart import trust
+from rampart.trust.ids import new_id
+from rampart.trust.payloads import RECEIPT_TYPE
+
+from . import windows
+from .alerts import raise_alert, resolve
+from .audit import AuditLog
+from .automation import AutomationKeyStore, NoStandingGrant, trigger
+from .errors import BadRequest, Conflict, NotFound
+from .models import (
+    Device,
+    DeviceInventory,
+    DevicePatchState,
+    JobRow,
+    PatchCycle,
+    PatchPolicy,
+    PatchRun,
+    PendingUpdateRow,
+    ReceiptRow,
+)
+from .telemetry import TelemetryStore, live_alert
+from .tenant_roots import current_trusted
+
+log = logging.getLogger("rampart.server.patching")
+
+MAX_RINGS = 8
+MAX_DELAY_S = 90 * 86400
+REBOOT_POLICIES = ("never", "notify")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+HALTED_ALERT = "patch-ring-halted"
+GRANT_ALERT = "patch-grant-missing"
+REBOOT_ALERT = "reboot-required"
+
+
+@dataclass(frozen=True, slots=True)
+class Ring:
+    name: str
+    devices: tuple[str, ...]
+    delay_s: int
+
+    def to_doc(self) -> dict[str, Any]:
+        return {"name": self.name, "devices": list(self.devices), "delay_s": self.delay_s}
+
+
+def rings_of(row: PatchPolicy) -> list[Ring]:
+    return [Ring(r["name"], tuple(r["devices"]), int(r["delay_s"])) for r in json.loads(row.rings)]
+
+
+def validate_policy(s: Session, tenant_id: str, name: str, rings: list[dict[str, Any]], *,
+                    window: str, defer_s: int, reboot: str, timeout_s: int,
+                    policy_id: str | None) -> tuple[list[Ring], windows.Window | None]:
+    """Normalised rings and window, or BadRequest naming the first problem."""
+    if not _NAME.match(name):
+        raise BadRequest("policy name: lower-case letters, digits, '-' and '_', at most 32")
+    if not 1 <= len(rings) <= MAX_RINGS:
+        raise BadRequest(f"a policy has 1 to {MAX_RINGS} rings")
+    out: list[Ring] = []
+    seen: set[str] = set()
+    for i, r in enumerate(rings):
+        rname = r.get("name")
+        devices = r.get("devices")
+        delay = r.get("delay_s", 0)
+        if not isinstance(rname, str) or not _NAME.match(rname) or rname in {x.name for x in out}:
+            raise BadRequest(f"ring {i + 1}: a distinct name of lower-case letters, digits, '-' and '_'")
+        if not isinstance(devices, list) or not devices or len(devices) > 10000 \
+                or not all(isinstance(d, str) and 0 < len(d) <= 32 for d in devices):
+            raise BadRequest(f"ring {rname}: a non-empty list of device ids")
+        if seen & set(devices) or len(set(devices)) != len(devices):
+            raise BadRequest(f"ring {rname}: a device may be in one ring only")
+        if isinstance(delay, bool) or not isinstance(delay, int) or not 0 <= delay <= MAX_DELAY_S:
+            raise BadRequest(f"ring {rname}: delay_s must be 0 to {MAX_DELAY_S}")
+        seen |= set(devices)
+        out.append(Ring(rname, tuple(devices), 0 if i == 0 else delay))
+    known = set(s.scalars(select(Device.id).where(Device.tenant_id == tenant_id, Device.id.in_(seen))))
+    if known != seen:
+        raise BadRequest(f"unknown device {sorted(seen - known)[0]}")
+    for other in s.scalars(select(PatchPolicy).where(PatchPolicy.tenant_id == tenant_id)):
+        if other.id == policy_id:
+            continue
+        clash = seen & {d for ring in rings_of(other) for d in ring.devices}
+        if clash:
+            raise Conflict(f"device {sorted(clash)[0]} is already in policy {other.name}")
+    try:
+        win = windows.Window.parse(window)
+    except windows.WindowError as exc:
+        raise BadRequest(str(exc)) from None
+    if isinstance(defer_s, bool) or not 0 <= defer_s <= MAX_DELAY_S:
+        raise BadRequest(f"defer_s must be 0 to {MAX_DELAY_S}")
+    if reboot not in REBOOT_POLICIES:
+        raise BadRequest(f"reboot must be one of {', '.join(REBOOT_POLICIES)}")
+    if not 60 <= timeout_s <= 6 * 3600:
+        raise BadRequest("timeout_s must be 60 to 21600")
+    return out, win
+
+
+def policy_doc(row: PatchPolicy, cycle: PatchCycle | None = None) -> dict[str, Any]:
+    win = windows.Window.from_doc(json.loads(row.window)) if row.window else None
+    return {"id": row.id, "name": row.name, "rings": [r.to_doc() for r in rings_of(row)],
+            "window": windows.describe(win), "defer_s": row.defer_s, "reboot": row.reboot,
+            "timeout_s": row.timeout_s, "enabled": row.enabled, "created_by": row.created_by,
+            "updated_at": row.updated_at, "cycle": cycle_doc(row, cycle) if cycle else None}
+
+
+def cycle_doc(policy: PatchPolicy, c: PatchCycle, runs: Iterable[PatchRun] = ()) -> dict[str, Any]:
+    rings = rings_of(policy)
+    return {"id": c.id, "state": c.state, "ring": c.ring,
+            "ring_name": rings[c.ring].name if c.ring < len(rings) else None,
+            "started_at": c.started_at, "finished_at": c.finished_at, "ring_done_at": c.ring_done_at,
+            "detail": c.detail,
+            "runs": [{"device": r.device_id, "ring": rings[r.ring].name if r.ring < len(rings) else r.ring,
+                      "state": r.state, "job": r.job_id, "updated": r.updated, "failed": r.failed,
+                      "reboot_required": r.reboot_required, "started_at": r.started_at,
+                      "finished_at": r.finished_at, "detail": r.detail} for r in runs]}
+
+
+def latest_cycle(s: Session, policy_id: str, live_only: bool = False) -> PatchCycle | None:
+    q = select(PatchCycle).where(PatchCycle.policy_id == policy_id)
+    if live_only:
+        q = q.where(PatchCycle.state.in_(("running", "halted")))
+    return s.scalars(q.order_by(PatchCycle.started_at.desc()).limit(1)).first()
+
+
+# --- pending updates, with the age the server has seen ------------------------------------------------
+
+
+def refresh_pending(s: Session, telemetry: TelemetryStore, now: float) -> int:
+    """Fold new inventories into ``pending_updates``; returns the devices refreshed."""
+    rows = s.execute(select(DeviceInventory.device_id, DeviceInventory.head, DevicePatchState.digest)
+                     .outerjoin(DevicePatchState, DevicePatchState.device_id == DeviceInventory.device_id)
+                     ).all()
+    changed = [d for d, head, seen in rows if head != seen]
+    for device_id in changed:
+        stored = telemetry.inventory(device_id, now)
+        if stored is None:
+            continue
+        inv = stored.inventory
+        old = {(r.name, r.arch): r for r in s.scalars(
+            select(PendingUpdateRow).where(PendingUpdateRow.device_id == device_id))}
+        current = {(u.name, u.arch): u for u in inv.updates}
+        for key, gone in old.items():
+            if key not in current:
+                s.delete(gone)
+        for key, u in current.items():
+            row = old.get(key)
+            if row is None:
+                s.add(PendingUpdateRow(device_id=device_id, name=u.name, arch=u.arch, candidate=u.candidate,
+                                       security=u.security, first_seen=now,
+                                       security_since=now if u.security else None))
+            else:
+                row.candidate = u.candidate
+                if u.security and not row.security:
+                    row.security_since = now
+                elif not u.security:
+                    row.security_since = None
+                row.security = u.security
+        state = s.get(DevicePatchState, device_id)
+        reboot = bool(inv.patching and inv.patching.reboot_required)
+        if state is None:
+            s.add(DevicePatchState(device_id=device_id, digest=stored.digest, reboot_required=reboot,
+                                   seen_at=now))
+        else:
+            state.digest, state.reboot_required, state.seen_at = stored.digest, reboot, now
+    return len(changed)
+
+
+def eligible(s: Session, devices: Iterable[str], defer_s: int, now: float) -> set[str]:
+    """Devices with an update pending for at least ``defer_s`` (as the server has seen it)."""
+    ids = list(devices)
+    if not ids:
+        return set()
+    return set(s.scalars(select(PendingUpdateRow.device_id).where(
+        PendingUpdateRow.device_id.in_(ids), PendingUpdateRow.first_seen <= now - defer_s).distinct()))
+
+
+# --- receipts of os-update jobs ----------------------------------------------------------------------
+
+
+def read_receipt(data: bytes) -> trust.Receipt | None:
+    try:
+        env = trust.decode_envelope(data, expect_type=RECEIPT_TYPE)
+        return trust.decode_payload(env.payload, trust.Receipt)
+    except trust.TrustError:
+        return None
+
+
+def result_doc(receipt: trust.Receipt) -> dict[str, Any]:
+    """The structured result a root action printed (empty when there is none)."""
+    try:
+        doc = json.loads(receipt.stdout) if receipt.stdout else {}
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _settle(run: PatchRun, receipt: trust.Receipt, now: float) -> None:
+    doc = result_doc(receipt)
+    result = doc.get("result") if isinstance(doc.get("result"), dict) else {}
+    assert isinstance(result, dict)
+    changes = [c for c in result.get("changes", []) if isinstance(c, dict)]
+    run.updated = sum(1 for c in changes if c.get("action") in ("upgraded", "installed"))
+    run.failed = sum(1 for c in changes if c.get("action") == "failed")
+    run.reboot_required = bool(result.get("reboot_required"))
+    run.finished_at = now
+    if receipt.outcome == "ran":
+        run.state, run.detail = "ok", f"{run.updated} package(s) updated"
+    else:
+        run.state = "failed"
+        names = ", ".join(str(c.get("name")) for c in changes if c.get("action") == "failed")[:300]
+        why = receipt.refusal or (receipt.stderr.strip().splitlines() or [receipt.outcome])[0][:300]
+        run.detail = f"{receipt.outcome}: {why}" + (f" ({names})" if names else "")
+
+
+class PatchScheduler:
+    """Advances every enabled policy's cycle; one call per scheduler tick (idempotent)."""
+
+    def __init__(self, keys: AutomationKeyStore, audit: AuditLog) -> None:
+        self._keys = keys
+        self._audit = audit
+
+    def step(self, s: Session, policy: PatchPolicy, now: float) -> set[str]:
+        """Advance one policy; returns the devices that got a new job (to wake after commit)."""
+        rings = rings_of(policy)
+        win = windows.Window.from_doc(json.loads(policy.window)) if policy.window else None
+        occ = windows.occurrence(win, now)
+        cycle = latest_cycle(s, policy.id, live_only=True)
+        if cycle is None:
+            if not policy.enabled or occ is None:
+                return set()
+            last = latest_cycle(s, policy.id)
+            if last is not None and last.window_start >= occ:
+                return set()
+            devices = [d for r in rings for d in r.devices]
+            if not eligible(s, devices, policy.defer_s, now):
+                return set()
+            cycle = PatchCycle(id=new_id("pc"), policy_id=policy.id, tenant_id=policy.tenant_id,
+                               window_start=occ, state="running", ring=0, ring_done_at=None,
+                               started_at=now, finished_at=None, detail="")
+            s.add(cycle)
+            s.flush()
+            self._audit.record(s, [policy.tenant_id], "patch.cycle-started", "scheduler",
+                               {"policy": policy.name, "cycle": cycle.id}, now)
+        if cycle.state != "running" or not policy.enabled:
+            return set()
+        ring = rings[cycle.ring]
+        runs = list(s.scalars(select(PatchRun).where(PatchRun.cycle_id == cycle.id,
+                                                     PatchRun.ring == cycle.ring)))
+        woken: set[str] = set()
+        if not runs:
+            if cycle.ring > 0 and now < (cycle.ring_done_at or 0) + ring.delay_s:
+                return set()
+            if occ is None:
+                return set()
+            targets = eligible(s, ring.devices, policy.defer_s, now)
+            for d in ring.devices:
+                run = PatchRun(cycle_id=cycle.id, device_id=d, ring=cycle.ring, job_id=None,
+                               state="waiting" if d in targets else "up-to-date", started_at=now,
+                               finished_at=None if d in targets else now, updated=0, failed=0,
+                               reboot_required=False, detail="" if d in targets else "nothing pending")
+                s.add(run)
+                runs.append(run)
+            s.flush()
+        waiting = [r for r in runs if r.state == "waiting"]
+        if waiting and occ is not None:
+            woken |= self._send(s, policy, cycle, waiting, now)
+        for run in runs:
+            if run.state == "pending":
+                self._collect(s, run, now)
+        self._conclude(s, policy, cycle, rings, runs, now)
+        return woken
+
+    def _send(self, s: Session, policy: PatchPolicy, cycle: PatchCycle, runs: list[PatchRun],
+              now: float) -> set[str]:
+        key = self._keys.get(policy.tenant_id)
+        dedup = f"{policy.id}"
+        try:
+            if key is None:
+                raise NoStandingGrant("the tenant has no automation key (rampart automation enable)")
+            trusted = current_trusted(s, policy.tenant_id)
+            jobs = trigger(s, self._audit, key, trusted, policy.tenant_id, "os-update",
+                           [r.device_id for r in runs], now=now, timeout_s=policy.timeout_s)
+        except (NoStandingGrant, Conflict) as exc:
+            reason = str(exc) if isinstance(exc, NoStandingGrant) else exc.detail
+            for r in runs:
+                r.detail = reason
+            if cycle.detail != reason:
+                cycle.detail = reason
+                if live_alert(s, policy.tenant_id, GRANT_ALERT, dedup) is None:
+                    raise_alert(s, [policy.tenant_id], kind=GRANT_ALERT, severity="warning", dedup=dedup,
+                                subject=f"patch policy {policy.name} cannot run: {reason}"[:256],
+                                detail=reason, now=now)
+            return set()
+        by_device = {d: job for job, devices in jobs.items() for d in devices}
+        for r in runs:
+            r.job_id, r.state, r.started_at, r.detail = by_device[r.device_id], "pending", now, ""
+        cycle.detail = ""
+        alert = live_alert(s, policy.tenant_id, GRANT_ALERT, dedup)
+        if alert is not None:
+            resolve(alert, "scheduler", now)
+        return set(by_device)
+
+    def _collect(self, s: Session, run: PatchRun, now: float) -> None:
+        assert run.job_id is not None
+        receipt_row = s.get(ReceiptRow, (run.job_id, run.device_id))
+        if receipt_row is not None:
+            receipt = read_receipt(receipt_row.envelope)
+            if receipt is None:
+                run.state, run.detail, run.finished_at = "failed", "the receipt could not be read", now
+            else:
+                _settle(run, receipt, now)
+            return
+        job = s.get(JobRow, run.job_id)
+        if job is None or now >= job.expires_at:
+            run.state, run.finished_at = "failed", now
+            run.detail = "no receipt before the job expired (device offline?)"
+
+    def _conclude(self, s: Session, policy: PatchPolicy, cycle: PatchCycle, rings: list[Ring],
+                  runs: list[PatchRun], now: float) -> None:
+        failed = [r for r in runs if r.state == "failed"]
+        if failed:
+            cycle.state = "halted"
+            ring = rings[cycle.ring]
+            cycle.detail = (f"halted at ring {ring.name}: " + "; ".join(
+                f"{r.device_id} {r.detail}" for r in failed[:5]))[:2000]
+            later = [x.name for x in rings[cycle.ring + 1:]]
+            raise_alert(s, [policy.tenant_id], kind=HALTED_ALERT, severity="critical", dedup=policy.id,
+                        subject=f"patch policy {policy.name} halted at ring {ring.name}"[:256],
+                        detail=cycle.detail + (f"; not patched: rings {', '.join(later)}" if later else ""),
+                        now=now)
+            self._audit.record(s, [policy.tenant_id], "patch.cycle-halted", "scheduler",
+                               {"policy": policy.name, "cycle": cycle.id, "ring": ring.name,
+                                "failed": sorted(r.device_id for r in failed)}, now)
+            return
+        if any(r.state in ("waiting", "pending") for r in runs):
+            return
+        self._next_ring(s, policy, cycle, rings, now, actor="scheduler")
+
+    def _next_ring(self, s: Session, policy: PatchPolicy, cycle: PatchCycle, rings: list[Ring],
+                   now: float, *, actor: str) -> None:
+        if cycle.ring + 1 < len(rings):
+            cycle.ring += 1
+            cycle.ring_done_at = now
+            cycle.state = "running"
+            return
+        cycle.state, cycle.finished_at, cycle.detail = "done", now, ""
+        self._audit.record(s, [policy.tenant_id], "patch.cycle-done", actor,
+                           {"policy": policy.name, "cycle": cycle.id}, now)
+
+    def resume(self, s: Session, policy: PatchPolicy, who: str, now: float) -> PatchCycle:
+        """An approver accepts a halted ring's failures: the cycle goes on with the next ring."""
+        cycle = latest_cycle(s, policy.id, live_only=True)
+        if cycle is None or cycle.state != "halted":
+            raise Conflict(f"policy {policy.name} has no halted cycle")
+        rings = rings_of(policy)
+        self._audit.record(s, [policy.tenant_id], "patch.cycle-resumed", who,
+                           {"policy": policy.name, "cycle": cycle.id, "ring": rings[cycle.ring].name}, now)
+        self._next_ring(s, policy, cycle, rings, now, actor=who)
+        alert = live_alert(s, policy.tenant_id, HALTED_ALERT, policy.id)
+        if alert is not None:
+            resolve(alert, who, now)
+        return cycle
+
+
+def reboot_notices(s: Session, now: float) -> None:
+    """``notify`` policies: one ``reboot-required`` alert per device while it reports one."""
+    for policy in s.scalars(select(PatchPolicy).where(PatchPolicy.reboot == "notify")):
+        for ring in rings_of(policy):
+            for device_id in ring.devices:
+                state = s.get(DevicePatchState, device_id)
+                dedup = f"device:{device_id}"
+                alert = live_alert(s, policy.tenant_id, REBOOT_ALERT, dedup)
+                if state is not None and state.reboot_required and alert is None:
+                    raise_alert(s, [policy.tenant_id], kind=REBOOT_ALERT, severity="warning", dedup=dedup,
+                                subject=f"{device_id} needs a reboot to finish its updates",
+                                detail=f"device {device_id} (policy {policy.name}) reports a reboot is "
+                                       "required", now=now)
+                elif (state is None or not state.reboot_required) and alert is not None:
+                    resolve(alert, "scheduler", now)
+
+
+# --- the report -------------------------------------------------------------------------------------------
+
+
+def report(s: Session, tenant_id: str, older_than_s: int, now: float) -> dict[str, Any]:
+    """Ring by ring: which devices miss security updates pending for longer than ``older_than_s``."""
+    devices = {d.id: d for d in s.scalars(select(Device).where(Device.tenant_id == tenant_id))}
+    placed: dict[str, tuple[str, str]] = {}
+    order: list[tuple[str, str]] = []
+    for policy in s.scalars(select(PatchPolicy).where(PatchPolicy.tenant_id == tenant_id)
+                            .order_by(PatchPolicy.name)):
+        for ring in rings_of(policy):
+            order.append((policy.name, ring.name))
+            for d in ring.devices:
+                placed[d] = (policy.name, ring.name)
+    pending: dict[str, list[PendingUpdateRow]] = {}
+    for row in s.scalars(select(PendingUpdateRow).join(Device, Device.id == PendingUpdateRow.device_id)
+                         .where(Device.tenant_id == tenant_id)):
+        pending.setdefault(row.device_id, []).append(row)
+    states = {r.device_id: r for r in s.scalars(
+        select(DevicePatchState).join(Device, Device.id == DevicePatchState.device_id)
+        .where(Device.tenant_id == tenant_id))}
+    last_runs: dict[str, PatchRun] = {}
+    for done in s.scalars(select(PatchRun).join(Device, Device.id == PatchRun.device_id)
+                          .where(Device.tenant_id == tenant_id, PatchRun.finished_at.is_not(None))
+                          .order_by(PatchRun.finished_at)):
+        last_runs[done.device_id] = done
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {k: [] for k in order}
+    groups[("", "")] = []
+    for device_id, dev in sorted(devices.items(), key=lambda kv: kv[1].hostname):
+        rows = pending.get(device_id, [])
+        sec = [r for r in rows if r.security and r.security_since is not None]
+        overdue = sorted((r for r in sec if r.security_since is not None
+                          and r.security_since <= now - older_than_s), key=lambda r: r.security_since or 0)
+        run = last_runs.get(device_id)
+        state = states.get(device_id)
+        groups[placed.get(device_id, ("", ""))].append({
+            "device": device_id, "hostname": dev.hostname,
+            "inventory": state is not None,
+            "pending": len(rows), "security_pending": len(sec),
+            "missing_security": [{"name": r.name, "candidate": r.candidate,
+                                  "days": round((now - (r.security_since or now)) / 86400, 1)}
+                                 for r in overdue],
+            "oldest_security_days": round((now - min(r.security_since or now for r in sec)) / 86400, 1)
+            if sec else None,
+            "reboot_required": bool(state and state.reboot_required),
+            "last_run": None if run is None else {"state": run.state, "finished_at": run.finished_at,
+                                                  "updated": run.updated, "failed": run.failed,
+                                                  "detail": run.detail},
+        })
+    rings = [{"policy": p or None, "ring": r or None, "devices": members,
+              "missing": sum(1 for m in members if m["missing_security"])}
+             for (p, r), members in groups.items() if members or p]
+    return {"tenant": tenant_id, "older_than_s": older_than_s, "generated_at": now, "rings": rings,
+            "devices_missing": sum(x["missing"] for x in rings)}
+
+
+def get_policy(s: Session, tenant_id: str, name: str) -> PatchPolicy:
+    row = s.scalars(select(PatchPolicy).where(PatchPolicy.tenant_id == tenant_id,
+                                              PatchPolicy.name == name)).first()
+    if row is None:
+        raise NotFound("no such patch policy")
+    return row
+
+
+def remove_policy(s: Session, row: PatchPolicy) -> None:
+    cycles = [c.id for c in s.scalars(select(PatchCycle).where(PatchCycle.policy_id == row.id))]
+    if cycles:
+        s.execute(delete(PatchRun).where(PatchRun.cycle_id.in_(cycles)))
+        s.execute(delete(PatchCycle).where(PatchCycle.id.in_(cycles)))
+    s.delete(row)
