@@ -28,6 +28,10 @@ Invariants:
   inventory reports are rate-limited per connection, committed in batches by
   one writer (:mod:`.telemetry`) and acknowledged only after the commit.
   Nothing the gateway sends for telemetry makes an agent act.
+* Script check results (``check-result``, docs/design/script-checks.md) are
+  bound to the connection's device, validated and rate-limited, and answered
+  ``check-ack`` only after they are committed (or refused for good); the
+  gateway never sends anything that starts or reschedules a check.
 """
 
 from __future__ import annotations
@@ -46,11 +50,13 @@ import msgspec
 from msgspec import Meta
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from rampart.agent.script_checks import CheckResult
 from rampart.trust.keys import b64decode_strict
 
 from . import clock
 from .config import ServerLimits
 from .delivery import Delivery, DeliveryStore, DeviceIdentity, ReceiptRefused
+from .script_checks import ResultRefused, ScriptCheckStore
 from .telemetry import Incoming, Outcome, Refused, TelemetryStore
 
 log = logging.getLogger("rampart.server.gateway")
@@ -95,7 +101,18 @@ class InventoryMessage(msgspec.Struct, tag="inventory", tag_field="type"):
     base: Hex64 | None = None
 
 
-AgentMessage = ReceiptMessage | StateMessage | InventoryMessage
+class CheckResultMessage(msgspec.Struct, tag="check-result", tag_field="type"):
+    """One script check run (rampart.agent.script_checks); ``seq`` is the agent's outbox number."""
+
+    seq: Annotated[int, Meta(ge=1, le=1 << 62)]
+    result: CheckResult
+
+
+AgentMessage = ReceiptMessage | StateMessage | InventoryMessage | CheckResultMessage
+
+#: Script check results per connection: a burst, then this many more per second.
+CHECK_RESULT_BURST = 200
+CHECK_RESULT_RATE = 2.0
 
 
 WRITE_BATCH_MAX = 512
@@ -152,6 +169,9 @@ class Connection:
     #: Inventory report tokens (a bucket refilled over time) and when they were last counted.
     report_tokens: float = 0.0
     report_at: float = 0.0
+    #: Script check result tokens, refilled at CHECK_RESULT_RATE per second.
+    check_tokens: float = float(CHECK_RESULT_BURST)
+    check_at: float = field(default_factory=time.monotonic)
 
     async def send(self, doc: dict[str, Any]) -> None:
         await self.send_text(json.dumps(doc, separators=(",", ":")))
@@ -165,8 +185,10 @@ class Gateway:
     """Holds the live agent connections of this process and talks the protocol."""
 
     def __init__(self, delivery: DeliveryStore, limits: ServerLimits,
-                 telemetry: TelemetryStore | None = None) -> None:
+                 telemetry: TelemetryStore | None = None,
+                 script_checks: ScriptCheckStore | None = None) -> None:
         self._db = delivery
+        self.script_checks = script_checks
         self._limits = limits
         self._conns: dict[str, Connection] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -378,6 +400,8 @@ class Gateway:
                 conn.checkpoint_size = msg.checkpoint_size
             elif isinstance(msg, InventoryMessage):
                 await self._on_inventory(conn, msg)
+            elif isinstance(msg, CheckResultMessage):
+                await self._on_check_result(conn, msg)
             else:
                 await self._on_receipt(conn, msg)
             if conn.progress is not None:
@@ -398,6 +422,33 @@ class Gateway:
             conn.checkpoint_size = msg.checkpoint_size
         conn.answered.add(msg.job_id)
         await conn.send({"type": "ack", "job_id": msg.job_id})
+
+    async def _on_check_result(self, conn: Connection, msg: CheckResultMessage) -> None:
+        """Store one script check result (bound to this device), then acknowledge it."""
+        if self.script_checks is None:
+            await conn.send({"type": "error", "detail": "this server does not accept script check results"})
+            return
+        now_m = time.monotonic()
+        conn.check_tokens = min(float(CHECK_RESULT_BURST),
+                                conn.check_tokens + (now_m - conn.check_at) * CHECK_RESULT_RATE)
+        conn.check_at = now_m
+        if conn.check_tokens < 1.0:
+            await conn.send({"type": "error", "detail": "script check results are too frequent"})
+            return
+        conn.check_tokens -= 1.0
+        try:
+            await asyncio.to_thread(self.script_checks.ingest, conn.device.device_id,
+                                    conn.device.tenant_id, msg.seq, msg.result, clock.now())
+        except ResultRefused as exc:
+            log.info("script check result from %s refused: %s", conn.device.device_id, exc)
+            # Refused for good: acknowledged so the agent drops it, and said why.
+            await conn.send({"type": "check-ack", "seq": msg.seq, "refused": str(exc)[:300]})
+            return
+        except Exception:  # the store failed: not acknowledged, the agent sends it again later
+            log.exception("storing a script check result from %s failed", conn.device.device_id)
+            await conn.send({"type": "error", "detail": "the server could not store the result now"})
+            return
+        await conn.send({"type": "check-ack", "seq": msg.seq})
 
     async def _deliver(self, conn: Connection) -> None:
         """Send undone jobs one by one; on a fault, close so the agent reconnects and retries."""

@@ -389,3 +389,197 @@ class Delivery(Base):
     last_detail: Mapped[str] = mapped_column(String(256))
     created_at: Mapped[float] = mapped_column(Float)
     delivered_at: Mapped[float | None] = mapped_column(Float)
+
+
+# --- patch policies, backup policies and the scheduler (issue 6) ---------------------------------
+
+class PatchPolicy(Base):
+    """Rings, window, deferral and reboot policy of a tenant's patching (rampart/server/patching.py).
+
+    The policy only decides *when* the scheduler triggers payload-free
+    ``os-update`` jobs; each job is signed with the tenant's automation key and
+    is accepted by agents only under an approver-signed standing grant.
+    """
+
+    __tablename__ = "patch_policies"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    #: JSON list of {"name", "devices": [...], "delay_s"} in order: pilot first.
+    rings: Mapped[str] = mapped_column(Text)
+    #: JSON {"days": [0..6], "start_min", "duration_min"} (UTC), or "" for any time.
+    window: Mapped[str] = mapped_column(Text, default="")
+    defer_s: Mapped[int] = mapped_column(BigInteger, default=0)
+    reboot: Mapped[str] = mapped_column(String(16), default="never")
+    timeout_s: Mapped[int] = mapped_column(Integer, default=1800)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class PatchCycle(Base):
+    """One pass of a policy through its rings; halted at the first ring with a failure."""
+
+    __tablename__ = "patch_cycles"
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    policy_id: Mapped[str] = mapped_column(ForeignKey("patch_policies.id", ondelete="CASCADE"),
+                                           index=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    #: Start of the window occurrence the cycle began in (at most one cycle per occurrence).
+    window_start: Mapped[float] = mapped_column(Float)
+    #: running, halted, done or cancelled.
+    state: Mapped[str] = mapped_column(String(16))
+    ring: Mapped[int] = mapped_column(Integer, default=0)
+    #: When the previous ring finished without a failure (the next ring's delay counts from it).
+    ring_done_at: Mapped[float | None] = mapped_column(Float)
+    started_at: Mapped[float] = mapped_column(Float)
+    finished_at: Mapped[float | None] = mapped_column(Float)
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class PatchRun(Base):
+    """One device's part of a cycle's ring: the job, and what its receipt said."""
+
+    __tablename__ = "patch_runs"
+    cycle_id: Mapped[str] = mapped_column(ForeignKey("patch_cycles.id", ondelete="CASCADE"),
+                                          primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), primary_key=True)
+    ring: Mapped[int] = mapped_column(Integer)
+    job_id: Mapped[str | None] = mapped_column(ID)
+    #: waiting (no grant or offline), pending (job sent), ok, failed, up-to-date.
+    state: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[float] = mapped_column(Float)
+    finished_at: Mapped[float | None] = mapped_column(Float)
+    updated: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    reboot_required: Mapped[bool] = mapped_column(Boolean, default=False)
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class PendingUpdateRow(Base):
+    """A pending update as the device's inventories showed it, with when it was first seen."""
+
+    __tablename__ = "pending_updates"
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(256), primary_key=True)
+    arch: Mapped[str] = mapped_column(String(64), primary_key=True)
+    candidate: Mapped[str] = mapped_column(String(256))
+    security: Mapped[bool] = mapped_column(Boolean)
+    first_seen: Mapped[float] = mapped_column(Float)
+    #: When a security version was first seen pending (None: no security update pending).
+    security_since: Mapped[float | None] = mapped_column(Float)
+
+
+class DevicePatchState(Base):
+    """The inventory digest the pending-update table was last refreshed from, per device."""
+
+    __tablename__ = "device_patch_state"
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), primary_key=True)
+    digest: Mapped[str] = mapped_column(HASH)
+    reboot_required: Mapped[bool] = mapped_column(Boolean, default=False)
+    seen_at: Mapped[float] = mapped_column(Float)
+
+
+class BackupPolicyRow(Base):
+    """When a device's backups run, how old they may get, and the retention the vault holder applies.
+
+    What is backed up and where it goes are the device's own settings (set at
+    enrolment, ``rampart-agent enroll --backup-*``): the server cannot change them.
+    """
+
+    __tablename__ = "backup_policies"
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    every_s: Mapped[int] = mapped_column(BigInteger)
+    window: Mapped[str] = mapped_column(Text, default="")
+    max_age_s: Mapped[int] = mapped_column(BigInteger)
+    verify_max_age_s: Mapped[int] = mapped_column(BigInteger)
+    #: JSON {"daily", "weekly", "monthly"}: the vault holder's offline prune (docs/backup-vault.md).
+    retention: Mapped[str] = mapped_column(Text)
+    timeout_s: Mapped[int] = mapped_column(Integer, default=3600)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+    last_job_id: Mapped[str | None] = mapped_column(ID)
+    last_triggered_at: Mapped[float | None] = mapped_column(Float)
+    #: Why the last trigger could not be sent (no standing grant, ...), "" when it was.
+    trigger_error: Mapped[str] = mapped_column(Text, default="")
+
+
+class BackupResult(Base):
+    """What a device's signed receipt of a ``backup-run`` job says (one row per job and device)."""
+
+    __tablename__ = "backup_results"
+    job_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    finished_at: Mapped[float] = mapped_column(Float, index=True)
+    ok: Mapped[bool] = mapped_column(Boolean)
+    archive: Mapped[str] = mapped_column(String(256), default="")
+    archive_ok: Mapped[bool] = mapped_column(Boolean)
+    nfiles: Mapped[int] = mapped_column(BigInteger, default=0)
+    original_size: Mapped[int] = mapped_column(BigInteger, default=0)
+    check_ok: Mapped[bool | None] = mapped_column(Boolean)
+    restore_ok: Mapped[bool | None] = mapped_column(Boolean)
+    error: Mapped[str] = mapped_column(Text, default="")
+
+
+# --- script checks: results of signed, repeating script jobs the agents run (issue 5) ------------
+
+class ScriptCheck(Base):
+    """A repeating script job (``Job.repeat``): what its signed payload says, for listing.
+
+    The job itself (envelope, payload, log entry, targets) is a ``jobs`` row like
+    every job; the agents run it on their own schedule and report results.
+    """
+
+    __tablename__ = "script_checks"
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    name: Mapped[str] = mapped_column(String(128), default="")
+    every_s: Mapped[int] = mapped_column(Integer)
+    until: Mapped[int] = mapped_column(BigInteger)
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class ScriptCheckResult(Base):
+    """One reported run of a script check on one device (a bounded history per job and device)."""
+
+    __tablename__ = "script_check_results"
+    __table_args__ = (UniqueConstraint("job_id", "device_id", "seq"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("script_checks.job_id"))
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"))
+    #: The agent's outbox sequence number: a result resent after a lost ack is stored once.
+    seq: Mapped[int] = mapped_column(BigInteger)
+    run_at: Mapped[float] = mapped_column(Float)
+    duration_s: Mapped[float] = mapped_column(Float)
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    timed_out: Mapped[bool] = mapped_column(Boolean, default=False)
+    ok: Mapped[bool] = mapped_column(Boolean)
+    stdout: Mapped[str] = mapped_column(Text, default="")
+    stderr: Mapped[str] = mapped_column(Text, default="")
+    detail: Mapped[str] = mapped_column(Text, default="")
+    received_at: Mapped[float] = mapped_column(Float)
+
+
+class ScriptCheckStatus(Base):
+    """The latest result of a script check on one device, and counts (one row per pair)."""
+
+    __tablename__ = "script_check_status"
+    job_id: Mapped[str] = mapped_column(ForeignKey("script_checks.job_id"), primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    last_run_at: Mapped[float] = mapped_column(Float)
+    last_received_at: Mapped[float] = mapped_column(Float)
+    ok: Mapped[bool] = mapped_column(Boolean)
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    detail: Mapped[str] = mapped_column(Text, default="")
+    #: The interval the device reports it runs the check at (its floor may exceed ``every_s``).
+    interval_s: Mapped[int] = mapped_column(Integer)
+    runs: Mapped[int] = mapped_column(BigInteger, default=0)
+    failures: Mapped[int] = mapped_column(BigInteger, default=0)
