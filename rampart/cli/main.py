@@ -29,6 +29,7 @@ from . import (
     notify_cmds,
     root_cmds,
     sbom_cmds,
+    schedule_cmds,
     telemetry_cmds,
     tenant_cmds,
     up,
@@ -87,6 +88,7 @@ sbom_cmds.register(app)
 checks_cmds.register(app)
 telemetry_cmds.register(app)
 action_cmds.register(app)
+schedule_cmds.register(app)
 
 
 def _fail(message: str, code: int) -> int:

@@ -224,8 +224,12 @@ def get_proposal(client: Client, tenant_id: str, current: TrustedRoot) -> tuple[
 
 def propose(client: Client, tenant_id: str, current: TrustedRoot, *,
             add: list[tuple[str, str]], remove: list[str], owner_threshold: int | None,
-            lifetime_s: int, sync: bool) -> TenantRoot:
-    """Build the next root version from the trusted one and upload it unsigned."""
+            lifetime_s: int, sync: bool, extra_keys: dict[str, KeyEntry] | None = None) -> TenantRoot:
+    """Build the next root version from the trusted one and upload it unsigned.
+
+    ``extra_keys`` are keys that are not a member's (the server's automation
+    key, checked by the caller against its key id).
+    """
     old = current.root
     keys = dict(old.keys)
     roles = {r: list(old.roles.get(r).keyids) for r in ROLE_NAMES}
@@ -242,6 +246,8 @@ def propose(client: Client, tenant_id: str, current: TrustedRoot, *,
     for kid, role in add:
         if role not in ROLE_NAMES:
             raise UsageProblem(f"--role must be one of {', '.join(ROLE_NAMES)}")
+        if kid not in keys and extra_keys and kid in extra_keys:
+            keys[kid] = extra_keys[kid]
         if kid not in keys:
             if kid not in member_keys:
                 raise UsageProblem(f"key {kid[:16]}… is not registered by a member of this tenant")
