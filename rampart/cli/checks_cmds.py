@@ -1,15 +1,29 @@
-"""``rampart checks``: disk, memory, CPU, service and port checks on a tenant's devices."""
+"""``rampart checks``: disk, memory, CPU, service and port checks, and signed script checks.
+
+``rampart checks script`` signs a repeating script job locally with the
+technician's key (:func:`rampart.cli.job_cmds.sign_script_job`, the same flow as
+``rampart run``) and submits it; the agents run it on that schedule themselves
+and report each result. A script check is stopped by revoking its grant
+(``rampart grant revoke``) or when its ``--for`` period or its grant ends; the
+server cannot start, speed up or change one (docs/monitoring.md).
+"""
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from .client import expect_dict, expect_list
+from rampart import trust
+
+from .client import Client, expect_dict, expect_list
 from .common import api, resolve_tenant
-from .errors import UsageProblem
-from .output import print_json, say, table
+from .config import Config, Session
+from .errors import Refused, UsageProblem
+from .job_cmds import send_and_follow, sign_script_job
+from .output import fmt_duration, fmt_time, parse_duration, print_json, say, table
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 checks_app = typer.Typer(help="Monitoring checks (evaluated from each device's inventory).",
@@ -67,19 +81,142 @@ def checks_add(
 @checks_app.command("list")
 def checks_list(tenant: Annotated[str, typer.Argument(help="Tenant name or id.")],
                 json_out: JsonOpt = False) -> None:
-    """List checks and the devices where each currently fails."""
+    """List checks and the devices where each fails, then script checks with each device's last result.
+
+    With ``--json``: one list; script checks have ``"kind": "script"`` and ``"id"`` = their job id.
+    """
     _, client, _ = api()
     with client:
         t = resolve_tenant(client, tenant)
         docs = expect_list(client.get(f"/tenants/{t['id']}/checks"), "checks")
+        scripts = [d for d in expect_list(client.get(f"/tenants/{t['id']}/script-checks"), "script checks")
+                   if isinstance(d, dict)]
     if json_out:
-        print_json(docs)
+        print_json([*docs, *({"kind": "script", "id": d.get("job"), **d} for d in scripts)])
         return
     table(["id", "kind", "device", "parameters", "failing on"],
           ([d.get("id"), d.get("kind"), d.get("device") or "all",
             ", ".join(f"{k}={v}" for k, v in (d.get("params") or {}).items()),
             ", ".join(d.get("failing") or []) or "-"] for d in docs if isinstance(d, dict)),
           title="Checks")
+    rows = []
+    for d in scripts:
+        for dev in d.get("devices") or [{}]:
+            if not isinstance(dev, dict):
+                continue
+            last = "-" if dev.get("last_run_at") is None else (
+                f"{'ok' if dev.get('ok') else 'FAILED'} (exit {dev.get('exit_code')}) "
+                f"at {fmt_time(dev.get('last_run_at'))}")
+            if dev.get("overdue"):
+                last += " OVERDUE"
+            rows.append([d.get("job"), d.get("name") or "-", fmt_duration(int(d.get("every_s") or 0)),
+                         fmt_time(d.get("until")), d.get("status"), dev.get("device", "-"),
+                         dev.get("state", "-"), last, f"{dev.get('failures', 0)}/{dev.get('runs', 0)}"])
+    table(["job", "name", "every", "until", "status", "device", "state", "last result", "failed/runs"],
+          rows, title="Script checks")
+
+
+def _pick_grant(cfg: Config, client: Client, session: Session, tenant_id: str,
+                devices: list[str]) -> str:
+    """The approved grant of one of your keys covering these devices with ``script`` that lasts longest."""
+    mine = {k.keyid for k in cfg.key_candidates(session.username, tenant_id)}
+    now = int(time.time())
+    fits = [g for g in expect_list(client.get(f"/tenants/{tenant_id}/grants"), "grants")
+            if isinstance(g, dict) and g.get("status") == "approved" and g.get("grantee") in mine
+            and "script" in (g.get("capabilities") or []) and set(devices) <= set(g.get("devices") or [])
+            and int(g.get("not_after") or 0) > now]
+    if not fits:
+        raise Refused("no approved grant of yours covers these devices with 'script': request one "
+                      "(rampart grant request) or name it with --grant")
+    return str(max(fits, key=lambda g: int(g.get("not_after") or 0))["id"])
+
+
+@checks_app.command("script")
+def checks_script(
+    tenant: Annotated[str, typer.Argument(help="Tenant name or id.")],
+    script: Annotated[Path, typer.Argument(help="Script file (exit 0 = pass).")],
+    device: Annotated[list[str], typer.Option("--device", help="Target device (repeatable).")],
+    every: Annotated[str, typer.Option("--every", help="Interval, e.g. 5m (the device may run it "
+                                                       "less often: its floor).")] = "5m",
+    lasts: Annotated[str, typer.Option("--for", help="How long it repeats, e.g. 7d (at most 90d; "
+                                                     "it also stops when the grant ends).")] = "7d",
+    grant: Annotated[str | None, typer.Option("--grant", help="Grant id (default: your approved "
+                                                              "grant covering the devices).")] = None,
+    name: Annotated[str, typer.Option("--name", help="A label shown in 'checks list'.")] = "",
+    timeout: Annotated[int, typer.Option("--timeout", help="Run time limit of each run, seconds.")] = 60,
+    expires: Annotated[str, typer.Option("--expires", help="Deadline for the first run (an offline "
+                                                           "device starts later, within it).")] = "1d",
+    json_out: JsonOpt = False,
+) -> None:
+    """Sign a repeating script job (a script check) with your key and send it."""
+    if not device:
+        raise UsageProblem("name at least one --device")
+    every_s = parse_duration(every, what="--every")
+    lasts_s = parse_duration(lasts, what="--for")
+    lim = trust.limits.DEFAULT_LIMITS
+    if not lim.min_repeat_every_s <= every_s <= lim.max_repeat_every_s:
+        raise UsageProblem(f"--every must be {lim.min_repeat_every_s}s to "
+                           f"{fmt_duration(lim.max_repeat_every_s)}")
+    if lasts_s > lim.max_repeat_lifetime_s:
+        raise UsageProblem(f"--for may be at most {fmt_duration(lim.max_repeat_lifetime_s)}")
+    lifetime = min(parse_duration(expires, what="--expires"), lasts_s, lim.max_job_lifetime_s)
+    try:
+        body = script.read_bytes()
+    except OSError as exc:
+        raise UsageProblem(f"cannot read {script}: {exc.strerror}") from None
+    try:
+        repeat = trust.Repeat(every_s=every_s, until=int(time.time()) + lasts_s, name=name)
+    except (ValueError, TypeError) as exc:
+        raise UsageProblem(f"invalid --name or schedule: {exc}") from None
+    cfg, client, session = api()
+    with client:
+        t = resolve_tenant(client, tenant)
+        grant_id = grant or _pick_grant(cfg, client, session, t["id"], list(device))
+        envelope, job = sign_script_job(
+            cfg, client, session, t["id"], grant_id=grant_id, devices=list(device), script=body,
+            writes=[], connect=[], as_root=False, timeout_s=timeout, lifetime_s=lifetime, repeat=repeat)
+        g = expect_dict(client.get(f"/grants/{grant_id}"), "grant")
+        send_and_follow(client, t["id"], envelope, job, {"script": body}, wait=False, wait_s=0,
+                        json_out=json_out)
+    if not json_out:
+        ends = min(repeat.until, int(g.get("not_after") or 0))
+        say(f"script check every {fmt_duration(every_s)} on {len(job.devices)} device(s) until "
+            f"{fmt_time(ends)}" + (" (when its grant ends)" if ends < repeat.until else ""))
+        say(f"results: rampart checks results {tenant} {job.id}; stop it: rampart grant revoke {grant_id}")
+
+
+@checks_app.command("results")
+def checks_results(
+    tenant: Annotated[str, typer.Argument(help="Tenant name or id.")],
+    job: Annotated[str, typer.Argument(help="The script check's job id (job-…).")],
+    device: Annotated[str | None, typer.Option("--device", help="One device only.")] = None,
+    limit: Annotated[int, typer.Option("--limit", help="How many results (newest first).")] = 20,
+    output: Annotated[bool, typer.Option("--output", help="Show each run's output tail.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Show a script check's result history, newest first."""
+    _, client, _ = api()
+    with client:
+        t = resolve_tenant(client, tenant)
+        params: dict[str, Any] = {"limit": limit}
+        if device:
+            params["device"] = device
+        url = f"/tenants/{t['id']}/script-checks/{job}/results"
+        docs = [d for d in expect_list(client.get(url, **params), "results") if isinstance(d, dict)]
+    if json_out:
+        print_json(docs)
+        return
+    table(["run at", "device", "result", "exit", "duration", "detail"],
+          ([fmt_time(d.get("run_at")), d.get("device"), "ok" if d.get("ok") else "FAILED",
+            "timed out" if d.get("timed_out") else d.get("exit_code"),
+            f"{float(d.get('duration_s') or 0):.2f}s", d.get("detail") or "-"] for d in docs),
+          title=f"Results of {job}")
+    if output:
+        for d in docs:
+            for stream in ("stdout", "stderr"):
+                if d.get(stream):
+                    say(f"--- {fmt_time(d.get('run_at'))} {d.get('device')} {stream} ---")
+                    say(str(d[stream]).rstrip("\n"))
 
 
 @checks_app.command("remove")

@@ -59,8 +59,11 @@ jobs_app = typer.Typer(help="Jobs and their receipts.", no_args_is_help=True)
 
 def sign_job(cfg: Config, client: Client, session: Session, tenant_id: str, *, grant_id: str,
              devices: list[str], action: Action, declared: Declared, timeout_s: int,
-             lifetime_s: int) -> tuple[bytes, Job]:
-    """Verify the grant locally, then build and sign the job with the grantee key."""
+             lifetime_s: int, repeat: trust.Repeat | None = None) -> tuple[bytes, Job]:
+    """Verify the grant locally, then build and sign the job with the grantee key.
+
+    ``repeat`` makes it a script check (the agents run it again on that schedule).
+    """
     root = trusted_root(cfg, client, tenant_id)
     summary = expect_dict(client.get(f"/grants/{grant_id}"), "grant")
     data = envelope_bytes(summary, "grant")
@@ -89,6 +92,7 @@ def sign_job(cfg: Config, client: Client, session: Session, tenant_id: str, *, g
             id=trust.new_job_id(), tenant=tenant_id, grant=grant.id, signer=grant.grantee,
             devices=devices, action=action, declared=declared, timeout_s=timeout_s,
             nonce=trust.new_nonce(), issued_at=t, expires_at=t + lifetime_s,
+            repeat=repeat if repeat is not None else msgspec.UNSET,
         )
         payload = trust.encode_payload(job)
         trust.decode_payload(payload, Job)  # validate exactly as an agent will decode it
@@ -119,7 +123,7 @@ def payload_ref(name: str, data: bytes) -> PayloadRef:
 def sign_script_job(cfg: Config, client: Client, session: Session, tenant_id: str, *,
                     grant_id: str, devices: list[str], script: bytes, writes: list[str],
                     connect: list[int], as_root: bool, timeout_s: int,
-                    lifetime_s: int) -> tuple[bytes, Job]:
+                    lifetime_s: int, repeat: trust.Repeat | None = None) -> tuple[bytes, Job]:
     """A script job: the script's digest signed, with what it declares it writes and connects to."""
     if len(script) > MAX_SCRIPT_BYTES:
         raise UsageProblem(f"the script is larger than {MAX_SCRIPT_BYTES // 1024} KiB")
@@ -129,7 +133,7 @@ def sign_script_job(cfg: Config, client: Client, session: Session, tenant_id: st
         raise UsageProblem(f"invalid job: {exc}") from None
     return sign_job(cfg, client, session, tenant_id, grant_id=grant_id, devices=devices,
                     action=Action(kind="script", payloads=[payload_ref("script", script)]),
-                    declared=declared, timeout_s=timeout_s, lifetime_s=lifetime_s)
+                    declared=declared, timeout_s=timeout_s, lifetime_s=lifetime_s, repeat=repeat)
 
 
 def submit_job(client: Client, tenant_id: str, envelope: bytes,
