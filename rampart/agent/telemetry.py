@@ -44,6 +44,7 @@ import time
 import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
 import msgspec
@@ -52,6 +53,7 @@ from msgspec import Meta
 from rampart.catalog import Catalog, CatalogError, builtin_catalog, decode_catalog
 from rampart.catalog.store import MAX_CATALOG_BYTES
 
+from . import patching
 from .findings import (
     MAX_DORMANT_DAYS,
     MAX_EVIDENCE,
@@ -62,7 +64,7 @@ from .findings import (
     evaluate,
 )
 from .inventory import Delta, Inventory, UpdatesCache, collect_full, diff, digest, next_delay
-from .inventory.model import Time
+from .inventory.model import Patching, Time, Update, canonical, update_key
 
 if TYPE_CHECKING:
     from .core import Agent
@@ -303,6 +305,46 @@ def message_text(snap: _Snapshot, acked: tuple[Inventory, str] | None,
     return text, acked is None
 
 
+class _RootPackages:
+    """The packages of the device's ``--package-root`` (not ``/``), read with the patching engine."""
+
+    def __init__(self, root: patching.PackageRoot) -> None:
+        self._root = root
+
+    @property
+    def dpkg_status(self) -> str:
+        return str(self._root.path / "var/lib/dpkg/status")
+
+    def patching(self) -> Patching:
+        return Patching(manager=self._root.manager, reboot_required=patching.reboot_required(self._root))
+
+    def updates(self) -> list[Update]:
+        found, error = patching.pending_updates_checked(self._root)
+        if error:
+            raise RuntimeError(error[:500])
+        return canonical([Update(manager=u.manager, name=u.name, arch=u.arch, installed=u.installed,
+                                 candidate=u.candidate, security=u.security) for u in found], update_key)
+
+
+def _package_source(agent: Agent | None) -> _RootPackages | None:
+    """The device's own package root when it is not the host's ``/`` (inventory follows the jobs)."""
+    pol = agent.config.actions if agent is not None else None
+    if pol is None or pol.error or pol.package_root == "/" or pol.package_manager == "none":
+        return None
+    from .actions import _detect_manager
+
+    path = Path(pol.package_root)
+    manager = _detect_manager(path) if pol.package_manager == "auto" else pol.package_manager
+    if manager not in ("apt", "dnf"):
+        return None
+    try:
+        return _RootPackages(patching.PackageRoot.scratch(path, manager))  # type: ignore[arg-type]
+    except (patching.PackageSpecError, ValueError) as exc:
+        log.warning("inventory: the package root %s cannot be read (%s); reporting the host's packages",
+                    path, exc)
+        return None
+
+
 SendText = Callable[[str], Awaitable[None]]
 Collector = Callable[[int], Inventory]
 
@@ -328,8 +370,10 @@ class Telemetry:
             cache = UpdatesCache()
             level = containment.kernel_level()
 
+            source = _package_source(agent)
+
             def collect(now: int) -> Inventory:
-                return collect_full(now, AGENT_VERSION, level, updates_cache=cache)
+                return collect_full(now, AGENT_VERSION, level, updates_cache=cache, package_root=source)
         self._collect = collect
         self.config = self._load_config()
         self._acked: tuple[Inventory, str] | None = None

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Callable, Mapping
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from .eol import load_table
 from .model import (
@@ -120,16 +120,32 @@ def _packages(limits: InventoryLimits, dpkg_status: str, s: _Sections) -> list[P
     return packages[: limits.max_packages]
 
 
+class PackageSource(Protocol):
+    """Where the packages the device's jobs manage live, when that is not the host's own root."""
+
+    @property
+    def dpkg_status(self) -> str: ...
+
+    def patching(self) -> Patching: ...
+
+    def updates(self) -> list[Update]: ...
+
+
 def collect_full(now: int, agent_version: str, containment: str, *, limits: InventoryLimits = DEFAULT_LIMITS,
                  updates_cache: UpdatesCache | None = None,
                  eol_table: Mapping[tuple[str, str], tuple[str, str]] | None = None,
-                 dpkg_status: str = DPKG_STATUS) -> Inventory:
+                 dpkg_status: str = DPKG_STATUS,
+                 package_root: PackageSource | None = None) -> Inventory:
     """A complete snapshot of this host at unix time ``now``; never raises for a failing section.
 
     ``updates_cache`` (keep one per agent) skips recomputing pending updates
     while the package state is unchanged; ``eol_table`` defaults to the
-    built-in table merged with the host's distro-info data.
+    built-in table merged with the host's distro-info data. ``package_root``
+    replaces the host's packages, pending updates and reboot state with those
+    of the root the device's package jobs manage (``--package-root``).
     """
+    if package_root is not None:
+        dpkg_status = package_root.dpkg_status
     s = _Sections()
     empty: dict[tuple[str, str], tuple[str, str]] = {}
     table = eol_table if eol_table is not None else s.run("os", lambda: load_table(), empty)
@@ -160,9 +176,12 @@ def collect_full(now: int, agent_version: str, containment: str, *, limits: Inve
 
     socket_list: list[Socket] = s.run("sockets", sockets, [])
     packages: list[Package] = s.run("packages", lambda: _packages(limits, dpkg_status, s), [])
-    patching: Patching | None = s.run("patching", lambda: collect_patching(limits), None)
+    read_patching = (lambda: collect_patching(limits)) if package_root is None else package_root.patching
+    patching: Patching | None = s.run("patching", read_patching, None)
 
     def updates() -> list[Update]:
+        if package_root is not None:
+            return package_root.updates()
         if patching is None or patching.manager == "none":
             s.note("updates", "no supported update manager (apt, dnf, yum) found")
             return []
