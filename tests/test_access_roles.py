@@ -100,6 +100,9 @@ EXPECTED: dict[tuple[str, str], frozenset[str] | None] = {
     ("post", "/api/v1/tenants/{t}/checks"): STAFF,
     ("get", "/api/v1/tenants/{t}/checks"): ALL,
     ("delete", "/api/v1/checks/{c}"): STAFF,
+    # script checks: read-only (added as signed jobs, stopped by revoking the grant)
+    ("get", "/api/v1/tenants/{t}/script-checks"): ALL,
+    ("get", "/api/v1/tenants/{t}/script-checks/{j}/results"): ALL,
     # telemetry (docs/monitoring.md)
     ("get", "/api/v1/tenants/{t}/devices/{d}/inventory"): ALL,
     ("post", "/api/v1/tenants/{t}/devices/{d}/inventory-request"): STAFF,

@@ -45,6 +45,8 @@ PERMISSIONS: Final[dict[str, frozenset[str]]] = {
     "alert.manage": _STAFF,
     "notify.manage": frozenset({"owner"}),
     "checks.manage": _STAFF,
+    # Script checks have read-only routes only (/tenants/{t}/script-checks...): one is added as a
+    # signed repeating job ("job.create") and stopped by revoking its grant ("grant.revoke").
     # telemetry (docs/monitoring.md)
     "tools.manage": frozenset({"owner", "approver"}),
     "catalog.import": frozenset({"owner"}),
