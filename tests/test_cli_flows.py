@@ -478,6 +478,32 @@ def test_run_signs_and_uploads_a_job(people: dict[str, Operator], world: dict[st
     assert "does not give net" in one_line_error(r)
 
 
+def test_checks_script_signs_a_repeating_job_and_checks_list_shows_it(
+        people: dict[str, Operator], world: dict[str, Any], tmp_path: Path) -> None:
+    """`rampart checks script` signs one job with a repeat rule (the agent runs it on that schedule)."""
+    a, b = people["alice"], people["bob"]
+    env = {"RAMPART_KEY_PASSPHRASE": PASSPHRASE}
+    script = tmp_path / "check.sh"
+    script.write_bytes(b"#!/bin/sh\ntest -d /\n")
+    dev = world["device"]
+    for args, why in ((["--every", "0s"], "must be positive"), (["--for", "91d"], "at most 90d"),
+                      (["--every", "8d"], "--every must be")):
+        r = b.run("checks", "script", "acme", str(script), "--device", dev, *args, extra_env=env)
+        assert why in one_line_error(r)
+    out = b.ok("checks", "script", "acme", str(script), "--device", dev, "--every", "5m", "--for", "1d",
+               "--name", "root fs", extra_env=env).stdout
+    job_id = out.split()[0]
+    assert job_id.startswith("job-") and "until" in out and "(when its grant ends)" in out  # 2 h grant
+    assert f"rampart grant revoke {world['grant']}" in out  # found the grant by itself
+    job = b.json("jobs", "show", job_id)
+    assert job["grant"] == world["grant"] and job["signer"] == b.keyid
+    [check] = [c for c in a.json("checks", "list", "acme") if c.get("kind") == "script"]
+    assert check["id"] == job_id and check["name"] == "root fs" and check["every_s"] == 300
+    assert check["status"] == "active" and [d["device"] for d in check["devices"]] == [dev]
+    assert check["devices"][0]["state"] == "pending"
+    assert a.json("checks", "results", "acme", job_id) == []
+
+
 def test_run_wait_with_a_real_agent(people: dict[str, Operator], world: dict[str, Any],
                                     tmp_path: Path) -> None:
     """The whole path: enrol a real agent, approve it, grant, run --wait, read its receipt."""
