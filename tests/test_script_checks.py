@@ -114,6 +114,40 @@ def test_agent_outbox_keeps_results_until_acked_and_is_bounded(tmp_path: Path) -
     st.close()
 
 
+def test_agent_sends_a_backlog_in_windows_and_drops_what_the_server_acknowledged(tmp_path: Path) -> None:
+    import asyncio
+    from types import SimpleNamespace
+
+    from rampart.agent.script_checks import SEND_WINDOW, ScriptChecks
+
+    st = AgentState(tmp_path / "state")
+    with st.transaction() as db:
+        for i in range(SEND_WINDOW + 50):
+            st._queue_result(db, "job-" + "c" * 16, encode_result(_result(run_at=float(i + 1))))
+    sent: list[dict[str, Any]] = []
+
+    async def send(text: str) -> None:
+        sent.append(json.loads(text))
+
+    async def scenario() -> None:
+        checks = ScriptChecks(SimpleNamespace(state=st))  # type: ignore[arg-type]
+        checks.attach(send)
+        await checks.flush()
+        assert len(sent) == SEND_WINDOW  # the rest waits for acknowledgements
+        await checks.flush()
+        assert len(sent) == SEND_WINDOW  # nothing is sent twice on one connection meanwhile
+        for doc in sent[:60]:
+            await checks.on_ack(doc["seq"])
+        await checks.flush()
+        assert len(sent) == SEND_WINDOW + 50
+        assert [d["type"] for d in sent] == ["check-result"] * len(sent)
+        assert decode_result(json.dumps(sent[0]["result"])).run_at == 1.0
+
+    asyncio.run(scenario())
+    assert len(st.check_outbox(limit=1000)) == SEND_WINDOW + 50 - 60
+    st.close()
+
+
 # --- unit: the server's store ---------------------------------------------------------------------
 
 

@@ -160,6 +160,9 @@ class Link:
             except Exception as exc:  # keep serving; a later push or reconnect brings them again
                 log.warning("could not store revocations: %s", exc)
         elif kind == "check-ack":
+            if msg.get("refused"):
+                log.warning("the server refused script check result %s: %s", msg.get("seq"),
+                            str(msg.get("refused"))[:300])
             await self.checks.on_ack(msg.get("seq"))
         elif kind == "error":
             log.warning("the server refused a message: %s", str(msg.get("detail", ""))[:300])

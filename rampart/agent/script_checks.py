@@ -66,6 +66,10 @@ MAX_DETAIL: Final = 1000
 DEFAULT_MIN_INTERVAL_S: Final = 60
 #: Longest sleep of the scheduler between looks at its table.
 _MAX_SLEEP_S: Final = 30.0
+#: Results sent and not yet acknowledged, at most (below the gateway's rate limit per minute).
+SEND_WINDOW: Final = 100
+#: A result sent this long ago without an acknowledgement is sent again.
+RESEND_AFTER_S: Final = 60.0
 
 SendText = Callable[[str], Awaitable[None]]
 
@@ -134,7 +138,8 @@ class ScriptChecks:
         self._clock = clock
         self._wake = asyncio.Event()
         self._send: SendText | None = None
-        self._sent: set[int] = set()
+        #: seq -> when it was sent on this connection, until acknowledged.
+        self._sent: dict[int, float] = {}
         self.runs = 0
 
     # --- the link --------------------------------------------------------------------------
@@ -142,7 +147,7 @@ class ScriptChecks:
     def attach(self, send: SendText) -> None:
         """A connection is up: send every queued result now."""
         self._send = send
-        self._sent = set()
+        self._sent = {}
         self._wake.set()
 
     def detach(self) -> None:
@@ -155,22 +160,28 @@ class ScriptChecks:
     async def on_ack(self, seq: object) -> None:
         if isinstance(seq, int) and not isinstance(seq, bool):
             await asyncio.to_thread(self._agent.state.ack_check_result, seq)
+            if self._sent.pop(seq, None) is not None and len(self._sent) < SEND_WINDOW // 2:
+                self._wake.set()  # room in the window: send more of a backlog
 
     async def flush(self) -> None:
-        """Send queued results not yet sent on this connection, oldest first."""
+        """Send queued results, oldest first, keeping at most SEND_WINDOW unacknowledged."""
         send = self._send
         if send is None:
             return
+        now = time.monotonic()
+        self._sent = {k: v for k, v in self._sent.items() if now - v < RESEND_AFTER_S}
         for seq, data in await asyncio.to_thread(self._agent.state.check_outbox):
             if seq in self._sent:
                 continue
+            if len(self._sent) >= SEND_WINDOW:
+                return
             text = f'{{"type":"check-result","seq":{seq},"result":{data.decode()}}}'
             try:
                 await send(text)
             except Exception as exc:  # noqa: BLE001 - a lost connection: sent again on the next one
                 log.info("script check results kept until the server is back (%s)", type(exc).__name__)
                 return
-            self._sent.add(seq)
+            self._sent[seq] = time.monotonic()
 
     # --- running ---------------------------------------------------------------------------
 
