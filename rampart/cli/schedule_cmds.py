@@ -26,6 +26,7 @@ from typing import Annotated, Any
 import typer
 
 from rampart import trust
+from rampart.server import windows
 from rampart.trust import KeyEntry
 from rampart.trust.keys import AutomationPublicKey
 from rampart.trust.payloads import ACTION_CAPABILITY
@@ -35,7 +36,7 @@ from .client import Client, expect_dict, expect_list
 from .common import api, resolve_tenant, trusted_root
 from .errors import Refused, ServerProblem, UsageProblem
 from .grant_cmds import split_list
-from .output import fmt_duration, fmt_time, parse_duration, print_json, say, table
+from .output import fmt_duration, fmt_time, print_json, say, table
 from .root_cmds import diff_roots, propose
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
@@ -166,9 +167,16 @@ def parse_ring(text: str) -> dict[str, Any]:
             "delay_s": parse_duration(delay, what=f"the delay of ring {name}") if at else 0}
 
 
-def _window_text(text: str) -> str:
-    from rampart.server.windows import Window, WindowError
+def parse_duration(text: str, *, what: str) -> int:
+    """``0s``, ``30m``, ``4h``, ``7d``, ``2w`` as seconds (zero allowed: a delay or deferral of none)."""
+    try:
+        return windows.parse_duration(text, what=what)
+    except windows.WindowError as exc:
+        raise UsageProblem(str(exc)) from None
 
+
+def _window_text(text: str) -> str:
+    Window, WindowError = windows.Window, windows.WindowError
     try:
         Window.parse(text)
     except WindowError as exc:
@@ -305,7 +313,7 @@ def patch_report(
     _, client, _ = api()
     with client:
         t = resolve_tenant(client, tenant)
-        doc = expect_dict(client.get(f"/tenants/{t['id']}/patch-report", params={"older_than_s": seconds}),
+        doc = expect_dict(client.get(f"/tenants/{t['id']}/patch-report", older_than_s=seconds),
                           "patch report")
     if json_out:
         print_json(doc)

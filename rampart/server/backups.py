@@ -35,7 +35,7 @@ from .audit import AuditLog
 from .automation import AutomationKeyStore, NoStandingGrant, trigger
 from .errors import BadRequest, Conflict
 from .models import BackupPolicyRow, BackupResult, Device, JobRow, JobTarget, ReceiptRow
-from .patching import read_receipt, result_doc
+from .patching import output_text, read_receipt, result_doc
 from .telemetry import live_alert
 from .tenant_roots import current_trusted
 
@@ -127,7 +127,7 @@ def _result_of(receipt: trust.Receipt | None, row: ReceiptRow, tenant_id: str) -
         return v if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 62 else 0
 
     passed = restore.get("passed") if restore is not None else None
-    error = receipt.refusal or receipt.stderr.strip()[:1000]
+    error = receipt.refusal or output_text(receipt.stderr).strip()[:1000]
     return BackupResult(
         job_id=row.job_id, device_id=row.device_id, tenant_id=tenant_id,
         finished_at=receipt.ended_at or row.received_at, ok=receipt.outcome == "ran",

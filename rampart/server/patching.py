@@ -24,6 +24,8 @@ Security invariants:
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 import re
@@ -35,6 +37,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from rampart import trust
+from rampart.agent.inventory import Inventory
 from rampart.trust.ids import new_id
 from rampart.trust.payloads import RECEIPT_TYPE
 
@@ -42,6 +45,7 @@ from . import windows
 from .alerts import raise_alert, resolve
 from .audit import AuditLog
 from .automation import AutomationKeyStore, NoStandingGrant, trigger
+from .db import Store
 from .errors import BadRequest, Conflict, NotFound
 from .models import (
     Device,
@@ -159,44 +163,51 @@ def latest_cycle(s: Session, policy_id: str, live_only: bool = False) -> PatchCy
 # --- pending updates, with the age the server has seen ------------------------------------------------
 
 
-def refresh_pending(s: Session, telemetry: TelemetryStore, now: float) -> int:
-    """Fold new inventories into ``pending_updates``; returns the devices refreshed."""
-    rows = s.execute(select(DeviceInventory.device_id, DeviceInventory.head, DevicePatchState.digest)
-                     .outerjoin(DevicePatchState, DevicePatchState.device_id == DeviceInventory.device_id)
-                     ).all()
+def refresh_pending(store: Store, telemetry: TelemetryStore, now: float) -> int:
+    """Fold new inventories into ``pending_updates``; returns the devices refreshed.
+
+    Each inventory is read (and materialised) outside the write transaction
+    that records it: the telemetry store writes on its own.
+    """
+    with store.read() as s:
+        rows = s.execute(select(DeviceInventory.device_id, DeviceInventory.head, DevicePatchState.digest)
+                         .outerjoin(DevicePatchState, DevicePatchState.device_id == DeviceInventory.device_id)
+                         ).all()
     changed = [d for d, head, seen in rows if head != seen]
     for device_id in changed:
         stored = telemetry.inventory(device_id, now)
-        if stored is None:
-            continue
-        inv = stored.inventory
-        old = {(r.name, r.arch): r for r in s.scalars(
-            select(PendingUpdateRow).where(PendingUpdateRow.device_id == device_id))}
-        current = {(u.name, u.arch): u for u in inv.updates}
-        for key, gone in old.items():
-            if key not in current:
-                s.delete(gone)
-        for key, u in current.items():
-            row = old.get(key)
-            if row is None:
-                s.add(PendingUpdateRow(device_id=device_id, name=u.name, arch=u.arch, candidate=u.candidate,
-                                       security=u.security, first_seen=now,
-                                       security_since=now if u.security else None))
-            else:
-                row.candidate = u.candidate
-                if u.security and not row.security:
-                    row.security_since = now
-                elif not u.security:
-                    row.security_since = None
-                row.security = u.security
-        state = s.get(DevicePatchState, device_id)
-        reboot = bool(inv.patching and inv.patching.reboot_required)
-        if state is None:
-            s.add(DevicePatchState(device_id=device_id, digest=stored.digest, reboot_required=reboot,
-                                   seen_at=now))
-        else:
-            state.digest, state.reboot_required, state.seen_at = stored.digest, reboot, now
+        if stored is not None:
+            with store.transaction() as s:
+                _record_pending(s, device_id, stored.inventory, stored.digest, now)
     return len(changed)
+
+
+def _record_pending(s: Session, device_id: str, inv: Inventory, inv_digest: str, now: float) -> None:
+    old = {(r.name, r.arch): r for r in s.scalars(
+        select(PendingUpdateRow).where(PendingUpdateRow.device_id == device_id))}
+    current = {(u.name, u.arch): u for u in inv.updates}
+    for key, gone in old.items():
+        if key not in current:
+            s.delete(gone)
+    for key, u in current.items():
+        row = old.get(key)
+        if row is None:
+            s.add(PendingUpdateRow(device_id=device_id, name=u.name, arch=u.arch, candidate=u.candidate,
+                                   security=u.security, first_seen=now,
+                                   security_since=now if u.security else None))
+        else:
+            row.candidate = u.candidate
+            if u.security and not row.security:
+                row.security_since = now
+            elif not u.security:
+                row.security_since = None
+            row.security = u.security
+    state = s.get(DevicePatchState, device_id)
+    reboot = bool(inv.patching and inv.patching.reboot_required)
+    if state is None:
+        s.add(DevicePatchState(device_id=device_id, digest=inv_digest, reboot_required=reboot, seen_at=now))
+    else:
+        state.digest, state.reboot_required, state.seen_at = inv_digest, reboot, now
 
 
 def eligible(s: Session, devices: Iterable[str], defer_s: int, now: float) -> set[str]:
@@ -219,10 +230,19 @@ def read_receipt(data: bytes) -> trust.Receipt | None:
         return None
 
 
+def output_text(b64: str) -> str:
+    """A receipt's stdout or stderr (base64 in the signed receipt) as text."""
+    try:
+        return base64.b64decode(b64, validate=True).decode("utf-8", errors="replace")
+    except (binascii.Error, ValueError):
+        return ""
+
+
 def result_doc(receipt: trust.Receipt) -> dict[str, Any]:
     """The structured result a root action printed (empty when there is none)."""
+    text = output_text(receipt.stdout)
     try:
-        doc = json.loads(receipt.stdout) if receipt.stdout else {}
+        doc = json.loads(text) if text.startswith("{") else {}
     except ValueError:
         return {}
     return doc if isinstance(doc, dict) else {}
@@ -242,7 +262,8 @@ def _settle(run: PatchRun, receipt: trust.Receipt, now: float) -> None:
     else:
         run.state = "failed"
         names = ", ".join(str(c.get("name")) for c in changes if c.get("action") == "failed")[:300]
-        why = receipt.refusal or (receipt.stderr.strip().splitlines() or [receipt.outcome])[0][:300]
+        lines = output_text(receipt.stderr).strip().splitlines()
+        why = receipt.refusal or (lines or [receipt.outcome])[0][:300]
         run.detail = f"{receipt.outcome}: {why}" + (f" ({names})" if names else "")
 
 

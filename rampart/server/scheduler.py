@@ -36,8 +36,7 @@ class Scheduler:
     def run_once(self, now: float) -> None:
         telemetry = self._gateway.telemetry
         if telemetry is not None:
-            with self._store.transaction() as s:
-                refresh_pending(s, telemetry, now)
+            refresh_pending(self._store, telemetry, now)
         with self._store.transaction() as s:
             collect_results(s, now)
         with self._store.transaction() as s:
