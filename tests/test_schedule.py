@@ -260,6 +260,32 @@ def test_backup_state_is_failed_stale_unverified_or_ok_by_the_policy_ages() -> N
     assert state([_result("j2", now - 60, check=False)]) == "unverified"
 
 
+def test_T13_bad_policies_get_one_line_errors_and_store_nothing(w: World) -> None:
+    pilot = w.dev("pilot")
+    cases = [
+        (["--ring", f"pilot={pilot}", "--window", "sat 26:00 1h"], "HH:MM"),
+        (["--ring", "pilot=dev-000000000000000000000000"], "unknown device"),
+        (["--ring", f"pilot={pilot}", "--ring", f"broad={pilot}"], "one ring only"),
+        (["--ring", f"pilot={pilot}", "--reboot", "always"], "--reboot must be never or notify"),
+        (["--ring", "pilot"], "--ring is NAME=DEVICE"),
+        (["--ring", f"pilot={pilot}", "--defer", "forever"], "must look like 30m"),
+    ]
+    for args, needle in cases:
+        r = w.cli("tech", "patch", "policy", "set", "acme", "bad", *args)
+        lines = [x for x in r.stderr.splitlines() if x.strip()]
+        assert r.returncode != 0 and len(lines) == 1 and needle in lines[0], (args, r.stderr)
+    assert "bad" not in {p["name"] for p in w.json_cli("tech", "patch", "policy", "list", "acme")}
+    r = w.cli("tech", "backup", "policy", "set", "acme", pilot, "--every", "10s")
+    assert r.returncode != 0 and "every_s" in r.stderr, r.stderr
+    r = w.cli("viewer-less", "patch", "report", "acme")  # no such operator machine: a clear error
+    assert r.returncode != 0 and r.stderr.startswith("rampart: error: "), r.stderr
+    # another tenant's device is unknown here (T12)
+    other = ok(w.t.owner.http.post("/tenants", json={"name": "other"}))
+    r2 = w.t.tech.http.put(f"/tenants/{other['id']}/patch-policies/x", json={
+        "rings": [{"name": "pilot", "devices": [pilot]}]})
+    assert r2.status_code in (403, 404), r2.text
+
+
 # --- patch rings --------------------------------------------------------------------------------
 
 
