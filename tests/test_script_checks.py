@@ -382,6 +382,8 @@ def test_T1_the_server_cannot_speed_up_or_change_a_check_and_revocation_stops_it
     assert all(b - a >= 1.9 for a, b in zip(runs, runs[1:], strict=False))
     job_doc = ok(t.owner.http.get(f"/jobs/{job}"))
     assert job_doc["targets"][0]["receipt"]["stdout"] == "original check\n"  # the first run's receipt, resent
+    [stored] = [c for c in live.agent.status()["script_checks"] if c["job"] == job]
+    assert stored["interval_s"] == 2 and stored["runs"] >= 2
     # An approver revokes the grant: the agent drops the schedule at its next run.
     rev = trust.Revocation(tenant=t.id, grant=grant, issued_at=int(time.time()), reason="stop the check")
     data = trust.sign_envelope(REVOCATION_TYPE, trust.encode_payload(rev), [t.approver_key])
@@ -390,6 +392,7 @@ def test_T1_the_server_cannot_speed_up_or_change_a_check_and_revocation_stops_it
     count = len(results(t.owner, t, job))
     time.sleep(5)
     assert len(results(t.owner, t, job)) == count
+    assert job not in [c["job"] for c in live.agent.status()["script_checks"]]
     [listed] = [c for c in ok(t.owner.http.get(f"/tenants/{t.id}/script-checks")) if c["job"] == job]
     assert listed["status"] == "revoked"
 
