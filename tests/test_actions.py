@@ -41,9 +41,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import aptrepo
 from harness import borgvault as vault
 from harness.agent import AgentProcess, agent_cmd, traversable_dir
-from harness.aptrepo import AptRepo, build_deb, dpkg_status_bytes, scratch_root
+from harness.aptrepo import AptRepo, build_deb, scratch_root
 from harness.operators import Operator, bootstrap_owner, make_root, ok, sign_root, step_up
 from harness.server import REPO, RunningServer, start_server
 
@@ -55,6 +56,10 @@ from rampart.server.config import load_config
 from rampart.server.db import Store
 from rampart.server.models import JobPayload
 from rampart.trust import Action, Declared, OperatorKey
+
+# The machine's own dpkg database is byte-identical around every test (autouse fixtures).
+host_dpkg = aptrepo.host_dpkg
+host_packages_untouched = aptrepo.host_packages_untouched
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="dpkg chroots into the scratch root; agents run as root"),
@@ -376,19 +381,6 @@ def env(pg_cluster: Any) -> Iterator[Env]:
             vault_host.close()
         server.stop()
         shutil.rmtree(base, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def host_dpkg() -> bytes:
-    return dpkg_status_bytes()
-
-
-@pytest.fixture(autouse=True)
-def host_packages_untouched(host_dpkg: bytes) -> Iterator[None]:
-    """The machine's own dpkg database is byte-identical around every test."""
-    before = dpkg_status_bytes()
-    yield
-    assert dpkg_status_bytes() == before == host_dpkg, "the host's /var/lib/dpkg/status changed"
 
 
 def one_line_error(r: subprocess.CompletedProcess[str]) -> str:

@@ -32,9 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import aptrepo
 from harness import borgvault as vault
 from harness.agent import AgentProcess, agent_cmd, traversable_dir
-from harness.aptrepo import AptRepo, build_deb, dpkg_status_bytes, scratch_root
+from harness.aptrepo import AptRepo, build_deb, scratch_root
 from harness.operators import Operator, TenantSetup, audit_events, bootstrap_owner, ok, setup_tenant
 from harness.server import REPO, RunningServer, init_server
 
@@ -49,6 +50,10 @@ from rampart.server.db import Store
 from rampart.server.keystore import LogKeyStore
 from rampart.server.models import BackupPolicyRow, BackupResult, JobPayload, JobRow, JobTarget
 from rampart.server.windows import Window, WindowError, occurrence, parse_duration
+
+# The machine's own dpkg database is byte-identical around every test (autouse fixtures).
+host_dpkg = aptrepo.host_dpkg
+host_packages_untouched = aptrepo.host_packages_untouched
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="dpkg chroots into the scratch root; agents run as root"),
@@ -177,18 +182,6 @@ def w(pg_cluster: Any) -> Iterator[World]:
             a.stop()
         server.stop()
         shutil.rmtree(base, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def host_dpkg() -> bytes:
-    return dpkg_status_bytes()
-
-
-@pytest.fixture(autouse=True)
-def host_packages_untouched(host_dpkg: bytes) -> Iterator[None]:
-    before = dpkg_status_bytes()
-    yield
-    assert dpkg_status_bytes() == before == host_dpkg, "the host's /var/lib/dpkg/status changed"
 
 
 def alerts(w: World, kind: str, status: str = "open") -> list[dict[str, Any]]:

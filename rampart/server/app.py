@@ -193,13 +193,18 @@ def housekeeping(ctx: ServerContext) -> None:
         log.warning("disabled dormant account %s", name)
 
 
-async def _housekeeping_cadence(ctx: ServerContext) -> None:
+async def _every(interval_s: float, run: Callable[[float], object], what: str) -> None:
+    """Run ``run(now)`` in a worker thread every ``interval_s``; a failure is logged, never fatal."""
     while True:
         try:
-            await asyncio.to_thread(housekeeping, ctx)
+            await asyncio.to_thread(run, clock.now())
         except Exception:
-            log.exception("housekeeping failed; retrying next interval")
-        await asyncio.sleep(ctx.limits.housekeeping_interval_s)
+            log.exception("%s failed; retrying next interval", what)
+        await asyncio.sleep(interval_s)
+
+
+async def _housekeeping_cadence(ctx: ServerContext) -> None:
+    await _every(ctx.limits.housekeeping_interval_s, lambda _now: housekeeping(ctx), "housekeeping")
 
 
 async def _checks_cadence(ctx: ServerContext) -> None:
@@ -258,12 +263,7 @@ async def _telemetry_cadence(ctx: ServerContext) -> None:
 async def _scheduler_cadence(ctx: ServerContext) -> None:
     """Patch cycles and scheduled backups under standing grants (docs/patching.md)."""
     scheduler = Scheduler(ctx.store, ctx.audit, ctx.automation, ctx.gateway)
-    while True:
-        try:
-            await asyncio.to_thread(scheduler.run_once, clock.now())
-        except Exception:
-            log.exception("scheduler pass failed; retrying next interval")
-        await asyncio.sleep(ctx.limits.scheduler_interval_s)
+    await _every(ctx.limits.scheduler_interval_s, scheduler.run_once, "scheduler pass")
 
 
 async def _checkpoint_cadence(ctx: ServerContext) -> None:
