@@ -134,9 +134,11 @@ def w(pg_cluster: Any) -> Iterator[World]:
 
         archive = AptRepo(base / "archive")
         archive.add("stable", [build_deb(archive.path, "rampart-demo", "1.0"),
+                               build_deb(archive.path, "linux-image-rampart-test", "1.0"),
                                build_deb(archive.path, "rampart-broken", "1.0", postinst="exit 0")])
         archive.add("stable-updates", [
             build_deb(archive.path, "rampart-demo", "2.0"),
+            build_deb(archive.path, "linux-image-rampart-test", "2.0"),  # an update that needs a reboot
             build_deb(archive.path, "rampart-broken", "1.1",
                       postinst='echo "rampart-broken: cannot migrate its data" >&2\nexit 3')])
         archive.add("stable-security", [build_deb(archive.path, "rampart-demo", "1.1")])
@@ -146,6 +148,8 @@ def w(pg_cluster: Any) -> Iterator[World]:
             assert patching.install(root, "rampart-demo", "1.0").ok
             if n == "pilot":
                 assert patching.install(root, "rampart-broken", "1.0").ok
+            else:
+                assert patching.install(root, "linux-image-rampart-test", "1.0").ok
 
         # The pilot's backup: an append-only repository made by the vault holder.
         repo_path = base / "vault" / "pilot"
@@ -167,6 +171,11 @@ def w(pg_cluster: Any) -> Iterator[World]:
                 vault.passphrase_file(state / "borg-passphrase", SECRET)
                 extra += ["--backup-repo", f"ssh://vault{repo_path}", "--backup-rsh", str(rsh),
                           "--backup-path", str(data), "--backup-restore-samples", "1"]
+            else:  # the device's own reboot command: here it only leaves a mark
+                reboot = base / "reboot-command"
+                reboot.write_text(f"#!/bin/sh\necho rebooted >> {base / 'rebooted'}\n")
+                reboot.chmod(0o755)
+                extra += ["--reboot-command", str(reboot)]
             agent = AgentProcess(state)
             r = agent.enroll(server.url, tok["token"], tok["root_sha256"], server.cert_sha256, *extra)
             assert r.returncode == 0, r.stderr
@@ -259,7 +268,7 @@ def test_T13_bad_policies_get_one_line_errors_and_store_nothing(w: World) -> Non
         (["--ring", f"pilot={pilot}", "--window", "sat 26:00 1h"], "HH:MM"),
         (["--ring", "pilot=dev-000000000000000000000000"], "unknown device"),
         (["--ring", f"pilot={pilot}", "--ring", f"broad={pilot}"], "one ring only"),
-        (["--ring", f"pilot={pilot}", "--reboot", "always"], "--reboot must be never or notify"),
+        (["--ring", f"pilot={pilot}", "--reboot", "always"], "--reboot must be never, notify or if-required"),
         (["--ring", "pilot"], "--ring is NAME=DEVICE"),
         (["--ring", f"pilot={pilot}", "--defer", "forever"], "must look like 30m"),
     ]
@@ -285,7 +294,7 @@ def test_T13_bad_policies_get_one_line_errors_and_store_nothing(w: World) -> Non
 def test_patch_ring_stops_at_pilot_when_a_pilot_device_fails_then_resumes_on_approval(w: World) -> None:
     pilot, broad = w.dev("pilot"), w.dev("broad")
     out = w.ok_cli("tech", "patch", "policy", "set", "acme", "rings", "--ring", f"pilot={pilot}",
-                   "--ring", f"broad={broad}@0s", "--window", "always", "--reboot", "notify")
+                   "--ring", f"broad={broad}@0s", "--window", "always", "--reboot", "if-required")
     assert "ring pilot" in out and "ring broad" in out, out
 
     # Without an approved standing grant the scheduler sends nothing and says why.
@@ -294,8 +303,8 @@ def test_patch_ring_stops_at_pilot_when_a_pilot_device_fails_then_resumes_on_app
     assert "no automation key" in alerts(w, "patch-grant-missing")[0]["detail"]
 
     enable_automation(w)
-    r = w.cli("tech", "automation", "grant", "acme", "--action", "os-update", "--policy", "rings",
-              "--for", "7d", "--json")
+    r = w.cli("tech", "automation", "grant", "acme", "--action", "os-update", "--action", "reboot",
+              "--policy", "rings", "--for", "7d", "--json")
     assert r.returncode == 0, r.stderr
     grant = json.loads(r.stdout)["id"]
     assert sorted(json.loads(r.stdout)["devices"]) == sorted([pilot, broad])
@@ -332,7 +341,12 @@ def test_patch_ring_stops_at_pilot_when_a_pilot_device_fails_then_resumes_on_app
              timeout=180)
     assert patching.installed_version(w.roots["broad"], "rampart-demo") == "2.0"
     runs = {r["device"]: r for r in policy(w, "rings")["cycles"][0]["runs"]}
-    assert runs[broad]["state"] == "ok" and runs[broad]["updated"] >= 1
+    assert runs[broad]["state"] == "ok" and runs[broad]["updated"] >= 2 and runs[broad]["reboot_required"]
+    # if-required: the kernel-like update needs a reboot; a payload-free reboot job runs the
+    # device's own command (set at enrolment), and a reboot-required alert holds until it is done.
+    assert "reboot requested" in runs[broad]["detail"], runs[broad]
+    wait_for("the device's reboot command", lambda: (w.base / "rebooted").exists(), timeout=60)
+    assert [a for a in alerts(w, "reboot-required") if broad in a["detail"]]
     assert not alerts(w, "patch-ring-halted") and alerts(w, "patch-ring-halted", "resolved")
 
     # The report, ring by ring, with each device's last run.

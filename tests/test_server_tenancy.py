@@ -83,6 +83,13 @@ def _bodies(w: dict[str, Any]) -> dict[tuple[str, str], Any]:
         ("post", "/api/v1/tenants/{t}/devices/{d}/inventory-request"): {"full": True},
         ("put", "/api/v1/tenants/{t}/sanctioned-tools/{slug}"): None,
         ("delete", "/api/v1/tenants/{t}/sanctioned-tools/{slug}"): None,
+        ("post", "/api/v1/tenants/{t}/automation-key"): None,
+        ("put", "/api/v1/tenants/{t}/patch-policies/{name}"): {
+            "rings": [{"name": "pilot", "devices": [w["device"]]}]},
+        ("delete", "/api/v1/tenants/{t}/patch-policies/{name}"): None,
+        ("post", "/api/v1/tenants/{t}/patch-policies/{name}/resume"): None,
+        ("put", "/api/v1/tenants/{t}/devices/{d}/backup-policy"): {"every_s": 3600},
+        ("delete", "/api/v1/tenants/{t}/devices/{d}/backup-policy"): None,
     }
 
 
@@ -95,6 +102,8 @@ def _b_state(w: dict[str, Any]) -> Any:
             ok(msp.http.get(f"/tenants/{b.id}/notify-targets")),
             ok(msp.http.get(f"/tenants/{b.id}/checks")),
             ok(msp.http.get(f"/tenants/{b.id}/sanctioned-tools")),
+            ok(msp.http.get(f"/tenants/{b.id}/patch-policies")),
+            ok(msp.http.get(f"/tenants/{b.id}/backup-status")),
             [(x["username"], x["status"]) for x in ok(msp.http.get("/accounts"))],
             ok(msp.http.get(f"/tenants/{b.id}/devices")),
             ok(msp.http.get(f"/tenants/{b.id}/roots")),
@@ -106,7 +115,7 @@ def test_T12_every_tenant_route_refuses_another_tenants_ids(
     b: TenantSetup = world["b"]
     ids = {"t": b.id, "g": world["grant"]["id"], "j": world["job"], "d": world["device"],
            "username": b.tech.username, "a": world["alert"], "n": world["target"], "slug": "anydesk",
-           "c": world["check"]}
+           "c": world["check"], "name": "pilot"}
     secret_ids = set(ids.values())
     before = _b_state(world)
     spec = ok(server.client(api=False).get("/openapi.json"))

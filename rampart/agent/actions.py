@@ -94,6 +94,8 @@ MANAGERS = ("auto", "apt", "dnf", "none")
 DEFAULT_RESTORE_SAMPLES = 3
 MAX_RESTORE_SAMPLES = 64
 PASSPHRASE_FILE = "borg-passphrase"  # noqa: S105 - a file name, not a secret
+#: A reboot a minute from now, so the job's receipt goes out first.
+DEFAULT_REBOOT: tuple[str, ...] = ("/sbin/shutdown", "-r", "+1", "Rampart: reboot requested under a grant")
 _MODE = re.compile(r"0?([0-7]{3})")
 _FILEJOB_BOOT = ("import sys; sys.path.insert(0, sys.argv.pop(1)); "
                  "from rampart.agent._filejob import main; sys.exit(main())")
@@ -223,6 +225,8 @@ class ActionPolicy:
     package_manager: str = "auto"
     security_only_updates: bool = False
     backup: BackupConfig | None = None
+    #: The command a ``reboot`` job runs (``--allow-reboot``/``--reboot-command``); None: reboots refused.
+    reboot_command: tuple[str, ...] | None = None
     error: str = ""
 
     def __post_init__(self) -> None:
@@ -231,16 +235,25 @@ class ActionPolicy:
             raise PolicyError(f"package manager must be one of {', '.join(MANAGERS)}")
         if not isinstance(self.security_only_updates, bool):
             raise PolicyError("security_only_updates must be true or false")
+        if self.reboot_command is not None and (not self.reboot_command or any(
+                not isinstance(x, str) or not x or "\0" in x for x in self.reboot_command)
+                or not self.reboot_command[0].startswith("/")):
+            raise PolicyError("the reboot command must be a command line starting with an absolute path")
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> ActionPolicy:
         """Read the settings from a stored policy; never raises (see the class docstring)."""
         try:
             section = doc.get("backup")
+            reboot = doc.get("reboot_command")
+            if reboot is not None and (not isinstance(reboot, list) or not all(isinstance(x, str)
+                                                                                for x in reboot)):
+                raise PolicyError("reboot_command must be a list of strings")
             return cls(package_root=doc.get("package_root", "/"),
                        package_manager=doc.get("package_manager", "auto"),
                        security_only_updates=doc.get("security_only_updates", False),
-                       backup=None if section is None else BackupConfig.from_dict(section))
+                       backup=None if section is None else BackupConfig.from_dict(section),
+                       reboot_command=None if reboot is None else tuple(reboot))
         except PolicyError as exc:
             log.error("the device policy's package and backup settings are invalid: %s", exc)
             return cls(package_manager="none", error=str(exc))
@@ -248,7 +261,8 @@ class ActionPolicy:
     def to_dict(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"package_root": self.package_root, "package_manager": self.package_manager,
                                "security_only_updates": self.security_only_updates,
-                               "backup": self.backup.to_dict() if self.backup is not None else None}
+                               "backup": self.backup.to_dict() if self.backup is not None else None,
+                               "reboot_command": list(self.reboot_command) if self.reboot_command else None}
         if self.error:
             doc["policy_error"] = self.error
         return doc
@@ -282,6 +296,11 @@ def add_enroll_options(p: argparse.ArgumentParser) -> None:
                    help=f"files restored and compared after each backup (0-{MAX_RESTORE_SAMPLES}, "
                         f"default {DEFAULT_RESTORE_SAMPLES})")
     g.add_argument("--backup-compression", default="zstd,3", metavar="SPEC", help="borg compression")
+    g.add_argument("--allow-reboot", action="store_true",
+                   help="allow reboot jobs (payload-free: a patch policy's reboot); they run "
+                        + " ".join(DEFAULT_REBOOT))
+    g.add_argument("--reboot-command", metavar="COMMAND",
+                   help="what a reboot job runs instead (implies --allow-reboot; absolute path first)")
 
 
 def _detect_manager(root: Path) -> str:
@@ -331,12 +350,20 @@ def policy_from_args(a: argparse.Namespace, *, state_dir: Path, write_roots: Seq
             found = _detect_manager(Path(root))
             if manager != "auto" and found != manager:
                 raise PolicyError(f"--package-root {root} holds a {found} database, not {manager}")
+    reboot: tuple[str, ...] | None = DEFAULT_REBOOT if getattr(a, "allow_reboot", False) else None
+    if getattr(a, "reboot_command", None):
+        try:
+            reboot = tuple(shlex.split(a.reboot_command))
+        except ValueError as exc:
+            raise PolicyError(f"--reboot-command: {exc}") from None
+        if not reboot or not reboot[0].startswith("/") or not _command.which(reboot[0]):
+            raise PolicyError("--reboot-command must start with the absolute path of an executable")
     given = [a.backup_rsh, a.backup_passphrase_file, *a.backup_path, *a.backup_exclude]
     if not a.backup_repo:
         if any(given):
             raise PolicyError("the --backup-* options need --backup-repo")
         return ActionPolicy(package_root=root, package_manager=manager,
-                            security_only_updates=bool(a.security_only_updates))
+                            security_only_updates=bool(a.security_only_updates), reboot_command=reboot)
     if not a.backup_path:
         raise PolicyError("--backup-repo needs at least one --backup-path")
     try:
@@ -364,7 +391,8 @@ def policy_from_args(a: argparse.Namespace, *, state_dir: Path, write_roots: Seq
         _warn(f"the passphrase file {cfg.passphrase_file} is outside the agent's state directory, where "
               "jobs granted root could read it; keep it in the state directory")
     return ActionPolicy(package_root=root, package_manager=manager,
-                        security_only_updates=bool(a.security_only_updates), backup=cfg)
+                        security_only_updates=bool(a.security_only_updates), backup=cfg,
+                        reboot_command=reboot)
 
 
 # --- results ----------------------------------------------------------------------------------------
@@ -843,11 +871,32 @@ def _inventory_refresh(agent: Agent, auth: trust.Authorization, payloads: Mappin
                      error="", summary=summary, started=started, applied=None)
 
 
+def _reboot(agent: Agent, auth: trust.Authorization, payloads: Mapping[str, bytes]) -> Done:
+    """Run the device's own reboot command (``--allow-reboot``); the server chooses only when."""
+    job = auth.job
+    _no_declarations(job)
+    pol = agent.config.actions
+    if pol.error or pol.reboot_command is None:
+        raise Refusal("not-configured",
+                      "reboots are off on this device (rampart-agent enroll --allow-reboot)")
+    started = time.time()
+    done = _command.run(list(pol.reboot_command), env={"PATH": JOB_PATH, "LC_ALL": "C.UTF-8"},
+                        timeout=min(60.0, float(job.timeout_s)), max_stdout=4096, max_tail=4096,
+                        merge_stderr=True)
+    doc = {"schema": 1, "action": "reboot", "command": list(pol.reboot_command), "exit_code": done.returncode,
+           "output_tail": done.tail[-2000:]}
+    why = done.error or f"exit status {done.returncode}"
+    return _finished(ok=done.ok, doc=doc, error="" if done.ok else f"the reboot command failed: {why}",
+                     summary="reboot requested" if done.ok else "the reboot command failed", started=started,
+                     applied=_uncontained(job.timeout_s))
+
+
 _HANDLERS: dict[str, Handler] = {
     "script": _script,
     "file": _file,
     "package": _package,
     "os-update": _os_update,
     "backup-run": _backup_run,
+    "reboot": _reboot,
     "inventory-refresh": _inventory_refresh,
 }

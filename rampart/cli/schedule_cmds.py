@@ -121,8 +121,8 @@ def _policy_devices(client: Client, tenant_id: str, name: str) -> list[str]:
 @automation_app.command("grant")
 def automation_grant(
     tenant: TenantArg,
-    action: Annotated[list[str], typer.Option("--action", help="os-update, backup-run or inventory-refresh "
-                                                              "(repeatable).")],
+    action: Annotated[list[str], typer.Option("--action", help="os-update, reboot, backup-run or "
+                                                              "inventory-refresh (repeatable).")],
     devices: Annotated[str | None, typer.Option("--devices", help="Comma-separated device ids.")] = None,
     policy: Annotated[str | None, typer.Option("--policy", help="Every device of this patch policy.")] = None,
     duration: Annotated[str, typer.Option("--for", help="How long the standing grant lasts.")] = "90d",
@@ -131,9 +131,10 @@ def automation_grant(
 ) -> None:
     """Request a standing grant for the server's automation key; approvers then sign it."""
     kinds = list(dict.fromkeys(action))
-    bad = [a for a in kinds if a not in ("os-update", "backup-run", "inventory-refresh")]
+    bad = [a for a in kinds if a not in ("os-update", "reboot", "backup-run", "inventory-refresh")]
     if bad:
-        raise UsageProblem(f"--action must be os-update, backup-run or inventory-refresh, not {bad[0]!r}")
+        raise UsageProblem("--action must be os-update, reboot, backup-run or inventory-refresh, "
+                           f"not {bad[0]!r}")
     if (devices is None) == (policy is None):
         raise UsageProblem("give either --devices or --policy")
     seconds = parse_duration(duration, what="--for")
@@ -194,15 +195,15 @@ def policy_set(
                       ] = "always",
     defer: Annotated[str, typer.Option("--defer", help="Apply an update only once it has been pending "
                                                        "this long.")] = "0s",
-    reboot: Annotated[str, typer.Option("--reboot", help="never, or notify (alert while a reboot is "
-                                                         "required).")] = "never",
+    reboot: Annotated[str, typer.Option("--reboot", help="never; notify (alert while a reboot is required); "
+                                                         "if-required (also a reboot job).")] = "never",
     timeout: Annotated[str, typer.Option("--timeout", help="Time limit of each update job.")] = "30m",
     disabled: Annotated[bool, typer.Option("--disabled", help="Store it without scheduling.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Create or replace a patch policy (the scheduler runs it under a standing grant)."""
-    if reboot not in ("never", "notify"):
-        raise UsageProblem("--reboot must be never or notify")
+    if reboot not in ("never", "notify", "if-required"):
+        raise UsageProblem("--reboot must be never, notify or if-required")
     body = {"rings": [parse_ring(r) for r in ring], "window": _window_text(window),
             "defer_s": parse_duration(defer, what="--defer"), "reboot": reboot,
             "timeout_s": parse_duration(timeout, what="--timeout"), "enabled": not disabled}
@@ -214,8 +215,9 @@ def policy_set(
         print_json(doc)
         return
     _print_policy(doc)
-    say(f"the scheduler needs a standing grant: `rampart automation grant {t['name']} --action os-update "
-        f"--policy {name}`, approved by approvers")
+    extra = " --action reboot" if reboot == "if-required" else ""
+    say(f"the scheduler needs a standing grant: `rampart automation grant {t['name']} --action os-update"
+        f"{extra} --policy {name}`, approved by approvers")
 
 
 def _print_policy(doc: dict[str, Any]) -> None:

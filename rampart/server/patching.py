@@ -65,7 +65,7 @@ log = logging.getLogger("rampart.server.patching")
 
 MAX_RINGS = 8
 MAX_DELAY_S = 90 * 86400
-REBOOT_POLICIES = ("never", "notify")
+REBOOT_POLICIES = ("never", "notify", "if-required")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 HALTED_ALERT = "patch-ring-halted"
 GRANT_ALERT = "patch-grant-missing"
@@ -322,6 +322,8 @@ class PatchScheduler:
         for run in runs:
             if run.state == "pending":
                 self._collect(s, run, now)
+                if run.state == "ok" and run.reboot_required and policy.reboot == "if-required":
+                    woken |= self._reboot(s, policy, run, now)
         self._conclude(s, policy, cycle, rings, runs, now)
         return woken
 
@@ -354,6 +356,21 @@ class PatchScheduler:
         if alert is not None:
             resolve(alert, "scheduler", now)
         return set(by_device)
+
+    def _reboot(self, s: Session, policy: PatchPolicy, run: PatchRun, now: float) -> set[str]:
+        """``if-required``: a payload-free ``reboot`` job for a device whose update needs one."""
+        key = self._keys.get(policy.tenant_id)
+        try:
+            if key is None:
+                raise NoStandingGrant("the tenant has no automation key")
+            jobs = trigger(s, self._audit, key, current_trusted(s, policy.tenant_id), policy.tenant_id,
+                           "reboot", [run.device_id], now=now, timeout_s=120)
+        except (NoStandingGrant, Conflict) as exc:
+            reason = str(exc) if isinstance(exc, NoStandingGrant) else exc.detail
+            run.detail = f"{run.detail}; reboot not requested: {reason}"[:2000]
+            return set()
+        run.detail = f"{run.detail}; reboot requested ({next(iter(jobs))})"[:2000]
+        return {run.device_id}
 
     def _collect(self, s: Session, run: PatchRun, now: float) -> None:
         assert run.job_id is not None
@@ -418,8 +435,8 @@ class PatchScheduler:
 
 
 def reboot_notices(s: Session, now: float) -> None:
-    """``notify`` policies: one ``reboot-required`` alert per device while it reports one."""
-    for policy in s.scalars(select(PatchPolicy).where(PatchPolicy.reboot == "notify")):
+    """``notify`` and ``if-required``: one ``reboot-required`` alert per device while it reports one."""
+    for policy in s.scalars(select(PatchPolicy).where(PatchPolicy.reboot.in_(("notify", "if-required")))):
         for ring in rings_of(policy):
             for device_id in ring.devices:
                 state = s.get(DevicePatchState, device_id)

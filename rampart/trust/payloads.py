@@ -59,7 +59,7 @@ ALL_CAPABILITIES: tuple[str, ...] = (
     "script", "file", "package", "patch", "inventory", "backup", "net", "root", "shell",
 )
 
-ActionKind = Literal["script", "file", "package", "os-update", "inventory-refresh", "backup-run"]
+ActionKind = Literal["script", "file", "package", "os-update", "inventory-refresh", "backup-run", "reboot"]
 #: The capability each action kind needs in the grant.
 ACTION_CAPABILITY: dict[str, str] = {
     "script": "script",
@@ -68,9 +68,11 @@ ACTION_CAPABILITY: dict[str, str] = {
     "os-update": "patch",
     "inventory-refresh": "inventory",
     "backup-run": "backup",
+    "reboot": "patch",
 }
 #: Actions with no operator-chosen content: the only ones an automation key may sign.
-PAYLOAD_FREE_ACTIONS: frozenset[str] = frozenset({"os-update", "inventory-refresh", "backup-run"})
+#: ``reboot`` restarts a device that enrolled with ``--allow-reboot`` (the device's own command).
+PAYLOAD_FREE_ACTIONS: frozenset[str] = frozenset({"os-update", "inventory-refresh", "backup-run", "reboot"})
 
 ROOT_TYPE = "application/vnd.rampart.root.v1+json"
 GRANT_TYPE = "application/vnd.rampart.grant.v1+json"

@@ -50,7 +50,7 @@ class PatchPolicyIn(In):
     rings: Annotated[list[RingIn], Field(min_length=1, max_length=8)]
     window: Annotated[str, Field(min_length=1, max_length=64)] = "always"
     defer_s: Annotated[int, Field(ge=0, le=90 * 86400)] = 0
-    reboot: Literal["never", "notify"] = "never"
+    reboot: Literal["never", "notify", "if-required"] = "never"
     timeout_s: Annotated[int, Field(ge=60, le=6 * 3600)] = 1800
     enabled: bool = True
 

@@ -28,7 +28,7 @@ DeviceId = Annotated[str, Field(pattern=DEVICE_ID)]
 Role = Literal["owner", "approver", "technician", "viewer", "customer-viewer"]
 Capability = Literal["script", "file", "package", "patch", "inventory", "backup", "net", "root",
                      "shell"]
-ActionKind = Literal["os-update", "inventory-refresh", "backup-run"]
+ActionKind = Literal["os-update", "inventory-refresh", "backup-run", "reboot"]
 
 
 class In(BaseModel):
@@ -260,7 +260,7 @@ class GrantIn(In):
     capabilities: Annotated[list[Capability], Field(min_length=1, max_length=9)]
     duration_s: Annotated[int, Field(ge=60, le=366 * 24 * 3600)]
     reason: Annotated[str, Field(min_length=1, max_length=2048)]
-    actions: Annotated[list[ActionKind], Field(max_length=3)] = []
+    actions: Annotated[list[ActionKind], Field(max_length=4)] = []
     #: A standing grant for the server's automation key of this tenant (docs/patching.md).
     for_automation: bool = False
 
