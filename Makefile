@@ -1,9 +1,9 @@
 # Benchmarks print their numbers and write them to bench/results/.
 PY ?= .venv/bin/python
 
-.PHONY: bench bench-trust bench-merkle bench-fleet bench-inventory bench-patch bench-ingest test up sbom
+.PHONY: bench bench-trust bench-merkle bench-fleet bench-inventory bench-patch bench-ingest bench-schedule test up sbom
 
-bench: bench-trust bench-merkle bench-fleet bench-inventory bench-patch bench-ingest
+bench: bench-trust bench-merkle bench-fleet bench-inventory bench-patch bench-ingest bench-schedule
 
 bench-trust:
 	@mkdir -p bench/results
@@ -39,3 +39,7 @@ bench-patch:
 bench-ingest:
 	@mkdir -p bench/results
 	PYTHONPATH=.:tests $(PY) bench/ingest_bench.py 1000 bench/results/ingest.json
+
+bench-schedule:
+	@mkdir -p bench/results
+	PYTHONPATH=. $(PY) bench/schedule_bench.py bench/results/schedule.json

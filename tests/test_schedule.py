@@ -49,7 +49,7 @@ from rampart.server.config import load_config
 from rampart.server.db import Store
 from rampart.server.keystore import LogKeyStore
 from rampart.server.models import BackupPolicyRow, BackupResult, JobPayload, JobRow, JobTarget
-from rampart.server.windows import Window, WindowError, occurrence, parse_duration
+from rampart.windows import Window, WindowError, occurrence, parse_duration
 
 # The machine's own dpkg database is byte-identical around every test (autouse fixtures).
 host_dpkg = aptrepo.host_dpkg

@@ -25,8 +25,7 @@ from typing import Annotated, Any
 
 import typer
 
-from rampart import trust
-from rampart.server import windows
+from rampart import trust, windows
 from rampart.trust import KeyEntry
 from rampart.trust.keys import AutomationPublicKey
 from rampart.trust.payloads import ACTION_CAPABILITY

@@ -27,9 +27,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from rampart import trust
+from rampart import trust, windows
 
-from . import windows
 from .alerts import raise_alert, resolve
 from .audit import AuditLog
 from .automation import AutomationKeyStore, NoStandingGrant, trigger

@@ -36,12 +36,11 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from rampart import trust
+from rampart import trust, windows
 from rampart.agent.inventory import Inventory
 from rampart.trust.ids import new_id
 from rampart.trust.payloads import RECEIPT_TYPE
 
-from . import windows
 from .alerts import raise_alert, resolve
 from .audit import AuditLog
 from .automation import AutomationKeyStore, NoStandingGrant, trigger
