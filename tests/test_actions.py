@@ -41,8 +41,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import aptrepo
 from harness import borgvault as vault
+from harness import hostguard
 from harness.agent import AgentProcess, agent_cmd, traversable_dir
 from harness.aptrepo import AptRepo, build_deb, scratch_root
 from harness.operators import Operator, bootstrap_owner, make_root, ok, sign_root, step_up
@@ -58,8 +58,8 @@ from rampart.server.models import JobPayload
 from rampart.trust import Action, Declared, OperatorKey
 
 # The machine's own dpkg database is byte-identical around every test (autouse fixtures).
-host_dpkg = aptrepo.host_dpkg
-host_packages_untouched = aptrepo.host_packages_untouched
+host_dpkg = hostguard.host_dpkg
+host_packages_untouched = hostguard.host_packages_untouched
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="dpkg chroots into the scratch root; agents run as root"),

@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import aptrepo
 from harness import borgvault as vault
+from harness import hostguard
 from harness.agent import AgentProcess, agent_cmd, traversable_dir
 from harness.aptrepo import AptRepo, build_deb, scratch_root
 from harness.operators import Operator, TenantSetup, audit_events, bootstrap_owner, ok, setup_tenant
@@ -52,8 +52,8 @@ from rampart.server.models import BackupPolicyRow, BackupResult, JobPayload, Job
 from rampart.windows import Window, WindowError, occurrence, parse_duration
 
 # The machine's own dpkg database is byte-identical around every test (autouse fixtures).
-host_dpkg = aptrepo.host_dpkg
-host_packages_untouched = aptrepo.host_packages_untouched
+host_dpkg = hostguard.host_dpkg
+host_packages_untouched = hostguard.host_packages_untouched
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="dpkg chroots into the scratch root; agents run as root"),

@@ -19,11 +19,8 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import pytest
 
 from rampart.agent.patching import PackageRoot, PatchLimits, refresh
 
@@ -141,16 +138,3 @@ def dpkg_status_bytes() -> bytes:
     """The host's own dpkg database, to prove it never changes."""
     return Path("/var/lib/dpkg/status").read_bytes()
 
-
-# Fixtures for the modules that run real package managers: import both names into the module.
-@pytest.fixture(scope="module")
-def host_dpkg() -> bytes:
-    return dpkg_status_bytes()
-
-
-@pytest.fixture(autouse=True)
-def host_packages_untouched(host_dpkg: bytes) -> Iterator[None]:
-    """The machine's own dpkg database is byte-identical around every test."""
-    before = dpkg_status_bytes()
-    yield
-    assert dpkg_status_bytes() == before == host_dpkg, "the host's /var/lib/dpkg/status changed"
