@@ -205,7 +205,9 @@ def login(s: Session, audit: AuditLog, *, username: str, password: str, totp: st
         throttle.check(s, username, address, now)
     except throttle.Throttled as exc:
         raise TooManyRequests("too many failed attempts; retry later", exc.retry_after) from None
-    account = s.scalars(select(Account).where(Account.username == username)).first()
+    # A name no account can have (PostgreSQL refuses NUL in text) is an unknown user, same answer.
+    account = None if "\x00" in username else \
+        s.scalars(select(Account).where(Account.username == username)).first()
     password_ok = _verify_password(account.password_hash if account else None, password)
     if account is None:
         raise LoginFailed(None)
