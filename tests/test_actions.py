@@ -65,6 +65,9 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="dpkg chroots into the scratch root; agents run as root"),
     pytest.mark.skipif(not (shutil.which("dpkg-deb") and shutil.which("apt-get") and shutil.which("borg")),
                        reason="needs dpkg, apt and borg (run-tests installs borg)"),
+    # The subject is the agent's engines; their server side is the job path that
+    # test_e2e_delivery and test_schedule repeat on PostgreSQL.
+    pytest.mark.client_side,
 ]
 
 SECRET = "vault passphrase 5c1d shared by the device and the vault holder"

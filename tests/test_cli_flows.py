@@ -36,6 +36,10 @@ import pytest
 from rampart import tlspin, trust
 from rampart.trust.keys import DeviceKey
 
+# The subject is the CLI; the server routes behind it are repeated on PostgreSQL by the
+# server and access tests.
+pytestmark = pytest.mark.client_side
+
 REPO = Path(__file__).resolve().parent.parent
 PASSPHRASE = "correct horse battery staple"
 
