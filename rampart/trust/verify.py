@@ -261,6 +261,22 @@ def _check_payloads(j: Job, payloads: Mapping[str, bytes]) -> None:
             raise DigestMismatchError(f"payload {ref.name!r} does not match its signed SHA-256")
 
 
+def _check_binding(j: Job, g: Grant, device_id: str, revoked_grants: Container[str]) -> None:
+    """The job names this grant and is signed by its grantee; the grant is not revoked; this
+    device is a target, and every target is inside the grant."""
+    if g.id != j.grant:
+        raise CapabilityError("job names a different grant than the one supplied")
+    if g.grantee != j.signer:
+        raise CapabilityError("job signer is not the grant's grantee")
+    if g.id in revoked_grants:
+        raise RevokedError("the grant was revoked")
+    if device_id not in j.devices:
+        raise WrongDeviceError("this device is not a target of the job")
+    outside = set(j.devices) - set(g.devices)
+    if outside:
+        raise CapabilityError(f"job targets {len(outside)} device(s) outside the grant")
+
+
 def authorize_job(
     *,
     root: TrustedRoot,
@@ -297,19 +313,8 @@ def authorize_job(
         raise SignatureError("job signature is missing or invalid")
     # 3. grant
     g = verify_grant(root, grant, now=now, limits=limits)
-    # 4. binding
-    if g.id != j.grant:
-        raise CapabilityError("job names a different grant than the one supplied")
-    if g.grantee != j.signer:
-        raise CapabilityError("job signer is not the grant's grantee")
-    if g.id in revoked_grants:
-        raise RevokedError("the grant was revoked")
-    # 5. devices
-    if device.device_id not in j.devices:
-        raise WrongDeviceError("this device is not a target of the job")
-    outside = set(j.devices) - set(g.devices)
-    if outside:
-        raise CapabilityError(f"job targets {len(outside)} device(s) outside the grant")
+    # 4. binding, 5. devices
+    _check_binding(j, g, device.device_id, revoked_grants)
     # 6. time
     if now >= j.expires_at:
         raise ExpiredError("job has expired")
@@ -407,17 +412,7 @@ def authorize_repeat(
     if not verified_signers(env, {j.signer: key}, threshold=1).met:
         raise SignatureError("job signature is missing or invalid")
     g = verify_grant(root, grant, now=now, limits=limits)
-    if g.id != j.grant:
-        raise CapabilityError("job names a different grant than the one supplied")
-    if g.grantee != j.signer:
-        raise CapabilityError("job signer is not the grant's grantee")
-    if g.id in revoked_grants:
-        raise RevokedError("the grant was revoked")
-    if device.device_id not in j.devices:
-        raise WrongDeviceError("this device is not a target of the job")
-    outside = set(j.devices) - set(g.devices)
-    if outside:
-        raise CapabilityError(f"job targets {len(outside)} device(s) outside the grant")
+    _check_binding(j, g, device.device_id, revoked_grants)
     if now >= rep.until:
         raise ExpiredError("the job's repeat period has ended")
     if not (g.not_before - limits.clock_skew_s <= j.issued_at < g.not_after):
