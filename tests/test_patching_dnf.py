@@ -3,7 +3,8 @@
 Runs where dnf, rpm, rpmbuild and createrepo_c exist: on the machine, or
 unpacked from Debian packages into ``RAMPART_TEST_DNF_PREFIX`` (see
 tests/harness/rpmrepo.py) on a Debian machine whose own packages must not
-change. Skipped otherwise (./run-tests on Debian does not install dnf).
+change (./run-tests prepares that prefix in .venv/dnf-prefix). Skipped
+otherwise, with the reason printed.
 
 When the tools come from that prefix they are outside the agent's fixed
 PATH: the test then adds the prefix to the engine's PATH and the three

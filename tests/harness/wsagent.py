@@ -7,15 +7,18 @@ as the real agent must, so tests prove the server's proofs are right.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
 import ssl
+import threading
 import time
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosedError
-from websockets.sync.client import ClientConnection, connect
 
 from rampart.trust import (
     Checkpoint,
@@ -40,6 +43,49 @@ from .server import RunningServer
 
 AUTH_CONTEXT = b"rampart-agent-auth-v1\n"
 
+T = TypeVar("T")
+
+
+class _Loop:
+    """One event loop on a daemon thread, shared by every test agent of the process.
+
+    Why not the synchronous ``websockets`` client: it reads TLS on a
+    background thread while the caller writes on the same ``SSLSocket``, which
+    OpenSSL does not support; under a loaded suite that rarely lost the opening
+    handshake (the client then waited forever in a thread join). Here every TLS
+    read and write happens on this one thread, as in the real agent.
+    """
+
+    _lock = threading.Lock()
+    _loop: asyncio.AbstractEventLoop | None = None
+
+    @classmethod
+    def run(cls, coro: Coroutine[Any, Any, T]) -> T:
+        with cls._lock:
+            if cls._loop is None:
+                loop = asyncio.new_event_loop()
+                threading.Thread(target=loop.run_forever, name="wsagent-loop", daemon=True).start()
+                cls._loop = loop
+            loop = cls._loop
+        return asyncio.run_coroutine_threadsafe(coro, loop).result()
+
+
+class SyncSocket:
+    """The blocking ``send``/``recv``/``close`` the tests use, over the asyncio client."""
+
+    def __init__(self, conn: ClientConnection) -> None:
+        self._conn = conn
+
+    def send(self, text: str) -> None:
+        _Loop.run(self._conn.send(text))
+
+    def recv(self, timeout: float | None = None) -> str | bytes:
+        """The next message; ``TimeoutError`` after ``timeout`` seconds (nothing is lost)."""
+        return _Loop.run(asyncio.wait_for(self._conn.recv(), timeout))
+
+    def close(self) -> None:
+        _Loop.run(self._conn.close())
+
 
 class WireAgent:
     def __init__(self, server: RunningServer, key: DeviceKey, device_id: str, tenant: str,
@@ -52,7 +98,7 @@ class WireAgent:
         self.checkpoint: Checkpoint | None = None
         self.seen_nonces: set[str] = set()
         self.seen_jobs: set[str] = set()
-        self.ws: ClientConnection | None = None
+        self.ws: SyncSocket | None = None
         self.backlog: list[dict[str, Any]] = []
 
     @classmethod
@@ -114,23 +160,20 @@ class WireAgent:
                 return doc
             self.backlog.append(doc)
 
-    def _open(self) -> Any:
-        """Open the socket, retrying the opening handshake like a real agent's back-off.
-
-        The synchronous websockets client reads TLS on a background thread
-        while the caller writes; under a loaded suite OpenSSL has rarely
-        reported "[SSL] internal error" in that handshake. The real agent uses
-        the asyncio client (one thread) and reconnects with back-off anyway.
-        """
+    def _open(self) -> SyncSocket:
+        """Open the socket, retrying the opening handshake like a real agent's back-off."""
         for attempt in range(3):
             try:
-                return connect(self.server.ws_url, ssl=self.server.ssl_context(),
-                               max_size=8 << 20, open_timeout=10).__enter__()
-            except (ssl.SSLError, ConnectionClosedError):
+                return SyncSocket(_Loop.run(self._connect()))
+            except (ssl.SSLError, ConnectionClosedError, TimeoutError):
                 if attempt == 2:
                     raise
                 time.sleep(0.2)
         raise AssertionError("unreachable")
+
+    async def _connect(self) -> ClientConnection:
+        return await connect(self.server.ws_url, ssl=self.server.ssl_context(), max_size=8 << 20,
+                             open_timeout=10, ping_interval=None)
 
     def close(self) -> None:
         if self.ws is not None:
