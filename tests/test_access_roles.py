@@ -125,6 +125,12 @@ EXPECTED: dict[tuple[str, str], frozenset[str] | None] = {
     ("put", "/api/v1/tenants/{t}/devices/{d}/backup-policy"): STAFF,
     ("delete", "/api/v1/tenants/{t}/devices/{d}/backup-policy"): STAFF,
     ("get", "/api/v1/tenants/{t}/backup-status"): ALL,
+    # device groups: staff change them; grants still name devices
+    ("get", "/api/v1/tenants/{t}/device-groups"): ALL,
+    ("get", "/api/v1/tenants/{t}/device-groups/{name}"): ALL,
+    ("put", "/api/v1/tenants/{t}/device-groups/{name}"): STAFF,
+    ("post", "/api/v1/tenants/{t}/device-groups/{name}/members"): STAFF,
+    ("delete", "/api/v1/tenants/{t}/device-groups/{name}"): STAFF,
 }
 
 QUERY = {"start": 0, "limit": 10, "old": 0, "new": 1, "index": 0, "size": 1}
@@ -193,6 +199,8 @@ def test_M3_every_route_enforces_the_roles_table(server: RunningServer) -> None:
         ("put", "/api/v1/tenants/{t}/patch-policies/{name}"): lambda: {
             "rings": [{"name": "pilot", "devices": [device]}]},
         ("put", "/api/v1/tenants/{t}/devices/{d}/backup-policy"): lambda: {"every_s": 3600},
+        ("put", "/api/v1/tenants/{t}/device-groups/{name}"): lambda: {"devices": [device]},
+        ("post", "/api/v1/tenants/{t}/device-groups/{name}/members"): lambda: {"add": [device]},
     }
 
     spec = ok(server.client(api=False).get("/openapi.json"))

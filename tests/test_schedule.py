@@ -267,10 +267,11 @@ def test_T13_bad_policies_get_one_line_errors_and_store_nothing(w: World) -> Non
     cases = [
         (["--ring", f"pilot={pilot}", "--window", "sat 26:00 1h"], "HH:MM"),
         (["--ring", "pilot=dev-000000000000000000000000"], "unknown device"),
-        (["--ring", f"pilot={pilot}", "--ring", f"broad={pilot}"], "one ring only"),
+        (["--ring", f"pilot={pilot}", "--ring", f"broad={pilot}"], "is in one ring of one policy"),
         (["--ring", f"pilot={pilot}", "--reboot", "always"], "--reboot must be never, notify or if-required"),
         (["--ring", "pilot"], "--ring is NAME=DEVICE"),
         (["--ring", f"pilot={pilot}", "--defer", "forever"], "must look like 30m"),
+        (["--ring", "pilot=group:nowhere"], "unknown device group nowhere"),
     ]
     for args, needle in cases:
         r = w.cli("tech", "patch", "policy", "set", "acme", "bad", *args)
@@ -293,9 +294,19 @@ def test_T13_bad_policies_get_one_line_errors_and_store_nothing(w: World) -> Non
 
 def test_patch_ring_stops_at_pilot_when_a_pilot_device_fails_then_resumes_on_approval(w: World) -> None:
     pilot, broad = w.dev("pilot"), w.dev("broad")
+    # The broad ring is a device group: the scheduler patches whatever the group holds.
+    out = w.ok_cli("tech", "group", "set", "acme", "servers", "--devices", broad, "--description", "web")
+    assert "device group servers: 1 device(s), named by no patch policy" in out, out
     out = w.ok_cli("tech", "patch", "policy", "set", "acme", "rings", "--ring", f"pilot={pilot}",
-                   "--ring", f"broad={broad}@0s", "--window", "always", "--reboot", "if-required")
-    assert "ring pilot" in out and "ring broad" in out, out
+                   "--ring", "broad=group:servers@0s", "--window", "always", "--reboot", "if-required")
+    assert "ring pilot" in out and f"ring broad: {broad} [group:servers]" in out, out
+    assert "servers" in w.ok_cli("tech", "devices", "list", "acme")
+    [listed] = w.json_cli("tech", "group", "list", "acme")
+    assert listed["devices"] == [broad] and listed["used_by"] == ["rings"], listed
+    # `group:NAME` in a grant request is expanded on the technician's machine: the grant lists devices.
+    asked = w.json_cli("tech", "grant", "request", "acme", "--devices", "group:servers", "--capabilities",
+                       "script", "--for", "1h", "--reason", "INC-7 group expansion")
+    assert asked["devices"] == [broad], asked
 
     # Without an approved standing grant the scheduler sends nothing and says why.
     wait_for("the missing-grant alert", lambda: alerts(w, "patch-grant-missing"))

@@ -42,6 +42,7 @@ def world(server: RunningServer) -> dict[str, Any]:
         "kind": "syslog", "name": "b-siem", "host": "127.0.0.1", "port": 9}))
     check = ok(msp.http.post(f"/tenants/{b.id}/checks", json={"kind": "port", "params": {"port": 22}}))
     ok(msp.http.put(f"/tenants/{b.id}/sanctioned-tools/anydesk"))
+    ok(msp.http.put(f"/tenants/{b.id}/device-groups/pilot", json={"devices": [device]}))
     a = setup_tenant(msp, "Alpha", prefix="a-")
     a_owner = msp.create_account("a-owner", "owner", [a.id])
     a_viewer = msp.create_account("a-viewer", "viewer", [a.id])
@@ -90,6 +91,9 @@ def _bodies(w: dict[str, Any]) -> dict[tuple[str, str], Any]:
         ("post", "/api/v1/tenants/{t}/patch-policies/{name}/resume"): None,
         ("put", "/api/v1/tenants/{t}/devices/{d}/backup-policy"): {"every_s": 3600},
         ("delete", "/api/v1/tenants/{t}/devices/{d}/backup-policy"): None,
+        ("put", "/api/v1/tenants/{t}/device-groups/{name}"): {"devices": []},
+        ("post", "/api/v1/tenants/{t}/device-groups/{name}/members"): {"remove": [w["device"]]},
+        ("delete", "/api/v1/tenants/{t}/device-groups/{name}"): None,
     }
 
 
@@ -103,6 +107,7 @@ def _b_state(w: dict[str, Any]) -> Any:
             ok(msp.http.get(f"/tenants/{b.id}/checks")),
             ok(msp.http.get(f"/tenants/{b.id}/sanctioned-tools")),
             ok(msp.http.get(f"/tenants/{b.id}/patch-policies")),
+            ok(msp.http.get(f"/tenants/{b.id}/device-groups")),
             ok(msp.http.get(f"/tenants/{b.id}/backup-status")),
             [(x["username"], x["status"]) for x in ok(msp.http.get("/accounts"))],
             ok(msp.http.get(f"/tenants/{b.id}/devices")),

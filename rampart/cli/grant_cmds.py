@@ -38,6 +38,7 @@ from .common import (
 )
 from .config import Config, Session
 from .errors import Refused, UsageProblem
+from .group_cmds import expand_devices
 from .output import fmt_duration, fmt_time, parse_duration, print_json, say, table
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
@@ -190,7 +191,8 @@ def approve_grant(cfg: Config, client: Client, session: Session, grant_id: str, 
 @grant_app.command("request")
 def grant_request(
     tenant: Annotated[str, typer.Argument(help="Tenant name or id.")],
-    devices: Annotated[str, typer.Option("--devices", help="Comma-separated device ids.")],
+    devices: Annotated[str, typer.Option("--devices", help="Comma-separated device ids, or group:NAME for "
+                                                           "a device group's devices now.")],
     capabilities: Annotated[str, typer.Option(
         "--capabilities", help=f"Comma-separated: {', '.join(ALL_CAPABILITIES)}.")],
     duration: Annotated[str, typer.Option("--for", help="How long, e.g. 2h.")],
@@ -204,6 +206,7 @@ def grant_request(
     cfg, client, session = api()
     with client:
         t = resolve_tenant(client, tenant)
+        devs = expand_devices(client, t["id"], devs)
         gid, grant = request_grant(cfg, client, session, t["id"], devices=devs, capabilities=caps,
                                    duration_s=seconds, reason=reason)
     if json_out:

@@ -25,6 +25,7 @@ from . import (
     auth_cmds,
     checks_cmds,
     grant_cmds,
+    group_cmds,
     job_cmds,
     notify_cmds,
     root_cmds,
@@ -89,6 +90,7 @@ checks_cmds.register(app)
 telemetry_cmds.register(app)
 action_cmds.register(app)
 schedule_cmds.register(app)
+group_cmds.register(app)
 
 
 def _fail(message: str, code: int) -> int:

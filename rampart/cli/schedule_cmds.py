@@ -3,7 +3,7 @@
     rampart automation enable T                  create the server's automation key, propose a root naming it
     rampart automation show T
     rampart automation grant T --action os-update (--devices D,.. | --policy P) [--for 90d] [--reason R]
-    rampart patch policy set T NAME --ring pilot=D1 --ring broad=D2,D3@3d [--window 'sat 02:00 4h']
+    rampart patch policy set T NAME --ring pilot=D1 --ring broad=D2,group:G@3d [--window 'sat 02:00 4h']
                                      [--defer 2d] [--reboot never|notify] [--timeout 30m] [--disabled]
     rampart patch policy list|show|remove T [NAME]
     rampart patch status T        rampart patch resume T NAME        rampart patch report T [--older-than 7d]
@@ -35,6 +35,7 @@ from .client import Client, expect_dict, expect_list
 from .common import api, resolve_tenant, trusted_root
 from .errors import Refused, ServerProblem, UsageProblem
 from .grant_cmds import split_list
+from .group_cmds import GROUP_PREFIX, expand_devices
 from .output import fmt_duration, fmt_time, print_json, say, table
 from .root_cmds import diff_roots, propose
 
@@ -122,8 +123,10 @@ def automation_grant(
     tenant: TenantArg,
     action: Annotated[list[str], typer.Option("--action", help="os-update, reboot, backup-run or "
                                                               "inventory-refresh (repeatable).")],
-    devices: Annotated[str | None, typer.Option("--devices", help="Comma-separated device ids.")] = None,
-    policy: Annotated[str | None, typer.Option("--policy", help="Every device of this patch policy.")] = None,
+    devices: Annotated[str | None, typer.Option("--devices", help="Comma-separated device ids or "
+                                                                  "group:NAME.")] = None,
+    policy: Annotated[str | None, typer.Option("--policy", help="Every device of this patch policy "
+                                                                "now.")] = None,
     duration: Annotated[str, typer.Option("--for", help="How long the standing grant lasts.")] = "90d",
     reason: Annotated[str, typer.Option("--reason", help="Why (shown to approvers).")] = "scheduled work",
     json_out: JsonOpt = False,
@@ -140,8 +143,8 @@ def automation_grant(
     _, client, _ = api()
     with client:
         t = resolve_tenant(client, tenant)
-        devs = split_list(devices, "--devices") if devices is not None else \
-            _policy_devices(client, t["id"], str(policy))
+        devs = expand_devices(client, t["id"], split_list(devices, "--devices")) if devices is not None \
+            else _policy_devices(client, t["id"], str(policy))
         doc = expect_dict(client.post(f"/tenants/{t['id']}/grants", {
             "devices": devs, "capabilities": sorted({ACTION_CAPABILITY[a] for a in kinds}),
             "actions": kinds, "duration_s": seconds, "reason": reason, "for_automation": True}), "grant")
@@ -158,12 +161,15 @@ def automation_grant(
 
 
 def parse_ring(text: str) -> dict[str, Any]:
-    """``NAME=DEV1,DEV2[@DELAY]``: the ring's devices, and for a later ring its delay after the previous."""
+    """``NAME=DEV1,group:G,...[@DELAY]``: the ring's devices and device groups, and for a later ring
+    its delay after the previous. Groups are expanded by the server whenever the scheduler runs."""
     name, sep, rest = text.partition("=")
     if not sep or not name or not rest:
-        raise UsageProblem(f"--ring is NAME=DEVICE,DEVICE[@DELAY], not {text[:80]!r}")
+        raise UsageProblem(f"--ring is NAME=DEVICE,group:GROUP,...[@DELAY], not {text[:80]!r}")
     members, at, delay = rest.partition("@")
-    return {"name": name.strip(), "devices": split_list(members, f"ring {name}"),
+    items = split_list(members, f"ring {name}")
+    return {"name": name.strip(), "devices": [i for i in items if not i.startswith(GROUP_PREFIX)],
+            "groups": [i.removeprefix(GROUP_PREFIX) for i in items if i.startswith(GROUP_PREFIX)],
             "delay_s": parse_duration(delay, what=f"the delay of ring {name}") if at else 0}
 
 
@@ -188,8 +194,8 @@ def _window_text(text: str) -> str:
 def policy_set(
     tenant: TenantArg,
     name: Annotated[str, typer.Argument(help="Policy name (lower case).")],
-    ring: Annotated[list[str], typer.Option("--ring", help="NAME=DEVICE,DEVICE[@DELAY], pilot first "
-                                                          "(repeatable).")],
+    ring: Annotated[list[str], typer.Option("--ring", help="NAME=DEVICE,group:GROUP,...[@DELAY], pilot "
+                                                          "first (repeatable).")],
     window: Annotated[str, typer.Option("--window", help="'DAYS HH:MM DURATION' in UTC, or 'always'.")
                       ] = "always",
     defer: Annotated[str, typer.Option("--defer", help="Apply an update only once it has been pending "
@@ -225,7 +231,9 @@ def _print_policy(doc: dict[str, Any]) -> None:
         + ("" if doc.get("enabled") else ", DISABLED"))
     for i, r in enumerate(expect_list(doc.get("rings"), "rings")):
         after = "" if i == 0 else f" ({fmt_duration(r.get('delay_s') or 0)} after the previous ring)"
-        say(f"  ring {r.get('name')}: {', '.join(r.get('devices') or [])}{after}")
+        named = [f"group:{g}" for g in r.get("groups") or []] + list(r.get("members") or [])
+        via = f" [{', '.join(named)}]" if r.get("groups") else ""
+        say(f"  ring {r.get('name')}: {', '.join(r.get('devices') or []) or '(no device now)'}{via}{after}")
 
 
 def _cycle_line(c: dict[str, Any] | None) -> str:

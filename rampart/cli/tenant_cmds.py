@@ -207,10 +207,11 @@ def devices_list(
     if json_out:
         print_json(docs)
         return
-    table(["id", "hostname", "status", "connected", "last seen", "enrolled"],
+    table(["id", "hostname", "status", "connected", "last seen", "enrolled", "groups"],
           ([d.get("id"), d.get("hostname"), d.get("status"),
             "yes" if d.get("connected") else "no", fmt_time(d.get("last_seen")),
-            fmt_time(d.get("enrolled_at"))] for d in docs if isinstance(d, dict)),
+            fmt_time(d.get("enrolled_at")), ", ".join(d.get("groups") or []) or "-"]
+           for d in docs if isinstance(d, dict)),
           title="Devices")
 
 

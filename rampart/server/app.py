@@ -39,6 +39,7 @@ from .api import (
     checks,
     devices,
     grants,
+    groups,
     jobs,
     notify,
     patching,
@@ -339,7 +340,7 @@ def create_app(data_dir: Path | str, *, config: ServerConfig | None = None,
         return HealthOut(status="ok", version=__version__)
 
     for module in (auth_api, accounts, tenants, devices, grants, jobs, audit, alerts, notify, telemetry,
-                   checks, patching, backups):
+                   checks, patching, backups, groups):
         api.include_router(module.router)
     app.include_router(api)
     app.include_router(devices.agent_router)

@@ -57,6 +57,8 @@ EVENT_KINDS = frozenset({
     "automation.key-created", "automation.triggered", "patch.policy-set", "patch.policy-removed",
     "patch.cycle-started", "patch.cycle-halted", "patch.cycle-resumed", "patch.cycle-done",
     "backup.policy-set", "backup.policy-removed",
+    # device groups (docs/patching.md)
+    "group.set", "group.removed",
 })
 
 

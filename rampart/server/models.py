@@ -583,3 +583,28 @@ class ScriptCheckStatus(Base):
     interval_s: Mapped[int] = mapped_column(Integer)
     runs: Mapped[int] = mapped_column(BigInteger, default=0)
     failures: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class DeviceGroup(Base):
+    """A named set of a tenant's devices (rampart/server/groups.py): patch rings may name groups.
+
+    A group only decides which devices the scheduler *considers*; what any job
+    may touch is still the explicit device list of an approver-signed grant.
+    """
+
+    __tablename__ = "device_groups"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str] = mapped_column(String(256), default="")
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class DeviceGroupMember(Base):
+    __tablename__ = "device_group_members"
+    group_id: Mapped[str] = mapped_column(ForeignKey("device_groups.id", ondelete="CASCADE"),
+                                          primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), primary_key=True, index=True)

@@ -41,6 +41,7 @@ from rampart.agent.inventory import Inventory
 from rampart.trust.ids import new_id
 from rampart.trust.payloads import RECEIPT_TYPE
 
+from . import groups
 from .alerts import raise_alert, resolve
 from .audit import AuditLog
 from .automation import AutomationKeyStore, NoStandingGrant, trigger
@@ -73,52 +74,99 @@ REBOOT_ALERT = "reboot-required"
 
 @dataclass(frozen=True, slots=True)
 class Ring:
+    """One ring as the scheduler sees it: ``devices`` is ``members`` plus the named groups' devices."""
+
     name: str
     devices: tuple[str, ...]
     delay_s: int
+    members: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
 
     def to_doc(self) -> dict[str, Any]:
-        return {"name": self.name, "devices": list(self.devices), "delay_s": self.delay_s}
+        return {"name": self.name, "devices": list(self.devices), "members": list(self.members),
+                "groups": list(self.groups), "delay_s": self.delay_s}
+
+    def stored_doc(self) -> dict[str, Any]:
+        """What ``patch_policies.rings`` keeps: explicit devices and group names, never their expansion."""
+        return {"name": self.name, "devices": list(self.members), "groups": list(self.groups),
+                "delay_s": self.delay_s}
 
 
-def rings_of(row: PatchPolicy) -> list[Ring]:
-    return [Ring(r["name"], tuple(r["devices"]), int(r["delay_s"])) for r in json.loads(row.rings)]
+def _expand(name: str, members: tuple[str, ...], groups: tuple[str, ...], delay_s: int,
+            resolved: dict[str, tuple[str, ...]]) -> Ring:
+    seen: dict[str, None] = dict.fromkeys(members)
+    for g in groups:
+        seen.update(dict.fromkeys(resolved.get(g, ())))
+    return Ring(name, tuple(seen), delay_s, members, groups)
+
+
+def rings_of(s: Session, row: PatchPolicy) -> list[Ring]:
+    """The policy's rings with their groups expanded to the groups' current devices."""
+    raw = json.loads(row.rings)
+    names = {g for r in raw for g in r.get("groups", [])}
+    resolved = groups.members_by_name(s, row.tenant_id, names, strict=False)
+    return [_expand(r["name"], tuple(r["devices"]), tuple(r.get("groups", [])), int(r["delay_s"]), resolved)
+            for r in raw]
+
+
+def check_placement(s: Session, tenant_id: str, replace: tuple[str, list[Ring]] | None = None) -> None:
+    """Conflict unless every device is in at most one ring of at most one policy of the tenant.
+
+    ``replace`` is (policy name, rings) for a policy being set, checked in
+    place of its stored rings. Called after every policy or group change, in
+    the same transaction, so the invariant holds whichever changed.
+    """
+    placed: dict[str, tuple[str, str]] = {}
+    policies = [(p.name, rings_of(s, p)) for p in s.scalars(
+        select(PatchPolicy).where(PatchPolicy.tenant_id == tenant_id).order_by(PatchPolicy.name))
+        if replace is None or p.name != replace[0]]
+    if replace is not None:
+        policies.append(replace)
+    for policy_name, rings in policies:
+        for ring in rings:
+            for d in ring.devices:
+                where = (policy_name, ring.name)
+                if d in placed:
+                    first = placed[d]
+                    raise Conflict(f"device {d} would be in ring {first[1]} of policy {first[0]} and "
+                                   f"in ring {where[1]} of policy {where[0]}; a device is in one ring "
+                                   "of one policy")
+                placed[d] = where
 
 
 def validate_policy(s: Session, tenant_id: str, name: str, rings: list[dict[str, Any]], *,
-                    window: str, defer_s: int, reboot: str, timeout_s: int,
-                    policy_id: str | None) -> tuple[list[Ring], windows.Window | None]:
-    """Normalised rings and window, or BadRequest naming the first problem."""
+                    window: str, defer_s: int, reboot: str, timeout_s: int
+                    ) -> tuple[list[Ring], windows.Window | None]:
+    """Normalised rings (groups expanded) and window, or BadRequest/Conflict naming the first problem."""
     if not _NAME.match(name):
         raise BadRequest("policy name: lower-case letters, digits, '-' and '_', at most 32")
     if not 1 <= len(rings) <= MAX_RINGS:
         raise BadRequest(f"a policy has 1 to {MAX_RINGS} rings")
-    out: list[Ring] = []
-    seen: set[str] = set()
+    parsed: list[tuple[str, tuple[str, ...], tuple[str, ...], int]] = []
     for i, r in enumerate(rings):
         rname = r.get("name")
-        devices = r.get("devices")
+        devices = r.get("devices", [])
+        group_names = r.get("groups", [])
         delay = r.get("delay_s", 0)
-        if not isinstance(rname, str) or not _NAME.match(rname) or rname in {x.name for x in out}:
+        if not isinstance(rname, str) or not _NAME.match(rname) or rname in {x[0] for x in parsed}:
             raise BadRequest(f"ring {i + 1}: a distinct name of lower-case letters, digits, '-' and '_'")
-        if not isinstance(devices, list) or not devices or len(devices) > 10000 \
+        if not isinstance(devices, list) or len(devices) > 10000 \
                 or not all(isinstance(d, str) and 0 < len(d) <= 32 for d in devices):
-            raise BadRequest(f"ring {rname}: a non-empty list of device ids")
-        if seen & set(devices) or len(set(devices)) != len(devices):
-            raise BadRequest(f"ring {rname}: a device may be in one ring only")
+            raise BadRequest(f"ring {rname}: a list of device ids")
+        if not isinstance(group_names, list) or len(group_names) > 32 \
+                or not all(isinstance(g, str) and _NAME.match(g) for g in group_names):
+            raise BadRequest(f"ring {rname}: a list of device group names")
+        if not devices and not group_names:
+            raise BadRequest(f"ring {rname}: name at least one device or device group")
+        if len(set(devices)) != len(devices) or len(set(group_names)) != len(group_names):
+            raise BadRequest(f"ring {rname}: a device or group is named twice")
         if isinstance(delay, bool) or not isinstance(delay, int) or not 0 <= delay <= MAX_DELAY_S:
             raise BadRequest(f"ring {rname}: delay_s must be 0 to {MAX_DELAY_S}")
-        seen |= set(devices)
-        out.append(Ring(rname, tuple(devices), 0 if i == 0 else delay))
-    known = set(s.scalars(select(Device.id).where(Device.tenant_id == tenant_id, Device.id.in_(seen))))
-    if known != seen:
-        raise BadRequest(f"unknown device {sorted(seen - known)[0]}")
-    for other in s.scalars(select(PatchPolicy).where(PatchPolicy.tenant_id == tenant_id)):
-        if other.id == policy_id:
-            continue
-        clash = seen & {d for ring in rings_of(other) for d in ring.devices}
-        if clash:
-            raise Conflict(f"device {sorted(clash)[0]} is already in policy {other.name}")
+        parsed.append((rname, tuple(devices), tuple(group_names), 0 if i == 0 else delay))
+    groups.check_devices(s, tenant_id, {d for _, devs, _, _ in parsed for d in devs})
+    resolved = groups.members_by_name(s, tenant_id, {g for _, _, gs, _ in parsed for g in gs})
+    out = [_expand(rname, devs, gs, delay, resolved) for rname, devs, gs, delay in parsed]
+    check_placement(s, tenant_id, replace=(name, out))
     try:
         win = windows.Window.parse(window)
     except windows.WindowError as exc:
@@ -132,16 +180,24 @@ def validate_policy(s: Session, tenant_id: str, name: str, rings: list[dict[str,
     return out, win
 
 
-def policy_doc(row: PatchPolicy, cycle: PatchCycle | None = None) -> dict[str, Any]:
+def policies_naming(s: Session, tenant_id: str, group: str) -> list[str]:
+    """The names of the tenant's patch policies with a ring naming ``group``."""
+    return [p.name for p in s.scalars(select(PatchPolicy).where(PatchPolicy.tenant_id == tenant_id)
+                                      .order_by(PatchPolicy.name))
+            if any(group in r.get("groups", []) for r in json.loads(p.rings))]
+
+
+def policy_doc(s: Session, row: PatchPolicy, cycle: PatchCycle | None = None) -> dict[str, Any]:
     win = windows.Window.from_doc(json.loads(row.window)) if row.window else None
-    return {"id": row.id, "name": row.name, "rings": [r.to_doc() for r in rings_of(row)],
+    return {"id": row.id, "name": row.name, "rings": [r.to_doc() for r in rings_of(s, row)],
             "window": windows.describe(win), "defer_s": row.defer_s, "reboot": row.reboot,
             "timeout_s": row.timeout_s, "enabled": row.enabled, "created_by": row.created_by,
-            "updated_at": row.updated_at, "cycle": cycle_doc(row, cycle) if cycle else None}
+            "updated_at": row.updated_at, "cycle": cycle_doc(s, row, cycle) if cycle else None}
 
 
-def cycle_doc(policy: PatchPolicy, c: PatchCycle, runs: Iterable[PatchRun] = ()) -> dict[str, Any]:
-    rings = rings_of(policy)
+def cycle_doc(s: Session, policy: PatchPolicy, c: PatchCycle,
+              runs: Iterable[PatchRun] = ()) -> dict[str, Any]:
+    rings = rings_of(s, policy)
     return {"id": c.id, "state": c.state, "ring": c.ring,
             "ring_name": rings[c.ring].name if c.ring < len(rings) else None,
             "started_at": c.started_at, "finished_at": c.finished_at, "ring_done_at": c.ring_done_at,
@@ -275,7 +331,7 @@ class PatchScheduler:
 
     def step(self, s: Session, policy: PatchPolicy, now: float) -> set[str]:
         """Advance one policy; returns the devices that got a new job (to wake after commit)."""
-        rings = rings_of(policy)
+        rings = rings_of(s, policy)
         win = windows.Window.from_doc(json.loads(policy.window)) if policy.window else None
         occ = windows.occurrence(win, now)
         cycle = latest_cycle(s, policy.id, live_only=True)
@@ -423,7 +479,7 @@ class PatchScheduler:
         cycle = latest_cycle(s, policy.id, live_only=True)
         if cycle is None or cycle.state != "halted":
             raise Conflict(f"policy {policy.name} has no halted cycle")
-        rings = rings_of(policy)
+        rings = rings_of(s, policy)
         self._audit.record(s, [policy.tenant_id], "patch.cycle-resumed", who,
                            {"policy": policy.name, "cycle": cycle.id, "ring": rings[cycle.ring].name}, now)
         self._next_ring(s, policy, cycle, rings, now, actor=who)
@@ -436,7 +492,7 @@ class PatchScheduler:
 def reboot_notices(s: Session, now: float) -> None:
     """``notify`` and ``if-required``: one ``reboot-required`` alert per device while it reports one."""
     for policy in s.scalars(select(PatchPolicy).where(PatchPolicy.reboot.in_(("notify", "if-required")))):
-        for ring in rings_of(policy):
+        for ring in rings_of(s, policy):
             for device_id in ring.devices:
                 state = s.get(DevicePatchState, device_id)
                 dedup = f"device:{device_id}"
@@ -460,7 +516,7 @@ def report(s: Session, tenant_id: str, older_than_s: int, now: float) -> dict[st
     order: list[tuple[str, str]] = []
     for policy in s.scalars(select(PatchPolicy).where(PatchPolicy.tenant_id == tenant_id)
                             .order_by(PatchPolicy.name)):
-        for ring in rings_of(policy):
+        for ring in rings_of(s, policy):
             order.append((policy.name, ring.name))
             for d in ring.devices:
                 placed[d] = (policy.name, ring.name)

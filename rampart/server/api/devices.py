@@ -18,6 +18,7 @@ from .. import clock
 from ..auth import new_token, token_hash
 from ..context import ServerContext
 from ..errors import BadRequest, Conflict, Forbidden, NotFound
+from ..groups import groups_of_devices
 from ..models import Device, EnrolmentToken, RootVersion
 from ..tenant_roots import current_root
 from .deps import CallerDep, Ctx, DevicePath, TenantPath
@@ -99,9 +100,10 @@ def list_devices(t: TenantPath, caller: CallerDep, ctx: Ctx) -> list[DeviceOut]:
     with ctx.store.transaction() as s:
         caller.tenant(s, t)
         rows = s.scalars(select(Device).where(Device.tenant_id == t).order_by(Device.enrolled_at))
+        member_of = groups_of_devices(s, t)
         return [DeviceOut(id=d.id, hostname=d.hostname, status=d.status,  # type: ignore[arg-type]
                           connected=ctx.gateway.is_connected(d.id), last_seen=d.last_seen,
-                          enrolled_at=d.enrolled_at) for d in rows]
+                          enrolled_at=d.enrolled_at, groups=member_of.get(d.id, [])) for d in rows]
 
 
 @router.post("/tenants/{t}/devices/{d}/approve", response_model=OkOut)

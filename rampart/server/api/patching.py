@@ -19,6 +19,7 @@ from rampart.trust.ids import new_id
 from .. import clock
 from ..automation import public_doc
 from ..errors import NotFound
+from ..groups import NAME as GROUP_NAME
 from ..models import PatchCycle, PatchPolicy, PatchRun
 from ..patching import (
     PatchScheduler,
@@ -41,8 +42,11 @@ Doc = dict[str, Any]
 
 
 class RingIn(In):
+    """A ring names devices, device groups (expanded when the scheduler runs), or both."""
+
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")]
-    devices: Annotated[list[DeviceId], Field(min_length=1, max_length=10_000)]
+    devices: Annotated[list[DeviceId], Field(max_length=10_000)] = []
+    groups: Annotated[list[Annotated[str, Field(pattern=GROUP_NAME)]], Field(max_length=32)] = []
     delay_s: Annotated[int, Field(ge=0, le=90 * 86400)] = 0
 
 
@@ -99,9 +103,8 @@ def set_patch_policy(t: TenantPath, name: PolicyName, body: PatchPolicyIn, calle
         row = s.scalars(select(PatchPolicy).where(PatchPolicy.tenant_id == t,
                                                   PatchPolicy.name == name)).first()
         rings, win = validate_policy(s, t, name, [r.model_dump() for r in body.rings], window=body.window,
-                                     defer_s=body.defer_s, reboot=body.reboot, timeout_s=body.timeout_s,
-                                     policy_id=row.id if row else None)
-        fields = {"rings": json.dumps([r.to_doc() for r in rings]),
+                                     defer_s=body.defer_s, reboot=body.reboot, timeout_s=body.timeout_s)
+        fields = {"rings": json.dumps([r.stored_doc() for r in rings]),
                   "window": json.dumps(win.to_doc()) if win else "", "defer_s": body.defer_s,
                   "reboot": body.reboot, "timeout_s": body.timeout_s, "enabled": body.enabled,
                   "updated_at": now}
@@ -115,10 +118,11 @@ def set_patch_policy(t: TenantPath, name: PolicyName, body: PatchPolicyIn, calle
         s.flush()
         ctx.audit.record(s, [t], "patch.policy-set", caller.username,
                          {"policy": name, "rings": [{"name": r.name, "devices": len(r.devices),
-                                                     "delay_s": r.delay_s} for r in rings],
+                                                     "groups": list(r.groups), "delay_s": r.delay_s}
+                                                    for r in rings],
                           "window": body.window, "defer_s": body.defer_s, "reboot": body.reboot,
                           "enabled": body.enabled}, now)
-        return policy_doc(row, latest_cycle(s, row.id))
+        return policy_doc(s, row, latest_cycle(s, row.id))
 
 
 @router.get("/tenants/{t}/patch-policies", response_model=list[Doc])
@@ -126,7 +130,7 @@ def list_patch_policies(t: TenantPath, caller: CallerDep, ctx: Ctx) -> list[Doc]
     with ctx.store.transaction() as s:
         caller.tenant(s, t)
         rows = s.scalars(select(PatchPolicy).where(PatchPolicy.tenant_id == t).order_by(PatchPolicy.name))
-        return [policy_doc(r, latest_cycle(s, r.id)) for r in rows]
+        return [policy_doc(s, r, latest_cycle(s, r.id)) for r in rows]
 
 
 @router.get("/tenants/{t}/patch-policies/{name}", response_model=Doc)
@@ -136,10 +140,10 @@ def show_patch_policy(t: TenantPath, name: PolicyName, caller: CallerDep, ctx: C
     with ctx.store.transaction() as s:
         caller.tenant(s, t)
         row = get_policy(s, t, name)
-        doc = policy_doc(row)
+        doc = policy_doc(s, row)
         recent = s.scalars(select(PatchCycle).where(PatchCycle.policy_id == row.id)
                            .order_by(PatchCycle.started_at.desc()).limit(cycles))
-        doc["cycles"] = [cycle_doc(row, c, s.scalars(select(PatchRun).where(PatchRun.cycle_id == c.id)
+        doc["cycles"] = [cycle_doc(s, row, c, s.scalars(select(PatchRun).where(PatchRun.cycle_id == c.id)
                                                         .order_by(PatchRun.ring, PatchRun.device_id)))
                          for c in recent]
         return doc
@@ -152,7 +156,7 @@ def remove_patch_policy(t: TenantPath, name: PolicyName, caller: CallerDep, ctx:
         caller.tenant(s, t)
         caller.require_perm("patch.manage")
         row = get_policy(s, t, name)
-        doc = policy_doc(row)
+        doc = policy_doc(s, row)
         remove_policy(s, row)
         ctx.audit.record(s, [t], "patch.policy-removed", caller.username, {"policy": name}, now)
         return doc
@@ -167,7 +171,7 @@ def resume_patch_policy(t: TenantPath, name: PolicyName, caller: CallerDep, ctx:
         caller.require_perm("patch.resume")
         row = get_policy(s, t, name)
         cycle = PatchScheduler(ctx.automation, ctx.audit).resume(s, row, caller.username, now)
-        return cycle_doc(row, cycle)
+        return cycle_doc(s, row, cycle)
 
 
 @router.get("/tenants/{t}/patch-report", response_model=Doc)

@@ -251,6 +251,7 @@ class DeviceOut(BaseModel):
     connected: bool
     last_seen: float | None
     enrolled_at: float
+    groups: list[str] = []
 
 
 # --- grants -------------------------------------------------------------------------
