@@ -13,10 +13,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path
 from pydantic import Field
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from rampart.trust.ids import new_id
 
 from .. import clock, groups
+from ..context import ServerContext
 from ..errors import Conflict
 from ..models import DeviceGroup
 from ..patching import check_placement, policies_naming
@@ -37,6 +39,19 @@ class GroupIn(In):
 class MembersIn(In):
     add: Annotated[list[DeviceId], Field(max_length=groups.MAX_MEMBERS)] = []
     remove: Annotated[list[DeviceId], Field(max_length=groups.MAX_MEMBERS)] = []
+
+
+def _replace_members(s: Session, ctx: ServerContext, who: str, g: DeviceGroup, after: set[str],
+                     now: float) -> Doc:
+    """Store the group's new members, re-check ring placement, audit what changed (one transaction)."""
+    before = set(groups.members(s, g.id))
+    groups.set_members(s, g, after)
+    g.updated_at = now
+    check_placement(s, g.tenant_id)
+    ctx.audit.record(s, [g.tenant_id], "group.set", who,
+                     {"group": g.name, "added": sorted(after - before), "removed": sorted(before - after)},
+                     now)
+    return groups.group_doc(s, g, policies_naming(s, g.tenant_id, g.name))
 
 
 @router.get("/tenants/{t}/device-groups", response_model=list[Doc])
@@ -69,15 +84,8 @@ def set_group(t: TenantPath, name: GroupName, body: GroupIn, caller: CallerDep, 
                             created_by=caller.username, created_at=now, updated_at=now)
             s.add(g)
             s.flush()
-        before = set(groups.members(s, g.id))
-        g.description, g.updated_at = body.description, now
-        groups.set_members(s, g, body.devices)
-        check_placement(s, t)
-        after = set(body.devices)
-        ctx.audit.record(s, [t], "group.set", caller.username,
-                         {"group": name, "added": sorted(after - before), "removed": sorted(before - after)},
-                         now)
-        return groups.group_doc(s, g, policies_naming(s, t, name))
+        g.description = body.description
+        return _replace_members(s, ctx, caller.username, g, set(body.devices), now)
 
 
 @router.post("/tenants/{t}/device-groups/{name}/members", response_model=Doc)
@@ -89,15 +97,8 @@ def change_members(t: TenantPath, name: GroupName, body: MembersIn, caller: Call
         caller.require_perm("group.manage")
         g = groups.get_group(s, t, name)
         groups.check_devices(s, t, [*body.add, *body.remove])
-        before = set(groups.members(s, g.id))
-        after = (before | set(body.add)) - set(body.remove)
-        groups.set_members(s, g, after)
-        g.updated_at = now
-        check_placement(s, t)
-        ctx.audit.record(s, [t], "group.set", caller.username,
-                         {"group": name, "added": sorted(after - before), "removed": sorted(before - after)},
-                         now)
-        return groups.group_doc(s, g, policies_naming(s, t, name))
+        after = (set(groups.members(s, g.id)) | set(body.add)) - set(body.remove)
+        return _replace_members(s, ctx, caller.username, g, after, now)
 
 
 @router.delete("/tenants/{t}/device-groups/{name}", response_model=Doc)
