@@ -3,7 +3,8 @@
 A real store (SQLite file, the server's own migrations) with one tenant whose
 root names an owner, two approvers and the tenant's automation key, 1,000
 devices, five pending updates each (one security), a patch policy with a
-100-device pilot ring and a 900-device broad ring, and a standing grant for
+100-device pilot ring and a broad ring naming a 900-device group (expanded
+by the scheduler at every step), and a standing grant for
 ``os-update`` on every device signed by both approvers. Measured, with the
 server's own code:
 
@@ -13,7 +14,9 @@ server's own code:
 * ``broad_ring``: the step that starts the 900-device broad ring once the
   pilot's receipts are in (receipts are marked directly: what is measured is
   the scheduler, not the agents);
-* ``report``: ``patch report`` over the 1,000 devices.
+* ``report``: ``patch report`` over the 1,000 devices;
+* ``placement_check``: the check that runs after every group or policy
+  change (no device in two rings), over the 1,000 devices.
 
     PYTHONPATH=. python bench/schedule_bench.py [out.json]   # default bench/results/schedule.json
 """
@@ -41,6 +44,8 @@ from rampart.server.db import Store, migrate  # noqa: E402
 from rampart.server.keystore import LogKeyStore  # noqa: E402
 from rampart.server.models import (  # noqa: E402
     Device,
+    DeviceGroup,
+    DeviceGroupMember,
     GrantRow,
     JobTarget,
     PatchPolicy,
@@ -49,7 +54,7 @@ from rampart.server.models import (  # noqa: E402
     RootVersion,
     Tenant,
 )
-from rampart.server.patching import PatchScheduler, latest_cycle, report  # noqa: E402
+from rampart.server.patching import PatchScheduler, check_placement, latest_cycle, report  # noqa: E402
 from rampart.trust import KeyEntry, OperatorKey, Roles, RoleSpec, TenantRoot  # noqa: E402
 from rampart.trust.ids import new_grant_id, new_id, new_tenant_id  # noqa: E402
 from rampart.trust.payloads import GRANT_TYPE, ROOT_TYPE  # noqa: E402
@@ -112,8 +117,13 @@ def build(base: Path) -> tuple[Store, AuditLog, AutomationKeyStore, str, str]:
         genv = trust.sign_envelope(GRANT_TYPE, trust.encode_payload(grant), [a1, a2]).to_bytes()
         s.add(GrantRow(id=grant.id, tenant_id=tid, grantee=auto.key_id, requested_by="bench", envelope=genv,
                        created_at=now, not_after=grant.not_after))
+        group = DeviceGroup(id=new_id("dg"), tenant_id=tid, name="broad", description="", created_by="bench",
+                            created_at=now, updated_at=now)
+        s.add(group)
+        s.flush()
+        s.add_all(DeviceGroupMember(group_id=group.id, device_id=d) for d in devices[PILOT:])
         rings = [{"name": "pilot", "devices": devices[:PILOT], "delay_s": 0},
-                 {"name": "broad", "devices": devices[PILOT:], "delay_s": 0}]
+                 {"name": "broad", "devices": [], "groups": ["broad"], "delay_s": 0}]
         s.add(PatchPolicy(id=new_id("pp"), tenant_id=tid, name="fleet", rings=json.dumps(rings),
                           window="", defer_s=0, reboot="never", timeout_s=1800, enabled=True,
                           created_by="bench", created_at=now, updated_at=now))
@@ -150,9 +160,16 @@ def main() -> None:
 
         rep, doc = _timed(make_report)
         assert doc["devices_missing"] == N_DEVICES
+
+        def placement() -> None:
+            with store.read() as s:
+                check_placement(s, tid)
+
+        placed, _ = _timed(placement)
         store.dispose()
     result = {"devices": N_DEVICES, "pilot": PILOT, "cycle_start_pilot_100": start,
-              "broad_ring_900": broad, "report_1000": rep, "cpus": os.cpu_count()}
+              "broad_ring_900_by_group": broad, "report_1000": rep, "placement_check_1000": placed,
+              "cpus": os.cpu_count()}
     text = json.dumps(result, indent=2)
     print(text)
     out_path.parent.mkdir(parents=True, exist_ok=True)
