@@ -466,7 +466,13 @@ def test_run_signs_and_uploads_a_job(people: dict[str, Operator], world: dict[st
     b = people["bob"]
     script = tmp_path / "hello.sh"
     script.write_bytes(b"echo hello from rampart\n")
-    r = b.ok("run", "acme", "--grant", world["grant"], "--devices", world["device"], "--script",
+    # group:NAME is expanded here, before signing: the signed job lists the group's devices.
+    b.ok("group", "set", "acme", "lab", "--devices", world["device"])
+    b.ok("group", "set", "acme", "empty")
+    r = b.run("run", "acme", "--grant", world["grant"], "--devices", "group:empty", "--script", str(script),
+              extra_env={"RAMPART_KEY_PASSPHRASE": PASSPHRASE})
+    assert "device group empty is empty" in one_line_error(r)
+    r = b.ok("run", "acme", "--grant", world["grant"], "--devices", "group:lab", "--script",
              str(script), "--writes", "/tmp/rampart-test", "--timeout", "60",
              extra_env={"RAMPART_KEY_PASSPHRASE": PASSPHRASE})
     job_id = r.stdout.split()[0]

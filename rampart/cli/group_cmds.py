@@ -7,9 +7,10 @@
 
 Elsewhere ``group:NAME`` stands for a group's devices: in ``--ring`` of
 ``rampart patch policy set`` (expanded by the server whenever the scheduler
-runs) and in ``--devices`` of ``rampart grant request`` and ``rampart
-automation grant`` (expanded here, once: the grant approvers sign lists the
-devices themselves, so a later change of the group never widens it).
+runs) and in ``--devices`` of ``rampart grant request``, ``rampart
+automation grant``, ``rampart run`` and the action commands (expanded here,
+before signing: a grant or job lists the devices themselves, so a later
+change of the group never widens it).
 """
 
 from __future__ import annotations

@@ -38,12 +38,14 @@ from .common import api, envelope_bytes, now, refusing, resolve_tenant, trusted_
 from .config import Config, Session
 from .errors import CliError, NetworkProblem, Refused, UsageProblem
 from .grant_cmds import decode_grant, split_list
+from .group_cmds import expand_devices
 from .output import err_console, fmt_time, parse_duration, print_json, say, table
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 TenantArg = Annotated[str, typer.Argument(help="Tenant name or id.")]
 GrantOpt = Annotated[str, typer.Option("--grant", help="Approved grant id (gr-…).")]
-DevicesOpt = Annotated[str, typer.Option("--devices", help="Comma-separated device ids.")]
+DevicesOpt = Annotated[str, typer.Option("--devices", help="Comma-separated device ids, or group:NAME "
+                                                         "(the group's devices now).")]
 ExpiresOpt = Annotated[str, typer.Option("--expires", help="Job lifetime, e.g. 1h.")]
 WaitOpt = Annotated[bool, typer.Option("--wait", help="Wait for every receipt.")]
 WaitTimeoutOpt = Annotated[str | None, typer.Option(
@@ -63,7 +65,9 @@ def sign_job(cfg: Config, client: Client, session: Session, tenant_id: str, *, g
     """Verify the grant locally, then build and sign the job with the grantee key.
 
     ``repeat`` makes it a script check (the agents run it again on that schedule).
+    ``group:NAME`` in ``devices`` is the group's devices now: the signed job lists them.
     """
+    devices = expand_devices(client, tenant_id, devices)
     root = trusted_root(cfg, client, tenant_id)
     summary = expect_dict(client.get(f"/grants/{grant_id}"), "grant")
     data = envelope_bytes(summary, "grant")
