@@ -118,6 +118,19 @@ def standing_grants(s: Session, trusted: TrustedRoot, tenant_id: str, key_id: st
 class NoStandingGrant(Exception):
     """No approved standing grant covers these devices for this action; the message says which."""
 
+    @classmethod
+    def for_devices(cls, action: str, uncovered: list[str]) -> NoStandingGrant:
+        shown = sorted(uncovered)
+        return cls(f"no approved standing grant for {action} covers {', '.join(shown[:5])}"
+                   + (f" and {len(shown) - 5} more" if len(shown) > 5 else ""))
+
+
+def uncovered(s: Session, trusted: TrustedRoot, tenant_id: str, key_id: str, action: str,
+              devices: list[str], now: float) -> list[str]:
+    """The devices no approved standing grant for ``action`` covers now (sorted)."""
+    grants = standing_grants(s, trusted, tenant_id, key_id, action, int(now))
+    return sorted(d for d in devices if not any(d in g.devices for g in grants))
+
 
 def trigger(s: Session, audit: AuditLog, key: AutomationKey, trusted: TrustedRoot, tenant_id: str,
             action: str, devices: list[str], *, now: float, timeout_s: int) -> dict[str, list[str]]:
@@ -134,18 +147,16 @@ def trigger(s: Session, audit: AuditLog, key: AutomationKey, trusted: TrustedRoo
     t = int(now)
     grants = standing_grants(s, trusted, tenant_id, key.key_id, action, t)
     plan: dict[str, list[str]] = {}
-    uncovered = []
+    missing = []
     for device in devices:
         # the grant that lasts longest, so a job never outlives its grant needlessly
         best = max((g for g in grants if device in g.devices), key=lambda g: g.not_after, default=None)
         if best is None:
-            uncovered.append(device)
+            missing.append(device)
         else:
             plan.setdefault(best.id, []).append(device)
-    if uncovered:
-        raise NoStandingGrant(f"no approved standing grant for {action} covers "
-                              f"{', '.join(sorted(uncovered)[:5])}"
-                              + (f" and {len(uncovered) - 5} more" if len(uncovered) > 5 else ""))
+    if missing:
+        raise NoStandingGrant.for_devices(action, missing)
     jobs: dict[str, list[str]] = {}
     for grant_id, members in plan.items():
         not_after = next(g.not_after for g in grants if g.id == grant_id)

@@ -448,7 +448,8 @@ class PatchRun(Base):
     device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), primary_key=True)
     ring: Mapped[int] = mapped_column(Integer)
     job_id: Mapped[str | None] = mapped_column(ID)
-    #: waiting (no grant or offline), pending (job sent), ok, failed, up-to-date.
+    #: waiting (no grant or offline), pending (job sent), ok, failed, up-to-date, left (the ring's group
+    #: lost the device before its job was sent).
     state: Mapped[str] = mapped_column(String(16))
     started_at: Mapped[float] = mapped_column(Float)
     finished_at: Mapped[float | None] = mapped_column(Float)

@@ -44,7 +44,7 @@ from rampart.trust.payloads import RECEIPT_TYPE
 from . import groups
 from .alerts import raise_alert, resolve
 from .audit import AuditLog
-from .automation import AutomationKeyStore, NoStandingGrant, trigger
+from .automation import AutomationKeyStore, NoStandingGrant, trigger, uncovered
 from .db import Store
 from .errors import BadRequest, Conflict, NotFound
 from .models import (
@@ -371,9 +371,15 @@ class PatchScheduler:
                 s.add(run)
                 runs.append(run)
             s.flush()
+        members = set(ring.devices)
+        for r in runs:  # a device that left the ring (its group changed) before its job was sent
+            if r.state == "waiting" and r.device_id not in members:
+                r.state, r.finished_at, r.detail = "left", now, "left the ring before its job was sent"
         waiting = [r for r in runs if r.state == "waiting"]
         if waiting and occ is not None:
             woken |= self._send(s, policy, cycle, waiting, now)
+        elif not waiting:
+            self._grant_resolved(s, policy, cycle, now)
         for run in runs:
             if run.state == "pending":
                 self._collect(s, run, now)
@@ -384,33 +390,58 @@ class PatchScheduler:
 
     def _send(self, s: Session, policy: PatchPolicy, cycle: PatchCycle, runs: list[PatchRun],
               now: float) -> set[str]:
+        """Jobs for the waiting devices a standing grant covers; the others keep waiting, with an alert.
+
+        A device no grant covers (say, one just added to a ring's group) never
+        holds back the patches of the devices approvers did grant; it waits,
+        and so does the ring's completion, until a grant naming it is approved
+        or it leaves the ring.
+        """
         key = self._keys.get(policy.tenant_id)
         dedup = f"{policy.id}"
+        by_device: dict[str, str] = {}
+        reason = ""
         try:
             if key is None:
                 raise NoStandingGrant("the tenant has no automation key (rampart automation enable)")
             trusted = current_trusted(s, policy.tenant_id)
-            jobs = trigger(s, self._audit, key, trusted, policy.tenant_id, "os-update",
-                           [r.device_id for r in runs], now=now, timeout_s=policy.timeout_s)
+            ids = [r.device_id for r in runs]
+            missing = uncovered(s, trusted, policy.tenant_id, key.key_id, "os-update", ids, now)
+            covered = [d for d in ids if d not in set(missing)]
+            if covered:
+                jobs = trigger(s, self._audit, key, trusted, policy.tenant_id, "os-update", covered,
+                               now=now, timeout_s=policy.timeout_s)
+                by_device = {d: job for job, devices in jobs.items() for d in devices}
+            if missing:
+                raise NoStandingGrant.for_devices("os-update", missing)
         except (NoStandingGrant, Conflict) as exc:
             reason = str(exc) if isinstance(exc, NoStandingGrant) else exc.detail
-            for r in runs:
+        for r in runs:
+            if r.device_id in by_device:
+                r.job_id, r.state, r.started_at, r.detail = by_device[r.device_id], "pending", now, ""
+            else:
                 r.detail = reason
+        if reason:
+            alert = live_alert(s, policy.tenant_id, GRANT_ALERT, dedup)
             if cycle.detail != reason:
                 cycle.detail = reason
-                if live_alert(s, policy.tenant_id, GRANT_ALERT, dedup) is None:
+                if alert is None:
                     raise_alert(s, [policy.tenant_id], kind=GRANT_ALERT, severity="warning", dedup=dedup,
                                 subject=f"patch policy {policy.name} cannot run: {reason}"[:256],
                                 detail=reason, now=now)
-            return set()
-        by_device = {d: job for job, devices in jobs.items() for d in devices}
-        for r in runs:
-            r.job_id, r.state, r.started_at, r.detail = by_device[r.device_id], "pending", now, ""
+                else:
+                    alert.detail = reason
+        else:
+            self._grant_resolved(s, policy, cycle, now)
+        return set(by_device)
+
+    @staticmethod
+    def _grant_resolved(s: Session, policy: PatchPolicy, cycle: PatchCycle, now: float) -> None:
+        """No device of the ring waits for a grant any more: the reason and its alert go."""
         cycle.detail = ""
-        alert = live_alert(s, policy.tenant_id, GRANT_ALERT, dedup)
+        alert = live_alert(s, policy.tenant_id, GRANT_ALERT, policy.id)
         if alert is not None:
             resolve(alert, "scheduler", now)
-        return set(by_device)
 
     def _reboot(self, s: Session, policy: PatchPolicy, run: PatchRun, now: float) -> set[str]:
         """``if-required``: a payload-free ``reboot`` job for a device whose update needs one."""
