@@ -42,4 +42,4 @@ bench-ingest:
 
 bench-schedule:
 	@mkdir -p bench/results
-	PYTHONPATH=. $(PY) bench/schedule_bench.py bench/results/schedule.json
+	PYTHONPATH=.:tests $(PY) bench/schedule_bench.py bench/results/schedule.json

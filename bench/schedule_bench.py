@@ -18,12 +18,11 @@ server's own code:
 * ``placement_check``: the check that runs after every group or policy
   change (no device in two rings), over the 1,000 devices.
 
-    PYTHONPATH=. python bench/schedule_bench.py [out.json]   # default bench/results/schedule.json
+    PYTHONPATH=.:tests python bench/schedule_bench.py [out.json]   # default bench/results/schedule.json
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import resource
@@ -35,29 +34,17 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT)]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from rampart import trust  # noqa: E402
+from harness.scheduling import automation_tenant  # noqa: E402
+
 from rampart.server.audit import AuditLog  # noqa: E402
 from rampart.server.automation import AutomationKeyStore  # noqa: E402
 from rampart.server.db import Store, migrate  # noqa: E402
 from rampart.server.keystore import LogKeyStore  # noqa: E402
-from rampart.server.models import (  # noqa: E402
-    Device,
-    DeviceGroup,
-    DeviceGroupMember,
-    GrantRow,
-    JobTarget,
-    PatchPolicy,
-    PatchRun,
-    PendingUpdateRow,
-    RootVersion,
-    Tenant,
-)
+from rampart.server.models import DeviceGroup, DeviceGroupMember, JobTarget, PatchPolicy, PatchRun  # noqa: E402
 from rampart.server.patching import PatchScheduler, check_placement, latest_cycle, report  # noqa: E402
-from rampart.trust import KeyEntry, OperatorKey, Roles, RoleSpec, TenantRoot  # noqa: E402
-from rampart.trust.ids import new_grant_id, new_id, new_tenant_id  # noqa: E402
-from rampart.trust.payloads import GRANT_TYPE, ROOT_TYPE  # noqa: E402
+from rampart.trust.ids import new_id  # noqa: E402
 
 N_DEVICES = 1000
 PILOT = 100
@@ -81,42 +68,12 @@ def build(base: Path) -> tuple[Store, AuditLog, AutomationKeyStore, str, str]:
     migrate(store.engine)
     audit = AuditLog(store, LogKeyStore(keys_dir))
     automation = AutomationKeyStore(keys_dir)
-    tid = new_tenant_id()
-    auto = automation.ensure(tid)
-    owner, a1, a2 = OperatorKey.generate(), OperatorKey.generate(), OperatorKey.generate()
     now = time.time()
     devices = [f"dev-{secrets.token_hex(12)}" for _ in range(N_DEVICES)]
+    tenant = automation_tenant(store, audit, automation, devices, updates_per_device=5, now=now)
+    tid = tenant.tenant_id
     with store.transaction() as s:
-        s.add(Tenant(id=tid, name="bench", created_at=now))
-        s.flush()
-        log_text = audit.create_log(s, tid)
-        log_pub = trust.LogPublicKey.from_text(log_text)
-        everyone = {k.key_id: KeyEntry(public=k.public.to_b64(), name=k.key_id[:8]) for k in (owner, a1, a2)}
-        everyone[auto.key_id] = KeyEntry(public=auto.public.to_b64(), name="server-automation")
-        root = TenantRoot(tenant=tid, name="bench", version=1, expires=int(now) + 86400, keys=everyone,
-                          roles=Roles(owner=RoleSpec(keyids=[owner.key_id]),
-                                      approver=RoleSpec(keyids=sorted([a1.key_id, a2.key_id])),
-                                      automation=RoleSpec(keyids=[auto.key_id])),
-                          log_keys={log_pub.key_id: log_pub.to_b64()})
-        env = trust.sign_envelope(ROOT_TYPE, trust.encode_payload(root), [owner]).to_bytes()
-        s.add(RootVersion(tenant_id=tid, version=1, sha256=hashlib.sha256(env).hexdigest(), envelope=env,
-                          published_at=now))
-        for i, d in enumerate(devices):
-            s.add(Device(id=d, tenant_id=tid, public_key="", hostname=f"host-{i:04d}", agent_version="bench",
-                         status="approved", enrolled_at=now, approved_at=now, approved_by="bench",
-                         last_seen=now))
-        s.flush()
-        for d in devices:
-            for j in range(5):
-                s.add(PendingUpdateRow(device_id=d, name=f"pkg-{j}", arch="amd64", candidate="2.0",
-                                       security=j == 0, first_seen=now - 10 * 86400,
-                                       security_since=now - 10 * 86400 if j == 0 else None))
-        grant = trust.Grant(id=new_grant_id(), tenant=tid, grantee=auto.key_id, devices=devices,
-                            capabilities=["patch"], actions=["os-update"], not_before=int(now) - 60,
-                            not_after=int(now) + 7 * 86400, reason="bench", requested_by="bench")
-        genv = trust.sign_envelope(GRANT_TYPE, trust.encode_payload(grant), [a1, a2]).to_bytes()
-        s.add(GrantRow(id=grant.id, tenant_id=tid, grantee=auto.key_id, requested_by="bench", envelope=genv,
-                       created_at=now, not_after=grant.not_after))
+        tenant.grant(s, devices, now)
         group = DeviceGroup(id=new_id("dg"), tenant_id=tid, name="broad", description="", created_by="bench",
                             created_at=now, updated_at=now)
         s.add(group)

@@ -10,61 +10,37 @@ is covered or leaves the group.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from harness.scheduling import AutomationTenant, automation_tenant
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from rampart import trust
 from rampart.server import groups
 from rampart.server.audit import AuditLog
 from rampart.server.automation import AutomationKeyStore
 from rampart.server.db import Store, migrate
 from rampart.server.keystore import LogKeyStore
-from rampart.server.models import (
-    AlertRow,
-    Device,
-    DeviceGroup,
-    GrantRow,
-    JobRow,
-    JobTarget,
-    PatchCycle,
-    PatchPolicy,
-    PatchRun,
-    PendingUpdateRow,
-    RootVersion,
-    Tenant,
-)
+from rampart.server.models import AlertRow, DeviceGroup, JobRow, JobTarget, PatchCycle, PatchPolicy, PatchRun
 from rampart.server.patching import GRANT_ALERT, PatchScheduler
-from rampart.trust import KeyEntry, OperatorKey, Roles, RoleSpec, TenantRoot
-from rampart.trust.ids import new_grant_id, new_id, new_tenant_id
-from rampart.trust.payloads import GRANT_TYPE, ROOT_TYPE
+from rampart.trust.ids import new_id
 
 
 @dataclass
 class Fleet:
     store: Store
     scheduler: PatchScheduler
-    tenant: str
-    devices: list[str]
-    approvers: tuple[OperatorKey, OperatorKey]
-    automation_key: str
+    tenant: AutomationTenant
 
-
-def _grant(s: Session, f: Fleet, devices: list[str], now: float) -> str:
-    grant = trust.Grant(id=new_grant_id(), tenant=f.tenant, grantee=f.automation_key, devices=devices,
-                        capabilities=["patch"], actions=["os-update"], not_before=int(now) - 60,
-                        not_after=int(now) + 86400, reason="standing", requested_by="tech")
-    env = trust.sign_envelope(GRANT_TYPE, trust.encode_payload(grant), list(f.approvers)).to_bytes()
-    s.add(GrantRow(id=grant.id, tenant_id=f.tenant, grantee=f.automation_key,
-                   requested_by="tech", envelope=env, created_at=now, not_after=grant.not_after))
-    return grant.id
+    @property
+    def devices(self) -> list[str]:
+        return self.tenant.devices
 
 
 @pytest.fixture
@@ -75,42 +51,22 @@ def fleet(tmp_path: Path, db_url: str | None) -> Iterator[Fleet]:
     migrate(store.engine)
     audit = AuditLog(store, LogKeyStore(keys_dir))
     automation = AutomationKeyStore(keys_dir)
-    tid = new_tenant_id()
-    auto = automation.ensure(tid)
-    owner, a1, a2 = OperatorKey.generate(), OperatorKey.generate(), OperatorKey.generate()
-    now = time.time()
-    devices = [f"dev-{i:024x}" for i in range(1, 4)]
-    with store.transaction() as s:
-        s.add(Tenant(id=tid, name="acme", created_at=now))
-        s.flush()
-        log_pub = trust.LogPublicKey.from_text(audit.create_log(s, tid))
-        keys = {k.key_id: KeyEntry(public=k.public.to_b64(), name=k.key_id[:8]) for k in (owner, a1, a2)}
-        keys[auto.key_id] = KeyEntry(public=auto.public.to_b64(), name="server-automation")
-        root = TenantRoot(tenant=tid, name="acme", version=1, expires=int(now) + 86400, keys=keys,
-                          roles=Roles(owner=RoleSpec(keyids=[owner.key_id]),
-                                      approver=RoleSpec(keyids=sorted([a1.key_id, a2.key_id])),
-                                      automation=RoleSpec(keyids=[auto.key_id])),
-                          log_keys={log_pub.key_id: log_pub.to_b64()})
-        env = trust.sign_envelope(ROOT_TYPE, trust.encode_payload(root), [owner]).to_bytes()
-        s.add(RootVersion(tenant_id=tid, version=1, sha256=hashlib.sha256(env).hexdigest(), envelope=env,
-                          published_at=now))
-        for i, d in enumerate(devices):
-            s.add(Device(id=d, tenant_id=tid, public_key="", hostname=f"web-{i}", agent_version="test",
-                         status="approved", enrolled_at=now, approved_at=now, approved_by="approver",
-                         last_seen=now))
-        s.flush()
-        for d in devices:
-            s.add(PendingUpdateRow(device_id=d, name="openssl", arch="amd64", candidate="3.0.99",
-                                   security=True, first_seen=now - 86400, security_since=now - 86400))
+    tenant = automation_tenant(store, audit, automation, [f"dev-{i:024x}" for i in range(1, 4)])
     try:
-        yield Fleet(store, PatchScheduler(automation, audit), tid, devices, (a1, a2), auto.key_id)
+        yield Fleet(store, PatchScheduler(automation, audit), tenant)
     finally:
         store.dispose()
 
 
+def _policy(s: Session, f: Fleet, rings: list[dict[str, Any]], now: float) -> None:
+    s.add(PatchPolicy(id=new_id("pp"), tenant_id=f.tenant.tenant_id, name="web", rings=json.dumps(rings),
+                      window="", defer_s=0, reboot="never", timeout_s=1800, enabled=True,
+                      created_by="tech", created_at=now, updated_at=now))
+
+
 def _step(f: Fleet) -> set[str]:
     with f.store.transaction() as s:
-        policy = s.scalars(select(PatchPolicy).where(PatchPolicy.tenant_id == f.tenant)).one()
+        policy = s.scalars(select(PatchPolicy).where(PatchPolicy.tenant_id == f.tenant.tenant_id)).one()
         return f.scheduler.step(s, policy, time.time())
 
 
@@ -130,16 +86,14 @@ def test_T1_a_device_added_to_a_group_is_not_patched_without_a_grant_and_holds_n
     d0, d1, d2 = fleet.devices
     now = time.time()
     with fleet.store.transaction() as s:
-        _grant(s, fleet, [d0, d1], now)  # approvers granted the two web servers of the day
-        group = DeviceGroup(id=new_id("dg"), tenant_id=fleet.tenant, name="web", description="",
+        fleet.tenant.grant(s, [d0, d1], now)  # approvers granted the two web servers of the day
+        group = DeviceGroup(id=new_id("dg"), tenant_id=fleet.tenant.tenant_id, name="web", description="",
                             created_by="tech", created_at=now, updated_at=now)
         s.add(group)
         s.flush()
         groups.set_members(s, group, [d0, d1, d2])  # a third server joined the group since
         rings = [{"name": "all", "devices": [], "groups": ["web"], "delay_s": 0}]
-        s.add(PatchPolicy(id=new_id("pp"), tenant_id=fleet.tenant, name="web", rings=json.dumps(rings),
-                          window="", defer_s=0, reboot="never", timeout_s=1800, enabled=True,
-                          created_by="tech", created_at=now, updated_at=now))
+        _policy(s, fleet, rings, now)
 
     assert _step(fleet) == {d0, d1}
     runs = _runs(fleet)
@@ -177,15 +131,13 @@ def test_a_grant_approved_later_lets_the_waiting_device_be_patched(fleet: Fleet)
     d0, d1, _ = fleet.devices
     now = time.time()
     with fleet.store.transaction() as s:
-        _grant(s, fleet, [d0], now)
+        fleet.tenant.grant(s, [d0], now)
         rings = [{"name": "all", "devices": [d0, d1], "groups": [], "delay_s": 0}]
-        s.add(PatchPolicy(id=new_id("pp"), tenant_id=fleet.tenant, name="web", rings=json.dumps(rings),
-                          window="", defer_s=0, reboot="never", timeout_s=1800, enabled=True,
-                          created_by="tech", created_at=now, updated_at=now))
+        _policy(s, fleet, rings, now)
     assert _step(fleet) == {d0}
     assert _runs(fleet)[d1].state == "waiting"
     with fleet.store.transaction() as s:
-        _grant(s, fleet, [d1], now)  # the approvers sign a grant for the new device
+        fleet.tenant.grant(s, [d1], now)  # the approvers sign a grant for the new device
     assert _step(fleet) == {d1}
     assert _runs(fleet)[d1].state == "pending"
     assert not _grant_alerts(fleet, "open") and len(_grant_alerts(fleet, "resolved")) == 1
