@@ -11,6 +11,7 @@ is covered or leaves the group.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,9 +27,10 @@ from rampart.server import groups
 from rampart.server.audit import AuditLog
 from rampart.server.automation import AutomationKeyStore
 from rampart.server.db import Store, migrate
+from rampart.server.errors import Conflict
 from rampart.server.keystore import LogKeyStore
 from rampart.server.models import AlertRow, DeviceGroup, JobRow, JobTarget, PatchCycle, PatchPolicy, PatchRun
-from rampart.server.patching import GRANT_ALERT, PatchScheduler
+from rampart.server.patching import GRANT_ALERT, PatchScheduler, check_placement, validate_policy
 from rampart.trust.ids import new_id
 
 
@@ -141,3 +143,53 @@ def test_a_grant_approved_later_lets_the_waiting_device_be_patched(fleet: Fleet)
     assert _step(fleet) == {d1}
     assert _runs(fleet)[d1].state == "pending"
     assert not _grant_alerts(fleet, "open") and len(_grant_alerts(fleet, "resolved")) == 1
+
+
+def test_concurrent_group_and_policy_changes_cannot_both_pass_the_placement_check(fleet: Fleet) -> None:
+    """Write skew: a group change and a policy change, each fine alone, together put d0 in two policies.
+
+    The first transaction holds its (unchecked-by-the-other) change open; the
+    second must wait for it and then see it, on PostgreSQL as on SQLite.
+    """
+    d0, d1, _ = fleet.devices
+    now = time.time()
+    tid = fleet.tenant.tenant_id
+    with fleet.store.transaction() as s:
+        group = DeviceGroup(id=new_id("dg"), tenant_id=tid, name="east", description="", created_by="tech",
+                            created_at=now, updated_at=now)
+        s.add(group)
+        s.flush()
+        groups.set_members(s, group, [d1])
+        _policy(s, fleet, [{"name": "all", "devices": [], "groups": ["east"], "delay_s": 0}], now)
+    checked, release = threading.Event(), threading.Event()
+
+    def grow_the_group() -> None:
+        with fleet.store.transaction() as s:
+            groups.set_members(s, s.scalars(select(DeviceGroup)).one(), [d0, d1])
+            check_placement(s, tid)  # passes: no other policy holds d0 yet
+            checked.set()
+            release.wait(10)
+
+    first = threading.Thread(target=grow_the_group)
+    first.start()
+    assert checked.wait(10)
+    outcome: list[BaseException | None] = []
+
+    def second_policy() -> None:
+        try:
+            with fleet.store.transaction() as s:
+                validate_policy(s, tid, "db", [{"name": "pilot", "devices": [d0]}], window="always",
+                                defer_s=0, reboot="never", timeout_s=1800)
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - the outcome is what the test looks at
+            outcome.append(exc)
+
+    second = threading.Thread(target=second_policy)
+    second.start()
+    second.join(1.0)
+    assert second.is_alive(), "the second change must wait for the first one's transaction"
+    release.set()
+    first.join(10)
+    second.join(10)
+    assert len(outcome) == 1 and isinstance(outcome[0], Conflict), outcome
+    assert "policy web" in outcome[0].detail and d0 in outcome[0].detail

@@ -57,6 +57,7 @@ from .models import (
     PatchRun,
     PendingUpdateRow,
     ReceiptRow,
+    Tenant,
 )
 from .telemetry import TelemetryStore, live_alert
 from .tenant_roots import current_trusted
@@ -114,8 +115,12 @@ def check_placement(s: Session, tenant_id: str, replace: tuple[str, list[Ring]] 
 
     ``replace`` is (policy name, rings) for a policy being set, checked in
     place of its stored rings. Called after every policy or group change, in
-    the same transaction, so the invariant holds whichever changed.
+    the same transaction, so the invariant holds whichever changed. The
+    tenant's row is locked first (PostgreSQL; SQLite serialises writers), so
+    two concurrent changes cannot each pass the check against the other's
+    old state.
     """
+    s.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update())
     placed: dict[str, tuple[str, str]] = {}
     policies = [(p.name, rings_of(s, p)) for p in s.scalars(
         select(PatchPolicy).where(PatchPolicy.tenant_id == tenant_id).order_by(PatchPolicy.name))
