@@ -359,6 +359,19 @@ def test_patch_ring_stops_at_pilot_when_a_pilot_device_fails_then_resumes_on_app
     wait_for("the device's reboot command", lambda: (w.base / "rebooted").exists(), timeout=60)
     assert [a for a in alerts(w, "reboot-required") if broad in a["detail"]]
     assert not alerts(w, "patch-ring-halted") and alerts(w, "patch-ring-halted", "resolved")
+    # The alerts CLI filters by kind and by least severity (critical and warning alerts exist here).
+    every = w.json_cli("tech", "alerts", "list", "acme", "--status", "all")
+    assert {"critical", "warning"} <= {a["severity"] for a in every}, every
+    critical = w.json_cli("tech", "alerts", "list", "acme", "--status", "all", "--severity", "critical")
+    assert {a["severity"] for a in critical} == {"critical"}
+    assert "patch-ring-halted" in {a["kind"] for a in critical}
+    warned = w.json_cli("tech", "alerts", "list", "acme", "--status", "all", "--severity", "warning")
+    assert {a["id"] for a in warned} == {a["id"] for a in every if a["severity"] in ("warning", "critical")}
+    reboot = w.json_cli("tech", "alerts", "list", "acme", "--status", "all", "--kind", "reboot-required")
+    assert reboot and {a["kind"] for a in reboot} == {"reboot-required"}
+    assert "reboot-required" in w.ok_cli("tech", "alerts", "list", "acme", "--kind", "reboot-required")
+    r = w.cli("tech", "alerts", "list", "acme", "--severity", "loud")
+    assert r.returncode != 0 and "--severity must be info, warning or critical" in r.stderr, r.stderr
 
     # The report, ring by ring, with each device's last run.
     report = w.json_cli("tech", "patch", "report", "acme", "--older-than", "0s")

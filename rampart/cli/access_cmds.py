@@ -212,23 +212,29 @@ def alerts_list(
     status: Annotated[str, typer.Option(
         "--status", help="live (open or acknowledged), open, acknowledged, resolved or all.")
     ] = "live",
+    kind: Annotated[str | None, typer.Option("--kind", help="Only this kind (rat-portable, ...).")] = None,
+    severity: Annotated[str | None, typer.Option(
+        "--severity", help="At least this severity: info, warning or critical.")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """List alerts of a tenant, or of every tenant you reach."""
     if status not in ("live", "open", "acknowledged", "resolved", "all"):
         raise UsageProblem("--status must be live, open, acknowledged, resolved or all")
+    if severity not in (None, "info", "warning", "critical"):
+        raise UsageProblem("--severity must be info, warning or critical")
     _, client, _ = api()
     with client:
         if tenant is None:
-            docs = expect_list(client.get("/alerts", status=status), "alerts")
+            docs = expect_list(client.get("/alerts", status=status, kind=kind, severity=severity), "alerts")
         else:
             t = resolve_tenant(client, tenant)
-            docs = expect_list(client.get(f"/tenants/{t['id']}/alerts", status=status), "alerts")
+            docs = expect_list(client.get(f"/tenants/{t['id']}/alerts", status=status, kind=kind,
+                                          severity=severity), "alerts")
     if json_out:
         print_json(docs)
         return
-    table(["id", "severity", "status", "count", "last seen", "subject"],
-          ([d.get("id"), d.get("severity"), d.get("status"), d.get("count"),
+    table(["id", "severity", "kind", "status", "count", "last seen", "subject"],
+          ([d.get("id"), d.get("severity"), d.get("kind"), d.get("status"), d.get("count"),
             fmt_time(d.get("last_seen")), d.get("subject")] for d in docs if isinstance(d, dict)),
           title="Alerts")
 

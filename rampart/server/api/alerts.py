@@ -29,6 +29,10 @@ router = APIRouter(tags=["alerts"])
 StatusFilter = Literal["open", "acknowledged", "resolved", "live", "all"]
 StatusQuery = Annotated[StatusFilter, Query(description="live: open or acknowledged")]
 LimitQuery = Annotated[int, Query(ge=1, le=1000)]
+KindQuery = Annotated[str | None, Query(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$", description="only this kind")]
+SeverityQuery = Annotated[Literal["info", "warning", "critical"] | None,
+                          Query(description="at least this severity")]
+_RANK = {"info": 0, "warning": 1, "critical": 2}
 
 
 def alert_out(a: AlertRow) -> AlertOut:
@@ -40,33 +44,40 @@ def alert_out(a: AlertRow) -> AlertOut:
                     resolved_at=a.resolved_at)
 
 
-def _filtered(q: Select[Any], status: StatusFilter, limit: int) -> Select[Any]:
+def _filtered(q: Select[Any], status: StatusFilter, limit: int, kind: str | None = None,
+              severity: str | None = None) -> Select[Any]:
     if status == "live":
         q = q.where(AlertRow.status.in_(("open", "acknowledged")))
     elif status != "all":
         q = q.where(AlertRow.status == status)
+    if kind is not None:
+        q = q.where(AlertRow.kind == kind)
+    if severity is not None:
+        q = q.where(AlertRow.severity.in_([s for s, r in _RANK.items() if r >= _RANK[severity]]))
     return q.order_by(AlertRow.last_seen.desc()).limit(limit)
 
 
 @router.get("/tenants/{t}/alerts", response_model=list[AlertOut])
-def list_tenant_alerts(t: TenantPath, caller: CallerDep, ctx: Ctx,
-                       status: StatusQuery = "live", limit: LimitQuery = 200) -> list[AlertOut]:
+def list_tenant_alerts(t: TenantPath, caller: CallerDep, ctx: Ctx, status: StatusQuery = "live",
+                       limit: LimitQuery = 200, kind: KindQuery = None,
+                       severity: SeverityQuery = None) -> list[AlertOut]:
     with ctx.store.transaction() as s:
         caller.tenant(s, t)
-        rows = s.scalars(_filtered(select(AlertRow).where(AlertRow.tenant_id == t), status, limit))
+        rows = s.scalars(_filtered(select(AlertRow).where(AlertRow.tenant_id == t), status, limit, kind,
+                                   severity))
         return [alert_out(a) for a in rows]
 
 
 @router.get("/alerts", response_model=list[AlertOut])
-def list_alerts(caller: CallerDep, ctx: Ctx, status: StatusQuery = "live",
-                limit: LimitQuery = 200) -> list[AlertOut]:
+def list_alerts(caller: CallerDep, ctx: Ctx, status: StatusQuery = "live", limit: LimitQuery = 200,
+                kind: KindQuery = None, severity: SeverityQuery = None) -> list[AlertOut]:
     """Alerts of every tenant the caller reaches, plus MSP-wide ones for MSP-wide staff."""
     with ctx.store.transaction() as s:
         q = select(AlertRow)
         if caller.tenants is not None:
             q = q.where(AlertRow.tenant_id.in_(sorted(caller.tenants)))
         out: list[AlertOut] = []
-        for a in s.scalars(_filtered(q, status, limit)):
+        for a in s.scalars(_filtered(q, status, limit, kind, severity)):
             tenant = s.get(Tenant, a.tenant_id) if a.tenant_id is not None else None
             if tenant is None or address_allowed(tenant_networks(tenant), caller.address):
                 out.append(alert_out(a))
