@@ -125,20 +125,15 @@ class NoStandingGrant(Exception):
                    + (f" and {len(shown) - 5} more" if len(shown) > 5 else ""))
 
 
-def uncovered(s: Session, trusted: TrustedRoot, tenant_id: str, key_id: str, action: str,
-              devices: list[str], now: float) -> list[str]:
-    """The devices no approved standing grant for ``action`` covers now (sorted)."""
-    grants = standing_grants(s, trusted, tenant_id, key_id, action, int(now))
-    return sorted(d for d in devices if not any(d in g.devices for g in grants))
-
-
 def trigger(s: Session, audit: AuditLog, key: AutomationKey, trusted: TrustedRoot, tenant_id: str,
-            action: str, devices: list[str], *, now: float, timeout_s: int) -> dict[str, list[str]]:
+            action: str, devices: list[str], *, now: float, timeout_s: int,
+            skip_uncovered: bool = False) -> dict[str, list[str]]:
     """Sign and store one job per standing grant covering ``devices``; return job id -> devices.
 
     Devices no grant covers raise :class:`NoStandingGrant` before anything is
-    stored (all or nothing). The caller commits, then signs a checkpoint and
-    wakes the devices.
+    stored (all or nothing), or with ``skip_uncovered`` are left out of every
+    job (the caller finds them missing from the result). The caller commits,
+    then signs a checkpoint and wakes the devices.
     """
     from .api.jobs import check_job, store_job  # the API's own checks, not a copy of them
 
@@ -155,7 +150,7 @@ def trigger(s: Session, audit: AuditLog, key: AutomationKey, trusted: TrustedRoo
             missing.append(device)
         else:
             plan.setdefault(best.id, []).append(device)
-    if missing:
+    if missing and not skip_uncovered:
         raise NoStandingGrant.for_devices(action, missing)
     jobs: dict[str, list[str]] = {}
     for grant_id, members in plan.items():

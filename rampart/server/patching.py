@@ -44,7 +44,7 @@ from rampart.trust.payloads import RECEIPT_TYPE
 from . import groups
 from .alerts import raise_alert, resolve
 from .audit import AuditLog
-from .automation import AutomationKeyStore, NoStandingGrant, trigger, uncovered
+from .automation import AutomationKeyStore, NoStandingGrant, trigger
 from .db import Store
 from .errors import BadRequest, Conflict, NotFound
 from .models import (
@@ -185,11 +185,14 @@ def validate_policy(s: Session, tenant_id: str, name: str, rings: list[dict[str,
     return out, win
 
 
-def policies_naming(s: Session, tenant_id: str, group: str) -> list[str]:
-    """The names of the tenant's patch policies with a ring naming ``group``."""
-    return [p.name for p in s.scalars(select(PatchPolicy).where(PatchPolicy.tenant_id == tenant_id)
-                                      .order_by(PatchPolicy.name))
-            if any(group in r.get("groups", []) for r in json.loads(p.rings))]
+def policies_by_group(s: Session, tenant_id: str) -> dict[str, list[str]]:
+    """Group name -> the names of the tenant's patch policies with a ring naming it (sorted)."""
+    out: dict[str, list[str]] = {}
+    q = select(PatchPolicy).where(PatchPolicy.tenant_id == tenant_id).order_by(PatchPolicy.name)
+    for p in s.scalars(q):
+        for g in sorted({g for r in json.loads(p.rings) for g in r.get("groups", [])}):
+            out.setdefault(g, []).append(p.name)
+    return out
 
 
 def policy_doc(s: Session, row: PatchPolicy, cycle: PatchCycle | None = None) -> dict[str, Any]:
@@ -410,13 +413,11 @@ class PatchScheduler:
             if key is None:
                 raise NoStandingGrant("the tenant has no automation key (rampart automation enable)")
             trusted = current_trusted(s, policy.tenant_id)
-            ids = [r.device_id for r in runs]
-            missing = uncovered(s, trusted, policy.tenant_id, key.key_id, "os-update", ids, now)
-            covered = [d for d in ids if d not in set(missing)]
-            if covered:
-                jobs = trigger(s, self._audit, key, trusted, policy.tenant_id, "os-update", covered,
-                               now=now, timeout_s=policy.timeout_s)
-                by_device = {d: job for job, devices in jobs.items() for d in devices}
+            jobs = trigger(s, self._audit, key, trusted, policy.tenant_id, "os-update",
+                           [r.device_id for r in runs], now=now, timeout_s=policy.timeout_s,
+                           skip_uncovered=True)
+            by_device = {d: job for job, devices in jobs.items() for d in devices}
+            missing = [r.device_id for r in runs if r.device_id not in by_device]
             if missing:
                 raise NoStandingGrant.for_devices("os-update", missing)
         except (NoStandingGrant, Conflict) as exc:

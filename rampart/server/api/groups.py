@@ -21,7 +21,7 @@ from .. import clock, groups
 from ..context import ServerContext
 from ..errors import Conflict
 from ..models import DeviceGroup
-from ..patching import check_placement, policies_naming
+from ..patching import check_placement, policies_by_group
 from .deps import CallerDep, Ctx, TenantPath
 from .schemas import DeviceId, In
 
@@ -51,7 +51,11 @@ def _replace_members(s: Session, ctx: ServerContext, who: str, g: DeviceGroup, a
     ctx.audit.record(s, [g.tenant_id], "group.set", who,
                      {"group": g.name, "added": sorted(after - before), "removed": sorted(before - after)},
                      now)
-    return groups.group_doc(s, g, policies_naming(s, g.tenant_id, g.name))
+    return _doc(s, g)
+
+
+def _doc(s: Session, g: DeviceGroup) -> Doc:
+    return groups.group_doc(s, g, policies_by_group(s, g.tenant_id).get(g.name, []))
 
 
 @router.get("/tenants/{t}/device-groups", response_model=list[Doc])
@@ -59,15 +63,15 @@ def list_groups(t: TenantPath, caller: CallerDep, ctx: Ctx) -> list[Doc]:
     with ctx.store.transaction() as s:
         caller.tenant(s, t)
         rows = s.scalars(select(DeviceGroup).where(DeviceGroup.tenant_id == t).order_by(DeviceGroup.name))
-        return [groups.group_doc(s, g, policies_naming(s, t, g.name)) for g in rows]
+        used = policies_by_group(s, t)
+        return [groups.group_doc(s, g, used.get(g.name, [])) for g in rows]
 
 
 @router.get("/tenants/{t}/device-groups/{name}", response_model=Doc)
 def show_group(t: TenantPath, name: GroupName, caller: CallerDep, ctx: Ctx) -> Doc:
     with ctx.store.transaction() as s:
         caller.tenant(s, t)
-        g = groups.get_group(s, t, name)
-        return groups.group_doc(s, g, policies_naming(s, t, name))
+        return _doc(s, groups.get_group(s, t, name))
 
 
 @router.put("/tenants/{t}/device-groups/{name}", response_model=Doc)
@@ -109,7 +113,7 @@ def remove_group(t: TenantPath, name: GroupName, caller: CallerDep, ctx: Ctx) ->
         caller.tenant(s, t)
         caller.require_perm("group.manage")
         g = groups.get_group(s, t, name)
-        used = policies_naming(s, t, name)
+        used = policies_by_group(s, t).get(name, [])
         if used:
             raise Conflict(f"device group {name} is named by patch policy {used[0]}; change the policy first")
         doc = groups.group_doc(s, g, used)
