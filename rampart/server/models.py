@@ -265,11 +265,18 @@ class LoginThrottle(Base):
 
 
 class AlertRow(Base):
-    """An alert: de-duplicated on (tenant, dedup key) while open or acknowledged."""
+    """An alert: de-duplicated on (tenant, dedup key) while open or acknowledged.
+
+    ``device_id`` names the one device the alert is about, when there is one
+    (migration 0008): listings cap how many alerts one device contributes
+    (docs/alerts.md). It is a plain column, not a foreign key: the alert
+    outlives nothing it names, and retention deletes it on its own schedule.
+    """
 
     __tablename__ = "alerts"
     id: Mapped[str] = mapped_column(ID, primary_key=True)
     tenant_id: Mapped[str | None] = mapped_column(ForeignKey("tenants.id"), index=True)
+    device_id: Mapped[str | None] = mapped_column(String(32), index=True)
     kind: Mapped[str] = mapped_column(String(64))
     severity: Mapped[str] = mapped_column(String(16))
     dedup_key: Mapped[str] = mapped_column(String(256), index=True)
@@ -282,7 +289,8 @@ class AlertRow(Base):
     acked_by: Mapped[str | None] = mapped_column(String(64))
     acked_at: Mapped[float | None] = mapped_column(Float)
     resolved_by: Mapped[str | None] = mapped_column(String(64))
-    resolved_at: Mapped[float | None] = mapped_column(Float)
+    #: Indexed for the retention sweep (rampart/server/retention.py).
+    resolved_at: Mapped[float | None] = mapped_column(Float, index=True)
 
 
 # --- monitoring, inventory and detection (issue 5) ----------------------------------------------
@@ -332,7 +340,8 @@ class FindingRow(Base):
     evidence: Mapped[str] = mapped_column(Text)
     first_seen: Mapped[float] = mapped_column(Float)
     last_seen: Mapped[float] = mapped_column(Float)
-    resolved_at: Mapped[float | None] = mapped_column(Float)
+    #: Indexed for the retention sweep (rampart/server/retention.py).
+    resolved_at: Mapped[float | None] = mapped_column(Float, index=True)
 
 
 class SanctionedTool(Base):
