@@ -32,8 +32,14 @@ MAX_DETAIL = 2000
 
 
 def raise_alert(s: Session, tenant_ids: Iterable[str | None], *, kind: str, severity: Severity,
-                dedup: str, subject: str, detail: str, now: float) -> list[AlertRow]:
-    """Open (or re-count) one alert per tenant; ``None`` means the MSP-wide scope."""
+                dedup: str, subject: str, detail: str, now: float,
+                device_id: str | None = None) -> list[AlertRow]:
+    """Open (or re-count) one alert per tenant; ``None`` means the MSP-wide scope.
+
+    ``device_id`` names the one device the alert is about, if any: listings
+    cap how many alerts one device shows (docs/alerts.md), so a device that
+    floods its own alerts never pushes another device's out of view.
+    """
     out: list[AlertRow] = []
     for tenant_id in dict.fromkeys(tenant_ids):
         key = f"{kind}:{dedup}"[:256]
@@ -46,9 +52,9 @@ def raise_alert(s: Session, tenant_ids: Iterable[str | None], *, kind: str, seve
             row.last_seen = now
             row.detail = detail[:MAX_DETAIL]
         else:
-            row = AlertRow(id=new_id("al"), tenant_id=tenant_id, kind=kind, severity=severity,
-                           dedup_key=key, subject=subject[:256], detail=detail[:MAX_DETAIL],
-                           status="open", count=1, first_seen=now, last_seen=now)
+            row = AlertRow(id=new_id("al"), tenant_id=tenant_id, device_id=device_id, kind=kind,
+                           severity=severity, dedup_key=key, subject=subject[:256],
+                           detail=detail[:MAX_DETAIL], status="open", count=1, first_seen=now, last_seen=now)
             s.add(row)
             s.flush()
             enqueue(s, row, now)  # delivered by the notifier; queued with the alert itself

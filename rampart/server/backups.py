@@ -282,6 +282,6 @@ class BackupScheduler:
                                     severity="critical" if st in ("failed", "stale") else "warning",
                                     dedup=dedup,
                                     subject=f"backup of {b.hostname or b.device_id} is {state}"[:256],
-                                    detail=f"device {b.device_id}: {why}", now=now)
+                                    detail=f"device {b.device_id}: {why}", now=now, device_id=b.device_id)
                     elif not wanted and alert is not None:
                         resolve(alert, "scheduler", now)

@@ -176,7 +176,8 @@ class CheckRunner:
             if alert is None:
                 raise_alert(s, [tenant_id], kind=ALERT_KIND, severity="warning", dedup=dedup,
                             subject=f"{kind} check failed on {host or device_id}: {result.detail}",
-                            detail=f"check {check_id} on {device_id}: {result.detail}", now=now)
+                            detail=f"check {check_id} on {device_id}: {result.detail}", now=now,
+                            device_id=device_id)
             else:
                 alert.detail = f"check {check_id} on {device_id}: {result.detail}"
                 alert.last_seen = now

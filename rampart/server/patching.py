@@ -538,7 +538,7 @@ def reboot_notices(s: Session, now: float) -> None:
                     raise_alert(s, [policy.tenant_id], kind=REBOOT_ALERT, severity="warning", dedup=dedup,
                                 subject=f"{device_id} needs a reboot to finish its updates",
                                 detail=f"device {device_id} (policy {policy.name}) reports a reboot is "
-                                       "required", now=now)
+                                       "required", now=now, device_id=device_id)
                 elif (state is None or not state.reboot_required) and alert is not None:
                     resolve(alert, "scheduler", now)
 

@@ -145,7 +145,7 @@ class ScriptCheckStore:
         if alert is None:
             raise_alert(s, [check.tenant_id], kind=ALERT_FAILED, severity="warning", dedup=dedup,
                         subject=f"script check {label} failed on {device.hostname or device.id}: {why}",
-                        detail=detail, now=now)
+                        detail=detail, now=now, device_id=device.id)
         else:
             alert.detail = detail[:2000]
             alert.last_seen = now
@@ -184,6 +184,7 @@ class ScriptCheckStore:
                                     subject=f"script check {label} reported nothing from {device_id} "
                                             f"for {int(late)} s",
                                     detail=f"script check {check.job_id} on {device_id}: no result for "
-                                           f"{int(late)} s (runs every {interval} s)", now=now)
+                                           f"{int(late)} s (runs every {interval} s)", now=now,
+                                    device_id=device_id)
                         raised += 1
         return raised
