@@ -16,7 +16,6 @@ Security invariants:
 from __future__ import annotations
 
 import io
-import sys
 from typing import Annotated, Any
 
 import typer
@@ -29,7 +28,7 @@ from .client import Client, expect_dict, expect_list, fetch_server_certificate, 
 from .common import api, config, new_key_passphrase, resolve_tenant
 from .config import Config, Session
 from .errors import NetworkProblem, NotLoggedIn, Refused, ServerProblem, UsageProblem
-from .output import fmt_time, note, print_json, say, table
+from .output import fmt_time, note, print_json, say, say_lines, table
 
 ROLES = ("owner", "approver", "technician", "viewer", "customer-viewer")
 
@@ -67,7 +66,8 @@ def pin_server(url: str, fingerprint: str | None, cfg: Config) -> tuple[str, byt
     if not prompts.stdin_is_tty():
         raise UsageProblem(f"{server} presents certificate SHA-256 {got}: pass --fingerprint or "
                            "set RAMPART_SERVER_FINGERPRINT to pin it (no terminal to confirm)")
-    say(f"The server {server} presents a certificate with SHA-256\n  {got}")
+    say(f"The server {server} presents a certificate with SHA-256")
+    say(f"  {got}")
     say("Compare it with the one `rampart server init` printed.")
     if not prompts.confirm("Trust this certificate?"):
         raise Refused("certificate not trusted: login cancelled")
@@ -94,10 +94,9 @@ def print_totp_enrolment(uri: str) -> None:
     qr.make(fit=True)
     buf = io.StringIO()
     qr.print_ascii(out=buf, invert=True)
-    sys.stdout.write("Enrol TOTP in your authenticator app (scan the code or enter the URI):\n")
-    sys.stdout.write(buf.getvalue())
-    sys.stdout.write(f"otpauth URI: {uri}\n")
-    sys.stdout.flush()
+    say("Enrol TOTP in your authenticator app (scan the code or enter the URI):")
+    say_lines(buf.getvalue().rstrip("\n"))
+    say(f"otpauth URI: {uri}")
 
 
 def enrolment(doc: Any) -> tuple[str, str]:

@@ -23,7 +23,7 @@ from .common import api, resolve_tenant
 from .config import Config, Session
 from .errors import Refused, UsageProblem
 from .job_cmds import send_and_follow, sign_script_job
-from .output import fmt_duration, fmt_time, parse_duration, print_json, say, table
+from .output import fmt_duration, fmt_time, parse_duration, print_json, say, say_lines, table
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 checks_app = typer.Typer(help="Monitoring checks (evaluated from each device's inventory).",
@@ -216,7 +216,7 @@ def checks_results(
             for stream in ("stdout", "stderr"):
                 if d.get(stream):
                     say(f"--- {fmt_time(d.get('run_at'))} {d.get('device')} {stream} ---")
-                    say(str(d[stream]).rstrip("\n"))
+                    say_lines(str(d[stream]).rstrip("\r\n"))
 
 
 @checks_app.command("remove")

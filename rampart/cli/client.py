@@ -94,8 +94,7 @@ def _detail(resp: httpx.Response) -> str:
         detail = "; ".join(parts) or "invalid request"
     if not isinstance(detail, str) or not detail:
         detail = resp.reason_phrase or f"HTTP {resp.status_code}"
-    detail = " ".join(detail.split())
-    return str(detail)[:_MAX_DETAIL]
+    return str(detail)[:_MAX_DETAIL]  # made one safe line by CliError
 
 
 class Client:

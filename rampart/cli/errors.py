@@ -12,10 +12,20 @@ non-zero exit status (see :func:`rampart.cli.main.main`, the error boundary)::
 
 Third-party exceptions (httpx, ssl, rampart.trust) are translated into these at
 the boundary where they occur, with ``raise ... from exc``. Messages never
-contain secrets (passwords, TOTP codes, tokens, passphrases).
+contain secrets (passwords, TOTP codes, tokens, passphrases). A message may quote
+what a device or the server sent, so it is made one inert line when built
+(:func:`one_line`): a control, line break or bidi character shows as an escape.
 """
 
 from __future__ import annotations
+
+from rampart.textsafe import safe_line
+
+
+def one_line(message: object) -> str:
+    """``message`` as one safe line: ends trimmed, runs of spaces collapsed, unsafe characters escaped."""
+    text = str(message).strip(" \t\r\n")
+    return safe_line(" ".join(part for part in text.split(" ") if part))
 
 
 class CliError(Exception):
@@ -25,7 +35,7 @@ class CliError(Exception):
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
-        self.message = " ".join(str(message).split())  # always one line
+        self.message = one_line(message)
 
     def __str__(self) -> str:
         return self.message

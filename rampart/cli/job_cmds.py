@@ -30,6 +30,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from rampart import trust
+from rampart.textsafe import safe_lines
 from rampart.trust import Action, Declared, Job, PayloadRef
 from rampart.trust.payloads import JOB_TYPE
 
@@ -181,18 +182,19 @@ def target_ok(t: dict[str, Any]) -> bool:
             and not r.get("timed_out"))
 
 
-#: Lines to show for one receipt's output (the action commands summarise their JSON result).
+#: Lines to show for one receipt's output (the action commands summarise their JSON result);
+#: :func:`print_targets` prints each one through :func:`say`, so each stays one safe line.
 Render = Callable[[dict[str, Any]], list[str]]
 
 
 def raw_output(receipt: dict[str, Any]) -> list[str]:
-    """A script's stdout and stderr, as they came."""
+    """A script's stdout and stderr: their lines kept, each line made safe (T16)."""
     lines: list[str] = []
     for stream in ("stdout", "stderr"):
         text = receipt.get(stream)
         if text:
             lines.append(f"--- {stream} ---")
-            lines += str(text).rstrip("\n").split("\n")
+            lines += safe_lines(str(text).rstrip("\r\n"))
     return lines
 
 

@@ -1,6 +1,6 @@
 """`rampart`: the operator CLI (entry point and error boundary).
 
-Every error ends here as ONE line on stderr and a non-zero exit status (see
+Every error ends here as ONE safe line on stderr and a non-zero exit status (see
 :mod:`rampart.cli.errors` for the codes); tracebacks are shown only with
 ``RAMPART_DEBUG=1``. ``rampart server ...`` is forwarded to
 :mod:`rampart.server.commands`, imported only when used so the operator
@@ -36,7 +36,7 @@ from . import (
     up,
 )
 from .common import set_config_dir
-from .errors import CliError
+from .errors import CliError, one_line
 
 app = typer.Typer(
     name="rampart",
@@ -94,7 +94,7 @@ group_cmds.register(app)
 
 
 def _fail(message: str, code: int) -> int:
-    text = " ".join(str(message).split()) or "failed"
+    text = one_line(message) or "failed"
     sys.stderr.write(f"rampart: error: {text}\n")
     sys.stderr.flush()
     return code

@@ -6,7 +6,6 @@ the receiving system, which verifies ``X-Rampart-Signature`` (docs/monitoring.md
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,7 +15,7 @@ from .access_cmds import alerts_app
 from .client import expect_dict, expect_list
 from .common import api, resolve_tenant
 from .errors import CliError, UsageProblem
-from .output import print_json, say, table
+from .output import print_json, say, table, write_export
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
@@ -134,7 +133,7 @@ def events_export(
         t = resolve_tenant(client, tenant)
         text = client.get_text(f"/tenants/{t['id']}/events", format=fmt, start=start, limit=limit)
     if output is None:
-        sys.stdout.write(text)
+        write_export(text)
         return
     try:
         output.write_text(text)

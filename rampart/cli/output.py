@@ -1,4 +1,16 @@
-"""Output helpers: rich tables for people, ``--json`` for scripts, time and duration formats."""
+"""Output helpers: rich tables for people, ``--json`` for scripts, time and duration formats.
+
+Security invariant (threat T16: a device writes any string it likes): every
+human-readable line the CLI prints goes through :mod:`rampart.textsafe` here, so
+no control, bidi or invisible character from a device or the server reaches the
+terminal; each is shown as a visible escape (``\\x1b``, ``\\u202e``). Table cells,
+titles and messages are single lines (LF shows as ``\\n``, so a cell cannot forge a
+row); :func:`say_lines` keeps the lines of job output, each made safe. Text is
+handed to Rich as :class:`rich.text.Text`, so Rich interprets no markup or emoji
+code in it either. ``--json`` (:func:`print_json`) is lossless and ASCII-only;
+exports go through :func:`write_export`. Commands print only through these
+functions (see docs/cli.md, "Output is safe to read").
+"""
 
 from __future__ import annotations
 
@@ -10,8 +22,10 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
+
+from rampart.textsafe import safe_line, safe_lines
 
 from .errors import UsageProblem
 
@@ -49,31 +63,54 @@ def fmt_time(ts: float | int | str | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(ts)))
 
 
+def safe_text(text: object) -> Text:
+    """One inert line for Rich: unsafe characters escaped, no markup or emoji interpreted."""
+    return Text(safe_line(str(text)))
+
+
 def print_json(doc: Any) -> None:
-    sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
+    """``--json``: the exact strings; ``ensure_ascii`` escapes every control and non-ASCII character."""
+    sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True, default=str, ensure_ascii=True) + "\n")
+    sys.stdout.flush()
+
+
+def write_export(text: str) -> None:
+    """Machine-readable text (an export, an SBOM) to stdout: exact when redirected to a file or a
+    pipe; on a terminal each line is made safe like any other output."""
+    if sys.stdout.isatty():
+        text = "".join(line + "\n" for line in safe_lines(text.removesuffix("\n")))
+    sys.stdout.write(text)
     sys.stdout.flush()
 
 
 def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], *,
           title: str | None = None) -> None:
-    t = Table(title=title, show_lines=False, header_style="bold")
+    """A table of single-line cells (``None`` shows as ``-``): no cell can break its row."""
+    t = Table(title=safe_text(title) if title is not None else None, show_lines=False,
+              header_style="bold")
     for c in columns:
-        t.add_column(c, overflow="fold")
+        t.add_column(safe_text(c), overflow="fold")
     n = 0
     for r in rows:
-        t.add_row(*[escape(str(x)) if x is not None else "-" for x in r])
+        t.add_row(*[safe_text(x) if x is not None else Text("-") for x in r])
         n += 1
     if n == 0:
-        console.print(f"(no {title.lower() if title else 'entries'})")
+        say(f"(no {title.lower() if title else 'entries'})")
         return
     console.print(t)
 
 
 def say(text: str) -> None:
-    """Plain text to stdout (no markup interpretation)."""
-    console.print(escape(text))
+    """One line to stdout, made safe (a line break in ``text`` shows as ``\\n``)."""
+    console.print(safe_text(text))
+
+
+def say_lines(text: str, *, indent: str = "") -> None:
+    """Multi-line text from elsewhere (job or check output) to stdout: its lines kept, each made safe."""
+    for line in safe_lines(text):
+        console.print(safe_text(indent + line))
 
 
 def note(text: str) -> None:
-    """A remark on stderr (warnings, progress) so stdout stays parseable."""
-    err_console.print(escape(text))
+    """A remark on stderr (warnings, progress) so stdout stays parseable; one safe line."""
+    err_console.print(safe_text(text))

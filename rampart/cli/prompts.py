@@ -16,6 +16,8 @@ import getpass
 import os
 import sys
 
+from rampart.textsafe import safe_line
+
 from .errors import UsageProblem
 
 ENV_PASSWORD = "RAMPART_PASSWORD"  # noqa: S105 - a variable name
@@ -89,7 +91,7 @@ def confirm(question: str, *, default: bool = False) -> bool:
     sys.stdout.flush()
     suffix = " [Y/n] " if default else " [y/N] "
     try:
-        answer = input(question + suffix).strip().lower()
+        answer = input(safe_line(question) + suffix).strip().lower()
     except EOFError:
         return False
     if not answer:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,7 +12,7 @@ from rampart.sbom import DeviceInfo, PackageInfo, device_sbom, rampart_sbom
 from .client import expect_dict, expect_list
 from .common import api
 from .errors import CliError, UsageProblem
-from .output import say
+from .output import say, write_export
 
 
 def _find_device(client: Any, device: str) -> tuple[str, dict[str, Any]]:
@@ -55,7 +54,7 @@ def sbom(
                                      str(os_info.get("id", "")), str(os_info.get("version_id", ""))),
                           pkgs)
     if output is None:
-        sys.stdout.write(doc + "\n")
+        write_export(doc + "\n")
         return
     try:
         output.write_text(doc + "\n")

@@ -443,6 +443,7 @@ def _print_env(q: Quickstart, name: str) -> None:
         q.url = url  # the address the last `rampart up` served on
     cfg = q.operator(name)
     q.login(name, cfg)
+    # Shell code for `eval`, not text for people: every value is local and shlex-quoted.
     sys.stdout.write(f"export RAMPART_CONFIG_DIR={shlex.quote(str(cfg.dir))}\n")
     sys.stdout.write("export RAMPART_KEY_PASSPHRASE="
                      f"{shlex.quote(q.creds[name]['key_passphrase'])}\n")
