@@ -10,6 +10,7 @@ against the trusted root.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 import typer
@@ -215,28 +216,62 @@ def alerts_list(
     kind: Annotated[str | None, typer.Option("--kind", help="Only this kind (rat-portable, ...).")] = None,
     severity: Annotated[str | None, typer.Option(
         "--severity", help="At least this severity: info, warning or critical.")] = None,
+    device: Annotated[str | None, typer.Option(
+        "--device", help="Only this device's alerts (dev-…), all of them.")] = None,
+    per_device: Annotated[int | None, typer.Option(
+        "--per-device", min=0, help="At most N alerts of one device (default 20; 0: no cap).")] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """List alerts of a tenant, or of every tenant you reach."""
+    """List alerts of a tenant, or of every tenant you reach: most severe first, then newest.
+
+    One device shows at most 20 alerts unless --per-device or --device says
+    otherwise; a line on stderr says how many each capped device has beyond.
+    """
     if status not in ("live", "open", "acknowledged", "resolved", "all"):
         raise UsageProblem("--status must be live, open, acknowledged, resolved or all")
     if severity not in (None, "info", "warning", "critical"):
         raise UsageProblem("--severity must be info, warning or critical")
+    if device is not None and not _DEVICE_ID.fullmatch(device):
+        raise UsageProblem("--device must be a device id (dev- and 24 hex digits)")
     _, client, _ = api()
+    query = {"status": status, "kind": kind, "severity": severity, "device": device,
+             "per_device": per_device}
     with client:
         if tenant is None:
-            docs = expect_list(client.get("/alerts", status=status, kind=kind, severity=severity), "alerts")
+            raw, headers = client.get_with_headers("/alerts", **query)
         else:
             t = resolve_tenant(client, tenant)
-            docs = expect_list(client.get(f"/tenants/{t['id']}/alerts", status=status, kind=kind,
-                                          severity=severity), "alerts")
+            raw, headers = client.get_with_headers(f"/tenants/{t['id']}/alerts", **query)
+    docs = expect_list(raw, "alerts")
     if json_out:
         print_json(docs)
-        return
-    table(["id", "severity", "kind", "status", "count", "last seen", "subject"],
-          ([d.get("id"), d.get("severity"), d.get("kind"), d.get("status"), d.get("count"),
-            fmt_time(d.get("last_seen")), d.get("subject")] for d in docs if isinstance(d, dict)),
-          title="Alerts")
+    else:
+        table(["id", "severity", "kind", "status", "count", "last seen", "subject"],
+              ([d.get("id"), d.get("severity"), d.get("kind"), d.get("status"), d.get("count"),
+                fmt_time(d.get("last_seen")), d.get("subject")] for d in docs if isinstance(d, dict)),
+              title="Alerts")
+    for line in capped_lines(headers):
+        note(line)
+
+
+_DEVICE_ID = re.compile(r"dev-[0-9a-f]{24}")
+_CAPPED_ENTRY = re.compile(r"(dev-[0-9a-f]{24})=([0-9]{1,9})")
+_CAPPED_MORE = re.compile(r"devices=([0-9]{1,9}),alerts=([0-9]{1,9})")
+
+
+def capped_lines(headers: dict[str, str]) -> list[str]:
+    """What the server's per-device cap left out, one line per device (only well-formed entries)."""
+    out = []
+    for entry in headers.get("rampart-alerts-capped", "").split(","):
+        m = _CAPPED_ENTRY.fullmatch(entry.strip())
+        if m:
+            dev, n = m.group(1), int(m.group(2))
+            out.append(f"{dev}: {n} more alert{'s' if n != 1 else ''} not shown "
+                       f"(--device {dev}, or --per-device 0)")
+    more = _CAPPED_MORE.fullmatch(headers.get("rampart-alerts-capped-more", "").strip())
+    if more:
+        out.append(f"{more.group(1)} more devices: {more.group(2)} more alerts not shown (--per-device 0)")
+    return out
 
 
 @alerts_app.command("ack")

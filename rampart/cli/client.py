@@ -148,7 +148,8 @@ class Client:
 
     def request(self, method: str, path: str, *, json: Any = None,
                 params: dict[str, Any] | None = None, _retried: bool = False,
-                text: bool = False) -> Any:
+                text: bool = False, headers_out: dict[str, str] | None = None) -> Any:
+        """Send one request; the answer's JSON (or text). ``headers_out`` receives its headers."""
         url = API_PREFIX + path
         try:
             resp = self._http.request(method, url, json=json, params=params)
@@ -167,7 +168,8 @@ class Client:
         if (resp.status_code == 403 and _code(resp) == STEP_UP_CODE and self._token
                 and path != STEP_UP_PATH and not _retried):
             self.step_up(_detail(resp))
-            return self.request(method, path, json=json, params=params, _retried=True, text=text)
+            return self.request(method, path, json=json, params=params, _retried=True, text=text,
+                                headers_out=headers_out)
         if resp.status_code == 429:
             wait = resp.headers.get("retry-after", "")
             raise ServerProblem(f"server refused: {_detail(resp)} (HTTP 429"
@@ -183,6 +185,8 @@ class Client:
                 raise ServerProblem(f"{detail} (HTTP 401)", 401)
             raise ServerProblem(f"server refused: {detail} (HTTP {resp.status_code})",
                                 resp.status_code)
+        if headers_out is not None:
+            headers_out.update((k.lower(), v) for k, v in resp.headers.items())
         if text:
             return resp.text
         if resp.status_code == 204 or not resp.content:
@@ -195,6 +199,13 @@ class Client:
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params={k: v for k, v in params.items() if v is not None}
                             or None)
+
+    def get_with_headers(self, path: str, **params: Any) -> tuple[Any, dict[str, str]]:
+        """A JSON answer and its response headers (names in lower case)."""
+        headers: dict[str, str] = {}
+        doc = self.request("GET", path, params={k: v for k, v in params.items() if v is not None}
+                           or None, headers_out=headers)
+        return doc, headers
 
     def get_text(self, path: str, **params: Any) -> str:
         """A plain-text answer (e.g. an event export), errors handled as for JSON."""

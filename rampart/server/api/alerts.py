@@ -3,15 +3,28 @@
 Tenant alerts are visible to whoever reaches the tenant; MSP-wide alerts (no
 tenant) only to MSP-wide staff. Acknowledging and resolving need the
 ``alert.manage`` permission and are audit entries.
+
+A listing shows the most severe alerts first (critical, warning, info), then
+the most recently seen. No device may push another's alerts out of it (T16):
+at most ``per_device`` alerts of one device are listed (default
+:data:`DEFAULT_PER_DEVICE`; ``0`` lifts the cap, as does asking for one
+``device``), chosen in SQL with ``ROW_NUMBER() OVER (PARTITION BY device_id
+…)``; alerts that name no device are never capped. What a cap left out is
+said in the ``Rampart-Alerts-Capped`` response header
+(``dev-…=180,dev-…=3``, most hidden first, at most :data:`MAX_CAPPED_LISTED`
+devices; the rest in ``Rampart-Alerts-Capped-More: devices=N,alerts=M``).
+Device ids are server-generated, so the header carries no device-chosen
+text. The body stays a plain list (docs/alerts.md).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
-from sqlalchemy import Select, select
+from fastapi import APIRouter, Query, Response
+from sqlalchemy import ColumnElement, Select, case, func, or_, select
 from sqlalchemy.orm import Session
 
 from .. import clock
@@ -22,7 +35,7 @@ from ..context import ServerContext
 from ..errors import NotFound
 from ..models import AlertRow, Tenant
 from .deps import AlertPath, Caller, CallerDep, Ctx, TenantPath
-from .schemas import AlertOut
+from .schemas import DEVICE_ID, AlertOut
 
 router = APIRouter(tags=["alerts"])
 
@@ -32,11 +45,26 @@ LimitQuery = Annotated[int, Query(ge=1, le=1000)]
 KindQuery = Annotated[str | None, Query(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$", description="only this kind")]
 SeverityQuery = Annotated[Literal["info", "warning", "critical"] | None,
                           Query(description="at least this severity")]
+DeviceQuery = Annotated[str | None, Query(pattern=DEVICE_ID, description="only this device's alerts")]
+PerDeviceQuery = Annotated[int | None, Query(
+    ge=0, le=1000, description="at most this many alerts of one device (default 20, or no cap with "
+                               "device=; 0: no cap)")]
 _RANK = {"info": 0, "warning": 1, "critical": 2}
+
+#: Alerts of one device in a listing unless the caller asks otherwise.
+DEFAULT_PER_DEVICE = 20
+#: Devices named in the capped header; the others are summed in the "more" header.
+MAX_CAPPED_LISTED = 50
+CAPPED_HEADER = "Rampart-Alerts-Capped"
+CAPPED_MORE_HEADER = "Rampart-Alerts-Capped-More"
+
+#: Critical first, then warning, then info (an unknown severity sorts with warning).
+_SEVERITY_ORDER = case({"critical": 0, "warning": 1, "info": 2}, value=AlertRow.severity, else_=1)
+_ORDER = (_SEVERITY_ORDER, AlertRow.last_seen.desc(), AlertRow.id)
 
 
 def alert_out(a: AlertRow) -> AlertOut:
-    return AlertOut(id=a.id, tenant=a.tenant_id, kind=a.kind, severity=a.severity,
+    return AlertOut(id=a.id, tenant=a.tenant_id, device=a.device_id, kind=a.kind, severity=a.severity,
                     subject=a.subject, detail=a.detail,
                     status=a.status,  # type: ignore[arg-type]
                     count=a.count, first_seen=a.first_seen, last_seen=a.last_seen,
@@ -44,44 +72,95 @@ def alert_out(a: AlertRow) -> AlertOut:
                     resolved_at=a.resolved_at)
 
 
-def _filtered(q: Select[Any], status: StatusFilter, limit: int, kind: str | None = None,
-              severity: str | None = None) -> Select[Any]:
+@dataclass(frozen=True, slots=True)
+class AlertView:
+    """One listing: the alerts shown, and per device how many its cap left out (most first)."""
+
+    rows: list[AlertRow]
+    capped: list[tuple[str, int]]
+
+    def headers(self) -> dict[str, str]:
+        if not self.capped:
+            return {}
+        shown, rest = self.capped[:MAX_CAPPED_LISTED], self.capped[MAX_CAPPED_LISTED:]
+        out = {CAPPED_HEADER: ",".join(f"{dev}={n}" for dev, n in shown)}
+        if rest:
+            out[CAPPED_MORE_HEADER] = f"devices={len(rest)},alerts={sum(n for _, n in rest)}"
+        return out
+
+
+def _conditions(status: StatusFilter, kind: str | None, severity: str | None,
+                device: str | None) -> list[ColumnElement[bool]]:
+    conds: list[ColumnElement[bool]] = []
     if status == "live":
-        q = q.where(AlertRow.status.in_(("open", "acknowledged")))
+        conds.append(AlertRow.status.in_(("open", "acknowledged")))
     elif status != "all":
-        q = q.where(AlertRow.status == status)
+        conds.append(AlertRow.status == status)
     if kind is not None:
-        q = q.where(AlertRow.kind == kind)
+        conds.append(AlertRow.kind == kind)
     if severity is not None:
-        q = q.where(AlertRow.severity.in_([s for s, r in _RANK.items() if r >= _RANK[severity]]))
-    return q.order_by(AlertRow.last_seen.desc()).limit(limit)
+        conds.append(AlertRow.severity.in_([s for s, r in _RANK.items() if r >= _RANK[severity]]))
+    if device is not None:
+        conds.append(AlertRow.device_id == device)
+    return conds
+
+
+def alert_view(s: Session, scope: ColumnElement[bool], *, status: StatusFilter = "live", limit: int = 200,
+               kind: str | None = None, severity: str | None = None, device: str | None = None,
+               per_device: int | None = None) -> AlertView:
+    """The alerts in ``scope`` matching the filters, severity first, at most ``per_device`` per device."""
+    conds = [scope, *_conditions(status, kind, severity, device)]
+    cap = per_device if per_device is not None else (0 if device is not None else DEFAULT_PER_DEVICE)
+    if cap == 0:
+        return AlertView(list(s.scalars(select(AlertRow).where(*conds).order_by(*_ORDER).limit(limit))), [])
+    nth = func.row_number().over(partition_by=AlertRow.device_id, order_by=_ORDER).label("nth")
+    ranked = select(AlertRow.id, AlertRow.device_id, nth).where(*conds).subquery()
+    shown: Select[Any] = (select(AlertRow).join(ranked, ranked.c.id == AlertRow.id)
+                          .where(or_(ranked.c.device_id.is_(None), ranked.c.nth <= cap))
+                          .order_by(*_ORDER).limit(limit))
+    hidden = func.count().label("hidden")
+    capped = s.execute(select(ranked.c.device_id, hidden)
+                       .where(ranked.c.device_id.is_not(None), ranked.c.nth > cap)
+                       .group_by(ranked.c.device_id).order_by(hidden.desc(), ranked.c.device_id)).all()
+    return AlertView(list(s.scalars(shown)), [(str(dev), int(n)) for dev, n in capped])
 
 
 @router.get("/tenants/{t}/alerts", response_model=list[AlertOut])
-def list_tenant_alerts(t: TenantPath, caller: CallerDep, ctx: Ctx, status: StatusQuery = "live",
-                       limit: LimitQuery = 200, kind: KindQuery = None,
-                       severity: SeverityQuery = None) -> list[AlertOut]:
-    with ctx.store.transaction() as s:
+def list_tenant_alerts(t: TenantPath, caller: CallerDep, ctx: Ctx, response: Response,
+                       status: StatusQuery = "live", limit: LimitQuery = 200, kind: KindQuery = None,
+                       severity: SeverityQuery = None, device: DeviceQuery = None,
+                       per_device: PerDeviceQuery = None) -> list[AlertOut]:
+    with ctx.store.read() as s:  # a snapshot: listing never waits for the write lock
         caller.tenant(s, t)
-        rows = s.scalars(_filtered(select(AlertRow).where(AlertRow.tenant_id == t), status, limit, kind,
-                                   severity))
-        return [alert_out(a) for a in rows]
+        view = alert_view(s, AlertRow.tenant_id == t, status=status, limit=limit, kind=kind,
+                          severity=severity, device=device, per_device=per_device)
+        response.headers.update(view.headers())
+        return [alert_out(a) for a in view.rows]
 
 
 @router.get("/alerts", response_model=list[AlertOut])
-def list_alerts(caller: CallerDep, ctx: Ctx, status: StatusQuery = "live", limit: LimitQuery = 200,
-                kind: KindQuery = None, severity: SeverityQuery = None) -> list[AlertOut]:
-    """Alerts of every tenant the caller reaches, plus MSP-wide ones for MSP-wide staff."""
-    with ctx.store.transaction() as s:
-        q = select(AlertRow)
+def list_alerts(caller: CallerDep, ctx: Ctx, response: Response, status: StatusQuery = "live",
+                limit: LimitQuery = 200, kind: KindQuery = None, severity: SeverityQuery = None,
+                device: DeviceQuery = None, per_device: PerDeviceQuery = None) -> list[AlertOut]:
+    """Alerts of every tenant the caller reaches, plus MSP-wide ones for MSP-wide staff.
+
+    Tenants whose approved networks exclude the caller's address are left out
+    before anything is counted, so neither their alerts nor their capped
+    devices show.
+    """
+    with ctx.store.read() as s:
+        tenants = select(Tenant)
         if caller.tenants is not None:
-            q = q.where(AlertRow.tenant_id.in_(sorted(caller.tenants)))
-        out: list[AlertOut] = []
-        for a in s.scalars(_filtered(q, status, limit, kind, severity)):
-            tenant = s.get(Tenant, a.tenant_id) if a.tenant_id is not None else None
-            if tenant is None or address_allowed(tenant_networks(tenant), caller.address):
-                out.append(alert_out(a))
-        return out
+            tenants = tenants.where(Tenant.id.in_(sorted(caller.tenants)))
+        allowed = sorted(t.id for t in s.scalars(tenants)
+                         if address_allowed(tenant_networks(t), caller.address))
+        scope: ColumnElement[bool] = AlertRow.tenant_id.in_(allowed)
+        if caller.tenants is None:
+            scope = or_(AlertRow.tenant_id.is_(None), scope)
+        view = alert_view(s, scope, status=status, limit=limit, kind=kind, severity=severity,
+                          device=device, per_device=per_device)
+        response.headers.update(view.headers())
+        return [alert_out(a) for a in view.rows]
 
 
 def load_alert(s: Session, caller: Caller, alert_id: str) -> AlertRow:

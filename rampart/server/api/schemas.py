@@ -361,6 +361,8 @@ ALERT_ID = r"^al-[0-9a-z]{16,64}$"
 class AlertOut(BaseModel):
     id: str
     tenant: str | None
+    #: The one device the alert is about, if any (listings cap how many alerts one device shows).
+    device: str | None = None
     kind: str
     severity: str
     subject: str
