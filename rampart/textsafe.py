@@ -89,7 +89,8 @@ def safe_lines(text: str) -> list[str]:
 
     A lone CR, and every other control, stays visible as an escape within its line.
     """
-    return [safe_line(part.removesuffix("\r")) for part in text.split("\n")]
+    parts = text.split("\n")
+    return [safe_line(part.removesuffix("\r")) for part in parts[:-1]] + [safe_line(parts[-1])]
 
 
 def is_safe(text: str) -> bool:
