@@ -216,7 +216,7 @@ def checks_results(
             for stream in ("stdout", "stderr"):
                 if d.get(stream):
                     say(f"--- {fmt_time(d.get('run_at'))} {d.get('device')} {stream} ---")
-                    say_lines(str(d[stream]).rstrip("\r\n"))
+                    say_lines(str(d[stream]).rstrip("\r\n"), indent="  ")
 
 
 @checks_app.command("remove")
