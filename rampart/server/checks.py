@@ -149,9 +149,18 @@ class CheckRunner:
         self._seen = {k: v for k, v in self._seen.items() if k[0] in live}
         evaluated = 0
         inventories: dict[str, Any] = {}
+        # Which (check, device) pairs have a new inventory: read the heads only, never an unchanged
+        # snapshot (a device's large report is not inflated again every cycle).
+        pairs = [(check_id, dev) for check_id, tenant_id, device_id, _, _ in checks
+                 for dev, _ in devices.get(tenant_id, []) if device_id is None or dev == device_id]
+        heads = self._telemetry.heads(sorted({dev for _, dev in pairs}))
+        stale = {dev for check_id, dev in pairs
+                 if dev in heads and self._seen.get((check_id, dev)) != heads[dev]}
         for check_id, tenant_id, device_id, kind, params in checks:
             for dev, host in devices.get(tenant_id, []):
                 if device_id is not None and dev != device_id:
+                    continue
+                if dev not in stale:
                     continue
                 if dev not in inventories:
                     inventories[dev] = self._telemetry.inventory(dev, now)

@@ -4,7 +4,9 @@ Data directory layout (docs/design/protocol.md, "Server data directory")::
 
     DIR/config.json     {"db_url": ..., "public_url": null, "shared_operator_keys": false,
                          "inventory_interval_s": 300 (optional; the agents' interval),
-                         "scheduler_interval_s": 60 (optional; patch and backup scheduling)}
+                         "scheduler_interval_s": 60 (optional; patch and backup scheduling),
+                         "finding_retention_days": 90, "alert_retention_days": 180
+                         (optional; how long resolved findings and alerts are kept)}
     DIR/tls/cert.pem    self-signed ECDSA P-256 certificate
     DIR/tls/key.pem     0600
     DIR/keys/           0700; log-<log id>.key, 0600 each
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .device_budget import BudgetLimits
 from .errors import SetupError
 
 CONFIG_FILE = "config.json"
@@ -62,20 +65,59 @@ class ServerLimits:
     overdue_intervals: float = 2.0
     #: How often overdue/offline agents are looked for and detection configurations re-checked.
     telemetry_sweep_interval_s: float = 60.0
-    #: Largest decompressed inventory report (zlib output is cut here before any decoding).
-    max_inventory_bytes: int = 64 << 20
-    #: Inventory reports per agent connection: a burst, then one more per ``inventory_refill_s`` (or half
-    #: the inventory interval, when shorter).
+    #: Largest decompressed inventory report (zlib output is cut here, while inflating, before any
+    #: decoding). A real inventory is a few MiB at most; this bounds what one report may cost.
+    max_inventory_bytes: int = 16 << 20
+    #: Inventory reports per device (all its connections together, docs/monitoring.md "Budgets"):
+    #: a burst, then one more per ``inventory_refill_s`` (or half the inventory interval, when shorter).
     inventory_burst: int = 20
     inventory_refill_s: float = 15.0
+    #: Bytes a device may send (every message, before it is parsed): a burst, then this many per second.
+    device_bytes_burst: int = 32 << 20
+    device_bytes_per_s: float = 64 << 10
+    #: Script check results per device: a burst, then this many per second.
+    check_result_burst: int = 200
+    check_result_per_s: float = 2.0
+    #: Open findings kept per device; beyond it the most severe are kept and one alert says so.
+    max_findings_per_device: int = 100
+    #: Findings written in one ingest transaction (reports beyond it go in the next transaction).
+    findings_per_transaction: int = 1000
+    #: Refusals within ``abuse_window_s`` after which a device is disconnected and refused for
+    #: ``abuse_block_s`` (doubling with each repeat, at most ``abuse_block_max_s``).
+    abuse_refusals: int = 20
+    abuse_window_s: float = 60.0
+    abuse_block_s: float = 60.0
+    abuse_block_max_s: float = 3600.0
+    #: At most one alert per device and kind of abuse in this period.
+    abuse_alert_interval_s: float = 600.0
     #: Pending deltas after which a device's snapshot is materialised in the background.
     inventory_compact_after: int = 64
     #: How often the scheduler advances patch cycles and triggers due backups (docs/patching.md).
     scheduler_interval_s: float = 60.0
+    # --- retention (rampart/server/retention.py, docs/alerts.md "Retention") ---
+    #: Resolved findings older than this many days are deleted (open ones never are).
+    finding_retention_days: int = 90
+    #: Resolved alerts older than this many days are deleted (open, acknowledged or with a notification
+    #: still queued: never).
+    alert_retention_days: int = 180
+    #: How often the retention sweep runs, and how many rows one of its transactions deletes at most.
+    retention_interval_s: float = 3600.0
+    retention_batch: int = 1000
 
     @property
     def overdue_after_s(self) -> float:
         return self.inventory_interval_s * self.overdue_intervals
+
+    def budget_limits(self) -> BudgetLimits:
+        """The per-device budgets (:mod:`.device_budget`) these limits configure."""
+        return BudgetLimits(
+            bytes_burst=self.device_bytes_burst, bytes_per_s=self.device_bytes_per_s,
+            report_burst=self.inventory_burst,
+            report_period_s=min(self.inventory_refill_s, self.inventory_interval_s / 2),
+            check_burst=self.check_result_burst, check_per_s=self.check_result_per_s,
+            abuse_refusals=self.abuse_refusals, abuse_window_s=self.abuse_window_s,
+            abuse_block_s=self.abuse_block_s, abuse_block_max_s=self.abuse_block_max_s,
+            abuse_alert_interval_s=self.abuse_alert_interval_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,11 +186,26 @@ def load_config(data_dir: Path) -> ServerConfig:
     tick = doc.get("scheduler_interval_s", 60.0)
     if isinstance(tick, bool) or not isinstance(tick, int | float) or not 0.5 <= tick <= 3600:
         raise SetupError(f"{path}: scheduler_interval_s must be a number of seconds in 0.5..3600")
+    findings_days = _retention_days(doc, "finding_retention_days", 90, path)
+    alerts_days = _retention_days(doc, "alert_retention_days", 180, path)
     return ServerConfig(data_dir=data_dir, db_url=normalise_db_url(doc["db_url"]),
                         public_url=public, shared_operator_keys=shared,
                         smtp=_smtp(doc.get("smtp"), path),
                         limits=ServerLimits(inventory_interval_s=float(interval),
-                                            scheduler_interval_s=float(tick)))
+                                            scheduler_interval_s=float(tick),
+                                            finding_retention_days=findings_days,
+                                            alert_retention_days=alerts_days))
+
+
+#: Retention may be set from one day to ten years; "forever" is not offered (storage stays bounded).
+MAX_RETENTION_DAYS = 3650
+
+
+def _retention_days(doc: dict[str, Any], key: str, default: int, path: Path) -> int:
+    value = doc.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_RETENTION_DAYS:
+        raise SetupError(f"{path}: {key} must be a whole number of days in 1..{MAX_RETENTION_DAYS}")
+    return value
 
 
 SMTP_KEYS = {"host": str, "port": int, "from": str, "starttls": bool, "implicit_tls": bool,

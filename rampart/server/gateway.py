@@ -25,8 +25,14 @@ Invariants:
 * Telemetry (docs/design/telemetry.md): after the revocations, every
   connection is sent its tenant's ``detection`` configuration (with the
   imported catalog when the agent's differs) and the stored inventory head;
-  inventory reports are rate-limited per connection, committed in batches by
+  inventory reports are rate-limited per device, committed in batches by
   one writer (:mod:`.telemetry`) and acknowledged only after the commit.
+* Budgets are per device, not per connection (:mod:`.device_budget`, threat
+  T16): every message is charged to its device's byte budget before it is
+  parsed, reports and check results to their count budgets; parallel or
+  repeated connections share them. A device refused too often is
+  disconnected and refused at the handshake for a back-off period (4429),
+  and the operator is told by an alert naming it (rate-limited).
   Nothing the gateway sends for telemetry makes an agent act.
 * Script check results (``check-result``, docs/design/script-checks.md) are
   bound to the connection's device, validated and rate-limited, and answered
@@ -44,7 +50,7 @@ import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
@@ -56,6 +62,7 @@ from rampart.trust.keys import b64decode_strict
 from . import clock
 from .config import ServerLimits
 from .delivery import Delivery, DeliveryStore, DeviceIdentity, ReceiptRefused
+from .device_budget import DeviceBudgets
 from .script_checks import ResultRefused, ScriptCheckStore
 from .telemetry import Incoming, Outcome, Refused, TelemetryStore
 
@@ -65,6 +72,11 @@ AUTH_CONTEXT = b"rampart-agent-auth-v1\n"
 CLOSE_BAD_MESSAGE = 4400
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_REPLACED = 4409
+CLOSE_THROTTLED = 4429
+#: Alert kinds the gateway raises about a device's own behaviour (docs/alerts.md).
+ALERT_THROTTLED = "device-throttled"
+ALERT_BLOCKED = "device-blocked"
+ALERT_REPLACED = "device-connections"
 
 Count = Annotated[int, Meta(ge=0, le=1 << 48)]
 Short = Annotated[str, Meta(max_length=128)]
@@ -109,11 +121,6 @@ class CheckResultMessage(msgspec.Struct, tag="check-result", tag_field="type"):
 
 
 AgentMessage = ReceiptMessage | StateMessage | InventoryMessage | CheckResultMessage
-
-#: Script check results per connection: a burst, then this many more per second.
-CHECK_RESULT_BURST = 200
-CHECK_RESULT_RATE = 2.0
-
 
 WRITE_BATCH_MAX = 512
 
@@ -166,12 +173,6 @@ class Connection:
     #: The imported catalog the agent holds, and the detection fingerprint it was last sent.
     catalog_sha256: str = ""
     detection: str = ""
-    #: Inventory report tokens (a bucket refilled over time) and when they were last counted.
-    report_tokens: float = 0.0
-    report_at: float = 0.0
-    #: Script check result tokens, refilled at CHECK_RESULT_RATE per second.
-    check_tokens: float = float(CHECK_RESULT_BURST)
-    check_at: float = field(default_factory=time.monotonic)
 
     async def send(self, doc: dict[str, Any]) -> None:
         await self.send_text(json.dumps(doc, separators=(",", ":")))
@@ -200,6 +201,10 @@ class Gateway:
         self._compact_due: set[str] = set()
         self._compactor: asyncio.Task[None] | None = None
         self.reports_stored = 0
+        self.budgets = DeviceBudgets(limits.budget_limits())
+        #: Messages refused by a device budget and devices blocked, since start (for benchmarks and tests).
+        self.refused_count = 0
+        self.blocked_count = 0
 
     def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -315,6 +320,7 @@ class Gateway:
         if old is not None:
             with contextlib.suppress(Exception):
                 await old.ws.close(CLOSE_REPLACED)
+            await self._on_replaced(conn)
         try:
             await conn.send({"type": "welcome",
                              "status": "approved" if conn.device.approved else "pending"})
@@ -349,6 +355,10 @@ class Gateway:
         if hello is None:
             await self._close(ws, CLOSE_BAD_MESSAGE)
             return None
+        if self.budgets.blocked_for(hello.device, time.monotonic()) > 0:
+            # Refused before any lookup: a blocked device's reconnections cost no database work.
+            await self._close(ws, CLOSE_THROTTLED)
+            return None
         device = await asyncio.to_thread(self._db.identity, hello.device)
         try:
             sig = b64decode_strict(hello.sig, what="hello signature")
@@ -359,8 +369,7 @@ class Gateway:
             return None
         await asyncio.to_thread(self._db.touch, device.device_id, clock.now())
         return Connection(ws, device, hello.root_version, hello.checkpoint_size,
-                          catalog_sha256=hello.catalog_sha256,
-                          report_tokens=float(self._limits.inventory_burst), report_at=time.monotonic())
+                          catalog_sha256=hello.catalog_sha256)
 
     async def _receive_text(self, ws: WebSocket) -> str | None:
         msg = await ws.receive()
@@ -385,23 +394,34 @@ class Gateway:
 
     async def _receive(self, conn: Connection) -> None:
         last_touch = time.monotonic()
+        device_id = conn.device.device_id
         while True:
             text = await self._receive_text(conn.ws)
             if text is None:
-                await conn.send({"type": "error", "detail": "expected a JSON text frame"})
+                if await self._refuse(conn, "expected a JSON text frame within the size limit"):
+                    return
+                continue
+            if not self.budgets.charge_bytes(device_id, len(text), time.monotonic()):
+                # Over the device's byte budget: refused before it is parsed.
+                if await self._refuse(conn, "this device sends more than its byte budget; "
+                                            "messages are refused until it slows down"):
+                    return
                 continue
             try:
                 msg = msgspec.json.decode(text, type=AgentMessage)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                await conn.send({"type": "error", "detail": f"bad message: {exc}"[:300]})
+                if await self._refuse(conn, f"bad message: {exc}"[:300]):
+                    return
                 continue
             if isinstance(msg, StateMessage):
                 conn.root_version = msg.root_version
                 conn.checkpoint_size = msg.checkpoint_size
             elif isinstance(msg, InventoryMessage):
-                await self._on_inventory(conn, msg)
+                if not await self._on_inventory(conn, msg):
+                    return
             elif isinstance(msg, CheckResultMessage):
-                await self._on_check_result(conn, msg)
+                if not await self._on_check_result(conn, msg):
+                    return
             else:
                 await self._on_receipt(conn, msg)
             if conn.progress is not None:
@@ -423,19 +443,15 @@ class Gateway:
         conn.answered.add(msg.job_id)
         await conn.send({"type": "ack", "job_id": msg.job_id})
 
-    async def _on_check_result(self, conn: Connection, msg: CheckResultMessage) -> None:
-        """Store one script check result (bound to this device), then acknowledge it."""
+    async def _on_check_result(self, conn: Connection, msg: CheckResultMessage) -> bool:
+        """Store one script check result (bound to this device), then acknowledge it.
+
+        False when the device was blocked for abuse and its connection closed."""
         if self.script_checks is None:
             await conn.send({"type": "error", "detail": "this server does not accept script check results"})
-            return
-        now_m = time.monotonic()
-        conn.check_tokens = min(float(CHECK_RESULT_BURST),
-                                conn.check_tokens + (now_m - conn.check_at) * CHECK_RESULT_RATE)
-        conn.check_at = now_m
-        if conn.check_tokens < 1.0:
-            await conn.send({"type": "error", "detail": "script check results are too frequent"})
-            return
-        conn.check_tokens -= 1.0
+            return True
+        if not self.budgets.take(conn.device.device_id, "check", time.monotonic()):
+            return not await self._refuse(conn, "script check results are too frequent")
         try:
             await asyncio.to_thread(self.script_checks.ingest, conn.device.device_id,
                                     conn.device.tenant_id, msg.seq, msg.result, clock.now())
@@ -443,12 +459,71 @@ class Gateway:
             log.info("script check result from %s refused: %s", conn.device.device_id, exc)
             # Refused for good: acknowledged so the agent drops it, and said why.
             await conn.send({"type": "check-ack", "seq": msg.seq, "refused": str(exc)[:300]})
-            return
+            return True
         except Exception:  # the store failed: not acknowledged, the agent sends it again later
             log.exception("storing a script check result from %s failed", conn.device.device_id)
             await conn.send({"type": "error", "detail": "the server could not store the result now"})
-            return
+            return True
         await conn.send({"type": "check-ack", "seq": msg.seq})
+        return True
+
+    # --- a device's budget (threat T16) -------------------------------------------------------------
+
+    async def _refuse(self, conn: Connection, detail: str) -> bool:
+        """Refuse one message: tell the device, count it, tell the operator (rate-limited).
+
+        Returns True when the device crossed the abuse threshold: it is then
+        blocked for a back-off period and this connection is closed (4429).
+        """
+        device = conn.device
+        now_m = time.monotonic()
+        verdict = self.budgets.refused(device.device_id, now_m)
+        self.refused_count += 1
+        with contextlib.suppress(Exception):
+            await conn.send({"type": "error", "detail": detail[:300]})
+        if verdict == "block":
+            self.blocked_count += 1
+            blocked = self.budgets.blocked_for(device.device_id, now_m)
+            log.warning("device %s disconnected for %.0f s: %d refused messages in %.0f s", device.device_id,
+                        blocked, self._limits.abuse_refusals, self._limits.abuse_window_s)
+            if self.budgets.should_alert(device.device_id, ALERT_BLOCKED, now_m):
+                await self._device_alert(
+                    device, ALERT_BLOCKED, "critical", "disconnected: it sent more than its budget",
+                    f"{self._limits.abuse_refusals} messages refused within "
+                    f"{self._limits.abuse_window_s:.0f} s "
+                    f"(last: {detail[:120]}); its connections are refused for {blocked:.0f} s, "
+                    "longer each time it happens again")
+            await self._close(conn.ws, CLOSE_THROTTLED)
+            return True
+        if self.budgets.should_alert(device.device_id, ALERT_THROTTLED, now_m):
+            await self._device_alert(device, ALERT_THROTTLED, "warning",
+                                     "throttled: it sends more than its budget",
+                                     f"a message was refused: {detail[:200]}")
+        return False
+
+    async def _on_replaced(self, conn: Connection) -> None:
+        """A newer connection replaced an older one of the same device: logged, alerted when it repeats."""
+        device = conn.device
+        now_m = time.monotonic()
+        n = self.budgets.replaced(device.device_id, now_m)
+        log.warning("device %s: a new connection replaced the previous one (%d in %.0f s)",
+                    device.device_id, n, self._limits.abuse_window_s)
+        if n >= self.budgets.limits.replacements_alert and self.budgets.should_alert(
+                device.device_id, ALERT_REPLACED, now_m):
+            await self._device_alert(
+                device, ALERT_REPLACED, "warning", "connections keep replacing each other",
+                f"{n} connections with this device's key within {self._limits.abuse_window_s:.0f} s: "
+                "the device key may be in use on more than one machine")
+
+    async def _device_alert(self, device: DeviceIdentity, kind: str, severity: Literal["warning", "critical"],
+                            what: str, detail: str) -> None:
+        if self.telemetry is None:
+            return
+        try:
+            await asyncio.to_thread(self.telemetry.device_alert, device.device_id, device.tenant_id, kind,
+                                    severity, what, detail, clock.now())
+        except Exception:  # an alert that cannot be written must not end the connection
+            log.exception("raising a %s alert for %s failed", kind, device.device_id)
 
     async def _deliver(self, conn: Connection) -> None:
         """Send undone jobs one by one; on a fault, close so the agent reconnects and retries."""
@@ -557,26 +632,14 @@ class Gateway:
             with contextlib.suppress(Exception):
                 await conn.send(doc)
 
-    def _take_report_token(self, conn: Connection) -> bool:
-        now = time.monotonic()
-        # One report per refill period, faster for fleets configured with a short interval.
-        period = min(self._limits.inventory_refill_s, self._limits.inventory_interval_s / 2)
-        refill = (now - conn.report_at) / max(period, 1e-3)
-        conn.report_tokens = min(float(self._limits.inventory_burst), conn.report_tokens + refill)
-        conn.report_at = now
-        if conn.report_tokens < 1.0:
-            return False
-        conn.report_tokens -= 1.0
-        return True
-
-    async def _on_inventory(self, conn: Connection, msg: InventoryMessage) -> None:
+    async def _on_inventory(self, conn: Connection, msg: InventoryMessage) -> bool:
+        """Queue one report for the group commit and answer after it; False when the device was blocked."""
         if self.telemetry is None:
             await conn.send({"type": "error", "detail": "this server does not accept telemetry"})
-            return
-        if not self._take_report_token(conn):
-            await conn.send({"type": "error", "detail": "inventory reports are too frequent; "
-                                                        "the next scheduled one will be accepted"})
-            return
+            return True
+        if not self.budgets.take(conn.device.device_id, "report", time.monotonic()):
+            return not await self._refuse(conn, "inventory reports are too frequent; "
+                                                "the next scheduled one will be accepted")
         done: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         item = Incoming(conn.device.device_id, conn.device.tenant_id, msg.report, msg.result, msg.base)
         await self._report_queue().put(_Report(item, done))
@@ -584,13 +647,14 @@ class Gateway:
             outcome = await done
         except Exception:  # the store failed: the agent keeps its snapshot and reports again
             await conn.send({"type": "error", "detail": "the server could not store the inventory now"})
-            return
+            return True
         if outcome == "stored":
             await conn.send({"type": "inventory-ack", "result": msg.result})
         elif outcome == "full":
             await conn.send({"type": "inventory-full"})
         else:
-            await conn.send({"type": "error", "detail": f"inventory refused: {outcome}"[:300]})
+            return not await self._refuse(conn, f"inventory refused: {outcome}"[:300])
+        return True
 
     def _report_queue(self) -> asyncio.Queue[_Report]:
         if self._reports is None or self._report_writer is None or self._report_writer.done():

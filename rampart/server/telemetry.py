@@ -17,6 +17,16 @@ See docs/design/telemetry.md. Invariants:
   one live alert per (device, finding key); a finding the agent no longer
   reports is resolved with its alert. Only approved devices' reports are
   ingested (S3).
+* A device's findings cost its own budget (threat T16): at most
+  ``max_findings_per_device`` open findings are kept, the most severe first;
+  beyond that one ``findings-over-budget`` alert names the device instead of
+  thousands. An ingest transaction writes at most ``findings_per_transaction``
+  findings (a batch is split), so a flood never holds the write lock long.
+* What a device says of itself is attacker text: a hostname or OS name
+  holding control, bidi or invisible format characters raises a
+  ``suspicious-identity`` finding (key ``server:identity``) on that device. Keys
+  under ``server:`` are the server's own: an agent cannot report, hide or
+  resolve them.
 * The imported tool catalog lives in the store (``settings``), so every
   server process sends agents the same one.
 """
@@ -29,6 +39,7 @@ import hashlib
 import json
 import logging
 import threading
+import unicodedata
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -77,6 +88,15 @@ CATALOG_KEY = "catalog.v1"
 CATALOG_META_KEY = "catalog.meta"
 OFFLINE = "agent-offline"
 OVERDUE = "agent-overdue"
+OVER_BUDGET = "findings-over-budget"
+IDENTITY = "suspicious-identity"
+#: Finding keys the server itself writes; agents' findings under this prefix are ignored.
+SERVER_KEY_PREFIX = "server:"
+IDENTITY_KEY = SERVER_KEY_PREFIX + "identity"
+#: Most severe first, for the per-device findings budget.
+_SEVERITY_RANK = {"critical": 0, "high": 1, "warning": 2}
+#: Unicode categories that are not inert text: controls, format (bidi, zero-width), separators, surrogates.
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Co"})
 #: Stored snapshots are compressed; this bounds what reading one back may cost.
 MAX_SNAPSHOT_BYTES = 64 << 20
 
@@ -294,20 +314,36 @@ class TelemetryStore:
             except Refused as exc:
                 outcomes[i] = exc
         due: set[str] = set()
-        if decoded:
+        for chunk in self._chunks(decoded):
             try:
                 with self._store.transaction() as s:
-                    for i, result in self._commit(s, [d for _, d in decoded], now, due):
-                        outcomes[decoded[i][0]] = result
+                    for i, result in self._commit(s, [d for _, d in chunk], now, due):
+                        outcomes[chunk[i][0]] = result
             except IntegrityError:  # a race with another server process: one report at a time
-                due.clear()
-                for i, d in decoded:
+                for i, d in chunk:
                     try:
                         with self._store.transaction() as s:
                             outcomes[i] = self._commit(s, [d], now, due)[0][1]
                     except IntegrityError:
                         outcomes[i] = "full"
         return [o if o is not None else Refused("not processed") for o in outcomes], due
+
+    def _chunks(self, decoded: list[tuple[int, _Decoded]]) -> Iterable[list[tuple[int, _Decoded]]]:
+        """Split a batch so one transaction writes at most ``findings_per_transaction`` findings."""
+        cap = self._limits.max_findings_per_device
+        limit = max(self._limits.findings_per_transaction, 1)
+        chunk: list[tuple[int, _Decoded]] = []
+        cost = 0
+        for item in decoded:
+            r = item[1].report
+            c = min(len(r.findings) + len(r.earlier), cap)
+            if chunk and cost + c > limit:
+                yield chunk
+                chunk, cost = [], 0
+            chunk.append(item)
+            cost += c
+        if chunk:
+            yield chunk
 
     def _commit(self, s: Session, batch: Sequence[_Decoded], now: float,
                 due: set[str]) -> list[tuple[int, Outcome]]:
@@ -368,6 +404,7 @@ class TelemetryStore:
                 if count + 1 >= self._limits.inventory_compact_after:
                     due.add(dev_id)
             self._findings(s, device, d.report, open_now.setdefault(dev_id, {}), now)
+            self._identity(s, device, d.report, open_now[dev_id], now)
             stored.append(dev_id)
             out.append((i, "stored"))
         batch_sql.run(s)
@@ -384,8 +421,20 @@ class TelemetryStore:
 
     def _findings(self, s: Session, device: _Dev, report: Report, open_now: dict[str, tuple[str, ...]],
                   now: float) -> None:
-        """Open, update and resolve ``device``'s findings and their alerts as ``report`` says."""
-        reported = {f.key: f for f in report.findings}
+        """Open, update and resolve ``device``'s findings and their alerts as ``report`` says.
+
+        Keeps the device within its findings budget: the most severe
+        ``max_findings_per_device`` are kept, earlier (gone) findings only in
+        the room left, and one ``findings-over-budget`` alert says what was dropped.
+        """
+        cap = self._limits.max_findings_per_device
+        agent_findings = sorted((f for f in report.findings if not f.key.startswith(SERVER_KEY_PREFIX)),
+                                key=lambda f: (_SEVERITY_RANK.get(f.severity, 9), f.key))
+        reported = {f.key: f for f in agent_findings[:cap]}
+        earlier = [e for e in report.earlier if not e.finding.key.startswith(SERVER_KEY_PREFIX)]
+        room = max(0, cap - len(reported))
+        dropped = len(agent_findings) - len(reported) + max(0, len(earlier) - room)
+        self._over_budget(s, device, dropped, len(agent_findings), cap, now)
         for key, f in reported.items():
             fields = _fields(f)
             known = open_now.get(key)
@@ -394,18 +443,18 @@ class TelemetryStore:
                 open_now[key] = fields
                 raise_alert(s, [device.tenant_id], kind=f.kind, severity=_alert_severity(f.severity),
                             dedup=finding_dedup(device.id, key), subject=f"{device.hostname}: {f.subject}",
-                            detail=_detail(device.id, device.hostname, f), now=now)
+                            detail=_detail(device.id, device.hostname, f), now=now, device_id=device.id)
             elif known != fields:
                 s.execute(update(FT).where(FT.c.device_id == device.id, FT.c.key == key)
                           .values(dict(zip(_FIELDS, fields, strict=True))))
                 open_now[key] = fields
-        for key in [k for k in open_now if k not in reported]:
+        for key in [k for k in open_now if k not in reported and not k.startswith(SERVER_KEY_PREFIX)]:
             kind = open_now.pop(key)[0]
             s.execute(update(FT).where(FT.c.device_id == device.id, FT.c.key == key).values(resolved_at=now))
             alert = live_alert(s, device.tenant_id, kind, finding_dedup(device.id, key))
             if alert is not None:
                 resolve(alert, f"device:{device.id}", now)
-        for e in report.earlier:
+        for e in earlier[:room]:
             f = e.finding
             if f.key in reported or f.key in open_now:
                 continue
@@ -416,9 +465,96 @@ class TelemetryStore:
             [alert] = raise_alert(s, [device.tenant_id], kind=f.kind, severity=_alert_severity(f.severity),
                                   dedup=finding_dedup(device.id, f.key),
                                   subject=f"{device.hostname}: {f.subject} (no longer seen)",
-                                  detail=_detail(device.id, device.hostname, f, when), now=now)
+                                  detail=_detail(device.id, device.hostname, f, when), now=now,
+                                  device_id=device.id)
             if alert.status != "resolved":
                 resolve(alert, f"device:{device.id}", now)
+
+    @staticmethod
+    def _over_budget(s: Session, device: _Dev, dropped: int, reported: int, cap: int, now: float) -> None:
+        """Raise (or re-count) the device's one over-budget alert, or resolve it once it is within budget."""
+        alert = live_alert(s, device.tenant_id, OVER_BUDGET, device.id)
+        if dropped <= 0:
+            if alert is not None:
+                resolve(alert, f"device:{device.id}", now)
+            return
+        raise_alert(s, [device.tenant_id], kind=OVER_BUDGET, severity="warning", dedup=device.id,
+                    subject=f"{device.hostname}: reports more findings than its budget",
+                    detail=(f"device {device.id} ({device.hostname}) reported {reported} findings "
+                            f"and earlier findings past its budget of {cap}; the {cap} most severe are kept, "
+                            f"{dropped} were not stored. A device reporting this many is likely compromised "
+                            "or broken."),
+                    now=now, device_id=device.id)
+
+    def _identity(self, s: Session, device: _Dev, report: Report, open_now: dict[str, tuple[str, ...]],
+                  now: float) -> None:
+        """Open, keep or resolve the ``suspicious-identity`` finding from the names the device reports.
+
+        The enrolled hostname is checked on every report; the OS section when
+        the report carries it (a full report, or a delta that changes it);
+        otherwise the verdict on the OS fields stands as last stored.
+        """
+        bad: dict[str, str] = {}
+        if _unsafe_text(device.hostname):
+            bad["enrolled-hostname"] = _visible(device.hostname)
+        os_info = report.full.os if report.full is not None else (
+            report.delta.os.value if report.delta is not None and report.delta.os is not None else None)
+        known = open_now.get(IDENTITY_KEY)
+        os_known = report.full is not None or (report.delta is not None and report.delta.os is not None)
+        if os_known:
+            if os_info is not None:
+                for name in ("hostname", "name", "id", "version_id", "codename", "kernel_release",
+                             "kernel_version", "arch", "machine_id"):
+                    value = getattr(os_info, name)
+                    if _unsafe_text(value):
+                        bad[f"os.{name}"] = _visible(value)
+        elif known is not None:  # the OS section did not change: keep what was found in it
+            for k, v in json.loads(known[4]).items():
+                if k.startswith("os."):
+                    bad[k] = v
+        if not bad:
+            if known is not None:
+                open_now.pop(IDENTITY_KEY)
+                s.execute(update(FT).where(FT.c.device_id == device.id, FT.c.key == IDENTITY_KEY)
+                          .values(resolved_at=now))
+                alert = live_alert(s, device.tenant_id, IDENTITY, finding_dedup(device.id, IDENTITY_KEY))
+                if alert is not None:
+                    resolve(alert, f"device:{device.id}", now)
+            return
+        fields_ = ", ".join(sorted(bad))
+        subject = f"names hold control, bidi or invisible characters: {fields_}"[:300]
+        evidence = json.dumps(bad, sort_keys=True, separators=(",", ":"))
+        row_fields = (IDENTITY, "high", "", subject, evidence)
+        if known == row_fields:
+            return
+        row = s.get(FindingRow, {"device_id": device.id, "key": IDENTITY_KEY})
+        if row is None:
+            row = FindingRow(device_id=device.id, key=IDENTITY_KEY, tenant_id=device.tenant_id,
+                             first_seen=now)
+            s.add(row)
+        elif known is None:
+            row.first_seen = now
+        row.kind, row.severity, row.tool, row.subject, row.evidence = row_fields
+        row.last_seen, row.resolved_at = now, None
+        open_now[IDENTITY_KEY] = row_fields
+        raise_alert(s, [device.tenant_id], kind=IDENTITY, severity="critical",
+                    dedup=finding_dedup(device.id, IDENTITY_KEY),
+                    subject=f"{_visible(device.hostname)[:80]}: {subject}",
+                    detail=(f"device {device.id}: {subject}. What a device reports of itself is its "
+                            "own text; these characters can disguise it in terminals and pages. "
+                            "Shown escaped: "
+                            + "; ".join(f"{k}={v}" for k, v in sorted(bad.items()))),
+                    now=now, device_id=device.id)
+
+    def device_alert(self, device_id: str, tenant_id: str, kind: str,
+                     severity: Literal["warning", "critical"], what: str, detail: str, now: float) -> None:
+        """Raise (or re-count) one alert about a device's own behaviour (its budget, its connections)."""
+        with self._store.transaction() as s:
+            host = s.scalar(select(Device.hostname).where(Device.id == device_id)) or device_id
+            raise_alert(s, [tenant_id], kind=kind, severity=severity, dedup=device_id,
+                        subject=f"{_visible(host)[:80]}: {what}",
+                        detail=f"device {device_id} ({_visible(host)[:200]}): {detail}", now=now,
+                        device_id=device_id)
 
     @staticmethod
     def _open(s: Session, device: _Dev, f: Finding, now: float, *, first_seen: float) -> FindingRow:
@@ -440,6 +576,15 @@ class TelemetryStore:
                 resolve(alert, f"device:{device.id}", now)
 
     # --- reading and materialising ---------------------------------------------------------------
+
+    def heads(self, device_ids: Sequence[str]) -> dict[str, str]:
+        """The stored head digest of each device that has an inventory (cheap: no snapshot is read)."""
+        out: dict[str, str] = {}
+        with self._store.read() as s:
+            for i in range(0, len(device_ids), 500):
+                out.update({r[0]: r[1] for r in s.execute(
+                    select(DIT.c.device_id, DIT.c.head).where(DIT.c.device_id.in_(device_ids[i:i + 500])))})
+        return out
 
     def inventory(self, device_id: str, now: float) -> StoredInventory | None:
         """The device's current inventory: the snapshot with every pending delta applied (and kept)."""
@@ -528,12 +673,23 @@ class TelemetryStore:
                 if key in live:
                     continue
                 raise_alert(s, [device.tenant_id], kind=kind, severity="warning", dedup=device.id,
-                            subject=subject, detail=detail, now=now)
+                            subject=subject, detail=detail, now=now, device_id=device.id)
                 raised[kind == OVERDUE] += 1
             for key, alert in live.items():
                 if key not in want:  # back in contact, or the device was removed from approval
                     resolve(alert, "server", now)
         return raised[0], raised[1]
+
+
+def _unsafe_text(text: str) -> bool:
+    """True when ``text`` holds a control, bidi, invisible format or line/paragraph separator character."""
+    return any(unicodedata.category(c) in _UNSAFE_CATEGORIES for c in text)
+
+
+def _visible(text: str) -> str:
+    """``text`` with every non-inert character written as a Python-style escape (``\\x1b``, ``\\u202e``)."""
+    return "".join(c.encode("unicode_escape").decode("ascii") if unicodedata.category(c) in _UNSAFE_CATEGORIES
+                   or c == "\\" else c for c in text)
 
 
 def _ts(t: float | None) -> str:
