@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rampart import __version__
 
-from . import clock, throttle
+from . import clock, retention, throttle
 from .access import sweep_dormant
 from .alerts import raise_alert
 from .api import (
@@ -267,6 +267,12 @@ async def _scheduler_cadence(ctx: ServerContext) -> None:
     await _every(ctx.limits.scheduler_interval_s, scheduler.run_once, "scheduler pass")
 
 
+async def _retention_cadence(ctx: ServerContext) -> None:
+    """Delete resolved findings and alerts past their retention, in bounded batches (retention.py)."""
+    await _every(ctx.limits.retention_interval_s,
+                 lambda now: retention.sweep(ctx.store, ctx.limits, now), "retention sweep")
+
+
 async def _checkpoint_cadence(ctx: ServerContext) -> None:
     while True:
         await asyncio.sleep(ctx.limits.checkpoint_interval_s)
@@ -309,6 +315,7 @@ def create_app(data_dir: Path | str, *, config: ServerConfig | None = None,
         checking = asyncio.create_task(_checks_cadence(ctx))
         watching = asyncio.create_task(_telemetry_cadence(ctx))
         scheduling = asyncio.create_task(_scheduler_cadence(ctx))
+        retaining = asyncio.create_task(_retention_cadence(ctx))
         listener = None
         if agent_listen is not None:
             ssl_ctx = server_ssl_context(str(ctx.config.cert_path), str(ctx.config.key_path)) \
@@ -322,7 +329,7 @@ def create_app(data_dir: Path | str, *, config: ServerConfig | None = None,
                 listener.close()
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(listener.wait_closed(), 5)
-            for task in (cadence, chores, notifying, checking, watching, scheduling):
+            for task in (cadence, chores, notifying, checking, watching, scheduling, retaining):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task

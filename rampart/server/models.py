@@ -389,7 +389,8 @@ class Delivery(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     target_id: Mapped[str] = mapped_column(ForeignKey("notify_targets.id", ondelete="CASCADE"),
                                            index=True)
-    alert_id: Mapped[str] = mapped_column(ForeignKey("alerts.id"))
+    #: Indexed: retention deletes an alert's finished deliveries with it (and the foreign key is checked).
+    alert_id: Mapped[str] = mapped_column(ForeignKey("alerts.id"), index=True)
     #: The alert's count when queued: a re-raised alert is delivered again.
     alert_count: Mapped[int] = mapped_column(Integer)
     state: Mapped[str] = mapped_column(String(16), index=True)

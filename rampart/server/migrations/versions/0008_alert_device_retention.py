@@ -1,4 +1,4 @@
-"""alerts name their device; resolved alerts and findings are indexed for the retention sweep
+"""alerts name their device; resolved alerts, findings and deliveries by alert indexed for retention
 
 Revision ID: 0008
 Revises: 0007
@@ -21,9 +21,11 @@ def upgrade() -> None:
     op.create_index("ix_alerts_device_id", "alerts", ["device_id"])
     op.create_index("ix_alerts_resolved_at", "alerts", ["resolved_at"])
     op.create_index("ix_findings_resolved_at", "findings", ["resolved_at"])
+    op.create_index("ix_deliveries_alert_id", "deliveries", ["alert_id"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_deliveries_alert_id", table_name="deliveries")
     op.drop_index("ix_findings_resolved_at", table_name="findings")
     op.drop_index("ix_alerts_resolved_at", table_name="alerts")
     op.drop_index("ix_alerts_device_id", table_name="alerts")
