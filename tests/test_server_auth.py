@@ -45,7 +45,8 @@ def test_T2_no_default_account_and_no_web_setup(server: RunningServer) -> None:
         assert "bootstrap" not in text and "setup" not in text
         assert c.get("/setup").status_code == 404
         for user in ("admin", "owner"):
-            r = c.post("/login", data={"username": user, "password": "admin", "totp": "000000"})
+            r = c.post("/login", data={"username": user, "password": "admin", "totp": "000000"},
+                       headers={"Sec-Fetch-Site": "same-origin"})  # as a browser on the page
             assert r.status_code == 401 and "set-cookie" not in r.headers
 
 

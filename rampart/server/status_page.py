@@ -6,17 +6,27 @@ with its throttling and lockout). A session comes from that form as a cookie
 (``HttpOnly; Secure; SameSite=Strict``) or from ``Authorization: Bearer``;
 with one the page lists the tenants the caller reaches, their devices with
 last-seen times, and recent jobs with their targets' states and receipt
-outcomes, so it never shows one tenant's data to another (T12). Every value
-is HTML-escaped; a strict Content-Security-Policy forbids scripts and frames.
-The page is read-only: the cookie session can view, never act (acting needs
-the CLI and a signing key).
+outcomes, so it never shows one tenant's data to another (T12).
+
+Security rules (docs/design/server.md, "The status page"):
+
+- Every value is inert text (T16: a device reports any hostname it likes):
+  control, bidi and invisible characters are shown as visible escapes
+  (``\\u202e``, ``\\x1b``) by :func:`_inert`, then the result is HTML-escaped.
+  A strict Content-Security-Policy forbids scripts, frames and foreign forms.
+- Form posts (``/login``, ``/logout``) are accepted only with the browser's
+  proof that they come from this origin (:func:`_same_origin`): fail closed,
+  no token, nothing that depends on the referrer the page sends.
+- The page is read-only: the cookie session can view, never act (acting needs
+  the CLI and a signing key).
 """
 
 from __future__ import annotations
 
 import datetime
 import html
-from urllib.parse import parse_qs, urlsplit
+import unicodedata
+from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
@@ -42,6 +52,49 @@ td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:left}}</style></head>
 <body><h1>Rampart server {version}</h1>{body}</body></html>
 """
 
+#: Characters with no glyph of their own, or that steer how their neighbours are
+#: shown: controls (Cc: C0, DEL, C1), format characters (Cf: bidi embeddings,
+#: overrides and isolates, zero-width characters, BOM, tags), lone surrogates,
+#: line and paragraph separators, and code points this Python does not know
+#: (a future format character is escaped, not trusted).
+_ESCAPED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp", "Cn"})
+#: Default-ignorable code points outside those categories (Unicode
+#: DerivedCoreProperties): invisible, so as good as a zero-width space.
+_ESCAPED_RANGES = ((0x034F, 0x034F), (0x115F, 0x1160), (0x17B4, 0x17B5), (0x180B, 0x180F),
+                   (0x3164, 0x3164), (0xFE00, 0xFE0F), (0xFFA0, 0xFFA0), (0xE0100, 0xE01EF))
+
+
+def _escaped(ch: str) -> bool:
+    cp = ord(ch)
+    return (unicodedata.category(ch) in _ESCAPED_CATEGORIES
+            or any(lo <= cp <= hi for lo, hi in _ESCAPED_RANGES))
+
+
+def _inert(text: str) -> str:
+    r"""``text`` on one line with every control, bidi and invisible character visible.
+
+    A newline becomes ``\x0a``, U+202E becomes ``\u202e``, a tag character
+    ``\U000e0041``; printable text, right-to-left letters included, is kept.
+    Private to this page until the CLI's terminal-safe text function
+    (``rampart.textsafe``) can be shared.
+    """
+    out = []
+    for ch in text:
+        if not _escaped(ch):
+            out.append(ch)
+        elif (cp := ord(ch)) < 0x100:
+            out.append(f"\\x{cp:02x}")
+        elif cp < 0x10000:
+            out.append(f"\\u{cp:04x}")
+        else:
+            out.append(f"\\U{cp:08x}")
+    return "".join(out)
+
+
+def _text(value: str) -> str:
+    """Any value for the page: inert (:func:`_inert`), then HTML-escaped."""
+    return html.escape(_inert(value))
+
 
 def _t(ts: float | None) -> str:
     if ts is None:
@@ -50,8 +103,8 @@ def _t(ts: float | None) -> str:
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
+    head = "".join(f"<th>{_text(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{_text(c)}</td>" for c in r) + "</tr>"
                    for r in rows)
     return f"<table><tr>{head}</tr>{body or ''}</table>"
 
@@ -66,15 +119,15 @@ def _summary(ctx: ServerContext) -> str:
 
 
 def _details(ctx: ServerContext, caller: Caller) -> str:
-    parts = [f"<p>Signed in as {html.escape(caller.username)} ({html.escape(caller.role)})</p>"]
+    parts = [f"<p>Signed in as {_text(caller.username)} ({_text(caller.role)})</p>"]
     now = clock.now()
     with ctx.store.transaction() as s:
         for t in s.scalars(select(Tenant).order_by(Tenant.name)):
             if not caller.reaches(t.id):
                 continue
-            parts.append(f"<h2>{html.escape(t.name)} <small>{html.escape(t.id)}</small></h2>")
+            parts.append(f"<h2>{_text(t.name)} <small>{_text(t.id)}</small></h2>")
             if not tenant_networks(t):
-                parts.append(f'<p class="warn">Warning: operators may act on {html.escape(t.name)} '
+                parts.append(f'<p class="warn">Warning: operators may act on {_text(t.name)} '
                              "from any network. Set approved networks with <code>rampart tenant "
                              "networks</code> (N3).</p>")
             elif not address_allowed(tenant_networks(t), caller.address):
@@ -104,7 +157,10 @@ HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
                                "frame-ancestors 'none'; base-uri 'none'",
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    # Not no-referrer: with it Chromium sends ``Origin: null`` on the page's own form posts
+    # (issue 22). same-origin sends nothing to any other site (the page links nowhere).
+    "Referrer-Policy": "same-origin",
 }
 LOGIN_FORM = """<h2>Sign in</h2>
 <form method="post" action="/login"><p>
@@ -117,14 +173,27 @@ MAX_FORM_BYTES = 4096
 
 
 def _page(body: str, status: int = 200) -> HTMLResponse:
-    return HTMLResponse(PAGE.format(version=html.escape(__version__), body=body),
+    return HTMLResponse(PAGE.format(version=_text(__version__), body=body),
                         status_code=status, headers=HEADERS)
 
 
 def _same_origin(request: Request) -> bool:
-    """Browsers send Origin on form posts: refuse one from another site (login CSRF)."""
+    """Whether the browser vouches that this form post comes from this origin (CSRF, login CSRF).
+
+    ``Sec-Fetch-Site`` decides when present: the browser computes it over the whole
+    redirect chain, no page can set it, and it does not depend on the Referrer-Policy
+    or on the Host a reverse proxy forwards; only ``same-origin`` passes (``same-site``
+    is another port or subdomain, ``none`` a post no page made). Without it (Safari
+    before 16.4), ``Origin`` must be this server's own ``https://`` origin. A post with
+    neither is refused: every browser that can sign in sends one of them, so a
+    missing pair is a client this form is not for (the CLI uses ``/api/v1/auth/login``).
+    """
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:
+        return site == "same-origin"
     origin = request.headers.get("origin")
-    return origin is None or urlsplit(origin).netloc == request.headers.get("host", "")
+    host = request.headers.get("host")
+    return origin is not None and host is not None and origin.lower() == f"https://{host.lower()}"
 
 
 def _session_token(request: Request) -> str | None:
@@ -161,7 +230,7 @@ async def login_form(request: Request) -> Response:
                                   client_address(request))
     if isinstance(new, str):
         summary = await run_in_threadpool(_summary, ctx)
-        return _page(summary + f"<p>{html.escape(new[:1].upper() + new[1:])}.</p>" + LOGIN_FORM,
+        return _page(summary + f"<p>{_text(new[:1].upper() + new[1:])}.</p>" + LOGIN_FORM,
                      status=401)
     resp = RedirectResponse("/", status_code=303, headers=HEADERS)
     resp.set_cookie(COOKIE, new.token, max_age=int(ctx.limits.session_absolute_s), path="/",
