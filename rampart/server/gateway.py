@@ -64,7 +64,7 @@ from .config import ServerLimits
 from .delivery import Delivery, DeliveryStore, DeviceIdentity, ReceiptRefused
 from .device_budget import DeviceBudgets
 from .script_checks import ResultRefused, ScriptCheckStore
-from .telemetry import Incoming, Outcome, Refused, TelemetryStore
+from .telemetry import Incoming, NotYet, Outcome, Refused, TelemetryStore
 
 log = logging.getLogger("rampart.server.gateway")
 
@@ -652,6 +652,8 @@ class Gateway:
             await conn.send({"type": "inventory-ack", "result": msg.result})
         elif outcome == "full":
             await conn.send({"type": "inventory-full"})
+        elif isinstance(outcome, NotYet):
+            await conn.send({"type": "error", "detail": f"inventory refused: {outcome}"[:300]})
         else:
             return not await self._refuse(conn, f"inventory refused: {outcome}"[:300])
         return True

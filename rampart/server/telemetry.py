@@ -105,6 +105,10 @@ class Refused(Exception):
     """A report was refused; the text is sent back to the agent as an ``error``."""
 
 
+class NotYet(Refused):
+    """Refused for now through no fault of the device (it is pending approval): not counted against it."""
+
+
 Outcome = Literal["stored", "full"] | Refused
 
 
@@ -374,8 +378,8 @@ class TelemetryStore:
                 out.append((i, Refused("unknown device")))
                 continue
             if device.status != "approved":
-                out.append((i, Refused("this device is pending approval: telemetry is accepted once an "
-                                       "approver approves it")))
+                out.append((i, NotYet("this device is pending approval: telemetry is accepted once an "
+                                      "approver approves it")))
                 continue
             current = heads.get(dev_id)
             if d.report.full is not None:
