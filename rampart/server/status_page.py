@@ -12,7 +12,8 @@ Security rules (docs/design/server.md, "The status page"):
 
 - Every value is inert text (T16: a device reports any hostname it likes):
   control, bidi and invisible characters are shown as visible escapes
-  (``\\u202e``, ``\\x1b``) by :func:`_inert`, then the result is HTML-escaped.
+  (``\\u202e``, ``\\x1b``, ``\\n``) by :func:`rampart.textsafe.safe_line`, the
+  rule the CLI follows, then the result is HTML-escaped (:func:`_text`).
   A strict Content-Security-Policy forbids scripts, frames and foreign forms.
 - Form posts (``/login``, ``/logout``) are accepted only with the browser's
   proof that they come from this origin (:func:`_same_origin`): fail closed,
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import datetime
 import html
-import unicodedata
 from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Request
@@ -34,6 +34,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import func, select
 
 from rampart import __version__
+from rampart.textsafe import is_safe, safe_line, unsafe_char
 
 from . import auth, clock
 from .access import address_allowed, tenant_networks
@@ -48,52 +49,24 @@ router = APIRouter()
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Rampart server</title>
 <style>body{{font-family:sans-serif;margin:2em}}.warn{{color:#a00;font-weight:bold}}table{{border-collapse:collapse;margin-bottom:1em}}
-td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:left}}</style></head>
+td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:left;vertical-align:top;white-space:nowrap}}
+td.text{{font-family:monospace,monospace;white-space:normal;overflow-wrap:anywhere;min-width:16em;max-width:40em}}
+.esc{{color:#a00;background:#fee;white-space:nowrap}}.none{{color:#666}}</style></head>
 <body><h1>Rampart server {version}</h1>{body}</body></html>
 """
 
-#: Characters with no glyph of their own, or that steer how their neighbours are
-#: shown: controls (Cc: C0, DEL, C1), format characters (Cf: bidi embeddings,
-#: overrides and isolates, zero-width characters, BOM, tags), lone surrogates,
-#: line and paragraph separators, and code points this Python does not know
-#: (a future format character is escaped, not trusted).
-_ESCAPED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp", "Cn"})
-#: Default-ignorable code points outside those categories (Unicode
-#: DerivedCoreProperties): invisible, so as good as a zero-width space.
-_ESCAPED_RANGES = ((0x034F, 0x034F), (0x115F, 0x1160), (0x17B4, 0x17B5), (0x180B, 0x180F),
-                   (0x3164, 0x3164), (0xFE00, 0xFE0F), (0xFFA0, 0xFFA0), (0xE0100, 0xE01EF))
-
-
-def _escaped(ch: str) -> bool:
-    cp = ord(ch)
-    return (unicodedata.category(ch) in _ESCAPED_CATEGORIES
-            or any(lo <= cp <= hi for lo, hi in _ESCAPED_RANGES))
-
-
-def _inert(text: str) -> str:
-    r"""``text`` on one line with every control, bidi and invisible character visible.
-
-    A newline becomes ``\x0a``, U+202E becomes ``\u202e``, a tag character
-    ``\U000e0041``; printable text, right-to-left letters included, is kept.
-    Private to this page until the CLI's terminal-safe text function
-    (``rampart.textsafe``) can be shared.
-    """
-    out = []
-    for ch in text:
-        if not _escaped(ch):
-            out.append(ch)
-        elif (cp := ord(ch)) < 0x100:
-            out.append(f"\\x{cp:02x}")
-        elif cp < 0x10000:
-            out.append(f"\\u{cp:04x}")
-        else:
-            out.append(f"\\U{cp:08x}")
-    return "".join(out)
-
 
 def _text(value: str) -> str:
-    """Any value for the page: inert (:func:`_inert`), then HTML-escaped."""
-    return html.escape(_inert(value))
+    """Any value for the page: one inert line (:func:`rampart.textsafe.safe_line`), HTML-escaped.
+
+    Each escape stands out (``<span class="esc">\\u202e</span>``), so a reader
+    tells a hidden character from the same letters typed; the text read from the
+    page is exactly ``safe_line(value)``.
+    """
+    if is_safe(value):
+        return html.escape(value)
+    return "".join(f'<span class="esc">{html.escape(safe_line(ch))}</span>' if unsafe_char(ch)
+                   else html.escape(ch) for ch in value)
 
 
 def _t(ts: float | None) -> str:
@@ -102,11 +75,15 @@ def _t(ts: float | None) -> str:
     return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _table(headers: list[str], rows: list[list[str]]) -> str:
+def _table(headers: list[str], rows: list[list[str]], free_text: frozenset[int] = frozenset()) -> str:
+    """A table of values (:func:`_text`); columns in ``free_text`` hold device-reported text."""
     head = "".join(f"<th>{_text(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{_text(c)}</td>" for c in r) + "</tr>"
+    body = "".join("<tr>" + "".join(f'<td class="text">{_text(c)}</td>' if i in free_text
+                                    else f"<td>{_text(c)}</td>" for i, c in enumerate(r)) + "</tr>"
                    for r in rows)
-    return f"<table><tr>{head}</tr>{body or ''}</table>"
+    if not rows:
+        body = f'<tr><td class="none" colspan="{len(headers)}">none</td></tr>'
+    return f"<table><tr>{head}</tr>{body}</table>"
 
 
 def _summary(ctx: ServerContext) -> str:
@@ -137,7 +114,7 @@ def _details(ctx: ServerContext, caller: Caller) -> str:
                                 .order_by(Device.hostname))
             parts.append(_table(["device", "hostname", "status", "connected", "last seen"], [
                 [d.id, d.hostname, d.status, "yes" if ctx.gateway.is_connected(d.id) else "no",
-                 _t(d.last_seen)] for d in devices]))
+                 _t(d.last_seen)] for d in devices], free_text=frozenset({1})))
             rows = []
             for j in s.scalars(select(JobRow).where(JobRow.tenant_id == t.id)
                                .order_by(JobRow.created_at.desc()).limit(20)):
