@@ -457,3 +457,21 @@ def test_T16_run_wait_shows_hostile_job_output_inert(w: World, tmp_path: Path) -
     receipt = target["receipt"]
     assert (receipt["stdout"], receipt["stderr"], receipt["detail"]) == (
         JOB_STDOUT.decode(), JOB_STDERR.decode(), JOB_DETAIL)
+
+
+# --- exports: exact in a pipe, inert on a terminal -----------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "cef", "syslog"])
+def test_T16_events_export_is_inert_on_a_terminal_and_exact_in_a_pipe(w: World, fmt: str) -> None:
+    # The audit log's first events include the hostile device's enrolment, with its hostname.
+    args = ("events", "export", "acme", "--format", fmt, "--start", "0", "--limit", "20")
+    text = w.term.show(*args)
+    assert "FAKELOG host all clear" in text
+    for line in text.split("\n"):
+        assert not re.match(r"^\s*FAKELOG", line), f"forged line: {line!r}"
+    piped = subprocess.run([sys.executable, "-m", "rampart.cli.main", *args], env=w.term.env, cwd=REPO,
+                           capture_output=True, timeout=60)
+    assert piped.returncode == 0, piped.stderr
+    exact = w.t.tech.http.get(f"/tenants/{w.t.id}/events", params={"format": fmt, "start": 0, "limit": 20})
+    assert exact.status_code == 200 and piped.stdout == exact.content
