@@ -77,7 +77,7 @@ def print_json(doc: Any) -> None:
 def write_export(text: str) -> None:
     """Machine-readable text (an export, an SBOM) to stdout: exact when redirected to a file or a
     pipe; on a terminal each line is made safe like any other output."""
-    if sys.stdout.isatty():
+    if text and sys.stdout.isatty():
         text = "".join(line + "\n" for line in safe_lines(text.removesuffix("\n")))
     sys.stdout.write(text)
     sys.stdout.flush()
