@@ -51,6 +51,8 @@ def raise_alert(s: Session, tenant_ids: Iterable[str | None], *, kind: str, seve
             row.count += 1
             row.last_seen = now
             row.detail = detail[:MAX_DETAIL]
+            if row.device_id is None:  # opened before alerts named their device (migration 0008)
+                row.device_id = device_id
         else:
             row = AlertRow(id=new_id("al"), tenant_id=tenant_id, device_id=device_id, kind=kind,
                            severity=severity, dedup_key=key, subject=subject[:256],
