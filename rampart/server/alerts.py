@@ -14,7 +14,8 @@ values (names, counts, addresses); they never carry a secret.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 from sqlalchemy import select
@@ -24,7 +25,7 @@ from rampart.trust.ids import new_id
 
 from .errors import Conflict
 from .models import AlertRow
-from .notifier import enqueue
+from .notifier import enqueue, enqueue_new
 
 Severity = Literal["info", "warning", "critical"]
 LIVE = ("open", "acknowledged")
@@ -63,6 +64,57 @@ def raise_alert(s: Session, tenant_ids: Iterable[str | None], *, kind: str, seve
         out.append(row)
     s.flush()
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class AlertSpec:
+    """One alert for :func:`raise_many`: what :func:`raise_alert` takes, for one tenant and device."""
+
+    kind: str
+    severity: Severity
+    dedup: str
+    subject: str
+    detail: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}:{self.dedup}"[:256]
+
+
+def live_by_key(s: Session, tenant_id: str, keys: Iterable[str]) -> dict[str, AlertRow]:
+    """The tenant's live alerts with these dedup keys, in a few queries (not one per key)."""
+    wanted = sorted(set(keys))
+    out: dict[str, AlertRow] = {}
+    for i in range(0, len(wanted), 500):
+        for row in s.scalars(select(AlertRow).where(
+                AlertRow.tenant_id == tenant_id, AlertRow.dedup_key.in_(wanted[i:i + 500]),
+                AlertRow.status.in_(LIVE))):
+            out.setdefault(row.dedup_key, row)
+    return out
+
+
+def raise_many(s: Session, tenant_id: str, device_id: str | None, specs: Sequence[AlertSpec],
+               now: float) -> dict[str, AlertRow]:
+    """:func:`raise_alert` for many alerts of one tenant and device, set-based (a flood's cost is bounded
+    by statements per report, not per alert); returns the rows by dedup key."""
+    live = live_by_key(s, tenant_id, (sp.key for sp in specs))
+    new: list[AlertRow] = []
+    for sp in specs:
+        row = live.get(sp.key)
+        if row is not None:
+            row.count += 1
+            row.last_seen = now
+            row.detail = sp.detail[:MAX_DETAIL]
+            continue
+        row = AlertRow(id=new_id("al"), tenant_id=tenant_id, device_id=device_id, kind=sp.kind,
+                       severity=sp.severity, dedup_key=sp.key, subject=sp.subject[:256],
+                       detail=sp.detail[:MAX_DETAIL], status="open", count=1, first_seen=now, last_seen=now)
+        new.append(row)
+        live[sp.key] = row
+    s.add_all(new)
+    s.flush()
+    enqueue_new(s, tenant_id, new, now)
+    return live
 
 
 def acknowledge(row: AlertRow, who: str, now: float) -> None:

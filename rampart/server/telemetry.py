@@ -62,7 +62,7 @@ from rampart.agent.telemetry import Report, ReportError, ToolSeen, decode_report
 from rampart.catalog import Catalog, CatalogError, builtin_catalog, decode_catalog, encode_catalog
 from rampart.catalog.store import MAX_CATALOG_BYTES
 
-from .alerts import LIVE, raise_alert, resolve
+from .alerts import LIVE, AlertSpec, live_by_key, raise_alert, raise_many, resolve
 from .config import ServerLimits
 from .db import Store
 from .models import (
@@ -439,40 +439,70 @@ class TelemetryStore:
         room = max(0, cap - len(reported))
         dropped = len(agent_findings) - len(reported) + max(0, len(earlier) - room)
         self._over_budget(s, device, dropped, len(agent_findings), cap, now)
+        who = f"device:{device.id}"
+        opened: list[Finding] = []
+        changed: list[dict[str, Any]] = []
         for key, f in reported.items():
             fields = _fields(f)
             known = open_now.get(key)
             if known is None:
-                self._open(s, device, f, now, first_seen=now)
+                opened.append(f)
                 open_now[key] = fields
-                raise_alert(s, [device.tenant_id], kind=f.kind, severity=_alert_severity(f.severity),
-                            dedup=finding_dedup(device.id, key), subject=f"{device.hostname}: {f.subject}",
-                            detail=_detail(device.id, device.hostname, f), now=now, device_id=device.id)
             elif known != fields:
-                s.execute(update(FT).where(FT.c.device_id == device.id, FT.c.key == key)
-                          .values(dict(zip(_FIELDS, fields, strict=True))))
+                changed.append({"b_key": key, **{f"b_{n}": v for n, v in zip(_FIELDS, fields, strict=True)}})
                 open_now[key] = fields
-        for key in [k for k in open_now if k not in reported and not k.startswith(SERVER_KEY_PREFIX)]:
-            kind = open_now.pop(key)[0]
-            s.execute(update(FT).where(FT.c.device_id == device.id, FT.c.key == key).values(resolved_at=now))
-            alert = live_alert(s, device.tenant_id, kind, finding_dedup(device.id, key))
-            if alert is not None:
-                resolve(alert, f"device:{device.id}", now)
-        for e in earlier[:room]:
-            f = e.finding
-            if f.key in reported or f.key in open_now:
-                continue
-            row = self._open(s, device, f, now, first_seen=now)
-            row.resolved_at = now
-            when = (f"seen by the agent from {_ts(e.first_seen)} to {_ts(e.last_seen)} (agent clock), "
-                    "gone by its next report")
-            [alert] = raise_alert(s, [device.tenant_id], kind=f.kind, severity=_alert_severity(f.severity),
-                                  dedup=finding_dedup(device.id, f.key),
-                                  subject=f"{device.hostname}: {f.subject} (no longer seen)",
-                                  detail=_detail(device.id, device.hostname, f, when), now=now,
-                                  device_id=device.id)
-            if alert.status != "resolved":
-                resolve(alert, f"device:{device.id}", now)
+        gone = [(k, open_now.pop(k)[0]) for k in [k for k in open_now if k not in reported
+                                                  and not k.startswith(SERVER_KEY_PREFIX)]]
+        past = [e for e in earlier[:room] if e.finding.key not in reported and e.finding.key not in open_now]
+        # Set-based from here: a few statements per report, whatever the number of findings.
+        self._write_rows(s, device, [(f, None) for f in opened] + [(e.finding, now) for e in past], now)
+        if changed:
+            s.execute(update(FT).where(FT.c.device_id == device.id, FT.c.key == bindparam("b_key"))
+                      .values({name: bindparam(f"b_{name}") for name in _FIELDS}), changed)
+        for i in range(0, len(gone), 500):
+            s.execute(update(FT).where(FT.c.device_id == device.id,
+                                       FT.c.key.in_([k for k, _ in gone[i:i + 500]])).values(resolved_at=now))
+        for alert in live_by_key(s, device.tenant_id, (
+                f"{kind}:{finding_dedup(device.id, k)}"[:256] for k, kind in gone)).values():
+            resolve(alert, who, now)
+        specs = [AlertSpec(f.kind, _alert_severity(f.severity), finding_dedup(device.id, f.key),
+                           f"{device.hostname}: {f.subject}", _detail(device.id, device.hostname, f))
+                 for f in opened]
+        specs += [AlertSpec(e.finding.kind, _alert_severity(e.finding.severity),
+                            finding_dedup(device.id, e.finding.key),
+                            f"{device.hostname}: {e.finding.subject} (no longer seen)",
+                            _detail(device.id, device.hostname, e.finding,
+                                    f"seen by the agent from {_ts(e.first_seen)} to {_ts(e.last_seen)} "
+                                    "(agent clock), gone by its next report")) for e in past]
+        if specs:
+            rows = raise_many(s, device.tenant_id, device.id, specs, now)
+            for e in past:
+                alert = rows[f"{e.finding.kind}:{finding_dedup(device.id, e.finding.key)}"[:256]]
+                if alert.status != "resolved":
+                    resolve(alert, who, now)
+
+    @staticmethod
+    def _write_rows(s: Session, device: _Dev, rows: list[tuple[Finding, float | None]], now: float) -> None:
+        """Insert (or reopen) finding rows, first seen now; ``resolved_at`` set for findings already gone."""
+        if not rows:
+            return
+        keys = [f.key for f, _ in rows]
+        existing: set[str] = set()
+        for i in range(0, len(keys), 500):
+            existing.update(s.scalars(select(FT.c.key).where(FT.c.device_id == device.id,
+                                                             FT.c.key.in_(keys[i:i + 500]))))
+        values = [{**dict(zip(_FIELDS, _fields(f), strict=True)), "first_seen": now, "last_seen": now,
+                   "resolved_at": resolved} for f, resolved in rows]
+        fresh = [{"device_id": device.id, "key": f.key, "tenant_id": device.tenant_id, **v}
+                 for (f, _), v in zip(rows, values, strict=True) if f.key not in existing]
+        again = [{"b_key": f.key, **{f"b_{n}": x for n, x in v.items()}}
+                 for (f, _), v in zip(rows, values, strict=True) if f.key in existing]
+        if fresh:
+            s.execute(insert(FT), fresh)
+        if again:
+            s.execute(update(FT).where(FT.c.device_id == device.id, FT.c.key == bindparam("b_key"))
+                      .values({name: bindparam(f"b_{name}") for name in (*_FIELDS, "first_seen", "last_seen",
+                                                                          "resolved_at")}), again)
 
     @staticmethod
     def _over_budget(s: Session, device: _Dev, dropped: int, reported: int, cap: int, now: float) -> None:
@@ -559,16 +589,6 @@ class TelemetryStore:
                         subject=f"{_visible(host)[:80]}: {what}",
                         detail=f"device {device_id} ({_visible(host)[:200]}): {detail}", now=now,
                         device_id=device_id)
-
-    @staticmethod
-    def _open(s: Session, device: _Dev, f: Finding, now: float, *, first_seen: float) -> FindingRow:
-        row = s.get(FindingRow, {"device_id": device.id, "key": f.key})
-        if row is None:
-            row = FindingRow(device_id=device.id, key=f.key, tenant_id=device.tenant_id)
-            s.add(row)
-        _fill(row, f)
-        row.first_seen, row.last_seen, row.resolved_at = first_seen, now, None
-        return row
 
     @staticmethod
     def _resolve_agent_alerts(s: Session, devices: Iterable[_Dev], now: float) -> None:
@@ -711,12 +731,6 @@ def _fields(f: Finding) -> tuple[str, ...]:
     """A finding's stored columns, in :data:`_FIELDS` order."""
     evidence = json.dumps(f.evidence, sort_keys=True, separators=(",", ":"))
     return (f.kind, f.severity, f.tool, f.subject, evidence)
-
-
-def _fill(row: FindingRow, f: Finding) -> None:
-    for name, value in zip(_FIELDS, _fields(f), strict=True):
-        if getattr(row, name, None) != value:
-            setattr(row, name, value)
 
 
 @dataclass(frozen=True, slots=True)

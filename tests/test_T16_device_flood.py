@@ -1,0 +1,303 @@
+"""T16: a hostile device's floods cost its own budget, and what it says of itself is flagged.
+
+A real server, an honest real agent process running signed jobs, and a
+flooder that holds a real device key and speaks the real protocol at full
+speed (:class:`harness.wsagent.WireAgent`): exactly what an attacker with
+root on one managed endpoint has. Each test measures the honest device in
+the same run before and during the flood, and asserts a small multiple of
+that baseline (these machines are noisy), that the flooder was refused by
+*device*, that the operator was told, and that storage stayed bounded.
+Sizes are modest for CI; ``make bench-flood`` reports the same at full speed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness.fleet import Fleet, make_fleet
+from harness.operators import approved_grant, ok
+from harness.server import RunningServer
+from harness.wsagent import WireAgent
+from websockets.exceptions import ConnectionClosed
+
+from rampart.agent.findings import MAX_FINDINGS, Finding
+from rampart.agent.inventory import AgentInfo, EolStatus, Inventory, OsInfo, Process, digest
+from rampart.agent.telemetry import Report, encode_report
+from rampart.server.config import ServerLimits
+
+pytestmark = pytest.mark.store
+
+LIMITS = ServerLimits()
+RECORD = b'echo "$RAMPART_DEVICE_ID $RAMPART_JOB_ID" >> %s/runs.log\n'
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+def _inventory(n: int, *, os_name: str = "Debian GNU/Linux 12", host: str = "flood") -> Inventory:
+    procs = [Process(pid=100 + i, ppid=1, start_ticks=i, start_time=1_800_000_000, name=f"p{i}", uid=0,
+                     euid=0) for i in range(n)]
+    os_info = OsInfo(id="debian", name=os_name, kernel_release="6.1.0", kernel_version="#1 SMP",
+                     arch="x86_64", hostname=host, boot_time=1_800_000_000, eol=EolStatus(status="current"))
+    return Inventory(collected_at=1_800_000_000, agent=AgentInfo(version="wire", containment="none"),
+                     os=os_info, processes=procs)
+
+
+def _flood_findings(tag: str, n: int = MAX_FINDINGS) -> list[Finding]:
+    return [Finding(kind="rat-port", severity="critical", key=f"flood:{tag}:{i}",
+                    subject=f"listener {i} of a flood") for i in range(n)]
+
+
+def _full(inv: Inventory, findings: list[Finding]) -> dict[str, Any]:
+    return {"type": "inventory", "report": encode_report(Report(full=inv, findings=findings)),
+            "result": digest(inv), "base": None}
+
+
+def _answer(agent: WireAgent, timeout: float = 60.0) -> dict[str, Any]:
+    while True:
+        doc = agent.recv(timeout=timeout)
+        if doc["type"] in ("inventory-ack", "inventory-full", "error"):
+            return doc
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    t0 = time.monotonic()
+    fn()
+    return time.monotonic() - t0
+
+
+def _alerts(f: Fleet, **params: Any) -> list[dict[str, Any]]:
+    return list(ok(f.tenant.owner.http.get(f"/tenants/{f.tenant.id}/alerts", params=params)))
+
+
+def _wait(what: str, fn: Callable[[], Any], timeout: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = fn()
+        if got:
+            return got
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _rss_mib(server: RunningServer) -> float:
+    pid = server.proc.pid  # type: ignore[union-attr]
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.fixture
+def fleet1(server: RunningServer) -> Iterator[Fleet]:
+    """One honest real agent process, enrolled, approved and connected."""
+    yield from make_fleet(server, 1)
+
+
+@pytest.fixture
+def honest(fleet1: Fleet) -> Fleet:
+    """The honest agent with an open warning alert of its own (a failing port check)."""
+    dev = fleet1.devices[0]
+    ok(fleet1.tenant.owner.http.post(f"/tenants/{fleet1.tenant.id}/checks", json={
+        "kind": "port", "device": dev, "params": {"port": 9, "proto": "tcp"}}))
+    _wait("the honest device's check alert",
+          lambda: [a for a in _alerts(fleet1) if a["kind"] == "check-failed" and a.get("device") == dev])
+    return fleet1
+
+
+def _flooder(f: Fleet, hostname: str = "flooder") -> WireAgent:
+    tok = ok(f.tenant.owner.http.post(f"/tenants/{f.tenant.id}/enrollment-tokens", json={"ttl_s": 600}))
+    agent = WireAgent.enrol(f.server, tok["token"], tok["root_sha256"], hostname=hostname)
+    ok(f.tenant.owner.http.post(f"/tenants/{f.tenant.id}/devices/{agent.device_id}/approve"))
+    assert agent.connect()["type"] == "welcome"
+    return agent
+
+
+class _Honest:
+    """Runs one signed job on the honest agent and times it (post to every receipt stored)."""
+
+    def __init__(self, f: Fleet) -> None:
+        self.f = f
+        self.grant = approved_grant(f.tenant, f.devices)
+
+    def job(self) -> float:
+        return _timed(lambda: self.f.wait_done([self.f.post_job(self.grant, self.f.devices,
+                                                                RECORD % str(self.f.scratch).encode())],
+                                               timeout=180))
+
+    def read(self) -> float:
+        return _timed(lambda: ok(self.f.tenant.tech.http.get(f"/tenants/{self.f.tenant.id}/devices")))
+
+
+def _bound(baseline: float, floor: float = 3.0) -> float:
+    """A small multiple of the baseline measured in the same test, with a floor for a noisy machine."""
+    return max(5 * baseline, baseline + floor)
+
+
+# --- the tests -----------------------------------------------------------------------------------
+
+def test_T16_findings_flood_costs_only_the_flooding_device(honest: Fleet) -> None:
+    f = honest
+    h = _Honest(f)
+    base_job = max(h.job(), h.job())
+    base_read = max(h.read() for _ in range(5))
+    flooder = _flooder(f)
+    acks: list[dict[str, Any]] = []
+
+    def flood() -> None:
+        # Every report carries the most findings an agent may send, all new, all critical.
+        for i in range(LIMITS.inventory_burst):
+            flooder.send(_full(_inventory(3 + i % 2), _flood_findings(str(i))))
+        for _ in range(LIMITS.inventory_burst):
+            acks.append(_answer(flooder))
+
+    flooding = threading.Thread(target=flood)
+    flooding.start()
+    time.sleep(0.5)
+    during_job = h.job()
+    during_read = max(h.read() for _ in range(5))
+    flooding.join(timeout=300)
+    assert not flooding.is_alive()
+    print(f"honest job {base_job:.2f}s -> {during_job:.2f}s during the flood; "
+          f"API read {base_read * 1000:.0f}ms -> {during_read * 1000:.0f}ms")
+    assert during_job <= _bound(base_job), (base_job, during_job)
+    assert during_read <= _bound(base_read, floor=2.0), (base_read, during_read)
+    # The flood was taken within budget: stored, but bounded per device.
+    assert sum(a["type"] == "inventory-ack" for a in acks) >= 1
+    t = f.tenant
+    findings = list(ok(t.owner.http.get(f"/tenants/{t.id}/findings", params={"status": "open"})))
+    mine = [x for x in findings if x["device"] == flooder.device_id]
+    assert 0 < len(mine) <= LIMITS.max_findings_per_device
+    # One aggregate alert says so, instead of thousands.
+    over = [a for a in _alerts(f) if a["kind"] == "findings-over-budget"]
+    assert len(over) == 1 and over[0]["device"] == flooder.device_id and "budget" in over[0]["subject"]
+    every = _alerts(f, status="live", per_device=0, limit=1000)
+    mine_alerts = [a for a in every if a.get("device") == flooder.device_id]
+    assert len(mine_alerts) <= LIMITS.max_findings_per_device + 3
+    # The honest device's alert is still in the default view (severity first, per-device cap).
+    view = _alerts(f)
+    assert any(a["kind"] == "check-failed" and a.get("device") == f.devices[0] for a in view)
+    flooder.close()
+
+
+def test_T16_parallel_connections_with_one_device_key_share_one_budget(fleet1: Fleet) -> None:
+    f = fleet1
+    first = _flooder(f, hostname="cloned")
+    accepted: list[int] = []
+    refused: list[int] = []
+    lock = threading.Lock()
+
+    def attacker(n: int) -> None:
+        clone = WireAgent(f.server, first.key, first.device_id, first.tenant, first.root)
+        deadline = time.monotonic() + 6
+        while time.monotonic() < deadline:
+            try:
+                clone.connect()
+                for i in range(10):
+                    clone.send(_full(_inventory(n * 100 + i), []))
+                    doc = _answer(clone, timeout=10)
+                    with lock:
+                        (accepted if doc["type"] == "inventory-ack" else refused).append(n)
+            except (ConnectionClosed, TimeoutError, OSError, AssertionError):
+                pass
+            finally:
+                with contextlib.suppress(Exception):
+                    clone.close()
+
+    threads = [threading.Thread(target=attacker, args=(n,)) for n in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=120)
+    # One device, one budget: the burst (plus at most one refill) whatever the connections.
+    print(f"{len(accepted)} reports accepted, {len(refused)} refused over 8 parallel connections")
+    assert len(accepted) <= LIMITS.inventory_burst + 1
+    assert refused, "the flood was never refused"
+    alerts = _alerts(f, per_device=0)
+    kinds = {a["kind"] for a in alerts if a.get("device") == first.device_id}
+    assert "device-throttled" in kinds or "device-blocked" in kinds, kinds
+    assert "device-connections" in kinds, kinds
+    # The operator is told once, not once per refusal.
+    assert len([a for a in alerts if a["kind"] == "device-throttled"]) <= 1
+
+
+def test_T16_oversized_and_refused_frames_disconnect_the_device_for_a_backoff(honest: Fleet) -> None:
+    f = honest
+    h = _Honest(f)
+    base_job = max(h.job(), h.job())
+    rss_before = _rss_mib(f.server)
+    flooder = _flooder(f)
+    near_limit = "A" * (LIMITS.max_ws_message_bytes - 1024)
+    closed_with: list[int] = []
+
+    def flood() -> None:
+        try:
+            for _ in range(LIMITS.abuse_refusals + 10):
+                flooder.send({"type": "inventory", "report": near_limit, "result": "0" * 64})
+        except ConnectionClosed as exc:
+            closed_with.append(exc.rcvd.code if exc.rcvd else 0)
+            return
+        with contextlib.suppress(Exception):
+            while True:
+                flooder.recv(timeout=30)
+
+    flooding = threading.Thread(target=flood)
+    flooding.start()
+    during_job = h.job()
+    flooding.join(timeout=120)
+    print(f"honest job {base_job:.2f}s -> {during_job:.2f}s during near-limit frames; "
+          f"server RSS {rss_before:.0f} -> {_rss_mib(f.server):.0f} MiB")
+    assert during_job <= _bound(base_job), (base_job, during_job)
+    # The device was disconnected for abuse and its reconnection is refused during the back-off.
+    with pytest.raises(ConnectionClosed) as refused:
+        flooder.connect()
+    assert refused.value.rcvd is not None and refused.value.rcvd.code == 4429
+    blocked = [a for a in _alerts(f) if a["kind"] == "device-blocked"]
+    assert len(blocked) == 1 and blocked[0]["device"] == flooder.device_id
+    assert blocked[0]["severity"] == "critical" and "refused for" in blocked[0]["detail"]
+    # Refused frames were never decoded into anything that stays: memory stays bounded.
+    assert _rss_mib(f.server) - rss_before < 300
+    # The honest device is untouched by its neighbour's block.
+    assert h.job() <= _bound(base_job)
+
+
+def test_T16_hostile_identity_raises_a_finding_the_device_cannot_clear(honest: Fleet) -> None:
+    f = honest
+    t = f.tenant
+    hostile_host = "db-01\x1b]52;c;cm0gLXJmIH4=\x07\u202eexe.ssh"
+    agent = _flooder(f, hostname=hostile_host)
+    inv = _inventory(2, os_name="Debian\x1b[2J\u2066 12")
+    agent.send(_full(inv, [Finding(kind="eol-os", severity="warning", key="server:identity",
+                                   subject="all clear")]))
+    assert _answer(agent)["type"] == "inventory-ack"
+
+    def identity() -> dict[str, Any] | None:
+        rows = ok(t.owner.http.get(f"/tenants/{t.id}/findings", params={"status": "open"}))
+        return next((x for x in rows if x["device"] == agent.device_id and x["key"] == "server:identity"),
+                    None)
+
+    found = _wait("the identity finding", identity)
+    assert found["kind"] == "suspicious-identity"
+    ev = found["evidence"]
+    assert ev["enrolled-hostname"] == "db-01\\x1b]52;c;cm0gLXJmIH4=\\x07\\u202eexe.ssh"
+    assert ev["os.name"] == "Debian\\x1b[2J\\u2066 12"
+    assert not any(c in str(found) for c in "\x1b\x07\u202e\u2066")
+    # The device reported a finding under the server's key: ignored, it cannot overwrite or clear it.
+    assert found["subject"] != "all clear"
+    agent.send(_full(_inventory(3), []))  # a clean OS name; the enrolled hostname is still hostile
+    assert _answer(agent)["type"] == "inventory-ack"
+    still = identity()
+    assert still is not None and "os.name" not in still["evidence"]
+    assert "enrolled-hostname" in still["evidence"]
+    alerts = [a for a in _alerts(f) if a["kind"] == "suspicious-identity"]
+    assert len(alerts) == 1 and alerts[0]["device"] == agent.device_id
+    assert not any(c in alerts[0]["subject"] + alerts[0]["detail"] for c in "\x1b\x07\u202e\u2066")
+    # The honest device has no such finding.
+    rows = ok(t.owner.http.get(f"/tenants/{t.id}/findings", params={"status": "all"}))
+    assert not [x for x in rows if x["device"] == f.devices[0] and x["kind"] == "suspicious-identity"]
+    agent.close()
