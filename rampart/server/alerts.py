@@ -18,14 +18,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from rampart.trust.ids import new_id
 
 from .errors import Conflict
-from .models import AlertRow
-from .notifier import enqueue, enqueue_new
+from .models import AlertRow, Delivery, NotifyTarget
+from .notifier import SEVERITY_RANK, enqueue
 
 Severity = Literal["info", "warning", "critical"]
 LIVE = ("open", "acknowledged")
@@ -115,6 +115,23 @@ def raise_many(s: Session, tenant_id: str, device_id: str | None, specs: Sequenc
     s.flush()
     enqueue_new(s, tenant_id, new, now)
     return live
+
+
+def enqueue_new(s: Session, tenant_id: str, alerts: Sequence[AlertRow], now: float) -> int:
+    """Queue alerts just opened in one tenant (count 1, never queued before): the targets are read once.
+
+    Same rule as :func:`rampart.server.notifier.enqueue`: every target of the
+    tenant or MSP-wide whose minimum severity the alert reaches."""
+    if not alerts:
+        return 0
+    targets = list(s.scalars(select(NotifyTarget).where(
+        or_(NotifyTarget.tenant_id.is_(None), NotifyTarget.tenant_id == tenant_id))))
+    rows = [Delivery(target_id=t.id, alert_id=a.id, alert_count=a.count, state="pending", attempts=0,
+                     next_attempt_at=now, last_detail="", created_at=now)
+            for a in alerts for t in targets
+            if SEVERITY_RANK.get(a.severity, 1) >= SEVERITY_RANK.get(t.min_severity, 1)]
+    s.add_all(rows)
+    return len(rows)
 
 
 def acknowledge(row: AlertRow, who: str, now: float) -> None:
