@@ -33,7 +33,9 @@ from ..alerts import acknowledge, resolve
 from ..audit import SERVER_LOG
 from ..context import ServerContext
 from ..errors import NotFound
+from ..gateway import ALERT_BLOCKED, ALERT_REPLACED, ALERT_THROTTLED
 from ..models import AlertRow, Tenant
+from ..telemetry import IDENTITY, OVER_BUDGET
 from .deps import AlertPath, Caller, CallerDep, Ctx, TenantPath
 from .schemas import DEVICE_ID, AlertOut
 
@@ -61,6 +63,10 @@ CAPPED_MORE_HEADER = "Rampart-Alerts-Capped-More"
 #: Critical first, then warning, then info (an unknown severity sorts with warning).
 _SEVERITY_ORDER = case({"critical": 0, "warning": 1, "info": 2}, value=AlertRow.severity, else_=1)
 _ORDER = (_SEVERITY_ORDER, AlertRow.last_seen.desc(), AlertRow.id)
+#: Alerts about a device itself (its budget, its connections, its identity): never hidden by its own cap,
+#: so a flooding device's many finding alerts cannot push out the one alert that says it floods.
+DEVICE_LEVEL_KINDS = (OVER_BUDGET, ALERT_BLOCKED, ALERT_THROTTLED, ALERT_REPLACED, IDENTITY)
+_DEVICE_LEVEL_FIRST = case({k: 0 for k in DEVICE_LEVEL_KINDS}, value=AlertRow.kind, else_=1)
 
 
 def alert_out(a: AlertRow) -> AlertOut:
@@ -113,7 +119,8 @@ def alert_view(s: Session, scope: ColumnElement[bool], *, status: StatusFilter =
     cap = per_device if per_device is not None else (0 if device is not None else DEFAULT_PER_DEVICE)
     if cap == 0:
         return AlertView(list(s.scalars(select(AlertRow).where(*conds).order_by(*_ORDER).limit(limit))), [])
-    nth = func.row_number().over(partition_by=AlertRow.device_id, order_by=_ORDER).label("nth")
+    nth = func.row_number().over(partition_by=AlertRow.device_id,
+                                 order_by=(_DEVICE_LEVEL_FIRST, *_ORDER)).label("nth")
     ranked = select(AlertRow.id, AlertRow.device_id, nth).where(*conds).subquery()
     shown: Select[Any] = (select(AlertRow).join(ranked, ranked.c.id == AlertRow.id)
                           .where(or_(ranked.c.device_id.is_(None), ranked.c.nth <= cap))
