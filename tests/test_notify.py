@@ -57,6 +57,7 @@ from rampart.server.notify import (
     Severity,
     SmtpSettings,
     SyslogForwarder,
+    TlsSettings,
     check_webhook_url,
     format_events,
     from_alert,
@@ -66,6 +67,7 @@ from rampart.server.notify import (
     render_email,
     send_email,
     send_webhook,
+    syslog_record,
     to_cef,
     to_jsonl,
     to_syslog,
@@ -104,6 +106,15 @@ def neutral(text: str, keep: str = "") -> str:
         else:
             out.append(ch)
     return "".join(out)
+
+
+BOM = "\ufeff"  # RFC 5424 section 6.4
+
+
+def cef_class(text: str, limit: int = 63 + 8) -> str:
+    """The documented CEF header rule: A-Z a-z 0-9 . _ : - kept, any other character becomes _."""
+    out = re.sub(r"[^A-Za-z0-9._:-]", "_", text)
+    return (out[: limit - 3] + "…" if len(text) > limit else out) or "-"
 
 
 def scalar_text(value: Any) -> str:
@@ -339,7 +350,7 @@ def test_cef_round_trip_of_hostile_values(value: str) -> None:
     header, ext = parse_cef(line)
     assert header[:4] == ["CEF:0", "Rampart", "Rampart", rampart.__version__]
     assert header[4] == "alert:kind" and header[6] == "9"
-    assert header[5] == (neutral(value) or "-")
+    assert header[5] == "kind"  # the event's class: no device or person text in the header
     expected_ext = neutral(value, keep="\n\r")
     if value:
         assert ext["suser"] == expected_ext and ext["msg"] == expected_ext and ext["cs1"] == expected_ext
@@ -363,8 +374,9 @@ def test_syslog_round_trip_of_hostile_values(value: str) -> None:
     if value:
         assert params["tenant"] == neutral(value)
     assert dict(rec.sd["details@32473"]) == {k: neutral(scalar_text(v)) for k, v in ev.details.items()}
-    assert rec.msg == (neutral(value) or None)
-    assert not line.encode().split(b"] ", 1)[-1].startswith(b"\xef\xbb\xbf"), "MSG is BOM-less"
+    assert rec.msg == (BOM + neutral(value) if value else None)
+    if value:  # RFC 5424 section 6.4: a UTF-8 MSG starts with the BOM
+        assert line.encode().endswith(b"] \xef\xbb\xbf" + neutral(value).encode())
 
 
 @pytest.mark.parametrize("value", HOSTILE)
@@ -408,10 +420,15 @@ def test_oversized_fields_are_cut_with_a_marker_and_records_stay_bounded() -> No
     for line in (to_cef(ev, hostname="h" * 255), to_syslog(ev, hostname="h" * 255), to_jsonl(ev)):
         assert len(line.encode()) <= MAX_RECORD and len(line.splitlines()) == 1
     rec = parse_syslog(to_syslog(ev, hostname="h"))
-    assert rec.msg is not None and rec.msg.endswith("…") and len(rec.msg.encode()) <= 512
+    assert rec.msg is not None and rec.msg.endswith("…") and len(rec.msg.removeprefix(BOM).encode()) <= 512
     assert ("dropped", str(100 - (len(rec.sd["details@32473"]) - 1))) in rec.sd["details@32473"]
-    header, ext = parse_cef(to_cef(ev))
-    assert header[5].endswith("…") and int(ext["cn2"]) > 0
+    header, ext = parse_cef(to_cef(ev, hostname="h" * 255))
+    assert header[5].endswith("…") and len(header[5].encode()) <= 63 and int(ext["cn2"]) > 0
+    assert ext["dvchost"].endswith("…") and len(ext["dvchost"].encode()) <= 100  # CEF dictionary
+    assert ext["msg"].endswith("…") and len(ext["externalId"]) <= 40
+    for fmt in EXPORT_FORMATS:
+        carried = syslog_record(ev, fmt, hostname="h" * 255)
+        assert len(carried.encode()) <= MAX_RECORD and len(carried.splitlines()) == 1
     assert isinstance(json.loads(ext["cs4"]), dict)  # cut by whole entries: still JSON
     doc = json.loads(to_jsonl(ev))
     assert doc["details_dropped"] > 0 and doc["actor"].endswith("…")
@@ -476,14 +493,18 @@ def test_fuzz_formatters_round_trip(ev: Event) -> None:
     header, ext = parse_cef(cef)
     assert len(header) == 7 and 0 <= int(header[6]) <= 10
     assert ext["suser"] == neutral(ev.actor, keep="\n\r") if ev.actor else "suser" not in ext
-    assert header[5] == (neutral(ev.subject) or "-")
+    assert header[5] == cef_class(ev.kind) and header[4] == cef_class(f"{ev.source}:{ev.kind}")
+    assert ext["msg"] == neutral(ev.subject, keep="\n\r") if ev.subject else "msg" not in ext
     if ev.details:
         assert json.loads(ext["cs4"]) == ev.details
     syslog = to_syslog(ev, hostname="rampart1")
     check_one_record(syslog)
     rec = parse_syslog(syslog)
     assert dict(rec.sd["rampart@32473"])["actor"] == neutral(ev.actor)
-    assert rec.msg == (neutral(ev.subject) or None)
+    assert rec.msg == (BOM + neutral(ev.subject) if ev.subject else None)
+    for fmt, body in (("cef", cef), ("jsonl", to_jsonl(ev))):
+        carried = parse_syslog(syslog_record(ev, fmt, hostname="rampart1"))  # type: ignore[arg-type]
+        assert carried.sd == {} and carried.msg == BOM + body and carried.hostname == "rampart1"
     assert [v for _, v in rec.sd.get("details@32473", [])] == [neutral(scalar_text(v))
                                                                for v in ev.details.values()]
     jl = to_jsonl(ev)
@@ -495,7 +516,9 @@ def test_fuzz_formatters_round_trip(ev: Event) -> None:
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(events(LONG))
 def test_fuzz_formatters_with_huge_values_stay_bounded(ev: Event) -> None:
-    for line in (to_cef(ev, hostname="h" * 255), to_syslog(ev, hostname="h" * 255)):
+    host = "h" * 255
+    for line in (to_cef(ev, hostname=host), to_syslog(ev, hostname=host),
+                 syslog_record(ev, "cef", hostname=host), syslog_record(ev, "jsonl", hostname=host)):
         check_one_record(line)
     parse_cef(to_cef(ev))
     parse_syslog(to_syslog(ev, hostname="h"))
@@ -547,11 +570,12 @@ def test_delivery_result_detail_is_one_bounded_line() -> None:
 
 def test_public_surface_is_locked() -> None:
     assert sorted(notify.__all__) == sorted([
-        "EXPORT_FORMATS", "MAX_RECORD", "AlertLike", "AuditEntryLike", "DeliveryResult", "Event",
-        "EventLimits", "ExportFormat", "FormatLimits", "ForwarderStats", "RetryPolicy", "Scalar",
-        "Severity", "SmtpSettings", "Source", "SyslogForwarder", "check_webhook_url", "format_event",
-        "format_events", "from_alert", "from_audit", "octet_frame", "one_line", "render_email",
-        "send_email", "send_webhook", "sign", "to_cef", "to_jsonl", "to_syslog", "verify_signature",
+        "EXPORT_FORMATS", "MAX_RECORD", "AlertLike", "AuditEntryLike", "Channel", "ChannelStats",
+        "Delivered", "DeliveryResult", "Event", "EventLimits", "ExportFormat", "FormatLimits",
+        "KeyFileError", "RelpForwarder", "RetryPolicy", "Scalar", "Severity", "SmtpSettings", "Source",
+        "SyslogForwarder", "TlsSettings", "check_webhook_url", "format_event", "format_events",
+        "from_alert", "from_audit", "octet_frame", "one_line", "render_email", "send_email",
+        "send_webhook", "sign", "syslog_record", "to_cef", "to_jsonl", "to_syslog", "verify_signature",
     ])
     for name in notify.__all__:
         assert hasattr(notify, name), name
@@ -1119,6 +1143,8 @@ class SyslogListener:
 
 
 FAST_BACKOFF = RetryPolicy(base=0.05, factor=2.0, max_delay=0.2, max_attempts=1, jitter=0.0)
+#: How long a new syslog connection is watched for a refusal (notify.channel; short on loopback).
+PROBE_S = 0.05
 
 
 def syslog_lines(n: int, start: int = 0) -> list[str]:
@@ -1130,32 +1156,32 @@ def test_forwarder_delivers_octet_counted_rfc5424_records() -> None:
     listener = SyslogListener()
     lines = syslog_lines(len(HOSTILE))
     try:
-        with SyslogForwarder("127.0.0.1", listener.port, tls=None) as fwd:
-            assert fwd.send(lines) == len(lines)
+        with SyslogForwarder("127.0.0.1", listener.port, tls=None, probe_s=PROBE_S) as fwd:
+            done = fwd.deliver(lines)
             wait_for(lambda: len(listener.messages) == len(lines))
             stats = fwd.stats()
     finally:
         listener.stop()
+    assert (done.taken, done.error) == (len(lines), None)
     assert listener.messages == lines  # newlines in values never split a record
     for line, n in zip(listener.messages, range(len(lines)), strict=True):
         assert dict(parse_syslog(line).sd["rampart@32473"])["id"] == f"al-{n}"
-    assert (stats.sent, stats.queued, stats.dropped, stats.connects) == (len(lines), 0, 0, 1)
+    assert (stats.taken, stats.connects, stats.failures) == (len(lines), 1, 0)
 
 
 def test_forwarder_reconnects_after_the_listener_restarts() -> None:
     with refusing_port() as port:  # held throughout, so the restarted listener gets the same port
         first = SyslogListener(port)
-        fwd = SyslogForwarder("127.0.0.1", port, tls=None, backoff=FAST_BACKOFF)
+        fwd = SyslogForwarder("127.0.0.1", port, tls=None, probe_s=PROBE_S, backoff=FAST_BACKOFF)
         try:
-            assert fwd.send(syslog_lines(2)) == 2
+            assert fwd.deliver(syslog_lines(2)).taken == 2
             wait_for(lambda: len(first.messages) == 2)
             first.stop()
-            # The receiver's FIN may not have reached the forwarder's socket yet on a busy machine;
-            # a record written before it arrives would be lost (syslog has no acknowledgement).
-            wait_for(lambda: fwd.flush() == 0 and not fwd.stats().connected)
+            # With nothing to send, deliver notices the receiver closed the connection.
+            wait_for(lambda: fwd.deliver([]).taken == 0 and not fwd.stats().connected)
             second = SyslogListener(port)
             try:
-                assert fwd.send(syslog_lines(3, start=2)) == 3
+                assert fwd.deliver(syslog_lines(3, start=2)).taken == 3
                 wait_for(lambda: len(second.messages) == 3)
             finally:
                 second.stop()
@@ -1166,38 +1192,39 @@ def test_forwarder_reconnects_after_the_listener_restarts() -> None:
     assert fwd.stats().connects == 2 and "closed" in (fwd.stats().last_error or "")
 
 
-def test_forwarder_queues_while_the_receiver_is_down_and_drops_the_oldest() -> None:
+def test_forwarder_backs_off_while_the_receiver_is_down_and_holds_no_queue() -> None:
     clock = FakeClock()
     lines = syslog_lines(5)
     with refusing_port() as port:
-        fwd = SyslogForwarder("127.0.0.1", port, tls=None, max_queue=3, backoff=FAST_BACKOFF, clock=clock)
-        assert fwd.send(lines) == 0
-        stats = fwd.stats()
-        assert (stats.queued, stats.dropped, stats.sent, stats.connected) == (3, 2, 0, False)
-        assert stats.last_error is not None and "ConnectionRefused" in stats.last_error
+        fwd = SyslogForwarder("127.0.0.1", port, tls=None, probe_s=PROBE_S, backoff=FAST_BACKOFF,
+                              clock=clock)
+        done = fwd.deliver(lines)
+        assert (done.taken, done.refused) == (0, False) and "ConnectionRefused" in (done.error or "")
+        assert fwd.stats().failures == 1
         listener = SyslogListener(port)
         try:
             # Backing off: no new attempt before the delay has passed, although the receiver is back.
-            assert fwd.flush() == 0 and fwd.stats().connects == 0
+            assert fwd.deliver(lines).taken == 0 and fwd.stats().connects == 0
             clock.now += FAST_BACKOFF.delay(1)
-            assert fwd.flush() == 3
-            wait_for(lambda: len(listener.messages) == 3)
+            assert fwd.deliver(lines).taken == 5  # the caller sends them again: nothing was kept
+            wait_for(lambda: len(listener.messages) == 5)
         finally:
             listener.stop()
             fwd.close()
-    assert listener.messages == lines[2:]  # the newest records were kept
+    assert listener.messages == lines
 
 
 def test_forwarder_over_tls_verifies_the_receiver(pki: Pki) -> None:
     listener = SyslogListener(tls=pki.server())
     try:
-        with SyslogForwarder("127.0.0.1", listener.port, tls=pki.client()) as fwd:
-            assert fwd.send(syslog_lines(3)) == 3
+        with SyslogForwarder("127.0.0.1", listener.port, tls=TlsSettings(ca_file=pki.ca),
+                             probe_s=PROBE_S) as fwd:
+            assert fwd.deliver(syslog_lines(3)).taken == 3
             wait_for(lambda: len(listener.messages) == 3)
-        with SyslogForwarder("localhost", listener.port, tls=ssl.create_default_context()) as untrusted:
-            assert untrusted.send(syslog_lines(1)) == 0
-            assert "CERTIFICATE_VERIFY_FAILED" in (untrusted.stats().last_error or "")
-            assert untrusted.stats().queued == 1
+        with SyslogForwarder("localhost", listener.port, tls=TlsSettings(), probe_s=PROBE_S) as untrusted:
+            done = untrusted.deliver(syslog_lines(1))
+            assert done.taken == 0 and done.refused
+            assert "CERTIFICATE_VERIFY_FAILED" in (done.error or "")
     finally:
         listener.stop()
     assert listener.messages == syslog_lines(3)
@@ -1209,9 +1236,11 @@ def test_forwarder_refuses_plaintext_off_loopback_and_oversized_records() -> Non
     SyslogForwarder("siem.msp.example", 514, tls=None, allow_plaintext=True).close()
     listener = SyslogListener()
     try:
-        with SyslogForwarder("127.0.0.1", listener.port, tls=None, max_frame=1024) as fwd:
-            assert fwd.send(["x" * 2000, "small"]) == 1
-            assert fwd.stats().rejected == 1
+        with SyslogForwarder("127.0.0.1", listener.port, tls=None, max_record=1024,
+                             probe_s=PROBE_S) as fwd:
+            with pytest.raises(ValueError, match="max_record"):  # never skipped in silence
+                fwd.deliver(["x" * 2000, "small"])
+            assert fwd.deliver(["small"]).taken == 1
             wait_for(lambda: listener.messages == ["small"])
     finally:
         listener.stop()

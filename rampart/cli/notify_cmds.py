@@ -41,6 +41,23 @@ def notify_add(
         "--min-severity", help="info, warning or critical.")] = "warning",
     name: Annotated[str | None, typer.Option("--name", help="A name for the target.")] = None,
     json_out: JsonOpt = False,
+    relp: Annotated[bool, typer.Option(
+        "--relp", help="syslog: RELP (each record acknowledged; rsyslog imrelp), with --tls for TLS.")
+    ] = False,
+    ca_file: Annotated[str | None, typer.Option(
+        "--ca-file", help="syslog TLS: CA bundle for the receiver (a path on the server).")] = None,
+    pin_sha256: Annotated[str | None, typer.Option(
+        "--pin-sha256", help="syslog TLS: SHA-256 of the receiver's certificate.")] = None,
+    server_name: Annotated[str | None, typer.Option(
+        "--server-name", help="syslog TLS: name to check in its certificate (default: HOST).")] = None,
+    no_verify_hostname: Annotated[bool, typer.Option(
+        "--no-verify-hostname", help="syslog TLS: do not check the name (needs --ca-file or --pin-sha256).")
+    ] = False,
+    client_cert: Annotated[str | None, typer.Option(
+        "--client-cert", help="syslog TLS: client certificate (a path on the server).")] = None,
+    client_key: Annotated[str | None, typer.Option(
+        "--client-key", help="syslog TLS: its key file, mode 0600 (a path on the server; "
+                             "the key itself never leaves it).")] = None,
 ) -> None:
     """Deliver alerts to a webhook, e-mail recipients or a syslog receiver (owners)."""
     chosen = [k for k, v in (("webhook", webhook), ("email", email), ("syslog", syslog)) if v]
@@ -58,7 +75,12 @@ def notify_add(
         host, sep, port = (syslog or "").rpartition(":")
         if not sep or not port.isdigit():
             raise UsageProblem("--syslog must be HOST:PORT")
-        body.update(host=host.strip("[]"), port=int(port), format=fmt, tls=tls)
+        body.update(host=host.strip("[]"), port=int(port), format=fmt, tls=tls,
+                    transport="relp" if relp else "tcp")
+        tls_opts = {"ca_file": ca_file, "pin_sha256": pin_sha256, "server_name": server_name,
+                    "client_cert": client_cert, "client_key": client_key,
+                    "verify_hostname": False if no_verify_hostname else None}
+        body.update({k: v for k, v in tls_opts.items() if v is not None})
     _, client, _ = api()
     with client:
         if msp:

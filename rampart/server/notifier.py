@@ -9,8 +9,11 @@ Targets (``notify_targets``) are per tenant or MSP-wide (every tenant):
   server's SMTP relay (``smtp`` in ``DIR/config.json``; a password only by
   environment variable name).
 * ``syslog``: a continuous forwarder: every audit event of the scope's logs
-  and every alert, as RFC 5424, CEF or JSON lines over TCP (TLS unless the
-  receiver is on loopback), resuming from a stored cursor after restarts.
+  and every alert, as RFC 5424 messages (carrying CEF or JSON lines when
+  asked) over TCP (RFC 6587), TLS (RFC 5425) or RELP, plain only to a
+  loopback receiver, resuming from a stored cursor after restarts. TLS is
+  set per target (:class:`~.notify.TlsSettings`: CA file or pin, hostname
+  check, client certificate whose key file must be 0600).
 
 Invariants:
 
@@ -19,7 +22,15 @@ Invariants:
 * A delivery is marked delivered only after the sender reported success;
   failures are retried on :class:`~.notify.RetryPolicy` and end as
   ``failed`` with a one-line reason (never a secret or a full URL).
-* The forwarder advances its cursor only over records the receiver took.
+* The forwarder advances its cursor only over records the receiver took
+  (:class:`~.notify.Delivered`; what "took" means per transport is in
+  docs/alerts.md), and never past one it did not: a refusing or absent
+  receiver leaves the cursor where it was, raises an alert (one per target
+  while it lasts, re-counted at most every :data:`ALERT_EVERY_S`), and is
+  retried with back-off. Syslog deliveries of alerts are retried without
+  end for the same reason.
+* Every record of the export and of the live channel carries the same
+  HOSTNAME (:func:`syslog_hostname`).
 """
 
 from __future__ import annotations
@@ -29,10 +40,12 @@ import logging
 import secrets
 import socket
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from rampart.private_files import write_private_atomic
@@ -43,29 +56,42 @@ from .db import Store
 from .errors import BadRequest
 from .models import AlertRow, AuditEntry, Delivery, NotifyTarget, Setting, Tenant
 from .notify import (
+    Channel,
     DeliveryResult,
+    RelpForwarder,
     RetryPolicy,
     SmtpSettings,
     SyslogForwarder,
+    TlsSettings,
     check_webhook_url,
-    format_event,
     from_alert,
     from_audit,
     render_email,
     send_email,
     send_webhook,
+    syslog_record,
     to_jsonl,
 )
+from .notify.channel import DEFAULT_BACKOFF, DEFAULT_PROBE_S
 
 log = logging.getLogger("rampart.server.notifier")
 
 KINDS = ("webhook", "email", "syslog")
 SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
 FORMATS = ("syslog", "cef", "jsonl")
+#: Syslog transports: RFC 6587 octet counting over TCP (TLS: RFC 5425), or RELP.
+TRANSPORTS = ("tcp", "relp")
+#: TLS settings a syslog target may carry (tlsconfig.TlsSettings), only with ``tls``.
+TLS_KEYS = ("ca_file", "pin_sha256", "verify_hostname", "server_name", "client_cert", "client_key")
 MAX_RECIPIENTS = 20
 BATCH = 50
 FORWARD_BATCH = 500
 POLICY = RetryPolicy()
+#: Alerts to a syslog target are never given up: the SOC must get every record.
+SYSLOG_POLICY = RetryPolicy(base=5.0, factor=2.0, max_delay=300.0, max_attempts=2**31 - 1)
+#: A target that keeps failing re-counts its alert at most this often.
+ALERT_EVERY_S = 300.0
+ALERT_KIND = "siem-undelivered"
 _SECRET_BYTES = 32
 
 
@@ -75,8 +101,17 @@ def _rank(severity: str) -> int:
 
 # --- targets -----------------------------------------------------------------------------
 
-def validate_config(kind: str, doc: dict[str, Any]) -> dict[str, Any]:
-    """Check and normalise a target's settings; BadRequest with a one-line reason otherwise."""
+def tls_files_dir(config: ServerConfig, tenant_id: str | None) -> Path:
+    """Where the TLS files of a scope's syslog targets must lie (tlsconfig.TlsSettings.confined_to)."""
+    return config.data_dir / "siem-tls" / (tenant_id or "msp")
+
+
+def validate_config(kind: str, doc: dict[str, Any], *, tls_dir: Path | None = None) -> dict[str, Any]:
+    """Check and normalise a target's settings; BadRequest with a one-line reason otherwise.
+
+    ``tls_dir``: the directory a syslog target's TLS files must lie in
+    (:func:`tls_files_dir`); without it a target may name no file.
+    """
     if kind == "webhook":
         url = doc.get("url")
         if not isinstance(url, str):
@@ -96,26 +131,66 @@ def validate_config(kind: str, doc: dict[str, Any]) -> dict[str, Any]:
                 raise BadRequest("each recipient must be a plain local@domain address")
         return {"recipients": list(dict.fromkeys(to))}
     if kind == "syslog":
-        host, port, fmt = doc.get("host"), doc.get("port"), doc.get("format", "syslog")
-        tls = bool(doc.get("tls", False))
-        if not isinstance(host, str) or not host or len(host) > 253 or " " in host:
-            raise BadRequest("a syslog target needs a host")
-        if not isinstance(port, int) or not 1 <= port <= 65535:
-            raise BadRequest("a syslog target needs a port from 1 to 65535")
-        if fmt not in FORMATS:
-            raise BadRequest(f"format must be one of {', '.join(FORMATS)}")
-        try:
-            SyslogForwarder(host, port, tls=_tls_context() if tls else None).close()
-        except ValueError as exc:
-            raise BadRequest(f"syslog target refused: {exc}") from None
-        return {"host": host, "port": port, "format": fmt, "tls": tls}
+        return _validate_syslog(doc, tls_dir)
     raise BadRequest(f"kind must be one of {', '.join(KINDS)}")
 
 
-def _tls_context() -> Any:
-    import ssl
+def _validate_syslog(doc: dict[str, Any], tls_dir: Path | None) -> dict[str, Any]:
+    host, port, fmt = doc.get("host"), doc.get("port"), doc.get("format", "syslog")
+    tls, transport = doc.get("tls", False), doc.get("transport", "tcp")
+    if not isinstance(host, str) or not host or len(host) > 253 or " " in host:
+        raise BadRequest("a syslog target needs a host")
+    if not isinstance(port, int) or not 1 <= port <= 65535:
+        raise BadRequest("a syslog target needs a port from 1 to 65535")
+    if fmt not in FORMATS:
+        raise BadRequest(f"format must be one of {', '.join(FORMATS)}")
+    if transport not in TRANSPORTS:
+        raise BadRequest(f"transport must be one of {', '.join(TRANSPORTS)}")
+    if not isinstance(tls, bool):
+        raise BadRequest("tls must be true or false")
+    given = [k for k in TLS_KEYS if doc.get(k) is not None]
+    if given and not tls:
+        raise BadRequest(f"{', '.join(given)}: TLS settings need tls")
+    cfg: dict[str, Any] = {"host": host, "port": port, "format": fmt, "tls": tls,
+                           "transport": transport}
+    try:
+        settings = TlsSettings.from_config(doc) if tls else None
+        if settings is not None:
+            named = settings.ca_file or settings.client_cert or settings.client_key
+            if named is not None and tls_dir is None:
+                raise ValueError("this server takes no TLS files for targets")
+            if tls_dir is not None:
+                settings = settings.confined_to(tls_dir)
+            settings.context()  # the files exist, the key is 0600 and matches the certificate
+            cfg.update(settings.to_config())
+        open_channel(cfg).close()
+    except ValueError as exc:
+        raise BadRequest(f"syslog target refused: {exc}") from None
+    return cfg
 
-    return ssl.create_default_context()
+
+def open_channel(cfg: dict[str, Any], *, probe_s: float = DEFAULT_PROBE_S,
+                 backoff: RetryPolicy = DEFAULT_BACKOFF) -> Channel:
+    """The channel of a stored syslog target (ValueError if its settings are no longer valid)."""
+    tls = TlsSettings.from_config(cfg) if cfg.get("tls") else None
+    if cfg.get("transport", "tcp") == "relp":
+        return RelpForwarder(cfg["host"], cfg["port"], tls=tls, probe_s=probe_s, backoff=backoff)
+    return SyslogForwarder(cfg["host"], cfg["port"], tls=tls, probe_s=probe_s, backoff=backoff)
+
+
+def syslog_hostname(config: ServerConfig) -> str:
+    """The HOSTNAME of every syslog record and CEF ``dvchost``, for the export and the live channel.
+
+    RFC 5424 section 6.2.4 prefers an FQDN: the host of ``public_url`` when
+    set, else this machine's name; empty (NILVALUE) if neither is 1 to 255
+    printable ASCII characters.
+    """
+    candidates = [urlsplit(config.public_url).hostname or "" if config.public_url else "",
+                  socket.gethostname()]
+    for name in candidates:
+        if 0 < len(name) <= 255 and all(33 <= ord(c) <= 126 for c in name):
+            return name
+    return ""
 
 
 def secret_path(config: ServerConfig, target_id: str) -> Path:
@@ -155,26 +230,32 @@ def enqueue(s: Session, alert: AlertRow, now: float) -> int:
     return queued
 
 
+
 # --- the worker ---------------------------------------------------------------------------
 
 class Notifier:
     """Sends due deliveries and forwards events; call :meth:`run_once` periodically (a thread)."""
 
-    def __init__(self, store: Store, config: ServerConfig) -> None:
+    def __init__(self, store: Store, config: ServerConfig, *, probe_s: float = DEFAULT_PROBE_S,
+                 backoff: RetryPolicy = DEFAULT_BACKOFF) -> None:
+        """``probe_s`` and ``backoff``: of every syslog channel (notify.channel; tests shorten them)."""
         self._store = store
         self._config = config
-        self._forwarders: dict[str, SyslogForwarder] = {}
-        self._hostname = socket.gethostname()[:255] or "rampart"
+        self._probe_s = probe_s
+        self._backoff = backoff
+        self._channels: dict[str, Channel] = {}
+        self._failing: dict[str, _Failing] = {}
+        self._hostname = syslog_hostname(config)
 
     def close(self) -> None:
-        for f in self._forwarders.values():
+        for f in self._channels.values():
             f.close()
-        self._forwarders.clear()
+        self._channels.clear()
 
     def run_once(self, now: float) -> int:
         """One pass: due deliveries, then forwarding; return how many records were handled."""
         done = self._deliver_due(now)
-        done += self._forward_all()
+        done += self._forward_all(now)
         return done
 
     # -- alerts to webhooks and e-mail --------------------------------------------------
@@ -205,7 +286,8 @@ class Notifier:
                 if result.ok:
                     row.state, row.delivered_at = "delivered", now
                     continue
-                nxt = POLICY.next_attempt(row.attempts, result, now, key=str(delivery_id))
+                policy = SYSLOG_POLICY if kind == "syslog" else POLICY
+                nxt = policy.next_attempt(row.attempts, result, now, key=str(delivery_id))
                 if nxt is None:
                     row.state = "failed"
                     log.warning("delivery %d to target %s failed for good: %s", delivery_id,
@@ -232,12 +314,16 @@ class Notifier:
             subject, body = render_email(event)
             return send_email(smtp, cfg["recipients"], subject, body)
         if kind == "syslog":
-            fwd = self._forwarder(target_id, cfg)
-            line = format_event(event, cfg["format"], hostname=self._hostname)
-            sent = fwd.send([line])
-            return (DeliveryResult.success("forwarded") if sent else
-                    DeliveryResult.failure(fwd.stats().last_error or "not forwarded yet",
-                                           retryable=True))
+            try:
+                channel = self._channel(target_id, cfg)
+            except ValueError as exc:
+                return DeliveryResult.failure(f"syslog target unusable: {exc}", retryable=True)
+            done = channel.deliver([syslog_record(event, cfg["format"], hostname=self._hostname)])
+            if done.taken:
+                return DeliveryResult.success("acknowledged by the receiver (RELP)"
+                                              if channel.transport == "relp" else
+                                              "taken by the receiver's TCP (no acknowledgement in syslog)")
+            return DeliveryResult.failure(done.error or "not taken", retryable=True)
         return DeliveryResult.failure(f"unknown target kind {kind}", retryable=False)
 
     def _smtp(self) -> SmtpSettings | None:
@@ -249,35 +335,45 @@ class Notifier:
                             implicit_tls=doc.get("implicit_tls", False),
                             username=doc.get("username"), password_env=doc.get("password_env"))
 
-    def _forwarder(self, target_id: str, cfg: dict[str, Any]) -> SyslogForwarder:
-        fwd = self._forwarders.get(target_id)
-        if fwd is None:
-            fwd = SyslogForwarder(cfg["host"], cfg["port"],
-                                  tls=_tls_context() if cfg.get("tls") else None)
-            self._forwarders[target_id] = fwd
-        return fwd
+    def _channel(self, target_id: str, cfg: dict[str, Any]) -> Channel:
+        channel = self._channels.get(target_id)
+        if channel is None:
+            channel = open_channel(cfg, probe_s=self._probe_s, backoff=self._backoff)
+            self._channels[target_id] = channel
+        return channel
 
     # -- continuous forwarding of audit events ---------------------------------------------
 
-    def _forward_all(self) -> int:
+    def _forward_all(self, now: float) -> int:
         with self._store.transaction() as s:
-            targets = [(t.id, t.tenant_id, json.loads(t.config)) for t in s.scalars(
+            targets = [(t.id, t.tenant_id, t.name, json.loads(t.config)) for t in s.scalars(
                 select(NotifyTarget).where(NotifyTarget.kind == "syslog"))]
             names = {t.id: t.name for t in s.scalars(select(Tenant))}
-        live = {tid for tid, _, _ in targets}
-        for gone in set(self._forwarders) - live:
-            self._forwarders.pop(gone).close()
+        live = {tid for tid, _, _, _ in targets}
+        for gone in set(self._channels) - live:
+            self._channels.pop(gone).close()
+        for gone in set(self._failing) - live:
+            del self._failing[gone]
         total = 0
-        for target_id, tenant_id, cfg in targets:
+        for target_id, tenant_id, name, cfg in targets:
             logs = [tenant_id] if tenant_id is not None else [SERVER_LOG, *sorted(names)]
+            error: str | None = None
             for log_id in logs:
-                total += self._forward_log(target_id, cfg, log_id,
-                                           None if log_id == SERVER_LOG else log_id,
-                                           names.get(log_id))
+                taken, error = self._forward_log(target_id, cfg, log_id,
+                                                 None if log_id == SERVER_LOG else log_id,
+                                                 names.get(log_id))
+                total += taken
+                if error is not None:
+                    break  # the receiver is not taking records: the other logs wait too
+            if error is not None:
+                self._target_failing(target_id, tenant_id, name, cfg, error, now)
+            elif target_id in self._failing:
+                self._target_recovered(target_id)
         return total
 
     def _forward_log(self, target_id: str, cfg: dict[str, Any], log_id: str,
-                     tenant_id: str | None, tenant_name: str | None) -> int:
+                     tenant_id: str | None, tenant_name: str | None) -> tuple[int, str | None]:
+        """Forward the log's entries past its cursor; move the cursor over those taken (and no further)."""
         key = f"fwd:{target_id}:{log_id}"[:64]
         with self._store.transaction() as s:
             row = s.get(Setting, key)
@@ -285,16 +381,75 @@ class Notifier:
             entries = list(s.scalars(select(AuditEntry).where(
                 AuditEntry.log_id == log_id, AuditEntry.idx >= start)
                 .order_by(AuditEntry.idx).limit(FORWARD_BATCH)))
-            lines = [format_event(from_audit(e, tenant_id=tenant_id, tenant_name=tenant_name),
-                                  cfg["format"], hostname=self._hostname) for e in entries]
-        if not lines:
-            return 0
-        sent = self._forwarder(target_id, cfg).send(lines)
-        if sent < len(lines):
-            return 0  # the receiver did not take them all: keep the cursor, retry next pass
+            lines = [syslog_record(from_audit(e, tenant_id=tenant_id, tenant_name=tenant_name),
+                                   cfg["format"], hostname=self._hostname) for e in entries]
+        try:
+            channel = self._channel(target_id, cfg)
+        except ValueError as exc:
+            return 0, f"syslog target unusable: {exc}"
+        done = channel.deliver(lines)  # with no lines: notices a receiver that closed the connection
+        if done.taken:
+            with self._store.transaction() as s:
+                s.merge(Setting(key=key, value=str(entries[done.taken - 1].idx + 1)))
+        return done.taken, (done.error or "not taken") if done.taken < len(lines) else None
+
+    def _target_failing(self, target_id: str, tenant_id: str | None, name: str, cfg: dict[str, Any],
+                        error: str, now: float) -> None:
+        """Record the failure where ``notify list`` shows it; alert now and then while it lasts."""
+        state = self._failing.get(target_id)
+        alert_due = state is None or now - state.alerted_at >= ALERT_EVERY_S
+        if state is not None and not alert_due and state.error == error:
+            return
+        from .alerts import raise_alert  # alerts imports this module
+
+        where = f"{cfg.get('transport', 'tcp')}{'+tls' if cfg.get('tls') else ''} {cfg['host']}:{cfg['port']}"
         with self._store.transaction() as s:
-            s.merge(Setting(key=key, value=str(entries[-1].idx + 1)))
-        return len(lines)
+            s.merge(Setting(key=_error_key(target_id), value=json.dumps({"error": error, "at": now})))
+            if alert_due:
+                raise_alert(s, [tenant_id], kind=ALERT_KIND, severity="critical", dedup=target_id,
+                            subject=f"SIEM target {name} is not taking records",
+                            detail=f"{where}: {error}. Records wait in Rampart, in order, and are "
+                                   "sent when the receiver takes them; none is skipped.", now=now)
+        if alert_due:
+            log.warning("syslog target %s (%s) is not taking records: %s", target_id, where, error)
+        alerted_at = now if alert_due or state is None else state.alerted_at
+        self._failing[target_id] = _Failing(error=error, alerted_at=alerted_at)
+
+    def _target_recovered(self, target_id: str) -> None:
+        del self._failing[target_id]
+        with self._store.transaction() as s:
+            row = s.get(Setting, _error_key(target_id))
+            if row is not None:
+                s.delete(row)
+        log.info("syslog target %s takes records again", target_id)
+
+
+@dataclass(slots=True)
+class _Failing:
+    error: str
+    alerted_at: float
+
+
+def _error_key(target_id: str) -> str:
+    return f"fwd-error:{target_id}"[:64]
+
+
+def forward_status(s: Session, target: NotifyTarget) -> tuple[int, int, str | None]:
+    """A syslog target's audit entries forwarded, still waiting, and its current error (if failing)."""
+    counts = select(AuditEntry.log_id, func.count()).group_by(AuditEntry.log_id)
+    if target.tenant_id is not None:
+        counts = counts.where(AuditEntry.log_id == target.tenant_id)
+    prefix = f"fwd:{target.id}:"
+    cursors = {row.key[len(prefix):]: int(row.value) for row in s.scalars(
+        select(Setting).where(Setting.key.startswith(prefix, autoescape=True)))}
+    forwarded = waiting = 0
+    for log_id, total in s.execute(counts).all():
+        cursor = cursors.get(log_id, 0)
+        forwarded += min(cursor, total)
+        waiting += max(total - cursor, 0)
+    err = s.get(Setting, _error_key(target.id))
+    error = json.loads(err.value).get("error") if err is not None else None
+    return forwarded, waiting, error if isinstance(error, str) else None
 
 
 def events_for_export(s: Session, tenant: Tenant, start: int, limit: int) -> Iterable[Any]:

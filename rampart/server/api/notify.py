@@ -22,7 +22,15 @@ from .. import clock
 from ..audit import SERVER_LOG
 from ..errors import NotFound
 from ..models import Delivery, NotifyTarget
-from ..notifier import events_for_export, forget_secret, new_webhook_secret, validate_config
+from ..notifier import (
+    events_for_export,
+    forget_secret,
+    forward_status,
+    new_webhook_secret,
+    syslog_hostname,
+    tls_files_dir,
+    validate_config,
+)
 from ..notify import DeliveryResult, format_event
 from .deps import Caller, CallerDep, Ctx, TenantPath
 from .schemas import TARGET_ID, DeliveryResultOut, NotifyTargetCreatedOut, NotifyTargetIn, NotifyTargetOut
@@ -37,17 +45,23 @@ def target_out(s: Session, t: NotifyTarget) -> NotifyTargetOut:
         Delivery.target_id == t.id).group_by(Delivery.state)).tuples().all())
     last = s.scalars(select(Delivery.last_detail).where(Delivery.target_id == t.id)
                      .order_by(Delivery.id.desc()).limit(1)).first()
+    forwarded = waiting = None
+    if t.kind == "syslog":  # the forward cursor, and why it is not moving
+        forwarded, waiting, error = forward_status(s, t)
+        last = error or last
     return NotifyTargetOut(id=t.id, tenant=t.tenant_id, kind=t.kind, name=t.name,
                            min_severity=t.min_severity, config=json.loads(t.config),
                            created_by=t.created_by, created_at=t.created_at,
                            delivered=counts.get("delivered", 0), pending=counts.get("pending", 0),
-                           failed=counts.get("failed", 0), last_detail=last or None)
+                           failed=counts.get("failed", 0), last_detail=last or None,
+                           forwarded=forwarded, waiting=waiting)
 
 
 def _create(ctx: Ctx, caller: Caller, tenant_id: str | None, body: NotifyTargetIn,
             s: Session) -> NotifyTargetCreatedOut:
     caller.require_perm("notify.manage")
-    cfg = validate_config(body.kind, body.model_dump(exclude_none=True))
+    cfg = validate_config(body.kind, body.model_dump(exclude_none=True),
+                          tls_dir=tls_files_dir(ctx.config, tenant_id))
     now = clock.now()
     row = NotifyTarget(id=new_id("nt"), tenant_id=tenant_id, kind=body.kind, name=body.name,
                        config=json.dumps(cfg), min_severity=body.min_severity,
@@ -153,10 +167,13 @@ def export_events(t: TenantPath, caller: CallerDep, ctx: Ctx,
                   format: Literal["jsonl", "cef", "syslog"] = Query("jsonl"),  # noqa: A002
                   start: int = Query(0, ge=0, le=1 << 48),
                   limit: int = Query(1000, ge=1, le=10000)) -> PlainTextResponse:
-    """The tenant's audit events as JSON lines, CEF or RFC 5424 lines (for a SIEM or SOC)."""
+    """The tenant's audit events as JSON lines, CEF or RFC 5424 lines (for a SIEM or SOC).
+
+    HOSTNAME (and CEF ``dvchost``) follow the live channel's rule (``notifier.syslog_hostname``).
+    """
     with ctx.store.transaction() as s:
         tenant = caller.tenant(s, t)
-        lines = [format_event(e, format, hostname="rampart")
+        lines = [format_event(e, format, hostname=syslog_hostname(ctx.config))
                  for e in events_for_export(s, tenant, start, limit)]
     return PlainTextResponse("".join(line + "\n" for line in lines))
 

@@ -395,6 +395,15 @@ class NotifyTargetIn(In):
     port: Annotated[int, Field(ge=1, le=65535)] | None = None
     format: Literal["syslog", "cef", "jsonl"] = "syslog"
     tls: bool = False
+    #: syslog: ``tcp`` (RFC 6587 octet counting; RFC 5425 with tls) or ``relp`` (acknowledged).
+    transport: Literal["tcp", "relp"] = "tcp"
+    #: syslog over TLS: paths on the server and a fingerprint, never key material (tlsconfig.py).
+    ca_file: Annotated[str, Field(max_length=4096)] | None = None
+    pin_sha256: Annotated[str, Field(max_length=128)] | None = None
+    verify_hostname: bool | None = None
+    server_name: Annotated[str, Field(max_length=253)] | None = None
+    client_cert: Annotated[str, Field(max_length=4096)] | None = None
+    client_key: Annotated[str, Field(max_length=4096)] | None = None
 
 
 class NotifyTargetOut(BaseModel):
@@ -410,6 +419,9 @@ class NotifyTargetOut(BaseModel):
     pending: int
     failed: int
     last_detail: str | None
+    #: syslog: audit entries the receiver took, and those waiting for it (the cursor's position).
+    forwarded: int | None = None
+    waiting: int | None = None
 
 
 class NotifyTargetCreatedOut(NotifyTargetOut):

@@ -11,8 +11,8 @@ Log injection (MISSION G2, C3: the SOC must be able to trust a record's
 fields): tenant names, actors, subjects and details can come from people the
 SOC watches. So, in every format:
 
-* Each field is escaped as its format defines: CEF header ``\\`` and ``\|``;
-  CEF extension ``\\``, ``\=``, ``\n``, ``\r`` (Micro Focus CEF Implementation
+* Each field is escaped as its format defines (the CEF header holds no such
+  field, see below): CEF extension ``\\``, ``\=``, ``\n``, ``\r`` (Micro Focus CEF Implementation
   Standard, "Character encoding"); RFC 5424 PARAM-VALUE ``\"``, ``\\``, ``\]``
   (section 6.3.3); JSON string escapes. A value can never end its field or
   start a new one.
@@ -32,7 +32,17 @@ Syslog facility: 13, "log audit" in RFC 5424 table 1, the facility meant for
 audit records; pass ``facility=16`` (local0) if the receiver routes on local
 facilities. Severity: critical 2, warning 4, info 6. Structured data uses
 SD-IDs ``rampart@32473`` and ``details@32473``; 32473 is the enterprise number
-RFC 5612 reserves for documentation examples.
+RFC 5612 reserves for documentation examples. MSG is UTF-8 and starts with
+the BOM (RFC 5424 section 6.4). On a syslog channel CEF and JSON-lines
+records travel as the MSG of an RFC 5424 message (:func:`syslog_record`),
+never bare in the RFC 6587 frame.
+
+CEF header fields are constants of the event's class (vendor, product,
+version, ``<source>:<kind>``, the kind as Name, severity): nothing a person
+or a device wrote reaches the header, where common parsers (pycef) split on
+``=``. Such text goes to escaped extensions only, each within its length in
+the CEF key dictionary (``dvchost`` 100, ``externalId`` 40, ``act`` 63,
+``msg`` 1023, ``cs1``-``cs6`` 4000), cut with ``…`` when longer.
 """
 
 from __future__ import annotations
@@ -55,6 +65,9 @@ EXPORT_FORMATS: Final[tuple[ExportFormat, ...]] = ("cef", "syslog", "jsonl")
 #: Upper bound of one record in bytes with the default limits (see the module docstring).
 MAX_RECORD: Final = 8192
 
+#: RFC 5424 section 6.4: a UTF-8 MSG starts with the byte order mark.
+BOM: Final = "\ufeff"
+
 #: RFC 5424 facility 13, "log audit".
 FACILITY_LOG_AUDIT: Final = 13
 SD_ID: Final = "rampart@32473"
@@ -63,6 +76,9 @@ DETAILS_SD_ID: Final = "details@32473"
 CEF_VENDOR: Final = "Rampart"
 CEF_PRODUCT: Final = "Rampart"
 CEF_SEVERITY: Final[Mapping[str, int]] = {"info": 3, "warning": 6, "critical": 9}
+#: Lengths of the CEF key dictionary for the keys Rampart writes.
+CEF_DVCHOST_MAX: Final = 100
+CEF_EXTERNAL_ID_MAX: Final = 40
 SYSLOG_SEVERITY: Final[Mapping[str, int]] = {"critical": 2, "warning": 4, "info": 6}
 
 
@@ -151,7 +167,6 @@ class _Escaper:
 
 
 _PLAIN: Final = _Escaper({})
-_CEF_HEADER: Final = _Escaper({"\\": "\\\\", "|": "\\|"})
 _CEF_EXT: Final = _Escaper({"\\": "\\\\", "=": "\\=", "\n": "\\n", "\r": "\\r"})
 _SD_VALUE: Final = _Escaper({'"': '\\"', "\\": "\\\\", "]": "\\]"})
 
@@ -298,22 +313,38 @@ def to_jsonl(event: Event, *, limits: FormatLimits = DEFAULT_LIMITS) -> str:
 # -- CEF --------------------------------------------------------------------------
 
 
+_NOT_CEF_NAME: Final = re.compile(r"[^A-Za-z0-9._:-]")
+
+
+def _cef_class(text: str, limit: int) -> str:
+    """A header field made of the event's class: letters, digits and ``._:-`` only, never empty.
+
+    Cut to ``limit`` bytes with ``…`` when longer (the rest is ASCII).
+    """
+    if len(text) > limit:
+        return _NOT_CEF_NAME.sub("_", text[: limit - len(_ELLIPSIS.encode())]) + _ELLIPSIS
+    return _NOT_CEF_NAME.sub("_", text) or "-"
+
+
 def to_cef(event: Event, *, hostname: str | None = None, limits: FormatLimits = DEFAULT_LIMITS) -> str:
     """One ArcSight CEF:0 record (no syslog prefix, no trailing newline).
 
-    Header: ``CEF:0|Rampart|Rampart|<version>|<source>:<kind>|<subject>|<0-10>``
-    (info 3, warning 6, critical 9). Extensions: ``rt`` (epoch milliseconds),
+    Header: ``CEF:0|Rampart|Rampart|<version>|<source>:<kind>|<kind>|<0-10>``
+    (info 3, warning 6, critical 9): Device Event Class ID and Name are
+    constants of the event's class, reduced to ``A-Z a-z 0-9 . _ : -`` (any
+    other character becomes ``_``); the subject, which can quote device
+    text, is in ``msg`` only. Extensions: ``rt`` (epoch milliseconds),
     ``cat`` (``rampart/<source>``), ``act`` (kind), ``suser`` (actor),
     ``cs1``/``cs1Label=tenant`` (tenant name, else id), ``cs2``/``cs2Label=tenantId``,
     ``externalId`` (event id), ``cn1``/``cn1Label=logIndex`` (audit entries),
-    ``dvchost`` (``hostname``, when given), ``msg`` (subject) and
+    ``dvchost`` (``hostname``, when given, at most 100 bytes), ``msg`` (subject) and
     ``cs4``/``cs4Label=details`` (the details as a JSON object).
     """
     f = limits.field
     header = "|".join((
-        "CEF:0", CEF_VENDOR, CEF_PRODUCT, _CEF_HEADER(__version__, 31),
-        _CEF_HEADER(f"{event.source}:{event.kind}", limits.kind + 8),
-        _CEF_HEADER(event.subject, limits.subject) or "-",
+        "CEF:0", CEF_VENDOR, CEF_PRODUCT, _cef_class(__version__, 31),
+        _cef_class(f"{event.source}:{event.kind}", limits.kind + 8),
+        _cef_class(event.kind, limits.kind),
         str(CEF_SEVERITY.get(event.severity, 5)),
     ))
     ext: list[tuple[str, str]] = []
@@ -327,11 +358,11 @@ def to_cef(event: Event, *, hostname: str | None = None, limits: FormatLimits = 
         ext += [("cs1Label", "tenant"), ("cs1", _CEF_EXT(tenant, f))]
     if event.tenant_id:
         ext += [("cs2Label", "tenantId"), ("cs2", _CEF_EXT(event.tenant_id, f))]
-    ext.append(("externalId", _CEF_EXT(event.id, 40)))
+    ext.append(("externalId", _CEF_EXT(event.id, CEF_EXTERNAL_ID_MAX)))
     if isinstance(event.index, int) and 0 <= event.index < 2**63:
         ext += [("cn1Label", "logIndex"), ("cn1", str(event.index))]
     if hostname:
-        ext.append(("dvchost", _CEF_EXT(hostname, f)))
+        ext.append(("dvchost", _CEF_EXT(hostname, CEF_DVCHOST_MAX)))
     ext.append(("msg", _CEF_EXT(event.subject, limits.subject)))
 
     def render(key: str, value: Scalar) -> str:
@@ -374,17 +405,12 @@ def to_syslog(event: Event, *, hostname: str, app_name: str = "rampart",
     ``<PRI>1 TIMESTAMP HOSTNAME APP-NAME - MSGID [rampart@32473 ...][details@32473 ...] MSG``:
     MSGID is the kind (printable ASCII, 32 at most), the rampart element holds
     ``source id kind severity actor tenant tenantId index``, the details
-    element one parameter per detail, and MSG the subject as BOM-less UTF-8.
+    element one parameter per detail, and MSG the subject as UTF-8 after the
+    BOM (section 6.4; no MSG at all when the subject is empty).
     ``hostname`` and ``app_name`` are the operator's and must already be valid
     header fields (ValueError otherwise); event content never raises.
     """
-    if not (isinstance(facility, int) and 0 <= facility <= 23):
-        raise ValueError("syslog facility must be 0 to 23")
-    host = _header_field(hostname, 255, "hostname")
-    app = _header_field(app_name, 48, "app name")
-    pri = facility * 8 + SYSLOG_SEVERITY.get(event.severity, 5)
-    msgid = _sd_name(event.kind, 32) if event.kind else "-"
-    head = f"<{pri}>1 {_rfc3339(event.time) or '-'} {host} {app} - {msgid} "
+    head = _syslog_head(event, hostname=hostname, app_name=app_name, facility=facility)
 
     f = limits.field
     params = [("source", _SD_VALUE(event.source, 16)), ("id", _SD_VALUE(event.id, f)),
@@ -410,7 +436,40 @@ def to_syslog(event: Event, *, hostname: str, app_name: str = "rampart",
     if pieces:
         sd += "[" + DETAILS_SD_ID + " " + " ".join(pieces) + "]"
     msg = _PLAIN(event.subject, limits.subject)
-    return head + sd + (" " + msg if msg else "")
+    return head + sd + (" " + BOM + msg if msg else "")
+
+
+def _syslog_head(event: Event, *, hostname: str, app_name: str, facility: int) -> str:
+    """``<PRI>1 TIMESTAMP HOSTNAME APP-NAME - MSGID `` (ValueError for invalid operator fields)."""
+    if not (isinstance(facility, int) and 0 <= facility <= 23):
+        raise ValueError("syslog facility must be 0 to 23")
+    host = _header_field(hostname, 255, "hostname")
+    app = _header_field(app_name, 48, "app name")
+    pri = facility * 8 + SYSLOG_SEVERITY.get(event.severity, 5)
+    msgid = _sd_name(event.kind, 32) if event.kind else "-"
+    return f"<{pri}>1 {_rfc3339(event.time) or '-'} {host} {app} - {msgid} "
+
+
+def syslog_record(event: Event, fmt: ExportFormat, *, hostname: str, app_name: str = "rampart",
+                  facility: int = FACILITY_LOG_AUDIT, limits: FormatLimits = DEFAULT_LIMITS) -> str:
+    """The RFC 5424 message a syslog channel carries for ``event`` in ``fmt`` (no framing).
+
+    ``syslog`` is :func:`to_syslog`. ``cef`` and ``jsonl`` are the RFC 5424
+    header of :func:`to_syslog` (same PRI, TIMESTAMP, HOSTNAME, APP-NAME and
+    MSGID), no structured data, and the :func:`to_cef` or :func:`to_jsonl`
+    record as MSG after the BOM: what SIEM connectors expect of CEF over
+    syslog, and what a receiver parses without falling back to legacy rules.
+    """
+    if fmt == "syslog":
+        return to_syslog(event, hostname=hostname, app_name=app_name, facility=facility, limits=limits)
+    head = _syslog_head(event, hostname=hostname, app_name=app_name, facility=facility)
+    if fmt == "cef":
+        body = to_cef(event, hostname=hostname or None, limits=limits)
+    elif fmt == "jsonl":
+        body = to_jsonl(event, limits=limits)
+    else:
+        raise ValueError(f"unknown export format {fmt!r}")
+    return head + "- " + BOM + body
 
 
 def octet_frame(message: str | bytes) -> bytes:
