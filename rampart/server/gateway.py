@@ -320,7 +320,11 @@ class Gateway:
         if old is not None:
             with contextlib.suppress(Exception):
                 await old.ws.close(CLOSE_REPLACED)
-            await self._on_replaced(conn)
+            if await self._on_replaced(conn):
+                if self._conns.get(device_id) is conn:
+                    del self._conns[device_id]
+                await self._close(ws, CLOSE_THROTTLED)
+                return
         try:
             await conn.send({"type": "welcome",
                              "status": "approved" if conn.device.approved else "pending"})
@@ -501,19 +505,27 @@ class Gateway:
                                      f"a message was refused: {detail[:200]}")
         return False
 
-    async def _on_replaced(self, conn: Connection) -> None:
-        """A newer connection replaced an older one of the same device: logged, alerted when it repeats."""
+    async def _on_replaced(self, conn: Connection) -> bool:
+        """A newer connection replaced an older one of the same device: logged, alerted when it repeats.
+
+        Past ``replacements_alert`` in the window each replacement also counts
+        as a refusal (a handshake costs the server a signature check and
+        several reads), so churning connections ends in a block like any flood:
+        True when this connection must be closed for it.
+        """
         device = conn.device
         now_m = time.monotonic()
         n = self.budgets.replaced(device.device_id, now_m)
         log.warning("device %s: a new connection replaced the previous one (%d in %.0f s)",
                     device.device_id, n, self._limits.abuse_window_s)
-        if n >= self.budgets.limits.replacements_alert and self.budgets.should_alert(
-                device.device_id, ALERT_REPLACED, now_m):
+        if n < self.budgets.limits.replacements_alert:
+            return False
+        if self.budgets.should_alert(device.device_id, ALERT_REPLACED, now_m):
             await self._device_alert(
                 device, ALERT_REPLACED, "warning", "connections keep replacing each other",
                 f"{n} connections with this device's key within {self._limits.abuse_window_s:.0f} s: "
                 "the device key may be in use on more than one machine")
+        return await self._refuse(conn, "this device opens connections too often")
 
     async def _device_alert(self, device: DeviceIdentity, kind: str, severity: Literal["warning", "critical"],
                             what: str, detail: str) -> None:
