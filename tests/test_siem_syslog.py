@@ -24,7 +24,10 @@ device text (threat T16) through every format.
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -35,8 +38,9 @@ from typing import Any
 
 import pycef
 import pytest
+from harness.operators import PASSWORD, bootstrap_owner, ok, setup_tenant
 from harness.rsyslog import Pki, Rsyslog, make_pki, rsyslog_missing
-from harness.server import free_port
+from harness.server import REPO, RunningServer, free_port
 from sqlalchemy import select
 from test_notify import HOSTILE, neutral, refusing_port, unescape_cef_value
 
@@ -781,3 +785,86 @@ def test_records_larger_than_the_limit_are_a_misuse_not_a_silent_skip() -> None:
         with pytest.raises(ValueError, match="max_record"):
             fwd.deliver(["x" * 200])
         assert fwd.stats().connects == 0
+
+
+# -- end to end: the real server, the real CLI, rsyslog over RELP and TLS -----------------------------
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "rampart.cli.main", *args], env=env, capture_output=True,
+                          text=True, timeout=120, cwd=REPO)
+
+
+def test_siem_target_from_the_cli_over_relp_tls_with_one_hostname_for_export_and_live_channel(
+        server: RunningServer, tmp_path: Path, rsyslog: Callable[..., Rsyslog], pki: Pki) -> None:
+    config = server.data_dir / "config.json"
+    doc = json.loads(config.read_text())
+    doc["public_url"] = "https://rampart.msp.example"
+    server.stop()
+    config.write_text(json.dumps(doc))
+    server.start()
+    owner = bootstrap_owner(server)
+    t = setup_tenant(owner, "Acme")
+    files = tls_files_dir(ServerConfig(data_dir=server.data_dir, db_url=""), t.id)
+    files.mkdir(parents=True)
+    for src in (pki.ca, pki.client_cert, pki.client_key):
+        (files / src.name).write_bytes(src.read_bytes())
+        (files / src.name).chmod(0o600)
+    r = rsyslog("relp-tls", pki=pki, auth="certvalid")
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAMPART_")}
+    env.update(PYTHONPATH=str(REPO), RAMPART_CONFIG_DIR=str(tmp_path / "cli"), COLUMNS="200",
+               RAMPART_PASSWORD=PASSWORD, RAMPART_TOTP=owner.totp.code())
+    login = cli(env, "login", "--server", server.url, "--user", "owner", "--fingerprint", server.cert_sha256)
+    assert login.returncode == 0, login.stderr
+    add = ["alerts", "notify", "add", "Acme", "--syslog", f"127.0.0.1:{r.port}", "--relp", "--tls",
+           "--format", "cef", "--min-severity", "info", "--ca-file", str(files / "ca.pem"),
+           "--client-cert", str(files / "client.pem")]
+    # A key file others can read is refused with one clear line; nothing is stored.
+    loose = files / "loose.key"
+    loose.write_bytes(pki.client_key.read_bytes())
+    loose.chmod(0o644)
+    refused = cli(env, *add, "--client-key", str(loose))
+    assert refused.returncode != 0 and "must be 0600, not 0644" in refused.stderr
+    assert "PRIVATE KEY" not in refused.stderr + refused.stdout and "Traceback" not in refused.stderr
+    # The server's own TLS key and another tenant's directory are out of reach (T12).
+    for path in (server.data_dir / "tls" / "key.pem", server.data_dir / "siem-tls" / "msp" / "client.key"):
+        r400 = owner.http.post(f"/tenants/{t.id}/notify-targets", json={
+            "kind": "syslog", "name": "x", "host": "127.0.0.1", "port": r.port, "tls": True,
+            "client_cert": str(files / "client.pem"), "client_key": str(path)})
+        assert r400.status_code == 400 and "must be a file under" in r400.text
+    assert ok(owner.http.get(f"/tenants/{t.id}/notify-targets")) == []
+
+    added = cli(env, *add, "--client-key", str(files / "client.key"), "--json")
+    assert added.returncode == 0, added.stderr
+    target = json.loads(added.stdout)
+    assert target["config"]["transport"] == "relp" and target["config"]["tls"] is True
+    assert target["config"]["client_key"] == str(files / "client.key")
+    assert "PRIVATE KEY" not in added.stdout
+
+    def caught_up() -> bool:
+        [row] = ok(owner.http.get(f"/tenants/{t.id}/notify-targets"))
+        return bool(row["forwarded"]) and row["waiting"] == 0
+
+    deadline = time.monotonic() + 60
+    while not caught_up():
+        assert time.monotonic() < deadline, r.messages()[-2000:]
+        time.sleep(0.2)
+    entries = ok(owner.http.get(f"/tenants/{t.id}/audit/entries", params={"limit": 1000}))
+    got = r.wait_for(len(entries))
+    audit = [x for x in got if record_id(x).startswith(t.id)]
+    assert [record_id(x) for x in audit] == [f"{t.id}:{e['index']}" for e in entries]
+    exported_syslog = owner.http.get(f"/tenants/{t.id}/events", params={"format": "syslog"}).text
+    exported_cef = owner.http.get(f"/tenants/{t.id}/events", params={"format": "cef"}).text
+    hostnames = {x["f"]["hostname"] for x in audit}
+    hostnames |= {pycef.parse(x["f"]["msg"])["dvchost"] for x in audit}
+    hostnames |= {line.split(" ")[2] for line in exported_syslog.splitlines()}
+    hostnames |= {pycef.parse(line)["dvchost"] for line in exported_cef.splitlines()}
+    assert hostnames == {"rampart.msp.example"}
+    for x in audit:
+        assert_rfc5424_header(x)
+
+
+def assert_rfc5424_header(rec: dict[str, Any]) -> None:
+    f = rec["f"]
+    assert f["version"] == "1" and f["app"] == "rampart" and f["msg"].startswith(BOM + "CEF:0|Rampart|")
