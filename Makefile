@@ -1,9 +1,9 @@
 # Benchmarks print their numbers and write them to bench/results/.
 PY ?= .venv/bin/python
 
-.PHONY: bench bench-trust bench-merkle bench-fleet bench-inventory bench-patch bench-ingest bench-schedule test up sbom
+.PHONY: bench bench-trust bench-merkle bench-fleet bench-inventory bench-patch bench-ingest bench-schedule bench-flood test up sbom
 
-bench: bench-trust bench-merkle bench-fleet bench-inventory bench-patch bench-ingest bench-schedule
+bench: bench-trust bench-merkle bench-fleet bench-inventory bench-patch bench-ingest bench-schedule bench-flood
 
 bench-trust:
 	@mkdir -p bench/results
@@ -43,3 +43,8 @@ bench-ingest:
 bench-schedule:
 	@mkdir -p bench/results
 	PYTHONPATH=.:tests $(PY) bench/schedule_bench.py bench/results/schedule.json
+
+# What hostile devices flooding at full speed cost an honest device (T16), as ratios to a baseline.
+bench-flood:
+	@mkdir -p bench/results
+	PYTHONPATH=.:tests $(PY) bench/flood_bench.py bench/results/flood.json

@@ -21,55 +21,23 @@ from typing import Any
 
 import pytest
 from harness.fleet import Fleet, make_fleet
-from harness.operators import approved_grant, ok
+from harness.flood import Honest, answer, flood_findings, full_report, inventory
+from harness.flood import flooder as enrol_flooder
+from harness.operators import ok
 from harness.server import RunningServer
 from harness.wsagent import WireAgent
 from websockets.exceptions import ConnectionClosed
 
-from rampart.agent.findings import MAX_FINDINGS, Finding
-from rampart.agent.inventory import AgentInfo, EolStatus, Inventory, OsInfo, Process, digest
-from rampart.agent.telemetry import Report, encode_report
+from rampart.agent.findings import Finding
+from rampart.agent.inventory import digest
 from rampart.server.config import ServerLimits
 
 pytestmark = pytest.mark.store
 
 LIMITS = ServerLimits()
-RECORD = b'echo "$RAMPART_DEVICE_ID $RAMPART_JOB_ID" >> %s/runs.log\n'
 
 
 # --- helpers -------------------------------------------------------------------------------------
-
-def _inventory(n: int, *, os_name: str = "Debian GNU/Linux 12", host: str = "flood") -> Inventory:
-    procs = [Process(pid=100 + i, ppid=1, start_ticks=i, start_time=1_800_000_000, name=f"p{i}", uid=0,
-                     euid=0) for i in range(n)]
-    os_info = OsInfo(id="debian", name=os_name, kernel_release="6.1.0", kernel_version="#1 SMP",
-                     arch="x86_64", hostname=host, boot_time=1_800_000_000, eol=EolStatus(status="current"))
-    return Inventory(collected_at=1_800_000_000, agent=AgentInfo(version="wire", containment="none"),
-                     os=os_info, processes=procs)
-
-
-def _flood_findings(tag: str, n: int = MAX_FINDINGS) -> list[Finding]:
-    return [Finding(kind="rat-port", severity="critical", key=f"flood:{tag}:{i}",
-                    subject=f"listener {i} of a flood") for i in range(n)]
-
-
-def _full(inv: Inventory, findings: list[Finding]) -> dict[str, Any]:
-    return {"type": "inventory", "report": encode_report(Report(full=inv, findings=findings)),
-            "result": digest(inv), "base": None}
-
-
-def _answer(agent: WireAgent, timeout: float = 60.0) -> dict[str, Any]:
-    while True:
-        doc = agent.recv(timeout=timeout)
-        if doc["type"] in ("inventory-ack", "inventory-full", "error"):
-            return doc
-
-
-def _timed(fn: Callable[[], object]) -> float:
-    t0 = time.monotonic()
-    fn()
-    return time.monotonic() - t0
-
 
 def _alerts(f: Fleet, **params: Any) -> list[dict[str, Any]]:
     return list(ok(f.tenant.owner.http.get(f"/tenants/{f.tenant.id}/alerts", params=params)))
@@ -110,30 +78,6 @@ def honest(fleet1: Fleet) -> Fleet:
     return fleet1
 
 
-def _flooder(f: Fleet, hostname: str = "flooder") -> WireAgent:
-    tok = ok(f.tenant.owner.http.post(f"/tenants/{f.tenant.id}/enrollment-tokens", json={"ttl_s": 600}))
-    agent = WireAgent.enrol(f.server, tok["token"], tok["root_sha256"], hostname=hostname)
-    ok(f.tenant.owner.http.post(f"/tenants/{f.tenant.id}/devices/{agent.device_id}/approve"))
-    assert agent.connect()["type"] == "welcome"
-    return agent
-
-
-class _Honest:
-    """Runs one signed job on the honest agent and times it (post to every receipt stored)."""
-
-    def __init__(self, f: Fleet) -> None:
-        self.f = f
-        self.grant = approved_grant(f.tenant, f.devices)
-
-    def job(self) -> float:
-        return _timed(lambda: self.f.wait_done([self.f.post_job(self.grant, self.f.devices,
-                                                                RECORD % str(self.f.scratch).encode())],
-                                               timeout=180))
-
-    def read(self) -> float:
-        return _timed(lambda: ok(self.f.tenant.tech.http.get(f"/tenants/{self.f.tenant.id}/devices")))
-
-
 def _bound(baseline: float, floor: float = 3.0) -> float:
     """A small multiple of the baseline measured in the same test, with a floor for a noisy machine."""
     return max(5 * baseline, baseline + floor)
@@ -143,18 +87,18 @@ def _bound(baseline: float, floor: float = 3.0) -> float:
 
 def test_T16_findings_flood_costs_only_the_flooding_device(honest: Fleet) -> None:
     f = honest
-    h = _Honest(f)
+    h = Honest(f)
     base_job = max(h.job(), h.job())
     base_read = max(h.read() for _ in range(5))
-    flooder = _flooder(f)
+    flooder = enrol_flooder(f)
     acks: list[dict[str, Any]] = []
 
     def flood() -> None:
         # Every report carries the most findings an agent may send, all new, all critical.
         for i in range(LIMITS.inventory_burst):
-            flooder.send(_full(_inventory(3 + i % 2), _flood_findings(str(i))))
+            flooder.send(full_report(inventory(3 + i % 2), flood_findings(str(i))))
         for _ in range(LIMITS.inventory_burst):
-            acks.append(_answer(flooder))
+            acks.append(answer(flooder))
 
     flooding = threading.Thread(target=flood)
     flooding.start()
@@ -187,7 +131,7 @@ def test_T16_findings_flood_costs_only_the_flooding_device(honest: Fleet) -> Non
 
 def test_T16_parallel_connections_with_one_device_key_share_one_budget(fleet1: Fleet) -> None:
     f = fleet1
-    first = _flooder(f, hostname="cloned")
+    first = enrol_flooder(f, hostname="cloned")
     accepted: list[int] = []
     refused: list[int] = []
     blocked: list[int] = []
@@ -200,11 +144,11 @@ def test_T16_parallel_connections_with_one_device_key_share_one_budget(fleet1: F
             try:
                 clone.connect()
                 for i in range(10):
-                    inv = _inventory(n * 100 + i)
-                    clone.send(_full(inv, []))
-                    doc = _answer(clone, timeout=10)
+                    inv = inventory(n * 100 + i)
+                    clone.send(full_report(inv, []))
+                    doc = answer(clone, timeout=10)
                     while doc["type"] == "inventory-ack" and doc["result"] != digest(inv):
-                        doc = _answer(clone, timeout=10)  # the stored head, sent on every connection
+                        doc = answer(clone, timeout=10)  # the stored head, sent on every connection
                     with lock:
                         (accepted if doc["type"] == "inventory-ack" else refused).append(n)
             except ConnectionClosed as exc:
@@ -237,10 +181,10 @@ def test_T16_parallel_connections_with_one_device_key_share_one_budget(fleet1: F
 
 def test_T16_oversized_and_refused_frames_disconnect_the_device_for_a_backoff(honest: Fleet) -> None:
     f = honest
-    h = _Honest(f)
+    h = Honest(f)
     base_job = max(h.job(), h.job())
     rss_before = _rss_mib(f.server)
-    flooder = _flooder(f)
+    flooder = enrol_flooder(f)
     near_limit = "A" * (LIMITS.max_ws_message_bytes - 1024)
     closed_with: list[int] = []
 
@@ -279,11 +223,11 @@ def test_T16_hostile_identity_raises_a_finding_the_device_cannot_clear(honest: F
     f = honest
     t = f.tenant
     hostile_host = "db-01\x1b]52;c;cm0gLXJmIH4=\x07\u202eexe.ssh"
-    agent = _flooder(f, hostname=hostile_host)
-    inv = _inventory(2, os_name="Debian\x1b[2J\u2066 12")
-    agent.send(_full(inv, [Finding(kind="eol-os", severity="warning", key="server:identity",
+    agent = enrol_flooder(f, hostname=hostile_host)
+    inv = inventory(2, os_name="Debian\x1b[2J\u2066 12")
+    agent.send(full_report(inv, [Finding(kind="eol-os", severity="warning", key="server:identity",
                                    subject="all clear")]))
-    assert _answer(agent)["type"] == "inventory-ack"
+    assert answer(agent)["type"] == "inventory-ack"
 
     def identity() -> dict[str, Any] | None:
         rows = ok(t.owner.http.get(f"/tenants/{t.id}/findings", params={"status": "open"}))
@@ -298,8 +242,8 @@ def test_T16_hostile_identity_raises_a_finding_the_device_cannot_clear(honest: F
     assert not any(c in str(found) for c in "\x1b\x07\u202e\u2066")
     # The device reported a finding under the server's key: ignored, it cannot overwrite or clear it.
     assert found["subject"] != "all clear"
-    agent.send(_full(_inventory(3), []))  # a clean OS name; the enrolled hostname is still hostile
-    assert _answer(agent)["type"] == "inventory-ack"
+    agent.send(full_report(inventory(3), []))  # a clean OS name; the enrolled hostname is still hostile
+    assert answer(agent)["type"] == "inventory-ack"
     still = identity()
     assert still is not None and "os.name" not in still["evidence"]
     assert "enrolled-hostname" in still["evidence"]

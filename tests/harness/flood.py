@@ -1,0 +1,78 @@
+"""A hostile device's floods for tests and benchmarks (T16): reports, findings and honest-job timing.
+
+The flooder is a :class:`harness.wsagent.WireAgent`: a real device key speaking the real protocol,
+which is what an attacker with root on one managed endpoint holds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from rampart.agent.findings import MAX_FINDINGS, Finding
+from rampart.agent.inventory import AgentInfo, EolStatus, Inventory, OsInfo, Process, digest
+from rampart.agent.telemetry import Report, encode_report
+
+from .fleet import Fleet
+from .operators import approved_grant, ok
+from .wsagent import WireAgent
+
+RECORD = b'echo "$RAMPART_DEVICE_ID $RAMPART_JOB_ID" >> %s/runs.log\n'
+
+
+def inventory(n: int, *, os_name: str = "Debian GNU/Linux 12", host: str = "flood") -> Inventory:
+    procs = [Process(pid=100 + i, ppid=1, start_ticks=i, start_time=1_800_000_000, name=f"p{i}", uid=0,
+                     euid=0) for i in range(n)]
+    os_info = OsInfo(id="debian", name=os_name, kernel_release="6.1.0", kernel_version="#1 SMP",
+                     arch="x86_64", hostname=host, boot_time=1_800_000_000, eol=EolStatus(status="current"))
+    return Inventory(collected_at=1_800_000_000, agent=AgentInfo(version="wire", containment="none"),
+                     os=os_info, processes=procs)
+
+
+def flood_findings(tag: str, n: int = MAX_FINDINGS) -> list[Finding]:
+    return [Finding(kind="rat-port", severity="critical", key=f"flood:{tag}:{i}",
+                    subject=f"listener {i} of a flood") for i in range(n)]
+
+
+def full_report(inv: Inventory, findings: list[Finding]) -> dict[str, Any]:
+    return {"type": "inventory", "report": encode_report(Report(full=inv, findings=findings)),
+            "result": digest(inv), "base": None}
+
+
+def answer(agent: WireAgent, timeout: float = 60.0) -> dict[str, Any]:
+    while True:
+        doc = agent.recv(timeout=timeout)
+        if doc["type"] in ("inventory-ack", "inventory-full", "error"):
+            return doc
+
+
+def timed(fn: Callable[[], object]) -> float:
+    t0 = time.monotonic()
+    fn()
+    return time.monotonic() - t0
+
+
+def flooder(f: Fleet, hostname: str = "flooder") -> WireAgent:
+    """A second device of the fleet's tenant, enrolled and approved, whose key the attacker holds."""
+    tok = ok(f.tenant.owner.http.post(f"/tenants/{f.tenant.id}/enrollment-tokens", json={"ttl_s": 600}))
+    agent = WireAgent.enrol(f.server, tok["token"], tok["root_sha256"], hostname=hostname)
+    ok(f.tenant.owner.http.post(f"/tenants/{f.tenant.id}/devices/{agent.device_id}/approve"))
+    assert agent.connect()["type"] == "welcome"
+    return agent
+
+
+class Honest:
+    """Runs one signed job on the fleet's honest agents and times it (post to every receipt stored)."""
+
+    def __init__(self, f: Fleet) -> None:
+        self.f = f
+        self.grant = approved_grant(f.tenant, f.devices)
+
+    def job(self) -> float:
+        return timed(lambda: self.f.wait_done([self.f.post_job(self.grant, self.f.devices,
+                                                               RECORD % str(self.f.scratch).encode())],
+                                              timeout=180))
+
+    def read(self) -> float:
+        return timed(lambda: ok(self.f.tenant.tech.http.get(f"/tenants/{self.f.tenant.id}/devices")))
