@@ -724,6 +724,7 @@ def hostile(replies: list[bytes]) -> Callable[[socket.socket, bytes], bool]:
     ("frame without its trailer", [b"2 rsp 6 200 OKX"], 0),
     ("serverclose mid-stream", [b"2 rsp 6 200 OK\n0 serverclose 0\n"], 1),
     ("silence", [], 0),
+    ("endless hints", [b"2 rsp 6 200 OK\n" + b"0 hint 0\n" * 100], 1),
 ])
 def test_hostile_relp_server_cannot_make_a_record_count_that_it_did_not_acknowledge(
         name: str, replies: list[bytes], taken: int) -> None:
@@ -868,3 +869,30 @@ def test_siem_target_from_the_cli_over_relp_tls_with_one_hostname_for_export_and
 def assert_rfc5424_header(rec: dict[str, Any]) -> None:
     f = rec["f"]
     assert f["version"] == "1" and f["app"] == "rampart" and f["msg"].startswith(BOM + "CEF:0|Rampart|")
+
+
+def test_slow_drip_relp_server_cannot_hold_the_notifier() -> None:
+    """Each acknowledgement comes just inside the timeout: the call as a whole still ends in time."""
+    over = threading.Event()
+
+    def answer(conn: socket.socket, data: bytes) -> bool:
+        if data.startswith(b"1 open "):
+            conn.sendall(open_ok())
+            return True
+        for txnr in range(2, 22):
+            if over.wait(0.3):
+                return False
+            conn.sendall(rsp(txnr, b"200 OK"))
+        return True
+
+    server = FakeRelpServer(answer)
+    try:
+        with RelpForwarder("127.0.0.1", server.port, tls=None, timeout=0.5) as fwd:
+            started = time.monotonic()
+            done = fwd.deliver(lines(20))
+            elapsed = time.monotonic() - started
+    finally:
+        over.set()
+        server.close()
+    assert 0 < done.taken < 20 and "acknowledged" in (done.error or ""), done
+    assert elapsed < 2.5

@@ -34,8 +34,10 @@ Security rules (the receiver is not trusted to be well-behaved):
 
 * Every frame from the server is parsed strictly and bounded:
   :data:`MAX_RESPONSE_DATA` bytes of data at most; a malformed frame, an
-  unexpected command, or a response to a TXNR not outstanding ends the
-  session (:class:`RelpProtocolError`), as the specification asks.
+  unexpected command, a response to a TXNR not outstanding, or more than
+  :data:`MAX_HINTS` hints ends the session (:class:`RelpProtocolError`), as
+  the specification asks. Every wait has a timeout, and one call at most
+  :data:`CALL_BUDGET` timeouts in all.
 * The server's text is shown only through :func:`~.formats.one_line`.
 * TLS (librelp's, as rsyslog's imrelp ``tls="on"``: TLS from the first
   byte, no STARTTLS) uses the target's :class:`~.tlsconfig.TlsSettings`.
@@ -76,6 +78,9 @@ DEFAULT_WINDOW: Final = 128
 MAX_RESPONSE_DATA: Final = 16 * 1024
 #: Largest DATA this client sends (librelp's default maximum is 128 KiB).
 MAX_DATA: Final = 128 * 1024
+#: Hints (TXNR 0) accepted while records are outstanding, and one call's time in ``timeout``s.
+MAX_HINTS: Final = 64
+CALL_BUDGET: Final = 3
 
 _COMMAND: Final = re.compile(rb"[A-Za-z]{1,32}")
 _CODE: Final = re.compile(rb"[0-9]{3}")
@@ -245,7 +250,10 @@ class RelpForwarder(Channel):
 
     def _send(self, sock: socket.socket, records: list[bytes]) -> int:
         outstanding: deque[int] = deque()
-        sent = acked = 0
+        sent = acked = hints = 0
+        # One call is bounded as a whole: a receiver answering slowly, or with endless hints,
+        # cannot hold the caller (the notifier's only thread) for long.
+        budget = self._clock() + CALL_BUDGET * self._timeout
         try:
             while acked < len(records):
                 chunk = bytearray()
@@ -256,10 +264,19 @@ class RelpForwarder(Channel):
                     sent += 1
                 if chunk:
                     self._write(sock, bytes(chunk))
-                frame = self._read_frame(sock, self._timeout)
+                left = budget - self._clock()
+                if left <= 0:
+                    raise ChannelBroken(f"the receiver acknowledged {acked} of {len(records)} records "
+                                        f"within {CALL_BUDGET * self._timeout:g} s")
+                frame = self._read_frame(sock, min(self._timeout, left), late=(
+                    f"the receiver acknowledged {acked} of {len(records)} records within "
+                    f"{CALL_BUDGET * self._timeout:g} s" if left < self._timeout else None))
                 if frame.txnr == 0:
                     if frame.command == "serverclose":
                         raise ChannelBroken("the receiver ended the RELP session (serverclose)")
+                    hints += 1
+                    if hints > MAX_HINTS:
+                        raise RelpProtocolError("too many hints")
                     continue  # another hint: hints need no answer and change nothing
                 if frame.command != "rsp" or not outstanding or frame.txnr != outstanding[0]:
                     raise RelpProtocolError(f"{frame.command} for TXNR {frame.txnr} out of order")
@@ -300,8 +317,10 @@ class RelpForwarder(Channel):
             raise ChannelBroken(f"write failed: {describe(exc)}",
                                 refused=isinstance(exc, ssl.SSLError)) from None
 
-    def _read_frame(self, sock: socket.socket, wait: float, *, opening: bool = False) -> Frame:
-        """The next frame from the server, within ``wait`` seconds (ChannelBroken otherwise)."""
+    def _read_frame(self, sock: socket.socket, wait: float, *, opening: bool = False,
+                    late: str | None = None) -> Frame:
+        """The next frame from the server, within ``wait`` seconds (ChannelBroken, ``late`` or a
+        default reason, otherwise)."""
         deadline = self._clock() + wait
         while True:
             try:
@@ -311,12 +330,12 @@ class RelpForwarder(Channel):
                 raise ChannelBroken(f"RELP protocol error: {exc}", refused=True) from None
             left = deadline - self._clock()
             if left <= 0:
-                raise ChannelBroken(f"no RELP response within {wait:g} s")
+                raise ChannelBroken(late or f"no RELP response within {wait:g} s")
             try:
                 sock.settimeout(left)
                 data = sock.recv(65536)
             except TimeoutError:
-                raise ChannelBroken(f"no RELP response within {wait:g} s") from None
+                raise ChannelBroken(late or f"no RELP response within {wait:g} s") from None
             except ssl.SSLError as exc:
                 raise ChannelBroken(f"the receiver ended the TLS session ({describe(exc)})"
                                     + (f": {REFUSES}" if opening else ""), refused=True) from None
