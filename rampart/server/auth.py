@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import pyotp
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from . import access, throttle
@@ -294,20 +294,31 @@ def create_session(s: Session, account: Account, now: float, limits: ServerLimit
     return NewSession(token, expires, account)
 
 
+#: A session's last use is written at most this often: most requests then need no write transaction,
+#: so API reads never queue behind other writers (T16: a device's flood). Idle expiry is this much coarser.
+SESSION_TOUCH_S = 30.0
+
+
 def resolve_session(s: Session, token: str, now: float,
                     limits: ServerLimits) -> tuple[Account, SessionRow]:
     """The account and row of a live session (idle and absolute limits), or Unauthenticated.
 
-    A disabled account has no live session even if a row survived.
+    A disabled account has no live session even if a row survived. Works in
+    a read-only session: it changes nothing (see :func:`touch_session`).
     """
     row = s.get(SessionRow, token_hash(token))
     if row is None or row.expires_at <= now or row.last_used_at + limits.session_idle_s <= now:
         raise Unauthenticated("not logged in")
-    row.last_used_at = now
     account = s.get(Account, row.account_id)
     if account is None or account.disabled_at is not None:
         raise Unauthenticated("not logged in")
     return account, row
+
+
+def touch_session(s: Session, token: str, now: float) -> None:
+    """Record the session's use now (in the caller's write transaction)."""
+    s.execute(update(SessionRow).where(SessionRow.token_hash == token_hash(token),
+                                       SessionRow.last_used_at < now).values(last_used_at=now))
 
 
 def end_session(s: Session, token: str) -> None:

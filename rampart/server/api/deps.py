@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from .. import clock
 from ..access import check_network
-from ..auth import resolve_session
+from ..auth import SESSION_TOUCH_S, resolve_session, touch_session
 from ..context import ServerContext
 from ..errors import Forbidden, NotFound, Unauthenticated
 from ..models import AccountTenant, Tenant
@@ -108,12 +108,18 @@ def resolve_caller(ctx: ServerContext, token: str | None, address: str | None) -
     """The caller of a session token, or Unauthenticated."""
     if not token or len(token) > 256:
         raise Unauthenticated("not logged in")
-    with ctx.store.transaction() as s:
-        account, row = resolve_session(s, token, clock.now(), ctx.limits)
+    now = clock.now()
+    with ctx.store.read() as s:  # no write lock for a request, unless the last use is stale
+        account, row = resolve_session(s, token, now, ctx.limits)
         tenants = None if account.all_tenants else frozenset(s.scalars(
             select(AccountTenant.tenant_id).where(AccountTenant.account_id == account.id)))
-        return Caller(account.id, account.username, account.role, tenants, token, address,
-                      row.step_up_at)
+        caller = Caller(account.id, account.username, account.role, tenants, token, address,
+                        row.step_up_at)
+        stale = now - row.last_used_at >= SESSION_TOUCH_S
+    if stale:
+        with ctx.store.transaction() as s:
+            touch_session(s, token, now)
+    return caller
 
 
 def current_caller(ctx: Ctx, request: Request,
