@@ -86,6 +86,7 @@ def test_port_check_alert_opens_and_resolves_with_a_real_agent(tmp_path: Path,
         alerts = ok(t.owner.http.get(f"/tenants/{t.id}/alerts"))
         [alert] = [a for a in alerts if a["kind"] == "check-failed"]
         assert f"port {port}" in alert["subject"] and "no listener" in alert["subject"]
+        assert alert["device"] == agent.device_id
         with socket.socket() as s:
             s.bind(("127.0.0.1", port))
             s.listen()

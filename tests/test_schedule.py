@@ -357,7 +357,7 @@ def test_patch_ring_stops_at_pilot_when_a_pilot_device_fails_then_resumes_on_app
     # device's own command (set at enrolment), and a reboot-required alert holds until it is done.
     assert "reboot requested" in runs[broad]["detail"], runs[broad]
     wait_for("the device's reboot command", lambda: (w.base / "rebooted").exists(), timeout=60)
-    assert [a for a in alerts(w, "reboot-required") if broad in a["detail"]]
+    assert [a for a in alerts(w, "reboot-required") if broad in a["detail"] and a["device"] == broad]
     assert not alerts(w, "patch-ring-halted") and alerts(w, "patch-ring-halted", "resolved")
     # The alerts CLI filters by kind and by least severity (critical and warning alerts exist here).
     every = w.json_cli("tech", "alerts", "list", "acme", "--status", "all")
@@ -465,7 +465,7 @@ def test_scheduled_backup_runs_under_a_standing_grant_and_status_follows_receipt
         wait_for("the failed state",
                  lambda: w.json_cli("tech", "backup", "status", "acme")[0]["state"] == "failed")
         [alert] = wait_for("the backup-failed alert", lambda: alerts(w, "backup-failed"))
-        assert alert["severity"] == "critical" and pilot in alert["detail"]
+        assert alert["severity"] == "critical" and pilot in alert["detail"] and alert["device"] == pilot
     finally:
         rsh.write_bytes(good)
     r = w.cli("tech", "backup", "run", "acme", "--grant", tech_grant["id"], "--devices", pilot, "--wait")

@@ -229,6 +229,7 @@ def test_a_failing_run_opens_one_alert_that_the_next_passing_run_resolves(db: Db
                                                             run_at=now + seq), now)
     [alert] = _alerts(db, ALERT_FAILED)
     assert alert.status == "open" and alert.count == 1 and "flag failed on host-1" in alert.subject
+    assert alert.device_id == db.device  # the alert names its device (listings cap per device)
     db.checks.ingest(db.device, db.tenant, 3, _result(db.job, run_at=now + 3), now)
     [alert] = _alerts(db, ALERT_FAILED)
     assert alert.status == "resolved" and alert.resolved_by == f"device:{db.device}"
@@ -245,7 +246,7 @@ def test_overdue_only_while_connected_resolved_by_a_result_or_the_checks_end(db:
     assert db.checks.sweep_overdue(now + 60, {db.device}) == 1
     assert db.checks.sweep_overdue(now + 70, {db.device}) == 0  # one alert, not one per sweep
     db.checks.ingest(db.device, db.tenant, 2, _result(db.job, interval_s=2, run_at=now + 60), now + 61)
-    assert [a.status for a in _alerts(db, ALERT_OVERDUE)] == ["resolved"]
+    assert [(a.status, a.device_id) for a in _alerts(db, ALERT_OVERDUE)] == [("resolved", db.device)]
     # a device floor above every_s (interval_s reported by the agent) is not "overdue"
     db.checks.ingest(db.device, db.tenant, 3, _result(db.job, interval_s=60, run_at=now + 62), now + 62)
     assert db.checks.sweep_overdue(now + 62 + 100, {db.device}) == 0
