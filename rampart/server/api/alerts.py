@@ -6,7 +6,8 @@ tenant) only to MSP-wide staff. Acknowledging and resolving need the
 
 A listing shows the most severe alerts first (critical, warning, info), then
 the most recently seen. No device may push another's alerts out of it (T16):
-at most ``per_device`` alerts of one device are listed (default
+at most ``per_device`` alerts of one device are listed (those about the
+device itself, :data:`DEVICE_LEVEL_KINDS`, first; default
 :data:`DEFAULT_PER_DEVICE`; ``0`` lifts the cap, as does asking for one
 ``device``), chosen in SQL with ``ROW_NUMBER() OVER (PARTITION BY device_id
 …)``; alerts that name no device are never capped. What a cap left out is
