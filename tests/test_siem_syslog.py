@@ -237,26 +237,35 @@ class World:
     config: ServerConfig
     tenant: str
 
-    def append(self, n: int, texts: list[str] | None = None) -> None:
+    def append(self, n: int, texts: list[str] | None = None, *, tenant: str | None = None) -> None:
         with self.store.transaction() as s:
             for i in range(n):
                 text = texts[i % len(texts)] if texts else f"host-{i}"
-                self.audit.record(s, [self.tenant], "device.enrolled", "device",
+                self.audit.record(s, [tenant or self.tenant], "device.enrolled", "device",
                                   {"hostname": text, "process": f"C:\\Temp\\{text}.exe"}, NOW + i)
 
-    def add_target(self, name: str = "siem", **doc: Any) -> str:
+    def add_tenant(self, name: str) -> str:
+        tenant = new_tenant_id()
+        with self.store.transaction() as s:
+            s.add(Tenant(id=tenant, name=name, created_at=NOW))
+            s.flush()
+            self.audit.create_log(s, tenant)
+        return tenant
+
+    def add_target(self, name: str = "siem", *, msp: bool = False, **doc: Any) -> str:
+        scope = None if msp else self.tenant
         cfg = validate_config("syslog", {"host": "127.0.0.1", **doc},
-                              tls_dir=tls_files_dir(self.config, self.tenant))
+                              tls_dir=tls_files_dir(self.config, scope))
         tid = new_id("nt")
         with self.store.transaction() as s:
-            s.add(NotifyTarget(id=tid, tenant_id=self.tenant, kind="syslog", name=name,
+            s.add(NotifyTarget(id=tid, tenant_id=scope, kind="syslog", name=name,
                                config=json.dumps(cfg), min_severity="critical", created_by="owner",
                                created_at=NOW))
         return tid
 
-    def cursor(self, target: str) -> int:
+    def cursor(self, target: str, log: str | None = None) -> int:
         with self.store.transaction() as s:
-            row = s.get(Setting, f"fwd:{target}:{self.tenant}"[:64])
+            row = s.get(Setting, f"fwd:{target}:{log or self.tenant}"[:64])
             return int(row.value) if row is not None else 0
 
     def alerts(self) -> list[AlertRow]:
@@ -663,8 +672,8 @@ def test_T12_target_cannot_name_tls_files_outside_its_tenants_directory(world: W
 class FakeRelpServer:
     """A RELP peer on 127.0.0.1 playing the attacker: ``answer`` decides what to send back."""
 
-    def __init__(self, answer: Callable[[socket.socket, bytes], bool]) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
+    def __init__(self, answer: Callable[[socket.socket, bytes], bool], port: int = 0) -> None:
+        self.sock = socket.create_server(("127.0.0.1", port))
         self.port = int(self.sock.getsockname()[1])
         self.answer = answer
         self.thread = threading.Thread(target=self._serve, daemon=True)
@@ -896,3 +905,44 @@ def test_slow_drip_relp_server_cannot_hold_the_notifier() -> None:
         server.close()
     assert 0 < done.taken < 20 and "acknowledged" in (done.error or ""), done
     assert elapsed < 2.5
+
+
+def test_msp_wide_target_moves_each_logs_cursor_over_exactly_what_was_taken(
+        world: World, rsyslog: Callable[..., Rsyslog], monkeypatch: pytest.MonkeyPatch) -> None:
+    """One call carries several tenants' logs; a receiver that takes 5 of 7 moves 3 + 2 cursors."""
+    a, b = world.tenant, world.add_tenant("Beta")  # sorted: the MSP-wide target sends the lower id first
+    first, second = sorted([a, b])
+    world.append(3, tenant=first)
+    world.append(4, tenant=second)
+    taken = 0
+
+    def five_then_full(conn: socket.socket, data: bytes) -> bool:
+        nonlocal taken
+        if data.startswith(b"1 open "):
+            conn.sendall(open_ok())
+            return True
+        for txnr in range(2, 2 + data.count(b" syslog ")):
+            conn.sendall(rsp(txnr, b"200 OK" if taken < 5 else b"500 queue full"))
+            taken += 1
+        return True
+
+    with refusing_port() as port:
+        fake = FakeRelpServer(five_then_full, port=port)
+        target = world.add_target(msp=True, port=port, transport="relp")
+        n = world.notifier()
+        try:
+            n.run_once(time.time())
+            fake.close()
+            assert (world.cursor(target, first), world.cursor(target, second)) == (3, 2)
+            [alert] = world.alerts()
+            assert alert.tenant_id is None and "500 queue full" in alert.detail
+            # The rest, and what comes next, in passes smaller than one log.
+            monkeypatch.setattr(notifier_mod, "FORWARD_BATCH", 2)
+            world.append(3, tenant=first)
+            r = rsyslog("relp", port=port)
+            run_until(n, lambda: (world.cursor(target, first), world.cursor(target, second)) == (6, 4))
+        finally:
+            n.close()
+    got = r.settle()
+    once(got, [f"{first}:{i}" for i in range(3, 6)], only=first)
+    once(got, [f"{second}:{i}" for i in range(2, 4)], only=second)

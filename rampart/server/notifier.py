@@ -357,40 +357,54 @@ class Notifier:
         total = 0
         for target_id, tenant_id, name, cfg in targets:
             logs = [tenant_id] if tenant_id is not None else [SERVER_LOG, *sorted(names)]
-            error: str | None = None
-            for log_id in logs:
-                taken, error = self._forward_log(target_id, cfg, log_id,
-                                                 None if log_id == SERVER_LOG else log_id,
-                                                 names.get(log_id))
-                total += taken
-                if error is not None:
-                    break  # the receiver is not taking records: the other logs wait too
+            taken, error = self._forward_target(target_id, cfg, logs, names)
+            total += taken
             if error is not None:
                 self._target_failing(target_id, tenant_id, name, cfg, error, now)
             elif target_id in self._failing:
                 self._target_recovered(target_id)
         return total
 
-    def _forward_log(self, target_id: str, cfg: dict[str, Any], log_id: str,
-                     tenant_id: str | None, tenant_name: str | None) -> tuple[int, str | None]:
-        """Forward the log's entries past its cursor; move the cursor over those taken (and no further)."""
-        key = f"fwd:{target_id}:{log_id}"[:64]
+    def _forward_target(self, target_id: str, cfg: dict[str, Any], logs: list[str],
+                        names: dict[str, str]) -> tuple[int, str | None]:
+        """Send the entries past each log's cursor (FORWARD_BATCH in all), in one call to the channel.
+
+        Each cursor then moves over the records of its log that the receiver
+        took, and no further; the error says why the rest were not taken.
+        """
+        plan: list[tuple[str, list[int]]] = []  # (cursor key, indexes sent), in sending order
+        lines: list[str] = []
         with self._store.transaction() as s:
-            row = s.get(Setting, key)
-            start = int(row.value) if row is not None else 0
-            entries = list(s.scalars(select(AuditEntry).where(
-                AuditEntry.log_id == log_id, AuditEntry.idx >= start)
-                .order_by(AuditEntry.idx).limit(FORWARD_BATCH)))
-            lines = [syslog_record(from_audit(e, tenant_id=tenant_id, tenant_name=tenant_name),
-                                   cfg["format"], hostname=self._hostname) for e in entries]
+            for log_id in logs:
+                room = FORWARD_BATCH - len(lines)
+                if room <= 0:
+                    break
+                key = f"fwd:{target_id}:{log_id}"[:64]
+                row = s.get(Setting, key)
+                start = int(row.value) if row is not None else 0
+                entries = list(s.scalars(select(AuditEntry).where(
+                    AuditEntry.log_id == log_id, AuditEntry.idx >= start)
+                    .order_by(AuditEntry.idx).limit(room)))
+                if not entries:
+                    continue
+                tenant = None if log_id == SERVER_LOG else log_id
+                lines += [syslog_record(from_audit(e, tenant_id=tenant, tenant_name=names.get(log_id)),
+                                        cfg["format"], hostname=self._hostname) for e in entries]
+                plan.append((key, [e.idx for e in entries]))
         try:
             channel = self._channel(target_id, cfg)
         except ValueError as exc:
             return 0, f"syslog target unusable: {exc}"
         done = channel.deliver(lines)  # with no lines: notices a receiver that closed the connection
         if done.taken:
+            left = done.taken
             with self._store.transaction() as s:
-                s.merge(Setting(key=key, value=str(entries[done.taken - 1].idx + 1)))
+                for key, indexes in plan:
+                    n = min(left, len(indexes))
+                    if n == 0:
+                        break
+                    s.merge(Setting(key=key, value=str(indexes[n - 1] + 1)))
+                    left -= n
         return done.taken, (done.error or "not taken") if done.taken < len(lines) else None
 
     def _target_failing(self, target_id: str, tenant_id: str | None, name: str, cfg: dict[str, Any],
