@@ -43,7 +43,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 RSYSLOGD = shutil.which("rsyslogd") or "/usr/sbin/rsyslogd"
-MODULES = Path("/usr/lib/x86_64-linux-gnu/rsyslog")
+#: Where Debian puts rsyslog's modules (the multiarch directory), or the plain one.
+MODULES = next((d for d in sorted(Path("/usr/lib").glob("*/rsyslog")) if (d / "imtcp.so").exists()),
+               Path("/usr/lib/rsyslog"))
 Listener = Literal["tcp", "tls", "relp", "relp-tls"]
 
 
