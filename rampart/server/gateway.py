@@ -73,6 +73,9 @@ CLOSE_BAD_MESSAGE = 4400
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_REPLACED = 4409
 CLOSE_THROTTLED = 4429
+#: A message the agent does not take within this long ends its connection (a device that never reads
+#: would otherwise hold the sender, and its buffers, forever).
+SEND_TIMEOUT_S = 30.0
 #: Alert kinds the gateway raises about a device's own behaviour (docs/alerts.md).
 ALERT_THROTTLED = "device-throttled"
 ALERT_BLOCKED = "device-blocked"
@@ -178,8 +181,14 @@ class Connection:
         await self.send_text(json.dumps(doc, separators=(",", ":")))
 
     async def send_text(self, text: str) -> None:
+        """Send one message; an agent that stops reading for SEND_TIMEOUT_S loses its connection."""
         async with self.send_lock:
-            await self.ws.send_text(text)
+            try:
+                await asyncio.wait_for(self.ws.send_text(text), SEND_TIMEOUT_S)
+            except TimeoutError:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.ws.close(CLOSE_THROTTLED), 5.0)
+                raise
 
 
 class Gateway:
