@@ -41,13 +41,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from harness.fleet import Fleet, make_fleet  # noqa: E402
-from harness.flood import Honest, answer, flood_findings, flooder, full_report, inventory  # noqa: E402
+from harness.flood import Honest, answer, churn, flood_findings, flooder, full_report, inventory  # noqa: E402
 from harness.operators import ok  # noqa: E402
 from harness.server import RunningServer, start_server  # noqa: E402
 from harness.wsagent import WireAgent  # noqa: E402
 from websockets.exceptions import ConnectionClosed  # noqa: E402
 
-from rampart.agent.inventory import digest  # noqa: E402
 from rampart.server.config import ServerLimits  # noqa: E402
 
 LIMITS = ServerLimits()
@@ -114,42 +113,7 @@ def findings_flood(f: Fleet, n_flooders: int = 3) -> dict[str, Any]:
 
 
 def churn_flood(f: Fleet, seconds: float = 10.0) -> dict[str, Any]:
-    first = flooder(f, hostname="cloned")
-    counts = {"accepted": 0, "refused": 0, "closed_4429": 0, "connects": 0}
-    lock = threading.Lock()
-
-    def attacker(n: int) -> None:
-        clone = WireAgent(f.server, first.key, first.device_id, first.tenant, first.root)
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            try:
-                with lock:
-                    counts["connects"] += 1
-                clone.connect()
-                for i in range(10):
-                    inv = inventory(n * 1000 + i)
-                    clone.send(full_report(inv, []))
-                    doc = answer(clone, timeout=10)
-                    while doc["type"] == "inventory-ack" and doc["result"] != digest(inv):
-                        doc = answer(clone, timeout=10)
-                    with lock:
-                        counts["accepted" if doc["type"] == "inventory-ack" else "refused"] += 1
-            except ConnectionClosed as exc:
-                if exc.rcvd is not None and exc.rcvd.code == 4429:
-                    with lock:
-                        counts["closed_4429"] += 1
-            except (TimeoutError, OSError, AssertionError):
-                pass
-            finally:
-                with contextlib.suppress(Exception):
-                    clone.close()
-
-    ths = [threading.Thread(target=attacker, args=(n,)) for n in range(8)]
-    for th in ths:
-        th.start()
-    for th in ths:
-        th.join(timeout=120)
-    return counts
+    return churn(f, flooder(f, hostname="cloned"), threads=8, seconds=seconds)
 
 
 def frames_flood(f: Fleet, n_flooders: int = 2) -> dict[str, Any]:

@@ -21,15 +21,13 @@ from typing import Any
 
 import pytest
 from harness.fleet import Fleet, make_fleet
-from harness.flood import Honest, answer, flood_findings, full_report, inventory
+from harness.flood import Honest, answer, churn, flood_findings, full_report, inventory
 from harness.flood import flooder as enrol_flooder
 from harness.operators import ok
 from harness.server import RunningServer
-from harness.wsagent import WireAgent
 from websockets.exceptions import ConnectionClosed
 
 from rampart.agent.findings import Finding
-from rampart.agent.inventory import digest
 from rampart.server.config import ServerLimits
 
 pytestmark = pytest.mark.store
@@ -132,45 +130,11 @@ def test_T16_findings_flood_costs_only_the_flooding_device(honest: Fleet) -> Non
 def test_T16_parallel_connections_with_one_device_key_share_one_budget(fleet1: Fleet) -> None:
     f = fleet1
     first = enrol_flooder(f, hostname="cloned")
-    accepted: list[int] = []
-    refused: list[int] = []
-    blocked: list[int] = []
-    lock = threading.Lock()
-
-    def attacker(n: int) -> None:
-        clone = WireAgent(f.server, first.key, first.device_id, first.tenant, first.root)
-        deadline = time.monotonic() + 6
-        while time.monotonic() < deadline:
-            try:
-                clone.connect()
-                for i in range(10):
-                    inv = inventory(n * 100 + i)
-                    clone.send(full_report(inv, []))
-                    doc = answer(clone, timeout=10)
-                    while doc["type"] == "inventory-ack" and doc["result"] != digest(inv):
-                        doc = answer(clone, timeout=10)  # the stored head, sent on every connection
-                    with lock:
-                        (accepted if doc["type"] == "inventory-ack" else refused).append(n)
-            except ConnectionClosed as exc:
-                if exc.rcvd is not None and exc.rcvd.code == 4429:
-                    with lock:
-                        blocked.append(n)
-            except (TimeoutError, OSError, AssertionError):
-                pass
-            finally:
-                with contextlib.suppress(Exception):
-                    clone.close()
-
-    threads = [threading.Thread(target=attacker, args=(n,)) for n in range(8)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(timeout=120)
+    counts = churn(f, first, threads=8, seconds=6.0)
     # One device, one budget: the burst (plus at most one refill) whatever the connections.
-    print(f"{len(accepted)} reports accepted, {len(refused)} refused, {len(blocked)} connections closed "
-          "for abuse, over 8 parallel connections")
-    assert len(accepted) <= LIMITS.inventory_burst + 1
-    assert blocked, "the device was never disconnected for its churn"
+    print(f"over 8 parallel connections: {counts}")
+    assert counts["accepted"] <= LIMITS.inventory_burst + 1
+    assert counts["closed_4429"], "the device was never disconnected for its churn"
     alerts = _alerts(f, per_device=0)
     kinds = {a["kind"] for a in alerts if a.get("device") == first.device_id}
     assert "device-throttled" in kinds or "device-blocked" in kinds, kinds

@@ -6,9 +6,13 @@ which is what an attacker with root on one managed endpoint holds.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+from websockets.exceptions import ConnectionClosed
 
 from rampart.agent.findings import MAX_FINDINGS, Finding
 from rampart.agent.inventory import AgentInfo, EolStatus, Inventory, OsInfo, Process, digest
@@ -76,3 +80,46 @@ class Honest:
 
     def read(self) -> float:
         return timed(lambda: ok(self.f.tenant.tech.http.get(f"/tenants/{self.f.tenant.id}/devices")))
+
+
+def churn(f: Fleet, key_holder: WireAgent, *, threads: int, seconds: float) -> dict[str, int]:
+    """``threads`` connections with one device key, reconnecting and reporting as fast as they can.
+
+    Counts reports acknowledged (only the acks of the reports sent: every connection also gets the
+    stored head as an ``inventory-ack``), refused, connection attempts and closes for abuse (4429).
+    """
+    counts = {"accepted": 0, "refused": 0, "closed_4429": 0, "connects": 0}
+    lock = threading.Lock()
+
+    def attacker(n: int) -> None:
+        clone = WireAgent(f.server, key_holder.key, key_holder.device_id, key_holder.tenant, key_holder.root)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                with lock:
+                    counts["connects"] += 1
+                clone.connect()
+                for i in range(10):
+                    inv = inventory(n * 1000 + i)
+                    clone.send(full_report(inv, []))
+                    doc = answer(clone, timeout=10)
+                    while doc["type"] == "inventory-ack" and doc["result"] != digest(inv):
+                        doc = answer(clone, timeout=10)
+                    with lock:
+                        counts["accepted" if doc["type"] == "inventory-ack" else "refused"] += 1
+            except ConnectionClosed as exc:
+                if exc.rcvd is not None and exc.rcvd.code == 4429:
+                    with lock:
+                        counts["closed_4429"] += 1
+            except (TimeoutError, OSError, AssertionError):
+                pass
+            finally:
+                with contextlib.suppress(Exception):
+                    clone.close()
+
+    workers = [threading.Thread(target=attacker, args=(n,)) for n in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=seconds + 120)
+    return counts
