@@ -218,3 +218,27 @@ def test_T16_hostile_identity_raises_a_finding_the_device_cannot_clear(honest: F
     rows = ok(t.owner.http.get(f"/tenants/{t.id}/findings", params={"status": "all"}))
     assert not [x for x in rows if x["device"] == f.devices[0] and x["kind"] == "suspicious-identity"]
     agent.close()
+
+
+def test_T16_frames_over_the_limit_count_against_the_device_and_end_in_a_block(fleet1: Fleet) -> None:
+    f = fleet1
+    agent = enrol_flooder(f, hostname="oversized")
+    too_big = "A" * (LIMITS.max_ws_message_bytes + 16)
+    codes: list[int] = []
+    for _ in range(LIMITS.abuse_refusals + 5):
+        try:
+            if agent.ws is None:
+                agent.connect()
+            agent.send({"type": "inventory", "report": too_big, "result": "0" * 64})
+            while True:
+                agent.recv(timeout=10)
+        except ConnectionClosed as exc:
+            codes.append(exc.rcvd.code if exc.rcvd else 0)
+            agent.ws = None
+            if codes[-1] == 4429:
+                break
+    # The transport closes each over-limit frame's connection (1009); each counts, and the device ends
+    # blocked: its next connection is refused (4429) and the operator is told.
+    assert 1009 in codes and codes[-1] == 4429, codes
+    blocked = [a for a in _alerts(f) if a["kind"] == "device-blocked"]
+    assert len(blocked) == 1 and blocked[0]["device"] == agent.device_id

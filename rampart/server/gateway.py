@@ -73,6 +73,8 @@ CLOSE_BAD_MESSAGE = 4400
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_REPLACED = 4409
 CLOSE_THROTTLED = 4429
+#: The WebSocket close code for a frame over the size limit (RFC 6455 section 7.4.1).
+CLOSE_TOO_BIG = 1009
 #: A message the agent does not take within this long ends its connection (a device that never reads
 #: would otherwise hold the sender, and its buffers, forever).
 SEND_TIMEOUT_S = 30.0
@@ -342,8 +344,9 @@ class Gateway:
             await self._send_detection(conn)
             self._start_delivery(conn)
             await self._receive(conn)
-        except WebSocketDisconnect:
-            pass
+        except WebSocketDisconnect as exc:
+            if exc.code == CLOSE_TOO_BIG:  # the transport refused a frame over the size limit
+                await self._refuse(conn, "a message over the size limit")
         except Exception:  # a database or protocol fault ends this connection only
             log.exception("agent connection %s failed", device_id)
             await self._close(ws, 1011)
