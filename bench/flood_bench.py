@@ -133,13 +133,15 @@ def frames_flood(f: Fleet, n_flooders: int = 2) -> dict[str, Any]:
         with contextlib.suppress(Exception):
             a.close()
 
-    ths = [threading.Thread(target=one, args=(i,)) for i in range(n_flooders)]
+    # Daemon threads: a flooder whose send the server stopped reading must not keep the benchmark alive.
+    ths = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(n_flooders)]
     for th in ths:
         th.start()
     for th in ths:
-        th.join(timeout=300)
+        th.join(timeout=90)
     return {"frames_sent": sum(sent), "mib_sent": round(sum(sent) * len(near) / 2**20),
-            "seconds_until_blocked": [round(x, 2) for x in blocked_after]}
+            "seconds_until_closed": [round(x, 2) for x in blocked_after],
+            "flooders_still_sending_after_90s": sum(th.is_alive() for th in ths)}
 
 
 def recovery_s(h: Honest, baseline: float, limit_s: float = 120.0) -> float:
