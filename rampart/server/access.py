@@ -3,7 +3,10 @@
 * G5 step-up: :func:`check_mass_action` counts the distinct devices an
   account's jobs reached in the last hour, across every tenant; a job that
   takes the count above the job's tenant limit needs a TOTP step-up on the
-  same session within :data:`STEP_UP_WINDOW_S`.
+  same session within :data:`STEP_UP_WINDOW_S`. The count and the decision
+  are serialised per account (:func:`lock_account`) until the caller's
+  transaction, which stores the job, commits: concurrent submissions from
+  one account cannot all read the same old count (issue 11, finding 3).
 * S2 dormancy: :func:`sweep_dormant` disables accounts without a login for
   the strictest ``dormant_days`` of their tenants; :func:`disable_account`
   ends every session in the same transaction.
@@ -102,6 +105,20 @@ def login_network_allowed(s: Session, account: Account, address: str | None) -> 
 
 # --- mass-action step-up (G5) -------------------------------------------------------------
 
+def lock_account(s: Session, account_id: int) -> None:
+    """Hold the account's row lock until the transaction ends: one G5 decision at a time.
+
+    PostgreSQL: ``SELECT ... FOR NO KEY UPDATE`` on the account row (it does
+    not block foreign-key checks of sessions and keys referring to the account,
+    only other holders of this lock); statements after it see every job a
+    previous holder committed (READ COMMITTED takes a snapshot per statement).
+    SQLite: the clause is not rendered; a write transaction starts with
+    ``BEGIN IMMEDIATE`` (:mod:`.db`), so writers are already serialised.
+    """
+    s.execute(select(Account.id).where(Account.id == account_id)
+              .with_for_update(key_share=True))
+
+
 def devices_reached(s: Session, account_id: int, since: float) -> set[str]:
     """Distinct devices targeted by the account's jobs created at or after ``since``."""
     rows = s.scalars(select(JobTarget.device_id).join(JobRow, JobRow.id == JobTarget.job_id)
@@ -120,8 +137,11 @@ def check_mass_action(s: Session, audit: AuditLog, *, account_id: int, actor: st
     """Refuse a job that takes the account past the tenant limit without a fresh step-up.
 
     A job allowed *because of* a step-up is recorded as ``stepup.passed`` in
-    the tenant log (in the caller's transaction, with the job itself).
+    the tenant log (in the caller's transaction, with the job itself). The
+    caller must store the job in the same transaction: the account lock taken
+    here is what makes the count and the decision one step under concurrency.
     """
+    lock_account(s, account_id)
     targets = set(devices)
     reached = devices_reached(s, account_id, now - MASS_ACTION_WINDOW_S)
     total = len(reached | targets)
