@@ -90,6 +90,7 @@ class Operator:
     password: str = ""
     totp_secret: str = ""
     keyid: str = ""
+    fingerprint: str = ""
     env: dict[str, str] = field(default_factory=dict)
 
     def run(self, *args: str, extra_env: dict[str, str] | None = None, input: str | None = None,
@@ -146,6 +147,7 @@ class Operator:
     def key_new(self, *args: str) -> str:
         doc = self.json("key", "new", *args, extra_env={"RAMPART_KEY_PASSPHRASE": PASSPHRASE})
         self.keyid = doc["keyid"]
+        self.fingerprint = doc["fingerprint"]  # what the key holder reads to an owner
         return self.keyid
 
 
@@ -342,32 +344,58 @@ def test_root_rotation_adds_keys_with_propose_sign_publish(people: dict[str, Ope
     a, b = people["alice"], people["bob"]
     env = {"RAMPART_KEY_PASSPHRASE": PASSPHRASE}
     r = a.ok("root", "propose", "acme", "--add-key", b.keyid, "--role", "technician",
-             "--add-key", a.keyid, "--role", "technician")
+             "--name", "bob", "--add-key", a.keyid, "--role", "technician", "--name", "alice")
     assert "proposed root v2" in r.stdout and f"+ key bob {b.keyid[:16]}" in r.stdout
-    r = a.ok("root", "sign", "acme", extra_env=env)
+    assert b.fingerprint in r.stdout
+    # --yes alone never approves a change: the keys must be named, with their fingerprints
+    r = a.run("root", "sign", "acme", "--yes", extra_env=env)
+    assert "differs from the changes you named" in one_line_error(r)
+    # bob reads his fingerprint to alice over the phone; she names exactly what she expects
+    r = a.ok("root", "sign", "acme", "--add-key", b.keyid, "--role", "technician",
+             "--fingerprint", b.fingerprint, "--add-key", a.keyid, "--role", "technician",
+             "--fingerprint", a.fingerprint or _fingerprint_of(a, a.keyid), extra_env=env)
     assert "owners of v1: 1 of 1" in r.stdout
     r = a.ok("root", "publish", "acme")
     assert "published root v2" in r.stdout
     root = a.json("root", "show", "acme")
     assert root["version"] == 2
     assert {k["keyid"] for k in root["roles"]["technician"]["keys"]} == {a.keyid, b.keyid}
-    # bob trusts the tenant root on first use (told on stderr), then follows rotations
+    # bob sees the tenant root without a pin (told on stderr), but cannot sign for it ...
     r = b.ok("root", "show", "acme", "--json")
-    assert json.loads(r.stdout)["version"] == 2 and "first use" in r.stderr
+    assert json.loads(r.stdout)["version"] == 2 and "not pinned" in r.stderr
+    # ... until he pins the SHA-256 alice gives him out of band
+    r = b.ok("root", "pin", "acme", root["sha256"])
+    assert "pinned acme" in r.stdout and "root v2" in r.stdout
+
+
+def _fingerprint_of(op: Operator, keyid: str) -> str:
+    """The fingerprint of a key in ``op``'s trusted root (computed locally from its public key)."""
+    from rampart.trust.review import key_fingerprint_b64
+    root = op.json("root", "show", "acme")
+    data = (op.config / "roots" / f"{root['tenant']}.json").read_bytes()
+    payload = trust.decode_payload(trust.decode_envelope(data).payload, trust.TenantRoot)
+    return key_fingerprint_b64(payload.keys[keyid].public)
 
 
 def test_root_publish_refused_until_owner_threshold_met(people: dict[str, Operator]) -> None:
     a, c = people["alice"], people["carol"]
     env = {"RAMPART_KEY_PASSPHRASE": PASSPHRASE}
     a.ok("root", "propose", "acme", "--add-key", c.keyid, "--role", "owner", "--add-key",
-         c.keyid, "--role", "approver", "--owner-threshold", "2")
-    a.ok("root", "sign", "acme", extra_env=env)
+         c.keyid, "--role", "approver", "--owner-threshold", "2", "--name", "carol", "--name",
+         "carol")
+    expect = ("--add-key", c.keyid, "--role", "owner", "--fingerprint", c.fingerprint,
+              "--add-key", c.keyid, "--role", "approver", "--fingerprint", c.fingerprint,
+              "--owner-threshold", "2")
+    a.ok("root", "sign", "acme", *expect, extra_env=env)
     r = a.run("root", "publish", "acme")
     line = one_line_error(r)
     assert "threshold" in line and "1 of 2" in line
     assert a.json("root", "show", "acme")["version"] == 2  # nothing changed locally
-    # carol (an owner of v3) signs; now both thresholds hold
-    r = c.ok("root", "sign", "acme", extra_env=env)
+    # carol (an owner of v3) pins v2 from alice's word, and signs what she expects
+    r = c.run("root", "sign", "acme", *expect, extra_env=env)
+    assert r.returncode != 0 and "have not pinned" in r.stderr and "root pin" in r.stderr
+    c.ok("root", "pin", "acme", a.json("root", "show", "acme")["sha256"])
+    r = c.ok("root", "sign", "acme", *expect, extra_env=env)
     assert "owners of v3: 2 of 2" in r.stdout
     c.ok("root", "publish", "acme")
     root = a.json("root", "show", "acme")
@@ -789,8 +817,10 @@ def test_S2_account_revoke_proposes_roots_without_the_keys(people: dict[str, Ope
     # bob's session is gone at once.
     assert "log in again" in one_line_error(b.run("whoami"))
     # The owners (threshold 2 since v3) sign and publish; bob's key is out of the root.
-    a.ok("root", "sign", "acme", "--yes", extra_env=env)
-    c.ok("root", "sign", "acme", "--yes", extra_env=env)
+    # --yes alone is not enough: each owner names the key they expect to go
+    assert "differs" in one_line_error(a.run("root", "sign", "acme", "--yes", extra_env=env))
+    a.ok("root", "sign", "acme", "--yes", "--remove-key", b.keyid, extra_env=env)
+    c.ok("root", "sign", "acme", "--yes", "--remove-key", b.keyid, extra_env=env)
     a.ok("root", "publish", "acme")
     after = a.json("root", "show", "acme")
     assert after["version"] == proposal["version"]

@@ -22,6 +22,7 @@ import typer
 
 from rampart import tlspin, trust
 from rampart.trust import OperatorKey
+from rampart.trust.review import key_fingerprint
 
 from . import prompts
 from .client import Client, expect_dict, expect_list, fetch_server_certificate, field, split_server
@@ -120,6 +121,7 @@ def register_key(cfg: Config, client: Client, session: Session, key: OperatorKey
         raise ServerProblem("the server registered a different key id than the one sent")
     out = info.to_json()
     out["registered"] = True
+    out["fingerprint"] = key_fingerprint(key.public.raw)
     return out
 
 
@@ -282,6 +284,9 @@ def key_new(
         return
     say(f"key {out['keyid']} created for {session.username} (tenant {tenant_id})")
     say(f"encrypted key file: {out['file']}")
+    say(f"fingerprint: {out['fingerprint']}")
+    say("read this fingerprint to an owner of the tenant by phone or in person (not by chat or "
+        "mail from this machine): they type it when they sign the root that adds your key")
     say("an owner adds it to the tenant root with: "
         f"rampart root propose {tenant} --add-key {out['keyid']} --role ROLE "
         f"(or --sync)")

@@ -5,6 +5,13 @@ The one rule here (python-tuf's updater shape): fetch, verify through
 only after :func:`rampart.trust.pin_root` / :func:`rampart.trust.update_root`
 accepted it; a key is used for signing only if the locally trusted root gives
 it the role the signature needs.
+
+Operators pin roots like agents do (issue 11, finding 5): a root first seen
+from the server is only shown, never signed for. Signing anything for a
+tenant (roots, grants, revocations, jobs) needs a pin: the SHA-256 of a root
+envelope given out of band (`rampart root pin TENANT SHA256`) or the root
+this operator built itself (`tenant create`), and the trusted root must chain
+from it by the rotation rule (:func:`require_pin`).
 """
 
 from __future__ import annotations
@@ -132,21 +139,67 @@ def trust_root_v1(cfg: Config, envelope: bytes) -> TrustedRoot:
     with refusing("the new root"):
         tr = trust.pin_root(envelope, expected_sha256=root_sha256(envelope), now=now())
     _persist(cfg, [tr])
+    cfg.save_pin(tr.tenant, tr.sha256)
     return tr
 
 
+PIN_HINT = ("ask an owner for the root's SHA-256 (`rampart root show TENANT` on their machine "
+            "prints it), then run `rampart root pin TENANT SHA256`")
+
+
+def require_pin(cfg: Config, tenant_id: str, current: TrustedRoot | None = None) -> None:
+    """Refuse unless this operator pinned a root of ``tenant_id`` out of band.
+
+    The locally trusted root is stored only after it chained from the pinned
+    version by the rotation rule, so the pin must be one of the verified versions.
+    """
+    pin = cfg.load_pin(tenant_id)
+    if pin is None:
+        raise Refused(f"you have not pinned a root of tenant {tenant_id}, so nothing is signed "
+                      f"for it: {PIN_HINT}")
+    versions = {root_sha256(b) for b in cfg.root_history(tenant_id)}
+    if current is not None:
+        versions.add(current.sha256)
+    if pin not in versions:
+        raise Refused(f"the root you trust for tenant {tenant_id} does not chain from your pin "
+                      f"{pin[:16]}…: {PIN_HINT}")
+
+
+def pin_tenant_root(cfg: Config, client: Client, tenant_id: str, sha256: str) -> TrustedRoot:
+    """Pin ``sha256`` (given out of band) and trust the newest root that chains from it.
+
+    If the roots stored so far were only seen (not pinned) and do not contain
+    the pin, they are replaced by the server's chain verified from v1, which
+    must contain the pin.
+    """
+    sha = sha256.strip().lower()
+    if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+        raise UsageProblem("a root pin is the 64 hex digit SHA-256 printed by `rampart root show`")
+    local = local_root(cfg, tenant_id)
+    if local is not None and sha in {root_sha256(b) for b in cfg.root_history(tenant_id)}:
+        cfg.save_pin(tenant_id, sha)
+        return trusted_root(cfg, client, tenant_id, allow_expired=True)
+    if local is not None and cfg.load_pin(tenant_id) is not None:
+        raise Refused(f"you already pinned a root of {tenant_id} and this SHA-256 is not one of "
+                      "its verified versions")
+    return trusted_root(cfg, client, tenant_id, pin_sha256=sha, allow_expired=True,
+                        replace_unpinned=True)
+
+
 def trusted_root(cfg: Config, client: Client | None, tenant_id: str, *,
-                 pin_sha256: str | None = None, allow_expired: bool = False) -> TrustedRoot:
+                 pin_sha256: str | None = None, allow_expired: bool = False,
+                 replace_unpinned: bool = False) -> TrustedRoot:
     """Return the newest root of ``tenant_id`` that this operator can verify.
 
     With a locally trusted root, newer versions from the server are accepted only
     through the rotation rule (each version signed by the owner thresholds of the
     previous and of itself) and persisted only after they all verify. Without
-    one, the chain is verified from v1 and trusted on first use (or only if one
-    version matches ``pin_sha256``); the operator is told so on stderr.
+    one, the chain is verified from v1 and either must contain ``pin_sha256``
+    (then the pin is recorded) or is only *seen*: stored for display, told on
+    stderr, and never signed for (:func:`require_pin`).
     """
     when = 0 if allow_expired else now()
-    current = local_root(cfg, tenant_id)
+    current = None if replace_unpinned else local_root(cfg, tenant_id)
     if client is not None:
         server = _server_roots(client, tenant_id)
         with refusing(f"root of tenant {tenant_id} from the server"):
@@ -164,9 +217,12 @@ def trusted_root(cfg: Config, client: Client | None, tenant_id: str, *,
                     if pin_sha256.lower() not in {tr.sha256 for tr in chain}:
                         raise Refused("no root version on the server has the pinned SHA-256")
                 else:
-                    note(f"trusting the root of tenant {tenant_id} on first use: "
-                         f"v{chain[-1].version}, sha256 {chain[-1].sha256}")
+                    note(f"showing the root of tenant {tenant_id} as the server sent it (not "
+                         f"pinned, so you cannot sign for this tenant): v{chain[-1].version}, "
+                         f"sha256 {chain[-1].sha256}; to sign, {PIN_HINT}")
                 _persist(cfg, chain)
+                if pin_sha256 is not None:
+                    cfg.save_pin(tenant_id, pin_sha256.lower())
                 current = chain[-1]
             else:
                 mine = dict(server)
@@ -212,6 +268,8 @@ def pick_key(cfg: Config, session: Session, tenant_id: str | None,
                            "run `rampart key new --tenant TENANT`")
     if root is None:
         return candidates[0]
+    if tenant_id is not None:
+        require_pin(cfg, tenant_id, root)
     for k in candidates:
         held = set(root.root.roles_of(k.keyid))
         if k.keyid in root.root.keys and (not roles or set(roles) & held):

@@ -9,6 +9,8 @@ Layout (docs/design/protocol.md, "Operator CLI state")::
       keys/<keyid>.json     {keyid, name, tenant, username, created}
       roots/<t>.json        the newest tenant root this operator verified (exact envelope bytes)
       roots/<t>/v<N>.json   every root version this operator verified
+      roots/<t>.pin         the SHA-256 of the root version this operator pinned out of band
+      labels.json           {keyid: label}: this operator's own names for keys (never the server's)
       checkpoints/<t>.json  the newest audit checkpoint this operator verified (envelope bytes)
 
 Security invariants:
@@ -19,6 +21,8 @@ Security invariants:
 * Private keys are only ever stored encrypted; this module never sees a
   passphrase.
 * A root or checkpoint is written here only after the caller verified it.
+* A pin is written only from what the operator was given out of band (or a root
+  it built itself); nothing signs for a tenant without one (docs/access.md).
 """
 
 from __future__ import annotations
@@ -256,6 +260,53 @@ class Config:
             except (ValueError, OSError):
                 continue
         return [b for _, b in sorted(found)]
+
+    def pin_path(self, tenant_id: str) -> Path:
+        return self.roots_dir / f"{safe_component(tenant_id, 'tenant id')}.pin"
+
+    def load_pin(self, tenant_id: str) -> str | None:
+        """The SHA-256 this operator pinned for ``tenant_id`` (None if none)."""
+        try:
+            text = self.pin_path(tenant_id).read_text().strip().lower()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise CliError(f"cannot read {self.pin_path(tenant_id)}: {exc.strerror}") from exc
+        return text if re.fullmatch(r"[0-9a-f]{64}", text) else None
+
+    def save_pin(self, tenant_id: str, sha256: str) -> None:
+        write_private(self.pin_path(tenant_id), (sha256.lower() + "\n").encode())
+
+    # --- key labels (this operator's own records) -------------------------------------
+
+    @property
+    def labels_path(self) -> Path:
+        return self.dir / "labels.json"
+
+    def load_labels(self) -> dict[str, str]:
+        """Key id -> label, from this operator's records and own key files."""
+        out = {k.keyid: k.name for k in self.list_keys()}
+        try:
+            doc = json.loads(self.labels_path.read_text())
+        except FileNotFoundError:
+            return out
+        except (OSError, ValueError) as exc:
+            raise CliError(f"cannot read {self.labels_path}: damaged labels file") from exc
+        if isinstance(doc, dict):
+            out.update({str(k): str(v) for k, v in doc.items() if isinstance(v, str)})
+        return out
+
+    def save_label(self, keyid: str, label: str) -> None:
+        safe_component(keyid, "key id")
+        try:
+            doc = json.loads(self.labels_path.read_text())
+        except (FileNotFoundError, ValueError):
+            doc = {}
+        if not isinstance(doc, dict):
+            doc = {}
+        doc[keyid] = label
+        self.ensure()
+        write_private_json(self.labels_path, doc)
 
     # --- audit checkpoints ---------------------------------------------------------------
 

@@ -35,7 +35,16 @@ from rampart.trust import Action, Declared, Job, PayloadRef
 from rampart.trust.payloads import JOB_TYPE
 
 from .client import Client, expect_dict, expect_list, field
-from .common import api, envelope_bytes, now, refusing, resolve_tenant, trusted_root, unlock_key
+from .common import (
+    api,
+    envelope_bytes,
+    now,
+    refusing,
+    require_pin,
+    resolve_tenant,
+    trusted_root,
+    unlock_key,
+)
 from .config import Config, Session
 from .errors import CliError, NetworkProblem, Refused, UsageProblem
 from .grant_cmds import decode_grant, split_list
@@ -108,6 +117,7 @@ def sign_job(cfg: Config, client: Client, session: Session, tenant_id: str, *, g
     missing = job.required_capabilities() - set(grant.capabilities)
     if missing:
         raise Refused(f"grant {grant_id} does not give {', '.join(sorted(missing))}")
+    require_pin(cfg, tenant_id, root)  # no job is signed for a tenant whose root is not pinned
     key = unlock_key(info)
     env = trust.sign_envelope(JOB_TYPE, payload, [key])
     return env.to_bytes(), job

@@ -97,3 +97,14 @@ def confirm(question: str, *, default: bool = False) -> bool:
     if not answer:
         return default
     return answer in ("y", "yes")
+
+
+def ask(question: str) -> str:
+    """One line typed at a terminal (echoed: for things that are not secret, e.g. fingerprints)."""
+    if not stdin_is_tty():
+        raise UsageProblem("this needs a terminal, or the answer given as a flag")
+    sys.stdout.flush()
+    try:
+        return input(safe_line(question))
+    except EOFError:
+        raise UsageProblem("no answer given") from None

@@ -1,11 +1,23 @@
-"""Tenant roots: show, propose, sign, publish (the TUF root-rotation rule, signed locally).
+"""Tenant roots: show, pin, propose, sign, publish (the TUF root-rotation rule, signed locally).
 
-Security invariants:
+Security invariants (docs/trust-chain.md, "The signing ceremony"; issue 11):
 
-* ``root sign`` verifies the proposal locally before signing: it must name this
-  tenant and be exactly the next version after the root this operator trusts;
-  what changes (keys, roles, thresholds, log keys, policy, expiry) is shown
-  from the decoded payload, never from a server summary.
+* Root changes are decided on the signer's machine. ``root propose`` builds the
+  next version from the root this operator trusts plus the changes it names;
+  ``root sign`` compares the server's proposal with the root it trusts
+  (:func:`rampart.trust.review.root_diff`) and signs the exact bytes it
+  checked, and only if they change nothing but what the signer named: on the
+  command line (``--add-key/--role/--fingerprint``, ``--remove-key``,
+  ``--owner-threshold``, ``--expires``), or interactively, where the fingerprint
+  of every added key is typed in. ``--yes`` never implies approval of a change.
+* Every added key's fingerprint (SHA-256 of its public key, six groups of five
+  digits) is confirmed by the owner, read out of band from the key holder.
+* Key labels shown to a signer come from the signer's own records
+  (``labels.json``, its own key files) or the trusted root, never the server;
+  the name a proposal gives an added key must be the signer's label for it (or
+  ``--name``), else the fingerprint-derived default name.
+* Nothing is signed for a tenant whose root this operator has not pinned
+  (``root pin``; :func:`rampart.cli.common.require_pin`).
 * ``root publish`` checks with :func:`rampart.trust.update_root` that the
   proposal is signed by the owner thresholds of the current and of the new
   version before it asks the server to publish, and stores the new root as
@@ -17,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import msgspec
@@ -27,6 +40,13 @@ from rampart.trust import Envelope, KeyEntry, Policy, Roles, RoleSpec, TenantRoo
 from rampart.trust.envelope import SignerResult
 from rampart.trust.keys import LogPublicKey, OperatorPublicKey
 from rampart.trust.payloads import ROOT_TYPE
+from rampart.trust.review import (
+    RootDiff,
+    default_key_name,
+    key_fingerprint_b64,
+    normalise_fingerprint,
+    root_diff,
+)
 from rampart.trust.roots import check_root_signatures
 
 from . import prompts
@@ -34,9 +54,10 @@ from .client import Client, expect_dict, expect_list
 from .common import (
     api,
     envelope_bytes,
-    local_root,
     now,
+    pin_tenant_root,
     refusing,
+    require_pin,
     resolve_tenant,
     trusted_root,
     unlock_key,
@@ -85,7 +106,12 @@ def checked_key(entry: Any, cls: type[OperatorPublicKey] | type[LogPublicKey]) -
 
 
 def members_keys(members: list[Any]) -> tuple[dict[str, KeyEntry], dict[str, list[str]]]:
-    """Keys and root roles from ``GET /tenants/{t}/members``."""
+    """Keys and root roles from ``GET /tenants/{t}/members``.
+
+    The server's account names are not used as key names (they are its word):
+    each key is named from its fingerprint; :func:`propose` applies the
+    proposer's own labels.
+    """
     keys: dict[str, KeyEntry] = {}
     roles: dict[str, list[str]] = {r: [] for r in ROLE_NAMES}
     for m in members:
@@ -96,7 +122,7 @@ def members_keys(members: list[Any]) -> tuple[dict[str, KeyEntry], dict[str, lis
             continue
         for k in expect_list(m.get("keys") or [], "member keys"):
             kid, pub = checked_key(k, OperatorPublicKey)
-            keys[kid] = KeyEntry(public=pub, name=username[:128])
+            keys[kid] = KeyEntry(public=pub, name=default_key_name(pub))
             for r in root_roles:
                 if kid not in roles[r]:
                     roles[r].append(kid)
@@ -175,10 +201,11 @@ def print_root(root: TenantRoot, sha256: str | None) -> None:
 
 
 def diff_roots(old: TenantRoot, new: TenantRoot) -> list[str]:
-    """Human lines describing what ``new`` changes relative to ``old``."""
+    """Human lines describing what ``new`` changes relative to ``old`` (a root this CLI built)."""
     lines: list[str] = []
     for kid in sorted(set(new.keys) - set(old.keys)):
-        lines.append(f"+ key {new.key_name(kid)} {kid[:16]}… as {', '.join(new.roles_of(kid))}")
+        lines.append(f"+ key {new.key_name(kid)} {kid[:16]}… as {', '.join(new.roles_of(kid))}, "
+                     f"fingerprint {key_fingerprint_b64(new.keys[kid].public)}")
     for kid in sorted(set(old.keys) - set(new.keys)):
         lines.append(f"- key {old.key_name(kid)} {kid[:16]}… (was {', '.join(old.roles_of(kid))})")
     for kid in sorted(set(old.keys) & set(new.keys)):
@@ -224,20 +251,24 @@ def get_proposal(client: Client, tenant_id: str, current: TrustedRoot) -> tuple[
 
 def propose(client: Client, tenant_id: str, current: TrustedRoot, *,
             add: list[tuple[str, str]], remove: list[str], owner_threshold: int | None,
-            lifetime_s: int, sync: bool, extra_keys: dict[str, KeyEntry] | None = None) -> TenantRoot:
+            lifetime_s: int, sync: bool, extra_keys: dict[str, KeyEntry] | None = None,
+            names: dict[str, str] | None = None, cfg: Config | None = None) -> TenantRoot:
     """Build the next root version from the trusted one and upload it unsigned.
 
     ``extra_keys`` are keys that are not a member's (the server's automation
-    key, checked by the caller against its key id).
+    key, checked by the caller against its key id). An added key is named by
+    ``names``, else by the proposer's records (``cfg`` labels), else from its
+    fingerprint; never by the server. Names given here are recorded in ``cfg``.
     """
     old = current.root
+    labels = cfg.load_labels() if cfg is not None else {}
     keys = dict(old.keys)
     roles = {r: list(old.roles.get(r).keyids) for r in ROLE_NAMES}
     thresholds = {r: old.roles.get(r).threshold for r in ROLE_NAMES}
     members = expect_list(client.get(f"/tenants/{tenant_id}/members"), "members")
     member_keys, member_roles = members_keys(members)
     if sync:
-        keys = dict(member_keys)
+        keys = {k: old.keys.get(k, e) for k, e in member_keys.items()}
         automation = [k for k in roles["automation"] if k in old.keys]
         roles = {r: list(member_roles[r]) for r in ROLE_NAMES}
         for k in automation:  # automation keys are not accounts: keep them
@@ -262,18 +293,212 @@ def propose(client: Client, tenant_id: str, current: TrustedRoot, *,
             roles[r] = [k for k in roles[r] if k != kid]
     if owner_threshold is not None:
         thresholds["owner"] = owner_threshold
+    chosen = dict(names or {})
+    for kid in set(keys) - set(old.keys):  # new keys: the proposer's names, never the server's
+        name = chosen.get(kid) or labels.get(kid)
+        if name:
+            keys[kid] = KeyEntry(public=keys[kid].public, name=name[:128])
     new = make_root(tenant=old.tenant, name=old.name, version=old.version + 1,
                     expires=now() + lifetime_s, keys=keys, roles=roles, thresholds=thresholds,
                     log_keys=dict(old.log_keys), policy=old.policy)
     client.put(f"/tenants/{tenant_id}/root-proposal",
                {"envelope": unsigned(new).to_bytes().decode()})
+    if cfg is not None:
+        for kid in set(new.keys) - set(old.keys):
+            if kid in chosen or (extra_keys and kid in extra_keys):
+                cfg.save_label(kid, new.keys[kid].name)
     return new
+
+
+# --- reviewing a proposal (the signer's side) --------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Expected:
+    """The changes an owner names on the command line; a proposal must match them exactly."""
+
+    adds: dict[str, tuple[frozenset[str], str, str | None]]  # keyid -> (roles, fingerprint, name)
+    removes: frozenset[str]
+    owner_threshold: int | None
+    lifetime_s: int
+
+    @property
+    def stated(self) -> bool:
+        return bool(self.adds or self.removes or self.owner_threshold is not None)
+
+
+#: How far a proposal's expiry may be from now + the expected lifetime (co-owners sign later).
+EXPIRY_SLACK_BEFORE = 7 * 86400
+EXPIRY_SLACK_AFTER = 86400
+
+
+def expected_from_flags(add_key: list[str], role: list[str], fingerprint: list[str],
+                        name: list[str], remove_key: list[str], owner_threshold: int | None,
+                        lifetime_s: int) -> Expected:
+    if len(role) != len(add_key):
+        raise UsageProblem("give exactly one --role for each --add-key")
+    if len(fingerprint) != len(add_key):
+        raise UsageProblem("give exactly one --fingerprint for each --add-key: the key's "
+                           "fingerprint as its holder read it to you (`rampart key new` shows it)")
+    if name and len(name) != len(add_key):
+        raise UsageProblem("give --name for every --add-key, or for none")
+    adds: dict[str, tuple[frozenset[str], str, str | None]] = {}
+    for i, kid in enumerate(add_key):
+        if role[i] not in ROLE_NAMES:
+            raise UsageProblem(f"--role must be one of {', '.join(ROLE_NAMES)}")
+        try:
+            fp = normalise_fingerprint(fingerprint[i])
+        except trust.UsageError as exc:
+            raise UsageProblem(f"--fingerprint {fingerprint[i]!r}: {exc}") from None
+        roles, fp0, name0 = adds.get(kid, (frozenset(), fp, None))
+        if fp0 != fp:
+            raise UsageProblem(f"two different --fingerprint values for key {kid[:16]}…")
+        adds[kid] = (roles | {role[i]}, fp, name[i] if name else name0)
+    return Expected(adds=adds, removes=frozenset(remove_key), owner_threshold=owner_threshold,
+                    lifetime_s=lifetime_s)
+
+
+def review_lines(d: RootDiff, old: TenantRoot, new: TenantRoot,
+                 labels: dict[str, str]) -> list[str]:
+    """What the signer is shown: labels from its own records or the trusted root only."""
+    def label(kid: str) -> str:
+        if kid in labels:
+            return labels[kid]
+        if kid in old.keys:
+            return old.key_name(kid)
+        return "(not in your records)"
+
+    lines: list[str] = []
+    for kid, roles in d.added.items():
+        lines.append(f"+ key {label(kid)} {kid[:16]}… as {', '.join(roles) or '-'}; fingerprint "
+                     f"to confirm with its holder: {key_fingerprint_b64(new.keys[kid].public)}")
+    for kid, roles in d.removed.items():
+        lines.append(f"- key {label(kid)} {kid[:16]}… (was {', '.join(roles) or '-'})")
+    for kid, (was, now_) in d.roles_changed.items():
+        lines.append(f"~ key {label(kid)} {kid[:16]}…: roles {', '.join(was) or '-'} -> "
+                     f"{', '.join(now_) or '-'}")
+    for kid in d.renamed:
+        lines.append(f"! key {label(kid)} {kid[:16]}…: the proposal renames it")
+    for r, (ta, tb) in d.thresholds.items():
+        lines.append(f"~ {r} threshold {ta} -> {tb}")
+    for k, (pa, pb) in d.policy.items():
+        lines.append(f"! policy {k}: {pa} -> {pb}")
+    if d.log_keys_changed:
+        lines.append("! the proposal changes the audit log keys")
+    if d.name is not None:
+        lines.append("! the proposal renames the tenant")
+    if d.tenant_changed:
+        lines.append("! the proposal names another tenant")
+    lines.append(f"~ expires {fmt_time(d.expires[0])} -> {fmt_time(d.expires[1])}")
+    return lines
+
+
+def _expected_name(kid: str, new: TenantRoot, stated: str | None, labels: dict[str, str]) -> str:
+    return stated or labels.get(kid) or default_key_name(new.keys[kid].public)
+
+
+def unsupported_changes(d: RootDiff) -> list[str]:
+    """Changes no CLI flow proposes: refused even at a terminal."""
+    out: list[str] = []
+    if d.tenant_changed:
+        out.append("it names another tenant")
+    if d.name is not None:
+        out.append("it renames the tenant")
+    if d.log_keys_changed:
+        out.append("it changes the audit log keys")
+    for k in d.policy:
+        out.append(f"it changes policy {k} (no flag of `root sign` allows that)")
+    for kid in d.renamed:
+        out.append(f"it renames key {kid[:16]}…")
+    for r in d.thresholds:
+        if r != "owner":
+            out.append(f"it changes the {r} threshold")
+    return out
+
+
+def mismatches(d: RootDiff, new: TenantRoot, exp: Expected, labels: dict[str, str],
+               when: int) -> list[str]:
+    """Every way the proposal differs from what the owner named (empty: sign)."""
+    out = unsupported_changes(d)
+    for kid, roles in d.added.items():
+        if kid not in exp.adds:
+            out.append(f"it adds key {kid[:16]}… as {', '.join(roles) or '-'}, which you did not "
+                       "name (--add-key)")
+    for kid, (was, now_) in d.roles_changed.items():
+        if kid not in exp.adds and kid not in exp.removes:
+            out.append(f"it changes the roles of key {kid[:16]}… ({', '.join(was)} -> "
+                       f"{', '.join(now_) or '-'})")
+    for kid, (want_roles, fp, name) in exp.adds.items():
+        if kid in d.added:
+            got = set(d.added[kid])
+        elif kid in d.roles_changed:
+            got = set(d.roles_changed[kid][1]) - set(d.roles_changed[kid][0])
+        else:
+            out.append(f"it does not add key {kid[:16]}… as {', '.join(sorted(want_roles))}")
+            continue
+        if got != set(want_roles):
+            out.append(f"it gives key {kid[:16]}… the roles {', '.join(sorted(got)) or '-'}, not "
+                       f"{', '.join(sorted(want_roles))}")
+        actual_fp = key_fingerprint_b64(new.keys[kid].public)
+        if actual_fp != fp:
+            out.append(f"the fingerprint of key {kid[:16]}… is not the one you gave: do not "
+                       "sign; the key is not the one its holder read to you")
+        if kid in d.added and new.keys[kid].name != _expected_name(kid, new, name, labels):
+            out.append(f"it names key {kid[:16]}… differently from your records (give "
+                       "--name if you agree with the proposer's name)")
+    for kid in d.removed:
+        if kid not in exp.removes:
+            out.append(f"it removes key {kid[:16]}…, which you did not name (--remove-key)")
+    for kid in exp.removes:
+        if kid not in d.removed:
+            out.append(f"it does not remove key {kid[:16]}…")
+    if "owner" in d.thresholds and exp.owner_threshold != d.thresholds["owner"][1]:
+        out.append(f"it changes the owner threshold {d.thresholds['owner'][0]} -> "
+                   f"{d.thresholds['owner'][1]}")
+    if exp.owner_threshold is not None and new.roles.owner.threshold != exp.owner_threshold:
+        out.append(f"its owner threshold is {new.roles.owner.threshold}, not "
+                   f"{exp.owner_threshold}")
+    lo = when + exp.lifetime_s - EXPIRY_SLACK_BEFORE
+    hi = when + exp.lifetime_s + EXPIRY_SLACK_AFTER
+    if not lo <= new.expires <= hi:
+        out.append(f"it expires {fmt_time(new.expires)}, not about "
+                   f"{fmt_time(when + exp.lifetime_s)} (--expires)")
+    return out
+
+
+def confirm_interactively(d: RootDiff, new: TenantRoot, cfg: Config,
+                          labels: dict[str, str]) -> None:
+    """At a terminal: the owner types each added key's fingerprint, then names unknown keys."""
+    for kid in d.added:
+        actual = key_fingerprint_b64(new.keys[kid].public)
+        typed = prompts.ask(f"Fingerprint of key {kid[:16]}… as its holder reads it to you: ")
+        try:
+            ok = normalise_fingerprint(typed) == actual
+        except trust.UsageError:
+            ok = False
+        if not ok:
+            raise Refused(f"the fingerprint you typed is not that of key {kid[:16]}…: not "
+                          "signed; the key in the proposal is not the one its holder has")
+        want = labels.get(kid)
+        if want is None and new.keys[kid].name != default_key_name(new.keys[kid].public):
+            want = prompts.ask(f"Who holds key {kid[:16]}… (the name you expect in the root)? ")
+            want = want.strip()
+        if want is not None and new.keys[kid].name != want:
+            raise Refused(f"the proposal names key {kid[:16]}… differently from your records: "
+                          "not signed")
+        if want is not None:
+            cfg.save_label(kid, want)
 
 
 def sign_proposal(client: Client, cfg: Config, session: Session, tenant_id: str,
                   current: TrustedRoot, data: bytes
                   ) -> tuple[TenantRoot, SignerResult, SignerResult]:
-    """Sign the proposal with this operator's owner key (of the current or new root); upload."""
+    """Sign exactly ``data`` with this operator's owner key (of the current or new root); upload.
+
+    The caller has checked ``data`` against the root it trusts (:func:`mismatches`,
+    :func:`confirm_interactively`, or built it itself).
+    """
+    require_pin(cfg, tenant_id, current)
     new_root, _, _ = check_root_signatures(data, previous=current.root)
     owners = set(current.root.roles.owner.keyids) | set(new_root.roles.owner.keyids)
     candidates = cfg.key_candidates(session.username, tenant_id)
@@ -321,6 +546,8 @@ def root_show(
         print_json(root_doc(tr.root, tr.sha256))
         return
     print_root(tr.root, tr.sha256)
+    say(f"operators pin this root with: rampart root pin {tr.root.name} {tr.sha256} "
+        "(give them the SHA-256 out of band, e.g. read it over the phone)")
 
 
 @root_app.command("trust")
@@ -329,14 +556,35 @@ def root_trust(
     sha256: Annotated[str, typer.Option("--sha256", help="SHA-256 of a root version, "
                                         "obtained from an owner out of band.")],
 ) -> None:
-    """Trust a tenant's roots only if the server's verified chain contains this SHA-256."""
+    """Pin a tenant's root by its SHA-256 (same as `rampart root pin TENANT SHA256`)."""
+    _pin(tenant, sha256)
+
+
+@root_app.command("pin")
+def root_pin(
+    tenant: Annotated[str, typer.Argument(help="Tenant name or id.")],
+    sha256: Annotated[str, typer.Argument(help="SHA-256 of a root version, from an owner out "
+                                          "of band (their `rampart root show` prints it).")],
+) -> None:
+    """Pin a tenant's root: nothing is signed for a tenant until its root is pinned."""
+    _pin(tenant, sha256)
+
+
+def _pin(tenant: str, sha256: str) -> None:
     cfg, client, _ = api()
     with client:
         t = resolve_tenant(client, tenant)
-        if local_root(cfg, t["id"]) is not None:
-            raise UsageProblem(f"you already trust a root of {t['name']}")
-        tr = trusted_root(cfg, client, t["id"], pin_sha256=sha256)
-    say(f"trusted {t['name']} root v{tr.version} (sha256 {tr.sha256})")
+        tr = pin_tenant_root(cfg, client, t["id"], sha256)
+    say(f"pinned {t['name']} at sha256 {sha256.strip().lower()}; trusting root v{tr.version} "
+        f"(sha256 {tr.sha256})")
+
+
+def _names_opt(values: list[str] | None, adds: list[str]) -> dict[str, str]:
+    if not values:
+        return {}
+    if len(values) != len(adds):
+        raise UsageProblem("give --name for every --add-key, or for none")
+    return dict(zip(adds, values, strict=True))
 
 
 @root_app.command("propose")
@@ -346,19 +594,24 @@ def root_propose(
         "--add-key", help="Key id to add (pair each with --role; repeatable).")] = None,
     role: Annotated[list[str] | None, typer.Option(
         "--role", help="Role for the --add-key at the same position.")] = None,
+    name: Annotated[list[str] | None, typer.Option(
+        "--name", help="Your name for the --add-key at the same position (kept in your "
+        "records; default: your records, else from its fingerprint).")] = None,
     remove_key: Annotated[list[str] | None, typer.Option(
         "--remove-key", help="Key id to remove from every role (repeatable).")] = None,
     owner_threshold: Annotated[int | None, typer.Option(
         "--owner-threshold", help="Owner signatures needed for the next rotation.")] = None,
     expires: Annotated[str, typer.Option("--expires", help="Lifetime, e.g. 365d.")] = "365d",
     sync: Annotated[bool, typer.Option(
-        "--sync", help="Rebuild key roles from the tenant's current members.")] = False,
+        "--sync", help="Rebuild key roles from the tenant's current members (a proposal only: "
+        "each new key's fingerprint is still confirmed when signing).")] = False,
 ) -> None:
     """Propose the next root version (unsigned) on the server for owners to sign."""
     adds = add_key or []
     roles = role or []
     if len(adds) != len(roles):
         raise UsageProblem("give exactly one --role for each --add-key")
+    names = _names_opt(name, adds)
     lifetime = parse_duration(expires, what="--expires")
     cfg, client, _ = api()
     with client:
@@ -366,31 +619,93 @@ def root_propose(
         current = trusted_root(cfg, client, t["id"], allow_expired=True)
         new = propose(client, t["id"], current, add=list(zip(adds, roles, strict=True)),
                       remove=list(remove_key or []), owner_threshold=owner_threshold,
-                      lifetime_s=lifetime, sync=sync)
+                      lifetime_s=lifetime, sync=sync, names=names, cfg=cfg)
     say(f"proposed root v{new.version} for {t['name']}:")
     for line in diff_roots(current.root, new):
         say(f"  {line}")
-    say(f"owners sign it with `rampart root sign {t['name']}`; it needs "
-        f"{current.root.roles.owner.threshold} owner signature(s) of v{current.version} and "
-        f"{new.roles.owner.threshold} of v{new.version}")
+    d = root_diff(current.root, new)
+    flags = []
+    for kid in d.added:
+        for r in new.roles_of(kid):
+            flags.append(f"--add-key {kid} --role {r} --fingerprint "
+                         f"'{key_fingerprint_b64(new.keys[kid].public)}'")
+    flags += [f"--remove-key {kid}" for kid in d.removed]
+    if "owner" in d.thresholds:
+        flags.append(f"--owner-threshold {new.roles.owner.threshold}")
+    if d.added:
+        say("before signing, have each new key's holder read you its fingerprint "
+            "(`rampart key new` showed it to them) and compare it with the one above")
+    say(f"owners sign it with `rampart root sign {t['name']}` at a terminal, or non-interactively "
+        f"with `rampart root sign {t['name']} {' '.join(flags + [f'--expires {expires}'])}`; "
+        f"it needs {current.root.roles.owner.threshold} owner signature(s) of v{current.version} "
+        f"and {new.roles.owner.threshold} of v{new.version}")
 
 
 @root_app.command("sign")
 def root_sign(
     tenant: Annotated[str, typer.Argument(help="Tenant name or id.")],
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation (the "
+                                      "changes must then be named in flags).")] = False,
+    add_key: Annotated[list[str] | None, typer.Option(
+        "--add-key", help="A key you expect to be added (repeatable; pair with --role and "
+        "--fingerprint).")] = None,
+    role: Annotated[list[str] | None, typer.Option(
+        "--role", help="The role you expect for the --add-key at the same position.")] = None,
+    fingerprint: Annotated[list[str] | None, typer.Option(
+        "--fingerprint", help="The fingerprint its holder read to you, for the --add-key at the "
+        "same position.")] = None,
+    name: Annotated[list[str] | None, typer.Option(
+        "--name", help="The name you expect for the --add-key at the same position (default: "
+        "your records, else from its fingerprint).")] = None,
+    remove_key: Annotated[list[str] | None, typer.Option(
+        "--remove-key", help="A key you expect to be removed (repeatable).")] = None,
+    owner_threshold: Annotated[int | None, typer.Option(
+        "--owner-threshold", help="The owner threshold you expect.")] = None,
+    expires: Annotated[str, typer.Option("--expires", help="The lifetime you expect.")] = "365d",
 ) -> None:
-    """Review the proposed root against the trusted one, then sign it with your owner key."""
+    """Check the proposed root against the root you trust and the changes you name; sign it.
+
+    At a terminal without flags, you type the fingerprint of every added key.
+    Otherwise the proposal must change exactly what the flags name (keys added
+    with their roles and fingerprints, keys removed, owner threshold, lifetime),
+    or it is refused.
+    """
+    exp = expected_from_flags(list(add_key or []), list(role or []), list(fingerprint or []),
+                              list(name or []), list(remove_key or []), owner_threshold,
+                              parse_duration(expires, what="--expires"))
+    interactive = prompts.stdin_is_tty() and not yes and not exp.stated
     cfg, client, session = api()
     with client:
         t = resolve_tenant(client, tenant)
         current = trusted_root(cfg, client, t["id"], allow_expired=True)
+        require_pin(cfg, t["id"], current)
         data, new = get_proposal(client, t["id"], current)
+        owners = set(current.root.roles.owner.keyids) | set(new.roles.owner.keyids)
+        if not any(k.keyid in owners for k in cfg.key_candidates(session.username, t["id"])):
+            raise Refused(f"none of your keys is an owner of v{current.version} or "
+                          f"v{new.version}: your signature would not count")
+        d = root_diff(current.root, new)
+        labels = cfg.load_labels()
         say(f"root v{current.version} -> v{new.version} of {t['name']}:")
-        for line in diff_roots(current.root, new):
+        for line in review_lines(d, current.root, new, labels):
             say(f"  {line}")
-        if prompts.stdin_is_tty() and not yes and not prompts.confirm("Sign this root?"):
-            raise Refused("not signed")
+        if interactive:
+            problems = unsupported_changes(d)
+            if problems:
+                raise Refused(f"not signed: {'; '.join(problems)}")
+            confirm_interactively(d, new, cfg, labels)
+            if not prompts.confirm("Sign exactly this root?"):
+                raise Refused("not signed")
+        else:
+            problems = mismatches(d, new, exp, labels, now())
+            if problems:
+                raise Refused("not signed: the proposal differs from the changes you named: "
+                              + "; ".join(problems))
+            if prompts.stdin_is_tty() and not yes and not prompts.confirm("Sign this root?"):
+                raise Refused("not signed")
+            for kid, (_, _, nm) in exp.adds.items():
+                if nm:
+                    cfg.save_label(kid, nm)
         with refusing("root proposal"):
             _, own, prev = sign_proposal(client, cfg, session, t["id"], current, data)
     say(f"signed. owners of v{current.version}: {len(prev.signed)} of {prev.threshold}; "

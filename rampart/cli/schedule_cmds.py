@@ -86,7 +86,7 @@ def automation_enable(
             say(f"the automation key {kid[:16]}… is already in root v{current.version} of {t['name']}")
             return
         new = propose(client, t["id"], current, add=[(kid, "automation")], remove=[], owner_threshold=None,
-                      lifetime_s=lifetime, sync=False,
+                      lifetime_s=lifetime, sync=False, cfg=cfg,
                       extra_keys={kid: KeyEntry(public=pub, name="server-automation")})
     say(f"the server's automation key for {t['name']}: {kid}")
     say(f"proposed root v{new.version}:")

@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import typer
 
 from rampart import trust
-from rampart.trust import Policy, TenantRoot
+from rampart.trust import KeyEntry, OperatorKey, Policy, TenantRoot
 from rampart.trust.payloads import ROOT_TYPE
 
 from .client import Client, expect_dict, expect_list, field, split_server
@@ -34,9 +34,9 @@ from .common import (
     unlock_key,
 )
 from .config import Config, Session
-from .errors import Refused, ServerProblem, UsageProblem
+from .errors import ServerProblem, UsageProblem
 from .output import fmt_time, note, parse_duration, print_json, say, table
-from .root_cmds import DEFAULT_ROOT_LIFETIME, log_keys_of, make_root, members_keys, print_root
+from .root_cmds import DEFAULT_ROOT_LIFETIME, log_keys_of, make_root, print_root
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 DEFAULT_AGENT_STATE = "/var/lib/rampart-agent"
@@ -50,17 +50,20 @@ device_app = typer.Typer(help="Manage one device.", no_args_is_help=True)
 # --- reusable flows --------------------------------------------------------------------------
 
 
-def build_root_v1(client: Client, tenant: dict[str, Any], owner_keyid: str) -> TenantRoot:
-    """Root v1 from the tenant's members (owners are also approvers), owner threshold 1."""
+def build_root_v1(client: Client, tenant: dict[str, Any], owner: OperatorKey,
+                  owner_name: str) -> TenantRoot:
+    """Root v1 with this owner's own key only (owner and approver), owner threshold 1.
+
+    Nothing the server lists goes in (issue 11): other members' keys join by a
+    root rotation in which an owner confirms each key's fingerprint.
+    """
     tid = field(tenant, "id", str, "tenant")
     log_entries = tenant.get("log_keys")
     if not log_entries:
         log_entries = expect_dict(client.get(f"/tenants/{tid}"), "tenant").get("log_keys")
-    members = expect_list(client.get(f"/tenants/{tid}/members"), "members")
-    keys, roles = members_keys(members)
-    if owner_keyid not in roles["owner"]:
-        raise Refused("your key is not among this tenant's owner keys on the server: register it "
-                      "with `rampart key new --tenant T` (as an owner) first")
+    kid = owner.key_id
+    keys = {kid: KeyEntry(public=owner.public.to_b64(), name=owner_name[:128])}
+    roles = {"owner": [kid], "approver": [kid]}
     return make_root(tenant=tid, name=str(tenant.get("name") or tid), version=1,
                      expires=now() + DEFAULT_ROOT_LIFETIME, keys=keys, roles=roles,
                      thresholds={"owner": 1}, log_keys=log_keys_of(log_entries), policy=Policy())
@@ -96,7 +99,7 @@ def create_tenant(cfg: Config, client: Client, session: Session, name: str) -> t
             made = make_tenant_key(cfg, client, session, tid, name=session.username)
             info = next(k for k in cfg.list_keys(session.username) if k.keyid == made["keyid"])
         key = unlock_key(info)
-    root = build_root_v1(client, tenant, info.keyid)
+    root = build_root_v1(client, tenant, key, info.name)
     env = trust.sign_envelope(ROOT_TYPE, trust.encode_payload(root), [key])
     data = env.to_bytes()
     trust.pin_root(data, expected_sha256=trust.root_sha256(data), now=now())  # self-check

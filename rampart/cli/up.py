@@ -37,14 +37,13 @@ import typer
 
 from rampart import tlspin
 
-from . import common
 from .auth_cmds import enrolment, password_login, register_key, session_from
 from .client import Client, expect_dict, expect_list, field
 from .common import key_passphrase, trusted_root
 from .config import Config, Session, ensure_private_dir, write_private_json
 from .errors import CliError, NotLoggedIn, ServerProblem, UsageProblem
 from .output import note, say
-from .root_cmds import DEFAULT_ROOT_LIFETIME, propose, publish_proposal, sign_proposal
+from .root_cmds import DEFAULT_ROOT_LIFETIME, propose, publish_proposal, sign_proposal, unsigned
 from .tenant_cmds import create_tenant, enrollment_command
 
 DEFAULT_DATA = Path.home() / ".local" / "share" / "rampart" / "up"
@@ -312,12 +311,14 @@ class Quickstart:
             self.ensure_key(TECH, tech_cfg, tech_s, tid)
             tech_keys = {k.keyid for k in tech_cfg.list_keys(tech_s.username)}
             if not tech_keys & set(root.technicians):
-                # The technician's key is not in the root yet: rotate to v+1 from the members.
-                propose(admin, tid, root, add=[], remove=[], owner_threshold=None,
-                        lifetime_s=DEFAULT_ROOT_LIFETIME, sync=True)
-                doc = admin.get(f"/tenants/{tid}/root-proposal")
-                sign_proposal(admin, admin_cfg, admin_s, tid, root,
-                              common.envelope_bytes(doc, "root proposal"))
+                # The technician's key is not in the root yet: rotate to v+1 adding the key
+                # made here (known locally, so no fingerprint to read out), and sign the
+                # exact bytes built here, never the server's copy (issue 11).
+                mine = sorted(tech_keys - set(root.technicians))
+                new = propose(admin, tid, root, add=[(k, "technician") for k in mine], remove=[],
+                              owner_threshold=None, lifetime_s=DEFAULT_ROOT_LIFETIME, sync=False,
+                              names={k: TECH for k in mine}, cfg=admin_cfg)
+                sign_proposal(admin, admin_cfg, admin_s, tid, root, unsigned(new).to_bytes())
                 root = publish_proposal(admin, admin_cfg, tid, root)
                 say(f"published root v{root.version} with the technician's key")
         if tech_cfg.load_root_bytes(tid) is None:
