@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rampart import __version__
 
-from . import clock, retention, throttle
+from . import clock, retention, throttle, totp_store
 from .access import sweep_dormant
 from .alerts import raise_alert
 from .api import (
@@ -286,6 +286,7 @@ def build_context(config: ServerConfig) -> ServerContext:
     clock.configure_from_env()
     store = Store(config.db_url)
     migrate(store.engine)
+    totp_store.prepare(store, config.keys_dir)  # the key; clear secrets of older versions sealed
     audit_log = AuditLog(store, LogKeyStore(config.keys_dir))
     gateway = Gateway(DeliveryStore(store, audit_log), config.limits,
                       TelemetryStore(store, config.limits), ScriptCheckStore(store))

@@ -16,9 +16,10 @@ Invariants (THREAT-MODEL T2, T11):
   source address (429 with ``Retry-After``), for unknown names alike.
 * A TOTP code is accepted once: the step it matched is stored and only later
   steps are accepted afterwards.
-* Passwords, tokens and TOTP secrets are stored only as hashes (Argon2id,
-  SHA-256 of 256-bit random tokens) except the TOTP shared secret itself,
-  and never appear in logs, URLs or error messages.
+* Passwords and tokens are stored only as hashes (Argon2id, SHA-256 of
+  256-bit random tokens); the TOTP shared secret is sealed with the data
+  directory's key and bound to its account (:mod:`.totp_store`). None of
+  them appears in logs, URLs or error messages.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from . import access, throttle
+from . import access, throttle, totp_store
 from .alerts import raise_alert
 from .audit import SERVER_LOG, AuditLog
 from .config import ServerLimits
@@ -87,9 +88,10 @@ def check_password_policy(password: str, limits: ServerLimits) -> None:
 
 def check_totp(account: Account, code: str, now: float) -> bool:
     """Accept ``code`` for the current step ±1 if that step was not used before; record it."""
-    if account.totp_secret is None or len(code) != 6 or not code.isdigit():
+    secret = totp_store.secret_of(account)  # None if it does not open: a refusal, no crash
+    if secret is None or len(code) != 6 or not code.isdigit():
         return False
-    totp = pyotp.TOTP(account.totp_secret, interval=TOTP_STEP_S)
+    totp = pyotp.TOTP(secret, interval=TOTP_STEP_S)
     current = int(now // TOTP_STEP_S)
     for step in (current - 1, current, current + 1):
         if step > account.totp_last_step and hmac.compare_digest(totp.at(step * TOTP_STEP_S), code):
@@ -115,7 +117,7 @@ class NewSession:
 
 def _start_enrolment(account: Account, now: float, limits: ServerLimits) -> Enrolment:
     secret = pyotp.random_base32()
-    account.totp_secret = secret
+    totp_store.set_secret(account, secret)  # sealed; the clear secret is never stored
     account.totp_confirmed = False
     account.totp_last_step = 0
     token = new_token()

@@ -77,6 +77,14 @@ class Store:
             else self.engine
         self._read_sessions = sessionmaker(self._read_engine, expire_on_commit=False)
 
+    def set_session_info(self, name: str, value: object) -> None:
+        """Every later session carries ``value`` as ``session.info[name]`` (the TOTP key:
+        :mod:`.totp_store`)."""
+        for maker in (self._sessions, self._read_sessions):
+            info = dict(maker.kw.get("info") or {})
+            info[name] = value
+            maker.configure(info=info)
+
     @contextmanager
     def transaction(self) -> Iterator[Session]:
         """Run the block in one transaction: commit on success, roll back on any exception."""

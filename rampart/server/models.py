@@ -64,7 +64,8 @@ class Account(Base):
     role: Mapped[str] = mapped_column(String(16))
     all_tenants: Mapped[bool] = mapped_column(Boolean)
     password_hash: Mapped[str | None] = mapped_column(String(256))
-    totp_secret: Mapped[str | None] = mapped_column(String(64))
+    #: Sealed with the data directory's key, bound to this id (never clear: .totp_store).
+    totp_secret: Mapped[str | None] = mapped_column(String(128))
     totp_confirmed: Mapped[bool] = mapped_column(Boolean, default=False)
     totp_last_step: Mapped[int] = mapped_column(BigInteger, default=0)
     activation_token_hash: Mapped[str | None] = mapped_column(HASH, unique=True)

@@ -1,7 +1,7 @@
 """``rampart server init``: create a data directory, its TLS identity and the bootstrap token.
 
 Invariants: an initialised (non-empty) directory is never overwritten; the
-TLS key and log keys are created 0600 in 0700 directories; the bootstrap
+TLS key, log keys and the TOTP sealing key are created 0600 in 0700 directories; the bootstrap
 token is returned once to be printed and only its SHA-256 is stored. No
 account, password or operator key is created here (no default credentials).
 """
@@ -29,6 +29,7 @@ from .db import Store, migrate
 from .errors import SetupError
 from .keystore import LogKeyStore, write_private_file
 from .models import AuditLogRow
+from .totp_store import create_key
 
 CERT_DAYS = 5 * 365
 
@@ -83,6 +84,7 @@ def init_data_dir(data_dir: Path | str, db_url: str | None = None) -> InitResult
     (data_dir / "tls").mkdir(mode=0o700)
     keys_dir = data_dir / "keys"
     keys_dir.mkdir(mode=0o700)
+    create_key(keys_dir)  # seals TOTP secrets; never in the database (.totp_store)
     cert_sha = make_tls_identity(data_dir / "tls" / "cert.pem", data_dir / "tls" / "key.pem",
                                  now=datetime.datetime.now(datetime.UTC))
     store = Store(url)
