@@ -100,6 +100,36 @@ def print_totp_enrolment(uri: str) -> None:
     say(f"otpauth URI: {uri}")
 
 
+#: Codes a person may type for one enrolment in one run (the server paces and counts each).
+ENROLMENT_CODE_TRIES = 3
+
+
+def confirm_enrolment(client: Client, enrol_token: str, what: str) -> Any:
+    """Confirm TOTP enrolment with a first code; the session document.
+
+    A wrong code does not spend the bootstrap or activation token: on a
+    terminal the code is asked again (same QR code); otherwise the error says
+    to run the same command again, which enrols a fresh secret.
+    """
+    retry = (f"the {what} token is still valid until it expires: run the same command again "
+             "and enrol the new QR code (delete the earlier entry from your authenticator)")
+    for attempt in range(1, ENROLMENT_CODE_TRIES + 1):
+        try:
+            code = prompts.totp_code()
+            return client.post("/auth/totp/confirm", {"enrolment_token": enrol_token,
+                                                       "code": code})
+        except UsageProblem as exc:
+            raise UsageProblem(f"{exc.message}; {retry}") from None
+        except ServerProblem as exc:
+            if exc.status != 401:
+                raise ServerProblem(f"{exc.message}; {retry}", exc.status) from None
+            if attempt == ENROLMENT_CODE_TRIES or not prompts.stdin_is_tty():
+                raise ServerProblem(f"the TOTP code was not accepted (HTTP 401); {retry}",
+                                    401) from None
+            note("that code was not accepted: check the clock of your phone and try the next one")
+    raise AssertionError("unreachable")
+
+
 def enrolment(doc: Any) -> tuple[str, str]:
     d = expect_dict(doc, "enrolment")
     return field(d, "enrolment_token", str, "enrolment"), field(d, "otpauth_uri", str, "enrolment")
@@ -167,9 +197,7 @@ def login(
                                                       "password": pw})
             enrol_token, uri = enrolment(doc)
             print_totp_enrolment(uri)
-            code = prompts.totp_code()
-            sdoc = client.post("/auth/totp/confirm", {"enrolment_token": enrol_token,
-                                                       "code": code})
+            sdoc = confirm_enrolment(client, enrol_token, "bootstrap" if bootstrap else "activation")
         else:
             pw = prompts.password()
             code = prompts.totp_code()
@@ -239,6 +267,36 @@ def account_create(
     say(f"account {name} created ({role})")
     say(f"one-time activation token (give it to {name} privately): {token}")
     say("they log in for the first time with (the token is asked for, or "
+        "RAMPART_ACTIVATION_TOKEN):")
+    say(f"  {command}")
+
+
+@account_app.command("reissue")
+def account_reissue(
+    name: Annotated[str, typer.Argument(help="Account name.")],
+    json_out: JsonOpt = False,
+) -> None:
+    """Re-enrol an account (lost phone, failed first login): a new one-time activation token.
+
+    Asks for a fresh TOTP code of yours (step-up; RAMPART_TOTP or a prompt).
+    The account's password and TOTP secret stop working and every session of
+    it ends; its holder logs in again with `rampart login --activate`.
+    """
+    cfg, client, session = api()
+    with client:
+        doc = expect_dict(client.post(f"/accounts/{name}/reissue"), "account reissue")
+    token = field(doc, "activation_token", str, "account reissue")
+    command = (f"rampart login --server {session.server} --user {name} "
+               f"--fingerprint {session.cert_sha256} --activate")
+    if json_out:
+        print_json({**doc, "login_command": command})
+        return
+    say(f"activation of {name} re-issued: old password and TOTP no longer work; "
+        f"{doc.get('sessions_ended', 0)} session(s) ended")
+    say(f"one-time activation token (give it to {name} privately): {token}")
+    if isinstance(doc.get("activation_expires_at"), (int, float)):
+        say(f"valid until {fmt_time(doc['activation_expires_at'])}")
+    say("they enrol a new authenticator at their next login (the token is asked for, or "
         "RAMPART_ACTIVATION_TOKEN):")
     say(f"  {command}")
 

@@ -47,6 +47,7 @@ EVENT_KINDS = frozenset({
     # identity and access (docs/access.md)
     "stepup.required", "stepup.verified", "stepup.passed", "account.disabled",
     "account.enabled", "account.locked", "account.unlocked", "account.revoked",
+    "account.reissued", "account.enrolment-started", "account.enrolled",
     "login.network-refused", "access.network-refused", "tenant.settings", "grant.revoked",
     "alert.acknowledged", "alert.resolved",
     # alert delivery (docs/monitoring.md)

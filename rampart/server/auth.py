@@ -16,6 +16,11 @@ Invariants (THREAT-MODEL T2, T11):
   source address (429 with ``Retry-After``), for unknown names alike.
 * A TOTP code is accepted once: the step it matched is stored and only later
   steps are accepted afterwards.
+* Enrolment (bootstrap, activation) can be retried until its token expires: the
+  bootstrap or activation token is spent only when the TOTP enrolment is
+  confirmed, each retry starts a fresh TOTP secret, and every wrong token or
+  code is paced, counted and locked out exactly like a failed login
+  (:class:`EnrolmentFailed`). See docs/access.md, "Recovery".
 * Passwords and tokens are stored only as hashes (Argon2id, SHA-256 of
   256-bit random tokens); the TOTP shared secret is sealed with the data
   directory's key and bound to its account (:mod:`.totp_store`). None of
@@ -39,7 +44,15 @@ from . import access, throttle, totp_store
 from .alerts import raise_alert
 from .audit import SERVER_LOG, AuditLog
 from .config import ServerLimits
-from .errors import BadRequest, Forbidden, NetworkRefused, Refusal, TooManyRequests, Unauthenticated
+from .errors import (
+    BadRequest,
+    Forbidden,
+    NetworkRefused,
+    Refusal,
+    ServerError,
+    TooManyRequests,
+    Unauthenticated,
+)
 from .models import Account, SessionRow, Setting
 
 BOOTSTRAP_SETTING = "bootstrap_token_sha256"
@@ -115,14 +128,17 @@ class NewSession:
     account: Account
 
 
-def _start_enrolment(account: Account, now: float, limits: ServerLimits) -> Enrolment:
+def _start_enrolment(account: Account, now: float, limits: ServerLimits,
+                     expires_at: float | None = None) -> Enrolment:
+    """A fresh TOTP secret and enrolment token (any earlier one stops working)."""
     secret = pyotp.random_base32()
     totp_store.set_secret(account, secret)  # sealed; the clear secret is never stored
     account.totp_confirmed = False
     account.totp_last_step = 0
     token = new_token()
     account.enrolment_token_hash = token_hash(token)
-    account.enrolment_expires_at = now + limits.enrolment_account_ttl_s
+    account.enrolment_expires_at = (now + limits.enrolment_account_ttl_s if expires_at is None
+                                    else expires_at)
     uri = pyotp.TOTP(secret, interval=TOTP_STEP_S).provisioning_uri(
         name=account.username, issuer_name=TOTP_ISSUER)
     return Enrolment(token, uri)
@@ -136,50 +152,99 @@ def set_bootstrap_token(s: Session) -> str:
 
 
 def bootstrap_owner(s: Session, *, token: str, username: str, password: str, now: float,
-                    limits: ServerLimits) -> Enrolment:
-    """Create the first owner (MSP-wide) if ``token`` is the bootstrap token and no owner exists."""
+                    limits: ServerLimits, address: str | None = None) -> Enrolment:
+    """Create the first owner (MSP-wide) if ``token`` is the bootstrap token and no owner exists.
+
+    The token stays valid until an owner confirms TOTP enrolment
+    (:func:`confirm_totp`), so a failed first login is retried with the same
+    token: the pending owner gets a new password and TOTP secret (and a pending
+    owner of another name, a typo, is replaced). A wrong token is paced and
+    counted like a failed login and raises :class:`EnrolmentFailed`.
+    """
+    _pace(s, username, address, now)
     stored = s.get(Setting, BOOTSTRAP_SETTING)
-    owner_exists = s.scalars(select(Account.id).where(Account.role == "owner").limit(1)).first()
+    owner_exists = s.scalars(select(Account.id).where(
+        Account.role == "owner", Account.totp_confirmed.is_(True)).limit(1)).first()
     ok = stored is not None and hmac.compare_digest(stored.value, token_hash(token))
-    if not ok or owner_exists is not None:
-        raise Forbidden("bootstrap refused")
+    pending = list(s.scalars(select(Account).where(Account.role == "owner",
+                                                   Account.totp_confirmed.is_(False))))
+    account = next((a for a in pending if a.username == username), None)
+    if not ok or owner_exists is not None or (account is not None and account.locked_until > now):
+        raise EnrolmentFailed(account, username, Forbidden("bootstrap refused"))
     check_password_policy(password, limits)
-    s.delete(stored)
-    account = Account(username=username, role="owner", all_tenants=True,
-                      password_hash=hash_password(password), created_at=now,
-                      failed_logins=0, locked_until=0.0)
-    s.add(account)
+    for other in pending:
+        if other is not account:  # an earlier, unfinished bootstrap under another name
+            s.delete(other)
+    s.flush()
+    if account is None:
+        account = Account(username=username, role="owner", all_tenants=True, created_at=now,
+                          failed_logins=0, locked_until=0.0)
+        s.add(account)
+        s.flush()  # the account's id exists before its TOTP secret is stored
+    account.password_hash = hash_password(password)
     enrolment = _start_enrolment(account, now, limits)
     s.flush()
     return enrolment
 
 
 def activate_account(s: Session, *, username: str, activation_token: str, password: str,
-                     now: float, limits: ServerLimits) -> Enrolment:
-    """Set a new account's password with its one-time activation token."""
-    account = s.scalars(select(Account).where(Account.username == username)).first()
+                     now: float, limits: ServerLimits, address: str | None = None) -> Enrolment:
+    """Set a new account's password with its activation token and start TOTP enrolment.
+
+    The token is spent only when enrolment is confirmed; until then (and
+    until ``enrolment_expires_at``, the activation's expiry) it may be used
+    again, each time with a fresh TOTP secret. A wrong or expired token, or a
+    locked or disabled account, raises :class:`EnrolmentFailed` (one answer).
+    """
+    _pace(s, username, address, now)
+    account = None if "\x00" in username else \
+        s.scalars(select(Account).where(Account.username == username)).first()
     if (account is None or account.activation_token_hash is None
             or not hmac.compare_digest(account.activation_token_hash,
-                                       token_hash(activation_token))):
-        raise Unauthenticated("invalid activation")
+                                       token_hash(activation_token))
+            or account.enrolment_expires_at is None or account.enrolment_expires_at <= now
+            or account.locked_until > now or account.disabled_at is not None):
+        raise EnrolmentFailed(account, username, Unauthenticated("invalid activation"))
     check_password_policy(password, limits)
-    account.activation_token_hash = None
     account.password_hash = hash_password(password)
-    return _start_enrolment(account, now, limits)
+    return _start_enrolment(account, now, limits, expires_at=account.enrolment_expires_at)
 
 
 def confirm_totp(s: Session, *, enrolment_token: str, code: str, now: float,
-                 limits: ServerLimits) -> NewSession:
-    """Finish enrolment: the first valid TOTP code proves the authenticator works."""
+                 limits: ServerLimits, address: str | None = None) -> NewSession:
+    """Finish enrolment: the first valid TOTP code proves the authenticator works.
+
+    Only now is the activation token (or, for an owner, the bootstrap token)
+    spent. A wrong code raises :class:`EnrolmentFailed`: paced, counted towards
+    lockout, and the enrolment stays usable until it expires.
+    """
     account = s.scalars(
         select(Account).where(Account.enrolment_token_hash == token_hash(enrolment_token))).first()
+    # An unknown token has no name to pace: such attempts share one key, and the address's.
+    name = account.username if account is not None else ""
+    _pace(s, name, address, now)
     if (account is None or account.enrolment_expires_at is None
-            or account.enrolment_expires_at <= now or not check_totp(account, code, now)):
-        raise Unauthenticated("invalid enrolment token or code")
+            or account.enrolment_expires_at <= now or account.locked_until > now
+            or account.disabled_at is not None or not check_totp(account, code, now)):
+        raise EnrolmentFailed(account, name, Unauthenticated("invalid enrolment token or code"))
     account.enrolment_token_hash = None
     account.enrolment_expires_at = None
+    account.activation_token_hash = None
     account.totp_confirmed = True
+    account.failed_logins = 0
+    throttle.record_success(s, account.username)
+    if account.role == "owner":
+        stored = s.get(Setting, BOOTSTRAP_SETTING)
+        if stored is not None:  # an owner exists now: the bootstrap token is spent
+            s.delete(stored)
     return create_session(s, account, now, limits)
+
+
+def _pace(s: Session, username: str, address: str | None, now: float) -> None:
+    try:
+        throttle.check(s, username, address, now)
+    except throttle.Throttled as exc:
+        raise TooManyRequests("too many failed attempts; retry later", exc.retry_after) from None
 
 
 class LoginFailed(Exception):
@@ -189,7 +254,19 @@ class LoginFailed(Exception):
         super().__init__(INVALID_CREDENTIALS)
         self.account_id = account_id
         self.dormant = dormant
-        self.error = Unauthenticated(INVALID_CREDENTIALS)
+        self.error: ServerError = Unauthenticated(INVALID_CREDENTIALS)
+
+
+class EnrolmentFailed(LoginFailed):
+    """A bootstrap, activation or enrolment step failed: counted exactly like a failed login.
+
+    ``username`` is the name to pace (the one attempted), ``error`` the answer.
+    """
+
+    def __init__(self, account: Account | None, username: str, error: ServerError) -> None:
+        super().__init__(account.id if account is not None else None)
+        self.username = username
+        self.error = error
 
 
 def login(s: Session, audit: AuditLog, *, username: str, password: str, totp: str, now: float,

@@ -48,6 +48,9 @@ class ServerLimits:
     enrolment_ttl_min_s: int = 60
     enrolment_ttl_max_s: int = 7 * 24 * 3600
     enrolment_account_ttl_s: int = 15 * 60
+    #: How long an activation token (account create, account reissue) may be used; enrolment
+    #: may be retried with it until then, and it is spent when TOTP enrolment is confirmed.
+    activation_ttl_s: int = 7 * 24 * 3600
     lockout_after_failures: int = 10
     lockout_s: int = 15 * 60
     checkpoint_interval_s: float = 60.0

@@ -15,10 +15,17 @@ from sqlalchemy.orm import Session
 from rampart.trust import AutomationPublicKey, OperatorPublicKey, TrustError
 
 from .. import clock
-from ..access import account_tenant_ids, disable_account, enable_account
+from ..access import account_tenant_ids, disable_account, enable_account, step_up_fresh
 from ..auth import new_token, token_hash
-from ..errors import BadRequest, Conflict, NotFound
-from ..models import Account, AccountTenant, LoginThrottle, OperatorKeyRow, RootVersion
+from ..errors import BadRequest, Conflict, NotFound, Refusal, StepUpRequired
+from ..models import (
+    Account,
+    AccountTenant,
+    LoginThrottle,
+    OperatorKeyRow,
+    RootVersion,
+    SessionRow,
+)
 from ..tenant_roots import current_root, trusted_from_store
 from ..throttle import user_key
 from .deps import Caller, CallerDep, Ctx, UsernamePath
@@ -26,6 +33,7 @@ from .schemas import (
     AccountCreatedOut,
     AccountIn,
     AccountOut,
+    AccountReissuedOut,
     AccountRevokedOut,
     AccountRevokeIn,
     KeyIdOut,
@@ -53,7 +61,8 @@ def create_account(body: AccountIn, caller: CallerDep, ctx: Ctx) -> AccountCreat
         token = new_token()
         account = Account(username=body.username, role=body.role,
                           all_tenants=body.tenants is None, activation_token_hash=token_hash(token),
-                          created_at=now, failed_logins=0, locked_until=0.0, totp_last_step=0,
+                          enrolment_expires_at=now + ctx.limits.activation_ttl_s, created_at=now,
+                          failed_logins=0, locked_until=0.0, totp_last_step=0,
                           totp_confirmed=False)
         s.add(account)
         s.flush()
@@ -63,7 +72,8 @@ def create_account(body: AccountIn, caller: CallerDep, ctx: Ctx) -> AccountCreat
         ctx.audit.record(s, ctx.audit.logs_for_account(s, account), "account.created",
                          caller.username, {"username": body.username, "role": body.role,
                                            "tenants": tenant_ids if body.tenants else None}, now)
-    return AccountCreatedOut(username=body.username, role=body.role, activation_token=token)
+    return AccountCreatedOut(username=body.username, role=body.role, activation_token=token,
+                             activation_expires_at=now + ctx.limits.activation_ttl_s)
 
 
 @router.get("/accounts", response_model=list[AccountOut])
@@ -143,6 +153,52 @@ def revoke_account(username: UsernamePath, body: AccountRevokeIn, caller: Caller
         return AccountRevokedOut(username=account.username, sessions_ended=ended,
                                  keys=[RevokedKeyOut(keyid=k.keyid, tenant=k.tenant_id)
                                        for k in keys], tenants=sorted(tenants))
+
+
+@router.post("/accounts/{username}/reissue", response_model=AccountReissuedOut)
+def reissue_activation(username: UsernamePath, caller: CallerDep, ctx: Ctx) -> AccountReissuedOut:
+    """Re-enrol an account from scratch (lost phone, failed enrolment): a new activation token.
+
+    Needs a fresh step-up of the calling owner (G5). In one transaction: the
+    account's password, TOTP secret and any pending enrolment are dropped (the
+    old authenticator no longer logs in), every session of the account ends,
+    its lockout and pacing are cleared, and a new one-time activation token is
+    returned once. Nothing changes when refused. See docs/access.md, "Recovery".
+    """
+    now = clock.now()
+    with ctx.store.transaction() as s:
+        account = manageable_account(s, caller, username)
+        caller.require_perm("account.manage")
+        if account.id == caller.account_id:
+            raise BadRequest("you cannot re-issue your own activation: another owner does it")
+        if account.disabled_at is not None:
+            raise Conflict("the account is disabled: enable it first (rampart account enable)")
+        logs = ctx.audit.logs_for_account(s, account)
+        details: dict[str, object] = {"username": account.username, "for": "account reissue"}
+        if not step_up_fresh(caller.step_up_at, now):
+            raise StepUpRequired(
+                "step-up required before re-issuing an activation; confirm with a fresh TOTP code",
+                refusal=Refusal(tuple(logs), "stepup.required", caller.username, details))
+        ctx.audit.record(s, logs, "stepup.passed", caller.username, details, now)
+        token = new_token()
+        expires = now + ctx.limits.activation_ttl_s
+        account.activation_token_hash = token_hash(token)
+        account.enrolment_expires_at = expires
+        account.enrolment_token_hash = None
+        account.password_hash = None
+        account.totp_secret = None
+        account.totp_confirmed = False
+        account.failed_logins = 0
+        account.locked_until = 0.0
+        s.execute(delete(LoginThrottle).where(LoginThrottle.key == user_key(account.username)))
+        result = s.execute(delete(SessionRow).where(SessionRow.account_id == account.id))
+        ended = int(getattr(result, "rowcount", 0) or 0)
+        ctx.audit.record(s, logs, "account.reissued", caller.username,
+                         {"username": account.username, "sessions_ended": ended,
+                          "activation_expires_at": expires}, now)
+        return AccountReissuedOut(username=account.username, role=account.role,
+                                  activation_token=token, activation_expires_at=expires,
+                                  sessions_ended=ended)
 
 
 @router.post("/accounts/{username}/unlock", response_model=AccountOut)

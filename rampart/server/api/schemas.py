@@ -108,6 +108,14 @@ class AccountCreatedOut(BaseModel):
     username: str
     role: str
     activation_token: str
+    #: Until when the activation token (and the enrolment it starts) may be used.
+    activation_expires_at: float | None = None
+
+
+class AccountReissuedOut(AccountCreatedOut):
+    """A re-issued activation: the old password, TOTP secret and sessions no longer work."""
+
+    sessions_ended: int
 
 
 class AccountOut(BaseModel):

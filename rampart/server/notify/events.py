@@ -49,6 +49,7 @@ AUDIT_SEVERITY: Final[Mapping[str, Severity]] = {
     "account.locked": "warning",
     "account.disabled": "warning",
     "account.revoked": "warning",
+    "account.reissued": "warning",
     "grant.revoked": "warning",
 }
 
