@@ -302,6 +302,7 @@ def w(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         cfg.save_key(t.tech_key.key_id, trust.encrypt_private_key(t.tech_key, PASSPHRASE), name="tech",
                      tenant=t.id, username=t.tech.username)
         cfg.save_root(t.id, 1, t.root_envelope.encode(), newest=True)
+        cfg.save_pin(t.id, trust.root_sha256(t.root_envelope.encode()))  # given out of band
 
         # The security update has been pending for more than a second (patch report --older-than 1s).
         _wait_until(lambda: any(m["missing_security"] for r in ok(t.tech.http.get(

@@ -375,6 +375,7 @@ def env(pg_cluster: Any) -> Iterator[Env]:
         cfg.save_key(tech_key.key_id, trust.encrypt_private_key(tech_key, KEY_PASSPHRASE), name="tech",
                      tenant=tid, username="tech")
         cfg.save_root(tid, 1, root_env.encode(), newest=True)
+        cfg.save_pin(tid, trust.root_sha256(root_env.encode()))  # given out of band
         yield e
     finally:
         if e is not None:

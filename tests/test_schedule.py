@@ -22,6 +22,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -114,6 +115,7 @@ def operator_cli(base: Path, server: RunningServer, op: Operator, key: trust.Ope
     cfg.save_key(key.key_id, trust.encrypt_private_key(key, PASS), name=op.username, tenant=tenant,
                  username=op.username)
     cfg.save_root(tenant, 1, root_envelope.encode(), newest=True)
+    cfg.save_pin(tenant, trust.root_sha256(root_envelope.encode()))  # given out of band
 
 
 @pytest.fixture(scope="module")
@@ -207,7 +209,12 @@ def enable_automation(w: World) -> str:
     """The owner's CLI: the server's automation key into root v2, signed and published."""
     out = w.ok_cli("owner", "automation", "enable", "acme")
     assert "proposed root v2" in out and "automation" in out, out
-    w.ok_cli("owner", "root", "sign", "acme", "--yes")
+    # the owner names the change it approves: this key, as automation, with this fingerprint
+    kid = re.search(r"automation key for acme: ([0-9a-f]{64})", out)
+    fp = re.search(r"fingerprint (\d{5}(?: \d{5}){5})", out)
+    assert kid and fp, out
+    w.ok_cli("owner", "root", "sign", "acme", "--yes", "--add-key", kid.group(1), "--role", "automation",
+             "--fingerprint", fp.group(1))
     w.ok_cli("owner", "root", "publish", "acme")
     shown = w.json_cli("owner", "automation", "show", "acme")
     assert shown["in_root"] is True and shown["root_version"] == 2, shown
