@@ -16,7 +16,6 @@ from rampart.trust.review import (
     root_diff,
 )
 
-
 LOG = trust.LogKey.generate()
 
 
