@@ -15,6 +15,8 @@ refusal is asserted together with the state it must have left unchanged.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -29,7 +31,7 @@ from harness.operators import (
     bootstrap_owner,
     ok,
 )
-from harness.server import RunningServer
+from harness.server import REPO, RunningServer, _env
 
 pytestmark = pytest.mark.store
 
@@ -304,3 +306,32 @@ def test_T12_reissue_refused_to_non_owners_other_tenants_and_oneself(server: Run
     assert {a["username"]: a for a in ok(owner.http.get("/accounts"))} == before
     for tenant in (acme, other):
         assert "account.reissued" not in [e["kind"] for e in audit_events(owner, tenant)]
+
+
+def test_T11_only_owner_lost_phone_is_reissued_on_the_server_host(server: RunningServer) -> None:
+    owner = bootstrap_owner(server)
+    tid = ok(owner.http.post("/tenants", json={"name": "Acme"}))["id"]
+    old_session, old_totp = owner.token, owner.totp
+    r = subprocess.run([sys.executable, "-m", "rampart.server", "reissue-account", "--data",
+                        str(server.data_dir), "owner"], capture_output=True, text=True,
+                       env={**_env(), **server.env}, cwd=REPO, timeout=60, check=False)
+    assert r.returncode == 0, r.stderr
+    [token] = [ln.rsplit(": ", 1)[1] for ln in r.stdout.splitlines() if "activation token" in ln]
+    with server.client(old_session) as c:
+        assert c.get("/me").status_code == 401
+    assert login_status(server, "owner", PASSWORD, old_totp) == 401
+    # The bootstrap token stays spent: the host command is the only way back in.
+    with server.client() as c:
+        r2 = c.post("/auth/bootstrap", json={"token": server.bootstrap_token, "username": "x",
+                                             "password": PASSWORD})
+        assert r2.status_code == 403
+        enrol_token, totp = enrol(c, "/auth/activate", {"username": "owner", "password": PASSWORD,
+                                                        "activation_token": token})
+        session = ok(confirm(c, enrol_token, totp.code()))
+    owner = Operator(server, "owner", "owner", session["token"], totp)
+    [entry] = [e for e in audit_events(owner, tid) if e["kind"] == "account.reissued"]
+    assert entry["actor"] == "server-admin" and token not in str(entry)
+    r = subprocess.run([sys.executable, "-m", "rampart.server", "reissue-account", "--data",
+                        str(server.data_dir), "nobody"], capture_output=True, text=True,
+                       env={**_env(), **server.env}, cwd=REPO, timeout=60, check=False)
+    assert r.returncode == 1 and "no account named nobody" in r.stderr

@@ -53,6 +53,7 @@ EXPECTED: dict[tuple[str, str], frozenset[str] | None] = {
     ("get", "/api/v1/me"): ALL,
     ("get", "/api/v1/accounts"): OWNER,
     ("post", "/api/v1/accounts"): OWNER,
+    ("post", "/api/v1/accounts/{username}/reissue"): OWNER,
     ("post", "/api/v1/accounts/{username}/revoke"): OWNER,
     ("post", "/api/v1/accounts/{username}/unlock"): OWNER,
     ("post", "/api/v1/accounts/{username}/enable"): OWNER,

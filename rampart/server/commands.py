@@ -138,6 +138,54 @@ def enable_account_command(
     typer.echo(f"account {username} enabled and unlocked")
 
 
+@server_app.command("reissue-account")
+def reissue_account_command(
+        data: DataOpt,
+        username: Annotated[str, typer.Argument(help="Account to re-enrol (e.g. the only owner).")],
+        db: Annotated[str | None, typer.Option(
+            "--db", help="Database URL (default: the one in config.json).")] = None,
+) -> None:
+    """Recovery on the server host: a new activation for an account (e.g. the only owner lost
+    their phone); its password, TOTP secret and sessions stop working.
+
+    Needs access to the data directory (root on the server), never the API;
+    the change is an audit entry by ``server-admin``. Prints the one-time
+    activation token once.
+    """
+    from . import clock
+    from .api.accounts import reissue_activation
+    from .audit import AuditLog
+    from .db import Store, migrate
+    from .keystore import LogKeyStore
+    from .models import Account
+
+    try:
+        config = load_config(Path(data))
+        store = Store(normalise_db_url(db) if db else config.db_url)
+    except SetupError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    clock.configure_from_env()
+    try:
+        migrate(store.engine)
+        audit = AuditLog(store, LogKeyStore(config.keys_dir))
+        with store.transaction() as s:
+            account = s.scalars(select(Account).where(Account.username == username)).first()
+            if account is None:
+                typer.echo(f"error: no account named {username}", err=True)
+                raise typer.Exit(1)
+            if account.disabled_at is not None:
+                typer.echo(f"error: {username} is disabled: run enable-account first", err=True)
+                raise typer.Exit(1)
+            token, _, ended = reissue_activation(s, audit, account, actor="server-admin",
+                                                 now=clock.now(), limits=config.limits)
+    finally:
+        store.dispose()
+    typer.echo(f"activation of {username} re-issued; {ended} session(s) ended")
+    typer.echo(f"one-time activation token (shown once): {token}")
+    typer.echo(f"{username} logs in with: rampart login --server URL --user {username} --activate")
+
+
 @server_app.command("run")
 def run_command(data: DataOpt,
                 listen: Annotated[str, typer.Option(

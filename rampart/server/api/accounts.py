@@ -16,7 +16,9 @@ from rampart.trust import AutomationPublicKey, OperatorPublicKey, TrustError
 
 from .. import clock
 from ..access import account_tenant_ids, disable_account, enable_account, step_up_fresh
+from ..audit import AuditLog
 from ..auth import new_token, token_hash
+from ..config import ServerLimits
 from ..errors import BadRequest, Conflict, NotFound, Refusal, StepUpRequired
 from ..models import (
     Account,
@@ -156,7 +158,7 @@ def revoke_account(username: UsernamePath, body: AccountRevokeIn, caller: Caller
 
 
 @router.post("/accounts/{username}/reissue", response_model=AccountReissuedOut)
-def reissue_activation(username: UsernamePath, caller: CallerDep, ctx: Ctx) -> AccountReissuedOut:
+def reissue(username: UsernamePath, caller: CallerDep, ctx: Ctx) -> AccountReissuedOut:
     """Re-enrol an account from scratch (lost phone, failed enrolment): a new activation token.
 
     Needs a fresh step-up of the calling owner (G5). In one transaction: the
@@ -180,25 +182,39 @@ def reissue_activation(username: UsernamePath, caller: CallerDep, ctx: Ctx) -> A
                 "step-up required before re-issuing an activation; confirm with a fresh TOTP code",
                 refusal=Refusal(tuple(logs), "stepup.required", caller.username, details))
         ctx.audit.record(s, logs, "stepup.passed", caller.username, details, now)
-        token = new_token()
-        expires = now + ctx.limits.activation_ttl_s
-        account.activation_token_hash = token_hash(token)
-        account.enrolment_expires_at = expires
-        account.enrolment_token_hash = None
-        account.password_hash = None
-        account.totp_secret = None
-        account.totp_confirmed = False
-        account.failed_logins = 0
-        account.locked_until = 0.0
-        s.execute(delete(LoginThrottle).where(LoginThrottle.key == user_key(account.username)))
-        result = s.execute(delete(SessionRow).where(SessionRow.account_id == account.id))
-        ended = int(getattr(result, "rowcount", 0) or 0)
-        ctx.audit.record(s, logs, "account.reissued", caller.username,
-                         {"username": account.username, "sessions_ended": ended,
-                          "activation_expires_at": expires}, now)
+        token, expires, ended = reissue_activation(s, ctx.audit, account, actor=caller.username,
+                                                   now=now, limits=ctx.limits)
         return AccountReissuedOut(username=account.username, role=account.role,
                                   activation_token=token, activation_expires_at=expires,
                                   sessions_ended=ended)
+
+
+def reissue_activation(s: Session, audit: AuditLog, account: Account, *, actor: str, now: float,
+                       limits: ServerLimits) -> tuple[str, float, int]:
+    """Re-enrol ``account`` from scratch in the caller's transaction; audited.
+
+    Drops its password, TOTP secret and unfinished enrolment, ends every
+    session, clears lockout and pacing. Returns the new one-time activation
+    token (never stored in clear), its expiry and how many sessions ended.
+    Authorisation (owner, reach, step-up) is the caller's job.
+    """
+    token = new_token()
+    expires = now + limits.activation_ttl_s
+    account.activation_token_hash = token_hash(token)
+    account.enrolment_expires_at = expires
+    account.enrolment_token_hash = None
+    account.password_hash = None
+    account.totp_secret = None
+    account.totp_confirmed = False
+    account.failed_logins = 0
+    account.locked_until = 0.0
+    s.execute(delete(LoginThrottle).where(LoginThrottle.key == user_key(account.username)))
+    result = s.execute(delete(SessionRow).where(SessionRow.account_id == account.id))
+    ended = int(getattr(result, "rowcount", 0) or 0)
+    audit.record(s, audit.logs_for_account(s, account), "account.reissued", actor,
+                 {"username": account.username, "sessions_ended": ended,
+                  "activation_expires_at": expires}, now)
+    return token, expires, ended
 
 
 @router.post("/accounts/{username}/unlock", response_model=AccountOut)
