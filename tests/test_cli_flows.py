@@ -516,6 +516,33 @@ def test_run_signs_and_uploads_a_job(people: dict[str, Operator], world: dict[st
     assert "does not give net" in one_line_error(r)
 
 
+def test_T1_a_cli_without_a_root_pin_signs_no_job_and_approves_no_grant(
+        people: dict[str, Operator], world: dict[str, Any], tmp_path: Path) -> None:
+    """Issue 11 finding 5: with the root only seen (no pin), nothing is signed for the tenant."""
+    a, b = people["alice"], people["bob"]
+    env = {"RAMPART_KEY_PASSPHRASE": PASSPHRASE}
+    script = tmp_path / "x.sh"
+    script.write_text("echo unpinned\n")
+    pins = {op.name: op.config / "roots" / f"{world['tenant']}.pin" for op in (a, b)}
+    saved = {n: p.read_bytes() for n, p in pins.items()}
+    gid = b.json("grant", "request", "acme", "--devices", world["device"], "--capabilities",
+                 "script", "--for", "1h", "--reason", "unpinned approver")["id"]
+    jobs_before = len(b.json("jobs", "list", "acme"))
+    try:
+        for p in pins.values():
+            p.unlink()
+        r = b.run("run", "acme", "--grant", world["grant"], "--devices", world["device"],
+                  "--script", str(script), extra_env=env)
+        assert "have not pinned" in one_line_error(r) and "root pin" in r.stderr
+        r = a.run("grant", "approve", gid, "--yes", extra_env=env)
+        assert "have not pinned" in r.stderr and r.returncode != 0
+    finally:
+        for n, p in pins.items():
+            p.write_bytes(saved[n])
+    assert len(b.json("jobs", "list", "acme")) == jobs_before
+    assert a.json("grant", "show", gid)["approvals"] == 0
+
+
 def test_checks_script_signs_a_repeating_job_and_checks_list_shows_it(
         people: dict[str, Operator], world: dict[str, Any], tmp_path: Path) -> None:
     """`rampart checks script` signs one job with a repeat rule (the agent runs it on that schedule)."""
