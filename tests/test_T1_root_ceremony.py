@@ -299,6 +299,10 @@ def test_T1_cli_without_a_root_pin_refuses_to_sign(
     r = c.run("root", "sign", "acme", *named, extra_env=ENV)
     assert r.returncode != 0 and "have not pinned" in r.stderr and "root pin" in r.stderr
     assert not (c.config / "roots" / f"{t}.pin").exists()
+    # her `root show` never offers the server's hash as the thing to pin
+    seen = c.ok("root", "show", "acme").stdout
+    sha = a.json("root", "show", "acme")["sha256"]
+    assert "not pinned" in seen and f"rampart root pin acme {sha}" not in seen
     # a wrong pin is refused and recorded nowhere
     assert "SHA-256" in one_line_error(c.run("root", "pin", "acme", "ab" * 32))
     assert not (c.config / "roots" / f"{t}.pin").exists()
@@ -306,7 +310,6 @@ def test_T1_cli_without_a_root_pin_refuses_to_sign(
     assert _published_versions(a, t) == before
     # the owner reads out the SHA-256 `root show` prints; carol pins it and can now sign
     shown = a.ok("root", "show", "acme").stdout
-    sha = a.json("root", "show", "acme")["sha256"]
     assert f"rampart root pin acme {sha}" in shown
     c.ok("root", "pin", "acme", sha)
     r = c.ok("root", "sign", "acme", *named, extra_env=ENV)

@@ -52,6 +52,7 @@ from rampart.trust.roots import check_root_signatures
 from . import prompts
 from .client import Client, expect_dict, expect_list
 from .common import (
+    PIN_HINT,
     api,
     envelope_bytes,
     now,
@@ -546,8 +547,13 @@ def root_show(
         print_json(root_doc(tr.root, tr.sha256))
         return
     print_root(tr.root, tr.sha256)
-    say(f"operators pin this root with: rampart root pin {tr.root.name} {tr.sha256} "
-        "(give them the SHA-256 out of band, e.g. read it over the phone)")
+    if cfg.load_pin(t["id"]) is None:
+        # Never suggest pinning what the server just sent: that would be trust on first use.
+        say("not pinned: this is the root as the server sent it; you cannot sign for this "
+            f"tenant until you pin it: {PIN_HINT}")
+    else:
+        say(f"operators pin this root with: rampart root pin {tr.root.name} {tr.sha256} "
+            "(give them the SHA-256 out of band, e.g. read it over the phone)")
 
 
 @root_app.command("trust")
