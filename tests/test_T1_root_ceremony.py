@@ -16,12 +16,15 @@ import os
 import pty
 import re
 import select
+import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from harness.agent import AgentProcess, traversable_dir
 from test_cli_flows import (  # the same real-CLI harness; fixtures are re-created per module
     PASSPHRASE,
     REPO,
@@ -53,6 +56,30 @@ def acme(people: dict[str, Operator]) -> dict[str, Any]:
     b.enrol_interactively("--activate", "RAMPART_ACTIVATION_TOKEN", acct["activation_token"])
     b.key_new("--tenant", "acme")
     return {"tenant": doc["id"], "v1_sha256": doc["root_sha256"]}
+
+
+@pytest.fixture(scope="module")
+def agent(people: dict[str, Operator], acme: dict[str, Any]) -> Iterator[AgentProcess]:
+    """A real agent of acme, pinned to root v1 at enrolment, connected throughout."""
+    a = people["alice"]
+    info = a.json("enroll", "new", "acme", "--ttl", "10m")
+    base = traversable_dir("rampart-ceremony-")
+    proc = AgentProcess(base / "agent")
+    r = proc.enroll(info["server"], info["token"], info["root_sha256"], info["cert_sha256"])
+    assert r.returncode == 0, r.stderr
+    a.ok("device", "approve", "acme", proc.device_id)
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _agent_root(agent: AgentProcess, settle: float = 3) -> int:
+    """The root version the agent trusts (after giving a published root time to arrive)."""
+    time.sleep(settle)
+    return int(agent.status()["root_version"])
 
 
 def _proposal(op: Operator, tenant: str) -> bytes | None:
@@ -152,7 +179,7 @@ def _pty_run(op: Operator, args: list[str], answers: list[tuple[str, str]],
 
 
 def test_T1_proposal_swapped_between_propose_and_sign_is_refused_non_interactive(
-        people: dict[str, Operator], acme: dict[str, Any]) -> None:
+        people: dict[str, Operator], acme: dict[str, Any], agent: AgentProcess) -> None:
     a, b, t = people["alice"], people["bob"], acme["tenant"]
     r = a.ok("root", "propose", "acme", "--add-key", b.keyid, "--role", "technician",
              "--name", "bob")
@@ -180,10 +207,11 @@ def test_T1_proposal_swapped_between_propose_and_sign_is_refused_non_interactive
     assert _proposal(a, t) == swapped and _signatures(swapped) == 0
     assert "threshold" in one_line_error(a.run("root", "publish", "acme"))
     assert _state(a, t) == before and before[0] == [1]
+    assert _agent_root(agent) == 1  # the agent keeps the root it pinned
 
 
 def test_T1_proposal_swapped_between_propose_and_sign_is_refused_interactive(
-        people: dict[str, Operator], acme: dict[str, Any]) -> None:
+        people: dict[str, Operator], acme: dict[str, Any], agent: AgentProcess) -> None:
     """At a terminal the owner types the fingerprint bob read out: the swapped key fails it."""
     a, b, t = people["alice"], people["bob"], acme["tenant"]
     a.ok("root", "propose", "acme", "--add-key", b.keyid, "--role", "technician", "--name", "bob")
@@ -200,10 +228,11 @@ def test_T1_proposal_swapped_between_propose_and_sign_is_refused_interactive(
     assert FORGED not in out  # the server's label never reaches the owner's screen
     assert _proposal(a, t) == swapped and _signatures(swapped) == 0
     assert _state(a, t) == before
+    assert _agent_root(agent) == 1
 
 
 def test_interactive_ceremony_adds_a_technician_whose_fingerprint_was_read_out(
-        people: dict[str, Operator], acme: dict[str, Any]) -> None:
+        people: dict[str, Operator], acme: dict[str, Any], agent: AgentProcess) -> None:
     """The honest path of the same ceremony: the right fingerprint typed, signed, published."""
     a, b, t = people["alice"], people["bob"], acme["tenant"]
     a.ok("root", "propose", "acme", "--add-key", b.keyid, "--role", "technician", "--name", "bob")
@@ -218,6 +247,9 @@ def test_interactive_ceremony_adds_a_technician_whose_fingerprint_was_read_out(
     assert trust.decode_envelope(signed).payload == trust.decode_envelope(proposal or b"").payload
     a.ok("root", "publish", "acme")
     assert _published_versions(a, t) == [1, 2]
+    deadline = time.monotonic() + 60
+    while _agent_root(agent, settle=1) != 2:  # what the owners did sign, agents follow
+        assert time.monotonic() < deadline, agent.log_text()
     root = a.json("root", "show", "acme")
     assert [k["name"] for k in root["roles"]["technician"]["keys"]] == ["bob"]
 
@@ -226,7 +258,7 @@ def test_interactive_ceremony_adds_a_technician_whose_fingerprint_was_read_out(
 
 
 def test_T1_keys_of_database_made_accounts_in_a_sync_proposal_are_not_signed(
-        people: dict[str, Operator], acme: dict[str, Any]) -> None:
+        people: dict[str, Operator], acme: dict[str, Any], agent: AgentProcess) -> None:
     a, t = people["alice"], acme["tenant"]
     attacker = trust.OperatorKey.generate()
     db = _db(a.server)
@@ -257,13 +289,14 @@ def test_T1_keys_of_database_made_accounts_in_a_sync_proposal_are_not_signed(
     assert rc != 0 and "not signed" in out and FORGED not in out, out
     assert _proposal(a, t) == proposal and _signatures(proposal) == 0
     assert _state(a, t) == before
+    assert _agent_root(agent) == 2  # (v2 is the honest rotation of the test before)
 
 
 # --- forged labels ---------------------------------------------------------------------------------
 
 
 def test_T1_forged_labels_do_not_reach_the_signers_display(
-        people: dict[str, Operator], acme: dict[str, Any]) -> None:
+        people: dict[str, Operator], acme: dict[str, Any], agent: AgentProcess) -> None:
     """The server labels a key with a real member's name; the signer sees only its own records."""
     a, t = people["alice"], acme["tenant"]
     carol_key = trust.OperatorKey.generate()  # a key alice has no record of
@@ -279,6 +312,7 @@ def test_T1_forged_labels_do_not_reach_the_signers_display(
     assert "differently from your records" in one_line_error(r)
     assert _proposal(a, t) == swapped and _signatures(swapped) == 0
     assert _state(a, t) == before
+    assert _agent_root(agent) == 2
 
 
 # --- finding 5: operators pin roots ------------------------------------------------------------
