@@ -55,6 +55,10 @@ def acme(people: dict[str, Operator]) -> dict[str, Any]:
     acct = a.json("account", "create", "bob", "--role", "technician")
     b.enrol_interactively("--activate", "RAMPART_ACTIVATION_TOKEN", acct["activation_token"])
     b.key_new("--tenant", "acme")
+    # the holder can show the fingerprint again, from their own key record
+    listed = [k for k in b.json("key", "list") if k["keyid"] == b.keyid]
+    assert listed and listed[0]["fingerprint"] == b.fingerprint
+    assert b.fingerprint in b.ok("key", "list").stdout
     return {"tenant": doc["id"], "v1_sha256": doc["root_sha256"]}
 
 

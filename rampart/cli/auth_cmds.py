@@ -139,7 +139,8 @@ def register_key(cfg: Config, client: Client, session: Session, key: OperatorKey
                  *, name: str, tenant_id: str | None) -> dict[str, Any]:
     """Store ``key`` encrypted, then register its public half; undo the file if that fails."""
     sealed = trust.encrypt_private_key(key, passphrase)
-    info = cfg.save_key(key.key_id, sealed, name=name, tenant=tenant_id, username=session.username)
+    info = cfg.save_key(key.key_id, sealed, name=name, tenant=tenant_id, username=session.username,
+                        public=key.public.to_b64())
     try:
         doc = expect_dict(client.post("/keys", {"public": key.public.to_text(), "tenant": tenant_id,
                                                  "name": name}), "key registration")
@@ -385,9 +386,10 @@ def key_list(json_out: JsonOpt = False) -> None:
     if json_out:
         print_json(docs)
         return
-    table(["key id", "name", "tenant", "local file", "registered"],
+    table(["key id", "name", "tenant", "local file", "registered", "fingerprint"],
           ([d["keyid"], d.get("name"), d.get("tenant") or "(all)", "yes" if d["local"] else "no",
-            "yes" if d["registered"] else "no"] for d in docs), title="Keys")
+            "yes" if d["registered"] else "no", d.get("fingerprint") or "-"] for d in docs),
+          title="Keys")
 
 
 def register(app: typer.Typer) -> None:

@@ -27,6 +27,9 @@ Security invariants:
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import json
 import os
 import re
@@ -37,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from rampart.private_files import write_private_atomic
+from rampart.trust.review import key_fingerprint
 
 from .errors import CliError, NotLoggedIn
 
@@ -97,10 +101,26 @@ class KeyInfo:
     username: str
     created: int
     path: Path
+    #: Base64 public key (keys made before fingerprints were shown have none).
+    public: str | None = None
+
+    @property
+    def fingerprint(self) -> str | None:
+        """The fingerprint the key holder reads to an owner, if the public key is on record."""
+        if self.public is None:
+            return None
+        try:
+            raw = base64.b64decode(self.public, validate=True)
+        except (binascii.Error, ValueError):
+            return None
+        if hashlib.sha256(raw).hexdigest() != self.keyid or len(raw) != 32:
+            return None
+        return key_fingerprint(raw)
 
     def to_json(self) -> dict[str, Any]:
         return {"keyid": self.keyid, "name": self.name, "tenant": self.tenant,
-                "username": self.username, "created": self.created, "file": str(self.path)}
+                "username": self.username, "created": self.created, "file": str(self.path),
+                "fingerprint": self.fingerprint}
 
 
 class Config:
@@ -179,16 +199,17 @@ class Config:
     # --- keys ------------------------------------------------------------------------
 
     def save_key(self, keyid: str, key_file: bytes, *, name: str, tenant: str | None,
-                 username: str) -> KeyInfo:
+                 username: str, public: str | None = None) -> KeyInfo:
         safe_component(keyid, "key id")
         path = self.keys_dir / f"{keyid}.key"
         write_private(path, key_file)
         created = int(time.time())
-        write_private_json(self.keys_dir / f"{keyid}.json", {
-            "keyid": keyid, "name": name, "tenant": tenant, "username": username,
-            "created": created,
-        })
-        return KeyInfo(keyid, name, tenant, username, created, path)
+        doc: dict[str, Any] = {"keyid": keyid, "name": name, "tenant": tenant,
+                               "username": username, "created": created}
+        if public is not None:
+            doc["public"] = public
+        write_private_json(self.keys_dir / f"{keyid}.json", doc)
+        return KeyInfo(keyid, name, tenant, username, created, path, public)
 
     def delete_key(self, keyid: str) -> None:
         safe_component(keyid, "key id")
@@ -205,9 +226,11 @@ class Config:
         for meta in sorted(self.keys_dir.glob("*.json")):
             try:
                 doc = json.loads(meta.read_text())
+                pub = doc.get("public")
                 info = KeyInfo(str(doc["keyid"]), str(doc["name"]),
                                doc.get("tenant") or None, str(doc["username"]),
-                               int(doc.get("created", 0)), meta.with_suffix(".key"))
+                               int(doc.get("created", 0)), meta.with_suffix(".key"),
+                               pub if isinstance(pub, str) else None)
             except (OSError, ValueError, KeyError, TypeError):
                 continue
             if not info.path.exists():
