@@ -73,6 +73,7 @@ def _bodies(w: dict[str, Any]) -> dict[tuple[str, str], Any]:
         ("post", "/api/v1/accounts/{username}/revoke"): {"reason": "cross-tenant"},
         ("post", "/api/v1/accounts/{username}/unlock"): None,
         ("post", "/api/v1/accounts/{username}/enable"): None,
+        ("post", "/api/v1/accounts/{username}/reissue"): None,
         ("post", "/api/v1/alerts/{a}/ack"): None,
         ("post", "/api/v1/alerts/{a}/resolve"): None,
         ("post", "/api/v1/tenants/{t}/notify-targets"): {
@@ -100,10 +101,16 @@ def _bodies(w: dict[str, Any]) -> dict[tuple[str, str], Any]:
 def _b_state(w: dict[str, Any]) -> Any:
     msp: Operator = w["msp"]
     b: TenantSetup = w["b"]
+    # B's syslog target points at a closed port: the server's own notifier keeps retrying it and raises
+    # siem-undelivered for it, whatever A does; that delivery state is not B's configuration.
+    alerts = [a for a in ok(msp.http.get(f"/tenants/{b.id}/alerts", params={"status": "all"}))
+              if a["kind"] != "siem-undelivered"]
+    targets = [{k: v for k, v in t.items() if k in ("id", "name", "kind", "config", "min_severity", "tenant")}
+               for t in ok(msp.http.get(f"/tenants/{b.id}/notify-targets"))]
     return (ok(msp.http.get(f"/tenants/{b.id}/audit/checkpoint"))["size"],
-            ok(msp.http.get(f"/tenants/{b.id}/alerts", params={"status": "all"})),
+            alerts,
             ok(msp.http.get(f"/tenants/{b.id}/settings")),
-            ok(msp.http.get(f"/tenants/{b.id}/notify-targets")),
+            targets,
             ok(msp.http.get(f"/tenants/{b.id}/checks")),
             ok(msp.http.get(f"/tenants/{b.id}/sanctioned-tools")),
             ok(msp.http.get(f"/tenants/{b.id}/patch-policies")),
