@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 import uvicorn
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from .app import create_app
-from .config import load_config, normalise_db_url
+from .audit import AuditLog
+from .config import ServerConfig, load_config, normalise_db_url
 from .errors import SetupError
+from .models import Account
 from .setup import InitResult, init_data_dir
 
 server_app = typer.Typer(help="Run the Rampart server.", no_args_is_help=True,
@@ -98,24 +103,16 @@ def init_command(data: DataOpt,
                f"{result.bootstrap_token}")
 
 
-@server_app.command("enable-account")
-def enable_account_command(
-        data: DataOpt,
-        username: Annotated[str, typer.Argument(help="Account to re-enable and unlock.")],
-        db: Annotated[str | None, typer.Option(
-            "--db", help="Database URL (default: the one in config.json).")] = None,
-) -> None:
-    """Recovery on the server host: re-enable and unlock an account (e.g. the last owner).
+@contextmanager
+def _admin_account(data: Path, db: str | None, username: str) -> Iterator[tuple[Session, AuditLog, Account,
+                                                                                 ServerConfig]]:
+    """One transaction on the server host's store with the named account, for the recovery commands.
 
-    Needs access to the data directory (root on the server), never the API;
-    the change is an audit entry by ``server-admin``.
+    Exits with a one-line error for a bad data directory (2) or an unknown account (1).
     """
     from . import clock
-    from .access import enable_account
-    from .audit import AuditLog
     from .db import Store, migrate
     from .keystore import LogKeyStore
-    from .models import Account
 
     try:
         config = load_config(Path(data))
@@ -132,9 +129,28 @@ def enable_account_command(
             if account is None:
                 typer.echo(f"error: no account named {username}", err=True)
                 raise typer.Exit(1)
-            enable_account(s, audit, account, actor="server-admin", now=clock.now())
+            yield s, audit, account, config
     finally:
         store.dispose()
+
+
+@server_app.command("enable-account")
+def enable_account_command(
+        data: DataOpt,
+        username: Annotated[str, typer.Argument(help="Account to re-enable and unlock.")],
+        db: Annotated[str | None, typer.Option(
+            "--db", help="Database URL (default: the one in config.json).")] = None,
+) -> None:
+    """Recovery on the server host: re-enable and unlock an account (e.g. the last owner).
+
+    Needs access to the data directory (root on the server), never the API;
+    the change is an audit entry by ``server-admin``.
+    """
+    from . import clock
+    from .access import enable_account
+
+    with _admin_account(data, db, username) as (s, audit, account, _):
+        enable_account(s, audit, account, actor="server-admin", now=clock.now())
     typer.echo(f"account {username} enabled and unlocked")
 
 
@@ -154,33 +170,13 @@ def reissue_account_command(
     """
     from . import clock
     from .api.accounts import reissue_activation
-    from .audit import AuditLog
-    from .db import Store, migrate
-    from .keystore import LogKeyStore
-    from .models import Account
 
-    try:
-        config = load_config(Path(data))
-        store = Store(normalise_db_url(db) if db else config.db_url)
-    except SetupError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    clock.configure_from_env()
-    try:
-        migrate(store.engine)
-        audit = AuditLog(store, LogKeyStore(config.keys_dir))
-        with store.transaction() as s:
-            account = s.scalars(select(Account).where(Account.username == username)).first()
-            if account is None:
-                typer.echo(f"error: no account named {username}", err=True)
-                raise typer.Exit(1)
-            if account.disabled_at is not None:
-                typer.echo(f"error: {username} is disabled: run enable-account first", err=True)
-                raise typer.Exit(1)
-            token, _, ended = reissue_activation(s, audit, account, actor="server-admin",
-                                                 now=clock.now(), limits=config.limits)
-    finally:
-        store.dispose()
+    with _admin_account(data, db, username) as (s, audit, account, config):
+        if account.disabled_at is not None:
+            typer.echo(f"error: {username} is disabled: run enable-account first", err=True)
+            raise typer.Exit(1)
+        token, _, ended = reissue_activation(s, audit, account, actor="server-admin",
+                                             now=clock.now(), limits=config.limits)
     typer.echo(f"activation of {username} re-issued; {ended} session(s) ended")
     typer.echo(f"one-time activation token (shown once): {token}")
     typer.echo(f"{username} logs in with: rampart login --server URL --user {username} --activate")
