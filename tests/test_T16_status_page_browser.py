@@ -33,6 +33,9 @@ from playwright.sync_api import Browser, Dialog, Page, Request, sync_playwright
 from rampart.textsafe import safe_line
 from rampart.trust import DeviceKey
 
+# The page is the subject, not the store: run once, on SQLite (./run-tests repeats store tests on PostgreSQL).
+pytestmark = pytest.mark.client_side
+
 CHROMIUM = Path(os.environ.get("RAMPART_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run",
