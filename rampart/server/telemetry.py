@@ -39,7 +39,6 @@ import hashlib
 import json
 import logging
 import threading
-import unicodedata
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -61,6 +60,7 @@ from rampart.agent.inventory import (
 from rampart.agent.telemetry import Report, ReportError, ToolSeen, decode_report_blob, inflate, report_blob
 from rampart.catalog import Catalog, CatalogError, builtin_catalog, decode_catalog, encode_catalog
 from rampart.catalog.store import MAX_CATALOG_BYTES
+from rampart.textsafe import is_safe, safe_line
 
 from .alerts import LIVE, AlertSpec, live_by_key, raise_alert, raise_many, resolve
 from .config import ServerLimits
@@ -95,8 +95,6 @@ SERVER_KEY_PREFIX = "server:"
 IDENTITY_KEY = SERVER_KEY_PREFIX + "identity"
 #: Most severe first, for the per-device findings budget.
 _SEVERITY_RANK = {"critical": 0, "high": 1, "warning": 2}
-#: Unicode categories that are not inert text: controls, format (bidi, zero-width), separators, surrogates.
-_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Co"})
 #: Stored snapshots are compressed; this bounds what reading one back may cost.
 MAX_SNAPSHOT_BYTES = 64 << 20
 
@@ -529,8 +527,8 @@ class TelemetryStore:
         otherwise the verdict on the OS fields stands as last stored.
         """
         bad: dict[str, str] = {}
-        if _unsafe_text(device.hostname):
-            bad["enrolled-hostname"] = _visible(device.hostname)
+        if not is_safe(device.hostname):
+            bad["enrolled-hostname"] = safe_line(device.hostname)
         os_info = report.full.os if report.full is not None else (
             report.delta.os.value if report.delta is not None and report.delta.os is not None else None)
         known = open_now.get(IDENTITY_KEY)
@@ -540,8 +538,8 @@ class TelemetryStore:
                 for name in ("hostname", "name", "id", "version_id", "codename", "kernel_release",
                              "kernel_version", "arch", "machine_id"):
                     value = getattr(os_info, name)
-                    if _unsafe_text(value):
-                        bad[f"os.{name}"] = _visible(value)
+                    if not is_safe(value):
+                        bad[f"os.{name}"] = safe_line(value)
         elif known is not None:  # the OS section did not change: keep what was found in it
             for k, v in json.loads(known[4]).items():
                 if k.startswith("os."):
@@ -573,7 +571,7 @@ class TelemetryStore:
         open_now[IDENTITY_KEY] = row_fields
         raise_alert(s, [device.tenant_id], kind=IDENTITY, severity="critical",
                     dedup=finding_dedup(device.id, IDENTITY_KEY),
-                    subject=f"{_visible(device.hostname)[:80]}: {subject}",
+                    subject=f"{safe_line(device.hostname)[:80]}: {subject}",
                     detail=(f"device {device.id}: {subject}. What a device reports of itself is its "
                             "own text; these characters can disguise it in terminals and pages. "
                             "Shown escaped: "
@@ -586,8 +584,8 @@ class TelemetryStore:
         with self._store.transaction() as s:
             host = s.scalar(select(Device.hostname).where(Device.id == device_id)) or device_id
             raise_alert(s, [tenant_id], kind=kind, severity=severity, dedup=device_id,
-                        subject=f"{_visible(host)[:80]}: {what}",
-                        detail=f"device {device_id} ({_visible(host)[:200]}): {detail}", now=now,
+                        subject=f"{safe_line(host)[:80]}: {what}",
+                        detail=f"device {device_id} ({safe_line(host)[:200]}): {detail}", now=now,
                         device_id=device_id)
 
     @staticmethod
@@ -703,17 +701,6 @@ class TelemetryStore:
                 if key not in want:  # back in contact, or the device was removed from approval
                     resolve(alert, "server", now)
         return raised[0], raised[1]
-
-
-def _unsafe_text(text: str) -> bool:
-    """True when ``text`` holds a control, bidi, invisible format or line/paragraph separator character."""
-    return any(unicodedata.category(c) in _UNSAFE_CATEGORIES for c in text)
-
-
-def _visible(text: str) -> str:
-    """``text`` with every non-inert character written as a Python-style escape (``\\x1b``, ``\\u202e``)."""
-    return "".join(c.encode("unicode_escape").decode("ascii") if unicodedata.category(c) in _UNSAFE_CATEGORIES
-                   or c == "\\" else c for c in text)
 
 
 def _ts(t: float | None) -> str:
