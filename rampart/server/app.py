@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rampart import __version__
 
-from . import clock, retention, throttle, totp_store
+from . import clock, retention, root_expiry, throttle, totp_store
 from .access import sweep_dormant
 from .alerts import raise_alert
 from .api import (
@@ -273,6 +273,12 @@ async def _retention_cadence(ctx: ServerContext) -> None:
                  lambda now: retention.sweep(ctx.store, ctx.limits, now), "retention sweep")
 
 
+async def _root_expiry_cadence(ctx: ServerContext) -> None:
+    """Alert owners 90, 30 and 7 days before a tenant root expires (root_expiry.py)."""
+    await _every(ctx.limits.root_expiry_interval_s,
+                 lambda now: root_expiry.sweep(ctx.store, now), "root expiry check")
+
+
 async def _checkpoint_cadence(ctx: ServerContext) -> None:
     while True:
         await asyncio.sleep(ctx.limits.checkpoint_interval_s)
@@ -317,6 +323,7 @@ def create_app(data_dir: Path | str, *, config: ServerConfig | None = None,
         watching = asyncio.create_task(_telemetry_cadence(ctx))
         scheduling = asyncio.create_task(_scheduler_cadence(ctx))
         retaining = asyncio.create_task(_retention_cadence(ctx))
+        expiring = asyncio.create_task(_root_expiry_cadence(ctx))
         listener = None
         if agent_listen is not None:
             ssl_ctx = server_ssl_context(str(ctx.config.cert_path), str(ctx.config.key_path)) \
@@ -330,7 +337,8 @@ def create_app(data_dir: Path | str, *, config: ServerConfig | None = None,
                 listener.close()
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(listener.wait_closed(), 5)
-            for task in (cadence, chores, notifying, checking, watching, scheduling, retaining):
+            for task in (cadence, chores, notifying, checking, watching, scheduling, retaining,
+                         expiring):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task

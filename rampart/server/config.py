@@ -56,6 +56,8 @@ class ServerLimits:
     checkpoint_interval_s: float = 60.0
     #: Dormant-account sweep and pacing cleanup (also run once at start).
     housekeeping_interval_s: float = 600.0
+    #: How often tenant roots are checked for coming expiry (also once at start; root_expiry.py).
+    root_expiry_interval_s: float = 3600.0
     #: How often queued alerts are delivered and events forwarded to SIEM targets.
     notify_interval_s: float = 2.0
     #: How often monitoring checks look at new inventories.

@@ -25,7 +25,7 @@ from rampart.trust import (
 from rampart.trust.envelope import Envelope as DsseEnvelope
 from rampart.trust.payloads import ROOT_TYPE
 
-from .. import clock
+from .. import clock, root_expiry
 from ..access import address_allowed, normalise_networks, tenant_networks
 from ..errors import BadRequest, Conflict, NotFound
 from ..models import (
@@ -200,8 +200,12 @@ def publish_root(t: TenantPath, body: EnvelopeIn, caller: CallerDep, ctx: Ctx) -
         s.add(row)
         s.execute(delete(RootProposal).where(RootProposal.tenant_id == t,
                                              RootProposal.version <= trusted.version))
+        signers = sorted({sig.keyid for sig in decode_envelope(data).signatures})
         ctx.audit.record(s, [t], "root.published", caller.username,
-                         {"version": trusted.version, "sha256": trusted.sha256}, now)
+                         {"version": trusted.version, "sha256": trusted.sha256,
+                          "signed_by": signers}, now)
+        s.flush()
+        root_expiry.check_tenant(s, t, now)  # a renewal answers the older version's alerts
         out = root_out(row)
     ctx.gateway.roots_published(t)
     return out
