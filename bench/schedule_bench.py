@@ -9,7 +9,7 @@ by the scheduler at every step), and a standing grant for
 server's own code:
 
 * ``cycle_start``: one :meth:`PatchScheduler.step` that starts a cycle and
-  signs, checks (the API's ``check_job``) and logs the pilot ring's job for
+  signs, checks (the server's ``check_job``) and logs the pilot ring's job for
   100 devices;
 * ``broad_ring``: the step that starts the 900-device broad ring once the
   pilot's receipts are in (receipts are marked directly: what is measured is

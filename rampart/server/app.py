@@ -48,6 +48,7 @@ from .api import (
 )
 from .api import auth as auth_api
 from .api.schemas import HealthOut
+from .api.status_page import router as status_router
 from .audit import SERVER_LOG, AuditLog
 from .automation import AutomationKeyStore
 from .checks import CheckRunner
@@ -63,7 +64,6 @@ from .notifier import Notifier
 from .scheduler import Scheduler
 from .script_checks import ScriptCheckStore
 from .setup import cert_sha256_of
-from .status_page import router as status_router
 from .telemetry import TelemetryStore
 
 log = logging.getLogger("rampart.server")

@@ -53,7 +53,7 @@ from .errors import (
     TooManyRequests,
     Unauthenticated,
 )
-from .models import Account, SessionRow, Setting
+from .models import Account, LoginThrottle, SessionRow, Setting
 
 BOOTSTRAP_SETTING = "bootstrap_token_sha256"
 TOTP_ISSUER = "Rampart"
@@ -402,3 +402,31 @@ def touch_session(s: Session, token: str, now: float) -> None:
 
 def end_session(s: Session, token: str) -> None:
     s.execute(delete(SessionRow).where(SessionRow.token_hash == token_hash(token)))
+
+
+def reissue_activation(s: Session, audit: AuditLog, account: Account, *, actor: str, now: float,
+                       limits: ServerLimits) -> tuple[str, float, int]:
+    """Re-enrol ``account`` from scratch in the caller's transaction; audited.
+
+    Drops its password, TOTP secret and unfinished enrolment, ends every
+    session, clears lockout and pacing. Returns the new one-time activation
+    token (never stored in clear), its expiry and how many sessions ended.
+    Authorisation (owner, reach, step-up) is the caller's job.
+    """
+    token = new_token()
+    expires = now + limits.activation_ttl_s
+    account.activation_token_hash = token_hash(token)
+    account.enrolment_expires_at = expires
+    account.enrolment_token_hash = None
+    account.password_hash = None
+    account.totp_secret = None
+    account.totp_confirmed = False
+    account.failed_logins = 0
+    account.locked_until = 0.0
+    s.execute(delete(LoginThrottle).where(LoginThrottle.key == throttle.user_key(account.username)))
+    result = s.execute(delete(SessionRow).where(SessionRow.account_id == account.id))
+    ended = int(getattr(result, "rowcount", 0) or 0)
+    audit.record(s, audit.logs_for_account(s, account), "account.reissued", actor,
+                 {"username": account.username, "sessions_ended": ended,
+                  "activation_expires_at": expires}, now)
+    return token, expires, ended

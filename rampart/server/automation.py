@@ -33,6 +33,7 @@ from rampart.trust.payloads import PAYLOAD_FREE_ACTIONS
 
 from .audit import AuditLog
 from .errors import ServerError
+from .jobs import check_job, store_job
 from .keystore import write_private_file
 from .models import GrantRow
 
@@ -135,8 +136,6 @@ def trigger(s: Session, audit: AuditLog, key: AutomationKey, trusted: TrustedRoo
     job (the caller finds them missing from the result). The caller commits,
     then signs a checkpoint and wakes the devices.
     """
-    from .api.jobs import check_job, store_job  # the API's own checks, not a copy of them
-
     if action not in PAYLOAD_FREE_ACTIONS:
         raise ValueError(f"{action} is not a payload-free action")
     t = int(now)

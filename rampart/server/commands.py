@@ -169,7 +169,7 @@ def reissue_account_command(
     activation token once.
     """
     from . import clock
-    from .api.accounts import reissue_activation
+    from .auth import reissue_activation
 
     with _admin_account(data, db, username) as (s, audit, account, config):
         if account.disabled_at is not None:

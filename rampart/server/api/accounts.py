@@ -16,9 +16,7 @@ from rampart.trust import AutomationPublicKey, OperatorPublicKey, TrustError
 
 from .. import clock
 from ..access import account_tenant_ids, disable_account, enable_account, step_up_fresh
-from ..audit import AuditLog
-from ..auth import new_token, token_hash
-from ..config import ServerLimits
+from ..auth import new_token, reissue_activation, token_hash
 from ..errors import BadRequest, Conflict, NotFound, Refusal, StepUpRequired
 from ..models import (
     Account,
@@ -26,7 +24,6 @@ from ..models import (
     LoginThrottle,
     OperatorKeyRow,
     RootVersion,
-    SessionRow,
 )
 from ..tenant_roots import current_root, trusted_from_store
 from ..throttle import user_key
@@ -187,34 +184,6 @@ def reissue(username: UsernamePath, caller: CallerDep, ctx: Ctx) -> AccountReiss
         return AccountReissuedOut(username=account.username, role=account.role,
                                   activation_token=token, activation_expires_at=expires,
                                   sessions_ended=ended)
-
-
-def reissue_activation(s: Session, audit: AuditLog, account: Account, *, actor: str, now: float,
-                       limits: ServerLimits) -> tuple[str, float, int]:
-    """Re-enrol ``account`` from scratch in the caller's transaction; audited.
-
-    Drops its password, TOTP secret and unfinished enrolment, ends every
-    session, clears lockout and pacing. Returns the new one-time activation
-    token (never stored in clear), its expiry and how many sessions ended.
-    Authorisation (owner, reach, step-up) is the caller's job.
-    """
-    token = new_token()
-    expires = now + limits.activation_ttl_s
-    account.activation_token_hash = token_hash(token)
-    account.enrolment_expires_at = expires
-    account.enrolment_token_hash = None
-    account.password_hash = None
-    account.totp_secret = None
-    account.totp_confirmed = False
-    account.failed_logins = 0
-    account.locked_until = 0.0
-    s.execute(delete(LoginThrottle).where(LoginThrottle.key == user_key(account.username)))
-    result = s.execute(delete(SessionRow).where(SessionRow.account_id == account.id))
-    ended = int(getattr(result, "rowcount", 0) or 0)
-    audit.record(s, audit.logs_for_account(s, account), "account.reissued", actor,
-                 {"username": account.username, "sessions_ended": ended,
-                  "activation_expires_at": expires}, now)
-    return token, expires, ended
 
 
 @router.post("/accounts/{username}/unlock", response_model=AccountOut)

@@ -36,13 +36,13 @@ from sqlalchemy import func, select
 from rampart import __version__
 from rampart.textsafe import is_safe, safe_line, unsafe_char
 
-from . import auth, clock
-from .access import address_allowed, tenant_networks
-from .api.auth import perform_login
-from .api.deps import Caller, client_address, get_ctx, resolve_caller
-from .context import ServerContext
-from .errors import ServerError, Unauthenticated
-from .models import Device, JobRow, JobTarget, ReceiptRow, Tenant
+from .. import auth, clock
+from ..access import address_allowed, tenant_networks
+from ..context import ServerContext
+from ..errors import ServerError, Unauthenticated
+from ..models import Device, JobRow, JobTarget, ReceiptRow, Tenant
+from .auth import perform_login
+from .deps import Caller, client_address, get_ctx, resolve_caller
 
 router = APIRouter()
 
