@@ -56,7 +56,7 @@ from harness.wsagent import WireAgent
 from rampart import tlspin, trust
 from rampart.agent.findings import Finding
 from rampart.agent.inventory import AgentInfo, EolStatus, Inventory, OsInfo, Package, Process, User, digest
-from rampart.agent.inventory.model import Update
+from rampart.wire.inventory import Update
 from rampart.agent.telemetry import Report, ToolSeen, encode_report
 from rampart.cli.config import Config, Session
 from rampart.trust.payloads import RECEIPT_TYPE

@@ -54,7 +54,7 @@ from rampart.agent.inventory import (
     User,
     collect_full,
 )
-from rampart.agent.inventory.model import SECTION_KEYS, canonical
+from rampart.wire.inventory import SECTION_KEYS, canonical
 from rampart.agent.inventory.processes import collect_processes
 from rampart.catalog import Catalog, builtin_catalog, make_tool, tools_for_executable, tools_for_port
 

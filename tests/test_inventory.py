@@ -65,7 +65,7 @@ from rampart.agent.inventory import (
 from rampart.agent.inventory import collect as collect_mod
 from rampart.agent.inventory._util import CommandError, run
 from rampart.agent.inventory.eol import BUILTIN, parse_distro_info, release_key
-from rampart.agent.inventory.model import SECTION_KEYS, canonical
+from rampart.wire.inventory import SECTION_KEYS, canonical
 from rampart.agent.inventory.packages import (
     DPKG_STATUS,
     collect_dpkg,

@@ -32,8 +32,6 @@ Security invariants:
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import hashlib
 import json
 import logging
@@ -41,30 +39,42 @@ import math
 import os
 import re
 import time
-import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
-
-import msgspec
-from msgspec import Meta
+from typing import TYPE_CHECKING, Any, Final
 
 from rampart.catalog import Catalog, CatalogError, builtin_catalog, decode_catalog
 from rampart.catalog.store import MAX_CATALOG_BYTES
+from rampart.wire.inventory import Patching, Update, canonical, update_key
+from rampart.wire.telemetry import (
+    MAX_REPORT_BYTES,
+    MAX_SANCTIONED,
+    MAX_TOOLS,
+    MAX_WIRE_BYTES,
+    TOOL_WAYS,
+    EarlierFinding,
+    Report,
+    ReportError,
+    ToolSeen,
+    ToolWay,
+    decode_report,
+    decode_report_blob,
+    encode_report,
+    inflate,
+    report_blob,
+    unb64,
+)
 
 from . import patching
 from .findings import (
     MAX_DORMANT_DAYS,
     MAX_EVIDENCE,
     MAX_FINDINGS,
-    EvidenceName,
-    EvidenceValue,
     Finding,
     evaluate,
 )
-from .inventory import Delta, Inventory, UpdatesCache, collect_full, diff, digest, next_delay
-from .inventory.model import Patching, Time, Update, canonical, update_key
+from .inventory import Inventory, UpdatesCache, collect_full, diff, digest, next_delay
 
 if TYPE_CHECKING:
     from .core import Agent
@@ -80,12 +90,6 @@ log = logging.getLogger("rampart.agent")
 DEFAULT_INTERVAL_S: Final = 300.0
 #: Collections are at least this far apart (or the interval, when shorter).
 MAX_GAP_S: Final = 30.0
-#: Largest decompressed report the agent builds and the server's default decoding limit.
-MAX_REPORT_BYTES: Final = 64 << 20
-#: Largest ``inventory`` message text the gateway accepts (its WebSocket frame limit).
-MAX_WIRE_BYTES: Final = 4 << 20
-MAX_TOOLS: Final = 1000
-MAX_SANCTIONED: Final = 1000
 #: A full report is resent at most this often when the server keeps asking for one.
 FULL_RESEND_MIN_S: Final = 5.0
 
@@ -93,102 +97,6 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _SLUG = r"^[a-z0-9]+(?:-[a-z0-9]+)*$"
 META_DETECTION = "telemetry.detection"
 META_CATALOG = "telemetry.catalog"
-
-
-class ReportError(ValueError):
-    """Untrusted telemetry input (a report, a catalog blob) was refused; nothing was changed."""
-
-
-# --- wire format ---------------------------------------------------------------------------------
-
-
-class _Struct(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
-    pass
-
-
-class EarlierFinding(_Struct, frozen=True, kw_only=True):
-    """A finding seen since the last acknowledged report that the current snapshot no longer has."""
-
-    finding: Finding
-    #: Agent clock, unix seconds: the first and last collection that saw it.
-    first_seen: Time
-    last_seen: Time
-
-
-ToolWay = Literal["process", "package", "service"]
-_WAYS: Final[tuple[ToolWay, ...]] = ("process", "package", "service")
-
-
-class ToolSeen(_Struct, frozen=True, kw_only=True):
-    """A catalogued remote access tool present on the host, sanctioned or not (H1, S1)."""
-
-    slug: Annotated[str, Meta(min_length=1, max_length=64, pattern=_SLUG)]
-    found_by: Annotated[list[ToolWay], Meta(min_length=1, max_length=3)]
-    #: It also runs from a portable location (a ``rat-portable`` finding exists for it).
-    portable: bool = False
-    evidence: Annotated[dict[EvidenceName, EvidenceValue], Meta(max_length=MAX_EVIDENCE)] = {}
-
-
-class Report(_Struct, frozen=True, kw_only=True):
-    """One inventory report: exactly one of ``full`` or ``delta``, and what was detected in it."""
-
-    schema: Literal[1] = 1
-    full: Inventory | None = None
-    delta: Delta | None = None
-    findings: Annotated[list[Finding], Meta(max_length=MAX_FINDINGS)] = []
-    earlier: Annotated[list[EarlierFinding], Meta(max_length=MAX_FINDINGS)] = []
-    tools: Annotated[list[ToolSeen], Meta(max_length=MAX_TOOLS)] = []
-
-    def __post_init__(self) -> None:
-        if (self.full is None) == (self.delta is None):
-            raise ValueError("a report holds exactly one of full or delta")
-        if len({f.key for f in self.findings}) != len(self.findings):
-            raise ValueError("duplicate finding keys")
-
-
-def inflate(data: bytes, limit: int) -> bytes:
-    """zlib-decompress ``data``, refusing output over ``limit`` bytes (a compression bomb) or junk."""
-    d = zlib.decompressobj()
-    try:
-        out = d.decompress(data, limit + 1)
-    except zlib.error as exc:
-        raise ReportError(f"not zlib data: {exc}") from None
-    if len(out) > limit or d.unconsumed_tail:
-        raise ReportError(f"decompresses to more than {limit} bytes")
-    if not d.eof or d.unused_data:
-        raise ReportError("truncated zlib data or trailing bytes")
-    return out
-
-
-def _unb64(text: str, what: str) -> bytes:
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise ReportError(f"{what} is not valid base64") from None
-
-
-def encode_report(report: Report) -> str:
-    """The ``report`` field of an ``inventory`` message: base64 of zlib of the strict JSON."""
-    return base64.b64encode(zlib.compress(msgspec.json.encode(report), 6)).decode("ascii")
-
-
-def decode_report(text: str, *, max_bytes: int = MAX_REPORT_BYTES) -> Report:
-    """The :class:`Report` in a message's ``report`` field, or :class:`ReportError`."""
-    return decode_report_blob(_unb64(text, "report"), max_bytes=max_bytes)
-
-
-def report_blob(text: str) -> bytes:
-    """The compressed bytes of a ``report`` field (strict base64), or :class:`ReportError`."""
-    return _unb64(text, "report")
-
-
-def decode_report_blob(blob: bytes, *, max_bytes: int = MAX_REPORT_BYTES) -> Report:
-    """The :class:`Report` in compressed bytes (what the server keeps for a delta)."""
-    raw = inflate(blob, max_bytes)
-    try:
-        return msgspec.json.decode(raw, type=Report)
-    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
-        raise ReportError(f"invalid report: {str(exc)[:240]}") from None
 
 
 def tools_seen(present: list[Finding]) -> list[ToolSeen]:
@@ -201,7 +109,7 @@ def tools_seen(present: list[Finding]) -> list[ToolSeen]:
             continue
         if f.kind == "rat-unsanctioned":
             named = f.evidence.get("found_by", "").split(",")
-            found: list[ToolWay] = [w for w in _WAYS if w in named]
+            found: list[ToolWay] = [w for w in TOOL_WAYS if w in named]
             ways[f.tool] = found or ["process"]
             evidence[f.tool] = {k: v for k, v in f.evidence.items() if k != "found_by"}
         elif f.kind == "rat-portable":
@@ -233,7 +141,7 @@ class DetectionConfig:
 
 
 def _catalog_from_blob(text: str, expected_sha256: str, builtin: Catalog) -> tuple[Catalog, bytes]:
-    data = inflate(_unb64(text, "catalog"), MAX_CATALOG_BYTES)
+    data = inflate(unb64(text, "catalog"), MAX_CATALOG_BYTES)
     if hashlib.sha256(data).hexdigest() != expected_sha256:
         raise ReportError("catalog does not match its digest")
     try:

@@ -12,10 +12,7 @@ the agent do anything. Collection only reads the host.
 
 from __future__ import annotations
 
-from .collect import DEFAULT_INTERVAL_S, collect_full, next_delay
-from .delta import Change, Delta, DeltaError, SectionDelta, apply, decode_delta, diff, digest, encode_delta
-from .eol import eol_status, load_table
-from .model import (
+from rampart.wire.inventory import (
     DEFAULT_LIMITS,
     SECTION_KEYS,
     AgentInfo,
@@ -38,6 +35,20 @@ from .model import (
     decode,
     encode,
 )
+from rampart.wire.inventory_delta import (
+    Change,
+    Delta,
+    DeltaError,
+    SectionDelta,
+    apply,
+    decode_delta,
+    diff,
+    digest,
+    encode_delta,
+)
+
+from .collect import DEFAULT_INTERVAL_S, collect_full, next_delay
+from .eol import eol_status, load_table
 from .packages import UpdatesCache
 
 __all__ = [

@@ -20,8 +20,7 @@ import random
 from collections.abc import Callable, Mapping
 from typing import Protocol, TypeVar
 
-from .eol import load_table
-from .model import (
+from rampart.wire.inventory import (
     DEFAULT_LIMITS,
     AgentInfo,
     Disk,
@@ -42,6 +41,8 @@ from .model import (
     canonical,
     package_key,
 )
+
+from .eol import load_table
 from .packages import DPKG_STATUS, UpdatesCache, collect_dpkg, collect_patching, collect_rpm, collect_updates
 from .processes import collect_processes
 from .services import collect_services

@@ -32,8 +32,9 @@ import datetime as dt
 import io
 from collections.abc import Mapping
 
+from rampart.wire.inventory import EolStatus
+
 from ._util import try_read_text
-from .model import EolStatus
 
 #: (distribution id, release) -> last day of support, ISO date.
 BUILTIN: dict[tuple[str, str], str] = {

@@ -25,8 +25,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
-from ._util import CommandError, clip, run, which
-from .model import (
+from rampart.wire.inventory import (
     DEFAULT_LIMITS,
     InventoryLimits,
     Package,
@@ -36,6 +35,8 @@ from .model import (
     package_key,
     update_key,
 )
+
+from ._util import CommandError, clip, run, which
 
 DPKG_STATUS = "/var/lib/dpkg/status"
 #: dpkg states in which package files are (at least partly) on disk.

@@ -26,8 +26,9 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 
+from rampart.wire.inventory import DEFAULT_LIMITS, InventoryLimits, Process, canonical, process_key
+
 from ._util import clip, passwd_names, try_read_text
-from .model import DEFAULT_LIMITS, InventoryLimits, Process, canonical, process_key
 from .system import boot_time
 
 PF_KTHREAD = 0x00200000

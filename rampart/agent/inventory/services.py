@@ -12,8 +12,9 @@ import os
 import re
 from collections.abc import Sequence
 
+from rampart.wire.inventory import DEFAULT_LIMITS, InventoryLimits, Service, canonical, service_key
+
 from ._util import clip, run
-from .model import DEFAULT_LIMITS, InventoryLimits, Service, canonical, service_key
 
 _UNIT = re.compile(r"^[A-Za-z0-9:_.\\@\-]{1,255}\.service$")
 _SHOW_CHUNK = 500

@@ -18,7 +18,7 @@ import os
 from collections.abc import Iterable
 from typing import Literal
 
-from .model import DEFAULT_LIMITS, InventoryLimits, Socket, canonical, socket_key
+from rampart.wire.inventory import DEFAULT_LIMITS, InventoryLimits, Socket, canonical, socket_key
 
 Proto = Literal["tcp", "tcp6", "udp", "udp6"]
 State = Literal["listen", "established"]

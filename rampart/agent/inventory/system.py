@@ -11,9 +11,7 @@ import os
 import socket
 from collections.abc import Mapping
 
-from ._util import clip, try_read_text
-from .eol import eol_status
-from .model import (
+from rampart.wire.inventory import (
     DEFAULT_LIMITS,
     CpuTicks,
     Disk,
@@ -25,6 +23,9 @@ from .model import (
     canonical,
     disk_key,
 )
+
+from ._util import clip, try_read_text
+from .eol import eol_status
 
 #: Filesystems without a block device that still hold real data.
 NETWORK_FS = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "9p", "virtiofs", "zfs",

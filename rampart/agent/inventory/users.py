@@ -27,8 +27,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from rampart.wire.inventory import DEFAULT_LIMITS, InventoryLimits, User, canonical, user_key
+
 from ._util import clip, try_read_text
-from .model import DEFAULT_LIMITS, InventoryLimits, User, canonical, user_key
 
 NO_LOGIN_SHELLS = frozenset({"nologin", "false", "true", "sync", "halt", "shutdown"})
 OVERFLOW_UIDS = frozenset({65534, 4294967294, 4294967295})

@@ -23,7 +23,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 import msgspec
 from msgspec import Meta
 
-from .model import (
+from .inventory import (
     DEFAULT_LIMITS,
     SECTION_KEYS,
     AgentInfo,

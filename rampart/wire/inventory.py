@@ -4,7 +4,7 @@ An :class:`Inventory` is one snapshot. Each list section (disks, packages,
 updates, processes, services, sockets, users) is *keyed*: every entry has a
 stable key (see :data:`SECTION_KEYS`) and the list is kept sorted by that key
 with no duplicates. The structs check this invariant when built or decoded,
-so a :class:`~rampart.agent.inventory.delta.Delta` can be applied to it and
+so a :class:`~rampart.wire.inventory_delta.Delta` can be applied to it and
 reproduce the agent's snapshot exactly.
 
 Volatile values (uptime, load, free memory, CPU counters, disk usage) live in
