@@ -112,7 +112,7 @@ def test_help_imports_no_command_module() -> None:
                        timeout=60)
     assert r.returncode == 0, r.stderr
     loaded = r.stdout.strip().splitlines()[-1]
-    assert loaded == "['rampart.cli.errors', 'rampart.cli.main']", loaded
+    assert loaded == "['rampart.cli.errors', 'rampart.cli.fastcoerce', 'rampart.cli.main']", loaded
 
 
 def test_unknown_command_and_group_help() -> None:
@@ -140,3 +140,57 @@ def test_shell_completion_of_commands_and_subcommands() -> None:
     eager = typer.main.get_command(eager_app())
     comp = ShellComplete(eager, {}, "rampart", "_RAMPART_COMPLETE")
     assert [(c.value, c.help) for c in comp.get_completions([], "")] == complete([], "")
+
+
+SAMPLES: dict[str, list[object]] = {
+    "str": ["T", "", " x ", "ü-é", "a\x00b", "-", "--json"],
+    "list[str]": [["a", "b"], ("a",), (), ["", " z"]],
+    "int": ["0", "007", "12", "-1", "+5", "1_000", " 5", "abc", "", "99999999999999999999", 5, 0, True],
+    "Path": ["/tmp", "", "rel/x", "-", "/nonexistent/x", "~/x", "/tmp/", "."],
+}
+
+
+def test_fast_coercion_gives_what_typer_gives() -> None:
+    """Every value the direct conversion accepts converts exactly as Typer's Pydantic adapter does."""
+    from typer._coercion import build_runtime_param
+
+    from rampart.cli import fastcoerce
+
+    eager = typer.main.get_command(eager_app())
+    ctx = Context(eager, info_name="rampart")
+    checked = fast = 0
+
+    def visit(cmd: Command) -> None:
+        nonlocal checked, fast
+        for p in cmd.params:
+            desc = getattr(p, "type_descriptor", None)
+            if desc is None:
+                continue
+            kind = {str: "str", int: "int", Path: "Path"}.get(desc.annotation) or (
+                "list[str]" if desc.annotation == list[str] else None)
+            for value in SAMPLES.get(kind or "", []):
+                got = fastcoerce.quick_value(desc.annotation, desc.parameter_info, value, p, ctx)
+                try:
+                    want: object = build_runtime_param(desc)._coerce_value(value, param=p, ctx=ctx)
+                except Exception as exc:  # Typer refuses it: the direct way must have declined
+                    assert got is fastcoerce._SLOW, (cmd.name, p.name, value, exc)
+                    continue
+                checked += 1
+                if got is not fastcoerce._SLOW:
+                    fast += 1
+                    assert type(got) is type(want) and got == want, (cmd.name, p.name, value, got, want)
+        for sub in getattr(cmd, "commands", {}).values():
+            visit(sub)
+
+    visit(eager)
+    assert checked > 500 and fast > 400, (checked, fast)
+
+
+def test_fast_coercion_is_installed_and_read_commands_skip_pydantic() -> None:
+    code = ("import sys; from rampart.cli import main; import typer; "
+            "rc = main.run_cli(['devices', 'list', '--help']); "
+            "rc2 = main.run_cli(['--config-dir', '/nonexistent/cfg', 'whoami']); "
+            "print('pydantic' in sys.modules, rc, rc2)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                       timeout=60, env={k: v for k, v in os.environ.items() if not k.startswith("RAMPART_")})
+    assert r.stdout.strip().splitlines()[-1] == "False 0 3", r.stdout + r.stderr

@@ -18,15 +18,37 @@ Security invariants:
 from __future__ import annotations
 
 import ssl
-from typing import Any
+import sys
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
-
-import httpx
 
 from rampart import tlspin
 
 from .config import Config, Session
 from .errors import CliError, NetworkProblem, NotLoggedIn, ServerProblem, UsageProblem
+
+
+def _import_httpx() -> Any:
+    """``import httpx`` without httpx's own command line (``httpx._main``: click, rich and
+    pygments, over half of httpx's import time), which this CLI never uses."""
+    if "httpx" not in sys.modules and "httpx._main" not in sys.modules:
+        sys.modules["httpx._main"] = None  # type: ignore[assignment]  # its import fails: httpx skips it
+        try:
+            import httpx
+        except ImportError:
+            pass  # an httpx that needs its command line: imported whole below
+        finally:
+            if sys.modules.get("httpx._main", 0) is None:
+                del sys.modules["httpx._main"]  # `import httpx._main` works again
+    import httpx
+
+    return httpx
+
+
+if TYPE_CHECKING:
+    import httpx
+else:
+    httpx = _import_httpx()
 
 API_PREFIX = "/api/v1"
 USER_AGENT = "rampart-cli/0.1"

@@ -40,7 +40,6 @@ from pathlib import Path
 from typing import Any
 
 from rampart.private_files import write_private_atomic
-from rampart.trust.review import key_fingerprint
 
 from .errors import CliError, NotLoggedIn
 
@@ -115,6 +114,8 @@ class KeyInfo:
             return None
         if hashlib.sha256(raw).hexdigest() != self.keyid or len(raw) != 32:
             return None
+        from rampart.trust.review import key_fingerprint  # rampart.trust only when needed
+
         return key_fingerprint(raw)
 
     def to_json(self) -> dict[str, Any]:

@@ -10,6 +10,7 @@ Start-up time: the command modules (``*_cmds.py``) are imported only when one of
 their commands is invoked. ``rampart --help`` and shell completion of a command
 name list the commands from the static table :data:`COMMANDS`;
 tests/test_cli_lazy.py checks it against the real modules so the two cannot drift.
+Plain parameter values are converted without Pydantic (:mod:`rampart.cli.fastcoerce`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ from typer._click import Command, Context, HelpFormatter
 from typer._click.shell_completion import CompletionItem
 from typer.core import TyperCommand, TyperGroup
 
+from . import fastcoerce
 from .errors import CliError, one_line
+
+fastcoerce.install()  # plain values without Pydantic (see the module)
 
 # Every top-level command but `server`, in `rampart --help` order:
 # name -> (its help as `rampart --help` shows it (the first paragraph),

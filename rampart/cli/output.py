@@ -19,18 +19,34 @@ import re
 import sys
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
-
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING, Any
 
 from rampart.textsafe import safe_line, safe_lines
 
 from .errors import UsageProblem
 
-console = Console(highlight=False, soft_wrap=True)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.text import Text
+
+    console: Console  # stdout
+    err_console: Console  # stderr
+
+
+def __getattr__(name: str) -> Any:
+    """``console`` and ``err_console``, made (and Rich imported) on first use: ``--json`` needs neither."""
+    if name in ("console", "err_console"):
+        from rich.console import Console
+
+        made = Console(stderr=name == "err_console", highlight=False, soft_wrap=True)
+        globals()[name] = made
+        return made
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _console(name: str = "console") -> Console:
+    made = globals().get(name)
+    return made if made is not None else __getattr__(name)  # type: ignore[no-any-return]
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -65,6 +81,8 @@ def fmt_time(ts: float | int | str | None) -> str:
 
 def safe_text(text: object) -> Text:
     """One inert line for Rich: unsafe characters escaped, no markup or emoji interpreted."""
+    from rich.text import Text
+
     return Text(safe_line(str(text)))
 
 
@@ -86,6 +104,9 @@ def write_export(text: str) -> None:
 def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], *,
           title: str | None = None) -> None:
     """A table of single-line cells (``None`` shows as ``-``): no cell can break its row."""
+    from rich.table import Table
+    from rich.text import Text
+
     t = Table(title=safe_text(title) if title is not None else None, show_lines=False,
               header_style="bold")
     for c in columns:
@@ -97,20 +118,20 @@ def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], *,
     if n == 0:
         say(f"(no {title.lower() if title else 'entries'})")
         return
-    console.print(t)
+    _console().print(t)
 
 
 def say(text: str) -> None:
     """One line to stdout, made safe (a line break in ``text`` shows as ``\\n``)."""
-    console.print(safe_text(text))
+    _console().print(safe_text(text))
 
 
 def say_lines(text: str, *, indent: str = "") -> None:
     """Multi-line text from elsewhere (job or check output) to stdout: its lines kept, each made safe."""
     for line in safe_lines(text):
-        console.print(safe_text(indent + line))
+        _console().print(safe_text(indent + line))
 
 
 def note(text: str) -> None:
     """A remark on stderr (warnings, progress) so stdout stays parseable; one safe line."""
-    err_console.print(safe_text(text))
+    _console("err_console").print(safe_text(text))
