@@ -1,9 +1,9 @@
 # Benchmarks print their numbers and write them to bench/results/.
 PY ?= .venv/bin/python
 
-.PHONY: bench bench-trust bench-merkle bench-fleet bench-inventory bench-patch bench-ingest bench-schedule bench-flood test up sbom
+.PHONY: bench bench-trust bench-merkle bench-fleet bench-inventory bench-patch bench-ingest bench-schedule bench-flood bench-cli test up sbom
 
-bench: bench-trust bench-merkle bench-fleet bench-inventory bench-patch bench-ingest bench-schedule bench-flood
+bench: bench-trust bench-merkle bench-fleet bench-inventory bench-patch bench-ingest bench-schedule bench-flood bench-cli
 
 bench-trust:
 	@mkdir -p bench/results
@@ -48,3 +48,8 @@ bench-schedule:
 bench-flood:
 	@mkdir -p bench/results
 	PYTHONPATH=.:tests $(PY) bench/flood_bench.py bench/results/flood.json
+
+# How long `rampart --help` and a read command take, start to exit (issue 12), next to `python -c pass`.
+bench-cli:
+	@mkdir -p bench/results
+	PYTHONPATH=.:tests $(PY) bench/cli_bench.py bench/results/cli.json
