@@ -38,7 +38,7 @@ from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass
 
 from . import merkle
-from .envelope import decode_envelope, verified_signers
+from .envelope import Envelope, decode_envelope, verified_signers
 from .errors import (
     CapabilityError,
     DigestMismatchError,
@@ -53,7 +53,7 @@ from .errors import (
     WrongDeviceError,
     WrongTenantError,
 )
-from .keys import DevicePublicKey
+from .keys import DevicePublicKey, PublicKey
 from .limits import DEFAULT_LIMITS, Limits
 from .payloads import (
     CHECKPOINT_TYPE,
@@ -277,6 +277,38 @@ def _check_binding(j: Job, g: Grant, device_id: str, revoked_grants: Container[s
         raise CapabilityError(f"job targets {len(outside)} device(s) outside the grant")
 
 
+def _decode_job(root: TrustedRoot, job: bytes, limits: Limits) -> tuple[Envelope, Job]:
+    """The job envelope and payload, decoded within the limits; it names the root's tenant."""
+    env = decode_envelope(job, expect_type=JOB_TYPE, limits=limits)
+    j = decode_payload(env.payload, Job, max_bytes=limits.max_envelope_bytes)
+    if j.tenant != root.tenant:
+        raise WrongTenantError("job names another tenant")
+    return env, j
+
+
+def _check_signature(env: Envelope, j: Job, key: PublicKey) -> None:
+    """The job carries its signer's valid signature."""
+    if not verified_signers(env, {j.signer: key}, threshold=1).met:
+        raise SignatureError("job signature is missing or invalid")
+
+
+def _check_grant_window(j: Job, g: Grant, limits: Limits) -> None:
+    """The job was issued inside the grant's window (its start less the clock skew, its end)."""
+    if not (g.not_before - limits.clock_skew_s <= j.issued_at < g.not_after):
+        raise ExpiredError("job was issued outside the grant's window")
+
+
+def _check_capabilities(j: Job, g: Grant, root: TrustedRoot) -> None:
+    """The grant gives, and the tenant policy allows, every capability the job needs."""
+    needed = j.required_capabilities()
+    missing = needed - set(g.capabilities)
+    if missing:
+        raise CapabilityError(f"grant does not give {sorted(missing)}")
+    not_allowed = needed - set(root.root.policy.capabilities)
+    if not_allowed:
+        raise CapabilityError(f"tenant policy does not allow {sorted(not_allowed)}")
+
+
 def authorize_job(
     *,
     root: TrustedRoot,
@@ -298,10 +330,7 @@ def authorize_job(
     precise refusal. Pure: the caller persists nonce and checkpoint afterwards.
     """
     # 1. decode
-    env = decode_envelope(job, expect_type=JOB_TYPE, limits=limits)
-    j = decode_payload(env.payload, Job, max_bytes=limits.max_envelope_bytes)
-    if j.tenant != root.tenant:
-        raise WrongTenantError("job names another tenant")
+    env, j = _decode_job(root, job, limits)
     # 2. signer
     if j.signer in root.technicians:
         role, key = "technician", root.technicians[j.signer]
@@ -309,8 +338,7 @@ def authorize_job(
         role, key = "automation", root.automation[j.signer]
     else:
         raise UnknownKeyError("job signer is not a technician or automation key of the pinned root")
-    if not verified_signers(env, {j.signer: key}, threshold=1).met:
-        raise SignatureError("job signature is missing or invalid")
+    _check_signature(env, j, key)
     # 3. grant
     g = verify_grant(root, grant, now=now, limits=limits)
     # 4. binding, 5. devices
@@ -320,16 +348,9 @@ def authorize_job(
         raise ExpiredError("job has expired")
     if j.issued_at > now + limits.clock_skew_s:
         raise ExpiredError("job is issued in the future")
-    if not (g.not_before - limits.clock_skew_s <= j.issued_at < g.not_after):
-        raise ExpiredError("job was issued outside the grant's window")
+    _check_grant_window(j, g, limits)
     # 7. capabilities
-    needed = j.required_capabilities()
-    missing = needed - set(g.capabilities)
-    if missing:
-        raise CapabilityError(f"grant does not give {sorted(missing)}")
-    not_allowed = needed - set(root.root.policy.capabilities)
-    if not_allowed:
-        raise CapabilityError(f"tenant policy does not allow {sorted(not_allowed)}")
+    _check_capabilities(j, g, root)
     if role == "automation":
         if j.action.kind not in PAYLOAD_FREE_ACTIONS or j.action.kind not in g.actions:
             raise CapabilityError(
@@ -396,10 +417,7 @@ def authorize_repeat(
     deadline for the first run) and the audit log (the first run proved the
     job is in the log; the job bytes are the same). Pure: no I/O.
     """
-    env = decode_envelope(job, expect_type=JOB_TYPE, limits=limits)
-    j = decode_payload(env.payload, Job, max_bytes=limits.max_envelope_bytes)
-    if j.tenant != root.tenant:
-        raise WrongTenantError("job names another tenant")
+    env, j = _decode_job(root, job, limits)
     rep = j.repeating
     if rep is None:
         raise CapabilityError("this job does not repeat")
@@ -409,21 +427,13 @@ def authorize_repeat(
     key = root.technicians.get(j.signer)
     if key is None:
         raise UnknownKeyError("the repeating job's signer is not a technician of the pinned root")
-    if not verified_signers(env, {j.signer: key}, threshold=1).met:
-        raise SignatureError("job signature is missing or invalid")
+    _check_signature(env, j, key)
     g = verify_grant(root, grant, now=now, limits=limits)
     _check_binding(j, g, device.device_id, revoked_grants)
     if now >= rep.until:
         raise ExpiredError("the job's repeat period has ended")
-    if not (g.not_before - limits.clock_skew_s <= j.issued_at < g.not_after):
-        raise ExpiredError("job was issued outside the grant's window")
-    needed = j.required_capabilities()
-    missing = needed - set(g.capabilities)
-    if missing:
-        raise CapabilityError(f"grant does not give {sorted(missing)}")
-    not_allowed = needed - set(root.root.policy.capabilities)
-    if not_allowed:
-        raise CapabilityError(f"tenant policy does not allow {sorted(not_allowed)}")
+    _check_grant_window(j, g, limits)
+    _check_capabilities(j, g, root)
     effective = _check_device_policy(j, device)
     _check_payloads(j, payloads)
     return RepeatAuthorization(j, g, rep, effective)
