@@ -64,7 +64,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import msgspec
 
@@ -72,9 +72,6 @@ import rampart
 from rampart import trust
 
 from . import _command, backup, containment, patching
-
-if TYPE_CHECKING:
-    from .core import Agent, DeviceConfig
 
 log = logging.getLogger("rampart.agent")
 
@@ -483,13 +480,45 @@ def _finished(*, ok: bool, doc: Mapping[str, Any], error: str, summary: str, sta
     return Done("ran" if ok else "failed", detail=one_line(summary), result=result)
 
 
+# --- what a handler sees of the agent ------------------------------------------------------------------
+
+
+class HostConfig(Protocol):
+    """The device's local policy as handlers read it (:class:`rampart.agent.device_config.DeviceConfig`)."""
+
+    @property
+    def write_roots(self) -> tuple[str, ...]: ...
+    @property
+    def job_user(self) -> str | None: ...
+    @property
+    def require_containment(self) -> str: ...
+    @property
+    def actions(self) -> ActionPolicy: ...
+
+
+class JobHost(Protocol):
+    """What a handler sees of the agent (:class:`rampart.agent.core.Agent` is one).
+
+    A protocol, so this module never imports the agent core that calls it.
+    """
+
+    @property
+    def device_id(self) -> str: ...
+    @property
+    def state_dir(self) -> Path: ...
+    @property
+    def config(self) -> HostConfig: ...
+    @property
+    def inventory_trigger(self) -> Callable[[], bool] | None: ...
+
+
 # --- dispatch ----------------------------------------------------------------------------------------
 
 
-Handler = Callable[["Agent", trust.Authorization, Mapping[str, bytes]], Done]
+Handler = Callable[[JobHost, trust.Authorization, Mapping[str, bytes]], Done]
 
 
-def run(agent: Agent, auth: trust.Authorization, payloads: Mapping[str, bytes]) -> Done:
+def run(agent: JobHost, auth: trust.Authorization, payloads: Mapping[str, bytes]) -> Done:
     """Run one authorized job; every outcome (ran, failed, refused) is a :class:`Done`, never an exception."""
     kind = auth.job.action.kind
     handler = _HANDLERS.get(kind)
@@ -506,7 +535,7 @@ def run(agent: Agent, auth: trust.Authorization, payloads: Mapping[str, bytes]) 
                                               f"{exc}"))
 
 
-def run_check(agent: Agent, auth: trust.RepeatAuthorization, script: bytes) -> Done:
+def run_check(agent: JobHost, auth: trust.RepeatAuthorization, script: bytes) -> Done:
     """A later run of a script check (:mod:`rampart.agent.script_checks`): exactly a script job's run."""
     try:
         return _script(agent, auth, {"script": script})
@@ -519,7 +548,7 @@ def run_check(agent: Agent, auth: trust.RepeatAuthorization, script: bytes) -> D
 # --- contained jobs: script and file -------------------------------------------------------------------
 
 
-def _required_level(config: DeviceConfig, run_as: str | None) -> str:
+def _required_level(config: HostConfig, run_as: str | None) -> str:
     """The containment a job must get. A job granted root (two approvers and a device
     that allows root) cannot drop to another user, so "full" means everything else."""
     if run_as == "root" and config.require_containment == "full":
@@ -527,7 +556,7 @@ def _required_level(config: DeviceConfig, run_as: str | None) -> str:
     return config.require_containment
 
 
-def _run_as(agent: Agent, effective: str) -> str | None:
+def _run_as(agent: JobHost, effective: str) -> str | None:
     if effective == "root":
         return "root" if os.geteuid() == 0 else None
     return agent.config.job_user if os.geteuid() == 0 else None
@@ -538,7 +567,7 @@ def _code_root() -> str:
     return os.path.dirname(os.path.dirname(os.path.abspath(rampart.__file__)))
 
 
-def _contained(agent: Agent, auth: trust.Authorization | trust.RepeatAuthorization,
+def _contained(agent: JobHost, auth: trust.Authorization | trust.RepeatAuthorization,
                files: Mapping[str, bytes],
                argv: Callable[[Path], tuple[str, ...]], *,
                as_agent: bool = False) -> containment.ContainedResult:
@@ -576,7 +605,7 @@ def _contained(agent: Agent, auth: trust.Authorization | trust.RepeatAuthorizati
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _script(agent: Agent, auth: trust.Authorization | trust.RepeatAuthorization,
+def _script(agent: JobHost, auth: trust.Authorization | trust.RepeatAuthorization,
             payloads: Mapping[str, bytes]) -> Done:
     script = payloads["script"]
     args = auth.job.action.args
@@ -606,7 +635,7 @@ def _file_args(args: Sequence[str]) -> tuple[str, int]:
     return dest, int(m.group(1), 8)
 
 
-def _file(agent: Agent, auth: trust.Authorization, payloads: Mapping[str, bytes]) -> Done:
+def _file(agent: JobHost, auth: trust.Authorization, payloads: Mapping[str, bytes]) -> Done:
     job = auth.job
     refs = job.action.payloads
     if [p.name for p in refs] != ["file"]:
@@ -648,7 +677,7 @@ def _patch_limits(seconds: float) -> patching.PatchLimits:
                    refresh_timeout_s=min(d.refresh_timeout_s, s))
 
 
-def _package_root(agent: Agent, timeout_s: float) -> patching.PackageRoot:
+def _package_root(agent: JobHost, timeout_s: float) -> patching.PackageRoot:
     pol = agent.config.actions
     if pol.error:
         raise Refusal("not-configured", f"the device policy's package settings are invalid: {pol.error}")
@@ -710,7 +739,7 @@ def _no_declarations(job: trust.Job) -> None:
                                        "package manager is not contained")
 
 
-def _package(agent: Agent, auth: trust.Authorization, payloads: Mapping[str, bytes]) -> Done:
+def _package(agent: JobHost, auth: trust.Authorization, payloads: Mapping[str, bytes]) -> Done:
     job = auth.job
     if job.declared.run_as != "root":
         raise Refusal("capability-not-granted",
@@ -738,7 +767,7 @@ def _package(agent: Agent, auth: trust.Authorization, payloads: Mapping[str, byt
                      applied=_uncontained(job.timeout_s), timed_out=result.timed_out)
 
 
-def _os_update(agent: Agent, auth: trust.Authorization, payloads: Mapping[str, bytes]) -> Done:
+def _os_update(agent: JobHost, auth: trust.Authorization, payloads: Mapping[str, bytes]) -> Done:
     job = auth.job
     _no_declarations(job)
     root = _package_root(agent, job.timeout_s)
@@ -799,7 +828,7 @@ def _restore_samples(cfg: BackupConfig, skip: Sequence[str]) -> list[str]:
     return sorted(out)
 
 
-def _backup_run(agent: Agent, auth: trust.Authorization, payloads: Mapping[str, bytes]) -> Done:
+def _backup_run(agent: JobHost, auth: trust.Authorization, payloads: Mapping[str, bytes]) -> Done:
     job = auth.job
     _no_declarations(job)
     pol = agent.config.actions
@@ -856,7 +885,7 @@ def _backup_run(agent: Agent, auth: trust.Authorization, payloads: Mapping[str, 
 # --- inventory -------------------------------------------------------------------------------------------
 
 
-def _inventory_refresh(agent: Agent, auth: trust.Authorization, payloads: Mapping[str, bytes]) -> Done:
+def _inventory_refresh(agent: JobHost, auth: trust.Authorization, payloads: Mapping[str, bytes]) -> Done:
     started = time.time()
     trigger = agent.inventory_trigger
     if trigger is None:
@@ -871,7 +900,7 @@ def _inventory_refresh(agent: Agent, auth: trust.Authorization, payloads: Mappin
                      error="", summary=summary, started=started, applied=None)
 
 
-def _reboot(agent: Agent, auth: trust.Authorization, payloads: Mapping[str, bytes]) -> Done:
+def _reboot(agent: JobHost, auth: trust.Authorization, payloads: Mapping[str, bytes]) -> Done:
     """Run the device's own reboot command (``--allow-reboot``); the server chooses only when."""
     job = auth.job
     _no_declarations(job)

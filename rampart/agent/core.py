@@ -22,17 +22,15 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rampart import trust
-from rampart.trust import merkle
-from rampart.trust.payloads import Checkpoint, ContainmentReport, Receipt, decode_payload
-from rampart.trust.roots import reload_root
+from rampart.trust import Checkpoint, ContainmentReport, Receipt, decode_payload, merkle, reload_root
 
 from . import actions, containment
-from .actions import ActionPolicy
+from .device_config import DeviceConfig
+from .enroll import load_device_key
 from .state import AgentState, StoredCheck
 
 log = logging.getLogger("rampart.agent")
@@ -43,44 +41,6 @@ MAX_OUTPUT = 64 * 1024
 
 class MessageError(Exception):
     """A server message is malformed (it is dropped; nothing runs)."""
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceConfig:
-    """The local device policy, fixed at enrolment by the device's administrator."""
-
-    write_roots: tuple[str, ...]
-    allow_root: bool
-    allow_network: bool
-    job_user: str | None
-    require_containment: str
-    max_timeout_s: int
-    #: Packages, updates and backups (rampart.agent.actions, docs/patching.md).
-    actions: ActionPolicy = field(default_factory=ActionPolicy)
-    #: The shortest interval this device runs one script check at, whatever the check asks.
-    min_check_interval_s: int = 60
-
-    @classmethod
-    def from_dict(cls, doc: Mapping[str, Any]) -> DeviceConfig:
-        return cls(
-            write_roots=tuple(str(p) for p in doc.get("write_roots", [])),
-            allow_root=bool(doc.get("allow_root", False)),
-            allow_network=bool(doc.get("allow_network", True)),
-            job_user=doc.get("job_user") or None,
-            require_containment=str(doc.get("require_containment", "full")),
-            max_timeout_s=int(doc.get("max_timeout_s", 3600)),
-            actions=ActionPolicy.from_dict(doc),
-            min_check_interval_s=max(1, int(doc.get("min_check_interval_s", 60))),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "write_roots": list(self.write_roots), "allow_root": self.allow_root,
-            "allow_network": self.allow_network, "job_user": self.job_user,
-            "require_containment": self.require_containment, "max_timeout_s": self.max_timeout_s,
-            "min_check_interval_s": self.min_check_interval_s,
-            **self.actions.to_dict(),
-        }
 
 
 def protected_paths(state_dir: Path) -> tuple[str, ...]:
@@ -123,8 +83,6 @@ class Agent:
     """Verifies and runs jobs for one enrolled device. Not thread-safe: one job at a time."""
 
     def __init__(self, state_dir: Path, *, clock: Any = time.time) -> None:
-        from .enroll import load_device_key
-
         self.state_dir = state_dir
         self.state = AgentState(state_dir)
         self.key = load_device_key(state_dir)

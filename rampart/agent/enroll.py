@@ -23,9 +23,9 @@ import httpx
 
 from rampart import tlspin, trust
 from rampart.private_files import write_private_atomic
-from rampart.trust.keys import DeviceKey
+from rampart.trust import DeviceKey
 
-from .core import DeviceConfig
+from .device_config import DeviceConfig
 from .state import (
     CERT_FILE,
     KEY_FILE,

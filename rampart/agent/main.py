@@ -30,7 +30,8 @@ from pathlib import Path
 from rampart import tlspin, trust
 
 from . import actions, containment
-from .core import Agent, DeviceConfig
+from .core import Agent
+from .device_config import DeviceConfig
 from .enroll import EnrollError, enroll, load_certificate
 from .script_checks import describe
 from .state import AgentState, StateError
