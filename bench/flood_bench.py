@@ -48,6 +48,7 @@ from harness.wsagent import WireAgent  # noqa: E402
 from websockets.exceptions import ConnectionClosed  # noqa: E402
 
 from rampart.server.config import ServerLimits  # noqa: E402
+from rampart.wire import InventoryMessage  # noqa: E402
 
 LIMITS = ServerLimits()
 
@@ -126,7 +127,7 @@ def frames_flood(f: Fleet, n_flooders: int = 2) -> dict[str, Any]:
         t0 = time.monotonic()
         try:
             while time.monotonic() - t0 < 60:  # the attacker never reads; it stops when closed
-                a.send({"type": "inventory", "report": near, "result": "0" * 64})
+                a.send(InventoryMessage(report=near, result="0" * 64))
                 sent[i] += 1
         except (ConnectionClosed, OSError):
             blocked_after.append(time.monotonic() - t0)

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import os
 import resource
@@ -62,9 +61,9 @@ DELTAS_PER_AGENT = 19
 
 def build_messages(n_deltas: int) -> tuple[str, list[str], list[str]]:
     """The full report and a chain of delta reports; returns (full, deltas, result digests)."""
-    from rampart.agent.findings import Finding
-    from rampart.agent.inventory import CpuTicks, Metrics, Process, collect_full, diff, digest
-    from rampart.agent.telemetry import Report, encode_report
+    from rampart.agent.inventory import collect_full
+    from rampart.wire import Finding, InventoryMessage, Report, diff, digest, encode_message, encode_report
+    from rampart.wire.inventory import CpuTicks, Metrics, Process
 
     now = int(time.time())
     inv = collect_full(now, "0.1.0", "full")
@@ -73,8 +72,8 @@ def build_messages(n_deltas: int) -> tuple[str, list[str], list[str]]:
                       evidence={"user": "olduser", "uid": "1001", "days_idle": "90"})
     msgs: list[str] = []
     results = [digest(inv)]
-    full = json.dumps({"type": "inventory", "report": encode_report(Report(full=inv, findings=[finding])),
-                       "result": results[0], "base": None})
+    full = encode_message(InventoryMessage(report=encode_report(Report(full=inv, findings=[finding])),
+                                           result=results[0]))
     cur = inv
     base_pid = 4_000_000
     for k in range(n_deltas):
@@ -91,8 +90,8 @@ def build_messages(n_deltas: int) -> tuple[str, list[str], list[str]]:
                            "collected_at": now + 300 * (k + 1), "processes": procs, "metrics": metrics})
         report = Report(delta=diff(cur, nxt), findings=[finding])
         results.append(digest(nxt))
-        msgs.append(json.dumps({"type": "inventory", "report": encode_report(report),
-                                "result": results[-1], "base": results[-2]}))
+        msgs.append(encode_message(InventoryMessage(report=encode_report(report), result=results[-1],
+                                                    base=results[-2])))
         cur = nxt
     return full, msgs, results
 
@@ -116,14 +115,12 @@ class Sim:
                 break
             except (OSError, TimeoutError):
                 await asyncio.sleep(0.5 + attempt)
-        ch = json.loads(await self.ws.recv())
-        msg = b"rampart-agent-auth-v1\n" + ch["nonce"].encode() + b"\n" + self.device_id.encode()
-        sig = self.key.sign(msg)
-        await self.ws.send(json.dumps({"type": "hello", "device": self.device_id,
-                                       "sig": base64.b64encode(sig).decode(), "agent_version": "sim",
-                                       "root_version": 1, "checkpoint_size": 0, "catalog_sha256": ""}))
-        welcome = json.loads(await self.ws.recv())
-        assert welcome["type"] == "welcome", welcome
+        from rampart import wire
+
+        ch = wire.decode_challenge(await self.ws.recv())
+        await self.ws.send(wire.encode_message(wire.sign_hello(self.key, ch, self.device_id,
+                                                               agent_version="sim", root_version=1)))
+        wire.decode_welcome(await self.ws.recv())
         asyncio.get_running_loop().create_task(self.read())
 
     async def read(self) -> None:

@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 import httpx
 from websockets.asyncio.client import connect
 
-from rampart import tlspin, trust
+from rampart import tlspin, trust, wire
 from rampart.trust.keys import DeviceKey
 from rampart.trust.payloads import Checkpoint, Receipt
 
@@ -45,17 +45,17 @@ class SimAgent:
         self.receipts = 0
         self.refusals: list[str] = []
 
-    def handle(self, msg: dict[str, Any]) -> bytes:
-        lg = msg["log"]
-        payloads = {k: base64.b64decode(v) for k, v in msg.get("payloads", {}).items()}
+    def handle(self, msg: wire.JobMessage) -> bytes:
+        lg = msg.log
+        payloads = {k: base64.b64decode(v) for k, v in msg.payloads.items()}
         outcome, refusal, detail = "ran", "", "simulated"
         try:
             auth = trust.authorize_job(
-                root=self.root, grant=msg["grant"].encode(), job=msg["job"].encode(),
+                root=self.root, grant=msg.grant.encode(), job=msg.job.encode(),
                 payloads=payloads,
-                log=trust.LogEvidence(checkpoint=lg["checkpoint"].encode(), index=lg["index"],
-                                      inclusion=tuple(bytes.fromhex(h) for h in lg["inclusion"]),
-                                      consistency=tuple(bytes.fromhex(h) for h in lg.get("consistency", []))),
+                log=trust.LogEvidence(checkpoint=lg.checkpoint.encode(), index=lg.index,
+                                      inclusion=tuple(bytes.fromhex(h) for h in lg.inclusion),
+                                      consistency=tuple(bytes.fromhex(h) for h in lg.consistency)),
                 last_checkpoint=self.checkpoint,
                 device=trust.DevicePolicy(device_id=self.device_id, write_roots=("/srv",)),
                 now=int(time.time()), seen_nonces=self.nonces, seen_jobs=self.jobs,
@@ -67,7 +67,7 @@ class SimAgent:
             outcome, refusal, detail = "refused", exc.reason, exc.message
             self.refusals.append(exc.reason)
         now = time.time()
-        r = Receipt(tenant=self.root.tenant, job=msg["job_id"], device=self.device_id,
+        r = Receipt(tenant=self.root.tenant, job=msg.job_id, device=self.device_id,
                     outcome=outcome, refusal=refusal, detail=detail,  # type: ignore[arg-type]
                     exit_code=0 if outcome == "ran" else None,
                     stdout_sha256=hashlib.sha256(b"").hexdigest(), started_at=now, ended_at=now)
@@ -77,26 +77,22 @@ class SimAgent:
         delay = 0.5
         while not stop.is_set():
             try:
-                async with connect(url, ssl=ctx, max_size=4 << 20, open_timeout=60,
+                async with connect(url, ssl=ctx, max_size=wire.MAX_MESSAGE_BYTES, open_timeout=60,
                                    ping_interval=None) as ws:
-                    ch = json.loads(await ws.recv())
-                    sig = self.key.sign(b"rampart-agent-auth-v1\n" + ch["nonce"].encode() + b"\n"
-                                        + self.device_id.encode())
-                    await ws.send(json.dumps({
-                        "type": "hello", "device": self.device_id, "sig": base64.b64encode(sig).decode(),
-                        "agent_version": "sim", "root_version": self.root.version,
-                        "checkpoint_size": self.checkpoint.size if self.checkpoint else 0}))
-                    welcome = json.loads(await ws.recv())
-                    assert welcome["type"] == "welcome", welcome
+                    ch = wire.decode_challenge(await ws.recv())
+                    await ws.send(wire.encode_message(wire.sign_hello(
+                        self.key, ch, self.device_id, agent_version="sim", root_version=self.root.version,
+                        checkpoint_size=self.checkpoint.size if self.checkpoint else 0)))
+                    wire.decode_welcome(await ws.recv())
                     connected.set()
                     delay = 0.5
                     async for raw in ws:
-                        msg = json.loads(raw)
-                        if msg.get("type") == "job":
+                        msg = wire.decode_server_message(raw)
+                        if isinstance(msg, wire.JobMessage):
                             receipt = self.handle(msg)
-                            await ws.send(json.dumps({
-                                "type": "receipt", "job_id": msg["job_id"], "receipt": receipt.decode(),
-                                "checkpoint_size": self.checkpoint.size if self.checkpoint else 0}))
+                            await ws.send(wire.encode_message(wire.ReceiptMessage(
+                                job_id=msg.job_id, receipt=receipt.decode(),
+                                checkpoint_size=self.checkpoint.size if self.checkpoint else 0)))
                             self.receipts += 1
             except (TimeoutError, OSError, Exception):  # noqa: BLE001 - reconnect on anything
                 if stop.is_set():

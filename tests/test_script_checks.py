@@ -36,10 +36,9 @@ from sqlalchemy import select, update
 from test_telemetry import Cli, configured_server, store_of, wait_until
 
 from rampart import trust
-from rampart.agent.script_checks import MAX_TAIL, CheckResult, decode_result, encode_result, result_of
+from rampart.agent.script_checks import result_of
 from rampart.agent.state import CHECK_OUTBOX_MAX, AgentState
 from rampart.server.db import Store, migrate
-from rampart.server.gateway import AgentMessage, CheckResultMessage
 from rampart.server.models import (
     AlertRow,
     Device,
@@ -59,6 +58,8 @@ from rampart.server.script_checks import (
     ScriptCheckStore,
 )
 from rampart.trust.payloads import JOB_TYPE, REVOCATION_TYPE
+from rampart.wire import AgentMessage, CheckResultMessage
+from rampart.wire.check_result import MAX_TAIL, CheckResult, decode_result, encode_result
 
 # --- unit: the result format ---------------------------------------------------------------
 

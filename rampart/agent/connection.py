@@ -1,5 +1,12 @@
 """The agent's link to the server: one pinned-TLS WebSocket, reconnecting with jittered back-off.
 
+Every message is a :mod:`rampart.wire` struct: the agent decodes what the
+server sends into the :data:`rampart.wire.ServerMessage` union, as strictly
+as the server decodes the agent's, and refuses anything else with a stable
+reason (logged; a refused ``job`` with a readable job id is answered with a
+signed ``malformed`` refusal receipt), never a crash. :meth:`Link.receive`
+and :meth:`Link.handle` take that path without a socket (the test seam).
+
 The connection carries no authority: whatever arrives is verified by
 :class:`rampart.agent.core.Agent` before anything happens. Receipts stay in
 the durable outbox until the server acknowledges them and are resent on
@@ -14,15 +21,39 @@ outbox at the server's ``check-ack``; nothing the server sends starts a check.
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import logging
 import random
 import ssl
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import msgspec
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
+
+from rampart.wire import (
+    AckMessage,
+    CheckAckMessage,
+    DetectionMessage,
+    ErrorMessage,
+    InventoryAckMessage,
+    InventoryFullMessage,
+    InventoryRequestMessage,
+    JobMessage,
+    Message,
+    ReceiptMessage,
+    RevocationsMessage,
+    RootsMessage,
+    ServerMessage,
+    StateMessage,
+    WireError,
+    decode_challenge,
+    decode_server_message,
+    decode_welcome,
+    encode_message,
+    sign_hello,
+)
+from rampart.wire.limits import MAX_DETAIL_CHARS, MAX_MESSAGE_BYTES
 
 from .core import Agent
 from .enroll import AGENT_VERSION
@@ -31,9 +62,13 @@ from .telemetry import Telemetry
 
 log = logging.getLogger("rampart.agent")
 
-MAX_MESSAGE = 4 * 1024 * 1024
 BACKOFF_FIRST_S = 1.0
 BACKOFF_MAX_S = 60.0
+HANDSHAKE_TIMEOUT_S = 15.0
+
+SendText = Callable[[str], Awaitable[None]]
+#: What the job worker is given: a job to verify, or a refused job message to answer with a refusal.
+JobWork = JobMessage | WireError
 
 
 def backoff_delays(first: float = BACKOFF_FIRST_S, cap: float = BACKOFF_MAX_S) -> Any:
@@ -44,8 +79,20 @@ def backoff_delays(first: float = BACKOFF_FIRST_S, cap: float = BACKOFF_MAX_S) -
         delay = min(cap, delay * 2)
 
 
-def auth_message(nonce: str, device_id: str) -> bytes:
-    return b"rampart-agent-auth-v1\n" + nonce.encode() + b"\n" + device_id.encode()
+def refuse_job(agent: Agent, job_id: str, detail: str) -> bytes | None:
+    """A ``job`` message for ``job_id`` did not decode: sign its refusal (``malformed``); nothing runs.
+
+    A job already run here (or interrupted) keeps its receipt, which is sent again,
+    exactly as :meth:`rampart.agent.core.Agent.handle_job` answers a repeated job.
+    """
+    with agent.exec_lock:
+        prior = agent.state.job_record(job_id)
+        if prior is not None and prior[0] in ("done", "started"):
+            return prior[1]
+        log.warning("refused job %s: malformed: %s", job_id, detail)
+        receipt = agent._receipt(job_id, outcome="refused", refusal="malformed", detail=detail)
+        agent.state.record_refusal(job_id, receipt)
+        return receipt
 
 
 class Link:
@@ -61,9 +108,13 @@ class Link:
         self.url = gateway_url or (
             server_url.replace("https://", "wss://", 1).rstrip("/") + "/agent/v1/ws")
         self.ssl = ssl_context
-        self.jobs: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.jobs: asyncio.Queue[JobWork] = asyncio.Queue()
         self._background: set[asyncio.Task[None]] = set()
         self.ws: ClientConnection | None = None
+        #: Where messages to the server go while a session is up (the socket's send; a test's list).
+        self.send_text: SendText | None = None
+        #: Server messages refused since start, by reason (for tests and diagnostics).
+        self.refused: dict[str, int] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         await asyncio.to_thread(self.agent.recover_interrupted)
@@ -85,6 +136,7 @@ class Link:
                 except (TimeoutError, OSError, WebSocketException, ValueError) as exc:
                     log.info("connection to server lost: %s", type(exc).__name__)
                 self.ws = None
+                self.send_text = None
                 if stop.is_set():
                     break
                 try:
@@ -98,31 +150,17 @@ class Link:
                 reporter.cancel()
 
     async def _session(self, stop: asyncio.Event) -> None:
-        async with connect(self.url, ssl=self.ssl, max_size=MAX_MESSAGE, open_timeout=15,
+        async with connect(self.url, ssl=self.ssl, max_size=MAX_MESSAGE_BYTES, open_timeout=15,
                            ping_interval=20, ping_timeout=20, close_timeout=5) as ws:
-            challenge = json.loads(await asyncio.wait_for(ws.recv(), 15))
-            if challenge.get("type") != "challenge" or not isinstance(challenge.get("nonce"), str):
-                raise ValueError("expected a challenge")
-            sig = self.agent.key.sign(auth_message(challenge["nonce"], self.agent.device_id))
-            await ws.send(json.dumps({
-                "type": "hello", "device": self.agent.device_id,
-                "sig": base64.b64encode(sig).decode(), "agent_version": AGENT_VERSION,
-                "root_version": self.agent.root_version(),
-                "checkpoint_size": self.agent.checkpoint_size(),
-                "catalog_sha256": self.telemetry.catalog_sha256 if self.telemetry is not None else "",
-            }))
-            welcome = json.loads(await asyncio.wait_for(ws.recv(), 15))
-            if welcome.get("type") != "welcome":
-                raise ValueError("server did not welcome this device")
-            log.info("connected to %s as %s (%s)", self.url, self.agent.device_id,
-                     welcome.get("status"))
-            self.ws = ws
-            self._detection_seen = False
-            if self.telemetry is not None:
-                self.telemetry.attach(ws.send)
-            self.checks.attach(ws.send)
-            for pending in await asyncio.to_thread(self.agent.state.unacked_receipts):
-                await self._send_receipt(pending.job_id, pending.receipt)
+            # A WireError is a ValueError: a bad handshake ends the session and the agent reconnects.
+            challenge = decode_challenge(await asyncio.wait_for(ws.recv(), HANDSHAKE_TIMEOUT_S))
+            await ws.send(encode_message(sign_hello(
+                self.agent.key, challenge, self.agent.device_id, agent_version=AGENT_VERSION,
+                root_version=self.agent.root_version(), checkpoint_size=self.agent.checkpoint_size(),
+                catalog_sha256=self.telemetry.catalog_sha256 if self.telemetry is not None else "")))
+            welcome = decode_welcome(await asyncio.wait_for(ws.recv(), HANDSHAKE_TIMEOUT_S))
+            log.info("connected to %s as %s (%s)", self.url, self.agent.device_id, welcome.status)
+            await self.start(ws, ws.send)
             stopper = asyncio.create_task(stop.wait())
             try:
                 while True:
@@ -131,64 +169,97 @@ class Link:
                     if stopper in done:
                         recv.cancel()
                         return
-                    await self._dispatch(json.loads(recv.result()))
+                    await self.receive(recv.result())
             finally:
                 stopper.cancel()
-                self.checks.detach()
-                if self.telemetry is not None:
-                    self.telemetry.detach()
+                self.stop()
 
-    async def _dispatch(self, msg: Any) -> None:
-        if not isinstance(msg, dict):
+    # --- a session, without its socket (the seam tests drive) ------------------------------------
+
+    async def start(self, ws: ClientConnection | None, send: SendText) -> None:
+        """A session is up: outgoing messages go through ``send``; resend the receipts not acknowledged."""
+        self.ws = ws
+        self.send_text = send
+        self._detection_seen = False
+        if self.telemetry is not None:
+            self.telemetry.attach(send)
+        self.checks.attach(send)
+        for pending in await asyncio.to_thread(self.agent.state.unacked_receipts):
+            await self._send_receipt(pending.job_id, pending.receipt)
+
+    def stop(self) -> None:
+        """The session ended: nothing more is sent until the next :meth:`start`."""
+        self.checks.detach()
+        if self.telemetry is not None:
+            self.telemetry.detach()
+
+    async def receive(self, data: str | bytes) -> None:
+        """Decode one frame from the server and act on it; a refused one is logged and counted."""
+        try:
+            msg = decode_server_message(data)
+        except WireError as exc:
+            await self._refuse(exc)
             return
-        kind = msg.get("type")
-        if kind == "job":
+        await self.handle(msg)
+
+    async def _refuse(self, exc: WireError) -> None:
+        self.refused[exc.reason] = self.refused.get(exc.reason, 0) + 1
+        log.warning("refused a server message (%s): %s: %s", exc.message_type or "unknown type",
+                    exc.reason, exc.detail[:MAX_DETAIL_CHARS])
+        if exc.message_type == "job" and exc.job_id is not None:
+            await self.jobs.put(exc)  # answered with a signed refusal, in order with the other jobs
+        elif exc.message_type == "detection" and self.telemetry is not None:
+            first = not self._detection_seen
+            self._detection_seen = True
+            self.telemetry.on_bad_detection(exc.detail, first_on_connection=first)
+
+    async def handle(self, msg: ServerMessage) -> None:
+        """Act on one decoded server message (nothing here runs a job: the worker verifies it first)."""
+        if isinstance(msg, JobMessage):
             await self.jobs.put(msg)
-        elif kind == "ack" and isinstance(msg.get("job_id"), str):
-            await asyncio.to_thread(self.agent.state.mark_acked, msg["job_id"])
-        elif kind == "roots" and isinstance(msg.get("envelopes"), list):
-            envs = [e.encode() for e in msg["envelopes"] if isinstance(e, str)]
+        elif isinstance(msg, AckMessage):
+            await asyncio.to_thread(self.agent.state.mark_acked, msg.job_id)
+        elif isinstance(msg, RootsMessage):
             try:
-                await asyncio.to_thread(self.agent.apply_roots, envs)
+                await asyncio.to_thread(self.agent.apply_roots, [e.encode() for e in msg.envelopes])
             except Exception as exc:  # a refused root changes nothing; keep serving
                 log.warning("refused root update: %s", exc)
             await self._send_state()
-        elif kind == "revocations" and isinstance(msg.get("envelopes"), list):
-            envs = [e.encode() for e in msg["envelopes"] if isinstance(e, str)]
+        elif isinstance(msg, RevocationsMessage):
             try:
-                await asyncio.to_thread(self.agent.apply_revocations, envs)
+                await asyncio.to_thread(self.agent.apply_revocations, [e.encode() for e in msg.envelopes])
             except Exception as exc:  # keep serving; a later push or reconnect brings them again
                 log.warning("could not store revocations: %s", exc)
-        elif kind == "check-ack":
-            if msg.get("refused"):
-                log.warning("the server refused script check result %s: %s", msg.get("seq"),
-                            str(msg.get("refused"))[:300])
-            await self.checks.on_ack(msg.get("seq"))
-        elif kind == "error":
-            log.warning("the server refused a message: %s", str(msg.get("detail", ""))[:300])
+        elif isinstance(msg, CheckAckMessage):
+            if msg.refused:
+                log.warning("the server refused script check result %s: %s", msg.seq, msg.refused)
+            await self.checks.on_ack(msg.seq)
+        elif isinstance(msg, ErrorMessage):
+            log.warning("the server refused a message: %s", msg.detail)
         elif self.telemetry is not None:
-            await self._telemetry_message(kind, msg)
+            await self._telemetry_message(msg)
 
-    async def _telemetry_message(self, kind: object, msg: dict[str, Any]) -> None:
+    async def _telemetry_message(self, msg: ServerMessage) -> None:
         assert self.telemetry is not None
-        if kind == "detection":
+        if isinstance(msg, DetectionMessage):
             first = not self._detection_seen
             self._detection_seen = True
-            await self.telemetry.on_detection(msg, first_on_connection=first)
-        elif kind == "inventory-ack":
-            self.telemetry.on_ack(msg.get("result"))
-        elif kind == "inventory-full":
+            await self.telemetry.on_detection(msgspec.to_builtins(msg), first_on_connection=first)
+        elif isinstance(msg, InventoryAckMessage):
+            self.telemetry.on_ack(msg.result)
+        elif isinstance(msg, InventoryFullMessage):
             self.telemetry.on_full()
-        elif kind == "inventory-request":
+        elif isinstance(msg, InventoryRequestMessage):
             log.info("the server asked for an inventory")
             self.telemetry.request()
 
+    async def _send(self, msg: Message) -> None:
+        if self.send_text is not None:
+            await self.send_text(encode_message(msg))
+
     async def _send_state(self) -> None:
-        if self.ws is not None:
-            await self.ws.send(json.dumps({
-                "type": "state", "root_version": self.agent.root_version(),
-                "checkpoint_size": self.agent.checkpoint_size(),
-            }))
+        await self._send(StateMessage(root_version=self.agent.root_version(),
+                                      checkpoint_size=self.agent.checkpoint_size()))
 
     def _spawn(self, coro: Any) -> None:
         """Run ``coro`` in the background, keeping a reference until it ends."""
@@ -203,29 +274,38 @@ class Link:
             pass  # the next hello reports it
 
     async def _send_receipt(self, job_id: str, receipt: bytes) -> None:
-        if self.ws is None:
+        if self.send_text is None:
             return
         try:
-            await self.ws.send(json.dumps({
-                "type": "receipt", "job_id": job_id, "receipt": receipt.decode(),
-                "checkpoint_size": self.agent.checkpoint_size(),
-            }))
+            await self._send(ReceiptMessage(job_id=job_id, receipt=receipt.decode(),
+                                            checkpoint_size=self.agent.checkpoint_size()))
         except (OSError, WebSocketException):
             log.info("receipt for %s kept in the outbox until the server is back", job_id)
 
     async def _work(self) -> None:
         """Run jobs one at a time, in arrival order."""
+        while True:
+            await self.work_one(await self.jobs.get())
+
+    async def work_one(self, work: JobWork) -> bytes | None:
+        """Verify and run one job (or sign the refusal of a malformed one); send and return its receipt."""
         loop = asyncio.get_running_loop()
 
         def started() -> None:  # called from the worker thread once the checkpoint is committed
             loop.call_soon_threadsafe(lambda: self._spawn(self._send_state_quietly()))
 
-        while True:
-            msg = await self.jobs.get()
-            try:
-                receipt = await asyncio.to_thread(self.agent.handle_job, msg, started)
-            except Exception:
-                log.exception("job handling failed")
-                continue
-            if receipt is not None:
-                await self._send_receipt(str(msg.get("job_id")), receipt)
+        try:
+            if isinstance(work, WireError):
+                assert work.job_id is not None
+                job_id = work.job_id
+                receipt = await asyncio.to_thread(refuse_job, self.agent, job_id, work.detail)
+            else:
+                job_id = work.job_id
+                # The typed message, as the plain mapping Agent.handle_job checks again (defence in depth).
+                receipt = await asyncio.to_thread(self.agent.handle_job, msgspec.to_builtins(work), started)
+        except Exception:
+            log.exception("job handling failed")
+            return None
+        if receipt is not None:
+            await self._send_receipt(job_id, receipt)
+        return receipt

@@ -43,7 +43,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final
 
+import msgspec
+
 from rampart import trust
+from rampart.wire import CheckResultMessage, encode_message
 from rampart.wire.check_result import MAX_DETAIL, MAX_TAIL, CheckResult, decode_result, encode_result
 
 from . import actions
@@ -140,7 +143,12 @@ class ScriptChecks:
                 continue
             if len(self._sent) >= SEND_WINDOW:
                 return
-            text = f'{{"type":"check-result","seq":{seq},"result":{data.decode()}}}'
+            try:
+                text = encode_message(CheckResultMessage(seq=seq, result=decode_result(data)))
+            except (msgspec.DecodeError, ValueError):  # ValidationError is a DecodeError
+                log.warning("dropped script check result %d: it no longer decodes", seq)
+                await asyncio.to_thread(self._agent.state.ack_check_result, seq)
+                continue
             try:
                 await send(text)
             except Exception as exc:  # noqa: BLE001 - a lost connection: sent again on the next one

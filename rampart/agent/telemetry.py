@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from rampart.catalog import Catalog, CatalogError, builtin_catalog, decode_catalog
 from rampart.catalog.store import MAX_CATALOG_BYTES
+from rampart.wire import InventoryMessage, encode_message
 from rampart.wire.inventory import Patching, Update, canonical, update_key
 from rampart.wire.telemetry import (
     MAX_REPORT_BYTES,
@@ -208,8 +209,7 @@ def message_text(snap: _Snapshot, acked: tuple[Inventory, str] | None,
         report = Report(delta=diff(acked[0], snap.inv), findings=snap.findings, earlier=earlier,
                         tools=snap.tools)
         base = acked[1]
-    text = json.dumps({"type": "inventory", "report": encode_report(report), "result": snap.digest,
-                       "base": base}, separators=(",", ":"))
+    text = encode_message(InventoryMessage(report=encode_report(report), result=snap.digest, base=base))
     return text, acked is None
 
 
@@ -351,6 +351,12 @@ class Telemetry:
     def request(self) -> None:
         """Collect and report as soon as the minimum gap allows (an operator or the server asked)."""
         self._wake.set()
+
+    def on_bad_detection(self, detail: str, *, first_on_connection: bool) -> None:
+        """A ``detection`` message did not decode: the configuration is kept (as when parsing refuses it)."""
+        log.warning("refused a detection configuration: %s", detail)
+        if first_on_connection:
+            self.request()
 
     async def on_detection(self, msg: dict[str, Any], *, first_on_connection: bool) -> None:
         try:

@@ -31,7 +31,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from rampart.agent.inventory import Inventory
+from rampart.wire.inventory import Inventory
 
 from .alerts import raise_alert, resolve
 from .db import Store

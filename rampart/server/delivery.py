@@ -16,7 +16,6 @@ Invariants (docs/design/protocol.md, "Agent protocol"; T15):
 from __future__ import annotations
 
 import base64
-import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from rampart.trust import DevicePublicKey, TrustError, verify_receipt
+from rampart.wire import JobLog, JobMessage, encode_message
 
 from .audit import AuditLog
 from .db import Store
@@ -135,13 +135,11 @@ class DeliveryStore:
                 inclusion = self._audit.inclusion_proof(s, parts.tenant, parts.index, cp.size)
                 consistency = (self._audit.consistency_proof(s, parts.tenant, agent_size, cp.size)
                                if agent_size <= cp.size else [])
-            text = json.dumps({
-                "type": "job", "job_id": job_id, "job": parts.job, "grant": parts.grant,
-                "payloads": parts.payloads,
-                "log": {"checkpoint": cp.envelope.decode(), "index": parts.index,
-                        "inclusion": [h.hex() for h in inclusion],
-                        "consistency": [h.hex() for h in consistency]},
-            }, separators=(",", ":"))
+            text = encode_message(JobMessage(
+                job_id=job_id, job=parts.job, grant=parts.grant, payloads=parts.payloads,
+                log=JobLog(checkpoint=cp.envelope.decode(), index=parts.index,
+                           inclusion=[h.hex() for h in inclusion],
+                           consistency=[h.hex() for h in consistency])))
             self._remember(self._messages, key, text, MESSAGE_CACHE)
         return Delivery(job_id, cp.size, text, more)
 

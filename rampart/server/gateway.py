@@ -1,8 +1,10 @@
 """Agent WebSocket gateway (``/agent/v1/ws``, docs/design/protocol.md "Agent protocol").
 
-Handshake: the server sends a fresh 32-byte nonce (64 hex characters); the
-agent answers ``hello`` with its device id and an Ed25519 signature by its
-device key over ``b"rampart-agent-auth-v1\\n" + nonce_hex + b"\\n" + device_id``.
+Every message is a :mod:`rampart.wire` struct, built and decoded there.
+
+Handshake (:mod:`rampart.wire.handshake`): the server sends a fresh 32-byte
+nonce; the agent answers ``hello`` with its device id and an Ed25519
+signature by its device key over :func:`rampart.wire.auth_message`.
 A bad signature or unknown device closes with 4401; a malformed hello with
 4400. A newer connection of the same device replaces the older (4409).
 
@@ -44,20 +46,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Literal
 
-import msgspec
-from msgspec import Meta
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from rampart.agent.script_checks import CheckResult
-from rampart.trust.keys import b64decode_strict
+from rampart.wire import (
+    AckMessage,
+    CheckAckMessage,
+    CheckResultMessage,
+    DetectionMessage,
+    ErrorMessage,
+    InventoryAckMessage,
+    InventoryFullMessage,
+    InventoryMessage,
+    InventoryRequestMessage,
+    Message,
+    ReceiptMessage,
+    RevocationsMessage,
+    RootsMessage,
+    StateMessage,
+    Welcome,
+    WireError,
+    check_hello,
+    decode_agent_message,
+    decode_hello,
+    encode_message,
+    new_challenge,
+)
+from rampart.wire.limits import MAX_DETAIL_CHARS
 
 from . import clock
 from .config import ServerLimits
@@ -68,7 +88,6 @@ from .telemetry import Incoming, NotYet, Outcome, Refused, TelemetryStore
 
 log = logging.getLogger("rampart.server.gateway")
 
-AUTH_CONTEXT = b"rampart-agent-auth-v1\n"
 CLOSE_BAD_MESSAGE = 4400
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_REPLACED = 4409
@@ -82,50 +101,6 @@ SEND_TIMEOUT_S = 30.0
 ALERT_THROTTLED = "device-throttled"
 ALERT_BLOCKED = "device-blocked"
 ALERT_REPLACED = "device-connections"
-
-Count = Annotated[int, Meta(ge=0, le=1 << 48)]
-Short = Annotated[str, Meta(max_length=128)]
-JobIdText = Annotated[str, Meta(pattern=r"^job-[0-9a-z]{16,64}$")]
-Hex64 = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
-
-
-class Hello(msgspec.Struct, tag="hello", tag_field="type"):
-    device: Annotated[str, Meta(pattern=r"^dev-[0-9a-f]{24}$")]
-    sig: Annotated[str, Meta(max_length=128)]
-    agent_version: Short = ""
-    root_version: Count = 0
-    checkpoint_size: Count = 0
-    #: The imported tool catalog the agent holds ("" none), so it is resent only when it changed.
-    catalog_sha256: Annotated[str, Meta(pattern=r"^(?:[0-9a-f]{64})?$")] = ""
-
-
-class ReceiptMessage(msgspec.Struct, tag="receipt", tag_field="type"):
-    job_id: JobIdText
-    receipt: str
-    checkpoint_size: Count | None = None
-
-
-class StateMessage(msgspec.Struct, tag="state", tag_field="type"):
-    root_version: Count
-    checkpoint_size: Count
-
-
-class InventoryMessage(msgspec.Struct, tag="inventory", tag_field="type"):
-    """An inventory report: base64 of zlib of a strict ``Report`` (rampart.agent.telemetry)."""
-
-    report: Annotated[str, Meta(min_length=1)]
-    result: Hex64
-    base: Hex64 | None = None
-
-
-class CheckResultMessage(msgspec.Struct, tag="check-result", tag_field="type"):
-    """One script check run (rampart.agent.script_checks); ``seq`` is the agent's outbox number."""
-
-    seq: Annotated[int, Meta(ge=1, le=1 << 62)]
-    result: CheckResult
-
-
-AgentMessage = ReceiptMessage | StateMessage | InventoryMessage | CheckResultMessage
 
 WRITE_BATCH_MAX = 512
 
@@ -154,10 +129,6 @@ def _forget_task(conn: Connection, task: asyncio.Task[None]) -> None:
         conn.deliverer = None
 
 
-def auth_message(nonce: str, device_id: str) -> bytes:
-    return AUTH_CONTEXT + nonce.encode() + b"\n" + device_id.encode()
-
-
 @dataclass(eq=False)
 class Connection:
     """One authenticated agent connection and what the gateway knows of the agent's state."""
@@ -179,8 +150,8 @@ class Connection:
     catalog_sha256: str = ""
     detection: str = ""
 
-    async def send(self, doc: dict[str, Any]) -> None:
-        await self.send_text(json.dumps(doc, separators=(",", ":")))
+    async def send(self, msg: Message) -> None:
+        await self.send_text(encode_message(msg))
 
     async def send_text(self, text: str) -> None:
         """Send one message; an agent that stops reading for SEND_TIMEOUT_S loses its connection."""
@@ -273,7 +244,7 @@ class Gateway:
         if not conns:
             return
         revs = await asyncio.to_thread(self._db.revocations, tenant_id, clock.now())
-        text = json.dumps({"type": "revocations", "envelopes": revs}, separators=(",", ":"))
+        text = encode_message(RevocationsMessage(envelopes=revs))
         for conn in conns:
             with contextlib.suppress(Exception):
                 await conn.send_text(text)
@@ -281,7 +252,7 @@ class Gateway:
     async def _send_revocations(self, conn: Connection) -> None:
         revs = await asyncio.to_thread(self._db.revocations, conn.device.tenant_id, clock.now())
         if revs:
-            await conn.send({"type": "revocations", "envelopes": revs})
+            await conn.send(RevocationsMessage(envelopes=revs))
 
     # -- one connection ------------------------------------------------------------
 
@@ -337,8 +308,7 @@ class Gateway:
                 await self._close(ws, CLOSE_THROTTLED)
                 return
         try:
-            await conn.send({"type": "welcome",
-                             "status": "approved" if conn.device.approved else "pending"})
+            await conn.send(Welcome(status="approved" if conn.device.approved else "pending"))
             await self._send_roots(conn)
             await self._send_revocations(conn)
             await self._send_detection(conn)
@@ -361,12 +331,12 @@ class Gateway:
                 await asyncio.to_thread(self._db.touch, device_id, clock.now())
 
     async def _handshake(self, ws: WebSocket) -> Connection | None:
-        nonce = secrets.token_hex(32)
-        await ws.send_text(json.dumps({"type": "challenge", "nonce": nonce}))
+        challenge = new_challenge()
+        await ws.send_text(encode_message(challenge))
         try:
             text = await asyncio.wait_for(self._receive_text(ws), self._limits.hello_timeout_s)
-            hello = msgspec.json.decode(text, type=Hello) if text is not None else None
-        except (TimeoutError, msgspec.DecodeError, msgspec.ValidationError, WebSocketDisconnect):
+            hello = decode_hello(text) if text is not None else None
+        except (TimeoutError, WireError, WebSocketDisconnect):
             hello = None
         if hello is None:
             await self._close(ws, CLOSE_BAD_MESSAGE)
@@ -376,11 +346,7 @@ class Gateway:
             await self._close(ws, CLOSE_THROTTLED)
             return None
         device = await asyncio.to_thread(self._db.identity, hello.device)
-        try:
-            sig = b64decode_strict(hello.sig, what="hello signature")
-        except Exception:
-            sig = b""
-        if device is None or not device.public.verify(sig, auth_message(nonce, hello.device)):
+        if device is None or not check_hello(device.public, challenge, hello):
             await self._close(ws, CLOSE_UNAUTHENTICATED)
             return None
         await asyncio.to_thread(self._db.touch, device.device_id, clock.now())
@@ -406,7 +372,7 @@ class Gateway:
         roots = await asyncio.to_thread(self._db.roots_after, conn.device.tenant_id,
                                         conn.root_version)
         if roots:
-            await conn.send({"type": "roots", "envelopes": roots})
+            await conn.send(RootsMessage(envelopes=roots))
 
     async def _receive(self, conn: Connection) -> None:
         last_touch = time.monotonic()
@@ -424,9 +390,9 @@ class Gateway:
                     return
                 continue
             try:
-                msg = msgspec.json.decode(text, type=AgentMessage)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                if await self._refuse(conn, f"bad message: {exc}"[:300]):
+                msg = decode_agent_message(text, max_bytes=self._limits.max_ws_message_bytes)
+            except WireError as exc:
+                if await self._refuse(conn, f"bad message: {exc.detail}"[:MAX_DETAIL_CHARS]):
                     return
                 continue
             if isinstance(msg, StateMessage):
@@ -452,19 +418,19 @@ class Gateway:
                                              msg.receipt.encode(), done))
         result = await done
         if isinstance(result, ReceiptRefused):
-            await conn.send({"type": "error", "job_id": msg.job_id, "detail": str(result)[:300]})
+            await conn.send(ErrorMessage(job_id=msg.job_id, detail=str(result)[:MAX_DETAIL_CHARS]))
             return
         if msg.checkpoint_size is not None:
             conn.checkpoint_size = msg.checkpoint_size
         conn.answered.add(msg.job_id)
-        await conn.send({"type": "ack", "job_id": msg.job_id})
+        await conn.send(AckMessage(job_id=msg.job_id))
 
     async def _on_check_result(self, conn: Connection, msg: CheckResultMessage) -> bool:
         """Store one script check result (bound to this device), then acknowledge it.
 
         False when the device was blocked for abuse and its connection closed."""
         if self.script_checks is None:
-            await conn.send({"type": "error", "detail": "this server does not accept script check results"})
+            await conn.send(ErrorMessage(detail="this server does not accept script check results"))
             return True
         if not self.budgets.take(conn.device.device_id, "check", time.monotonic()):
             return not await self._refuse(conn, "script check results are too frequent")
@@ -474,13 +440,13 @@ class Gateway:
         except ResultRefused as exc:
             log.info("script check result from %s refused: %s", conn.device.device_id, exc)
             # Refused for good: acknowledged so the agent drops it, and said why.
-            await conn.send({"type": "check-ack", "seq": msg.seq, "refused": str(exc)[:300]})
+            await conn.send(CheckAckMessage(seq=msg.seq, refused=str(exc)[:MAX_DETAIL_CHARS]))
             return True
         except Exception:  # the store failed: not acknowledged, the agent sends it again later
             log.exception("storing a script check result from %s failed", conn.device.device_id)
-            await conn.send({"type": "error", "detail": "the server could not store the result now"})
+            await conn.send(ErrorMessage(detail="the server could not store the result now"))
             return True
-        await conn.send({"type": "check-ack", "seq": msg.seq})
+        await conn.send(CheckAckMessage(seq=msg.seq))
         return True
 
     # --- a device's budget (threat T16) -------------------------------------------------------------
@@ -496,7 +462,7 @@ class Gateway:
         verdict = self.budgets.refused(device.device_id, now_m)
         self.refused_count += 1
         with contextlib.suppress(Exception):
-            await conn.send({"type": "error", "detail": detail[:300]})
+            await conn.send(ErrorMessage(detail=detail[:MAX_DETAIL_CHARS]))
         if verdict == "block":
             self.blocked_count += 1
             blocked = self.budgets.blocked_for(device.device_id, now_m)
@@ -595,8 +561,8 @@ class Gateway:
     # -- telemetry (docs/design/telemetry.md) ------------------------------------------
 
     def _detection_text(self, sanctioned: list[str], days: int, catalog_sha: str, blob: str | None) -> str:
-        return json.dumps({"type": "detection", "sanctioned": sanctioned, "dormant_days": days,
-                           "catalog_sha256": catalog_sha, "catalog": blob}, separators=(",", ":"))
+        return encode_message(DetectionMessage(sanctioned=sanctioned, dormant_days=days,
+                                               catalog_sha256=catalog_sha, catalog=blob))
 
     async def _send_detection(self, conn: Connection) -> None:
         """The tenant's detection configuration and the stored inventory head, on every connection."""
@@ -610,7 +576,7 @@ class Gateway:
         conn.catalog_sha256 = sha
         conn.detection = TelemetryStore.fingerprint(sanctioned, days, sha)
         if head is not None:
-            await conn.send({"type": "inventory-ack", "result": head})
+            await conn.send(InventoryAckMessage(result=head))
 
     def detection_changed(self) -> None:
         """A tenant's sanctioned tools or the imported catalog changed: push it (thread-safe)."""
@@ -646,20 +612,20 @@ class Gateway:
         conn = self._conns.get(device_id)
         if conn is None or self._loop is None:
             return False
-        doc = {"type": "inventory-full" if full else "inventory-request"}
-        asyncio.run_coroutine_threadsafe(self._send_quietly(device_id, doc), self._loop)
+        msg = InventoryFullMessage() if full else InventoryRequestMessage()
+        asyncio.run_coroutine_threadsafe(self._send_quietly(device_id, msg), self._loop)
         return True
 
-    async def _send_quietly(self, device_id: str, doc: dict[str, Any]) -> None:
+    async def _send_quietly(self, device_id: str, msg: Message) -> None:
         conn = self._conns.get(device_id)
         if conn is not None:
             with contextlib.suppress(Exception):
-                await conn.send(doc)
+                await conn.send(msg)
 
     async def _on_inventory(self, conn: Connection, msg: InventoryMessage) -> bool:
         """Queue one report for the group commit and answer after it; False when the device was blocked."""
         if self.telemetry is None:
-            await conn.send({"type": "error", "detail": "this server does not accept telemetry"})
+            await conn.send(ErrorMessage(detail="this server does not accept telemetry"))
             return True
         if not self.budgets.take(conn.device.device_id, "report", time.monotonic()):
             return not await self._refuse(conn, "inventory reports are too frequent; "
@@ -670,16 +636,16 @@ class Gateway:
         try:
             outcome = await done
         except Exception:  # the store failed: the agent keeps its snapshot and reports again
-            await conn.send({"type": "error", "detail": "the server could not store the inventory now"})
+            await conn.send(ErrorMessage(detail="the server could not store the inventory now"))
             return True
         if outcome == "stored":
-            await conn.send({"type": "inventory-ack", "result": msg.result})
+            await conn.send(InventoryAckMessage(result=msg.result))
         elif outcome == "full":
-            await conn.send({"type": "inventory-full"})
+            await conn.send(InventoryFullMessage())
         elif isinstance(outcome, NotYet):
-            await conn.send({"type": "error", "detail": f"inventory refused: {outcome}"[:300]})
+            await conn.send(ErrorMessage(detail=f"inventory refused: {outcome}"[:MAX_DETAIL_CHARS]))
         else:
-            return not await self._refuse(conn, f"inventory refused: {outcome}"[:300])
+            return not await self._refuse(conn, f"inventory refused: {outcome}"[:MAX_DETAIL_CHARS])
         return True
 
     def _report_queue(self) -> asyncio.Queue[_Report]:
@@ -727,4 +693,4 @@ class Gateway:
                 log.exception("materialising the inventory of %s failed", device_id)
                 continue
             if refetch:
-                await self._send_quietly(device_id, {"type": "inventory-full"})
+                await self._send_quietly(device_id, InventoryFullMessage())

@@ -37,9 +37,9 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from rampart import trust, windows
-from rampart.agent.inventory import Inventory
 from rampart.trust.ids import new_id
 from rampart.trust.payloads import RECEIPT_TYPE
+from rampart.wire.inventory import Inventory
 
 from . import groups
 from .alerts import raise_alert, resolve

@@ -12,7 +12,7 @@ Per result (``check-result`` on the agent gateway):
   connection's own tenant and the connection's device is one of its targets,
   the device is approved, and the run time is plausible (not in the future,
   not before the check existed). Every field is bounded by the strict
-  :class:`rampart.agent.script_checks.CheckResult` decoding; NUL characters are
+  :class:`rampart.wire.check_result.CheckResult` decoding; NUL characters are
   replaced before storing (T13).
 * Stored once per (job, device, agent sequence number), so a result resent
   after a lost acknowledgement is not counted twice; the history keeps the
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from rampart.agent.script_checks import CheckResult
+from rampart.wire.check_result import CheckResult
 
 from .alerts import raise_alert, resolve
 from .db import Store

@@ -3,14 +3,14 @@
 See docs/design/telemetry.md. Invariants:
 
 * A report is decoded and checked *before* its transaction (bounded
-  decompression, strict types, digests: :func:`rampart.agent.telemetry.decode_report`);
+  decompression, strict types, digests: :func:`rampart.wire.telemetry.decode_report`);
   a refused report changes nothing. Reports are committed in batches (one
   transaction per batch); the gateway acknowledges a report only after its
   batch committed.
 * A delta is stored only when its ``base`` is the device's stored head, and
   then becomes the head; a full report replaces the snapshot and drops the
   pending deltas. Materialising applies the deltas in order and checks each
-  digest (:func:`rampart.agent.inventory.apply`); a delta that does not apply
+  digest (:func:`rampart.wire.inventory_delta.apply`); a delta that does not apply
   is dropped with every later one, the head falls back to the last good
   snapshot, and the agent must send a full report.
 * Findings and alerts follow the reports: one finding row per (device, key),
@@ -48,19 +48,13 @@ from sqlalchemy import Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from rampart.agent.findings import Finding
-from rampart.agent.inventory import (
-    DeltaError,
-    Inventory,
-    apply,
-    decode,
-    digest,
-    encode,
-)
-from rampart.agent.telemetry import Report, ReportError, ToolSeen, decode_report_blob, inflate, report_blob
 from rampart.catalog import Catalog, CatalogError, builtin_catalog, decode_catalog, encode_catalog
 from rampart.catalog.store import MAX_CATALOG_BYTES
 from rampart.textsafe import is_safe, safe_line
+from rampart.wire.finding import Finding
+from rampart.wire.inventory import Inventory, decode, encode
+from rampart.wire.inventory_delta import DeltaError, apply, digest
+from rampart.wire.telemetry import Report, ReportError, ToolSeen, decode_report_blob, inflate, report_blob
 
 from .alerts import LIVE, AlertSpec, live_by_key, raise_alert, raise_many, resolve
 from .config import ServerLimits

@@ -14,9 +14,11 @@ from typing import Any
 
 from websockets.exceptions import ConnectionClosed
 
-from rampart.agent.findings import MAX_FINDINGS, Finding
-from rampart.agent.inventory import AgentInfo, EolStatus, Inventory, OsInfo, Process, digest
-from rampart.agent.telemetry import Report, encode_report
+from rampart.wire import InventoryMessage
+from rampart.wire.finding import MAX_FINDINGS, Finding
+from rampart.wire.inventory import AgentInfo, EolStatus, Inventory, OsInfo, Process
+from rampart.wire.inventory_delta import digest
+from rampart.wire.telemetry import Report, encode_report
 
 from .fleet import Fleet
 from .operators import approved_grant, ok
@@ -39,9 +41,8 @@ def flood_findings(tag: str, n: int = MAX_FINDINGS) -> list[Finding]:
                     subject=f"listener {i} of a flood") for i in range(n)]
 
 
-def full_report(inv: Inventory, findings: list[Finding]) -> dict[str, Any]:
-    return {"type": "inventory", "report": encode_report(Report(full=inv, findings=findings)),
-            "result": digest(inv), "base": None}
+def full_report(inv: Inventory, findings: list[Finding]) -> InventoryMessage:
+    return InventoryMessage(report=encode_report(Report(full=inv, findings=findings)), result=digest(inv))
 
 
 def answer(agent: WireAgent, timeout: float = 60.0) -> dict[str, Any]:

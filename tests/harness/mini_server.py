@@ -20,6 +20,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -27,7 +28,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from rampart import trust
+from rampart import trust, wire
 from rampart.trust.keys import DevicePublicKey
 from rampart.trust.payloads import Receipt
 
@@ -112,26 +113,29 @@ class MiniServer:
 
     async def _ws(self, ws: WebSocket) -> None:
         await ws.accept()
-        nonce = secrets.token_hex(16)
-        await ws.send_text(json.dumps({"type": "challenge", "nonce": nonce}))
-        hello = json.loads(await ws.receive_text())
-        device = hello.get("device")
+        challenge = wire.new_challenge()
+        await ws.send_text(wire.encode_message(challenge))
+        try:
+            hello = wire.decode_hello(await ws.receive_text())
+        except wire.WireError:
+            await ws.close(code=4400)
+            return
+        device = hello.device
         pub = self.devices.get(device)
-        sig = base64.b64decode(hello.get("sig", ""))
-        msg = b"rampart-agent-auth-v1\n" + nonce.encode() + b"\n" + str(device).encode()
-        if pub is None or not pub.verify(sig, msg):
+        if pub is None or not wire.check_hello(pub, challenge, hello):
             await ws.close(code=4401)
             return
-        await ws.send_text(json.dumps({"type": "welcome", "status": "approved"}))
+        await ws.send_text(wire.encode_message(wire.Welcome(status="approved")))
         with self._cond:
             self.sockets[device] = ws
-            self.agent_view[device] = {"root_version": hello["root_version"],
-                                       "checkpoint_size": hello["checkpoint_size"]}
+            self.agent_view[device] = {"root_version": hello.root_version,
+                                       "checkpoint_size": hello.checkpoint_size}
             self._cond.notify_all()
         try:
             while True:
-                m = json.loads(await ws.receive_text())
-                await self._on_message(device, pub, m)
+                text = await ws.receive_text()
+                wire.decode_agent_message(text)  # the agent speaks the contract, or the test fails here
+                await self._on_message(device, pub, json.loads(text))
         except WebSocketDisconnect:
             pass
         finally:
@@ -152,11 +156,12 @@ class MiniServer:
                 self.receipts[(r.job, device)].append(r)
             self._cond.notify_all()
         if m.get("type") == "receipt" and self.ack:
-            await ws_send(self.sockets.get(device), {"type": "ack", "job_id": m["job_id"]})
+            await ws_send(self.sockets.get(device), wire.AckMessage(job_id=m["job_id"]))
 
     # --- test controls ------------------------------------------------------------------
 
-    def send(self, device: str, msg: dict[str, Any]) -> None:
+    def send(self, device: str, msg: wire.Message | dict[str, Any]) -> None:
+        """Send a wire message; a plain dict is what a compromised server may send (any bytes)."""
         ws = self.wait_connected(device)
         assert self._loop is not None
         asyncio.run_coroutine_threadsafe(ws_send(ws, msg), self._loop).result(10)
@@ -186,9 +191,13 @@ class MiniServer:
     def job_message(self, device: str, job: bytes, grant: bytes, payloads: dict[str, bytes],
                     index: int, **evidence: Any) -> dict[str, Any]:
         job_id = trust.decode_payload(trust.decode_envelope(job).payload, trust.Job).id
-        return {"type": "job", "job_id": job_id, "job": job.decode(), "grant": grant.decode(),
-                "payloads": {k: base64.b64encode(v).decode() for k, v in payloads.items()},
-                "log": self.evidence(device, index, **evidence)}
+        ev = self.evidence(device, index, **evidence)
+        msg = wire.JobMessage(job_id=job_id, job=job.decode(), grant=grant.decode(),
+                              payloads={k: base64.b64encode(v).decode() for k, v in payloads.items()},
+                              log=wire.JobLog(checkpoint=ev["checkpoint"], index=ev["index"],
+                                              inclusion=ev["inclusion"], consistency=ev["consistency"]))
+        doc: dict[str, Any] = msgspec.to_builtins(msg)  # a mapping, so a test may tamper with it
+        return doc
 
     def publish(self, job: bytes, grant: bytes, payloads: dict[str, bytes], devices: list[str]) -> str:
         """Log the job, sign a checkpoint, deliver it to each device: the honest path."""
@@ -210,6 +219,6 @@ class MiniServer:
                 raise TimeoutError(f"agent {device} did not report {key}={value}")
 
 
-async def ws_send(ws: WebSocket | None, msg: dict[str, Any]) -> None:
+async def ws_send(ws: WebSocket | None, msg: wire.Message | dict[str, Any]) -> None:
     if ws is not None:
-        await ws.send_text(json.dumps(msg))
+        await ws.send_text(wire.encode_message(msg) if isinstance(msg, wire.Message) else json.dumps(msg))

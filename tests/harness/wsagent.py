@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosedError
 
+from rampart import wire
 from rampart.trust import (
     Checkpoint,
     DeviceKey,
@@ -40,8 +41,6 @@ from rampart.trust.payloads import RECEIPT_TYPE
 
 from .operators import ok
 from .server import RunningServer
-
-AUTH_CONTEXT = b"rampart-agent-auth-v1\n"
 
 T = TypeVar("T")
 
@@ -122,19 +121,16 @@ class WireAgent:
     def connect(self, *, sign_with: DeviceKey | None = None) -> dict[str, Any]:
         """Connect and authenticate; return the welcome (or raise on close)."""
         self.ws = self._open()
-        challenge = self.recv()
-        assert challenge["type"] == "challenge"
-        msg = AUTH_CONTEXT + challenge["nonce"].encode() + b"\n" + self.device_id.encode()
-        sig = (sign_with or self.key).sign(msg)
-        self.send({"type": "hello", "device": self.device_id,
-                   "sig": base64.b64encode(sig).decode(), "agent_version": "test",
-                   "root_version": self.root.version,
-                   "checkpoint_size": self.checkpoint.size if self.checkpoint else 0})
+        challenge = wire.decode_challenge(self.ws.recv(timeout=10.0))
+        self.send(wire.sign_hello(sign_with or self.key, challenge, self.device_id, agent_version="test",
+                                  root_version=self.root.version,
+                                  checkpoint_size=self.checkpoint.size if self.checkpoint else 0))
         return self.recv()
 
-    def send(self, doc: dict[str, Any]) -> None:
+    def send(self, msg: wire.Message | dict[str, Any]) -> None:
+        """Send a wire message; a plain dict only for a test's deliberately hostile message."""
         assert self.ws is not None
-        self.ws.send(json.dumps(doc))
+        self.ws.send(wire.encode_message(msg) if isinstance(msg, wire.Message) else json.dumps(msg))
 
     def recv(self, timeout: float = 10.0) -> dict[str, Any]:
         assert self.ws is not None
@@ -183,24 +179,25 @@ class WireAgent:
 
     # -- jobs and receipts ---------------------------------------------------------
 
-    def verify_job(self, msg: dict[str, Any]) -> Any:
-        """Authorise the job as the real agent must; adopt its checkpoint; report state."""
-        payloads = {k: base64.b64decode(v) for k, v in msg["payloads"].items()}
-        log = msg["log"]
+    def verify_job(self, doc: dict[str, Any]) -> Any:
+        """Decode the job as the real agent does, authorise it; adopt its checkpoint; report state."""
+        msg = wire.decode_server_message(json.dumps(doc))
+        assert isinstance(msg, wire.JobMessage), msg
+        payloads = {k: base64.b64decode(v) for k, v in msg.payloads.items()}
+        log = msg.log
         auth = authorize_job(
-            root=self.root, grant=msg["grant"].encode(), job=msg["job"].encode(),
+            root=self.root, grant=msg.grant.encode(), job=msg.job.encode(),
             payloads=payloads,
-            log=LogEvidence(checkpoint=log["checkpoint"].encode(), index=log["index"],
-                            inclusion=tuple(bytes.fromhex(h) for h in log["inclusion"]),
-                            consistency=tuple(bytes.fromhex(h) for h in log["consistency"])),
+            log=LogEvidence(checkpoint=log.checkpoint.encode(), index=log.index,
+                            inclusion=tuple(bytes.fromhex(h) for h in log.inclusion),
+                            consistency=tuple(bytes.fromhex(h) for h in log.consistency)),
             last_checkpoint=self.checkpoint,
             device=DevicePolicy(device_id=self.device_id, write_roots=("/tmp",)),
             now=int(time.time()), seen_nonces=self.seen_nonces, seen_jobs=self.seen_jobs)
         self.seen_nonces.add(auth.job.nonce)
         self.seen_jobs.add(auth.job.id)
         self.checkpoint = auth.checkpoint
-        self.send({"type": "state", "root_version": self.root.version,
-                   "checkpoint_size": self.checkpoint.size})
+        self.send(wire.StateMessage(root_version=self.root.version, checkpoint_size=self.checkpoint.size))
         return auth
 
     def receipt(self, job_id: str, *, outcome: str = "ran", stdout: bytes = b"hi\n",
@@ -215,8 +212,8 @@ class WireAgent:
 
     def send_receipt(self, job_id: str, envelope: str) -> dict[str, Any]:
         """Send a receipt and return the server's answer (ack or error)."""
-        self.send({"type": "receipt", "job_id": job_id, "receipt": envelope,
-                   "checkpoint_size": self.checkpoint.size if self.checkpoint else 0})
+        self.send(wire.ReceiptMessage(job_id=job_id, receipt=envelope,
+                                      checkpoint_size=self.checkpoint.size if self.checkpoint else 0))
         deadline = time.monotonic() + 10
         while True:
             for i, doc in enumerate(self.backlog):
