@@ -34,6 +34,7 @@ import pyotp
 import pytest
 
 from rampart import tlspin, trust
+from rampart.cli.recovery import key_from_paper
 from rampart.trust.keys import DeviceKey
 
 # The subject is the CLI; the server routes behind it are repeated on PostgreSQL by the
@@ -287,7 +288,13 @@ def test_tenant_create_signs_root_v1_locally(people: dict[str, Operator],
     world["tenant"] = doc["id"]
     assert doc["root_version"] == 1
     # The tenant's owner key was made for it (keys are per tenant, M5), encrypted, 0600.
-    [a.keyid] = doc["owner_keys"]
+    # The other owner is the offline recovery key: shown once (here, in --json), kept nowhere.
+    [a.keyid] = [k for k in doc["owner_keys"] if k != doc["recovery_keyid"]]
+    assert len(doc["owner_keys"]) == 2
+    spare = key_from_paper(doc["id"], doc["recovery_key"])
+    assert spare.key_id == doc["recovery_keyid"]
+    stored = b"".join(f.read_bytes() for f in a.config.rglob("*") if f.is_file())
+    assert spare.seed().hex().encode() not in stored and doc["recovery_key"].encode() not in stored
     keyfile = a.config / "keys" / f"{a.keyid}.key"
     assert stat.S_IMODE(keyfile.stat().st_mode) == 0o600
     assert stat.S_IMODE((a.config / "keys").stat().st_mode) == 0o700
@@ -301,11 +308,12 @@ def test_tenant_create_signs_root_v1_locally(people: dict[str, Operator],
     assert trust.root_sha256(saved) == doc["root_sha256"]
     root = a.json("root", "show", "acme")
     assert root["version"] == 1 and root["sha256"] == doc["root_sha256"]
-    owners = [k["keyid"] for k in root["roles"]["owner"]["keys"]]
+    owners = {k["keyid"]: k for k in root["roles"]["owner"]["keys"]}
     approvers = [k["keyid"] for k in root["roles"]["approver"]["keys"]]
-    assert owners == [a.keyid] and approvers == [a.keyid]
+    assert set(owners) == {a.keyid, spare.key_id} and approvers == [a.keyid]
     assert root["roles"]["owner"]["threshold"] == 1
-    assert root["roles"]["owner"]["keys"][0]["name"] == "alice"
+    assert owners[a.keyid]["name"] == "alice" and not owners[a.keyid]["recovery"]
+    assert owners[spare.key_id]["recovery"] and root["expiry_stage"] is None
     human = a.ok("root", "show", doc["id"]).stdout  # by id, human output
     assert "root v1" in human and doc["root_sha256"] in human
     tenants = a.json("tenant", "list")

@@ -29,14 +29,25 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
 import typer
 
 from rampart import trust
-from rampart.trust import Envelope, KeyEntry, Policy, Roles, RoleSpec, TenantRoot, TrustedRoot
+from rampart.trust import (
+    Envelope,
+    KeyEntry,
+    OperatorKey,
+    Policy,
+    Roles,
+    RoleSpec,
+    TenantRoot,
+    TrustedRoot,
+)
 from rampart.trust.envelope import SignerResult
 from rampart.trust.keys import LogPublicKey, OperatorPublicKey
 from rampart.trust.payloads import ROOT_TYPE
@@ -66,6 +77,7 @@ from .common import (
 from .config import Config, Session
 from .errors import Refused, ServerProblem, UsageProblem
 from .output import fmt_duration, fmt_time, parse_duration, print_json, say, table
+from .recovery import is_recovery, load_recovery_key, recovery_entry, save_sheet, sheet
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 ROLE_NAMES = ("owner", "approver", "technician", "automation")
@@ -171,20 +183,49 @@ def decode_root_payload(data: bytes) -> tuple[Envelope, TenantRoot]:
 # --- showing ---------------------------------------------------------------------------------
 
 
+#: Days before a root's expiry at which the CLI and the server's alerts warn (root_expiry.py).
+EXPIRY_WARN_DAYS = (7, 30, 90)
+
+
+def expiry_stage(expires: int, when: int) -> str | None:
+    """``expired``, ``7d``, ``30d`` or ``90d`` (the nearest stage reached), else None."""
+    if expires <= when:
+        return "expired"
+    return next((f"{d}d" for d in EXPIRY_WARN_DAYS if expires - when <= d * 86400), None)
+
+
+def expiry_warning(root: TenantRoot, when: int) -> str | None:
+    """One line for a root within 90 days of expiry (or past it), naming the fix."""
+    stage = expiry_stage(root.expires, when)
+    if stage is None:
+        return None
+    if stage == "expired":
+        return (f"EXPIRED: agents refuse every job until an owner renews it: "
+                f"rampart root renew {root.name}")
+    days = (root.expires - when) // 86400
+    return (f"warning: root v{root.version} expires in {days} day(s); renew it before then: "
+            f"rampart root renew {root.name}")
+
+
 def root_doc(root: TenantRoot, sha256: str | None = None) -> dict[str, Any]:
     roles = {}
     for r in ROLE_NAMES:
         spec = root.roles.get(r)
         roles[r] = {"threshold": spec.threshold,
-                    "keys": [{"keyid": k, "name": root.key_name(k)} for k in spec.keyids]}
+                    "keys": [{"keyid": k, "name": root.key_name(k),
+                              "recovery": is_recovery(root.keys[k])} for k in spec.keyids]}
     return {"tenant": root.tenant, "name": root.name, "version": root.version,
-            "expires": root.expires, "sha256": sha256, "roles": roles,
+            "expires": root.expires, "expiry_stage": expiry_stage(root.expires, now()),
+            "sha256": sha256, "roles": roles,
             "log_keys": sorted(root.log_keys), "policy": msgspec.to_builtins(root.policy)}
 
 
 def print_root(root: TenantRoot, sha256: str | None) -> None:
     say(f"tenant {root.name} ({root.tenant}), root v{root.version}")
     say(f"expires {fmt_time(root.expires)}")
+    warning = expiry_warning(root, now())
+    if warning:
+        say(warning)
     if sha256:
         say(f"sha256  {sha256}")
     rows = []
@@ -492,24 +533,33 @@ def confirm_interactively(d: RootDiff, new: TenantRoot, cfg: Config,
 
 
 def sign_proposal(client: Client, cfg: Config, session: Session, tenant_id: str,
-                  current: TrustedRoot, data: bytes
+                  current: TrustedRoot, data: bytes, *, keys: Sequence[OperatorKey] = ()
                   ) -> tuple[TenantRoot, SignerResult, SignerResult]:
-    """Sign exactly ``data`` with this operator's owner key (of the current or new root); upload.
+    """Sign exactly ``data`` with owner keys (of the current or new root); upload once.
 
-    The caller has checked ``data`` against the root it trusts (:func:`mismatches`,
-    :func:`confirm_interactively`, or built it itself).
+    ``keys`` are the signers (the offline recovery key, a key just made); by
+    default this operator's own owner key. The caller has checked ``data``
+    against the root it trusts (:func:`mismatches`, :func:`confirm_interactively`,
+    or built it itself). The counts returned are of these signatures alone.
     """
     require_pin(cfg, tenant_id, current)
     new_root, _, _ = check_root_signatures(data, previous=current.root)
     owners = set(current.root.roles.owner.keyids) | set(new_root.roles.owner.keyids)
-    candidates = cfg.key_candidates(session.username, tenant_id)
-    info = next((k for k in candidates if k.keyid in owners), None)
-    if info is None:
-        raise Refused(f"none of your keys is an owner of v{current.version} or "
-                      f"v{new_root.version}: your signature would not count")
-    key = unlock_key(info)
-    env, _ = decode_root_payload(data)
-    signed = trust.add_signature(env, key)
+    signers = list(keys)
+    if not signers:
+        candidates = cfg.key_candidates(session.username, tenant_id)
+        info = next((k for k in candidates if k.keyid in owners), None)
+        if info is None:
+            raise Refused(f"none of your keys is an owner of v{current.version} or "
+                          f"v{new_root.version}: your signature would not count")
+        signers = [unlock_key(info)]
+    for key in signers:
+        if key.key_id not in owners:
+            raise Refused(f"key {key.key_id[:16]}… is not an owner of v{current.version} or "
+                          f"v{new_root.version}: its signature would not count")
+    signed, _ = decode_root_payload(data)
+    for key in signers:
+        signed = trust.add_signature(signed, key)
     client.post(f"/tenants/{tenant_id}/root-proposal/signatures",
                 {"envelope": signed.to_bytes().decode()})
     with refusing("signed proposal"):
@@ -668,6 +718,9 @@ def root_sign(
     owner_threshold: Annotated[int | None, typer.Option(
         "--owner-threshold", help="The owner threshold you expect.")] = None,
     expires: Annotated[str, typer.Option("--expires", help="The lifetime you expect.")] = "365d",
+    recovery_key: Annotated[str | None, typer.Option(
+        "--recovery-key", help="Sign with the tenant's offline recovery key instead of your own: "
+        "the sheet's file, or - to type it at a hidden prompt.")] = None,
 ) -> None:
     """Check the proposed root against the root you trust and the changes you name; sign it.
 
@@ -687,7 +740,12 @@ def root_sign(
         require_pin(cfg, t["id"], current)
         data, new = get_proposal(client, t["id"], current)
         owners = set(current.root.roles.owner.keyids) | set(new.roles.owner.keyids)
-        if not any(k.keyid in owners for k in cfg.key_candidates(session.username, t["id"])):
+        signer = load_recovery_key(recovery_key, t["id"]) if recovery_key else None
+        if signer is not None and signer.key_id not in owners:
+            raise Refused(f"this recovery key is not an owner of v{current.version} or "
+                          f"v{new.version}: its signature would not count")
+        if signer is None and not any(
+                k.keyid in owners for k in cfg.key_candidates(session.username, t["id"])):
             raise Refused(f"none of your keys is an owner of v{current.version} or "
                           f"v{new.version}: your signature would not count")
         d = root_diff(current.root, new)
@@ -713,11 +771,167 @@ def root_sign(
                 if nm:
                     cfg.save_label(kid, nm)
         with refusing("root proposal"):
-            _, own, prev = sign_proposal(client, cfg, session, t["id"], current, data)
+            _, own, prev = sign_proposal(client, cfg, session, t["id"], current, data,
+                                         keys=[signer] if signer else ())
     say(f"signed. owners of v{current.version}: {len(prev.signed)} of {prev.threshold}; "
         f"owners of v{new.version}: {len(own.signed)} of {own.threshold}")
     if own.met and prev.met:
         say(f"ready: publish with `rampart root publish {t['name']}`")
+
+
+def successor(current: TenantRoot, *, lifetime_s: int, keys: dict[str, KeyEntry] | None = None,
+              roles: dict[str, list[str]] | None = None) -> TenantRoot:
+    """The next version of ``current``: same policy, log keys and thresholds, a new expiry.
+
+    ``keys`` and ``roles`` replace the current ones when given; an owner
+    threshold above the number of owners left is lowered to that number.
+    """
+    keys = dict(current.keys) if keys is None else keys
+    roles = {r: list(current.roles.get(r).keyids) for r in ROLE_NAMES} if roles is None else roles
+    thresholds = {r: current.roles.get(r).threshold for r in ROLE_NAMES}
+    thresholds["owner"] = max(1, min(thresholds["owner"], len(roles["owner"])))
+    return make_root(tenant=current.tenant, name=current.name, version=current.version + 1,
+                     expires=now() + lifetime_s, keys=keys, roles=roles, thresholds=thresholds,
+                     log_keys=dict(current.log_keys), policy=current.policy)
+
+
+def put_signed(client: Client, cfg: Config, session: Session, current: TrustedRoot,
+               new: TenantRoot, signers: Sequence[OperatorKey] = ()) -> TrustedRoot | None:
+    """Upload ``new`` (built here), sign it with ``signers`` (default: your own owner key),
+    and publish it if the owner thresholds of both versions are met; else None."""
+    tid = current.tenant
+    data = unsigned(new).to_bytes()
+    client.put(f"/tenants/{tid}/root-proposal", {"envelope": data.decode()})
+    with refusing("root proposal"):
+        _, own, prev = sign_proposal(client, cfg, session, tid, current, data, keys=signers)
+    if own.met and prev.met:
+        return publish_proposal(client, cfg, tid, current)
+    return None
+
+
+@root_app.command("renew")
+def root_renew(
+    tenant: Annotated[str, typer.Argument(help="Tenant name or id.")],
+    expires: Annotated[str, typer.Option("--expires", help="The new lifetime, from now.")] = "365d",
+) -> None:
+    """Sign the root you trust again with a new expiry, and publish it, in one step.
+
+    Nothing but the version and the expiry changes; the new root is built here
+    from the root you trust, never from the server's copy. With an owner
+    threshold above 1, co-owners then sign it with `rampart root sign`.
+    """
+    lifetime = parse_duration(expires, what="--expires")
+    cfg, client, session = api()
+    with client:
+        t = resolve_tenant(client, tenant)
+        current = trusted_root(cfg, client, t["id"], allow_expired=True)
+        require_pin(cfg, t["id"], current)
+        new = successor(current.root, lifetime_s=lifetime)
+        published = put_signed(client, cfg, session, current, new)
+    if published is None:
+        say(f"signed root v{new.version} of {t['name']} (expires {fmt_time(new.expires)}); "
+            f"it needs {current.root.roles.owner.threshold} owner signatures: co-owners run "
+            f"`rampart root sign {t['name']} --expires {expires}`, then "
+            f"`rampart root publish {t['name']}`")
+        return
+    say(f"renewed {t['name']}: root v{published.version} expires {fmt_time(new.expires)} "
+        f"(sha256 {published.sha256})")
+
+
+def _lost_keys(root: TenantRoot, named: list[str], keep: set[str]) -> list[str]:
+    """The owner keys a recovery removes: those named, else the one day-to-day owner key."""
+    if named:
+        unknown = [k for k in named if k not in root.keys]
+        if unknown:
+            raise UsageProblem(f"key {unknown[0][:16]}… is not in root v{root.version}")
+        return named
+    daily = [k for k in root.roles.owner.keyids if not is_recovery(root.keys[k]) and k not in keep]
+    if len(daily) != 1:
+        raise UsageProblem(f"root v{root.version} has {len(daily)} owner keys besides recovery "
+                           "keys: name the lost one(s) with --remove-key")
+    return daily
+
+
+@root_app.command("recover")
+def root_recover(
+    tenant: Annotated[str, typer.Argument(help="Tenant name or id.")],
+    recovery_key: Annotated[str, typer.Option(
+        "--recovery-key", help="The recovery key sheet's file, or - to type the key at a "
+        "hidden prompt.")],
+    remove_key: Annotated[list[str] | None, typer.Option(
+        "--remove-key", help="A lost key to remove (repeatable; default: the one owner key "
+        "besides recovery keys).")] = None,
+    new_recovery_key_file: Annotated[Path | None, typer.Option(
+        "--new-recovery-key-file", help="Write the new recovery key sheet to this new file (or "
+        "into this directory) instead of printing it.")] = None,
+    expires: Annotated[str, typer.Option("--expires", help="Lifetime of the new root.")] = "365d",
+) -> None:
+    """Replace a lost owner key using the offline recovery key (docs/trust-chain.md, "Recovery").
+
+    Makes you a new owner key, builds the next root from the root you trust
+    with the lost key removed, your new key added as owner and approver, and
+    the used recovery key replaced by a new one (it has now touched a
+    networked machine); signs it with the recovery key and your new key, and
+    publishes it when the owner thresholds are met.
+    """
+    from .auth_cmds import register_key
+    from .common import key_passphrase, new_key_passphrase
+
+    lifetime = parse_duration(expires, what="--expires")
+    cfg, client, session = api()
+    with client:
+        t = resolve_tenant(client, tenant)
+        current = trusted_root(cfg, client, t["id"], allow_expired=True)
+        require_pin(cfg, t["id"], current)
+        old = current.root
+        rk = load_recovery_key(recovery_key, t["id"])
+        if rk.key_id not in old.roles.owner.keyids:
+            raise Refused(f"this recovery key is not an owner of root v{old.version}: nothing "
+                          "signed")
+        mine = {k.keyid for k in cfg.key_candidates(session.username, t["id"])}
+        lost = _lost_keys(old, list(remove_key or []), mine)
+        if rk.key_id in lost:
+            raise UsageProblem("the recovery key in use is replaced anyway; do not name it")
+        passphrase = new_key_passphrase(cfg, session)  # before anything changes on the server
+        fresh = OperatorKey.generate()
+        spare = OperatorKey.generate()
+        keys = {k: e for k, e in old.keys.items() if k not in lost and k != rk.key_id}
+        roles = {r: [k for k in old.roles.get(r).keyids if k in keys] for r in ROLE_NAMES}
+        keys[fresh.key_id] = KeyEntry(public=fresh.public.to_b64(), name=session.username[:128])
+        keys[spare.key_id] = recovery_entry(spare, now())
+        roles["owner"] += [fresh.key_id, spare.key_id]
+        roles["approver"].append(fresh.key_id)
+        new = successor(old, lifetime_s=lifetime, keys=keys, roles=roles)
+        # The pin on the sheet is the root trusted now: every later version chains from it.
+        text = sheet(old.tenant, old.name, spare, root_version=old.version,
+                     root_sha256=current.sha256)
+        path = None
+        if new_recovery_key_file is not None:
+            path = new_recovery_key_file / f"recovery-key-{old.tenant}.txt" \
+                if new_recovery_key_file.is_dir() else new_recovery_key_file
+            save_sheet(path, text)  # saved before the key can become an owner
+        with key_passphrase(passphrase):
+            register_key(cfg, client, session, fresh, passphrase, name=session.username,
+                         tenant_id=old.tenant)
+        cfg.save_label(fresh.key_id, session.username)
+        published = put_signed(client, cfg, session, current, new, [rk, fresh])
+    say(f"root v{new.version} of {t['name']}: removed {', '.join(k[:16] + '…' for k in lost)}; "
+        f"your new owner key {fresh.key_id[:16]}… (fingerprint "
+        f"{key_fingerprint_b64(fresh.public.to_b64())}); a new recovery key")
+    if published is None:
+        say(f"it needs more owner signatures: co-owners run `rampart root sign {t['name']}` "
+            "(read them your new key's fingerprint), then `rampart root publish`")
+    else:
+        say(f"published root v{published.version} (sha256 {published.sha256}); agents follow it "
+            "at their next connection")
+    if path is not None:
+        say(f"the new recovery key is in {path} (mode 0600): move it off-line; the old one "
+            "no longer signs anything")
+    else:
+        for line in text.splitlines():
+            say(line)
+        say("write the new recovery key down now: it is not shown again; the old one no "
+            "longer signs anything")
 
 
 @root_app.command("publish")

@@ -5,7 +5,9 @@ Security invariants:
 * ``tenant create`` builds root v1 locally from the members' registered keys,
   shows who gets which role, signs it with the caller's own owner key and
   stores it as trusted only after the server accepted it. The caller's key
-  must be an owner of the root it signs.
+  must be an owner of the root it signs. Its second owner is an offline
+  recovery key whose private half is shown once or written to a new 0600
+  file before the root is published, and never sent (:mod:`.recovery`).
 * ``enroll new`` prints the root SHA-256 of the root this operator verified and
   the certificate fingerprint pinned at login, never the server's claims about
   them: a compromised server cannot make a new agent pin a root it forged.
@@ -13,6 +15,8 @@ Security invariants:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -36,6 +40,7 @@ from .common import (
 from .config import Config, Session
 from .errors import ServerProblem, UsageProblem
 from .output import fmt_time, note, parse_duration, print_json, say, table
+from .recovery import paper_key, recovery_entry, save_sheet, sheet
 from .root_cmds import DEFAULT_ROOT_LIFETIME, log_keys_of, make_root, print_root
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
@@ -51,11 +56,13 @@ device_app = typer.Typer(help="Manage one device.", no_args_is_help=True)
 
 
 def build_root_v1(client: Client, tenant: dict[str, Any], owner: OperatorKey,
-                  owner_name: str) -> TenantRoot:
-    """Root v1 with this owner's own key only (owner and approver), owner threshold 1.
+                  owner_name: str, recovery: OperatorKey | None = None) -> TenantRoot:
+    """Root v1 with this owner's own key (owner and approver), owner threshold 1.
 
-    Nothing the server lists goes in (issue 11): other members' keys join by a
-    root rotation in which an owner confirms each key's fingerprint.
+    ``recovery``, if given, is a second owner key: the offline recovery key
+    (:mod:`rampart.cli.recovery`), enough alone to sign v2 if the owner's key is
+    lost. Nothing the server lists goes in (issue 11): other members' keys join
+    by a root rotation in which an owner confirms each key's fingerprint.
     """
     tid = field(tenant, "id", str, "tenant")
     log_entries = tenant.get("log_keys")
@@ -64,20 +71,40 @@ def build_root_v1(client: Client, tenant: dict[str, Any], owner: OperatorKey,
     kid = owner.key_id
     keys = {kid: KeyEntry(public=owner.public.to_b64(), name=owner_name[:128])}
     roles = {"owner": [kid], "approver": [kid]}
+    if recovery is not None:
+        keys[recovery.key_id] = recovery_entry(recovery, now())
+        roles["owner"].append(recovery.key_id)
     return make_root(tenant=tid, name=str(tenant.get("name") or tid), version=1,
                      expires=now() + DEFAULT_ROOT_LIFETIME, keys=keys, roles=roles,
                      thresholds={"owner": 1}, log_keys=log_keys_of(log_entries), policy=Policy())
 
 
-def create_tenant(cfg: Config, client: Client, session: Session, name: str) -> tuple[dict[str, Any],
-                                                                                    trust.TrustedRoot]:
+@dataclass(frozen=True, slots=True)
+class NewTenant:
+    """What ``tenant create`` made: the trusted root v1 and, once, the recovery sheet."""
+
+    trusted: trust.TrustedRoot
+    recovery: OperatorKey | None
+    sheet: str | None
+    sheet_path: Path | None
+
+
+def create_tenant(cfg: Config, client: Client, session: Session, name: str, *,
+                  recovery: bool = True, recovery_file: Path | None = None) -> NewTenant:
     """Create the tenant (or finish one left without a root) and publish its signed root v1.
 
     The owner's signing key for the tenant is made here (keys are per tenant,
-    M5) and sealed with the owner's passphrase, which is checked first.
+    M5) and sealed with the owner's passphrase, which is checked first. With
+    ``recovery``, an offline recovery key joins root v1 as a second owner; its
+    sheet is written to ``recovery_file`` (a new file, or a directory to put
+    ``recovery-key-TENANT.txt`` in) *before* the root is published, so a key
+    that could not be saved never becomes an owner.
     """
     from .auth_cmds import make_tenant_key
 
+    if recovery_file is not None and not recovery_file.is_dir() and recovery_file.exists():
+        raise UsageProblem(f"{recovery_file} exists: give a new file (or a directory) for the "
+                           "recovery key")
     passphrase = new_key_passphrase(cfg, session)  # before anything changes on the server
     try:
         tenant = expect_dict(client.post("/tenants", {"name": name}), "tenant")
@@ -99,13 +126,22 @@ def create_tenant(cfg: Config, client: Client, session: Session, name: str) -> t
             made = make_tenant_key(cfg, client, session, tid, name=session.username)
             info = next(k for k in cfg.list_keys(session.username) if k.keyid == made["keyid"])
         key = unlock_key(info)
-    root = build_root_v1(client, tenant, key, info.name)
+    spare = OperatorKey.generate() if recovery else None
+    root = build_root_v1(client, tenant, key, info.name, spare)
     env = trust.sign_envelope(ROOT_TYPE, trust.encode_payload(root), [key])
     data = env.to_bytes()
     trust.pin_root(data, expected_sha256=trust.root_sha256(data), now=now())  # self-check
+    text = path = None
+    if spare is not None:
+        text = sheet(root.tenant, root.name, spare, root_version=1,
+                     root_sha256=trust.root_sha256(data))
+        if recovery_file is not None:
+            path = recovery_file / f"recovery-key-{root.tenant}.txt" if recovery_file.is_dir() \
+                else recovery_file
+            save_sheet(path, text)
     client.post(f"/tenants/{root.tenant}/roots", {"envelope": data.decode()})
     tr = trust_root_v1(cfg, data)
-    return tenant, tr
+    return NewTenant(tr, spare, text, path)
 
 
 def enrollment_command(cfg: Config, client: Client, session: Session, tenant_id: str, ttl_s: int,
@@ -135,18 +171,50 @@ def enrollment_command(cfg: Config, client: Client, session: Session, tenant_id:
 @tenant_app.command("create")
 def tenant_create(
     name: Annotated[str, typer.Argument(help="Tenant (customer) name.")],
+    recovery_key_file: Annotated[Path | None, typer.Option(
+        "--recovery-key-file", help="Write the offline recovery key sheet to this new file (or "
+        "into this directory) instead of printing it; keep it off-line.")] = None,
+    no_recovery_key: Annotated[bool, typer.Option(
+        "--no-recovery-key", help="Make no recovery key: losing your owner key then means the "
+        "root can never change again unless the tenant has other owners.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Create a tenant and its root v1, signed locally with your owner key."""
+    """Create a tenant and its root v1, signed locally with your owner key.
+
+    Root v1 also names an offline recovery key as a second owner; its paper
+    key is shown once (or written to --recovery-key-file): with it alone you
+    can sign the next root if your owner key is lost (`rampart root recover`).
+    """
+    if no_recovery_key and recovery_key_file is not None:
+        raise UsageProblem("--no-recovery-key and --recovery-key-file exclude each other")
     cfg, client, session = api()
     with client:
-        tenant, tr = create_tenant(cfg, client, session, name)
+        made = create_tenant(cfg, client, session, name, recovery=not no_recovery_key,
+                             recovery_file=recovery_key_file)
+    tr = made.trusted
     if json_out:
-        print_json({"id": tr.tenant, "name": tr.root.name, "root_version": tr.version,
-                    "root_sha256": tr.sha256, "owner_keys": list(tr.root.roles.owner.keyids)})
+        doc: dict[str, Any] = {"id": tr.tenant, "name": tr.root.name, "root_version": tr.version,
+                               "root_sha256": tr.sha256,
+                               "owner_keys": list(tr.root.roles.owner.keyids)}
+        if made.recovery is not None:
+            doc["recovery_keyid"] = made.recovery.key_id
+            if made.sheet_path is not None:
+                doc["recovery_key_file"] = str(made.sheet_path)
+            else:
+                doc["recovery_key"] = paper_key(tr.tenant, made.recovery)
+        print_json(doc)
         return
     say(f"tenant {tr.root.name} created: {tr.tenant}")
     print_root(tr.root, tr.sha256)
+    if made.sheet_path is not None:
+        say(f"the offline recovery key is in {made.sheet_path} (mode 0600): move it off-line "
+            "(print it, then delete the file); it is not shown again")
+    elif made.sheet is not None:
+        say("")
+        for line in made.sheet.splitlines():
+            say(line)
+        say("write the recovery key down now (or rerun with --recovery-key-file next time): "
+            "it is not shown again and Rampart keeps no copy")
 
 
 @tenant_app.command("list")

@@ -305,9 +305,11 @@ class Quickstart:
                 tid = str(found[0]["id"])
                 root = trusted_root(admin_cfg, admin, tid)
             else:
-                _, root = create_tenant(admin_cfg, admin, admin_s, TENANT)
+                made = create_tenant(admin_cfg, admin, admin_s, TENANT, recovery_file=self.qs)
+                root = made.trusted
                 tid = root.tenant
-                say(f"created tenant {TENANT} ({tid}) with root v{root.version}")
+                say(f"created tenant {TENANT} ({tid}) with root v{root.version}; its offline "
+                    f"recovery key is in {made.sheet_path}: keep it off-line")
             self.ensure_key(TECH, tech_cfg, tech_s, tid)
             tech_keys = {k.keyid for k in tech_cfg.list_keys(tech_s.username)}
             if not tech_keys & set(root.technicians):
