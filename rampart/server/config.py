@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rampart.wire.limits import MAX_MESSAGE_BYTES
+
 from .device_budget import BudgetLimits
 from .errors import SetupError
 
@@ -38,7 +40,8 @@ class ServerLimits:
     max_body_bytes: int = 2 << 20
     max_job_body_bytes: int = 6 << 20
     max_job_payload_bytes: int = 4 << 20
-    max_ws_message_bytes: int = 4 << 20
+    #: The agent link's frame limit (rampart.wire.limits); an agent accepts no larger frame.
+    max_ws_message_bytes: int = MAX_MESSAGE_BYTES
     max_list: int = 1000
     hello_timeout_s: float = 15.0
     #: How long the gateway waits for an agent to adopt a job's checkpoint before sending the next.
