@@ -18,37 +18,14 @@ Security invariants:
 from __future__ import annotations
 
 import ssl
-import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 from rampart import tlspin
 
+from . import transport
 from .config import Config, Session
 from .errors import CliError, NetworkProblem, NotLoggedIn, ServerProblem, UsageProblem
-
-
-def _import_httpx() -> Any:
-    """``import httpx`` without httpx's own command line (``httpx._main``: click, rich and
-    pygments, over half of httpx's import time), which this CLI never uses."""
-    if "httpx" not in sys.modules and "httpx._main" not in sys.modules:
-        sys.modules["httpx._main"] = None  # type: ignore[assignment]  # its import fails: httpx skips it
-        try:
-            import httpx
-        except ImportError:
-            pass  # an httpx that needs its command line: imported whole below
-        finally:
-            if sys.modules.get("httpx._main", 0) is None:
-                del sys.modules["httpx._main"]  # `import httpx._main` works again
-    import httpx
-
-    return httpx
-
-
-if TYPE_CHECKING:
-    import httpx
-else:
-    httpx = _import_httpx()
 
 API_PREFIX = "/api/v1"
 USER_AGENT = "rampart-cli/0.1"
@@ -92,7 +69,7 @@ STEP_UP_CODE = "step-up-required"
 STEP_UP_PATH = "/auth/step-up"
 
 
-def _code(resp: httpx.Response) -> str | None:
+def _code(resp: transport.Response) -> str | None:
     try:
         doc = resp.json()
     except ValueError:
@@ -101,7 +78,7 @@ def _code(resp: httpx.Response) -> str | None:
     return code if isinstance(code, str) else None
 
 
-def _detail(resp: httpx.Response) -> str:
+def _detail(resp: transport.Response) -> str:
     try:
         doc = resp.json()
     except ValueError:
@@ -124,16 +101,15 @@ class Client:
 
     def __init__(self, server: str, cert_der: bytes, token: str | None = None, *,
                  timeout: float = 30.0) -> None:
-        _, _, self.server = split_server(server)
+        host, port, self.server = split_server(server)
         self.cert_der = cert_der
         self.cert_sha256 = tlspin.fingerprint(cert_der)
         self._token = token
         headers = {"User-Agent": USER_AGENT}
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        self._http = httpx.Client(base_url=self.server, verify=tlspin.pinned_context(cert_der),
-                                  headers=headers, timeout=timeout, follow_redirects=False,
-                                  trust_env=False)
+        self._http = transport.Transport(host, port, tlspin.pinned_context(cert_der), headers,
+                                         timeout)
 
     @classmethod
     def for_config(cls, cfg: Config) -> tuple[Client, Session]:
@@ -175,7 +151,7 @@ class Client:
         url = API_PREFIX + path
         try:
             resp = self._http.request(method, url, json=json, params=params)
-        except httpx.ConnectError as exc:
+        except transport.ConnectFailed as exc:
             cause = exc.__cause__ or exc.__context__
             if isinstance(cause, ssl.SSLCertVerificationError) or "CERTIFICATE" in str(exc):
                 raise NetworkProblem(
@@ -183,9 +159,9 @@ class Client:
                     f"SHA-256 {self.cert_sha256[:16]}…: refusing to talk to it"
                 ) from exc
             raise NetworkProblem(f"cannot connect to {self.server}: {_short(exc)}") from exc
-        except httpx.TimeoutException as exc:
+        except transport.TimedOut as exc:
             raise NetworkProblem(f"{self.server} did not answer in time") from exc
-        except httpx.HTTPError as exc:
+        except transport.TransportError as exc:
             raise NetworkProblem(f"request to {self.server} failed: {_short(exc)}") from exc
         if (resp.status_code == 403 and _code(resp) == STEP_UP_CODE and self._token
                 and path != STEP_UP_PATH and not _retried):

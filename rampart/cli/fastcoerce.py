@@ -75,7 +75,10 @@ def install() -> bool:
     @dataclass(frozen=True)
     class QuickRuntimeParam(base):  # type: ignore[misc, valid-type]
         def _coerce_value(self, value: Any, param: Any, ctx: Any) -> Any:
-            got = quick_value(self.annotation, self.parameter_info, value, param, ctx)
+            try:
+                got = quick_value(self.annotation, self.parameter_info, value, param, ctx)
+            except Exception:  # e.g. another Typer's ParameterInfo: Typer decides
+                got = _SLOW
             if got is not _SLOW:
                 return got
             full = param.__dict__.get("_rampart_full")
@@ -85,10 +88,13 @@ def install() -> bool:
 
     def get_runtime_param(self: Any) -> Any:
         if self._runtime_param is None:
-            desc = self.type_descriptor
-            if desc.file_annotation is None:
-                self._runtime_param = QuickRuntimeParam(annotation=desc.annotation,
-                                                        parameter_info=desc.parameter_info)
+            try:
+                desc = self.type_descriptor
+                if desc.file_annotation is None:
+                    self._runtime_param = QuickRuntimeParam(annotation=desc.annotation,
+                                                            parameter_info=desc.parameter_info)
+            except Exception:  # not the Typer this was written for: its own conversion
+                self._runtime_param = None
         return original(self)
 
     get_runtime_param._rampart_quick = True  # type: ignore[attr-defined]

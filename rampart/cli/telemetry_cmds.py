@@ -24,9 +24,6 @@ from typing import Annotated, Any
 import typer
 import typer.core
 
-from rampart.catalog import CatalogError, encode_catalog, load_feed
-from rampart.catalog.model import slugify
-
 from .client import Client, expect_dict, expect_list
 from .common import api, resolve_tenant
 from .errors import CliError, UsageProblem
@@ -259,6 +256,8 @@ def tools_sanctioned(tenant: TenantArg, json_out: JsonOpt = False) -> None:
 
 
 def _slug(name: str) -> str:
+    from rampart.catalog.model import slugify  # the catalog only when a command needs it
+
     slug = slugify(name)
     if not slug or len(slug) > 64:
         raise UsageProblem(f"{name!r} is not a tool name: see `rampart catalog show`")
@@ -328,6 +327,8 @@ def catalog_import(
     json_out: JsonOpt = False,
 ) -> None:
     """Import a LOLRMM feed: parsed here, re-validated by the server, sent to every agent (owner)."""
+    from rampart.catalog import CatalogError, encode_catalog, load_feed
+
     try:
         result = load_feed(file)
     except CatalogError as exc:
