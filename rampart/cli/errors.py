@@ -10,7 +10,7 @@ non-zero exit status (see :func:`rampart.cli.main.main`, the error boundary)::
     ├── NetworkProblem        the server could not be reached, or TLS failed (exit 5)
     └── Refused               local verification refused what the server sent (exit 6)
 
-Third-party exceptions (httpx, ssl, rampart.trust) are translated into these at
+Lower-level exceptions (rampart.cli.transport, ssl, rampart.trust) are translated into these at
 the boundary where they occur, with ``raise ... from exc``. Messages never
 contain secrets (passwords, TOTP codes, tokens, passphrases). A message may quote
 what a device or the server sent, so it is made one inert line when built
