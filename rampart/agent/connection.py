@@ -79,22 +79,6 @@ def backoff_delays(first: float = BACKOFF_FIRST_S, cap: float = BACKOFF_MAX_S) -
         delay = min(cap, delay * 2)
 
 
-def refuse_job(agent: Agent, job_id: str, detail: str) -> bytes | None:
-    """A ``job`` message for ``job_id`` did not decode: sign its refusal (``malformed``); nothing runs.
-
-    A job already run here (or interrupted) keeps its receipt, which is sent again,
-    exactly as :meth:`rampart.agent.core.Agent.handle_job` answers a repeated job.
-    """
-    with agent.exec_lock:
-        prior = agent.state.job_record(job_id)
-        if prior is not None and prior[0] in ("done", "started"):
-            return prior[1]
-        log.warning("refused job %s: malformed: %s", job_id, detail)
-        receipt = agent._receipt(job_id, outcome="refused", refusal="malformed", detail=detail)
-        agent.state.record_refusal(job_id, receipt)
-        return receipt
-
-
 class Link:
     """One agent's session loop."""
 
@@ -298,11 +282,10 @@ class Link:
             if isinstance(work, WireError):
                 assert work.job_id is not None
                 job_id = work.job_id
-                receipt = await asyncio.to_thread(refuse_job, self.agent, job_id, work.detail)
+                receipt = await asyncio.to_thread(self.agent.refuse_message, job_id, work.detail)
             else:
                 job_id = work.job_id
-                # The typed message, as the plain mapping Agent.handle_job checks again (defence in depth).
-                receipt = await asyncio.to_thread(self.agent.handle_job, msgspec.to_builtins(work), started)
+                receipt = await asyncio.to_thread(self.agent.handle_job, work, started)
         except Exception:
             log.exception("job handling failed")
             return None

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from rampart import trust
-from rampart.trust import Checkpoint, ContainmentReport, Receipt, decode_payload, merkle, reload_root
+from rampart.trust import Checkpoint, ContainmentReport, Receipt, decode_payload, reload_root
+from rampart.wire import JobMessage
 
 from . import actions, containment
 from .device_config import DeviceConfig
@@ -61,22 +62,6 @@ def _unb64(text: object, what: str) -> bytes:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise MessageError(f"{what} is not valid base64") from None
-
-
-def _unhex_list(items: object, what: str) -> tuple[bytes, ...]:
-    if not isinstance(items, list) or len(items) > merkle.MAX_PROOF_LEN:
-        raise MessageError(f"{what} must be a list of at most {merkle.MAX_PROOF_LEN} hashes")
-    try:
-        return tuple(bytes.fromhex(x) for x in items if isinstance(x, str))
-    except ValueError:
-        raise MessageError(f"{what} holds a non-hex entry") from None
-
-
-def _text(msg: Mapping[str, Any], key: str) -> bytes:
-    v = msg.get(key)
-    if not isinstance(v, str):
-        raise MessageError(f"{key} must be a string")
-    return v.encode("utf-8")
 
 
 class Agent:
@@ -182,9 +167,9 @@ class Agent:
             self.state.finish_job(job_id, r)
             log.warning("job %s was interrupted by an agent restart; reported failed", job_id)
 
-    def handle_job(self, msg: Mapping[str, Any],
+    def handle_job(self, msg: JobMessage,
                    on_started: Callable[[], None] | None = None) -> bytes | None:
-        """Process one ``job`` message; return the signed receipt to send (or None to drop).
+        """Process one decoded ``job`` message; return the signed receipt to send (or None to drop).
 
         ``on_started`` is called once the job's nonce and the new checkpoint are
         committed and before it runs, so the server can hear at once which
@@ -193,9 +178,25 @@ class Agent:
         with self.exec_lock:
             return self._handle_job(msg, on_started)
 
-    def _handle_job(self, msg: Mapping[str, Any], on_started: Callable[[], None] | None) -> bytes | None:
-        job_id = msg.get("job_id")
-        if not isinstance(job_id, str) or not _JOB_ID.match(job_id):
+    def refuse_message(self, job_id: str, detail: str) -> bytes | None:
+        """A ``job`` message for ``job_id`` did not decode: sign its refusal (``malformed``); nothing runs.
+
+        A job already run here (or interrupted) keeps its receipt, which is sent again.
+        """
+        with self.exec_lock:
+            if not _JOB_ID.match(job_id):
+                return None
+            prior = self.state.job_record(job_id)
+            if prior is not None and prior[0] in ("done", "started"):
+                return prior[1]
+            log.warning("refused job %s: malformed: %s", job_id, detail)
+            receipt = self._receipt(job_id, outcome="refused", refusal="malformed", detail=detail)
+            self.state.record_refusal(job_id, receipt)
+            return receipt
+
+    def _handle_job(self, msg: JobMessage, on_started: Callable[[], None] | None) -> bytes | None:
+        job_id = msg.job_id
+        if not _JOB_ID.match(job_id):  # checked by the wire type; a struct built in process is not
             log.warning("dropped a job message without a valid job id")
             return None
         prior = self.state.job_record(job_id)
@@ -217,7 +218,7 @@ class Agent:
             self.state.record_refusal(job_id, receipt)
             return receipt
         self.state.start_job(job_id=job_id, nonce=auth.job.nonce, expires_at=auth.job.expires_at,
-                             checkpoint=_text(msg["log"], "checkpoint"),
+                             checkpoint=msg.log.checkpoint.encode(),
                              checkpoint_size=auth.checkpoint.size)
         if on_started is not None:
             on_started()
@@ -227,7 +228,7 @@ class Agent:
         done = actions.run(self, auth, payloads)
         receipt = self._receipt(auth.job.id, outcome=done.outcome, refusal=done.refusal, detail=done.detail,
                                 result=done.result)
-        check, result = self._schedule(auth, job_bytes, _text(msg, "grant"), payloads, done, started)
+        check, result = self._schedule(auth, job_bytes, msg.grant.encode(), payloads, done, started)
         self.state.finish_job(job_id, receipt, check=check, result=result)
         if check is not None:
             log.info("script check %s scheduled every %d s until %d", job_id, check.interval_s,
@@ -252,24 +253,16 @@ class Agent:
         return StoredCheck(job_id=auth.job.id, job=job, grant=grant, script=payloads["script"],
                            interval_s=interval, next_run=max(now, started + interval), runs=1), result
 
-    def _authorize(self, msg: Mapping[str, Any]) -> tuple[trust.Authorization, bytes, dict[str, bytes]]:
-        job_bytes = _text(msg, "job")
-        grant_bytes = _text(msg, "grant")
-        raw_payloads = msg.get("payloads", {})
-        if not isinstance(raw_payloads, dict) or len(raw_payloads) > 16:
-            raise MessageError("payloads must be an object of at most 16 entries")
-        payloads = {str(k): _unb64(v, f"payload {k}") for k, v in raw_payloads.items()}
-        lg = msg.get("log")
-        if not isinstance(lg, dict):
-            raise MessageError("log evidence missing")
-        index = lg.get("index")
-        if not isinstance(index, int) or isinstance(index, bool):
-            raise MessageError("log index must be an integer")
+    def _authorize(self, msg: JobMessage) -> tuple[trust.Authorization, bytes, dict[str, bytes]]:
+        # The wire type bounded the counts and checked the proofs are hex; base64 is checked here.
+        payloads = {k: _unb64(v, f"payload {k}") for k, v in msg.payloads.items()}
+        lg = msg.log
         evidence = trust.LogEvidence(
-            checkpoint=_text(lg, "checkpoint"), index=index,
-            inclusion=_unhex_list(lg.get("inclusion"), "inclusion proof"),
-            consistency=_unhex_list(lg.get("consistency", []), "consistency proof"),
+            checkpoint=lg.checkpoint.encode(), index=lg.index,
+            inclusion=tuple(bytes.fromhex(h) for h in lg.inclusion),
+            consistency=tuple(bytes.fromhex(h) for h in lg.consistency),
         )
+        job_bytes, grant_bytes = msg.job.encode(), msg.grant.encode()
         auth = trust.authorize_job(
             root=self.trusted_root(), grant=grant_bytes, job=job_bytes, payloads=payloads,
             log=evidence, last_checkpoint=self.last_checkpoint(), device=self.policy,
