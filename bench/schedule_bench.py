@@ -44,7 +44,7 @@ from rampart.server.db import Store, migrate  # noqa: E402
 from rampart.server.keystore import LogKeyStore  # noqa: E402
 from rampart.server.models import DeviceGroup, DeviceGroupMember, JobTarget, PatchPolicy, PatchRun  # noqa: E402
 from rampart.server.patching import PatchScheduler, check_placement, latest_cycle, report  # noqa: E402
-from rampart.trust.ids import new_id  # noqa: E402
+from rampart.trust import new_id  # noqa: E402
 
 N_DEVICES = 1000
 PILOT = 100

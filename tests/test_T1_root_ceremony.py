@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import msgspec
 import pytest
 from harness.agent import AgentProcess, traversable_dir
 from test_cli_flows import (  # the same real-CLI harness; fixtures are re-created per module
@@ -36,8 +37,7 @@ from test_cli_flows import (  # the same real-CLI harness; fixtures are re-creat
 )
 
 from rampart import trust
-from rampart.trust.payloads import ROOT_TYPE
-from rampart.trust.review import key_fingerprint, key_fingerprint_b64
+from rampart.trust import ROOT_TYPE, key_fingerprint, key_fingerprint_b64
 
 pytestmark = pytest.mark.client_side
 __all__ = ["people", "server"]  # fixtures used by name
@@ -360,3 +360,48 @@ def test_fingerprint_is_grouped_digits_of_the_key_hash() -> None:
     assert re.fullmatch(r"\d{5}( \d{5}){5}", fp)
     assert fp == key_fingerprint_b64(k.public.to_b64())
     assert fp != key_fingerprint(trust.OperatorKey.generate().public.raw)
+
+
+# --- policy changes: stated in flags, or refused --------------------------------------------------
+
+
+def test_T1_policy_loosened_between_propose_and_sign_is_refused(
+        people: dict[str, Operator], acme: dict[str, Any], agent: AgentProcess) -> None:
+    """The server widens a policy change in the stored proposal: the owner's named change fails."""
+    a, t = people["alice"], acme["tenant"]
+    v = a.json("root", "show", "acme")["version"]
+    change = ("--policy", "approver_device_limit=5",
+              "--policy", "high_risk_capabilities=root,shell,script")
+    r = a.ok("root", "propose", "acme", *change)
+    assert "--policy approver_device_limit=5" in r.stdout
+    before = _state(a, t)
+    swapped = _swap_proposal(a, t, lambda root: msgspec.structs.replace(
+        root, policy=msgspec.structs.replace(root.policy, approver_device_limit=500,
+                                             high_risk_capabilities=[])))
+    named = ("--policy", "approver_device_limit=5",
+             "--policy", "high_risk_capabilities=script,root,shell")  # any order: a set
+    line = one_line_error(a.run("root", "sign", "acme", *named, extra_env=ENV))
+    assert "approver_device_limit to 500, not 5" in line and "high_risk_capabilities" in line
+    assert _proposal(a, t) == swapped and _signatures(swapped) == 0 and _state(a, t) == before
+    # a policy change nobody named is refused, --yes included
+    line = one_line_error(a.run("root", "sign", "acme", "--yes", extra_env=ENV))
+    assert "which you did not name (--policy)" in line
+    assert _signatures(_proposal(a, t)) == 0 and _state(a, t) == before
+    assert _agent_root(agent, settle=0) == v
+
+    # The honest proposal, signed as named, is published and the agent follows it.
+    a.ok("root", "propose", "acme", *change)
+    a.ok("root", "sign", "acme", *named, extra_env=ENV)
+    a.ok("root", "publish", "acme")
+    doc = a.json("root", "show", "acme")
+    assert doc["version"] == v + 1 and doc["policy"]["approver_device_limit"] == 5
+    assert sorted(doc["policy"]["high_risk_capabilities"]) == ["root", "script", "shell"]
+    assert _agent_root(agent) == v + 1
+    # bad input: one clear line, nothing proposed
+    proposal = _proposal(a, t)
+    assert "policy would be invalid" in one_line_error(
+        a.run("root", "propose", "acme", "--policy", "approver_device_limit=0"))
+    assert "NAME=VALUE" in one_line_error(a.run("root", "propose", "acme", "--policy", "colour=1"))
+    assert "whole number" in one_line_error(
+        a.run("root", "propose", "acme", "--policy", "approvers_beyond_limit=two"))
+    assert _proposal(a, t) == proposal

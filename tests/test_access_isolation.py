@@ -15,7 +15,7 @@ from harness.operators import bootstrap_owner, make_root, ok, setup_tenant, sign
 from harness.server import RunningServer
 
 from rampart import trust
-from rampart.trust.envelope import Envelope
+from rampart.trust import Envelope
 
 pytestmark = pytest.mark.store
 

@@ -18,7 +18,7 @@ from harness.server import RunningServer
 from harness.world import World, agent_world, envelope, insert_job, server_owned
 
 from rampart import trust
-from rampart.trust.payloads import REVOCATION_TYPE
+from rampart.trust import REVOCATION_TYPE
 
 pytestmark = pytest.mark.store
 

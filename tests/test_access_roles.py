@@ -29,8 +29,7 @@ from harness.server import RunningServer
 
 from rampart import trust
 from rampart.catalog import builtin_catalog, encode_catalog
-from rampart.trust import OperatorKey
-from rampart.trust.payloads import REVOCATION_TYPE
+from rampart.trust import REVOCATION_TYPE, OperatorKey
 
 pytestmark = pytest.mark.store
 

@@ -24,9 +24,7 @@ from harness.mini_server import MiniServer
 from harness.tenant import Tenant, env_bytes
 
 from rampart import trust
-from rampart.trust import merkle
-from rampart.trust.keys import LogKey, OperatorKey
-from rampart.trust.payloads import Receipt
+from rampart.trust import LogKey, OperatorKey, Receipt, merkle
 
 
 class Env:
@@ -134,7 +132,7 @@ def test_T1_job_impersonating_a_technician_key_id_is_refused(env: Env) -> None:
     script = touch_script(m)
     import hashlib
 
-    from rampart.trust.payloads import Action, PayloadRef
+    from rampart.trust import Action, PayloadRef
 
     forged_job = trust.Job(**{**{f: getattr(real, f) for f in real.__struct_fields__},
                               "action": Action(kind="script", payloads=[PayloadRef(

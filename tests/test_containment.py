@@ -39,7 +39,7 @@ from rampart.agent.containment import (
     run_contained,
 )
 from rampart.agent.sandbox import SandboxError, read_roots_excluding
-from rampart.trust.payloads import ContainmentReport
+from rampart.trust import ContainmentReport
 
 ABI = landlock.abi_version()
 IS_ROOT = os.geteuid() == 0

@@ -30,7 +30,7 @@ from harness.world import World, agent_world, envelope, insert_job, server_owned
 
 from rampart import trust
 from rampart.server.models import GrantRow, JobPayload, RootVersion
-from rampart.trust.keys import OperatorKey
+from rampart.trust import OperatorKey
 
 pytestmark = pytest.mark.store
 

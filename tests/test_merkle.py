@@ -26,8 +26,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rampart.trust import merkle
-from rampart.trust.errors import InconsistentLogError, TrustError, UsageError
+from rampart.trust import InconsistentLogError, TrustError, UsageError, merkle
 from rampart.trust.merkle import (
     EMPTY_ROOT,
     HASH_SIZE,

@@ -31,7 +31,7 @@ from rampart.server.errors import Conflict
 from rampart.server.keystore import LogKeyStore
 from rampart.server.models import AlertRow, DeviceGroup, JobRow, JobTarget, PatchCycle, PatchPolicy, PatchRun
 from rampart.server.patching import GRANT_ALERT, PatchScheduler, check_placement, validate_policy
-from rampart.trust.ids import new_id
+from rampart.trust import new_id
 
 
 @dataclass

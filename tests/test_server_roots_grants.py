@@ -13,8 +13,7 @@ from harness.operators import (
 )
 from harness.server import RunningServer
 
-from rampart.trust import OperatorKey, add_signature, decode_envelope, encode_payload
-from rampart.trust.envelope import Envelope
+from rampart.trust import Envelope, OperatorKey, add_signature, decode_envelope, encode_payload
 
 
 def _audit_kinds(op, tid: str) -> list[str]:  # type: ignore[no-untyped-def]

@@ -71,7 +71,7 @@ from rampart.server.notify.relp import (
     parse_offers,
     parse_response,
 )
-from rampart.trust.ids import new_id, new_tenant_id
+from rampart.trust import new_id, new_tenant_id
 
 # No skip: ./run-tests installs rsyslog; a machine without it fails these tests and says why.
 

@@ -16,16 +16,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rampart import trust
-from rampart.trust import merkle
-from rampart.trust.keys import DeviceKey, OperatorKey, OperatorPublicKey
-from rampart.trust.payloads import (
+from rampart.trust import (
     Checkpoint,
+    DeviceKey,
     Grant,
     Job,
+    OperatorKey,
+    OperatorPublicKey,
     Policy,
     Receipt,
     Revocation,
     TenantRoot,
+    merkle,
 )
 
 NOW = int(time.time())
@@ -77,7 +79,7 @@ def test_T13_malformed_envelopes_give_a_clear_decode_error(doc: bytes, why: str)
 
 def test_T13_oversized_envelope_is_refused_before_parsing() -> None:
     with pytest.raises(trust.DecodeError, match="exceeds the limit"):
-        trust.decode_envelope(b" " * (trust.limits.DEFAULT_LIMITS.max_envelope_bytes + 1))
+        trust.decode_envelope(b" " * (trust.DEFAULT_LIMITS.max_envelope_bytes + 1))
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])

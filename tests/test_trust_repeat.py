@@ -15,8 +15,7 @@ import pytest
 from harness.tenant import Tenant, env_bytes
 
 from rampart import trust
-from rampart.trust.limits import DEFAULT_LIMITS
-from rampart.trust.payloads import Job
+from rampart.trust import DEFAULT_LIMITS, Job
 
 D = "dev-" + "1" * 24
 SCRIPT = b"#!/bin/sh\ntest ! -e /tmp/flag\n"

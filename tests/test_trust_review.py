@@ -8,7 +8,7 @@ import msgspec
 import pytest
 
 from rampart import trust
-from rampart.trust.review import (
+from rampart.trust import (
     default_key_name,
     key_fingerprint,
     key_fingerprint_b64,

@@ -16,8 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from rampart import trust
-from rampart.trust import Revocation
-from rampart.trust.payloads import REVOCATION_TYPE
+from rampart.trust import REVOCATION_TYPE, Revocation
 
 from . import prompts
 from .auth_cmds import account_app

@@ -35,8 +35,7 @@ from typing import Annotated, Any
 import msgspec
 import typer
 
-from rampart.trust import Action, Declared
-from rampart.trust.payloads import ActionKind
+from rampart.trust import Action, ActionKind, Declared
 
 from .common import api, resolve_tenant
 from .errors import UsageProblem

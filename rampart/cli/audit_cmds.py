@@ -26,14 +26,17 @@ from typing import IO, Annotated, Any
 import typer
 
 from rampart import trust
-from rampart.trust import Checkpoint, Job, TrustError, merkle
-from rampart.trust.payloads import (
+from rampart.trust import (
     CHECKPOINT_TYPE,
     GRANT_TYPE,
     JOB_TYPE,
     RECEIPT_TYPE,
     ROOT_TYPE,
+    Checkpoint,
+    Job,
     TenantRoot,
+    TrustError,
+    merkle,
 )
 
 from .client import Client, expect_dict, expect_list

@@ -21,8 +21,7 @@ from typing import Annotated, Any
 import typer
 
 from rampart import tlspin, trust
-from rampart.trust import OperatorKey
-from rampart.trust.review import key_fingerprint
+from rampart.trust import OperatorKey, key_fingerprint
 
 from . import prompts
 from .client import Client, expect_dict, expect_list, fetch_server_certificate, field, split_server

@@ -153,7 +153,7 @@ def checks_script(
         raise UsageProblem("name at least one --device")
     every_s = parse_duration(every, what="--every")
     lasts_s = parse_duration(lasts, what="--for")
-    lim = trust.limits.DEFAULT_LIMITS
+    lim = trust.DEFAULT_LIMITS
     if not lim.min_repeat_every_s <= every_s <= lim.max_repeat_every_s:
         raise UsageProblem(f"--every must be {lim.min_repeat_every_s}s to "
                            f"{fmt_duration(lim.max_repeat_every_s)}")

@@ -23,8 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from rampart import trust
-from rampart.trust import OperatorKey, TrustedRoot, TrustError
-from rampart.trust.roots import root_sha256
+from rampart.trust import OperatorKey, TrustedRoot, TrustError, root_sha256
 
 from . import prompts
 from .client import Client, expect_dict, expect_list

@@ -114,7 +114,7 @@ class KeyInfo:
             return None
         if hashlib.sha256(raw).hexdigest() != self.keyid or len(raw) != 32:
             return None
-        from rampart.trust.review import key_fingerprint  # rampart.trust only when needed
+        from rampart.trust import key_fingerprint  # rampart.trust only when needed
 
         return key_fingerprint(raw)
 

@@ -21,8 +21,7 @@ from typing import Annotated, Any
 import typer
 
 from rampart import trust
-from rampart.trust import Grant, TrustedRoot
-from rampart.trust.payloads import ALL_CAPABILITIES, GRANT_TYPE
+from rampart.trust import ALL_CAPABILITIES, GRANT_TYPE, Grant, TrustedRoot
 
 from . import prompts
 from .client import Client, expect_dict, expect_list, field

@@ -31,8 +31,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from rampart import trust
 from rampart.textsafe import safe_lines
-from rampart.trust import Action, Declared, Job, PayloadRef
-from rampart.trust.payloads import JOB_TYPE
+from rampart.trust import JOB_TYPE, Action, Declared, Job, PayloadRef
 
 from .client import Client, expect_dict, expect_list, field
 from .common import (

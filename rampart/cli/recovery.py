@@ -32,8 +32,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from rampart.trust import KeyEntry, OperatorKey
-from rampart.trust import key_fingerprint
+from rampart.trust import KeyEntry, OperatorKey, key_fingerprint
 
 from . import prompts
 from .errors import CliError, UsageProblem

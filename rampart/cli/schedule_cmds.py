@@ -26,9 +26,7 @@ from typing import Annotated, Any
 import typer
 
 from rampart import trust, windows
-from rampart.trust import KeyEntry
-from rampart.trust.keys import AutomationPublicKey
-from rampart.trust.payloads import ACTION_CAPABILITY
+from rampart.trust import ACTION_CAPABILITY, AutomationPublicKey, KeyEntry
 
 from .action_cmds import backup_app, patch_app
 from .client import Client, expect_dict, expect_list

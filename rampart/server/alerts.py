@@ -21,7 +21,7 @@ from typing import Literal
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from rampart.trust.ids import new_id
+from rampart.trust import new_id
 
 from .errors import Conflict
 from .models import AlertRow, Delivery, NotifyTarget

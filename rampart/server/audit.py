@@ -28,9 +28,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from rampart.trust import Checkpoint, encode_payload, sign_envelope
+from rampart.trust import CHECKPOINT_TYPE, Checkpoint, encode_payload, sign_envelope
 from rampart.trust.merkle import MerkleTree, leaf_hash
-from rampart.trust.payloads import CHECKPOINT_TYPE
 
 from .db import Store
 from .errors import BadRequest

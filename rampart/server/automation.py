@@ -28,8 +28,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from rampart import trust
-from rampart.trust import AutomationKey, TrustedRoot, decode_private_key, encode_plain_private_key
-from rampart.trust.payloads import PAYLOAD_FREE_ACTIONS
+from rampart.trust import (
+    PAYLOAD_FREE_ACTIONS,
+    AutomationKey,
+    TrustedRoot,
+    decode_private_key,
+    encode_plain_private_key,
+)
 
 from .audit import AuditLog
 from .errors import ServerError

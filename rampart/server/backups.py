@@ -102,7 +102,7 @@ def _verified_receipt(data: bytes, public: str) -> trust.Receipt | None:
     try:
         key = trust.DevicePublicKey.from_text(public) if public.startswith("rampart-") \
             else trust.DevicePublicKey.from_b64(public)
-        env = trust.decode_envelope(data, expect_type=trust.payloads.RECEIPT_TYPE)
+        env = trust.decode_envelope(data, expect_type=trust.RECEIPT_TYPE)
         if not trust.verified_signers(env, {key.key_id: key}, threshold=1).met:
             return None
     except trust.TrustError:

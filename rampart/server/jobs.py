@@ -16,8 +16,16 @@ import hashlib
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from rampart.trust import Job, TrustError, decode_envelope, decode_payload, verified_signers, verify_grant
-from rampart.trust.payloads import JOB_TYPE, PAYLOAD_FREE_ACTIONS
+from rampart.trust import (
+    JOB_TYPE,
+    PAYLOAD_FREE_ACTIONS,
+    Job,
+    TrustError,
+    decode_envelope,
+    decode_payload,
+    verified_signers,
+    verify_grant,
+)
 
 from .audit import AuditLog
 from .errors import BadRequest, Conflict

@@ -4,9 +4,22 @@ Server, agent and CLI import this package; it imports none of them. Inputs
 are bytes, trusted state and the time; outputs are frozen verified objects or
 a :class:`TrustError` with a precise ``reason``. The trust chain it enforces is
 specified in docs/trust-chain.md.
+
+``__all__`` is the whole surface: code outside this package imports from
+``rampart.trust`` (or uses the :mod:`.merkle` namespace it exports), never from
+its other submodules (tests/test_code_quality.py checks both).
 """
 
-from .envelope import Envelope, add_signature, decode_envelope, pae, sign_envelope, verified_signers
+from . import merkle
+from .envelope import (
+    Envelope,
+    SignerResult,
+    add_signature,
+    decode_envelope,
+    pae,
+    sign_envelope,
+    verified_signers,
+)
 from .errors import (
     CapabilityError,
     DecodeError,
@@ -24,7 +37,7 @@ from .errors import (
     WrongDeviceError,
     WrongTenantError,
 )
-from .ids import new_grant_id, new_job_id, new_nonce, new_tenant_id
+from .ids import new_grant_id, new_id, new_job_id, new_nonce, new_tenant_id
 from .keyfile import KeyFileError, decode_private_key, encode_plain_private_key, encrypt_private_key
 from .keys import (
     AutomationKey,
@@ -35,17 +48,32 @@ from .keys import (
     LogPublicKey,
     OperatorKey,
     OperatorPublicKey,
+    PrivateKey,
+    PublicKey,
+    b64decode_strict,
     device_id_for,
     key_id,
 )
+from .limits import DEFAULT_LIMITS, Limits
 from .payloads import (
+    ACTION_CAPABILITY,
+    ALL_CAPABILITIES,
+    CHECKPOINT_TYPE,
+    GRANT_TYPE,
+    JOB_TYPE,
+    PAYLOAD_FREE_ACTIONS,
+    RECEIPT_TYPE,
+    REVOCATION_TYPE,
+    ROOT_TYPE,
     Action,
+    ActionKind,
     Checkpoint,
     ContainmentReport,
     Declared,
     Grant,
     Job,
     KeyEntry,
+    Payload,
     PayloadRef,
     Policy,
     Receipt,
@@ -56,6 +84,15 @@ from .payloads import (
     TenantRoot,
     decode_payload,
     encode_payload,
+)
+from .review import (
+    FINGERPRINT_GROUPS,
+    RootDiff,
+    default_key_name,
+    key_fingerprint,
+    key_fingerprint_b64,
+    normalise_fingerprint,
+    root_diff,
 )
 from .roots import (
     TrustedRoot,
@@ -84,6 +121,11 @@ from .verify import (
 )
 
 __all__ = [
+    "ACTION_CAPABILITY", "ALL_CAPABILITIES", "CHECKPOINT_TYPE", "DEFAULT_LIMITS",
+    "FINGERPRINT_GROUPS", "GRANT_TYPE", "JOB_TYPE", "PAYLOAD_FREE_ACTIONS", "RECEIPT_TYPE",
+    "REVOCATION_TYPE", "ROOT_TYPE", "ActionKind", "Limits", "Payload", "PrivateKey", "PublicKey",
+    "RootDiff", "SignerResult", "b64decode_strict", "default_key_name", "key_fingerprint",
+    "key_fingerprint_b64", "merkle", "new_id", "normalise_fingerprint", "root_diff",
     "Action", "Authorization", "AutomationKey", "AutomationPublicKey", "CapabilityError",
     "Checkpoint", "ContainmentReport", "DecodeError", "Declared", "DeviceKey", "DevicePolicy",
     "DevicePublicKey", "DigestMismatchError", "Effective", "Envelope", "ExpiredError", "Grant",

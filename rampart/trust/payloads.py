@@ -416,6 +416,9 @@ class Revocation(_Payload, frozen=True, forbid_unknown_fields=True, kw_only=True
 
 # --- encoding ---------------------------------------------------------------------------
 
+#: The base of every signed payload type (public name of :class:`_Payload`).
+Payload = _Payload
+
 T = TypeVar("T", bound=_Payload)
 
 _ENCODER = msgspec.json.Encoder()

@@ -32,7 +32,7 @@ class CheckResult(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     timed_out: bool = False
     ok: bool
     #: The interval the device actually runs this check at (its floor may be above ``every_s``).
-    interval_s: Annotated[int, Meta(ge=1, le=trust.limits.DEFAULT_LIMITS.max_repeat_every_s)]
+    interval_s: Annotated[int, Meta(ge=1, le=trust.DEFAULT_LIMITS.max_repeat_every_s)]
     stdout: Annotated[str, Meta(max_length=MAX_TAIL)] = ""
     stderr: Annotated[str, Meta(max_length=MAX_TAIL)] = ""
     #: Why the run did not happen or failed inside the agent (a refusal), else "".

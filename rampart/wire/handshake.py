@@ -12,7 +12,7 @@ import base64
 import secrets
 from typing import Final, Protocol
 
-from rampart.trust.keys import DevicePublicKey, b64decode_strict
+from rampart.trust import DevicePublicKey, b64decode_strict
 
 from .messages import Challenge, Hello
 

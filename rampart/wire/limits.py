@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from rampart.trust import merkle
-from rampart.trust.limits import DEFAULT_LIMITS
+from rampart.trust import DEFAULT_LIMITS, merkle
 
 __all__ = [
     "JOB_ID_PATTERN", "MAX_DETAIL_CHARS", "MAX_ENVELOPES", "MAX_MESSAGE_BYTES", "MAX_PAYLOADS",

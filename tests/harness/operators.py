@@ -17,6 +17,8 @@ import httpx
 import pyotp
 
 from rampart.trust import (
+    JOB_TYPE,
+    ROOT_TYPE,
     Action,
     Job,
     KeyEntry,
@@ -32,7 +34,6 @@ from rampart.trust import (
     new_nonce,
     sign_envelope,
 )
-from rampart.trust.payloads import JOB_TYPE, ROOT_TYPE
 
 from .server import RunningServer
 

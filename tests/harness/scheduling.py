@@ -20,9 +20,17 @@ from rampart.server.audit import AuditLog
 from rampart.server.automation import AutomationKeyStore
 from rampart.server.db import Store
 from rampart.server.models import Device, GrantRow, PendingUpdateRow, RootVersion, Tenant
-from rampart.trust import KeyEntry, OperatorKey, Roles, RoleSpec, TenantRoot
-from rampart.trust.ids import new_grant_id, new_tenant_id
-from rampart.trust.payloads import GRANT_TYPE, ROOT_TYPE
+from rampart.trust import (
+    GRANT_TYPE,
+    ROOT_TYPE,
+    KeyEntry,
+    OperatorKey,
+    Roles,
+    RoleSpec,
+    TenantRoot,
+    new_grant_id,
+    new_tenant_id,
+)
 
 
 @dataclass

@@ -11,24 +11,27 @@ import time
 from dataclasses import dataclass, field
 
 from rampart import trust
-from rampart.trust import merkle
-from rampart.trust.keys import AutomationKey, LogKey, OperatorKey, PrivateKey
-from rampart.trust.payloads import (
+from rampart.trust import (
     Action,
+    AutomationKey,
     Checkpoint,
     Declared,
     Grant,
     Job,
     KeyEntry,
+    LogKey,
+    OperatorKey,
     PayloadRef,
     Policy,
+    PrivateKey,
     Roles,
     RoleSpec,
     TenantRoot,
+    merkle,
 )
 
 
-def env_bytes(obj: trust.payloads._Payload, *keys: PrivateKey) -> bytes:
+def env_bytes(obj: trust.Payload, *keys: PrivateKey) -> bytes:
     return trust.sign_envelope(type(obj).PAYLOAD_TYPE, trust.encode_payload(obj), keys).to_bytes()
 
 

@@ -24,7 +24,7 @@ from rampart.server.config import load_config
 from rampart.server.db import Store
 from rampart.server.keystore import LogKeyStore
 from rampart.server.models import JobPayload, JobRow, JobTarget
-from rampart.trust.keys import PrivateKey
+from rampart.trust import PrivateKey
 
 from .agent import AgentProcess, traversable_dir
 from .operators import TenantSetup, approved_grant, bootstrap_owner, ok, setup_tenant
@@ -74,7 +74,7 @@ class World:
         raise TimeoutError(f"no receipt for {job_id}:\n{self.agent.log_text()[-2000:]}")
 
 
-def envelope(obj: trust.payloads._Payload, *keys: PrivateKey) -> bytes:
+def envelope(obj: trust.Payload, *keys: PrivateKey) -> bytes:
     return trust.sign_envelope(type(obj).PAYLOAD_TYPE, trust.encode_payload(obj), keys).to_bytes()
 
 

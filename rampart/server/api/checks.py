@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from rampart.trust.ids import new_id
+from rampart.trust import new_id
 
 from .. import clock
 from ..alerts import LIVE

@@ -19,6 +19,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from rampart.trust import (
+    GRANT_TYPE,
     Grant,
     TrustError,
     decode_envelope,
@@ -27,9 +28,8 @@ from rampart.trust import (
     new_grant_id,
     verify_revocation,
 )
+from rampart.trust import Envelope as DsseEnvelope
 from rampart.trust import grant_status as trust_grant_status
-from rampart.trust.envelope import Envelope as DsseEnvelope
-from rampart.trust.payloads import GRANT_TYPE
 
 from .. import clock
 from ..access import require_step_up

@@ -15,7 +15,7 @@ from pydantic import Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from rampart.trust.ids import new_id
+from rampart.trust import new_id
 
 from .. import clock, groups
 from ..context import ServerContext

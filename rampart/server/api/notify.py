@@ -16,7 +16,7 @@ from fastapi.responses import PlainTextResponse
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from rampart.trust.ids import new_id
+from rampart.trust import new_id
 
 from .. import clock
 from ..audit import SERVER_LOG

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Path, Query
 from pydantic import Field
 from sqlalchemy import select
 
-from rampart.trust.ids import new_id
+from rampart.trust import new_id
 
 from .. import clock
 from ..automation import public_doc

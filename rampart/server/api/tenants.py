@@ -16,14 +16,14 @@ from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 
 from rampart.trust import (
+    ROOT_TYPE,
     OperatorPublicKey,
     TrustError,
     check_root_signatures,
     decode_envelope,
     new_tenant_id,
 )
-from rampart.trust.envelope import Envelope as DsseEnvelope
-from rampart.trust.payloads import ROOT_TYPE
+from rampart.trust import Envelope as DsseEnvelope
 
 from .. import clock, root_expiry
 from ..access import address_allowed, normalise_networks, tenant_networks
