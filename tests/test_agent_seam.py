@@ -169,3 +169,22 @@ def test_roots_and_acks_change_agent_state_only_through_verification(seam: SeamS
     assert link.agent.root_version() == 2
     states = [m for m in seam.received if isinstance(m, wire.StateMessage)]
     assert [s.root_version for s in states] == [1, 2]
+
+
+def test_detection_reaches_telemetry_and_a_bad_one_keeps_the_configuration(tmp_path: Path) -> None:
+    from rampart.agent.telemetry import Telemetry
+
+    tenant = Tenant()
+    agent = local_agent(tmp_path / "state", tenant)
+    telemetry = Telemetry(agent)
+    link = Link(agent, "https://127.0.0.1:9", ssl.create_default_context(), telemetry=telemetry)
+    server = SeamServer(tenant, link)
+
+    async def session() -> None:
+        await server.connect()
+        await server.send(wire.DetectionMessage(sanctioned=["anydesk"], dormant_days=45))
+        await server.send('{"type":"detection","sanctioned":[],"dormant_days":0,"catalog_sha256":""}')
+
+    asyncio.run(session())
+    assert (telemetry.config.sanctioned, telemetry.config.dormant_days) == (frozenset({"anydesk"}), 45)
+    assert link.refused == {"malformed": 1}

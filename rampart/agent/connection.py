@@ -27,7 +27,6 @@ import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import msgspec
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 
@@ -228,7 +227,8 @@ class Link:
         if isinstance(msg, DetectionMessage):
             first = not self._detection_seen
             self._detection_seen = True
-            await self.telemetry.on_detection(msgspec.to_builtins(msg), first_on_connection=first)
+            doc = {f: getattr(msg, f) for f in msg.__struct_fields__}  # every field, defaults included
+            await self.telemetry.on_detection(doc, first_on_connection=first)
         elif isinstance(msg, InventoryAckMessage):
             self.telemetry.on_ack(msg.result)
         elif isinstance(msg, InventoryFullMessage):
