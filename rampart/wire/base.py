@@ -1,8 +1,8 @@
 """The strict base every protocol message derives from.
 
 Invariant: a message is a frozen msgspec struct tagged by its ``type`` field;
-unknown fields are refused and defaults are left out when encoding, so a
-message decodes to exactly one struct or is refused, never half-read.
+unknown fields are refused, so a message decodes to exactly one struct or is
+refused, never half-read.
 """
 
 from __future__ import annotations
@@ -20,9 +20,12 @@ Short = Annotated[str, Meta(max_length=128)]
 Hex64 = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
 
 
-class Message(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True, omit_defaults=True,
-              tag_field="type"):
-    """A protocol message; each subclass names its ``type`` tag."""
+class Message(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True, tag_field="type"):
+    """A protocol message; each subclass names its ``type`` tag.
+
+    Every field is encoded, defaults included (``"base": null``), except where a
+    message says otherwise: a receiver may rely on a field being present.
+    """
 
 
 class WireError(ValueError):

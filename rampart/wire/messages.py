@@ -138,15 +138,17 @@ class InventoryRequestMessage(Message, frozen=True, kw_only=True, tag="inventory
     """An operator asked for an inventory now."""
 
 
-class CheckAckMessage(Message, frozen=True, kw_only=True, tag="check-ack"):
-    """Script check result ``seq`` is stored (or ``refused`` for good): drop it from the outbox."""
+class CheckAckMessage(Message, frozen=True, kw_only=True, omit_defaults=True, tag="check-ack"):
+    """Script check result ``seq`` is stored (or ``refused`` for good): drop it from the outbox.
+
+    ``refused`` is present only when set."""
 
     seq: Seq
     refused: Detail = ""
 
 
-class ErrorMessage(Message, frozen=True, kw_only=True, tag="error"):
-    """The server refused a message (of ``job_id``, when it was a receipt)."""
+class ErrorMessage(Message, frozen=True, kw_only=True, omit_defaults=True, tag="error"):
+    """The server refused a message (``job_id`` present only when it was a receipt)."""
 
     detail: Detail
     job_id: JobId | None = None
@@ -238,9 +240,9 @@ def _decode(text: str | bytes, kind: Any, known: frozenset[str], max_bytes: int)
         mtype = peek.type if isinstance(peek.type, str) and peek.type in known else None
         reason = "malformed" if mtype is not None else "unknown-type"
         job_id = peek.job_id if mtype == "job" and _is_job_id(peek.job_id) else None
-        raise WireError(reason, str(exc)[:200], message_type=mtype, job_id=job_id) from None
+        raise WireError(reason, str(exc)[:MAX_DETAIL_CHARS], message_type=mtype, job_id=job_id) from None
     except msgspec.DecodeError as exc:
-        raise WireError("not-json", str(exc)[:200]) from None
+        raise WireError("not-json", str(exc)[:MAX_DETAIL_CHARS]) from None
     except RecursionError:
         raise WireError("not-json", "nested too deeply") from None
 
