@@ -148,7 +148,7 @@ async def sim_main(a: argparse.Namespace) -> None:
     import httpx
 
     from rampart import tlspin, trust
-    from rampart.trust.keys import DeviceKey
+    from rampart.trust import DeviceKey
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

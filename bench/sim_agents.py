@@ -30,8 +30,7 @@ import httpx
 from websockets.asyncio.client import connect
 
 from rampart import tlspin, trust, wire
-from rampart.trust.keys import DeviceKey
-from rampart.trust.payloads import Checkpoint, Receipt
+from rampart.trust import Checkpoint, DeviceKey, Receipt
 
 
 class SimAgent:

@@ -35,7 +35,7 @@ import pytest
 
 from rampart import tlspin, trust
 from rampart.cli.recovery import key_from_paper
-from rampart.trust.keys import DeviceKey
+from rampart.trust import DeviceKey
 
 # The subject is the CLI; the server routes behind it are repeated on PostgreSQL by the
 # server and access tests.
@@ -378,7 +378,7 @@ def test_root_rotation_adds_keys_with_propose_sign_publish(people: dict[str, Ope
 
 def _fingerprint_of(op: Operator, keyid: str) -> str:
     """The fingerprint of a key in ``op``'s trusted root (computed locally from its public key)."""
-    from rampart.trust.review import key_fingerprint_b64
+    from rampart.trust import key_fingerprint_b64
     root = op.json("root", "show", "acme")
     data = (op.config / "roots" / f"{root['tenant']}.json").read_bytes()
     payload = trust.decode_payload(trust.decode_envelope(data).payload, trust.TenantRoot)

@@ -57,7 +57,7 @@ from rampart.server.script_checks import (
     ResultRefused,
     ScriptCheckStore,
 )
-from rampart.trust.payloads import JOB_TYPE, REVOCATION_TYPE
+from rampart.trust import JOB_TYPE, REVOCATION_TYPE
 from rampart.wire import AgentMessage, CheckResultMessage
 from rampart.wire.check_result import MAX_TAIL, CheckResult, decode_result, encode_result
 

@@ -92,7 +92,7 @@ def result_of(job_id: str, done: actions.Done, interval_s: int, *, started: floa
         job=job_id, run_at=begun, duration_s=max(0.0, ended - begun),
         exit_code=exit_code, signal=r.signal if r is not None else None,
         timed_out=bool(r.timed_out) if r is not None else False, ok=ok,
-        interval_s=min(max(1, interval_s), trust.limits.DEFAULT_LIMITS.max_repeat_every_s),
+        interval_s=min(max(1, interval_s), trust.DEFAULT_LIMITS.max_repeat_every_s),
         stdout=_tail(r.stdout) if r is not None else "", stderr=_tail(r.stderr) if r is not None else "",
         detail=detail[:MAX_DETAIL],
     )

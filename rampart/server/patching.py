@@ -37,8 +37,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from rampart import trust, windows
-from rampart.trust.ids import new_id
-from rampart.trust.payloads import RECEIPT_TYPE
+from rampart.trust import RECEIPT_TYPE, new_id
 from rampart.wire.inventory import Inventory
 
 from . import groups

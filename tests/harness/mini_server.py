@@ -29,8 +29,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from rampart import trust, wire
-from rampart.trust.keys import DevicePublicKey
-from rampart.trust.payloads import Receipt
+from rampart.trust import DevicePublicKey, Receipt
 
 from .tenant import Tenant
 from .tls import make_cert

@@ -22,6 +22,7 @@ from websockets.exceptions import ConnectionClosedError
 
 from rampart import wire
 from rampart.trust import (
+    RECEIPT_TYPE,
     Checkpoint,
     DeviceKey,
     DevicePolicy,
@@ -37,7 +38,6 @@ from rampart.trust import (
     sign_envelope,
     update_root,
 )
-from rampart.trust.payloads import RECEIPT_TYPE
 
 from .operators import ok
 from .server import RunningServer
