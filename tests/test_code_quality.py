@@ -257,3 +257,91 @@ def test_trust_is_used_through_its_public_surface() -> None:
                     if parts[:2] == ["rampart", "trust"] and len(parts) > 2 and parts[2] in private:
                         bad.append(f"{rel}:{node.lineno} uses {'.'.join(parts[:3])}")
     assert not bad, "\n".join(bad)
+
+
+# --- the wire contract (rampart.wire) and the server/agent boundary ------------------------------
+
+_WIRE_ALLOWED_STDLIB = frozenset({
+    "__future__", "base64", "binascii", "collections", "dataclasses", "hashlib", "re", "secrets", "typing",
+    "types", "zlib",
+})
+
+
+def _wire_imports(path: Path) -> list[str]:
+    """Absolute module names ``path`` imports (relative imports stay inside rampart.wire)."""
+    names: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names.append(node.module or "")
+    return names
+
+
+def test_wire_is_pure() -> None:
+    """rampart.wire imports only rampart.trust, msgspec and I/O-free standard modules."""
+    for path in (REPO / "rampart" / "wire").glob("*.py"):
+        for name in _wire_imports(path):
+            top = name.split(".")[0]
+            ok = (name == "rampart.trust" or name.startswith("rampart.trust.") or name == "rampart"
+                  or top == "msgspec" or top in _WIRE_ALLOWED_STDLIB)
+            assert ok, f"rampart/wire/{path.name} imports {name}"
+
+
+def test_wire_public_surface_is_locked() -> None:
+    """Adding or removing a public name of the wire contract is a deliberate change: update this list."""
+    import rampart.wire
+
+    assert sorted(rampart.wire.__all__) == sorted([
+        "AGENT_MESSAGE_TYPES", "AUTH_CONTEXT", "MAX_DETAIL_CHARS", "MAX_MESSAGE_BYTES",
+        "SERVER_MESSAGE_TYPES", "AckMessage", "AgentMessage", "Challenge", "CheckAckMessage", "CheckResult",
+        "CheckResultMessage",
+        "Delta", "DeltaError", "DetectionMessage", "EarlierFinding", "ErrorMessage", "Finding", "Hello",
+        "Inventory", "InventoryAckMessage", "InventoryFullMessage", "InventoryMessage",
+        "InventoryRequestMessage", "JobLog", "JobMessage", "Message", "ReceiptMessage", "Report",
+        "ReportError", "RevocationsMessage", "RootsMessage", "ServerMessage", "StateMessage", "ToolSeen",
+        "Welcome", "WireError", "apply", "auth_message", "check_hello", "decode_agent_message",
+        "decode_challenge", "decode_hello", "decode_report", "decode_result", "decode_server_message",
+        "decode_welcome", "diff", "digest", "encode_message", "encode_report", "encode_result",
+        "new_challenge", "sign_hello",
+    ])
+    for name in rampart.wire.__all__:
+        assert hasattr(rampart.wire, name), name
+
+
+def _server_module_imports(path: Path, package: str) -> set[str]:
+    """Every module ``path`` (in ``package``) imports, relative imports resolved to absolute names."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - (node.level - 1)])
+                mod = f"{base}.{node.module}" if node.module else base
+            else:
+                mod = node.module or ""
+            found.add(mod)
+            found.update(f"{mod}.{a.name}" for a in node.names)  # ``from rampart import agent``
+    return found
+
+
+def test_server_never_imports_the_agent() -> None:
+    """No module under rampart/server imports rampart.agent (statically, at any depth, relative or not)."""
+    server = REPO / "rampart" / "server"
+    for path in sorted(server.rglob("*.py")):
+        rel = path.relative_to(REPO).with_suffix("")
+        package = ".".join(rel.parts[:-1]) if rel.name != "__init__" else ".".join(rel.parts[:-1])
+        for mod in _server_module_imports(path, package):
+            assert not (mod == "rampart.agent" or mod.startswith("rampart.agent.")), \
+                f"{path.relative_to(REPO)} imports {mod}"
+
+
+def test_server_app_loads_no_agent_module() -> None:
+    """The same at run time: importing the server application loads no rampart.agent module."""
+    r = subprocess.run([sys.executable, "-c", "import sys, rampart.server.app; "
+                        "print(sorted(m for m in sys.modules if m.startswith('rampart.agent')))"],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
