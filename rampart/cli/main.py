@@ -141,6 +141,9 @@ def load_command(name: str) -> Command:
         importlib.import_module(f"{__package__}.{module}")
     part = typer.Typer(**_SETTINGS)
     register_module(part, owner)
+    # Build only this command (a module registers several); typer builds each alike.
+    part.registered_commands = [c for c in part.registered_commands if c.name == name]
+    part.registered_groups = [g for g in part.registered_groups if g.name == name]
     return typer.main.get_group(part).commands[name]
 
 
