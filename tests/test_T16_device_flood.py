@@ -27,8 +27,8 @@ from harness.operators import ok
 from harness.server import RunningServer
 from websockets.exceptions import ConnectionClosed
 
-from rampart.agent.findings import Finding
 from rampart.server.config import ServerLimits
+from rampart.wire import Finding
 
 pytestmark = pytest.mark.store
 

@@ -54,12 +54,10 @@ from harness.server import RunningServer, init_server
 from harness.wsagent import WireAgent
 
 from rampart import tlspin, trust
-from rampart.agent.findings import Finding
-from rampart.agent.inventory import AgentInfo, EolStatus, Inventory, OsInfo, Package, Process, User, digest
-from rampart.agent.telemetry import Report, ToolSeen, encode_report
 from rampart.cli.config import Config, Session
 from rampart.trust import RECEIPT_TYPE
-from rampart.wire.inventory import Update
+from rampart.wire import Finding, Report, ToolSeen, digest, encode_report
+from rampart.wire.inventory import AgentInfo, EolStatus, Inventory, OsInfo, Package, Process, Update, User
 
 # The subject is the CLI's output; the server's storage of these strings is tested elsewhere.
 pytestmark = [pytest.mark.client_side,

@@ -38,9 +38,6 @@ from sqlalchemy.orm import Session
 from test_telemetry import configured_server, wait_until
 
 from rampart import tlspin
-from rampart.agent.findings import Finding
-from rampart.agent.inventory import AgentInfo, Inventory, digest
-from rampart.agent.telemetry import Report, encode_report
 from rampart.cli.access_cmds import capped_lines
 from rampart.cli.config import Config
 from rampart.cli.config import Session as CliSession
@@ -60,6 +57,8 @@ from rampart.server.models import (
     NotifyTarget,
     Tenant,
 )
+from rampart.wire import Finding, Inventory, Report, digest, encode_report
+from rampart.wire.inventory import AgentInfo
 
 DAY = 86400
 FLOOD = 60

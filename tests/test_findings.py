@@ -54,9 +54,9 @@ from rampart.agent.inventory import (
     User,
     collect_full,
 )
-from rampart.wire.inventory import SECTION_KEYS, canonical
 from rampart.agent.inventory.processes import collect_processes
 from rampart.catalog import Catalog, builtin_catalog, make_tool, tools_for_executable, tools_for_port
+from rampart.wire.inventory import SECTION_KEYS, canonical
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux /proc")
 

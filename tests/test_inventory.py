@@ -65,7 +65,6 @@ from rampart.agent.inventory import (
 from rampart.agent.inventory import collect as collect_mod
 from rampart.agent.inventory._util import CommandError, run
 from rampart.agent.inventory.eol import BUILTIN, parse_distro_info, release_key
-from rampart.wire.inventory import SECTION_KEYS, canonical
 from rampart.agent.inventory.packages import (
     DPKG_STATUS,
     collect_dpkg,
@@ -100,6 +99,7 @@ from rampart.agent.inventory.users import (
     parse_lastlog,
     parse_wtmp,
 )
+from rampart.wire.inventory import SECTION_KEYS, canonical
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux /proc")
 

@@ -37,22 +37,15 @@ from harness.operators import PASSWORD, Operator, TenantSetup, audit_events, boo
 from harness.server import PostgresCluster, RunningServer, init_server
 from harness.wsagent import WireAgent
 
-from rampart.agent.findings import Finding
-from rampart.agent.inventory import AgentInfo, Inventory, Process, diff, digest, encode
-from rampart.agent.telemetry import (
-    DetectionConfig,
-    Report,
-    ReportError,
-    decode_report,
-    encode_report,
-    inflate,
-    parse_detection,
-)
+from rampart.agent.telemetry import DetectionConfig, parse_detection
 from rampart.catalog import builtin_catalog, encode_catalog, make_tool
 from rampart.catalog.model import Catalog
 from rampart.server.config import load_config
 from rampart.server.db import Store
 from rampart.server.models import DeviceInventory, InventoryDelta
+from rampart.wire import Finding, Inventory, Report, ReportError, decode_report, diff, digest, encode_report
+from rampart.wire.inventory import AgentInfo, Process, encode
+from rampart.wire.telemetry import inflate
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux agent")
 

@@ -1,4 +1,4 @@
-"""Agent telemetry: inventory on an interval and on demand, detections, and the report wire format.
+"""Agent telemetry: inventory on an interval and on demand, and detections (the report format: rampart.wire).
 
 The agent collects an inventory (:func:`rampart.agent.inventory.collect_full`,
 in a worker thread) every :func:`~rampart.agent.inventory.next_delay` seconds
@@ -49,7 +49,6 @@ from rampart.catalog.store import MAX_CATALOG_BYTES
 from rampart.wire import InventoryMessage, encode_message
 from rampart.wire.inventory import Patching, Update, canonical, update_key
 from rampart.wire.telemetry import (
-    MAX_REPORT_BYTES,
     MAX_SANCTIONED,
     MAX_TOOLS,
     MAX_WIRE_BYTES,
@@ -59,11 +58,8 @@ from rampart.wire.telemetry import (
     ReportError,
     ToolSeen,
     ToolWay,
-    decode_report,
-    decode_report_blob,
     encode_report,
     inflate,
-    report_blob,
     unb64,
 )
 
@@ -80,11 +76,8 @@ from .inventory import Inventory, UpdatesCache, collect_full, diff, digest, next
 if TYPE_CHECKING:
     from .core import Agent
 
-__all__ = [
-    "DEFAULT_INTERVAL_S", "MAX_GAP_S", "MAX_REPORT_BYTES", "MAX_TOOLS", "MAX_WIRE_BYTES", "DetectionConfig",
-    "EarlierFinding", "Report", "ReportError", "Telemetry", "ToolSeen", "decode_report", "decode_report_blob",
-    "encode_report", "inflate", "report_blob", "tools_seen",
-]
+# The report wire format (Report, encode_report, decode_report, inflate, ...) is rampart.wire.telemetry.
+__all__ = ["DEFAULT_INTERVAL_S", "MAX_GAP_S", "DetectionConfig", "Telemetry", "parse_detection", "tools_seen"]
 
 log = logging.getLogger("rampart.agent")
 
