@@ -3,6 +3,10 @@
 :func:`run_contained` starts ``python -I`` on :mod:`rampart.agent.sandbox`,
 hands it the spec on stdin, and supervises it: bounded capture of stdout and
 stderr, a wall-clock timeout that kills the whole process group, and reaping.
+Before the spec is sent the child is put in the job's kill scope
+(:mod:`rampart.agent.jobscope`: a cgroup of its own, else its own dynamic uid),
+and when the job's main process ends every process left in that scope is
+killed and counted (``ContainedResult.killed``).
 
 Invariants:
 
@@ -14,12 +18,17 @@ Invariants:
   the request. No report, or a refusal, means the job did not run.
 * Memory is bounded: each stream keeps at most ``max_output_bytes`` and the
   rest is read and discarded so the job never blocks on a full pipe.
-* On return the child has been reaped and its process group killed.
+* On return the child has been reaped and its process group killed, and with
+  a ``cgroup`` or ``uid`` kill scope so has every process it started, however
+  it left the group (setsid, double fork, daemon(3), SIGTERM ignored).
+* ``run_as=DYNAMIC``: the job gets a uid of its own, leased for the run and
+  released only once no process of it is left.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import selectors
@@ -32,16 +41,19 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import rampart
-from rampart.agent import landlock
+from rampart.agent import jobscope, landlock
+from rampart.agent.jobscope import DynamicUser, KillScope
 from rampart.agent.sandbox import FS_MIN_ABI, LEVELS, MAX_SPEC_BYTES, NET_MIN_ABI, compute_level
 
 __all__ = [
+    "DYNAMIC",
     "ContainedResult",
     "Containment",
     "ContainmentSpec",
     "Limits",
     "detect_abi",
     "kernel_level",
+    "refused_result",
     "run_contained",
 ]
 
@@ -55,6 +67,9 @@ _UNSAFE_FORCE_ABI: int | None = None
 TERM_GRACE_S = 1.0
 #: Seconds to keep draining output after the job exited (escaped holders of the pipes).
 DRAIN_S = 1.0
+
+#: ``ContainmentSpec.run_as`` value: lease a dynamic uid for this one run (jobscope).
+DYNAMIC = "@dynamic"
 
 _MAX_STATUS_BYTES = 64 * 1024
 _CHUNK = 64 * 1024
@@ -87,7 +102,9 @@ class ContainmentSpec:
     write_paths: tuple[str, ...]  # caller already intersected with device policy
     deny_read_paths: tuple[str, ...]  # agent state dir, key files
     connect_ports: tuple[int, ...]
-    run_as: str | None  # user to drop to; None = stay (only sensible when not root)
+    #: user to drop to: a name, DYNAMIC (lease a uid for this run), a DynamicUser the
+    #: caller leased (and releases), or None = stay (only sensible when not root)
+    run_as: str | DynamicUser | None
     timeout_s: float
     max_output_bytes: int = 64 * 1024  # per stream
     limits: Limits = field(default_factory=Limits)
@@ -108,6 +125,8 @@ class Containment:
     timeout_s: float
     level: str  # "full" | "filesystem" | "none"
     ipc_scoped: bool = False  # abstract unix sockets and signals scoped (ABI >= 6)
+    #: kill scope the child verified it is in: "cgroup" | "uid" | "process-group" (jobscope.REAPERS)
+    reaper: str = "process-group"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready copy; the fields of the receipt's ContainmentReport."""
@@ -129,6 +148,9 @@ class ContainedResult:
     ended_at: float
     containment: Containment | None
     refused: str | None  # set when it could not be contained as required; the job did not run
+    #: processes of the job still alive when its main process ended (or was killed on
+    #: time-out), all killed then; only those the kill scope could see
+    killed: int = 0
 
 
 def detect_abi() -> int:
@@ -149,6 +171,11 @@ def _validate(spec: ContainmentSpec) -> None:
     texts = [*spec.argv, *spec.env.keys(), *spec.env.values(), spec.cwd, *spec.write_paths]
     if not all(isinstance(t, str) and "\0" not in t for t in [*texts, *spec.deny_read_paths]):
         raise ValueError("argv, env and paths must be strings without NUL")
+    if isinstance(spec.run_as, DynamicUser):
+        if not spec.run_as.held:
+            raise ValueError("run_as: the dynamic user was already released")
+    elif spec.run_as is not None and not (isinstance(spec.run_as, str) and spec.run_as):
+        raise ValueError("run_as must be a user name, DYNAMIC, a DynamicUser or None")
     if spec.require not in LEVELS:
         raise ValueError(f"require must be one of {LEVELS}")
     if not spec.timeout_s > 0:
@@ -163,7 +190,7 @@ def _validate(spec: ContainmentSpec) -> None:
             raise ValueError(f"invalid TCP port {port}")
 
 
-def _wire(spec: ContainmentSpec) -> bytes:
+def _wire(spec: ContainmentSpec, user: DynamicUser | None, scope: KillScope | None) -> bytes:
     payload = json.dumps(
         {
             "argv": list(spec.argv),
@@ -172,7 +199,10 @@ def _wire(spec: ContainmentSpec) -> bytes:
             "write_paths": list(spec.write_paths),
             "deny_read_paths": list(spec.deny_read_paths),
             "connect_ports": list(spec.connect_ports),
-            "run_as": spec.run_as,
+            "run_as": spec.run_as if isinstance(spec.run_as, str) and user is None else None,
+            "dynamic_uid": user.uid if user is not None else None,
+            "reaper": scope.reaper if scope is not None else "process-group",
+            "cgroup": scope.cgroup_path if scope is not None else None,
             "limits": asdict(spec.limits),
             "require": spec.require,
             "unsafe_force_abi": _UNSAFE_FORCE_ABI,
@@ -209,7 +239,11 @@ def _killpg(pgid: int, sig: signal.Signals) -> None:
 
 
 def _supervise(
-    proc: subprocess.Popen[bytes], status_fd: int, payload: bytes, spec: ContainmentSpec
+    proc: subprocess.Popen[bytes],
+    status_fd: int,
+    payload: bytes,
+    spec: ContainmentSpec,
+    scope: KillScope,
 ) -> tuple[bool, _Capture, _Capture, _Capture]:
     """Feed the spec, capture output, enforce the timeout; returns with the child reaped."""
     assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
@@ -277,15 +311,17 @@ def _supervise(
                             sel.unregister(fd)
                             del sinks[fd]
                 if not exited and _has_exited(proc.pid):
-                    # Kill what the job left in its group while its pid is still
-                    # unreaped (so the group id cannot have been reused), then reap.
+                    # Kill what the job left in its scope and its group while its pid is
+                    # still unreaped (so the group id cannot have been reused), then reap.
                     exited = True
+                    scope.kill_all(exclude=proc.pid)
                     _killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
                     drain_until = time.monotonic() + DRAIN_S
         finally:
             if proc.returncode is None:
                 _killpg(proc.pid, signal.SIGKILL)
+                scope.kill_all(exclude=proc.pid)
                 proc.wait()
             if pidfd is not None:
                 os.close(pidfd)
@@ -323,6 +359,9 @@ def _containment(report: dict[str, Any], spec: ContainmentSpec) -> Containment:
     nnp = report["no_new_privs"] is True
     uid = int(report["uid"])
     limits = {str(k): int(v) for k, v in dict(report["limits"]).items()}
+    reaper = report.get("reaper", "process-group")
+    if reaper not in jobscope.REAPERS:
+        raise ValueError("unknown kill scope")
     return Containment(
         landlock_abi=int(report["landlock_abi"]),
         filesystem=filesystem,
@@ -332,8 +371,28 @@ def _containment(report: dict[str, Any], spec: ContainmentSpec) -> Containment:
         uid=uid,
         limits=limits,
         timeout_s=spec.timeout_s,
-        level=compute_level(filesystem=filesystem, network=network, no_new_privs=nnp, uid=uid),
+        level=compute_level(
+            filesystem=filesystem, network=network, no_new_privs=nnp, uid=uid, reaper=reaper
+        ),
         ipc_scoped=report.get("ipc_scoped") is True,
+        reaper=reaper,
+    )
+
+
+def refused_result(started_at: float, why: str) -> ContainedResult:
+    """A result for a job that did not start (nothing ran): ``refused`` says why."""
+    return ContainedResult(
+        exit_code=None,
+        signal=None,
+        timed_out=False,
+        stdout=b"",
+        stderr=b"",
+        stdout_truncated=False,
+        stderr_truncated=False,
+        started_at=started_at,
+        ended_at=time.time(),
+        containment=None,
+        refused=why,
     )
 
 
@@ -344,9 +403,35 @@ def run_contained(spec: ContainmentSpec) -> ContainedResult:
     returned as a result with ``refused`` set, and then the job did not run.
     """
     _validate(spec)
-    payload = _wire(spec)
-    status_r, status_w = os.pipe()  # both non-inheritable; pass_fds exposes only the write end
+    _wire(spec, None, None)  # size check before anything is allocated
     started_at = time.time()
+    user: DynamicUser | None = spec.run_as if isinstance(spec.run_as, DynamicUser) else None
+    own_user = spec.run_as == DYNAMIC
+    if own_user:
+        try:
+            user = jobscope.allocate_dynamic_user()
+        except jobscope.UidUnavailable as exc:
+            return refused_result(started_at, f"no dynamic user for the job: {exc}")
+    try:
+        scope = KillScope.open(user.uid if user is not None else None)
+        try:
+            result = _run(spec, user, scope, started_at)
+        finally:
+            scope.close()
+        if own_user and user is not None:
+            extra = user.release() - scope.killed
+            if extra:
+                result = dataclasses.replace(result, killed=result.killed + len(extra))
+        return result
+    finally:
+        if own_user and user is not None and user.held:
+            user.release()
+
+
+def _run(
+    spec: ContainmentSpec, user: DynamicUser | None, scope: KillScope, started_at: float
+) -> ContainedResult:
+    status_r, status_w = os.pipe()  # both non-inheritable; pass_fds exposes only the write end
     try:
         try:
             proc = subprocess.Popen(
@@ -372,22 +457,14 @@ def run_contained(spec: ContainmentSpec) -> ContainedResult:
             os.close(status_w)
     except OSError as exc:
         os.close(status_r)
-        return ContainedResult(
-            exit_code=None,
-            signal=None,
-            timed_out=False,
-            stdout=b"",
-            stderr=b"",
-            stdout_truncated=False,
-            stderr_truncated=False,
-            started_at=started_at,
-            ended_at=time.time(),
-            containment=None,
-            refused=f"cannot start the sandbox: {exc.strerror or exc}",
-        )
+        return refused_result(started_at, f"cannot start the sandbox: {exc.strerror or exc}")
+    # The sandbox reads its whole spec before doing anything else, so moving it now
+    # puts everything the job will ever start in the scope.
+    scope.adopt(proc.pid)
+    payload = _wire(spec, user, scope)
     try:
         with proc:
-            timed_out, out, err, status = _supervise(proc, status_r, payload, spec)
+            timed_out, out, err, status = _supervise(proc, status_r, payload, spec, scope)
     finally:
         os.close(status_r)
     ended_at = time.time()
@@ -419,4 +496,5 @@ def run_contained(spec: ContainmentSpec) -> ContainedResult:
         ended_at=ended_at,
         containment=containment,
         refused=refusal,
+        killed=len(scope.killed),
     )

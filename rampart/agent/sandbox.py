@@ -3,7 +3,9 @@
 The parent (:mod:`rampart.agent.containment`) writes one JSON spec to our stdin
 and closes it. We then, in this order: setsid; set resource limits; set
 no_new_privs; build the Landlock ruleset (as the agent, which sees the whole
-tree); drop to the job user; enforce Landlock; report what actually applied as
+tree); drop to the job user (a named one, or the dynamic uid the parent leased);
+enforce Landlock; check the kill scope the parent put us in (our own cgroup, our
+own uid: :mod:`rampart.agent.jobscope`); report what actually applied as
 one JSON line on the status fd (close-on-exec, so the job can never write to
 it); execve the job with exactly the spec's environment.
 
@@ -12,7 +14,9 @@ Invariants:
 * The job is exec'd only after every step succeeded and the applied level is
   at least ``require``; any failure before exec is reported on the status fd
   and we exit 126 without running it.
-* The report describes what was applied and verified, never what was asked.
+* The report describes what was applied and verified, never what was asked:
+  the kill scope is ``cgroup`` only if ``/proc/self/cgroup`` shows the job's
+  cgroup, ``uid`` only if we run as the leased dynamic uid.
 * With Landlock, the job may write only beneath the declared write paths (plus
   the ``/dev/null`` sink), may read and execute everywhere except beneath the
   deny-read paths, may TCP-connect only to the declared ports and never bind.
@@ -35,11 +39,14 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from rampart.agent import landlock
+from rampart.agent.jobscope import DYNAMIC_UID_MAX, DYNAMIC_UID_MIN
 
 EXIT_REFUSED = 126
 EXIT_NOT_FOUND = 127
 MAX_SPEC_BYTES = 1 << 20
 LEVELS = ("none", "filesystem", "full")
+#: Kill scopes that reach every process of a job (jobscope.REAPERS minus "process-group").
+KILL_ALL_REAPERS = ("uid", "cgroup")
 #: Lowest ABI at which every write-class right (incl. TRUNCATE) is handled.
 FS_MIN_ABI = 3
 NET_MIN_ABI = 4
@@ -74,13 +81,21 @@ class _Spec:
     limits: dict[str, int]
     require: str
     force_abi: int | None
+    dynamic_uid: int | None = None
+    reaper: str = "process-group"
+    cgroup: str | None = None
 
 
-def compute_level(*, filesystem: bool, network: bool, no_new_privs: bool, uid: int) -> str:
-    """Containment level implied by what applied: never more than all its parts."""
+def compute_level(*, filesystem: bool, network: bool, no_new_privs: bool, uid: int,
+                  reaper: str = "process-group") -> str:
+    """Containment level implied by what applied: never more than all its parts.
+
+    ``full`` also needs a kill scope that reaches every process of the job
+    (``reaper`` in :data:`KILL_ALL_REAPERS`): otherwise a ``setsid`` escapee outlives it.
+    """
     if not (filesystem and no_new_privs):
         return "none"
-    return "full" if network and uid != 0 else "filesystem"
+    return "full" if network and uid != 0 and reaper in KILL_ALL_REAPERS else "filesystem"
 
 
 def level_satisfies(level: str, require: str) -> bool:
@@ -193,6 +208,16 @@ def _parse_spec(raw: bytes) -> _Spec:
     run_as, force_abi = doc.get("run_as"), doc.get("unsafe_force_abi")
     if run_as is not None and (not _is_cstr(run_as) or not run_as):
         raise ValueError("run_as must be a user name or null")
+    dynamic_uid, reaper, cgroup = doc.get("dynamic_uid"), doc.get("reaper"), doc.get("cgroup")
+    if dynamic_uid is not None and (
+        type(dynamic_uid) is not int or not DYNAMIC_UID_MIN <= dynamic_uid <= DYNAMIC_UID_MAX
+        or run_as is not None
+    ):
+        raise ValueError("dynamic_uid must be a uid of the dynamic range, instead of run_as")
+    if reaper not in ("process-group", *KILL_ALL_REAPERS):
+        raise ValueError("reaper must be process-group, uid or cgroup")
+    if cgroup is not None and (not _is_cstr(cgroup) or not cgroup.startswith("/")):
+        raise ValueError("cgroup must be an absolute cgroup path or null")
     if force_abi is not None and not isinstance(force_abi, int):
         raise ValueError("unsafe_force_abi must be an integer or null")
     return _Spec(
@@ -206,6 +231,9 @@ def _parse_spec(raw: bytes) -> _Spec:
         limits=limits,
         require=doc["require"],
         force_abi=force_abi,
+        dynamic_uid=dynamic_uid,
+        reaper=reaper,
+        cgroup=cgroup,
     )
 
 
@@ -246,8 +274,21 @@ def _set_no_new_privs() -> bool:
     return bool(libc.prctl(_PR_GET_NO_NEW_PRIVS, zero, zero, zero, zero) == 1)
 
 
-def _drop_user(run_as: str | None) -> tuple[str, int]:
-    """Irreversibly become ``run_as`` (no supplementary groups); verified by re-reading ids."""
+def _drop_user(run_as: str | None, dynamic_uid: int | None = None) -> tuple[str, int]:
+    """Irreversibly become ``run_as`` or ``dynamic_uid`` (gid = uid), no supplementary groups.
+
+    Verified by re-reading the ids, and by failing to regain root.
+    """
+    if dynamic_uid is not None:
+        if os.geteuid() != 0:
+            raise SandboxError("cannot switch to a dynamic user: the agent is not root")
+        try:
+            pwd.getpwuid(dynamic_uid)
+        except KeyError:
+            pass
+        else:
+            raise SandboxError(f"dynamic uid {dynamic_uid} belongs to an account")
+        return _become(f"dynamic:{dynamic_uid}", dynamic_uid, dynamic_uid)
     if run_as is None:
         uid = os.getuid()
         try:
@@ -262,12 +303,15 @@ def _drop_user(run_as: str | None) -> tuple[str, int]:
         if pw.pw_uid == os.getuid() == os.geteuid():
             return pw.pw_name, pw.pw_uid
         raise SandboxError(f"cannot switch to user {run_as!r}: the agent is not root")
+    return _become(pw.pw_name, pw.pw_uid, pw.pw_gid)
+
+
+def _become(name: str, uid: int, gid: int) -> tuple[str, int]:
     os.setgroups([])
-    os.setgid(pw.pw_gid)
-    os.setuid(pw.pw_uid)
-    uid, gid = pw.pw_uid, pw.pw_gid
+    os.setgid(gid)
+    os.setuid(uid)
     if os.getresuid() != (uid, uid, uid) or os.getresgid() != (gid, gid, gid) or os.getgroups():
-        raise SandboxError(f"identity did not change to {run_as!r}")
+        raise SandboxError(f"identity did not change to {name!r}")
     if uid != 0:
         try:
             os.setuid(0)
@@ -275,7 +319,22 @@ def _drop_user(run_as: str | None) -> tuple[str, int]:
             pass
         else:
             raise SandboxError("root privileges could be regained after the drop")
-    return pw.pw_name, uid
+    return name, uid
+
+
+def _verified_reaper(spec: _Spec, uid: int) -> str:
+    """The kill scope we are really in (never more than the parent claimed)."""
+    if spec.reaper == "cgroup" and spec.cgroup is not None:
+        try:
+            with open("/proc/self/cgroup", encoding="utf-8") as f:
+                mine = [ln[3:] for ln in f.read().splitlines() if ln.startswith("0::")]
+        except OSError:
+            mine = []
+        if mine == [spec.cgroup]:
+            return "cgroup"
+    if spec.reaper in KILL_ALL_REAPERS and spec.dynamic_uid is not None and uid == spec.dynamic_uid:
+        return "uid"
+    return "process-group"
 
 
 def _build_ruleset(spec: _Spec, abi: int) -> landlock.Ruleset | None:
@@ -343,7 +402,7 @@ def _contain(spec: _Spec) -> dict[str, Any]:
         ruleset = _build_ruleset(spec, abi)
     try:
         with _step("drop user"):
-            user, uid = _drop_user(spec.run_as)
+            user, uid = _drop_user(spec.run_as, spec.dynamic_uid)
         with _step("cwd"):
             os.chdir(spec.cwd)
         if ruleset is not None:
@@ -356,12 +415,15 @@ def _contain(spec: _Spec) -> dict[str, Any]:
     filesystem = enforced and abi >= FS_MIN_ABI
     network = enforced and abi >= NET_MIN_ABI
     scoped = enforced and abi >= SCOPE_MIN_ABI
-    level = compute_level(filesystem=filesystem, network=network, no_new_privs=nnp, uid=uid)
+    reaper = _verified_reaper(spec, uid)
+    level = compute_level(
+        filesystem=filesystem, network=network, no_new_privs=nnp, uid=uid, reaper=reaper
+    )
     if not level_satisfies(level, spec.require):
         raise SandboxError(
             f"containment level {level!r} is below the required {spec.require!r} "
             f"(landlock ABI {abi}, filesystem={filesystem}, network={network}, "
-            f"no_new_privs={nnp}, uid={uid})"
+            f"no_new_privs={nnp}, uid={uid}, kill scope={reaper})"
         )
     return {
         "landlock_abi": abi,
@@ -373,6 +435,7 @@ def _contain(spec: _Spec) -> dict[str, Any]:
         "uid": uid,
         "limits": limits,
         "level": level,
+        "reaper": reaper,
     }
 
 

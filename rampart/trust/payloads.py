@@ -355,6 +355,14 @@ class ContainmentReport(msgspec.Struct, frozen=True, forbid_unknown_fields=True,
     timeout_s: float
     ipc_scoped: bool = False
     limits: dict[Annotated[str, Meta(max_length=32)], int] = {}
+    #: How the job's processes were found and killed when it ended (docs/containment.md):
+    #: "cgroup" (its own cgroup v2, cgroup.kill) or "uid" (its own dynamic uid) reach every
+    #: process; "process-group" (the default, and all an agent before it could report) does
+    #: not: a process that left the group (setsid, daemon) may have survived.
+    reaper: Literal["cgroup", "uid", "process-group"] = "process-group"
+    #: Processes of the job still alive when its main process ended (or was killed at the
+    #: time limit), all killed then; 0 in receipts of agents that did not report it.
+    killed: Annotated[int, Meta(ge=0, le=1 << 31)] = 0
 
 
 class Receipt(_Payload, frozen=True, forbid_unknown_fields=True, kw_only=True):
