@@ -50,6 +50,7 @@ from rampart.wire import CheckResultMessage, encode_message
 from rampart.wire.check_result import MAX_DETAIL, MAX_TAIL, CheckResult, decode_result, encode_result
 
 from . import actions
+from .actions import result_of
 from .state import StoredCheck
 
 if TYPE_CHECKING:
@@ -70,32 +71,6 @@ SEND_WINDOW: Final = 100
 RESEND_AFTER_S: Final = 60.0
 
 SendText = Callable[[str], Awaitable[None]]
-
-
-def _tail(data: bytes) -> str:
-    text = data[-MAX_TAIL:].decode("utf-8", errors="replace")
-    return text[-MAX_TAIL:]
-
-
-def result_of(job_id: str, done: actions.Done, interval_s: int, *, started: float) -> CheckResult:
-    """The result of one run from what :mod:`rampart.agent.actions` reported."""
-    r = done.result
-    ended = r.ended_at if r is not None and done.outcome != "refused" else time.time()
-    begun = r.started_at if r is not None and done.outcome != "refused" else started
-    exit_code = r.exit_code if r is not None else None
-    ok = (done.outcome == "ran" and r is not None and exit_code == 0 and not r.timed_out)
-    detail = ""
-    if done.outcome != "ran":
-        detail = actions.one_line(f"{done.outcome}: {done.refusal + ': ' if done.refusal else ''}"
-                                  f"{done.detail}", MAX_DETAIL)
-    return CheckResult(
-        job=job_id, run_at=begun, duration_s=max(0.0, ended - begun),
-        exit_code=exit_code, signal=r.signal if r is not None else None,
-        timed_out=bool(r.timed_out) if r is not None else False, ok=ok,
-        interval_s=min(max(1, interval_s), trust.DEFAULT_LIMITS.max_repeat_every_s),
-        stdout=_tail(r.stdout) if r is not None else "", stderr=_tail(r.stderr) if r is not None else "",
-        detail=detail[:MAX_DETAIL],
-    )
 
 
 class ScriptChecks:
