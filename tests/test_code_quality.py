@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -257,6 +258,21 @@ def test_trust_is_used_through_its_public_surface() -> None:
                     if parts[:2] == ["rampart", "trust"] and len(parts) > 2 and parts[2] in private:
                         bad.append(f"{rel}:{node.lineno} uses {'.'.join(parts[:3])}")
     assert not bad, "\n".join(bad)
+
+
+def test_layout_doc_lists_every_module() -> None:
+    """docs/design/layout.md names every module of rampart/ (its rule: by path relative to
+    rampart/, or inside a package listed as a whole), and names no module that does not exist."""
+    text = (REPO / "docs" / "design" / "layout.md").read_text()
+    section = text[text.index("## Every module"):]
+    named = set(re.findall(r"`([\w/.]+\.py)`", section))
+    whole = set(re.findall(r"`([\w/]+/)`\s+\(whole package", section))
+    root = REPO / "rampart"
+    modules = {p.relative_to(root).as_posix() for p in root.rglob("*.py")}
+    missing = sorted(m for m in modules if m not in named and not any(m.startswith(w) for w in whole))
+    assert not missing, f"not in docs/design/layout.md: {missing}"
+    stale = sorted(named - modules) + sorted(w for w in whole if not (root / w).is_dir())
+    assert not stale, f"docs/design/layout.md names what does not exist: {stale}"
 
 
 # --- the wire contract (rampart.wire) and the server/agent boundary ------------------------------
