@@ -70,9 +70,8 @@ import msgspec
 
 import rampart
 from rampart import trust
-from rampart.wire.check_result import MAX_DETAIL, MAX_TAIL, CheckResult
 
-from . import _command, backup, containment, patching
+from . import _command, backup, containment, jobscope, patching
 
 log = logging.getLogger("rampart.agent")
 
@@ -546,32 +545,6 @@ def run_check(agent: JobHost, auth: trust.RepeatAuthorization, script: bytes) ->
                                               f"{exc}"))
 
 
-def _tail(data: bytes) -> str:
-    text = data[-MAX_TAIL:].decode("utf-8", errors="replace")
-    return text[-MAX_TAIL:]
-
-
-def result_of(job_id: str, done: Done, interval_s: int, *, started: float) -> CheckResult:
-    """A script check's result of one run (:mod:`rampart.agent.script_checks`) from its :class:`Done`."""
-    r = done.result
-    ended = r.ended_at if r is not None and done.outcome != "refused" else time.time()
-    begun = r.started_at if r is not None and done.outcome != "refused" else started
-    exit_code = r.exit_code if r is not None else None
-    ok = (done.outcome == "ran" and r is not None and exit_code == 0 and not r.timed_out)
-    detail = ""
-    if done.outcome != "ran":
-        detail = one_line(f"{done.outcome}: {done.refusal + ': ' if done.refusal else ''}"
-                                  f"{done.detail}", MAX_DETAIL)
-    return CheckResult(
-        job=job_id, run_at=begun, duration_s=max(0.0, ended - begun),
-        exit_code=exit_code, signal=r.signal if r is not None else None,
-        timed_out=bool(r.timed_out) if r is not None else False, ok=ok,
-        interval_s=min(max(1, interval_s), trust.DEFAULT_LIMITS.max_repeat_every_s),
-        stdout=_tail(r.stdout) if r is not None else "", stderr=_tail(r.stderr) if r is not None else "",
-        detail=detail[:MAX_DETAIL],
-    )
-
-
 # --- contained jobs: script and file -------------------------------------------------------------------
 
 
@@ -584,9 +557,15 @@ def _required_level(config: HostConfig, run_as: str | None) -> str:
 
 
 def _run_as(agent: JobHost, effective: str) -> str | None:
+    """Who a job runs as: root if granted; else, for a root agent, a dynamic user of its own
+    (``@dynamic``, the default; also for the shared ``nobody`` of older enrolments), or the
+    fixed ``--job-user`` an administrator chose; an unprivileged agent stays itself."""
     if effective == "root":
         return "root" if os.geteuid() == 0 else None
-    return agent.config.job_user if os.geteuid() == 0 else None
+    if os.geteuid() != 0:
+        return None
+    user = agent.config.job_user
+    return containment.DYNAMIC if user in (None, "nobody", containment.DYNAMIC) else user
 
 
 def _code_root() -> str:
@@ -603,17 +582,37 @@ def _contained(agent: JobHost, auth: trust.Authorization | trust.RepeatAuthoriza
     ``as_agent``: the program is the agent's own code (not the job's), run as the agent's user
     under the job's Landlock rules: the job user may not be able to execute the agent's interpreter.
     """
+    run_as = None if as_agent else _run_as(agent, auth.effective.run_as)
+    if run_as == containment.DYNAMIC:
+        # Lease the job's own uid here, so its work directory can be given to it.
+        try:
+            user = jobscope.allocate_dynamic_user()
+        except jobscope.UidUnavailable as exc:
+            return containment.refused_result(time.time(), f"no dynamic user for the job: {exc}")
+        with user:
+            return _contained_as(agent, auth, files, argv, user, as_agent=as_agent)
+    return _contained_as(agent, auth, files, argv, run_as, as_agent=as_agent)
+
+
+def _contained_as(agent: JobHost, auth: trust.Authorization | trust.RepeatAuthorization,
+                  files: Mapping[str, bytes], argv: Callable[[Path], tuple[str, ...]],
+                  run_as: str | jobscope.DynamicUser | None, *,
+                  as_agent: bool) -> containment.ContainedResult:
     job, eff = auth.job, auth.effective
-    run_as = None if as_agent else _run_as(agent, eff.run_as)
     workdir = Path(tempfile.mkdtemp(prefix="rampart-job-"))
     try:
         for name, data in files.items():
             (workdir / name).write_bytes(data)
-        if run_as not in (None, "root"):
+        owner: tuple[int, int] | None = None
+        if isinstance(run_as, jobscope.DynamicUser):
+            owner = (run_as.uid, run_as.gid)
+        elif run_as not in (None, "root"):
             pw = pwd.getpwnam(run_as)
-            os.chown(workdir, pw.pw_uid, pw.pw_gid)
+            owner = (pw.pw_uid, pw.pw_gid)
+        if owner is not None:
+            os.chown(workdir, *owner)
             for name in files:
-                os.chown(workdir / name, pw.pw_uid, pw.pw_gid)
+                os.chown(workdir / name, *owner)
         os.chmod(workdir, 0o500)
         for name in files:
             os.chmod(workdir / name, 0o500)
@@ -625,7 +624,8 @@ def _contained(agent: JobHost, auth: trust.Authorization | trust.RepeatAuthoriza
             write_paths=eff.writes, deny_read_paths=(str(agent.state_dir.resolve()),),
             connect_ports=eff.connect, run_as=run_as, timeout_s=float(eff.timeout_s),
             max_output_bytes=MAX_OUTPUT,
-            require=_required_level(agent.config, "root" if as_agent and os.geteuid() == 0 else run_as),
+            require=_required_level(agent.config, "root" if as_agent and os.geteuid() == 0
+                                    else run_as if isinstance(run_as, str) else None),
         )
         return containment.run_contained(spec)
     finally:

@@ -28,7 +28,6 @@ from typing import Any
 from rampart import trust
 from rampart.trust import Checkpoint, ContainmentReport, Receipt, decode_payload, reload_root
 from rampart.wire import JobMessage
-from rampart.wire.check_result import encode_result
 
 from . import actions, containment
 from .device_config import DeviceConfig
@@ -244,8 +243,10 @@ class Agent:
         rep = auth.job.repeating
         if rep is None or done.outcome == "refused":
             return None, None
+        from .script_checks import encode_result, result_of
+
         interval = max(rep.every_s, self.config.min_check_interval_s)
-        result = encode_result(actions.result_of(auth.job.id, done, interval, started=started))
+        result = encode_result(result_of(auth.job.id, done, interval, started=started))
         now = self.clock()
         if now >= min(rep.until, auth.grant.not_after):
             return None, result
@@ -294,6 +295,7 @@ class Agent:
                 level=c.level, landlock_abi=c.landlock_abi, filesystem=c.filesystem,  # type: ignore[arg-type]
                 network=c.network, no_new_privs=c.no_new_privs, user=c.user, uid=c.uid,
                 timeout_s=c.timeout_s, ipc_scoped=c.ipc_scoped, limits=dict(c.limits),
+                reaper=c.reaper, killed=result.killed if result else 0,  # type: ignore[arg-type]
             ) if c else None,
         )
         env = trust.sign_envelope(Receipt.PAYLOAD_TYPE, trust.encode_payload(receipt), [self.key])

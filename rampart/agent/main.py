@@ -41,15 +41,8 @@ DEFAULT_STATE = "/var/lib/rampart-agent"
 
 
 def _default_job_user() -> str | None:
-    if os.geteuid() != 0:
-        return None
-    for name in ("rampart-job", "nobody"):
-        try:
-            pwd.getpwnam(name)
-            return name
-        except KeyError:
-            continue
-    return None
+    """A root agent runs each job as a dynamic user of its own (docs/containment.md)."""
+    return containment.DYNAMIC if os.geteuid() == 0 else None
 
 
 def _interval(text: str) -> float:
@@ -75,7 +68,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="a directory jobs may be granted writes under (repeatable)")
     e.add_argument("--allow-root", action="store_true", help="allow jobs granted 'root' to run as root")
     e.add_argument("--no-network", action="store_true", help="never let jobs open TCP connections")
-    e.add_argument("--job-user", default=None, help="unprivileged user jobs run as")
+    e.add_argument("--job-user", default=None,
+                   help="unprivileged user jobs run as (default @dynamic: a uid of its own per job)")
     e.add_argument("--require-containment", choices=["full", "filesystem", "none"], default=None)
     e.add_argument("--max-timeout", type=int, default=3600)
     e.add_argument("--min-check-interval", type=_interval, default=60, metavar="SECONDS",
@@ -109,7 +103,7 @@ def cmd_enroll(a: argparse.Namespace) -> int:
             raise EnrollError(f"--write-root {w}: not an existing directory")
         roots.append(str(path))
     job_user = a.job_user or _default_job_user()
-    if job_user is not None:
+    if job_user is not None and job_user != containment.DYNAMIC:
         try:
             pwd.getpwnam(job_user)
         except KeyError:
