@@ -3,7 +3,7 @@
 An alert with the same (tenant, dedup key) as one still open or acknowledged
 is not stored twice: its count and last-seen time grow instead. A new alert
 is queued for every matching notification target in the same transaction
-(:func:`rampart.server.notifier.enqueue`). Who
+(:func:`enqueue`; :mod:`.notifier` delivers). Who
 acknowledged or resolved it, and when, is kept. Alerts of MSP-wide concern
 (an MSP-wide account locked out, say) have no tenant and are visible to
 MSP-wide staff only.
@@ -25,11 +25,38 @@ from rampart.trust import new_id
 
 from .errors import Conflict
 from .models import AlertRow, Delivery, NotifyTarget
-from .notifier import SEVERITY_RANK, enqueue
 
 Severity = Literal["info", "warning", "critical"]
 LIVE = ("open", "acknowledged")
 MAX_DETAIL = 2000
+
+
+#: Order of alert severities; a notification target takes alerts at or above its ``min_severity``.
+SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
+
+
+def _rank(severity: str) -> int:
+    return SEVERITY_RANK.get(severity, 1)
+
+
+def enqueue(s: Session, alert: AlertRow, now: float) -> int:
+    """Queue a new alert for every matching target (same transaction); return how many."""
+    targets = s.scalars(select(NotifyTarget).where(
+        or_(NotifyTarget.tenant_id.is_(None), NotifyTarget.tenant_id == alert.tenant_id)
+        if alert.tenant_id is not None else NotifyTarget.tenant_id.is_(None)))
+    queued = 0
+    for t in targets:
+        if _rank(alert.severity) < _rank(t.min_severity):
+            continue
+        exists = s.scalars(select(Delivery.id).where(
+            Delivery.target_id == t.id, Delivery.alert_id == alert.id,
+            Delivery.alert_count == alert.count).limit(1)).first()
+        if exists is None:
+            s.add(Delivery(target_id=t.id, alert_id=alert.id, alert_count=alert.count,
+                           state="pending", attempts=0, next_attempt_at=now, last_detail="",
+                           created_at=now))
+            queued += 1
+    return queued
 
 
 def raise_alert(s: Session, tenant_ids: Iterable[str | None], *, kind: str, severity: Severity,
@@ -120,7 +147,7 @@ def raise_many(s: Session, tenant_id: str, device_id: str | None, specs: Sequenc
 def enqueue_new(s: Session, tenant_id: str, alerts: Sequence[AlertRow], now: float) -> int:
     """Queue alerts just opened in one tenant (count 1, never queued before): the targets are read once.
 
-    Same rule as :func:`rampart.server.notifier.enqueue`: every target of the
+    Same rule as :func:`enqueue`: every target of the
     tenant or MSP-wide whose minimum severity the alert reaches."""
     if not alerts:
         return 0

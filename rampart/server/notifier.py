@@ -18,7 +18,7 @@ Targets (``notify_targets``) are per tenant or MSP-wide (every tenant):
 Invariants:
 
 * An alert is queued for delivery in the transaction that opens it
-  (:func:`enqueue`), so no alert is lost between "stored" and "sent".
+  (:func:`.alerts.enqueue`), so no alert is lost between "stored" and "sent".
 * A delivery is marked delivered only after the sender reported success;
   failures are retried on :class:`~.notify.RetryPolicy` and end as
   ``failed`` with a one-line reason (never a secret or a full URL).
@@ -45,11 +45,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from rampart.private_files import write_private_atomic
 
+from .alerts import raise_alert
 from .audit import SERVER_LOG
 from .config import ServerConfig
 from .db import Store
@@ -77,7 +78,6 @@ from .notify.channel import DEFAULT_BACKOFF, DEFAULT_PROBE_S
 log = logging.getLogger("rampart.server.notifier")
 
 KINDS = ("webhook", "email", "syslog")
-SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
 FORMATS = ("syslog", "cef", "jsonl")
 #: Syslog transports: RFC 6587 octet counting over TCP (TLS: RFC 5425), or RELP.
 TRANSPORTS = ("tcp", "relp")
@@ -93,10 +93,6 @@ SYSLOG_POLICY = RetryPolicy(base=5.0, factor=2.0, max_delay=300.0, max_attempts=
 ALERT_EVERY_S = 300.0
 ALERT_KIND = "siem-undelivered"
 _SECRET_BYTES = 32
-
-
-def _rank(severity: str) -> int:
-    return SEVERITY_RANK.get(severity, 1)
 
 
 # --- targets -----------------------------------------------------------------------------
@@ -209,27 +205,6 @@ def forget_secret(config: ServerConfig, target_id: str) -> None:
 
 
 # --- queueing -----------------------------------------------------------------------------
-
-def enqueue(s: Session, alert: AlertRow, now: float) -> int:
-    """Queue a new alert for every matching target (same transaction); return how many."""
-    targets = s.scalars(select(NotifyTarget).where(
-        or_(NotifyTarget.tenant_id.is_(None), NotifyTarget.tenant_id == alert.tenant_id)
-        if alert.tenant_id is not None else NotifyTarget.tenant_id.is_(None)))
-    queued = 0
-    for t in targets:
-        if _rank(alert.severity) < _rank(t.min_severity):
-            continue
-        exists = s.scalars(select(Delivery.id).where(
-            Delivery.target_id == t.id, Delivery.alert_id == alert.id,
-            Delivery.alert_count == alert.count).limit(1)).first()
-        if exists is None:
-            s.add(Delivery(target_id=t.id, alert_id=alert.id, alert_count=alert.count,
-                           state="pending", attempts=0, next_attempt_at=now, last_detail="",
-                           created_at=now))
-            queued += 1
-    return queued
-
-
 
 # --- the worker ---------------------------------------------------------------------------
 
@@ -414,8 +389,6 @@ class Notifier:
         alert_due = state is None or now - state.alerted_at >= ALERT_EVERY_S
         if state is not None and not alert_due and state.error == error:
             return
-        from .alerts import raise_alert  # alerts imports this module
-
         where = f"{cfg.get('transport', 'tcp')}{'+tls' if cfg.get('tls') else ''} {cfg['host']}:{cfg['port']}"
         with self._store.transaction() as s:
             s.merge(Setting(key=_error_key(target_id), value=json.dumps({"error": error, "at": now})))
