@@ -71,6 +71,10 @@ _UID_TRIES = 64
 #: Rounds of find-and-kill before a sweep gives up (each round kills all it sees).
 _SWEEP_ROUNDS = 200
 
+#: TEST-ONLY: act as if no cgroup v2 could be used (only ever weakens the scope,
+#: to exercise the uid and process-group fallbacks). Production code must never set it.
+_UNSAFE_DISABLE_CGROUP = False
+
 # uids leased by this process (a second line of defence besides the flock: two
 # threads of one agent share a process, and flock is per open file description).
 _leased: set[int] = set()
@@ -317,7 +321,7 @@ def cgroup_root() -> str | None:
     (Linux < 5.14) or the agent cannot create cgroups there (not delegated,
     read-only, not root).
     """
-    mount = _cgroup2_mount()
+    mount = None if _UNSAFE_DISABLE_CGROUP else _cgroup2_mount()
     if mount is None:
         return None
     point, root = mount
