@@ -70,6 +70,7 @@ import msgspec
 
 import rampart
 from rampart import trust
+from rampart.wire.check_result import MAX_DETAIL, MAX_TAIL, CheckResult
 
 from . import _command, backup, containment, jobscope, patching
 
@@ -543,6 +544,32 @@ def run_check(agent: JobHost, auth: trust.RepeatAuthorization, script: bytes) ->
         log.exception("script check %s failed inside the agent", auth.job.id)
         return Done("failed", detail=one_line(f"the agent failed running this check: {type(exc).__name__}: "
                                               f"{exc}"))
+
+
+def _tail(data: bytes) -> str:
+    text = data[-MAX_TAIL:].decode("utf-8", errors="replace")
+    return text[-MAX_TAIL:]
+
+
+def result_of(job_id: str, done: Done, interval_s: int, *, started: float) -> CheckResult:
+    """A script check's result of one run (:mod:`rampart.agent.script_checks`) from its :class:`Done`."""
+    r = done.result
+    ended = r.ended_at if r is not None and done.outcome != "refused" else time.time()
+    begun = r.started_at if r is not None and done.outcome != "refused" else started
+    exit_code = r.exit_code if r is not None else None
+    ok = (done.outcome == "ran" and r is not None and exit_code == 0 and not r.timed_out)
+    detail = ""
+    if done.outcome != "ran":
+        detail = one_line(f"{done.outcome}: {done.refusal + ': ' if done.refusal else ''}"
+                                  f"{done.detail}", MAX_DETAIL)
+    return CheckResult(
+        job=job_id, run_at=begun, duration_s=max(0.0, ended - begun),
+        exit_code=exit_code, signal=r.signal if r is not None else None,
+        timed_out=bool(r.timed_out) if r is not None else False, ok=ok,
+        interval_s=min(max(1, interval_s), trust.DEFAULT_LIMITS.max_repeat_every_s),
+        stdout=_tail(r.stdout) if r is not None else "", stderr=_tail(r.stderr) if r is not None else "",
+        detail=detail[:MAX_DETAIL],
+    )
 
 
 # --- contained jobs: script and file -------------------------------------------------------------------

@@ -28,6 +28,7 @@ from typing import Any
 from rampart import trust
 from rampart.trust import Checkpoint, ContainmentReport, Receipt, decode_payload, reload_root
 from rampart.wire import JobMessage
+from rampart.wire.check_result import encode_result
 
 from . import actions, containment
 from .device_config import DeviceConfig
@@ -243,10 +244,8 @@ class Agent:
         rep = auth.job.repeating
         if rep is None or done.outcome == "refused":
             return None, None
-        from .script_checks import encode_result, result_of
-
         interval = max(rep.every_s, self.config.min_check_interval_s)
-        result = encode_result(result_of(auth.job.id, done, interval, started=started))
+        result = encode_result(actions.result_of(auth.job.id, done, interval, started=started))
         now = self.clock()
         if now >= min(rep.until, auth.grant.not_after):
             return None, result
