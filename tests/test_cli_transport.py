@@ -78,20 +78,43 @@ class Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = _answer
 
 
+class TlsServer(ThreadingHTTPServer):
+    """Each connection's TLS handshake runs in its handler thread; every socket is closed at the end."""
+
+    daemon_threads = False
+    block_on_close = True  # server_close() waits for the handler threads
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.context = context
+        self.accepted: list[socket.socket] = []
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, addr = super().get_request()
+        tls = self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        self.accepted.append(tls)
+        return tls, addr
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # clients that give up, or refuse the certificate
+
+
 @pytest.fixture(scope="module")
 def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, bytes]]:
     d = tmp_path_factory.mktemp("tls")
     cert, key, _ = make_cert(d)
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.handle_error = lambda *a: None  # type: ignore[method-assign]  # clients that give up
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert, key)
-    httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
-    t = threading.Thread(target=httpd.serve_forever, daemon=True)
+    httpd = TlsServer(ctx)
+    t = threading.Thread(target=httpd.serve_forever)
     t.start()
     der = ssl.PEM_cert_to_DER_cert(Path(cert).read_text())
     yield f"https://127.0.0.1:{httpd.server_address[1]}", der
     httpd.shutdown()
+    httpd.server_close()
+    t.join()
+    for sock in httpd.accepted:
+        sock.close()
 
 
 def test_requests_bodies_and_answers(tls_server: tuple[str, bytes]) -> None:
