@@ -123,24 +123,8 @@ from rampart.wire.finding import (
 from rampart.wire.finding import UNSAFE as _UNSAFE
 from rampart.wire.inventory import Inventory, Package, Process, Socket, User
 
-__all__ = [
-    "DAY_S",
-    "FINDING_KINDS",
-    "MAX_DORMANT_DAYS",
-    "MAX_EVIDENCE",
-    "MAX_FINDINGS",
-    "MAX_KEY",
-    "MAX_SUBJECT",
-    "MAX_VALUE",
-    "ROOT_OWNED_TREES",
-    "SEVERITIES",
-    "SEVERITY",
-    "Finding",
-    "FindingKind",
-    "Severity",
-    "evaluate",
-    "summarize",
-]
+# The Finding type, its kinds, severities and bounds are the wire contract: rampart.wire.finding.
+__all__ = ["DAY_S", "ROOT_OWNED_TREES", "evaluate", "summarize"]
 
 DAY_S: Final = 86400
 #: Pids listed in the evidence of a finding seen in several processes.

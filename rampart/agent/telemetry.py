@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any, Final
 from rampart.catalog import Catalog, CatalogError, builtin_catalog, decode_catalog
 from rampart.catalog.store import MAX_CATALOG_BYTES
 from rampart.wire import InventoryMessage, encode_message
+from rampart.wire.finding import MAX_DORMANT_DAYS, MAX_EVIDENCE, MAX_FINDINGS, Finding
 from rampart.wire.inventory import Patching, Update, canonical, update_key
 from rampart.wire.telemetry import (
     MAX_SANCTIONED,
@@ -64,13 +65,7 @@ from rampart.wire.telemetry import (
 )
 
 from . import patching
-from .findings import (
-    MAX_DORMANT_DAYS,
-    MAX_EVIDENCE,
-    MAX_FINDINGS,
-    Finding,
-    evaluate,
-)
+from .findings import evaluate
 from .inventory import Inventory, UpdatesCache, collect_full, diff, digest, next_delay
 
 if TYPE_CHECKING:
