@@ -8,8 +8,9 @@ Security invariants (docs/trust-chain.md, "The signing ceremony"; issue 11):
   (:func:`rampart.trust.review.root_diff`) and signs the exact bytes it
   checked, and only if they change nothing but what the signer named: on the
   command line (``--add-key/--role/--fingerprint``, ``--remove-key``,
-  ``--owner-threshold``, ``--expires``), or interactively, where the fingerprint
-  of every added key is typed in. ``--yes`` never implies approval of a change.
+  ``--owner-threshold``, ``--policy``, ``--expires``), or interactively, where
+  the fingerprint of every added key is typed in and every change is shown.
+  ``--yes`` never implies approval of a change.
 * Every added key's fingerprint (SHA-256 of its public key, six groups of five
   digits) is confirmed by the owner, read out of band from the key holder.
 * Key labels shown to a signer come from the signer's own records
@@ -30,7 +31,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -294,7 +295,8 @@ def get_proposal(client: Client, tenant_id: str, current: TrustedRoot) -> tuple[
 def propose(client: Client, tenant_id: str, current: TrustedRoot, *,
             add: list[tuple[str, str]], remove: list[str], owner_threshold: int | None,
             lifetime_s: int, sync: bool, extra_keys: dict[str, KeyEntry] | None = None,
-            names: dict[str, str] | None = None, cfg: Config | None = None) -> TenantRoot:
+            names: dict[str, str] | None = None, cfg: Config | None = None,
+            policy: dict[str, object] | None = None) -> TenantRoot:
     """Build the next root version from the trusted one and upload it unsigned.
 
     ``extra_keys`` are keys that are not a member's (the server's automation
@@ -342,7 +344,8 @@ def propose(client: Client, tenant_id: str, current: TrustedRoot, *,
             keys[kid] = KeyEntry(public=keys[kid].public, name=name[:128])
     new = make_root(tenant=old.tenant, name=old.name, version=old.version + 1,
                     expires=now() + lifetime_s, keys=keys, roles=roles, thresholds=thresholds,
-                    log_keys=dict(old.log_keys), policy=old.policy)
+                    log_keys=dict(old.log_keys),
+                    policy=with_changes(old.policy, policy) if policy else old.policy)
     client.put(f"/tenants/{tenant_id}/root-proposal",
                {"envelope": unsigned(new).to_bytes().decode()})
     if cfg is not None:
@@ -363,10 +366,11 @@ class Expected:
     removes: frozenset[str]
     owner_threshold: int | None
     lifetime_s: int
+    policy: dict[str, object] = field(default_factory=dict)  # field -> new value (builtins)
 
     @property
     def stated(self) -> bool:
-        return bool(self.adds or self.removes or self.owner_threshold is not None)
+        return bool(self.adds or self.removes or self.owner_threshold is not None or self.policy)
 
 
 #: How far a proposal's expiry may be from now + the expected lifetime (co-owners sign later).
@@ -374,9 +378,66 @@ EXPIRY_SLACK_BEFORE = 7 * 86400
 EXPIRY_SLACK_AFTER = 86400
 
 
+#: Policy fields a rotation may change, with how a --policy value is read.
+_POLICY_LISTS = ("capabilities", "high_risk_capabilities")
+_POLICY_DURATIONS = ("max_grant_seconds", "max_automation_grant_seconds")
+_POLICY_INTS = ("approver_device_limit", "approvers_beyond_limit")
+
+
+def policy_changes(items: list[str], base: Policy | None) -> dict[str, object]:
+    """``NAME=VALUE`` flags as policy changes against ``base``; UsageProblem if any is invalid.
+
+    Lists are comma-separated capability names; durations take 8h, 30d or
+    seconds; the resulting policy is validated as a verifier decodes it.
+    """
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in (*_POLICY_LISTS, *_POLICY_DURATIONS, *_POLICY_INTS):
+            raise UsageProblem(
+                f"--policy {item!r}: give NAME=VALUE with NAME one of "
+                f"{', '.join((*_POLICY_INTS, *_POLICY_DURATIONS, *_POLICY_LISTS))}")
+        value: object
+        if key in _POLICY_LISTS:
+            value = sorted({c.strip() for c in raw.split(",") if c.strip()})  # a set, canonical
+        elif key in _POLICY_DURATIONS:
+            value = parse_duration(raw.strip(), what=f"--policy {key}")
+        else:
+            try:
+                value = int(raw.strip())
+            except ValueError:
+                raise UsageProblem(f"--policy {key}: {raw!r} is not a whole number") from None
+        if key in out and out[key] != value:
+            raise UsageProblem(f"two different --policy values for {key}")
+        out[key] = value
+    if base is not None:
+        with_changes(base, out)  # validates
+    return out
+
+
+def with_changes(base: Policy, changes: dict[str, object]) -> Policy:
+    """``base`` with ``changes`` applied, validated exactly as a verifier decodes a policy."""
+    doc = {**msgspec.to_builtins(base), **changes}
+    try:
+        return msgspec.convert(doc, Policy)
+    except (ValueError, msgspec.ValidationError) as exc:
+        raise UsageProblem(f"this policy would be invalid: {exc}") from None
+
+
+def _canonical(value: object) -> object:
+    return sorted(value) if isinstance(value, list) else value
+
+
+def policy_flag(key: str, value: object) -> str:
+    """The ``--policy`` flag that states one change (for the line `propose` prints)."""
+    text = ",".join(str(v) for v in value) if isinstance(value, list) else str(value)
+    return f"--policy {key}={text}"
+
+
 def expected_from_flags(add_key: list[str], role: list[str], fingerprint: list[str],
                         name: list[str], remove_key: list[str], owner_threshold: int | None,
-                        lifetime_s: int) -> Expected:
+                        lifetime_s: int, policy: dict[str, object] | None = None) -> Expected:
     if len(role) != len(add_key):
         raise UsageProblem("give exactly one --role for each --add-key")
     if len(fingerprint) != len(add_key):
@@ -397,7 +458,7 @@ def expected_from_flags(add_key: list[str], role: list[str], fingerprint: list[s
             raise UsageProblem(f"two different --fingerprint values for key {kid[:16]}…")
         adds[kid] = (roles | {role[i]}, fp, name[i] if name else name0)
     return Expected(adds=adds, removes=frozenset(remove_key), owner_threshold=owner_threshold,
-                    lifetime_s=lifetime_s)
+                    lifetime_s=lifetime_s, policy=dict(policy or {}))
 
 
 def review_lines(d: RootDiff, old: TenantRoot, new: TenantRoot,
@@ -448,8 +509,6 @@ def unsupported_changes(d: RootDiff) -> list[str]:
         out.append("it renames the tenant")
     if d.log_keys_changed:
         out.append("it changes the audit log keys")
-    for k in d.policy:
-        out.append(f"it changes policy {k} (no flag of `root sign` allows that)")
     for kid in d.renamed:
         out.append(f"it renames key {kid[:16]}…")
     for r in d.thresholds:
@@ -462,6 +521,15 @@ def mismatches(d: RootDiff, new: TenantRoot, exp: Expected, labels: dict[str, st
                when: int) -> list[str]:
     """Every way the proposal differs from what the owner named (empty: sign)."""
     out = unsupported_changes(d)
+    for k, (was, becomes) in d.policy.items():
+        if k not in exp.policy:
+            out.append(f"it changes policy {k} {was} -> {becomes}, which you did not name "
+                       "(--policy)")
+        elif _canonical(exp.policy[k]) != _canonical(becomes):
+            out.append(f"it sets policy {k} to {becomes}, not {exp.policy[k]}")
+    for k, want in exp.policy.items():
+        if k not in d.policy:
+            out.append(f"it does not set policy {k} to {want}")
     for kid, roles in d.added.items():
         if kid not in exp.adds:
             out.append(f"it adds key {kid[:16]}… as {', '.join(roles) or '-'}, which you did not "
@@ -661,6 +729,10 @@ def root_propose(
     sync: Annotated[bool, typer.Option(
         "--sync", help="Rebuild key roles from the tenant's current members (a proposal only: "
         "each new key's fingerprint is still confirmed when signing).")] = False,
+    policy: Annotated[list[str] | None, typer.Option(
+        "--policy", help="A policy change NAME=VALUE (repeatable): approver_device_limit, "
+        "approvers_beyond_limit, max_grant_seconds (8h, 2d...), max_automation_grant_seconds, "
+        "capabilities and high_risk_capabilities (comma-separated).")] = None,
 ) -> None:
     """Propose the next root version (unsigned) on the server for owners to sign."""
     adds = add_key or []
@@ -673,9 +745,10 @@ def root_propose(
     with client:
         t = resolve_tenant(client, tenant)
         current = trusted_root(cfg, client, t["id"], allow_expired=True)
+        changes = policy_changes(list(policy or []), current.root.policy)
         new = propose(client, t["id"], current, add=list(zip(adds, roles, strict=True)),
                       remove=list(remove_key or []), owner_threshold=owner_threshold,
-                      lifetime_s=lifetime, sync=sync, names=names, cfg=cfg)
+                      lifetime_s=lifetime, sync=sync, names=names, cfg=cfg, policy=changes)
     say(f"proposed root v{new.version} for {t['name']}:")
     for line in diff_roots(current.root, new):
         say(f"  {line}")
@@ -688,6 +761,8 @@ def root_propose(
     flags += [f"--remove-key {kid}" for kid in d.removed]
     if "owner" in d.thresholds:
         flags.append(f"--owner-threshold {new.roles.owner.threshold}")
+    flags += [f"'{policy_flag(k, b)}'" if isinstance(b, list) else policy_flag(k, b)
+              for k, (_, b) in d.policy.items()]
     if d.added:
         say("before signing, have each new key's holder read you its fingerprint "
             "(`rampart key new` showed it to them) and compare it with the one above")
@@ -718,6 +793,8 @@ def root_sign(
     owner_threshold: Annotated[int | None, typer.Option(
         "--owner-threshold", help="The owner threshold you expect.")] = None,
     expires: Annotated[str, typer.Option("--expires", help="The lifetime you expect.")] = "365d",
+    policy: Annotated[list[str] | None, typer.Option(
+        "--policy", help="A policy change NAME=VALUE you expect (repeatable).")] = None,
     recovery_key: Annotated[str | None, typer.Option(
         "--recovery-key", help="Sign with the tenant's offline recovery key instead of your own: "
         "the sheet's file, or - to type it at a hidden prompt.")] = None,
@@ -726,12 +803,13 @@ def root_sign(
 
     At a terminal without flags, you type the fingerprint of every added key.
     Otherwise the proposal must change exactly what the flags name (keys added
-    with their roles and fingerprints, keys removed, owner threshold, lifetime),
-    or it is refused.
+    with their roles and fingerprints, keys removed, owner threshold, policy
+    changes, lifetime), or it is refused.
     """
     exp = expected_from_flags(list(add_key or []), list(role or []), list(fingerprint or []),
                               list(name or []), list(remove_key or []), owner_threshold,
-                              parse_duration(expires, what="--expires"))
+                              parse_duration(expires, what="--expires"),
+                              policy_changes(list(policy or []), None))
     interactive = prompts.stdin_is_tty() and not yes and not exp.stated
     cfg, client, session = api()
     with client:
