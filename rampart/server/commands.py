@@ -14,11 +14,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-import uvicorn
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .app import create_app
 from .audit import AuditLog
 from .config import ServerConfig, load_config, normalise_db_url
 from .errors import SetupError
@@ -71,6 +69,10 @@ def run_server(data_dir: Path | str, host: str, port: int, tls: bool = True,
     config = load_config(Path(data_dir))
     if db_url is not None:
         config = dataclasses.replace(config, db_url=normalise_db_url(db_url))
+    import uvicorn  # the web stack loads only to run the server, not for init or admin commands
+
+    from .app import create_app
+
     app = create_app(data_dir, config=config, agent_listen=agent_listen, tls=tls)
     ssl: dict[str, str] = {}
     if tls:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import pwd
-import re
 import shutil
 import signal
 import socket
@@ -134,18 +133,14 @@ class RunningServer:
 
 
 def init_server(base: Path, db_url: str | None = None) -> RunningServer:
-    """``rampart server init`` in a subprocess; parse the printed pin and token."""
+    """Initialise a data directory as ``rampart server init`` does (the same function, called
+    in this process: the command's own output is tested in test_server_setup.py)."""
+    from rampart.server.setup import init_data_dir
+
     data_dir = base / "data"
-    cmd = [sys.executable, "-m", "rampart.server", "init", "--data", str(data_dir)]
-    if db_url:
-        cmd += ["--db", db_url]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=REPO, check=True,
-                         timeout=60).stdout
-    cert = re.search(r"TLS certificate SHA-256: ([0-9a-f]{64})", out)
-    token = re.search(r"Bootstrap token[^:]*: (\S+)", out)
-    assert cert and token, out
-    return RunningServer(data_dir=data_dir, port=free_port(), cert_sha256=cert.group(1),
-                         bootstrap_token=token.group(1), db_url=db_url,
+    res = init_data_dir(data_dir, db_url)
+    return RunningServer(data_dir=data_dir, port=free_port(), cert_sha256=res.cert_sha256,
+                         bootstrap_token=res.bootstrap_token, db_url=db_url,
                          log_path=base / "server.log")
 
 
