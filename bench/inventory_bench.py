@@ -47,7 +47,8 @@ def child_full() -> dict[str, Any]:
     sys.path.insert(0, str(ROOT))
     import gc
 
-    from rampart.agent.inventory import UpdatesCache, collect_full, encode
+    from rampart.agent.inventory import UpdatesCache, collect_full
+    from rampart.wire.inventory import encode
 
     rss_before = _status_mb("VmRSS")
     own0, kids0 = _cpu()
@@ -75,7 +76,9 @@ def child_full() -> dict[str, Any]:
 
 def child_delta() -> dict[str, Any]:
     sys.path.insert(0, str(ROOT))
-    from rampart.agent.inventory import UpdatesCache, apply, collect_full, diff, encode, encode_delta
+    from rampart.agent.inventory import UpdatesCache, collect_full
+    from rampart.wire.inventory import encode
+    from rampart.wire.inventory_delta import apply, diff, encode_delta
 
     cache = UpdatesCache()
     first = collect_full(int(time.time()), "0.1.0", "full", updates_cache=cache)

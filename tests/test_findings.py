@@ -30,18 +30,7 @@ import pytest
 
 import rampart.agent.findings as findings_mod
 from rampart.agent.findings import DAY_S, evaluate, summarize
-from rampart.agent.inventory import (
-    AgentInfo,
-    EolStatus,
-    Inventory,
-    OsInfo,
-    Package,
-    Process,
-    Service,
-    Socket,
-    User,
-    collect_full,
-)
+from rampart.agent.inventory import collect_full
 from rampart.agent.inventory.processes import collect_processes
 from rampart.catalog import Catalog, builtin_catalog, make_tool, tools_for_executable, tools_for_port
 from rampart.wire.finding import (
@@ -54,7 +43,19 @@ from rampart.wire.finding import (
     SEVERITY,
     Finding,
 )
-from rampart.wire.inventory import SECTION_KEYS, canonical
+from rampart.wire.inventory import (
+    SECTION_KEYS,
+    AgentInfo,
+    EolStatus,
+    Inventory,
+    OsInfo,
+    Package,
+    Process,
+    Service,
+    Socket,
+    User,
+    canonical,
+)
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux /proc")
 

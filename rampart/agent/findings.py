@@ -1,6 +1,6 @@
 """Detections on the agent: what one inventory says about remote access tools, accounts and the OS.
 
-:func:`evaluate` turns an :class:`~rampart.agent.inventory.Inventory` and a
+:func:`evaluate` turns an :class:`~rampart.wire.inventory.Inventory` and a
 :class:`~rampart.catalog.Catalog` into :class:`Finding` objects. It is pure:
 no I/O, no clock, no environment; "now", the sanctioned tools and the agent's
 own pids come from the caller. The agent runs it after every inventory

@@ -48,7 +48,8 @@ from rampart.catalog import Catalog, CatalogError, builtin_catalog, decode_catal
 from rampart.catalog.store import MAX_CATALOG_BYTES
 from rampart.wire import InventoryMessage, encode_message
 from rampart.wire.finding import MAX_DORMANT_DAYS, MAX_EVIDENCE, MAX_FINDINGS, Finding
-from rampart.wire.inventory import Patching, Update, canonical, update_key
+from rampart.wire.inventory import Inventory, Patching, Update, canonical, update_key
+from rampart.wire.inventory_delta import diff, digest
 from rampart.wire.telemetry import (
     MAX_SANCTIONED,
     MAX_TOOLS,
@@ -66,7 +67,7 @@ from rampart.wire.telemetry import (
 
 from . import patching
 from .findings import evaluate
-from .inventory import Inventory, UpdatesCache, collect_full, diff, digest, next_delay
+from .inventory import UpdatesCache, collect_full, next_delay
 
 if TYPE_CHECKING:
     from .core import Agent
