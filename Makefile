@@ -49,7 +49,8 @@ bench-flood:
 	@mkdir -p bench/results
 	PYTHONPATH=.:tests $(PY) bench/flood_bench.py bench/results/flood.json
 
-# How long `rampart --help` and a read command take, start to exit (issue 12), next to `python -c pass`.
+# How long `rampart --help` and a read command take, start to exit (issue 12), next to `python -c pass`
+# and to the CLI before the start-up work (fcfb241).
 bench-cli:
 	@mkdir -p bench/results
-	PYTHONPATH=.:tests $(PY) bench/cli_bench.py bench/results/cli.json
+	PYTHONPATH=.:tests $(PY) bench/cli_bench.py bench/results/cli.json --baseline fcfb241
