@@ -4,11 +4,6 @@ Runs each command as a fresh process many times, round-robin (so a burst of load
 on this shared machine hits every command alike), after a few warm-up runs, and
 reports the median, p90, min and max wall time of each. In the same run:
 
-Each figure is wall time (what a user waits); ``cpu_median_s`` is the median
-CPU time of the command's own process (user + system), which load from other
-processes on the machine changes least. For ``devices list`` the server's work
-is in the wall time, not in the CPU time.
-
 * ``python -c pass``: the interpreter's own start-up with this environment's
   site-packages, the floor no Python CLI can beat; every figure is also given
   as a ratio to it;
@@ -24,6 +19,11 @@ The commands run with bytecode cached (``PYTHONPYCACHEPREFIX`` in a temporary
 directory, filled by the warm-up runs), as after ``pip install``, which compiles it.
 
 Target: median <= 0.25 s for ``rampart --help`` and ``devices list T --json``.
+
+Each figure is wall time (what a user waits); ``cpu_median_s`` is the median
+CPU time of the command's own process (user + system), which load from other
+processes on the machine changes least. For ``devices list`` the server's work
+is in the wall time, not in the CPU time.
 
 With ``--baseline REF`` the same two commands also run as the CLI was at git
 revision REF (``git archive REF rampart`` in a temporary directory, run with
