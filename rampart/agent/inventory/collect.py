@@ -4,7 +4,7 @@ Every section is collected in isolation: an exception in one collector is
 recorded in ``Inventory.errors`` under the section's name (that section is
 then empty or None) and never stops the others. Partial results (a cap
 reached, a facility absent) are explained in ``Inventory.notes``. Every count
-is capped by :class:`~rampart.agent.inventory.model.InventoryLimits`.
+is capped by :class:`~rampart.wire.inventory.InventoryLimits`.
 
 Collection only reads: files under /proc, /sys, /etc and /var/lib, and
 read-only commands (``apt-cache policy``, ``rpm -qa``, ``dnf -C
