@@ -27,7 +27,7 @@ Security invariants:
   enrolment, 60 s by default): a check runs at most that often, whatever it asks.
 * One job or check runs at a time (:attr:`rampart.agent.core.Agent.exec_lock`).
 
-Results (:class:`CheckResult`) go to the server in ``check-result`` messages and
+Results (:class:`rampart.wire.check_result.CheckResult`) go to the server in ``check-result`` messages and
 stay in the durable outbox (``check_outbox``, newest
 :data:`~rampart.agent.state.CHECK_OUTBOX_MAX`) until the server answers
 ``check-ack`` for their sequence number, so results produced while
@@ -47,7 +47,7 @@ import msgspec
 
 from rampart import trust
 from rampart.wire import CheckResultMessage, encode_message
-from rampart.wire.check_result import MAX_DETAIL, MAX_TAIL, CheckResult, decode_result, encode_result
+from rampart.wire.check_result import CheckResult, decode_result, encode_result
 
 from . import actions
 from .actions import result_of
@@ -56,8 +56,8 @@ from .state import StoredCheck
 if TYPE_CHECKING:
     from .core import Agent
 
-__all__ = ["DEFAULT_MIN_INTERVAL_S", "MAX_DETAIL", "MAX_TAIL", "CheckResult", "ScriptChecks",
-           "decode_result", "encode_result", "result_of"]
+# The result type (CheckResult, encode_result, decode_result) is the wire contract: rampart.wire.check_result.
+__all__ = ["DEFAULT_MIN_INTERVAL_S", "ScriptChecks", "result_of"]
 
 log = logging.getLogger("rampart.agent")
 
