@@ -20,16 +20,17 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
-
-from rampart import trust
-from rampart.trust import OperatorKey, TrustedRoot, TrustError, root_sha256
+from typing import TYPE_CHECKING, Any
 
 from . import prompts
 from .client import Client, expect_dict, expect_list
 from .config import Config, KeyInfo, Session
 from .errors import CliError, Refused, ServerProblem, UsageProblem
 from .output import note
+
+if TYPE_CHECKING:  # the trust core loads where a command verifies or signs, not at start-up
+    from rampart import trust
+    from rampart.trust import OperatorKey, TrustedRoot
 
 _config_dir: Path | None = None
 _passphrase_override: str | None = None
@@ -51,6 +52,8 @@ def now() -> int:
 @contextmanager
 def refusing(what: str) -> Iterator[None]:
     """Turn a TrustError (untrusted input failed a check) into one CLI line."""
+    from rampart.trust import TrustError
+
     try:
         yield
     except TrustError as exc:
@@ -106,6 +109,9 @@ def _server_roots(client: Client, tenant_id: str) -> list[tuple[int, bytes]]:
 
 def local_root(cfg: Config, tenant_id: str) -> TrustedRoot | None:
     """The root this operator verified last (expiry not checked here)."""
+    from rampart import trust
+    from rampart.trust import root_sha256
+
     data = cfg.load_root_bytes(tenant_id)
     if data is None:
         return None
@@ -118,6 +124,8 @@ def local_root(cfg: Config, tenant_id: str) -> TrustedRoot | None:
 
 def _verify_chain(start: TrustedRoot, steps: list[bytes], when: int) -> list[TrustedRoot]:
     """Verify each step with the rotation rule; the newest must be unexpired at ``when``."""
+    from rampart import trust
+
     out: list[TrustedRoot] = []
     cur = start
     for i, data in enumerate(steps):
@@ -135,6 +143,9 @@ def _persist(cfg: Config, chain: list[TrustedRoot]) -> None:
 
 def trust_root_v1(cfg: Config, envelope: bytes) -> TrustedRoot:
     """Trust a root v1 this operator built and signed itself (``tenant create``)."""
+    from rampart import trust
+    from rampart.trust import root_sha256
+
     with refusing("the new root"):
         tr = trust.pin_root(envelope, expected_sha256=root_sha256(envelope), now=now())
     _persist(cfg, [tr])
@@ -152,6 +163,8 @@ def require_pin(cfg: Config, tenant_id: str, current: TrustedRoot | None = None)
     The locally trusted root is stored only after it chained from the pinned
     version by the rotation rule, so the pin must be one of the verified versions.
     """
+    from rampart.trust import root_sha256
+
     pin = cfg.load_pin(tenant_id)
     if pin is None:
         raise Refused(f"you have not pinned a root of tenant {tenant_id}, so nothing is signed "
@@ -171,6 +184,8 @@ def pin_tenant_root(cfg: Config, client: Client, tenant_id: str, sha256: str) ->
     the pin, they are replaced by the server's chain verified from v1, which
     must contain the pin.
     """
+    from rampart.trust import root_sha256
+
     sha = sha256.strip().lower()
     if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
         raise UsageProblem("a root pin is the 64 hex digit SHA-256 printed by `rampart root show`")
@@ -197,6 +212,9 @@ def trusted_root(cfg: Config, client: Client | None, tenant_id: str, *,
     (then the pin is recorded) or is only *seen*: stored for display, told on
     stderr, and never signed for (:func:`require_pin`).
     """
+    from rampart import trust
+    from rampart.trust import root_sha256
+
     when = 0 if allow_expired else now()
     current = None if replace_unpinned else local_root(cfg, tenant_id)
     if client is not None:
@@ -243,6 +261,8 @@ def trusted_root(cfg: Config, client: Client | None, tenant_id: str, *,
 
 def verified_root_versions(cfg: Config, tenant_id: str) -> list[trust.TenantRoot]:
     """Every root version this operator verified, as decoded payloads (oldest first)."""
+    from rampart import trust
+
     out: list[trust.TenantRoot] = []
     for data in cfg.root_history(tenant_id):
         with refusing("stored root"):
@@ -309,6 +329,9 @@ def new_key_passphrase(cfg: Config, session: Session) -> str:
 
 def unlock_key(info: KeyInfo) -> OperatorKey:
     """Decrypt a key file with the passphrase (RAMPART_KEY_PASSPHRASE or prompt)."""
+    from rampart import trust
+    from rampart.trust import OperatorKey, TrustError
+
     try:
         data = info.path.read_bytes()
     except OSError as exc:

@@ -17,13 +17,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-
-from rampart import trust
-from rampart.trust import KeyEntry, OperatorKey, Policy, TenantRoot
-from rampart.trust.payloads import ROOT_TYPE
 
 from .client import Client, expect_dict, expect_list, field, split_server
 from .common import (
@@ -40,8 +36,10 @@ from .common import (
 from .config import Config, Session
 from .errors import ServerProblem, UsageProblem
 from .output import fmt_time, note, parse_duration, print_json, say, table
-from .recovery import paper_key, recovery_entry, save_sheet, sheet
-from .root_cmds import DEFAULT_ROOT_LIFETIME, log_keys_of, make_root, print_root
+
+if TYPE_CHECKING:  # the trust core and the root commands load only where a command needs them
+    from rampart import trust
+    from rampart.trust import OperatorKey, TenantRoot
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 DEFAULT_AGENT_STATE = "/var/lib/rampart-agent"
@@ -64,6 +62,11 @@ def build_root_v1(client: Client, tenant: dict[str, Any], owner: OperatorKey,
     lost. Nothing the server lists goes in (issue 11): other members' keys join
     by a root rotation in which an owner confirms each key's fingerprint.
     """
+    from rampart.trust import KeyEntry, Policy
+
+    from .recovery import recovery_entry
+    from .root_cmds import DEFAULT_ROOT_LIFETIME, log_keys_of, make_root
+
     tid = field(tenant, "id", str, "tenant")
     log_entries = tenant.get("log_keys")
     if not log_entries:
@@ -100,7 +103,11 @@ def create_tenant(cfg: Config, client: Client, session: Session, name: str, *,
     ``recovery-key-TENANT.txt`` in) *before* the root is published, so a key
     that could not be saved never becomes an owner.
     """
+    from rampart import trust
+    from rampart.trust import ROOT_TYPE, OperatorKey
+
     from .auth_cmds import make_tenant_key
+    from .recovery import save_sheet, sheet
 
     if recovery_file is not None and not recovery_file.is_dir() and recovery_file.exists():
         raise UsageProblem(f"{recovery_file} exists: give a new file (or a directory) for the "
@@ -185,6 +192,9 @@ def tenant_create(
     key is shown once (or written to --recovery-key-file): with it alone you
     can sign the next root if your owner key is lost (`rampart root recover`).
     """
+    from .recovery import paper_key
+    from .root_cmds import print_root
+
     if no_recovery_key and recovery_key_file is not None:
         raise UsageProblem("--no-recovery-key and --recovery-key-file exclude each other")
     cfg, client, session = api()
