@@ -58,9 +58,9 @@ def repos(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 @pytest.fixture
 def root(tmp_path: Path, repos: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> Iterator[PackageRoot]:
     if TOOLS.prefix is not None:
-        real_env = patching._env
+        real_env = patching.roots._env
         monkeypatch.setattr(_command, "SAFE_PATH", TOOLS.path)
-        monkeypatch.setattr(patching, "_env",
+        monkeypatch.setattr(patching.roots, "_env",
                             lambda r: {**real_env(r), "PATH": TOOLS.path, **TOOLS.extra_env()})
     host = dpkg_status_bytes()
     root = PackageRoot.scratch(tmp_path / "root", "dnf")
