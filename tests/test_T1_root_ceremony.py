@@ -62,22 +62,26 @@ def acme(people: dict[str, Operator]) -> dict[str, Any]:
     return {"tenant": doc["id"], "v1_sha256": doc["root_sha256"]}
 
 
-@pytest.fixture(scope="module")
-def agent(people: dict[str, Operator], acme: dict[str, Any]) -> Iterator[AgentProcess]:
-    """A real agent of acme, pinned to root v1 at enrolment, connected throughout."""
-    a = people["alice"]
-    info = a.json("enroll", "new", "acme", "--ttl", "10m")
-    base = traversable_dir("rampart-ceremony-")
+def enrolled_agent(owner: Operator, tenant: str, prefix: str) -> Iterator[AgentProcess]:
+    """A real agent enrolled by ``owner``'s CLI (pinned to the root it verified), approved, running."""
+    info = owner.json("enroll", "new", tenant, "--ttl", "10m")
+    base = traversable_dir(prefix)
     proc = AgentProcess(base / "agent")
     r = proc.enroll(info["server"], info["token"], info["root_sha256"], info["cert_sha256"])
     assert r.returncode == 0, r.stderr
-    a.ok("device", "approve", "acme", proc.device_id)
+    owner.ok("device", "approve", tenant, proc.device_id)
     proc.start()
     try:
         yield proc
     finally:
         proc.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def agent(people: dict[str, Operator], acme: dict[str, Any]) -> Iterator[AgentProcess]:
+    """A real agent of acme, pinned to root v1 at enrolment, connected throughout."""
+    yield from enrolled_agent(people["alice"], "acme", "rampart-ceremony-")
 
 
 def _agent_root(agent: AgentProcess, settle: float = 3) -> int:

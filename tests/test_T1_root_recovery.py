@@ -16,7 +16,6 @@ Real CLI processes of each person, a real server and a real agent:
 from __future__ import annotations
 
 import json
-import shutil
 import stat
 import time
 from collections.abc import Iterator
@@ -24,9 +23,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness.agent import AgentProcess, traversable_dir
+from harness.agent import AgentProcess
 from test_cli_flows import PASSPHRASE, Operator, one_line_error, people, server
-from test_T1_root_ceremony import _agent_root, _proposal, _published_versions, _signatures
+from test_T1_root_ceremony import (
+    _agent_root,
+    _proposal,
+    _published_versions,
+    _signatures,
+    enrolled_agent,
+)
 
 from rampart import trust
 from rampart.cli.recovery import key_from_paper, paper_key
@@ -59,19 +64,7 @@ def acme(people: dict[str, Operator], tmp_path_factory: pytest.TempPathFactory) 
 
 @pytest.fixture(scope="module")
 def agent(people: dict[str, Operator], acme: dict[str, Any]) -> Iterator[AgentProcess]:
-    a = people["alice"]
-    info = a.json("enroll", "new", "acme", "--ttl", "10m")
-    base = traversable_dir("rampart-recovery-")
-    proc = AgentProcess(base / "agent")
-    r = proc.enroll(info["server"], info["token"], info["root_sha256"], info["cert_sha256"])
-    assert r.returncode == 0, r.stderr
-    a.ok("device", "approve", "acme", proc.device_id)
-    proc.start()
-    try:
-        yield proc
-    finally:
-        proc.stop()
-        shutil.rmtree(base, ignore_errors=True)
+    yield from enrolled_agent(people["alice"], "acme", "rampart-recovery-")
 
 
 def test_tenant_create_writes_the_recovery_sheet_0600_and_keeps_no_copy(

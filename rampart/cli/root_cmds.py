@@ -813,9 +813,7 @@ def root_sign(
     interactive = prompts.stdin_is_tty() and not yes and not exp.stated
     cfg, client, session = api()
     with client:
-        t = resolve_tenant(client, tenant)
-        current = trusted_root(cfg, client, t["id"], allow_expired=True)
-        require_pin(cfg, t["id"], current)
+        t, current = pinned_root(cfg, client, tenant)
         data, new = get_proposal(client, t["id"], current)
         owners = set(current.root.roles.owner.keyids) | set(new.roles.owner.keyids)
         signer = load_recovery_key(recovery_key, t["id"]) if recovery_key else None
@@ -855,6 +853,15 @@ def root_sign(
         f"owners of v{new.version}: {len(own.signed)} of {own.threshold}")
     if own.met and prev.met:
         say(f"ready: publish with `rampart root publish {t['name']}`")
+
+
+def pinned_root(cfg: Config, client: Client, tenant: str) -> tuple[dict[str, Any], TrustedRoot]:
+    """The tenant and the newest root this operator trusts (expired or not), refusing unless
+    its root is pinned: the start of every command that signs a root."""
+    t = resolve_tenant(client, tenant)
+    current = trusted_root(cfg, client, t["id"], allow_expired=True)
+    require_pin(cfg, t["id"], current)
+    return t, current
 
 
 def successor(current: TenantRoot, *, lifetime_s: int, keys: dict[str, KeyEntry] | None = None,
@@ -901,9 +908,7 @@ def root_renew(
     lifetime = parse_duration(expires, what="--expires")
     cfg, client, session = api()
     with client:
-        t = resolve_tenant(client, tenant)
-        current = trusted_root(cfg, client, t["id"], allow_expired=True)
-        require_pin(cfg, t["id"], current)
+        t, current = pinned_root(cfg, client, tenant)
         new = successor(current.root, lifetime_s=lifetime)
         published = put_signed(client, cfg, session, current, new)
     if published is None:
@@ -958,9 +963,7 @@ def root_recover(
     lifetime = parse_duration(expires, what="--expires")
     cfg, client, session = api()
     with client:
-        t = resolve_tenant(client, tenant)
-        current = trusted_root(cfg, client, t["id"], allow_expired=True)
-        require_pin(cfg, t["id"], current)
+        t, current = pinned_root(cfg, client, tenant)
         old = current.root
         rk = load_recovery_key(recovery_key, t["id"])
         if rk.key_id not in old.roles.owner.keyids:
