@@ -32,8 +32,8 @@ from hypothesis import strategies as st
 from rampart.agent import containment, landlock
 from rampart.agent.containment import (
     ContainedResult,
+    ContainmentLimits,
     ContainmentSpec,
-    Limits,
     detect_abi,
     kernel_level,
     run_contained,
@@ -664,7 +664,7 @@ def test_exec_failure_is_reported_not_hidden(world: Path) -> None:
 @needs_root
 @needs_job_py
 def test_rlimits_are_visible_inside_the_child(world: Path) -> None:
-    limits = Limits(
+    limits = ContainmentLimits(
         cpu_seconds=7,
         address_space_bytes=768 << 20,
         open_files=64,
@@ -712,7 +712,7 @@ def test_cpu_limit_stops_a_spinning_job(world: Path) -> None:
         spec(
             world,
             (JOB_PY, "-c", "while True: pass"),
-            limits=Limits(cpu_seconds=1),
+            limits=ContainmentLimits(cpu_seconds=1),
             run_as=NOBODY if IS_ROOT else None,
             require="none",
         )
@@ -741,7 +741,7 @@ def test_process_limit_caps_a_fork_bomb(world: Path) -> None:
             kids.append(pid)
         print(failed)
         """,
-        limits=Limits(processes=8),
+        limits=ContainmentLimits(processes=8),
         # RLIMIT_NPROC counts per uid: as the shared `nobody` this depended on what else ran as
         # nobody on the host (PostgreSQL test servers do); a dynamic uid counts the job alone.
         run_as=containment.DYNAMIC,

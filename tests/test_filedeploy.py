@@ -13,7 +13,7 @@ import pytest
 from rampart.agent.filedeploy import (
     BACKUP_SUFFIX,
     DeployError,
-    DigestMismatchError,
+    FileDigestMismatchError,
     PathRefusedError,
     deploy_file,
     restore_previous,
@@ -64,13 +64,13 @@ def test_T8_tampered_payload_changes_nothing(tree: tuple[Path, Path]) -> None:
     dest = root / "etc" / "app.conf"
     deploy_file(b"good\n", sha(b"good\n"), dest, 0o644, allowed_roots=[root])
     before = snapshot(root)
-    with pytest.raises(DigestMismatchError):
+    with pytest.raises(FileDigestMismatchError):
         deploy_file(b"evil\n", sha(b"good\n"), dest, 0o644, allowed_roots=[root])
-    with pytest.raises(DigestMismatchError):  # digest check comes before the directory is even made
+    with pytest.raises(FileDigestMismatchError):  # digest check comes before the directory is even made
         deploy_file(b"evil\n", sha(b"good\n"), root / "new" / "dir" / "f", 0o644, allowed_roots=[root],
                     make_parents=True)
     for bad in ("", "0" * 63, "G" * 64, sha(b"good\n").upper()):
-        with pytest.raises(DigestMismatchError):
+        with pytest.raises(FileDigestMismatchError):
             deploy_file(b"good\n", bad, dest, 0o644, allowed_roots=[root])
     assert snapshot(root) == before
 

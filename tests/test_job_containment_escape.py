@@ -36,7 +36,13 @@ import msgspec
 import pytest
 
 from rampart.agent import containment, jobscope, landlock
-from rampart.agent.containment import DYNAMIC, ContainedResult, ContainmentSpec, Limits, run_contained
+from rampart.agent.containment import (
+    DYNAMIC,
+    ContainedResult,
+    ContainmentLimits,
+    ContainmentSpec,
+    run_contained,
+)
 from rampart.trust import ContainmentReport
 
 ABI = landlock.abi_version()
@@ -338,7 +344,7 @@ def test_T9_process_limit_counts_only_the_jobs_own_processes(world: Path) -> Non
         """
     results: list[ContainedResult] = []
     threads = [threading.Thread(target=lambda: results.append(
-        py(world, code, uuid.uuid4().hex, limits=Limits(processes=8)))) for _ in range(3)]
+        py(world, code, uuid.uuid4().hex, limits=ContainmentLimits(processes=8)))) for _ in range(3)]
     for t in threads:
         t.start()
     for t in threads:

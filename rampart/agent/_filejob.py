@@ -23,7 +23,7 @@ import stat
 import sys
 from collections.abc import Sequence
 
-from rampart.agent.filedeploy import DeployError, DigestMismatchError, PathRefusedError, deploy_file
+from rampart.agent.filedeploy import DeployError, FileDigestMismatchError, PathRefusedError, deploy_file
 
 #: Largest spec accepted on the command line.
 MAX_SPEC_CHARS = 64 * 1024
@@ -71,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     owner = _owner_of(dest)
     try:
         res = deploy_file(data, sha256, dest, mode, allowed_roots=roots, owner=owner)
-    except DigestMismatchError as exc:
+    except FileDigestMismatchError as exc:
         return _fail("digest-mismatch", str(exc))
     except PathRefusedError as exc:
         return _fail("path-refused", str(exc))

@@ -73,6 +73,7 @@ from rampart import trust
 from rampart.wire.check_result import MAX_DETAIL, MAX_TAIL, CheckResult
 
 from . import _command, backup, containment, jobscope, patching
+from .errors import JobRefused, LocalFault
 
 log = logging.getLogger("rampart.agent")
 
@@ -99,11 +100,11 @@ _FILEJOB_BOOT = ("import sys; sys.path.insert(0, sys.argv.pop(1)); "
                  "from rampart.agent._filejob import main; sys.exit(main())")
 
 
-class PolicyError(ValueError):
+class PolicyError(LocalFault, ValueError):
     """A device-policy setting is not acceptable; the message is one line for the administrator."""
 
 
-class Refusal(Exception):
+class Refusal(JobRefused):
     """The job is refused before anything runs: ``reason`` is the receipt's refusal slug."""
 
     def __init__(self, reason: str, detail: str) -> None:

@@ -62,9 +62,10 @@ import msgspec
 from msgspec import Meta
 
 from . import _command
+from .errors import LocalFault, SpecError
 
 
-class BackupSpecError(ValueError):
+class BackupSpecError(SpecError):
     """A repository location, archive name, path or setting given by the caller is not acceptable."""
 
 
@@ -298,7 +299,7 @@ def archive_name(prefix: str, now: float) -> str:
 # --- running borg ----------------------------------------------------------------------------------
 
 
-class _PassphraseError(Exception):
+class _PassphraseError(LocalFault):
     pass
 
 

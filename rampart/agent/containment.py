@@ -50,7 +50,7 @@ __all__ = [
     "ContainedResult",
     "Containment",
     "ContainmentSpec",
-    "Limits",
+    "ContainmentLimits",
     "detect_abi",
     "kernel_level",
     "refused_result",
@@ -82,7 +82,7 @@ _BOOTSTRAP = (
 
 
 @dataclass(frozen=True)
-class Limits:
+class ContainmentLimits:
     """Resource limits applied to the job (soft = hard; RLIMIT_CORE is always 0)."""
 
     cpu_seconds: int = 60
@@ -107,7 +107,7 @@ class ContainmentSpec:
     run_as: str | DynamicUser | None
     timeout_s: float
     max_output_bytes: int = 64 * 1024  # per stream
-    limits: Limits = field(default_factory=Limits)
+    limits: ContainmentLimits = field(default_factory=ContainmentLimits)
     require: str = "full"  # "full" (fs+net+nnp+user) | "filesystem" | "none"
 
 

@@ -33,6 +33,7 @@ from rampart.wire.check_result import encode_result
 from . import actions, containment
 from .device_config import DeviceConfig
 from .enroll import load_device_key
+from .errors import JobRefused
 from .state import AgentState, StoredCheck
 
 log = logging.getLogger("rampart.agent")
@@ -41,8 +42,10 @@ _JOB_ID = re.compile(r"^job-[0-9a-z]{16,64}$")
 MAX_OUTPUT = 64 * 1024
 
 
-class MessageError(Exception):
+class MessageError(JobRefused):
     """A server message is malformed (it is dropped; nothing runs)."""
+
+    reason = "malformed"
 
 
 def protected_paths(state_dir: Path) -> tuple[str, ...]:

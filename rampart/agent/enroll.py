@@ -26,6 +26,7 @@ from rampart.private_files import write_private_atomic
 from rampart.trust import DeviceKey
 
 from .device_config import DeviceConfig
+from .errors import LocalFault
 from .state import (
     CERT_FILE,
     KEY_FILE,
@@ -38,7 +39,7 @@ from .state import (
 AGENT_VERSION = "0.1.0"
 
 
-class EnrollError(Exception):
+class EnrollError(LocalFault):
     """Enrolment failed; the message is one line for the operator."""
 
 

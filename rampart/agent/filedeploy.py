@@ -26,8 +26,11 @@ The rules (docs/design/patching-backup.md, "Security"; threat model T8, T9):
 Errors: :class:`DeployError` and its subclasses, drawn::
 
     DeployError                 the write could not be done (I/O), nothing replaced
-    ├── DigestMismatchError     the payload is not the one the job signed (untrusted input)
+    ├── FileDigestMismatchError the payload is not the one the job signed (untrusted input)
     └── PathRefusedError        the destination is outside the allowed roots, or a symlink trick
+
+In the agent's error tree (:mod:`rampart.agent.errors`) DeployError is a
+local fault and its two subclasses are also job refusals.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
+from .errors import JobRefused, LocalFault
+
 BACKUP_SUFFIX = ".rampart-prev"
 _TMP_MARK = ".rampart-tmp-"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -51,16 +56,20 @@ MAX_DEPLOY_BYTES = 256 << 20
 _NAME_MAX = 255
 
 
-class DeployError(Exception):
+class DeployError(LocalFault):
     """The file could not be deployed; the destination was not replaced."""
 
 
-class DigestMismatchError(DeployError):
+class FileDigestMismatchError(DeployError, JobRefused):
     """The payload's SHA-256 is not the one in the signed job."""
 
+    reason = "digest-mismatch"
 
-class PathRefusedError(DeployError):
+
+class PathRefusedError(DeployError, JobRefused):
     """The destination is not allowed: outside the roots, a traversal, or a symlink or special file."""
+
+    reason = "path-refused"
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,18 +179,18 @@ def deploy_file(data: bytes, expected_sha256: str, dest: str | os.PathLike[str],
 
     ``owner`` is a (uid, gid) to give the new file (needs privilege).
     ``make_parents`` creates missing directories below the allowed root with
-    ``dir_mode``. Raises :class:`DigestMismatchError` before touching the
+    ``dir_mode``. Raises :class:`FileDigestMismatchError` before touching the
     filesystem, :class:`PathRefusedError` for a destination that is not
     allowed, :class:`DeployError` when the write fails; in every case the
     destination keeps its previous content.
     """
     if not isinstance(expected_sha256, str) or not _HEX64.fullmatch(expected_sha256):
-        raise DigestMismatchError("expected digest is not 64 lower-case hex characters")
+        raise FileDigestMismatchError("expected digest is not 64 lower-case hex characters")
     if len(data) > MAX_DEPLOY_BYTES:
         raise DeployError(f"payload larger than {MAX_DEPLOY_BYTES} bytes")
     actual = hashlib.sha256(data).hexdigest()
     if not hmac.compare_digest(actual, expected_sha256):
-        raise DigestMismatchError(f"payload SHA-256 {actual} is not the signed {expected_sha256}")
+        raise FileDigestMismatchError(f"payload SHA-256 {actual} is not the signed {expected_sha256}")
     _check_mode(mode, allow_special_bits)
     dest_str = os.fspath(dest)
     root, below = _root_for(dest_str, [os.fspath(r) for r in allowed_roots])
@@ -282,5 +291,5 @@ def restore_previous(dest: str | os.PathLike[str], *,
         os.close(dfd)
 
 
-__all__ = ["BACKUP_SUFFIX", "MAX_DEPLOY_BYTES", "DeployError", "DeployResult", "DigestMismatchError",
+__all__ = ["BACKUP_SUFFIX", "MAX_DEPLOY_BYTES", "DeployError", "DeployResult", "FileDigestMismatchError",
            "PathRefusedError", "deploy_file", "restore_previous"]

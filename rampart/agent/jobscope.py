@@ -45,6 +45,8 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from .errors import LocalFault
+
 __all__ = [
     "DYNAMIC_UID_MAX",
     "DYNAMIC_UID_MIN",
@@ -81,7 +83,7 @@ _leased: set[int] = set()
 _leased_lock = threading.Lock()
 
 
-class UidUnavailable(Exception):
+class UidUnavailable(LocalFault):
     """No free dynamic uid could be leased (range exhausted, or no lock directory)."""
 
 

@@ -28,6 +28,8 @@ import stat
 from types import TracebackType
 from typing import Final
 
+from .errors import LocalFault
+
 __all__ = [
     "ACCESS_FS_EXECUTE",
     "ACCESS_FS_IOCTL_DEV",
@@ -115,7 +117,7 @@ _SYSCALLS: Final[dict[str, tuple[int, int, int]]] = {
 }
 
 
-class LandlockError(OSError):
+class LandlockError(LocalFault, OSError):
     """A Landlock syscall failed; ``errno`` says why."""
 
 

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from rampart.agent import landlock
+from rampart.agent.errors import LocalFault
 from rampart.agent.jobscope import DYNAMIC_UID_MAX, DYNAMIC_UID_MIN
 
 EXIT_REFUSED = 126
@@ -65,7 +66,7 @@ _LIMIT_NAMES = {
 }
 
 
-class SandboxError(Exception):
+class SandboxError(LocalFault):
     """A containment step failed or fell short; the job must not run."""
 
 

@@ -40,6 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import LocalFault
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS roots (version INTEGER PRIMARY KEY, envelope BLOB NOT NULL);
@@ -84,7 +86,7 @@ DB_FILE = "state.db"
 POLICY_FILE = "policy.json"
 
 
-class StateError(Exception):
+class StateError(LocalFault):
     """The state directory is missing, unsafe or not enrolled."""
 
 

@@ -14,12 +14,14 @@ import subprocess
 import time
 from collections.abc import Sequence
 
+from ..errors import LocalFault
+
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _ENV = {"PATH": SAFE_PATH, "LC_ALL": "C", "LANG": "C", "SYSTEMD_COLORS": "0", "SYSTEMD_PAGER": "",
         "PAGER": "cat", "TERM": "dumb"}
 
 
-class CommandError(Exception):
+class CommandError(LocalFault):
     """A command is missing, timed out, produced too much output or failed."""
 
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from ..errors import SpecError
+
 Manager = Literal["apt", "dnf"]
 Action = Literal["upgraded", "downgraded", "installed", "removed", "unchanged", "failed"]
 Operation = Literal["upgrade", "install", "remove"]
 
 
-class PackageSpecError(ValueError):
+class PackageSpecError(SpecError):
     """A package name, version or root is not acceptable: the caller's input, refused before any command."""
 
 
