@@ -5,7 +5,7 @@ Security invariants (docs/trust-chain.md, "The signing ceremony"; issue 11):
 * Root changes are decided on the signer's machine. ``root propose`` builds the
   next version from the root this operator trusts plus the changes it names;
   ``root sign`` compares the server's proposal with the root it trusts
-  (:func:`rampart.trust.review.root_diff`) and signs the exact bytes it
+  (:func:`rampart.trust.root_diff`) and signs the exact bytes it
   checked, and only if they change nothing but what the signer named: on the
   command line (``--add-key/--role/--fingerprint``, ``--remove-key``,
   ``--owner-threshold``, ``--policy``, ``--expires``), or interactively, where
@@ -40,26 +40,25 @@ import typer
 
 from rampart import trust
 from rampart.trust import (
+    ROOT_TYPE,
     Envelope,
     KeyEntry,
+    LogPublicKey,
     OperatorKey,
+    OperatorPublicKey,
     Policy,
     Roles,
     RoleSpec,
+    RootDiff,
+    SignerResult,
     TenantRoot,
     TrustedRoot,
-)
-from rampart.trust.envelope import SignerResult
-from rampart.trust.keys import LogPublicKey, OperatorPublicKey
-from rampart.trust.payloads import ROOT_TYPE
-from rampart.trust.review import (
-    RootDiff,
+    check_root_signatures,
     default_key_name,
     key_fingerprint_b64,
     normalise_fingerprint,
     root_diff,
 )
-from rampart.trust.roots import check_root_signatures
 
 from . import prompts
 from .client import Client, expect_dict, expect_list
