@@ -47,6 +47,7 @@ from .api import (
     tenants,
 )
 from .api import auth as auth_api
+from .api.console import router as console_router
 from .api.schemas import HealthOut
 from .api.status_page import router as status_router
 from .audit import SERVER_LOG, AuditLog
@@ -361,6 +362,7 @@ def create_app(data_dir: Path | str, *, config: ServerConfig | None = None,
     app.include_router(api)
     app.include_router(devices.agent_router)
     app.include_router(status_router)
+    app.include_router(console_router)
 
     @app.websocket("/agent/v1/ws")
     async def agent_socket(ws: WebSocket) -> None:

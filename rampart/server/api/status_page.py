@@ -1,8 +1,8 @@
 """``GET /``: a plain HTML status page (no JavaScript, no setup wizard).
 
-Without a session it shows aggregate counts and a sign-in form (user,
-password, TOTP code: the same :func:`rampart.server.auth.login` as the API,
-with its throttling and lockout). A session comes from that form as a cookie
+Without a session it shows only a sign-in form (user, password, TOTP code:
+the same :func:`rampart.server.auth.login` as the API, with its throttling and
+lockout) and no tenant data at all, not even counts (issue 14). A session comes from that form as a cookie
 (``HttpOnly; Secure; SameSite=Strict``) or from ``Authorization: Bearer``;
 with one the page lists the tenants the caller reaches, their devices with
 last-seen times, and recent jobs with their targets' states and receipt
@@ -145,6 +145,7 @@ LOGIN_FORM = """<h2>Sign in</h2>
 <label>Password <input name="password" type="password" autocomplete="current-password" required></label>
 <label>TOTP code <input name="totp" inputmode="numeric" autocomplete="one-time-code" required></label>
 <button type="submit">Sign in</button></p></form>"""
+CONSOLE_LINK = '<p><a href="/console/">Open the console</a> (devices, alerts, jobs, audit log)</p>'
 LOGOUT_FORM = '<form method="post" action="/logout"><button type="submit">Sign out</button></form>'
 MAX_FORM_BYTES = 4096
 
@@ -183,15 +184,14 @@ def _session_token(request: Request) -> str | None:
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)
 def status_page(request: Request) -> HTMLResponse:
     ctx = get_ctx(request)
-    body = _summary(ctx)
     token = _session_token(request)
     if token is None:
-        return _page(body + LOGIN_FORM)
+        return _page(LOGIN_FORM)
     try:
         caller = resolve_caller(ctx, token, client_address(request))
-        return _page(body + _details(ctx, caller) + LOGOUT_FORM)
+        return _page(_summary(ctx) + CONSOLE_LINK + _details(ctx, caller) + LOGOUT_FORM)
     except Unauthenticated:
-        return _page(body + "<p>Session invalid or expired.</p>" + LOGIN_FORM)
+        return _page("<p>Session invalid or expired.</p>" + LOGIN_FORM)
 
 
 @router.post("/login", response_class=HTMLResponse, include_in_schema=False)
@@ -206,9 +206,7 @@ async def login_form(request: Request) -> Response:
     new = await run_in_threadpool(_login, ctx, username[:64], password[:1024], totp[:16],
                                   client_address(request))
     if isinstance(new, str):
-        summary = await run_in_threadpool(_summary, ctx)
-        return _page(summary + f"<p>{_text(new[:1].upper() + new[1:])}.</p>" + LOGIN_FORM,
-                     status=401)
+        return _page(f"<p>{_text(new[:1].upper() + new[1:])}.</p>" + LOGIN_FORM, status=401)
     resp = RedirectResponse("/", status_code=303, headers=HEADERS)
     resp.set_cookie(COOKIE, new.token, max_age=int(ctx.limits.session_absolute_s), path="/",
                     secure=True, httponly=True, samesite="strict")

@@ -1,0 +1,580 @@
+"""The console's pages: read everything the caller reaches, manage alerts and accounts, sign nothing.
+
+Every route starts from the cookie session (:func:`.web.caller_of`; none: the sign-in
+page, no data), then checks tenant reach with the API's own ``Caller.tenant`` (404 for
+a tenant the caller does not reach, exactly as for one that does not exist: T12), and a
+device, alert or job by its tenant (404 when it belongs to another). Actions (alert ack
+and resolve; account create, revoke, unlock, re-issue) pass the same-origin and CSRF
+checks and then call the API's own route functions, so the role checks, audit entries
+and refusals are the API's, word for word. Nothing here holds or asks for a signing key:
+grants and approvals are shown, never signed (issue 14: a served page must not be the
+code that asks a key to sign).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from typing import Any, Final
+
+import msgspec
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+from pydantic import ValidationError
+from sqlalchemy import func, select
+
+from rampart.trust import TrustError, merkle, verify_checkpoint
+from rampart.webui import static_file
+
+from ... import auth as auth_core
+from ... import clock
+from ...alerts import LIVE
+from ...context import ServerContext
+from ...errors import NotFound, ServerError
+from ...models import (
+    Account,
+    AlertRow,
+    AuditEntry,
+    BackupPolicyRow,
+    BackupResult,
+    Device,
+    DevicePatchState,
+    GrantRow,
+    JobRow,
+    JobTarget,
+    OperatorKeyRow,
+    PendingUpdateRow,
+    ScriptCheck,
+    ScriptCheckStatus,
+    Tenant,
+)
+from ...tenant_roots import current_root, trusted_from_store
+from .. import accounts as accounts_api
+from .. import alerts as alerts_api
+from .. import telemetry as telemetry_api
+from ..auth import step_up as step_up_api
+from ..deps import Caller, client_address, get_ctx, resolve_caller
+from ..grants import grant_out
+from ..jobs import job_out
+from ..schemas import ALERT_ID, DEVICE_ID, TENANT_ID, USERNAME, AccountIn, AccountRevokeIn, StepUpIn
+from ..status_page import COOKIE, _login
+from . import queries
+from .web import (
+    HEADERS,
+    PREFIX,
+    caller_of,
+    check_csrf,
+    from_error,
+    read_form,
+    refused,
+    render,
+    same_origin,
+    see_other,
+    session_token,
+    to_login,
+)
+
+router = APIRouter(prefix=PREFIX, include_in_schema=False)
+
+#: Rows an inventory section shows before it says how many more there are.
+MAX_SECTION_ROWS: Final = 300
+MAX_AUDIT_PAGE: Final = 100
+MAX_JOBS: Final = 50
+
+_TENANT = re.compile(TENANT_ID)
+_DEVICE = re.compile(DEVICE_ID)
+_ALERT = re.compile(ALERT_ID)
+_USER = re.compile(USERNAME)
+
+
+def _ctx(request: Request) -> ServerContext:
+    return get_ctx(request)
+
+
+def _page(request: Request, build: Callable[[Caller], Response]) -> Response:
+    """Run ``build`` for the signed-in caller; the sign-in page without a session; API refusals as pages."""
+    caller = caller_of(request)
+    if caller is None:
+        return to_login(request)
+    try:
+        return build(caller)
+    except ServerError as exc:
+        if exc.refusal is not None:  # audited (and alerted) by the app's handler
+            raise
+        return from_error(request, exc, caller)
+
+
+def _tenant(s: Any, caller: Caller, t: str) -> Tenant:
+    if not _TENANT.match(t):
+        raise NotFound("tenant not found")
+    return caller.tenant(s, t)
+
+
+def _cutoff(ctx: ServerContext, now: float) -> float:
+    return now - ctx.limits.overdue_after_s
+
+
+# --- static files, sign-in and sign-out --------------------------------------------------------
+
+@router.get("/static/{name}")
+def static(name: str) -> Response:
+    found = static_file(name)
+    if found is None:
+        return Response("not found", status_code=404, media_type="text/plain", headers=HEADERS)
+    data, kind = found
+    return Response(data, media_type=kind, headers={**HEADERS, "Cache-Control": "private, max-age=3600"})
+
+
+@router.get("/login")
+def login_page(request: Request) -> Response:
+    if caller_of(request) is not None:
+        return see_other(PREFIX + "/")
+    return render(request, "login.html", message="")
+
+
+@router.post("/login")
+async def login_post(request: Request) -> Response:
+    """Password and TOTP through :func:`rampart.server.api.auth.perform_login` (pacing, lockout)."""
+    if not same_origin(request):
+        return refused(request, 403, "Cross-site form refused.")
+    form = await read_form(request)
+    ctx = _ctx(request)
+    new = await run_in_threadpool(_login, ctx, form.get("username", "")[:64],
+                                  form.get("password", "")[:1024], form.get("totp", "")[:16],
+                                  client_address(request))
+    if isinstance(new, str):
+        return render(request, "login.html", 401, message=new[:1].upper() + new[1:] + ".")
+    resp = see_other(PREFIX + "/")
+    resp.set_cookie(COOKIE, new.token, max_age=int(ctx.limits.session_absolute_s), path="/",
+                    secure=True, httponly=True, samesite="strict")
+    return resp
+
+
+@router.post("/logout")
+async def logout_post(request: Request) -> Response:
+    if not same_origin(request):
+        return refused(request, 403, "Cross-site form refused.")
+    token = session_token(request)
+    form = await read_form(request)
+    if token and check_csrf(request, form, token):
+        ctx = _ctx(request)
+
+        def end() -> None:
+            with ctx.store.transaction() as s:
+                auth_core.end_session(s, token)
+        await run_in_threadpool(end)
+    resp = see_other(PREFIX + "/login")
+    resp.delete_cookie(COOKIE, path="/", secure=True, httponly=True, samesite="strict")
+    return resp
+
+
+# --- tenants and the dashboard ---------------------------------------------------------------
+
+@router.get("/")
+def home(request: Request) -> Response:
+    def build(caller: Caller) -> Response:
+        ctx = _ctx(request)
+        connected = ctx.gateway.connected_ids()
+        now = clock.now()
+        rows = []
+        with ctx.store.read() as s:
+            q = select(Tenant).order_by(Tenant.name)
+            if caller.tenants is not None:
+                q = q.where(Tenant.id.in_(sorted(caller.tenants)))
+            tenants = list(s.scalars(q))
+            counts = dict(s.execute(select(Device.tenant_id, func.count()).group_by(Device.tenant_id))
+                          .tuples().all())
+            alerts = dict(s.execute(select(AlertRow.tenant_id, func.count()).where(
+                AlertRow.status == "open").group_by(AlertRow.tenant_id)).tuples().all())
+            for t in tenants:
+                online = s.scalar(select(func.count()).select_from(Device).where(
+                    Device.tenant_id == t.id, Device.id.in_(sorted(connected)))) if connected else 0
+                rows.append({"id": t.id, "name": t.name, "devices": counts.get(t.id, 0),
+                             "online": online or 0, "open_alerts": alerts.get(t.id, 0)})
+        if caller.role == "customer-viewer" and len(rows) == 1:
+            return see_other(f"{PREFIX}/t/{rows[0]['id']}")
+        return render(request, "tenants.html", caller=caller, tenants=rows, now=now)
+    return _page(request, build)
+
+
+@router.get("/t/{t}")
+def tenant_dashboard(request: Request, t: str) -> Response:
+    def build(caller: Caller) -> Response:
+        ctx = _ctx(request)
+        now = clock.now()
+        with ctx.store.read() as s:
+            tenant = _tenant(s, caller, t)
+            d = queries.dashboard(s, t, connected=ctx.gateway.connected_ids(), cutoff=_cutoff(ctx, now),
+                                  now=now)
+            recent = list(s.scalars(select(AlertRow).where(AlertRow.tenant_id == t, AlertRow.status.in_(LIVE))
+                                    .order_by(AlertRow.last_seen.desc()).limit(10)))
+        return render(request, "dashboard.html", caller=caller, tenant=tenant, d=d, alerts=recent, now=now,
+                      section="dashboard")
+    return _page(request, build)
+
+
+# --- devices ---------------------------------------------------------------------------------
+
+@router.get("/t/{t}/devices")
+def device_list(request: Request, t: str) -> Response:
+    def build(caller: Caller) -> Response:
+        ctx = _ctx(request)
+        now = clock.now()
+        query = queries.DeviceQuery.parse(dict(request.query_params))
+        connected = ctx.gateway.connected_ids()
+        with ctx.store.read() as s:
+            tenant = _tenant(s, caller, t)
+            page = queries.device_page(s, t, query, connected=connected, cutoff=_cutoff(ctx, now))
+        template = "device_rows.html" if request.headers.get("hx-request") == "true" else "devices.html"
+        return render(request, template, caller=caller, tenant=tenant, page=page, q=query,
+                      connected=connected, now=now, cutoff=_cutoff(ctx, now), section="devices",
+                      states=queries.STATES, sorts=queries.SORTS)
+    return _page(request, build)
+
+
+def _inventory_sections(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each inventory section as a table (columns, rows, how many left out) or key/value pairs."""
+    out: list[dict[str, Any]] = []
+    for name, value in doc.items():
+        if name in ("schema", "collected_at"):
+            continue
+        if isinstance(value, dict):
+            pairs = [(k, json.dumps(v, sort_keys=True) if isinstance(v, dict | list) else v)
+                     for k, v in value.items()]
+            out.append({"name": name, "pairs": pairs})
+        elif isinstance(value, list):
+            columns: list[str] = []
+            for row in value[:MAX_SECTION_ROWS]:
+                for k in row if isinstance(row, dict) else ():
+                    if k not in columns:
+                        columns.append(k)
+            rows = [[_cell(row.get(c)) if isinstance(row, dict) else _cell(row) for c in columns]
+                    for row in value[:MAX_SECTION_ROWS]]
+            out.append({"name": name, "columns": columns, "rows": rows, "count": len(value),
+                        "more": max(0, len(value) - MAX_SECTION_ROWS)})
+    return out
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, dict | list):
+        return json.dumps(v, sort_keys=True)
+    return str(v)
+
+
+@router.get("/t/{t}/devices/{d}")
+def device_page(request: Request, t: str, d: str) -> Response:
+    def build(caller: Caller) -> Response:
+        ctx = _ctx(request)
+        now = clock.now()
+        with ctx.store.read() as s:
+            tenant = _tenant(s, caller, t)
+            device = s.get(Device, d) if _DEVICE.match(d) else None
+            if device is None or device.tenant_id != t:  # another tenant's device: as if it did not exist
+                raise NotFound("device not found")
+            alerts = list(s.scalars(select(AlertRow).where(AlertRow.tenant_id == t, AlertRow.device_id == d)
+                                    .order_by(AlertRow.status.in_(LIVE).desc(), AlertRow.last_seen.desc())
+                                    .limit(50)))
+            jobs = []
+            for row in s.scalars(select(JobRow).join(JobTarget, JobTarget.job_id == JobRow.id).where(
+                    JobRow.tenant_id == t, JobTarget.device_id == d)
+                    .order_by(JobRow.created_at.desc()).limit(20)):
+                out = job_out(s, row)
+                target = next((x for x in out.targets if x.device == d), None)
+                expired = target is not None and target.state != "done" and row.expires_at <= now
+                jobs.append({"job": out, "target": target, "who": _who(s, row), "expired": expired})
+            checks = list(s.execute(select(ScriptCheckStatus, ScriptCheck.name).join(
+                ScriptCheck, ScriptCheck.job_id == ScriptCheckStatus.job_id).where(
+                ScriptCheckStatus.device_id == d).order_by(ScriptCheck.name)))
+            patch = s.get(DevicePatchState, d)
+            pending = list(s.scalars(select(PendingUpdateRow).where(PendingUpdateRow.device_id == d)
+                                     .order_by(PendingUpdateRow.security.desc(), PendingUpdateRow.name)
+                                     .limit(MAX_SECTION_ROWS)))
+            backup_policy = s.get(BackupPolicyRow, d)
+            backups = list(s.scalars(select(BackupResult).where(BackupResult.device_id == d)
+                                     .order_by(BackupResult.finished_at.desc()).limit(10)))
+        findings = telemetry_api.list_findings(t, caller, ctx, status="open", device=d, kind=None, limit=500)
+        telemetry = ctx.gateway.telemetry
+        got = telemetry.inventory(d, now) if telemetry is not None else None
+        sections = _inventory_sections(msgspec.to_builtins(got.inventory)) if got is not None else []
+        return render(request, "device.html", caller=caller, tenant=tenant, device=device, now=now,
+                      connected=ctx.gateway.is_connected(d), alerts=alerts, jobs=jobs, checks=checks,
+                      patch=patch, pending=pending, backup_policy=backup_policy, backups=backups,
+                      findings=findings, inventory=got, sections=sections, section="devices")
+    return _page(request, build)
+
+
+def _who(s: Any, row: JobRow) -> str:
+    """Who acted: the account that submitted the job and the signing key's name."""
+    account = s.get(Account, row.account_id) if row.account_id is not None else None
+    key = s.get(OperatorKeyRow, row.signer)
+    name = account.username if account is not None else "automation"
+    return f"{name} (key {key.name})" if key is not None else name
+
+
+# --- alerts ----------------------------------------------------------------------------------
+
+@router.get("/t/{t}/alerts")
+def alert_list(request: Request, t: str) -> Response:
+    def build(caller: Caller) -> Response:
+        ctx = _ctx(request)
+        status = request.query_params.get("status", "live")
+        status = status if status in ("live", "resolved", "all") else "live"
+        with ctx.store.read() as s:
+            tenant = _tenant(s, caller, t)
+            q = select(AlertRow).where(AlertRow.tenant_id == t)
+            if status == "live":
+                q = q.where(AlertRow.status.in_(LIVE))
+            elif status == "resolved":
+                q = q.where(AlertRow.status == "resolved")
+            alerts = list(s.scalars(q.order_by(AlertRow.last_seen.desc()).limit(200)))
+        return render(request, "alerts.html", caller=caller, tenant=tenant, alerts=alerts, status=status,
+                      now=clock.now(), section="alerts")
+    return _page(request, build)
+
+
+@router.post("/alerts/{a}/{action}")
+async def alert_action(request: Request, a: str, action: str) -> Response:
+    """Acknowledge or resolve: the API's own transition (alert.manage, audited)."""
+    caller, form, refusal = await _checked_post(request)
+    if refusal is not None:
+        return refusal
+    assert caller is not None
+    if not _ALERT.match(a) or action not in ("ack", "resolve"):
+        return refused(request, 404, "Alert not found.", caller)
+    ctx = _ctx(request)
+    change = alerts_api.ack_alert if action == "ack" else alerts_api.resolve_alert
+    try:
+        await run_in_threadpool(change, a, caller, ctx)
+    except ServerError as exc:
+        if exc.refusal is not None:
+            raise
+        return from_error(request, exc, caller)
+    back = form.get("next", "")
+    return see_other(back if back.startswith(PREFIX + "/t/") and _safe_path(back) else PREFIX + "/")
+
+
+_BACK = re.compile(r"/console/t/[a-z0-9-]+(/[a-z]+(/[a-z0-9-]+)?)?(\?[A-Za-z0-9=&_.%-]*)?")
+
+
+def _safe_path(path: str) -> bool:
+    """A console page to return to after an action (never another site: no open redirect)."""
+    return _BACK.fullmatch(path) is not None
+
+
+async def _checked_post(request: Request) -> tuple[Caller | None, dict[str, str], Response | None]:
+    """The caller and form of a state change, or the refusal: same origin, a session, its CSRF token."""
+    if not same_origin(request):
+        return None, {}, refused(request, 403, "Cross-site form refused.")
+    form = await read_form(request)
+    token = session_token(request)
+    caller = await run_in_threadpool(caller_of, request)
+    if caller is None or token is None:
+        return None, form, refused(request, 401, "Sign in first.")
+    if not check_csrf(request, form, token):
+        return None, form, refused(request, 403, "Missing or wrong CSRF token.", caller)
+    return caller, form, None
+
+
+# --- jobs, grants, audit ---------------------------------------------------------------------
+
+@router.get("/t/{t}/jobs")
+def job_list(request: Request, t: str) -> Response:
+    def build(caller: Caller) -> Response:
+        ctx = _ctx(request)
+        now = clock.now()
+        with ctx.store.read() as s:
+            tenant = _tenant(s, caller, t)
+            jobs = []
+            hosts: dict[str, str] = {}
+            for row in s.scalars(select(JobRow).where(JobRow.tenant_id == t)
+                                 .order_by(JobRow.created_at.desc()).limit(MAX_JOBS)):
+                out = job_out(s, row)
+                jobs.append({"job": out, "who": _who(s, row), "expires_at": row.expires_at})
+                hosts.update({x.device: "" for x in out.targets})
+            if hosts:
+                hosts = dict(s.execute(select(Device.id, Device.hostname).where(
+                    Device.id.in_(sorted(hosts)), Device.tenant_id == t)).tuples().all())
+        return render(request, "jobs.html", caller=caller, tenant=tenant, jobs=jobs, hosts=hosts, now=now,
+                      section="jobs")
+    return _page(request, build)
+
+
+@router.get("/t/{t}/grants")
+def grant_list(request: Request, t: str) -> Response:
+    def build(caller: Caller) -> Response:
+        ctx = _ctx(request)
+        now = clock.now()
+        grants = []
+        with ctx.store.read() as s:
+            tenant = _tenant(s, caller, t)
+            for row in s.scalars(select(GrantRow).where(GrantRow.tenant_id == t)
+                                 .order_by(GrantRow.created_at.desc()).limit(ctx.limits.max_list)):
+                entry: dict[str, Any] = {"g": None, "id": row.id, "error": "", "revoked_by": row.revoked_by}
+                try:
+                    entry["g"] = grant_out(s, row, now)
+                except ServerError as exc:  # the root changed under a stored grant: shown as such
+                    entry["error"] = exc.detail
+                grants.append(entry)
+        return render(request, "grants.html", caller=caller, tenant=tenant, grants=grants, now=now,
+                      section="grants")
+    return _page(request, build)
+
+
+@router.get("/t/{t}/audit")
+def audit_log(request: Request, t: str) -> Response:
+    """The tenant's audit log, newest first, with what the server can check of it.
+
+    Shown: the latest checkpoint's signature under the tenant's current root (a log key
+    it names), whether the Merkle root of the stored entries equals the checkpoint's,
+    and each shown entry's leaf hash. The independent check is still ``rampart audit
+    verify`` against checkpoints the operator already holds (a compromised server could
+    show anything on this page).
+    """
+    def build(caller: Caller) -> Response:
+        ctx = _ctx(request)
+        now = clock.now()
+        raw = request.query_params.get("before", "")
+        with ctx.store.read() as s:
+            tenant = _tenant(s, caller, t)
+            size = ctx.audit.size(s, t)
+            before = min(int(raw), size) if raw.isdigit() and len(raw) < 16 else size
+            entries = list(s.scalars(select(AuditEntry).where(
+                AuditEntry.log_id == t, AuditEntry.idx < before).order_by(AuditEntry.idx.desc())
+                .limit(MAX_AUDIT_PAGE)))
+            checkpoint = ctx.audit.latest_checkpoint(s, t)
+            verdict = _verify_log(s, t, checkpoint, now)
+        shown = []
+        for e in entries:
+            try:
+                doc = json.loads(e.data)
+            except ValueError:
+                doc = {}
+            details = doc.get("details", {}) if isinstance(doc, dict) else {}
+            shown.append({"idx": e.idx, "kind": e.kind, "time": e.time,
+                          "actor": doc.get("actor", "") if isinstance(doc, dict) else "",
+                          "details": json.dumps(details, sort_keys=True) if details else "",
+                          "leaf_ok": merkle.leaf_hash(e.data) == e.leaf_hash,
+                          "covered": checkpoint is not None and e.idx < checkpoint.size})
+        older = entries[-1].idx if entries and entries[-1].idx > 0 else None
+        return render(request, "audit.html", caller=caller, tenant=tenant, entries=shown, size=size,
+                      checkpoint=checkpoint, verdict=verdict, older=older, now=now, section="audit")
+    return _page(request, build)
+
+
+def _verify_log(s: Any, t: str, checkpoint: Any, now: float) -> dict[str, Any]:
+    """Checkpoint signature under the current root, and the stored entries' Merkle root against it."""
+    if checkpoint is None:
+        return {"ok": False, "signature": "no checkpoint yet", "root": ""}
+    root_row = current_root(s, t)
+    signature = "no tenant root published yet"
+    sig_ok = False
+    if root_row is not None:
+        try:
+            verify_checkpoint(trusted_from_store(root_row.envelope), checkpoint.envelope, now=int(now))
+            signature, sig_ok = "valid (log key named in the tenant's current root)", True
+        except TrustError as exc:
+            signature = f"INVALID: {exc}"
+    leaves = list(s.scalars(select(AuditEntry.leaf_hash).where(
+        AuditEntry.log_id == t, AuditEntry.idx < checkpoint.size).order_by(AuditEntry.idx)))
+    root_ok = len(leaves) == checkpoint.size and \
+        merkle.root_from_leaf_hashes(leaves).hex() == checkpoint.root
+    return {"ok": sig_ok and root_ok, "signature": signature,
+            "root": "matches the stored entries" if root_ok else "DOES NOT match the stored entries"}
+
+
+# --- accounts (owners) -----------------------------------------------------------------------
+
+@router.get("/accounts")
+def account_list(request: Request) -> Response:
+    def build(caller: Caller) -> Response:
+        ctx = _ctx(request)
+        accounts = accounts_api.list_accounts(caller, ctx)  # account.manage, or 403
+        with ctx.store.read() as s:
+            q = select(Tenant).order_by(Tenant.name)
+            if caller.tenants is not None:
+                q = q.where(Tenant.id.in_(sorted(caller.tenants)))
+            tenants = list(s.scalars(q))
+        return render(request, "accounts.html", caller=caller, accounts=accounts, tenants=tenants,
+                      roles=("technician", "approver", "viewer", "customer-viewer", "owner"),
+                      secret=None, notice="", section="accounts")
+    return _page(request, build)
+
+
+@router.post("/accounts")
+async def account_create(request: Request) -> Response:
+    caller, form, refusal = await _checked_post(request)
+    if refusal is not None:
+        return refusal
+    assert caller is not None
+    ctx = _ctx(request)
+    try:
+        tenant = form.get("tenant", "")
+        body = AccountIn(username=form.get("username", ""), role=form.get("role", ""),  # type: ignore[arg-type]
+                         tenants=[tenant] if tenant else None)
+    except ValidationError:
+        return refused(request, 400, "Invalid account: check the name (lower case) and role.", caller)
+    try:
+        created = await run_in_threadpool(accounts_api.create_account, body, caller, ctx)
+    except ServerError as exc:
+        if exc.refusal is not None:
+            raise
+        return from_error(request, exc, caller)
+    return _accounts_with_secret(request, caller, f"Account {created.username} created. Give its owner "
+                                 "this one-time activation token (shown once):", created.activation_token)
+
+
+def _accounts_with_secret(request: Request, caller: Caller, notice: str, secret: str | None) -> Response:
+    ctx = _ctx(request)
+    accounts = accounts_api.list_accounts(caller, ctx)
+    with ctx.store.read() as s:
+        q = select(Tenant).order_by(Tenant.name)
+        if caller.tenants is not None:
+            q = q.where(Tenant.id.in_(sorted(caller.tenants)))
+        tenants = list(s.scalars(q))
+    return render(request, "accounts.html", caller=caller, accounts=accounts, tenants=tenants,
+                  roles=("technician", "approver", "viewer", "customer-viewer", "owner"),
+                  secret=secret, notice=notice, section="accounts")
+
+
+@router.post("/accounts/{username}/{action}")
+async def account_action(request: Request, username: str, action: str) -> Response:
+    """Revoke, unlock or re-issue activation (with a fresh TOTP step-up): the API's own functions."""
+    caller, form, refusal = await _checked_post(request)
+    if refusal is not None:
+        return refusal
+    assert caller is not None
+    if not _USER.match(username) or action not in ("revoke", "unlock", "reissue"):
+        return refused(request, 404, "Account not found.", caller)
+    ctx = _ctx(request)
+
+    def run() -> Response:
+        if action == "revoke":
+            accounts_api.revoke_account(username, AccountRevokeIn(reason=form.get("reason", "")[:256]),
+                                        caller, ctx)
+            return _accounts_with_secret(request, caller, f"Account {username} revoked: its sessions ended. "
+                                         "Its keys still verify on agents until owners publish roots "
+                                         "without them (rampart account revoke).", None)
+        if action == "unlock":
+            accounts_api.unlock_account(username, caller, ctx)
+            return _accounts_with_secret(request, caller, f"Account {username} unlocked.", None)
+        try:
+            code = StepUpIn(code=form.get("totp", ""))
+        except ValidationError:
+            return refused(request, 400, "Re-issuing needs your current TOTP code (six digits).", caller)
+        step_up_api(code, caller, ctx)
+        fresh = resolve_caller(ctx, caller.token, caller.address)
+        out = accounts_api.reissue(username, fresh, ctx)
+        return _accounts_with_secret(request, caller, f"Activation of {username} re-issued; "
+                                     f"{out.sessions_ended} session(s) ended. One-time token (shown once):",
+                                     out.activation_token)
+    try:
+        return await run_in_threadpool(run)
+    except ServerError as exc:
+        if exc.refusal is not None:
+            raise
+        return from_error(request, exc, caller)
+
