@@ -84,7 +84,7 @@ def test_public_surface_is_locked() -> None:
         "Tool", "VulnerableRange", "builtin_catalog", "canonical_path", "decode_catalog",
         "encode_catalog", "is_portable_location", "load_catalog", "load_feed", "make_tool", "parse_feed",
         "save_catalog", "tools_for_address", "tools_for_domain", "tools_for_executable", "tools_for_port",
-        "version_key", "vulnerable",
+        "tools_for_install_path", "version_key", "vulnerable",
     ])
     for name in rampart.catalog.__all__:
         assert hasattr(rampart.catalog, name), name

@@ -554,14 +554,16 @@ def test_h2_kernel_threads_agent_and_upgraded_system_programs_are_not_memory_onl
         _proc(31, None, deleted=True, memory=True),                                  # unreadable
         _proc(32, "/memfd:agent", deleted=True, memory=True),                        # the agent itself
         _proc(33, "/usr/sbin/sshd", deleted=True),                                   # replaced by apt
-        _proc(34, "/opt/google/chrome/chrome", deleted=True),                        # replaced by apt
+        _proc(34, "/opt/google/chrome/chrome", deleted=True),                        # /opt: not exempt
         _proc(35, "/home/bob/.cache/x", deleted=True),                               # dropped and deleted
         _proc(36, "/usr/../home/bob/y", deleted=True),                               # not fooled by ".."
         _proc(37, "/dev/shm/z", memory=True),                                        # on tmpfs
     ]
     found = evaluate(_inv(processes=procs), CATALOG, sanctioned=NOBODY, now=NOW, agent_pids=frozenset({32}))
     mem = {f.evidence["pid"]: (f.evidence["reason"], f.severity) for f in _of(found, "memory-only")}
-    assert mem == {"35": ("deleted", "high"), "36": ("deleted", "high"),
+    # /opt is not a package-managed tree (issue 15: a renamed tool copied there and deleted after start
+    # was invisible); an upgraded /opt program is a "deleted" (high) finding until it restarts.
+    assert mem == {"34": ("deleted", "high"), "35": ("deleted", "high"), "36": ("deleted", "high"),
                    "37": ("memory-filesystem", "critical")}
 
 

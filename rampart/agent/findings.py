@@ -15,13 +15,20 @@ Detections (requirement in brackets)::
     memory-only         critical  [H2] a process runs from a memfd or from a file on tmpfs/ramfs:
                                   its program never was on disk
                         high      [H2] a process's executable was deleted from disk after it started,
-                                  outside the root-owned system trees (/usr, /bin, /sbin, /lib*,
-                                  /opt, /snap, /nix/store, /gnu/store)
+                                  outside the package-managed system trees (/usr, /bin, /sbin, /lib*,
+                                  /snap, /nix/store, /gnu/store; not /opt, where hand-copied
+                                  programs live)
     rat-portable        critical  [H3, CISA AA23-025A] a catalogued tool's process runs from a
                                   temporary, download, desktop, removable-media or home location,
                                   or from outside the tool's known install paths
+    rat-behaviour       high      [H1, N2] a listener on this host answers a local probe with a
+                                  remote desktop protocol (RFB banner, RDP X.224 confirm), or a
+                                  program links a remote-desktop server library (libvncserver,
+                                  FreeRDP server), and is not a sanctioned tool: whatever its name
     rat-unsanctioned    high      [H1, S1] a catalogued tool is running, installed as a package or
                                   present as a systemd service, and is not sanctioned
+    inventory-truncated high      [T16] the inventory cut processes or sockets at its limits: a
+                                  flood may hide a tool (nothing unreported is resolved then)
     vulnerable-tool     high      [S1, H5] an installed package of a catalogued tool has a version in
                                   one of the tool's listed vulnerable ranges (Linux ranges)
     rat-port            warning   [N2] a process listens on a catalogued remote access port, or
@@ -42,6 +49,13 @@ False positives, and how to silence each:
   administrator; a tool installed in a location the catalog does not list. Reported for
   sanctioned tools too (same reason as above); silence by installing the tool properly (or
   adding its install path to the catalog through a feed).
+- rat-behaviour: a remote desktop server the MSP does use but has not catalogued or sanctioned (a
+  sanctioned tool's listener is not reported); a program that links libvncserver without serving
+  (a test tool). Silence by sanctioning the tool when it is catalogued, else by a suppression rule
+  for the exact path (docs/monitoring.md).
+- inventory-truncated: a host that really runs more processes or holds more sockets than the
+  inventory limits (a busy proxy). Raise the limits, or accept it: while it stands, findings are
+  not resolved by absence.
 - rat-unsanctioned: a tool the MSP does use but has not listed; a program that shares a
   catalogued name. Silence by sanctioning the tool's slug (or an alias) for the device.
 - vulnerable-tool: a distribution that backported the fix but kept the upstream version number
@@ -63,9 +77,12 @@ Rules:
 - Sanctioning (``sanctioned``: tool slugs or aliases) only ever removes rat-unsanctioned and
   rat-port findings. It never hides memory-only, rat-portable or vulnerable-tool findings.
 - A process is a catalogued tool when its executable's file name or its kernel process name
-  (15 characters) is one of the tool's executable names; a memfd program also by its memfd name
-  and argv[0]. Packages by name or source package name equal to a tool's slug, alias,
-  executable or service name; services by unit name. A renamed binary is not recognised.
+  (15 characters) is one of the tool's executable names, when its executable lies in one of the
+  tool's install paths, or when its content names the tool (``Process.content``: a known build-id
+  or SHA-256, or the tool's own text; :mod:`rampart.catalog.fingerprint`), so a renamed copy is
+  recognised by content; a memfd program also by its memfd name and argv[0]. Packages by name or
+  source package name equal to a tool's slug, alias, executable or service name; services by unit
+  name.
 - The agent's own processes (``agent_pids``), kernel threads and processes whose executable is
   unreadable are never memory-only findings.
 - Established connections to a port the host listens on are inbound: their remote port is a
@@ -103,9 +120,11 @@ from rampart.catalog import (
     is_portable_location,
     tools_for_address,
     tools_for_executable,
+    tools_for_install_path,
     tools_for_port,
     vulnerable,
 )
+from rampart.catalog.fingerprint import PROTOCOLS, mark_slug
 from rampart.wire.finding import (
     FINDING_KINDS,
     MAX_DORMANT_DAYS,
@@ -132,8 +151,7 @@ _MAX_PIDS = 20
 
 #: Trees only root can write, where a deleted executable means a package upgrade replaced it.
 ROOT_OWNED_TREES: Final[tuple[str, ...]] = (
-    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/opt", "/snap", "/nix/store",
-    "/gnu/store",
+    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/snap", "/nix/store", "/gnu/store",
 )
 
 _MEMFD = "/memfd:"
@@ -256,9 +274,10 @@ def _identify(catalog: Catalog, p: Process) -> _Seen:
         # A memfd program has no location; its memfd name and argv[0] are all there is to go on.
         memfd_name = exe[len(_MEMFD):]
         tools = _union(by_name, tools_for_executable(catalog, path=memfd_name),
-                       tools_for_executable(catalog, path=argv0))
+                       tools_for_executable(catalog, path=argv0), _content_tools(catalog, p))
         return _Seen(tools, {})
-    by_exe = tools_for_executable(catalog, path=exe) if exe else ()
+    by_exe = _union(tools_for_executable(catalog, path=exe), tools_for_install_path(catalog, exe),
+                    _content_tools(catalog, p)) if exe else _content_tools(catalog, p)
     tools = _union(by_exe, by_name)
     if not tools:
         return _Seen((), {})
@@ -274,6 +293,18 @@ def _identify(catalog: Catalog, p: Process) -> _Seen:
         elif tool.slug in by_argv0 and canonical_path(argv0):
             location[tool.slug] = argv0
     return _Seen(tools, location)
+
+
+def _content_tools(catalog: Catalog, p: Process) -> tuple[Tool, ...]:
+    """Catalogued tools that ``p``'s executable content names (library marks name no tool)."""
+    found: list[Tool] = []
+    for mark in p.content:
+        slug, how = mark_slug(mark)
+        if slug and how != "library":
+            tool = catalog.get(slug)
+            if tool is not None:
+                found.append(tool)
+    return _union(found)
 
 
 def _package_tools(catalog: Catalog, pkg: Package, services: _ServiceIndex) -> tuple[Tool, ...]:
@@ -543,6 +574,49 @@ def _pick(tools: Sequence[Tool], owner_tools: Sequence[Tool]) -> str:
     return tools[0].slug if len(tools) == 1 else ""
 
 
+def _behaviour(inv: Inventory, allowed: frozenset[str], seen: Mapping[int, _Seen],
+               by_pid: Mapping[int, Process], out: _Findings) -> None:
+    """Listeners that speak a remote desktop protocol, programs linking a remote desktop server library."""
+    for s in inv.sockets:
+        proto = s.protocol.split(" ", 1)[0] if s.protocol else ""
+        if s.state != "listen" or proto not in PROTOCOLS:
+            continue
+        owner = by_pid.get(s.pid) if s.pid is not None else None
+        tools = seen[owner.pid].tools if owner is not None else ()
+        if any(t.slug in allowed for t in tools):
+            continue
+        slug = tools[0].slug if tools else ""
+        owner_id = (owner.exe or owner.name) if owner is not None else "?"
+        name = {"rfb": "VNC (RFB)", "rdp": "RDP"}[proto]
+        out.add("rat-behaviour", _key("rat-behaviour", slug, proto, owner_id),
+                f"{_describe(owner)} serves {name} on {s.local_addr}:{s.local_port}"
+                + (f" ({_names(tools)})" if tools else ""),
+                {"by": "protocol", "protocol": s.protocol, **_socket_evidence(s, owner, by_pid),
+                 "tools": ",".join(t.slug for t in tools)}, tool=slug, pid=s.pid)
+    for p in inv.processes:
+        libs = sorted({label for label, how in map(mark_slug, p.content) if how == "library" and label})
+        tools = seen[p.pid].tools
+        if not libs or any(t.slug in allowed for t in tools):
+            continue
+        slug = tools[0].slug if tools else ""
+        out.add("rat-behaviour", _key("rat-behaviour", slug, "library", p.exe or p.name),
+                f"{_describe(p)} links a remote desktop server library ({', '.join(libs)})"
+                + (f" ({_names(tools)})" if tools else ""),
+                {"by": "library", "libraries": ",".join(libs), "content": ",".join(p.content),
+                 **_process_evidence(p, by_pid), "tools": ",".join(t.slug for t in tools)},
+                tool=slug, pid=p.pid)
+
+
+def _truncated(inv: Inventory, out: _Findings) -> None:
+    cut = {name: inv.notes[name] for name in ("processes", "sockets")
+           if "truncated" in inv.notes.get(name, "")}
+    if cut:
+        out.add("inventory-truncated", _key("inventory-truncated", "", *sorted(cut)),
+                f"Inventory cut at its limits ({', '.join(sorted(cut))}): a flood may hide a remote access "
+                "tool; findings it no longer reports stay open",
+                {name: note for name, note in cut.items()})
+
+
 def _users(users: Sequence[User], now: int, dormant_days: int, out: _Findings) -> None:
     for u in users:
         if not u.login_shell or u.password_state == "locked":  # noqa: S105 - a state name, no secret
@@ -605,6 +679,8 @@ def evaluate(inv: Inventory, catalog: Catalog, *, sanctioned: frozenset[str], no
     _installed(inv, catalog, allowed, out, present)
     _unsanctioned(catalog, present, out)
     _sockets(inv, catalog, allowed, seen, by_pid, out)
+    _behaviour(inv, allowed, seen, by_pid, out)
+    _truncated(inv, out)
     _users(inv.users, now, dormant_days, out)
     _os(inv, out)
     return out.result()

@@ -29,6 +29,7 @@ from .match import (
     tools_for_address,
     tools_for_domain,
     tools_for_executable,
+    tools_for_install_path,
     tools_for_port,
     vulnerable,
 )
@@ -66,6 +67,7 @@ __all__ = [
     "tools_for_address",
     "tools_for_domain",
     "tools_for_executable",
+    "tools_for_install_path",
     "tools_for_port",
     "version_key",
     "vulnerable",

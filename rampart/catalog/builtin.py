@@ -65,7 +65,12 @@ def _t(
     )
 
 
-_VNC = (5900,)
+#: RFB (VNC) display ports: 5900 + display number, displays :0 to :99 (Xvnc -rfbport default, x11vnc
+#: -autoport), except 5938, TeamViewer's registered port (a VNC server there is found by the RFB probe);
+#: the HTTP viewer ports 5800-5899 are left out (any web server may use them).
+_VNC = tuple(p for p in range(5900, 6000) if p != 5938)
+#: RDP: 3389, and 3390-3399 where a second server (xrdp beside gnome-remote-desktop) moves to.
+_RDP = tuple(range(3389, 3400))
 
 BUILTIN_TOOLS: tuple[Tool, ...] = (
     # --- commercial remote access -------------------------------------------------------
@@ -253,7 +258,7 @@ BUILTIN_TOOLS: tuple[Tool, ...] = (
        domains="devolutions.net, *.devolutions.net"),
     _t("Apple Remote Desktop", "remote_access", "macos",
        exes="ardagent, screensharingd", paths="/system/library/coreservices/remotemanagement",
-       ports=(3283, 5900)),
+       ports=(3283, *_VNC)),
     # --- VNC and RDP servers -------------------------------------------------------------
     _t("RealVNC", "remote_access", "windows, linux, macos", aliases="vnc-connect",
        exes="vncserver.exe, vncserverui.exe, vncviewer.exe, vncagent.exe, vncserver-x11, "
@@ -264,17 +269,20 @@ BUILTIN_TOOLS: tuple[Tool, ...] = (
        services="vncserver, vncserver-x11-serviced, vncserver-virtuald", ports=_VNC,
        domains="realvnc.com, *.realvnc.com, *.vnc.com"),
     _t("TightVNC", "remote_access", "windows, linux",
-       exes="tvnserver.exe, tvnviewer.exe, xtightvnc, tightvncserver",
+       exes="tvnserver.exe, tvnviewer.exe, xtightvnc, tightvncserver, tightvncpasswd",
        paths="?:/program files/tightvnc, ?:/program files (x86)/tightvnc, /usr/bin/Xtightvnc, "
-             "/usr/bin/tightvncserver",
-       services="tvnserver", ports=(5800, 5900), domains="tightvnc.com, *.tightvnc.com"),
+             "/usr/bin/tightvncserver, /usr/bin/tightvncpasswd",
+       services="tvnserver", ports=(5800, *_VNC), domains="tightvnc.com, *.tightvnc.com"),
     _t("TigerVNC", "remote_access", "windows, linux, macos",
-       exes="winvnc4.exe, vncviewer.exe, xvnc, x0vncserver, vncsession, vncviewer",
-       paths="?:/program files/tigervnc, ?:/program files (x86)/tigervnc, /usr/bin/Xvnc, "
-             "/usr/bin/x0vncserver, /usr/sbin/vncsession, /usr/libexec/vncsession-start, /usr/bin/vncviewer, "
-             "/usr/bin/vncserver, "
+       exes="winvnc4.exe, vncviewer.exe, xvnc, xtigervnc, x0vncserver, x0tigervncserver, vncsession, "
+            "tigervncsession, tigervncserver, vncviewer, xtigervncviewer",
+       paths="?:/program files/tigervnc, ?:/program files (x86)/tigervnc, /usr/bin/Xvnc, /usr/bin/Xtigervnc, "
+             "/usr/bin/x0vncserver, /usr/bin/x0tigervncserver, /usr/sbin/vncsession, "
+             "/usr/sbin/tigervncsession, "
+             "/usr/libexec/vncsession-start, /usr/libexec/tigervncsession-start, /usr/bin/vncviewer, "
+             "/usr/bin/vncserver, /usr/bin/tigervncserver, /usr/bin/xtigervncviewer, "
              "/applications/tigervnc viewer*.app",
-       services="vncserver@*", ports=(5900, 5901, 5902, 5903), domains="tigervnc.org",
+       services="vncserver@*, tigervncserver@*", ports=_VNC, domains="tigervnc.org",
        vulns=tuple(_v(f"CVE-2019-{n}", "1.10.1") for n in range(15691, 15696))),
     _t("x11vnc", "remote_access", "linux", exes="x11vnc", paths="/usr/bin/x11vnc", services="x11vnc",
        ports=_VNC),
@@ -282,13 +290,13 @@ BUILTIN_TOOLS: tuple[Tool, ...] = (
        exes="winvnc.exe, vncviewer.exe, uvnc_launch.exe",
        paths="?:/program files/uvnc bvba/ultravnc, ?:/program files (x86)/uvnc bvba/ultravnc, "
              "?:/program files/ultravnc, ?:/program files (x86)/ultravnc",
-       services="uvnc_service", ports=(5800, 5900), domains="uvnc.com"),
+       services="uvnc_service", ports=(5800, *_VNC), domains="uvnc.com"),
     _t("Vino", "remote_access", "linux", exes="vino-server",
        paths="/usr/lib/vino, /usr/libexec/vino-server", services="vino-server", ports=_VNC),
     _t("GNOME Remote Desktop", "remote_access", "linux",
        exes="gnome-remote-desktop-daemon, grdctl",
        paths="/usr/libexec/gnome-remote-desktop-daemon, /usr/bin/grdctl",
-       services="gnome-remote-desktop, gnome-remote-desktop-headless", ports=(3389, 5900)),
+       services="gnome-remote-desktop, gnome-remote-desktop-headless", ports=(*_RDP, *_VNC)),
     _t("KRfb", "remote_access", "linux", exes="krfb, krfb-virtualmonitor",
        paths="/usr/bin/krfb, /usr/bin/krfb-virtualmonitor", ports=_VNC),
     _t("WayVNC", "remote_access", "linux", exes="wayvnc", paths="/usr/bin/wayvnc", services="wayvnc",
@@ -297,7 +305,7 @@ BUILTIN_TOOLS: tuple[Tool, ...] = (
        exes="xrdp, xrdp-sesman, xrdp-chansrv",
        paths="/usr/sbin/xrdp, /usr/sbin/xrdp-sesman, /usr/sbin/xrdp-chansrv, /usr/local/sbin/xrdp, "
              "/usr/local/sbin/xrdp-sesman",
-       services="xrdp, xrdp-sesman", ports=(3350, 3389),
+       services="xrdp, xrdp-sesman", ports=(3350, *_RDP),
        vulns=(_v("CVE-2020-4044", "0.9.13.1", platforms="linux"),
               _v("CVE-2022-23613", "0.9.18.1", platforms="linux"))),
     _t("X2Go", "remote_access", "linux, windows, macos",

@@ -243,8 +243,20 @@ def _unit_name(text: str) -> str | None:
     return m.group(1) if m else None
 
 
-def _feed_path(text: str, tally: _Tally, *, want_install: bool) -> tuple[str | None, str | None]:
-    """(install path, executable) named by one feed path; either may be None."""
+def _tool_words(slug: str) -> tuple[str, ...]:
+    """The words of a slug long enough to say a file is the tool's own (``nezha``, ``remotely``)."""
+    return tuple(w for w in slug.split("-") if len(w) >= 4)
+
+
+def _feed_path(text: str, tally: _Tally, *, want_install: bool,
+               tool_words: tuple[str, ...] = ()) -> tuple[str | None, str | None]:
+    """(install path, executable) named by one feed path; either may be None.
+
+    A POSIX program rarely has an extension: an anchored POSIX file path with
+    none names an executable when it sits in a ``bin``/``sbin`` folder or
+    when its file name contains one of ``tool_words`` (``/opt/nezha/agent/
+    nezha-agent``), never a bare folder name such as ``/opt/nezha/agent``.
+    """
     try:
         t = _expand_variables(re.sub(r"<[^<>]*>", "*", text.strip().strip('"').strip()))
     except InvalidFact as exc:
@@ -269,7 +281,9 @@ def _feed_path(text: str, tally: _Tally, *, want_install: bool) -> tuple[str | N
     has_ext = not is_dir and bool(_EXTENSION_RE.search(base)) and not low.endswith(".app")
     in_bin = not windows and parent.rsplit("/", 1)[-1] in ("bin", "sbin")
     exe: str | None = None
-    if not is_dir and (is_executable_name(low) or (in_bin and not has_ext)):
+    named = (not windows and anchored and not has_ext and "*" not in low
+             and any(w in re.sub(r"[^a-z0-9]", "", low) for w in tool_words))
+    if not is_dir and (is_executable_name(low) or (in_bin and not has_ext) or named):
         try:
             exe = canonical_executable(base)
         except InvalidFact as exc:
@@ -401,7 +415,7 @@ def _read_entry(obj: object, facts: dict[str, _Facts], tally: _Tally, limits: Fe
             if unit:
                 _add_service(unit, f, tally)
             elif text:
-                install, exe = _feed_path(text, tally, want_install=True)
+                install, exe = _feed_path(text, tally, want_install=True, tool_words=_tool_words(slug))
                 if install:
                     f.install_paths.add(install)
                 if exe:
@@ -409,8 +423,8 @@ def _read_entry(obj: object, facts: dict[str, _Facts], tally: _Tally, limits: Fe
 
     for disk in _list(artifacts.get("Disk"), tally, limits):
         text = _str(_dict(disk, tally).get("File"), tally, limits)
-        if text and is_executable_name(text.lower()):
-            _, exe = _feed_path(text, tally, want_install=False)
+        if text and (is_executable_name(text.lower()) or text.strip().startswith("/")):
+            _, exe = _feed_path(text, tally, want_install=False, tool_words=_tool_words(slug))
             if exe:
                 f.executables.add(exe)
 

@@ -2,7 +2,8 @@
 
 What detection asks of the catalog:
 
-- which tools a running or installed program is (by executable name; H1);
+- which tools a running or installed program is (by executable name, or by an
+  executable inside one of a tool's install paths, whatever its name; H1);
 - whether a known tool runs from outside its install locations: portable use
   from a temporary, download or home directory (H3, CISA AA23-025A);
 - which tools listen on a port or talk to a domain or address (N2);
@@ -25,9 +26,10 @@ malformed input as matching nothing.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from .model import (
     COMM_LEN,
@@ -48,6 +50,7 @@ __all__ = [
     "tools_for_address",
     "tools_for_domain",
     "tools_for_executable",
+    "tools_for_install_path",
     "tools_for_port",
     "vulnerable",
 ]
@@ -105,6 +108,48 @@ def tools_for_executable(catalog: Catalog, path: str = "", name: str = "") -> tu
         hits.extend(tool for rx, tool in catalog.executable_globs if rx.fullmatch(key))
         if is_comm and len(key) == COMM_LEN:
             hits.extend(catalog.by_comm_prefix.get(key, ()))
+    return _sorted(hits)
+
+
+def _literal_head(pattern: str) -> str:
+    """The components of ``pattern`` before its first wildcard one, joined (the index key)."""
+    head: list[str] = []
+    for i, part in enumerate(pattern.split("/")):
+        if ("*" in part or "?" in part) and not (i == 0 and part == "?:"):
+            break
+        head.append(part)
+    return "/".join(head)
+
+
+@functools.lru_cache(maxsize=4)
+def _install_index(catalog: Catalog) -> Mapping[str, tuple[tuple[str, Tool], ...]]:
+    """(pattern, tool) pairs keyed by each install pattern's literal head: one dict lookup per path prefix."""
+    index: dict[str, list[tuple[str, Tool]]] = {}
+    for tool in catalog.tools:
+        for pattern in tool.install_paths:
+            index.setdefault(_literal_head(pattern), []).append((pattern, tool))
+    return {k: tuple(v) for k, v in index.items()}
+
+
+def tools_for_install_path(catalog: Catalog, exe_path: str) -> tuple[Tool, ...]:
+    """Tools with an install path that ``exe_path`` is, or lies below: a program in a tool's own
+    folder (``/opt/nezha/agent/x``) is that tool's whatever its file name.
+
+    Over-broad install paths (``/usr/bin``, ``/opt``) are refused when the catalog is built
+    (:func:`~rampart.catalog.model.canonical_install_path`), so this never matches a shared folder.
+    """
+    path = canonical_path(exe_path)
+    if not path:
+        return ()
+    index = _install_index(catalog)
+    parts = path.split("/")
+    if re.fullmatch(r"[a-z]:", parts[0]):
+        parts[0] = "?:"  # Windows patterns start with any drive
+    hits: list[Tool] = []
+    for n in range(1, len(parts) + 1):
+        for pattern, tool in index.get("/".join(parts[:n]), ()):
+            if path_within(path, pattern):
+                hits.append(tool)
     return _sorted(hits)
 
 

@@ -23,8 +23,8 @@ __all__ = [
 ]
 
 FindingKind = Literal[
-    "memory-only", "rat-portable", "rat-unsanctioned", "vulnerable-tool", "rat-port", "dormant-local-user",
-    "eol-os",
+    "memory-only", "rat-portable", "rat-behaviour", "rat-unsanctioned", "vulnerable-tool",
+    "inventory-truncated", "rat-port", "dormant-local-user", "eol-os",
 ]
 Severity = Literal["critical", "high", "warning"]
 
@@ -36,6 +36,8 @@ SEVERITIES: Final[tuple[Severity, ...]] = get_args(Severity)
 SEVERITY: Final[Mapping[FindingKind, Severity]] = MappingProxyType({
     "memory-only": "critical",
     "rat-portable": "critical",
+    "rat-behaviour": "high",
+    "inventory-truncated": "high",
     "rat-unsanctioned": "high",
     "vulnerable-tool": "high",
     "rat-port": "warning",

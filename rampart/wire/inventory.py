@@ -41,6 +41,9 @@ class InventoryLimits:
     max_services: int = 4000
     max_users: int = 4000
     max_disks: int = 256
+    #: Processes read before the cap is applied: past ``max_processes``, the detection-relevant ones
+    #: (memory-only, running from outside the system trees, owning a listener) are kept first.
+    max_processes_read: int = 20_000
     max_cmdline_bytes: int = 4096
     max_cmdline_args: int = 256
     #: File descriptors looked at when mapping sockets to processes, in total (~5 us of CPU each).
@@ -184,6 +187,9 @@ class Process(_Struct, frozen=True, kw_only=True):
     uid: Uid
     euid: Uid
     user: Name | None = None
+    #: What the executable's content says it is (build-id, hash, text, linked libraries), as marks
+    #: ``"<slug or label>:<how>"`` (:func:`rampart.catalog.fingerprint.scan`); empty when not read.
+    content: Annotated[list[Name], Meta(max_length=8)] = []
 
 
 class Socket(_Struct, frozen=True, kw_only=True):
@@ -197,6 +203,8 @@ class Socket(_Struct, frozen=True, kw_only=True):
     uid: Uid
     #: Lowest pid holding the socket open, when found.
     pid: Pid | None = None
+    #: Protocol a local probe of this listener recognised ("rfb 003.008", "rdp"); "" when none or not probed.
+    protocol: Name = ""
 
 
 class Service(_Struct, frozen=True, kw_only=True):

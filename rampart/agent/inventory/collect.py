@@ -42,6 +42,7 @@ from rampart.wire.inventory import (
     package_key,
 )
 
+from .detect import DetectCache, default_cache, fingerprint, is_relevant, probe_listeners
 from .eol import load_table
 from .packages import DPKG_STATUS, UpdatesCache, collect_dpkg, collect_patching, collect_rpm, collect_updates
 from .processes import collect_processes
@@ -136,7 +137,8 @@ def collect_full(now: int, agent_version: str, containment: str, *, limits: Inve
                  updates_cache: UpdatesCache | None = None,
                  eol_table: Mapping[tuple[str, str], tuple[str, str]] | None = None,
                  dpkg_status: str = DPKG_STATUS,
-                 package_root: PackageSource | None = None) -> Inventory:
+                 package_root: PackageSource | None = None,
+                 detect_cache: DetectCache | None = None, probe: bool = True) -> Inventory:
     """A complete snapshot of this host at unix time ``now``; never raises for a failing section.
 
     ``updates_cache`` (keep one per agent) skips recomputing pending updates
@@ -144,6 +146,9 @@ def collect_full(now: int, agent_version: str, containment: str, *, limits: Inve
     built-in table merged with the host's distro-info data. ``package_root``
     replaces the host's packages, pending updates and reboot state with those
     of the root the device's package jobs manage (``--package-root``).
+    ``detect_cache`` (keep one per agent) remembers fingerprinted executables
+    and probed listeners; ``probe`` False skips fingerprints and probes
+    (:mod:`rampart.agent.inventory.detect`).
     """
     if package_root is not None:
         dpkg_status = package_root.dpkg_status
@@ -162,13 +167,7 @@ def collect_full(now: int, agent_version: str, containment: str, *, limits: Inve
     no_disks: tuple[list[Disk], list[DiskUsage]] = ([], [])
     disk_list, disk_usage = s.run("disks", disks, no_disks)
 
-    def processes() -> list[Process]:
-        procs, cut = collect_processes(limits)
-        if cut:
-            s.note("processes", f"truncated to {limits.max_processes} processes")
-        return procs
-
-    process_list: list[Process] = s.run("processes", processes, [])
+    cache = detect_cache if detect_cache is not None else default_cache()
 
     def sockets() -> list[Socket]:
         found, note = collect_sockets(limits)
@@ -176,6 +175,31 @@ def collect_full(now: int, agent_version: str, containment: str, *, limits: Inve
         return found
 
     socket_list: list[Socket] = s.run("sockets", sockets, [])
+    listener_pids = frozenset(x.pid for x in socket_list if x.state == "listen" and x.pid is not None)
+
+    def processes() -> list[Process]:
+        procs, cut = collect_processes(limits, relevant=lambda p: is_relevant(p, listener_pids))
+        if cut:
+            s.note("processes", f"truncated to {limits.max_processes} processes "
+                                "(memory-only, non-system and listening ones kept first)")
+        if probe:
+            procs, unread = fingerprint(procs, cache, listener_pids=listener_pids)
+            if unread:
+                s.note("processes", ((s.notes.get("processes", "") + "; ") if "processes" in s.notes else "")
+                       + f"{unread} executables not fingerprinted yet (read budget)")
+        return procs
+
+    process_list: list[Process] = s.run("processes", processes, [])
+
+    def probed() -> list[Socket]:
+        found, skipped = probe_listeners(socket_list, cache)
+        if skipped:
+            s.note("sockets", ((s.notes.get("sockets", "") + "; ") if "sockets" in s.notes else "")
+                   + f"{skipped} listeners not probed yet")
+        return found
+
+    if probe:
+        socket_list = s.run("sockets", probed, socket_list)
     packages: list[Package] = s.run("packages", lambda: _packages(limits, dpkg_status, s), [])
     read_patching = (lambda: collect_patching(limits)) if package_root is None else package_root.patching
     patching: Patching | None = s.run("patching", read_patching, None)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from rampart.wire.inventory import DEFAULT_LIMITS, InventoryLimits, Process, canonical, process_key
 
@@ -169,8 +169,15 @@ def read_process(pid: int, *, btime: int, clk_tck: int, users: Mapping[int, str]
 
 
 def collect_processes(limits: InventoryLimits = DEFAULT_LIMITS, proc: str = "/proc",
-                      accounts_file: str = "/etc/passwd") -> tuple[list[Process], bool]:
-    """Every user-space process, canonical order; the flag says ``limits.max_processes`` cut the list."""
+                      accounts_file: str = "/etc/passwd",
+                      relevant: Callable[[Process], bool] | None = None) -> tuple[list[Process], bool]:
+    """Every user-space process, canonical order; the flag says ``limits.max_processes`` cut the list.
+
+    Up to ``limits.max_processes_read`` processes are read; when more than
+    ``limits.max_processes`` were, the ``relevant`` ones are kept first (then
+    the lowest pids), so a flood of processes cannot push a remote access tool
+    out of the report (see :func:`rampart.agent.inventory.detect.is_relevant`).
+    """
     btime = boot_time(try_read_text(f"{proc}/stat") or "")
     clk_tck = os.sysconf("SC_CLK_TCK")
     users = passwd_names(accounts_file)
@@ -183,8 +190,13 @@ def collect_processes(limits: InventoryLimits = DEFAULT_LIMITS, proc: str = "/pr
                          proc=proc)
         if p is None:
             continue
-        if len(found) >= limits.max_processes:
+        if len(found) >= max(limits.max_processes_read, limits.max_processes):
             truncated = True
             break
         found.append(p)
+    if len(found) > limits.max_processes:
+        truncated = True
+        first = [p for p in found if relevant is not None and relevant(p)]
+        rest = [p for p in found if relevant is None or not relevant(p)]
+        found = (first + rest)[: limits.max_processes]
     return canonical(found, process_key), truncated

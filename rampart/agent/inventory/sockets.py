@@ -72,6 +72,16 @@ def parse_proc_net(text: str, proto: str) -> list[Row]:
     return out
 
 
+def _is_loopback(address: str) -> bool:
+    try:
+        addr = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return addr.is_loopback
+
+
 def socket_owners(inodes: Iterable[int], *, proc: str = "/proc",
                   max_fds: int = DEFAULT_LIMITS.max_fds_scanned) -> tuple[dict[int, int], bool]:
     """inode -> lowest pid holding it; the flag says the walk stopped at ``max_fds``."""
@@ -115,7 +125,11 @@ def collect_sockets(limits: InventoryLimits = DEFAULT_LIMITS, proc: str = "/proc
         rows.extend((proto, r) for r in parse_proc_net(text, proto))
     notes = []
     if len(rows) > limits.max_sockets:
-        notes.append(f"truncated to {limits.max_sockets} of {len(rows)} sockets")
+        notes.append(f"truncated to {limits.max_sockets} of {len(rows)} sockets (listeners kept first)")
+        # Listeners first, then connections to other hosts, then loopback ones: a flood of local
+        # connections cannot push a listener (or a connection out) past the cap.
+        rows.sort(key=lambda pr: (pr[1][0] != "listen", _is_loopback(pr[1][3]), pr[0], pr[1]))
+        rows = rows[: limits.max_sockets]
     inodes = {r[6] for _, r in rows if r[6]}
     owners, partial = socket_owners(inodes, proc=proc, max_fds=limits.max_fds_scanned)
     if partial:
