@@ -93,6 +93,7 @@ def render(request: Request, template: str, code: int = 200, *, caller: Caller |
            **values: Any) -> HTMLResponse:
     """A page from ``template`` with the common values (caller, CSRF token, links)."""
     token = session_token(request) if caller is not None else None
+    values.setdefault("section", "")
     body = _env.get_template(template).render(
         product="Rampart console", version=__version__, static=STATIC_PREFIX, home=PREFIX + "/",
         prefix=PREFIX, caller=caller, csrf=csrf_token(token) if token else "",
