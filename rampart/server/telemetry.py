@@ -15,8 +15,9 @@ See docs/design/telemetry.md. Invariants:
   snapshot, and the agent must send a full report.
 * Findings and alerts follow the reports: one finding row per (device, key),
   one live alert per (device, finding key); a finding the agent no longer
-  reports is resolved with its alert. Only approved devices' reports are
-  ingested (S3).
+  reports is resolved with its alert, unless the report carries an
+  ``inventory-truncated`` finding (a report cut at its limits resolves
+  nothing). Only approved devices' reports are ingested (S3).
 * A device's findings cost its own budget (threat T16): at most
   ``max_findings_per_device`` open findings are kept, the most severe first;
   beyond that one ``findings-over-budget`` alert names the device instead of
@@ -56,7 +57,8 @@ from rampart.wire.inventory import Inventory, decode, encode
 from rampart.wire.inventory_delta import DeltaError, apply, digest
 from rampart.wire.telemetry import Report, ReportError, ToolSeen, decode_report_blob, inflate, report_blob
 
-from .alerts import LIVE, AlertSpec, live_by_key, raise_alert, raise_many, resolve
+from .alerts import LIVE, SEVERITY_RANK, AlertSpec, enqueue, live_by_key, raise_alert, raise_many, resolve
+from .alerts import MAX_DETAIL as MAX_ALERT_DETAIL
 from .config import ServerLimits
 from .db import Store
 from .models import (
@@ -83,6 +85,8 @@ CATALOG_META_KEY = "catalog.meta"
 OFFLINE = "agent-offline"
 OVERDUE = "agent-overdue"
 OVER_BUDGET = "findings-over-budget"
+#: The agent's finding that its inventory was cut at the limits: while reported, nothing resolves by absence.
+TRUNCATED = "inventory-truncated"
 IDENTITY = "suspicious-identity"
 #: Finding keys the server itself writes; agents' findings under this prefix are ignored.
 SERVER_KEY_PREFIX = "server:"
@@ -434,6 +438,7 @@ class TelemetryStore:
         who = f"device:{device.id}"
         opened: list[Finding] = []
         changed: list[dict[str, Any]] = []
+        moved: list[tuple[Finding, str]] = []
         for key, f in reported.items():
             fields = _fields(f)
             known = open_now.get(key)
@@ -442,9 +447,15 @@ class TelemetryStore:
                 open_now[key] = fields
             elif known != fields:
                 changed.append({"b_key": key, **{f"b_{n}": v for n, v in zip(_FIELDS, fields, strict=True)}})
+                if known[1:4:2] != fields[1:4:2]:  # severity or subject: the facts changed
+                    moved.append((f, known[3]))
                 open_now[key] = fields
-        gone = [(k, open_now.pop(k)[0]) for k in [k for k in open_now if k not in reported
-                                                  and not k.startswith(SERVER_KEY_PREFIX)]]
+        # A report cut at the inventory limits proves nothing about what it leaves out: findings it
+        # does not repeat stay open until a complete report (issue 15: a flood must not resolve them).
+        truncated = any(f.kind == TRUNCATED for f in reported.values())
+        gone = [] if truncated else [
+            (k, open_now.pop(k)[0]) for k in [k for k in open_now if k not in reported
+                                              and not k.startswith(SERVER_KEY_PREFIX)]]
         past = [e for e in earlier[:room] if e.finding.key not in reported and e.finding.key not in open_now]
         # Set-based from here: a few statements per report, whatever the number of findings.
         self._write_rows(s, device, [(f, None) for f in opened] + [(e.finding, now) for e in past], now)
@@ -460,6 +471,7 @@ class TelemetryStore:
         specs = [AlertSpec(f.kind, _alert_severity(f.severity), finding_dedup(device.id, f.key),
                            f"{device.hostname}: {f.subject}", _detail(device.id, device.hostname, f))
                  for f in opened]
+        specs += self._follow(s, device, moved, now)
         specs += [AlertSpec(e.finding.kind, _alert_severity(e.finding.severity),
                             finding_dedup(device.id, e.finding.key),
                             f"{device.hostname}: {e.finding.subject} (no longer seen)",
@@ -472,6 +484,35 @@ class TelemetryStore:
                 alert = rows[f"{e.finding.kind}:{finding_dedup(device.id, e.finding.key)}"[:256]]
                 if alert.status != "resolved":
                     resolve(alert, who, now)
+
+    @staticmethod
+    def _follow(s: Session, device: _Dev, moved: list[tuple[Finding, str]], now: float) -> list[AlertSpec]:
+        """Alerts follow their findings: a finding whose facts changed (installed -> running, a new
+        subject, a higher severity) updates its live alert with the change recorded in its detail, and
+        notifies again (a new count; an acknowledged alert is open again); with no live alert, a new one
+        is raised."""
+        if not moved:
+            return []
+        live = live_by_key(s, device.tenant_id,
+                           (f"{f.kind}:{finding_dedup(device.id, f.key)}"[:256] for f, _ in moved))
+        specs: list[AlertSpec] = []
+        for f, before in moved:
+            subject = f"{device.hostname}: {f.subject}"
+            severity = _alert_severity(f.severity)
+            row = live.get(f"{f.kind}:{finding_dedup(device.id, f.key)}"[:256])
+            escalated = row is not None and SEVERITY_RANK[severity] > SEVERITY_RANK.get(row.severity, 1)
+            change = (f"{'escalated' if escalated else 'changed'} at {_ts(now)}; "
+                      f"was: {safe_line(before)[:200]}")
+            detail = _detail(device.id, device.hostname, f, change)[:MAX_ALERT_DETAIL]
+            if row is None:
+                specs.append(AlertSpec(f.kind, severity, finding_dedup(device.id, f.key), subject, detail))
+                continue
+            row.subject, row.detail, row.last_seen = subject[:256], detail, now
+            row.severity = severity if escalated else row.severity
+            row.count += 1
+            row.status, row.acked_by, row.acked_at = "open", None, None
+            enqueue(s, row, now)  # the new count is delivered again
+        return specs
 
     @staticmethod
     def _write_rows(s: Session, device: _Dev, rows: list[tuple[Finding, float | None]], now: float) -> None:

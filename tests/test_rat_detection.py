@@ -1,0 +1,495 @@
+"""Remote access tools that a renamed copy or a flood cannot hide (issue 15; threats T14, T16).
+
+Real tools from Debian (x11vnc with Xvfb, TigerVNC's Xtigervnc, xrdp), started by the test and bound
+to loopback only (127.0.0.1 / ::1), never any other address. The SQLite and PostgreSQL passes of
+./run-tests run side by side on one host, so every assertion on host-global state (/proc, listening
+sockets) looks only at the processes this test started; the probe is pointed at this test's own
+listeners only. Each test asserts the detection and that nothing else changed (the tool still runs,
+other listeners are not probed, nothing else is reported about the test's processes).
+
+The server half (truncation resolves nothing, alerts follow their findings) runs the real ingest
+(:class:`rampart.server.telemetry.TelemetryStore`) on the test's database.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from rampart.agent.findings import evaluate
+from rampart.agent.inventory.detect import (
+    DetectCache,
+    fingerprint,
+    is_relevant,
+    probe_listeners,
+    probe_target,
+)
+from rampart.agent.inventory.processes import collect_processes
+from rampart.agent.inventory.sockets import collect_sockets
+from rampart.catalog import builtin_catalog
+from rampart.catalog.fingerprint import scan
+from rampart.wire.finding import Finding
+from rampart.wire.inventory import (
+    AgentInfo,
+    Inventory,
+    InventoryLimits,
+    Process,
+    Socket,
+    canonical,
+    socket_key,
+)
+
+X11VNC, XVFB, XTIGERVNC, XRDP = "/usr/bin/x11vnc", "/usr/bin/Xvfb", "/usr/bin/Xtigervnc", "/usr/sbin/xrdp"
+NOBODY: frozenset[str] = frozenset()
+#: The agent's inventory interval in these tests: detection must land within one.
+INTERVAL_S = 10.0
+
+needs_vnc = pytest.mark.skipif(not (os.access(X11VNC, os.X_OK) and os.access(XVFB, os.X_OK)),
+                               reason="x11vnc and Xvfb are installed by ./run-tests")
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    """A loopback port nothing listens on, outside the catalogued VNC (5900-5999) and RDP ranges."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port > 10000:
+            return port
+
+
+@dataclass
+class Started:
+    procs: list[subprocess.Popen[bytes]]
+
+    @property
+    def pids(self) -> set[int]:
+        return {p.pid for p in self.procs}
+
+    def alive(self) -> bool:
+        return all(p.poll() is None for p in self.procs)
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in reversed(procs):
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(5)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+
+
+def _xvfb() -> tuple[subprocess.Popen[bytes], int]:
+    """Xvfb on a free display (it picks one: -displayfd), no TCP."""
+    r, w = os.pipe()
+    proc = subprocess.Popen([XVFB, "-displayfd", str(w), "-nolisten", "tcp", "-screen", "0", "320x240x16"],
+                            pass_fds=(w,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        line = f.readline().strip()
+    assert line.isdigit(), "Xvfb gave no display"
+    return proc, int(line)
+
+
+def _listening(pid: int, port: int, timeout: float = 15.0) -> list[Socket]:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        mine = [s for s in collect_sockets()[0]
+                if s.pid == pid and s.state == "listen" and s.local_port == port]
+        if mine:
+            return mine
+        time.sleep(0.1)
+    raise AssertionError(f"pid {pid} does not listen on {port}")
+
+
+def _x11vnc(program: str | int, display: int, port: int,
+            pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:
+    exe = program if isinstance(program, str) else f"/proc/self/fd/{program}"
+    return subprocess.Popen([exe, "-display", f":{display}", "-rfbport", str(port), "-localhost", "-forever",
+                             "-nopw", "-quiet", "-nolookup"], pass_fds=pass_fds,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _detect(pids: set[int]) -> tuple[list[Finding], Inventory]:
+    """The agent's detection pipeline (collect, fingerprint, probe, evaluate) over this test's own processes
+    and listeners only: the other test pass's tools on this host are not ours to judge or to probe."""
+    procs = [p for p in collect_processes()[0] if p.pid in pids]
+    socks = [s for s in collect_sockets()[0] if s.pid in pids]
+    cache = DetectCache()
+    procs, _ = fingerprint(procs, cache, listener_pids=frozenset(s.pid for s in socks if s.pid))
+    socks, _ = probe_listeners(socks, cache)
+    inv = Inventory(collected_at=int(time.time()), agent=AgentInfo(version="t", containment="none"),
+                    processes=procs, sockets=socks)
+    return evaluate(inv, builtin_catalog(), sanctioned=NOBODY, now=int(time.time())), inv
+
+
+def _kinds(found: list[Finding]) -> dict[str, list[Finding]]:
+    out: dict[str, list[Finding]] = {}
+    for f in found:
+        out.setdefault(f.kind, []).append(f)
+    return out
+
+
+@pytest.fixture
+def display() -> Iterator[int]:
+    proc, number = _xvfb()
+    try:
+        yield number
+    finally:
+        _stop([proc])
+
+
+# --- T14: content and behaviour, not names ---------------------------------------------------
+
+
+@needs_vnc
+def test_t14_renamed_x11vnc_on_an_odd_port_is_found_by_content_and_protocol(tmp_path: Path,
+                                                                            display: int) -> None:
+    copy = tmp_path / "updater"
+    shutil.copy2(X11VNC, copy)
+    port = _free_port()
+    started = time.monotonic()
+    vnc = _x11vnc(str(copy), display, port)
+    try:
+        listeners = _listening(vnc.pid, port)
+        assert {s.local_addr for s in listeners} <= {"127.0.0.1", "::1"}  # loopback only
+        found, inv = _detect({vnc.pid})
+        took = time.monotonic() - started
+        kinds = _kinds(found)
+        # By protocol: the listener answers with an RFB banner, whatever the name and port.
+        [behaviour] = [f for f in kinds["rat-behaviour"] if f.evidence["by"] == "protocol"]
+        assert behaviour.tool == "x11vnc" and behaviour.evidence["protocol"].startswith("rfb 003.")
+        assert behaviour.evidence["port"] == str(port) and behaviour.severity == "high"
+        # By content: a renamed copy in a temporary folder is x11vnc run portably (critical).
+        [portable] = kinds["rat-portable"]
+        assert portable.tool == "x11vnc" and portable.evidence["exe"] == str(copy)
+        assert kinds["rat-unsanctioned"][0].tool == "x11vnc"
+        [proc] = inv.processes
+        assert "x11vnc:build-id" in proc.content and "vnc-server:library" in proc.content
+        # The port is not a catalogued one: no port finding, and nothing but what is asserted here.
+        assert "rat-port" not in kinds
+        assert set(kinds) == {"rat-behaviour", "rat-portable", "rat-unsanctioned"}
+        assert took < INTERVAL_S, took
+        assert vnc.poll() is None  # the probe did not stop the tool
+    finally:
+        _stop([vnc])
+
+
+@pytest.mark.skipif(not os.access(XTIGERVNC, os.X_OK), reason="tigervnc-standalone-server by ./run-tests")
+def test_t14_debian_tigervnc_server_is_recognised_while_running() -> None:
+    port = _free_port()
+    r, w = os.pipe()
+    vnc = subprocess.Popen([XTIGERVNC, "-displayfd", str(w), "-rfbport", str(port), "-localhost",
+                            "-interface", "127.0.0.1", "-SecurityTypes", "None", "-nolisten", "tcp"],
+                           pass_fds=(w,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(w)
+    try:
+        with os.fdopen(r, "rb") as f:
+            assert f.readline().strip().isdigit()
+        _listening(vnc.pid, port)
+        found, _ = _detect({vnc.pid})
+        kinds = _kinds(found)
+        [running] = kinds["rat-unsanctioned"]
+        assert running.tool == "tigervnc" and "process" in running.evidence["found_by"]
+        assert running.evidence["exe"] == XTIGERVNC
+        [behaviour] = kinds["rat-behaviour"]
+        assert behaviour.tool == "tigervnc" and behaviour.evidence["protocol"].startswith("rfb ")
+        assert "rat-portable" not in kinds and "memory-only" not in kinds  # installed where Debian puts it
+        assert vnc.poll() is None
+    finally:
+        _stop([vnc])
+
+
+@needs_vnc
+def test_t14_renamed_copy_under_opt_deleted_after_start_is_found(display: int) -> None:
+    folder = Path("/opt") / f"rampart-test-{uuid.uuid4().hex[:12]}"
+    folder.mkdir()
+    copy = folder / "svc-helper"
+    port = _free_port()
+    vnc: subprocess.Popen[bytes] | None = None
+    try:
+        shutil.copy2(X11VNC, copy)
+        vnc = _x11vnc(str(copy), display, port)
+        _listening(vnc.pid, port)
+        copy.unlink()
+        folder.rmdir()
+        found, _ = _detect({vnc.pid})
+        kinds = _kinds(found)
+        [deleted] = kinds["memory-only"]
+        assert deleted.evidence["reason"] == "deleted" and deleted.severity == "high"
+        assert deleted.evidence["tools"] == "x11vnc"  # read through /proc/PID/exe although deleted
+        [portable] = kinds["rat-portable"]
+        assert portable.tool == "x11vnc"  # /opt/... is not x11vnc's install path
+        assert {f.evidence["by"] for f in kinds["rat-behaviour"]} == {"protocol", "library"}
+        assert vnc.poll() is None
+    finally:
+        if vnc is not None:
+            _stop([vnc])
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@needs_vnc
+def test_t14_x11vnc_loaded_only_in_memory_is_named_by_its_content(display: int) -> None:
+    fd = os.memfd_create("kworker", 0)  # a harmless-looking name; no MFD_CLOEXEC: exec'd through /proc
+    try:
+        with open(X11VNC, "rb") as f:
+            os.write(fd, f.read())
+        port = _free_port()
+        vnc = _x11vnc(fd, display, port, pass_fds=(fd,))
+    finally:
+        os.close(fd)
+    try:
+        _listening(vnc.pid, port)
+        found, inv = _detect({vnc.pid})
+        [proc] = inv.processes
+        assert proc.exe is not None and proc.exe.startswith("/memfd:kworker")
+        kinds = _kinds(found)
+        [mem] = kinds["memory-only"]
+        assert mem.severity == "critical" and mem.tool == "x11vnc" and mem.evidence["reason"] == "memfd"
+        assert kinds["rat-unsanctioned"][0].tool == "x11vnc"
+        assert any(f.evidence["by"] == "protocol" for f in kinds["rat-behaviour"])
+    finally:
+        _stop([vnc])
+
+
+@pytest.mark.skipif(not os.access(XRDP, os.X_OK), reason="xrdp is installed by ./run-tests")
+def test_t14_xrdp_on_an_odd_loopback_port_answers_rdp(tmp_path: Path) -> None:
+    port = _free_port()
+    ini = tmp_path / "xrdp.ini"
+    text = Path("/etc/xrdp/xrdp.ini").read_text()
+    lines = [f"port=tcp://127.0.0.1:{port}" if line.startswith("port=") else line
+             for line in text.splitlines()]
+    ini.write_text("\n".join(lines) + "\n")
+    rdp = subprocess.Popen([XRDP, "--nodaemon", "--config", str(ini)], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
+        [listener] = _listening(rdp.pid, port)
+        assert listener.local_addr == "127.0.0.1"
+        found, inv = _detect({rdp.pid})
+        assert [s.protocol for s in inv.sockets if s.state == "listen"] == ["rdp"]
+        kinds = _kinds(found)
+        [behaviour] = kinds["rat-behaviour"]
+        assert behaviour.tool == "xrdp" and behaviour.evidence["protocol"] == "rdp"
+        assert rdp.poll() is None
+    finally:
+        _stop([rdp])
+
+
+def test_t14_the_probe_never_leaves_this_host() -> None:
+    own = frozenset({"127.0.0.1", "::1", "192.0.2.10"})
+
+    def target(addr: str, proto: str = "tcp", state: str = "listen") -> tuple[int, str] | None:
+        return probe_target(Socket(proto=proto, state=state, local_addr=addr, local_port=5901,  # type: ignore[arg-type]
+                                   remote_addr="0.0.0.0", remote_port=0, inode=1, uid=0), own)
+
+    assert target("0.0.0.0") == (socket.AF_INET, "127.0.0.1")
+    assert target("::", "tcp6") == (socket.AF_INET6, "::1")
+    assert target("127.0.0.5") == (socket.AF_INET, "127.0.0.5")
+    assert target("192.0.2.10") == (socket.AF_INET, "192.0.2.10")  # one of this host's own addresses
+    # A listener bound to an address that is not this host's (IP_FREEBIND, a crafted snapshot) is never
+    # connected to; nor are UDP sockets, connections, or link-local listeners (they need a scope).
+    assert target("203.0.113.7") is None
+    assert target("::ffff:198.51.100.1", "tcp6") is None
+    assert target("fe80::1", "tcp6") is None
+    assert target("0.0.0.0", "udp") is None
+    assert target("127.0.0.1", state="established") is None
+
+
+def test_t14_content_marks_need_the_tools_own_text_not_its_name(tmp_path: Path) -> None:
+    # A program that merely mentions x11vnc (a help text, a script) is not x11vnc.
+    assert scan(b"#!/bin/sh\nexec x11vnc -forever\n") == ()
+    assert scan(b"\x7fELF... see x11vnc and tigervnc ...") == ()
+    if os.access(X11VNC, os.R_OK):
+        data = Path(X11VNC).read_bytes()
+        assert {"x11vnc:build-id", "x11vnc:sha256", "x11vnc:strings", "vnc-server:library"} <= set(scan(data))
+        # A rebuilt binary (one byte changed in its build-id) loses the known-build marks, keeps the text.
+        note = b"\x04\x00\x00\x00\x14\x00\x00\x00\x03\x00\x00\x00GNU\x00"  # NT_GNU_BUILD_ID header
+        at = data.find(note) + len(note)
+        changed = data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1:]
+        marks = set(scan(changed))
+        assert "x11vnc:build-id" not in marks and "x11vnc:sha256" not in marks and "x11vnc:strings" in marks
+
+
+# --- T16: a flood cannot hide a listener or a process ----------------------------------------
+
+
+@needs_vnc
+def test_t16_a_flood_of_loopback_connections_does_not_push_a_listener_out(tmp_path: Path,
+                                                                          display: int) -> None:
+    copy = tmp_path / "updater"
+    shutil.copy2(X11VNC, copy)
+    port = _free_port()
+    vnc = _x11vnc(str(copy), display, port)
+    sink = socket.socket()
+    flood: list[socket.socket] = []
+    try:
+        _listening(vnc.pid, port)
+        sink.bind(("127.0.0.1", 0))
+        sink.listen(4096)
+        for _ in range(1500):  # 3,000 loopback sockets: past a cap of 1,000
+            c = socket.create_connection(sink.getsockname())
+            flood.append(c)
+            flood.append(sink.accept()[0])
+        limits = InventoryLimits(max_sockets=1000)
+        socks, note = collect_sockets(limits)
+        assert len(socks) == 1000 and note.startswith("truncated to 1000 of ")
+        assert {s.local_port for s in socks if s.pid == vnc.pid and s.state == "listen"} == {port}
+        assert all(s.state == "listen" for s in socks[:1]) and sum(s.state == "listen" for s in socks) > 0
+        # Detection over the truncated report finds the tool and says the report was cut.
+        procs = [p for p in collect_processes()[0] if p.pid == vnc.pid]
+        cache = DetectCache()
+        procs, _ = fingerprint(procs, cache)
+        mine, _ = probe_listeners([s for s in socks if s.pid == vnc.pid], cache)
+        inv = Inventory(collected_at=int(time.time()), agent=AgentInfo(version="t", containment="none"),
+                        processes=procs, sockets=canonical(mine, socket_key),
+                        notes={"sockets": note})
+        kinds = _kinds(evaluate(inv, builtin_catalog(), sanctioned=NOBODY, now=int(time.time())))
+        assert [f.severity for f in kinds["inventory-truncated"]] == ["high"]
+        assert any(f.evidence["by"] == "protocol" for f in kinds["rat-behaviour"])
+        assert vnc.poll() is None
+    finally:
+        for c in flood:
+            c.close()
+        sink.close()
+        _stop([vnc])
+
+
+def test_t16_a_flood_of_processes_does_not_push_a_portable_tool_out(tmp_path: Path) -> None:
+    # A program run from a temporary folder (a copy of sleep: the cap, not the tool, is under test).
+    copy = tmp_path / "updater"
+    shutil.copy2("/usr/bin/sleep", copy)
+    tool = subprocess.Popen([str(copy), "60"])
+    flood = [subprocess.Popen(["/usr/bin/sleep", "60"]) for _ in range(40)]
+    try:
+        everything, _ = collect_processes()
+        relevant = sum(1 for p in everything if is_relevant(p))
+        cap = relevant + 20
+        assert len(everything) > cap + 20, "not enough processes on this host to test the cap"
+        kept, truncated = collect_processes(InventoryLimits(max_processes=cap), relevant=is_relevant)
+        assert truncated and len(kept) == cap
+        assert tool.pid in {p.pid for p in kept}
+        # Without the relevance order the same cap keeps the lowest pids: the newest process is cut.
+        plain, _ = collect_processes(InventoryLimits(max_processes=cap))
+        assert max(p.pid for p in flood) not in {p.pid for p in plain}
+    finally:
+        _stop([tool, *flood])
+
+
+# --- the server: truncation resolves nothing; alerts follow their findings ---------------------
+
+
+@dataclass
+class _Db:
+    telemetry: object
+    store: object
+    tenant: str
+    device: str
+
+
+@pytest.fixture
+def ingest(tmp_path: Path, db_url: str | None) -> Iterator[_Db]:
+    from rampart.server.config import ServerLimits
+    from rampart.server.db import Store, migrate
+    from rampart.server.models import Device, Tenant
+    from rampart.server.telemetry import TelemetryStore
+
+    store = Store(db_url or f"sqlite:///{tmp_path / 'rampart.db'}")
+    migrate(store.engine)
+    now = time.time()
+    tenant, device = "tn-" + uuid.uuid4().hex[:16], "dev-" + uuid.uuid4().hex
+    with store.transaction() as s:
+        s.add(Tenant(id=tenant, name="acme-" + tenant, created_at=now))
+        s.flush()
+        s.add(Device(id=device, tenant_id=tenant, public_key="k", hostname="host1", agent_version="t",
+                     status="approved", enrolled_at=now))
+    try:
+        yield _Db(TelemetryStore(store, ServerLimits()), store, tenant, device)
+    finally:
+        store.dispose()
+
+
+def _report(db: _Db, findings: list[Finding], at: float) -> None:
+    from rampart.server.telemetry import Incoming
+    from rampart.wire import Report, digest, encode_report
+
+    inv = Inventory(collected_at=int(at), agent=AgentInfo(version="t", containment="none"),
+                    processes=[Process(pid=1, ppid=0, start_ticks=1, start_time=1, name="init", uid=0,
+                                       euid=0)])
+    item = Incoming(device_id=db.device, tenant_id=db.tenant,
+                    report=encode_report(Report(full=inv, findings=findings)), result=digest(inv), base=None)
+    outcomes, _ = db.telemetry.ingest_batch([item], at)  # type: ignore[attr-defined]
+    assert outcomes == ["stored"], outcomes
+
+
+def _state(db: _Db) -> tuple[dict[str, bool], dict[str, tuple[str, str, int, str]]]:
+    from rampart.server.models import AlertRow, FindingRow
+
+    with db.store.read() as s:  # type: ignore[attr-defined]
+        rows = {r.key: r.resolved_at is None for r in s.scalars(select(FindingRow).where(
+            FindingRow.device_id == db.device))}
+        alerts = {a.dedup_key: (a.status, a.subject, a.count, a.detail) for a in s.scalars(
+            select(AlertRow).where(AlertRow.tenant_id == db.tenant, AlertRow.device_id == db.device))}
+    return rows, alerts
+
+
+_TOOL = Finding(kind="rat-behaviour", severity="high", key="rat-behaviour:x11vnc:rfb:/tmp/u", tool="x11vnc",
+                subject="/tmp/u (pid 9, user root) serves VNC (RFB) on ::1:5905", evidence={"by": "protocol"})
+_CUT = Finding(kind="inventory-truncated", severity="high", key="inventory-truncated::sockets",
+               subject="Inventory cut at its limits (sockets)", evidence={"sockets": "truncated to 10000"})
+
+
+def test_t16_a_truncated_report_resolves_nothing_and_a_complete_one_does(ingest: _Db) -> None:
+    t = time.time()
+    _report(ingest, [_TOOL], t)
+    _report(ingest, [_CUT], t + 60)  # the flood pushed the listener out of the report
+    rows, alerts = _state(ingest)
+    assert rows == {_TOOL.key: True, _CUT.key: True}  # still open, and the cut itself is a finding
+    assert {k.split(":", 1)[0]: v[0] for k, v in alerts.items()} == {"rat-behaviour": "open",
+                                                                      "inventory-truncated": "open"}
+    _report(ingest, [], t + 120)  # a complete report without the tool: now it is gone
+    rows, alerts = _state(ingest)
+    assert rows == {_TOOL.key: False, _CUT.key: False}
+    assert {v[0] for v in alerts.values()} == {"resolved"}
+
+
+def test_t14_an_alert_follows_its_finding_from_installed_to_running(ingest: _Db) -> None:
+    from rampart.server.alerts import acknowledge
+    from rampart.server.models import AlertRow
+
+    installed = Finding(kind="rat-unsanctioned", severity="high", key="rat-unsanctioned:x11vnc",
+                        tool="x11vnc",
+                        subject="Unsanctioned remote access tool x11vnc (installed): package x11vnc 0.9.16-9",
+                        evidence={"found_by": "package"})
+    running = Finding(kind="rat-unsanctioned", severity="high", key="rat-unsanctioned:x11vnc", tool="x11vnc",
+                      subject="Unsanctioned remote access tool x11vnc (running, installed): /tmp/u",
+                      evidence={"found_by": "process,package"})
+    t = time.time()
+    _report(ingest, [installed], t)
+    with ingest.store.transaction() as s:  # type: ignore[attr-defined]
+        [row] = s.scalars(select(AlertRow).where(AlertRow.device_id == ingest.device))
+        acknowledge(row, "op", t + 1)
+    _report(ingest, [running], t + 60)
+    _, alerts = _state(ingest)
+    [(status, subject, count, detail)] = alerts.values()
+    assert subject == "host1: " + running.subject and status == "open" and count == 2
+    assert "changed at" in detail and "(installed)" in detail  # the earlier facts are recorded
+    _report(ingest, [running], t + 120)  # same facts: no change, no new notification
+    _, again = _state(ingest)
+    assert [v[2] for v in again.values()] == [2]
