@@ -493,3 +493,72 @@ def test_t14_an_alert_follows_its_finding_from_installed_to_running(ingest: _Db)
     _report(ingest, [running], t + 120)  # same facts: no change, no new notification
     _, again = _state(ingest)
     assert [v[2] for v in again.values()] == [2]
+
+
+# --- the catalog: port ranges, Debian servers, LOLRMM keeps Linux names and install paths ------
+
+
+def test_t14_vnc_and_rdp_port_ranges_are_catalogued() -> None:
+    from rampart.catalog import tools_for_port
+
+    cat = builtin_catalog()
+    for port in (5900, 5905, 5931, 5999):
+        found = {t.slug for t in tools_for_port(cat, port)}
+        assert {"x11vnc", "tigervnc", "tightvnc", "realvnc"} <= found, port
+    assert "ammyy-admin" in {t.slug for t in tools_for_port(cat, 5931)}  # no longer Ammyy Admin alone
+    assert {t.slug for t in tools_for_port(cat, 5938)} == {"teamviewer"}  # TeamViewer's registered port
+    for port in (3389, 3390, 3399):
+        assert "xrdp" in {t.slug for t in tools_for_port(cat, port)}, port
+    assert tools_for_port(cat, 6000) == () and tools_for_port(cat, 5899) == ()  # X11 and beyond: not VNC
+
+
+def test_t14_debian_packaged_servers_are_known_by_their_executables() -> None:
+    from rampart.catalog import tools_for_executable, tools_for_install_path
+
+    cat = builtin_catalog()
+    for path, slug in (("/usr/bin/Xtigervnc", "tigervnc"), ("/usr/bin/x0tigervncserver", "tigervnc"),
+                       ("/usr/sbin/tigervncsession", "tigervnc"), ("/usr/bin/x11vnc", "x11vnc"),
+                       ("/usr/bin/Xtightvnc", "tightvnc"), ("/usr/sbin/xrdp", "xrdp"),
+                       ("/usr/sbin/xrdp-sesman", "xrdp"), ("/usr/bin/tmate", "tmate")):
+        assert slug in {t.slug for t in tools_for_executable(cat, path=path)}, path
+        assert slug in {t.slug for t in tools_for_install_path(cat, path)}, path
+    # The kernel's 15-character name of Xtigervnc (what /proc/PID/stat says) is enough.
+    assert "tigervnc" in {t.slug for t in tools_for_executable(cat, name="Xtigervnc")}
+    assert tools_for_install_path(cat, "/usr/bin/ls") == () and tools_for_install_path(cat, "relative") == ()
+
+
+def test_t14_lolrmm_import_keeps_linux_names_and_matches_on_install_paths() -> None:
+    import json
+
+    from rampart.catalog import parse_feed, tools_for_executable, tools_for_install_path
+
+    feed = json.dumps([{
+        "Name": "Nezha", "Category": "RMM",
+        "Details": {"SupportedOS": ["Linux", "Windows"],
+                    "PEMetadata": [{"Filename": "nezha-agent.exe"}],
+                    "InstallationPaths": ["C:\\nezha\\*", "/opt/nezha/*", "/opt/nezha/agent",
+                                          "/opt/nezha/agent/nezha-agent", "/opt/nezha/dashboard",
+                                          "/etc/systemd/system/nezha-agent.service"]},
+        "Artifacts": {"Disk": [{"File": "/opt/nezha/agent/config.yml"}]},
+    }, {
+        "Name": "Remotely", "Category": "RAT",
+        "Details": {"SupportedOS": ["Linux"],
+                    "InstallationPaths": ["/usr/local/bin/Remotely/Remotely_Agent",
+                                          "/usr/local/bin/Remotely/ConnectionInfo.json"]},
+    }]).encode()
+    cat = builtin_catalog().merged(parse_feed(feed).catalog)
+    nezha, remotely = cat.get("nezha"), cat.get("remotely")
+    assert nezha is not None and remotely is not None
+    # Linux names survive: extensionless files named after the tool; folders and configs are no names.
+    assert "nezha-agent" in nezha.executables and "nezha-agent.exe" in nezha.executables
+    assert not {"agent", "dashboard", "config.yml", "nezha-agent.service"} & set(nezha.executables)
+    assert "remotely_agent" in remotely.executables and "connectioninfo.json" not in remotely.executables
+    assert [t.slug for t in tools_for_executable(cat, path="/tmp/x/nezha-agent")] == ["nezha"]
+    # A program in the tool's install folder is the tool, whatever its name.
+    assert [t.slug for t in tools_for_install_path(cat, "/opt/nezha/agent/updater")] == ["nezha"]
+    assert tools_for_install_path(cat, "/opt/nezhax/agent") == ()
+    proc = Process(pid=4242, ppid=1, start_ticks=1, start_time=1, name="updater",
+                   exe="/opt/nezha/agent/updater", uid=0, euid=0, user="root")
+    inv = Inventory(collected_at=1, agent=AgentInfo(version="t", containment="none"), processes=[proc])
+    kinds = _kinds(evaluate(inv, cat, sanctioned=NOBODY, now=2))
+    assert [f.tool for f in kinds["rat-unsanctioned"]] == ["nezha"] and "rat-portable" not in kinds
