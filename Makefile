@@ -1,9 +1,9 @@
 # Benchmarks print their numbers and write them to bench/results/.
 PY ?= .venv/bin/python
 
-.PHONY: bench bench-trust bench-merkle bench-fleet bench-inventory bench-patch bench-ingest bench-schedule bench-flood bench-cli test up sbom
+.PHONY: bench bench-trust bench-merkle bench-fleet bench-inventory bench-patch bench-ingest bench-schedule bench-flood bench-cli bench-console test up sbom
 
-bench: bench-trust bench-merkle bench-fleet bench-inventory bench-patch bench-ingest bench-schedule bench-flood bench-cli
+bench: bench-trust bench-merkle bench-fleet bench-inventory bench-patch bench-ingest bench-schedule bench-flood bench-cli bench-console
 
 bench-trust:
 	@mkdir -p bench/results
@@ -54,3 +54,9 @@ bench-flood:
 bench-cli:
 	@mkdir -p bench/results
 	PYTHONPATH=.:tests $(PY) bench/cli_bench.py bench/results/cli.json --baseline fcfb241
+
+# The server console (issue 14): device list (first page, filtered search, last page) at 10,000
+# devices and the tenant dashboard at 10,000 devices and 100,000 alerts, over HTTPS; goals 200/300 ms.
+bench-console:
+	@mkdir -p bench/results
+	PYTHONPATH=.:tests $(PY) bench/console_bench.py bench/results/console.json

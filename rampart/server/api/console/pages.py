@@ -453,10 +453,15 @@ def audit_log(request: Request, t: str) -> Response:
                 doc = json.loads(e.data)
             except ValueError:
                 doc = {}
-            details = doc.get("details", {}) if isinstance(doc, dict) else {}
-            shown.append({"idx": e.idx, "kind": e.kind, "time": e.time,
-                          "actor": doc.get("actor", "") if isinstance(doc, dict) else "",
-                          "details": json.dumps(details, sort_keys=True) if details else "",
+            if not isinstance(doc, dict):
+                doc = {}
+            details = doc.get("details", {})
+            shown_details = json.dumps(details, sort_keys=True) if details else ""
+            if "payloadType" in doc:  # a signed object logged whole (job, receipt, grant, root)
+                shown_details = f"signed envelope {doc.get('payloadType')}, " \
+                                f"{len(doc.get('signatures') or [])} signature(s)"
+            shown.append({"idx": e.idx, "kind": e.kind, "time": e.time, "actor": doc.get("actor", ""),
+                          "details": shown_details,
                           "leaf_ok": merkle.leaf_hash(e.data) == e.leaf_hash,
                           "covered": checkpoint is not None and e.idx < checkpoint.size})
         older = entries[-1].idx if entries and entries[-1].idx > 0 else None
