@@ -222,6 +222,7 @@ class _Probe:
     banner: bytes = b""
     reply: bytes = b""
     done: bool = False
+    closed: bool = False
 
 
 def probe_listeners(sockets: Sequence[Socket], cache: DetectCache, *, own: frozenset[str] | None = None,
@@ -291,6 +292,10 @@ def _run_batch(batch: Sequence[tuple[int, int, str, int]], cache: DetectCache, e
             for p in probes:
                 if not p.done and p.sent and now - p.started >= banner_wait_s:
                     p.done = True
+            for p in probes:
+                if p.done and not p.closed:
+                    sel.unregister(p.sock)  # a finished socket (EOF: always readable) must not spin the loop
+                    p.closed = True
             events = sel.select(timeout=min(0.05, max(0.0, end - now)))
             for key, mask in events:
                 p = key.data
@@ -324,9 +329,7 @@ def _run_batch(batch: Sequence[tuple[int, int, str, int]], cache: DetectCache, e
                 cache.protocol[p.inode] = classify_reply(p.banner, p.reply)
     finally:
         for p in probes:
-            try:
+            if not p.closed:
                 sel.unregister(p.sock)
-            except (KeyError, ValueError):
-                pass
             p.sock.close()
         sel.close()
