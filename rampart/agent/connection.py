@@ -53,10 +53,12 @@ from rampart.wire import (
     sign_hello,
 )
 from rampart.wire.limits import MAX_DETAIL_CHARS, MAX_MESSAGE_BYTES
+from rampart.wire.session import RecordingAckMessage, SessionCloseMessage, SessionFrameMessage
 
 from .core import Agent
 from .enroll import AGENT_VERSION
 from .script_checks import ScriptChecks
+from .session.manager import Sessions
 from .telemetry import Telemetry
 
 log = logging.getLogger("rampart.agent")
@@ -98,6 +100,8 @@ class Link:
         self.send_text: SendText | None = None
         #: Server messages refused since start, by reason (for tests and diagnostics).
         self.refused: dict[str, int] = {}
+        #: Live remote sessions (docs/design/remote-sessions.md).
+        self.sessions = Sessions(agent, self._send, self._send_receipt)
 
     async def run(self, stop: asyncio.Event) -> None:
         await asyncio.to_thread(self.agent.recover_interrupted)
@@ -109,6 +113,11 @@ class Link:
             loop.call_soon_threadsafe(self.checks.changed)
 
         self.agent.on_check_stored = check_stored
+
+        def start_session(auth: Any) -> None:  # called from the job worker thread
+            loop.call_soon_threadsafe(self.sessions.start, auth)
+
+        self.agent.on_session = start_session
         scheduler = asyncio.create_task(self.checks.run())
         delays = backoff_delays()
         try:
@@ -167,12 +176,14 @@ class Link:
         if self.telemetry is not None:
             self.telemetry.attach(send)
         self.checks.attach(send)
+        self.sessions.attach()
         for pending in await asyncio.to_thread(self.agent.state.unacked_receipts):
             await self._send_receipt(pending.job_id, pending.receipt)
 
     def stop(self) -> None:
         """The session ended: nothing more is sent until the next :meth:`start`."""
         self.checks.detach()
+        self.sessions.relay_lost()
         if self.telemetry is not None:
             self.telemetry.detach()
 
@@ -217,6 +228,10 @@ class Link:
             if msg.refused:
                 log.warning("the server refused script check result %s: %s", msg.seq, msg.refused)
             await self.checks.on_ack(msg.seq)
+        elif isinstance(msg, (SessionFrameMessage, SessionCloseMessage)):
+            await self.sessions.deliver(msg)
+        elif isinstance(msg, RecordingAckMessage):
+            self.sessions.on_recording_ack(msg)
         elif isinstance(msg, ErrorMessage):
             log.warning("the server refused a message: %s", msg.detail)
         elif self.telemetry is not None:

@@ -190,9 +190,11 @@ def _validate(spec: ContainmentSpec) -> None:
             raise ValueError(f"invalid TCP port {port}")
 
 
-def _wire(spec: ContainmentSpec, user: DynamicUser | None, scope: KillScope | None) -> bytes:
+def _wire(spec: ContainmentSpec, user: DynamicUser | None, scope: KillScope | None, *,
+          tty: bool = False) -> bytes:
     payload = json.dumps(
         {
+            "tty": tty,
             "argv": list(spec.argv),
             "cwd": spec.cwd,
             "env": dict(spec.env),

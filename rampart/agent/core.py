@@ -25,6 +25,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from rampart import trust
 from rampart.trust import Checkpoint, ContainmentReport, Receipt, decode_payload, reload_root
 from rampart.wire import JobMessage
@@ -95,6 +97,9 @@ class Agent:
         self.exec_lock = threading.RLock()
         #: Called (from the job's thread) when a repeating job stored its schedule.
         self.on_check_stored: Callable[[], None] | None = None
+        #: Set by the running agent: start the session of an authorised shell job (from the job's
+        #: thread); the session stores and sends its receipt when it ends (rampart.agent.session).
+        self.on_session: Callable[[trust.Authorization], None] | None = None
 
     # --- trusted state ----------------------------------------------------------------
 
@@ -228,6 +233,14 @@ class Agent:
             on_started()
         log.info("running job %s (%s) signed by %s", job_id, auth.job.action.kind,
                  self.trusted_root().root.key_name(auth.job.signer))
+        if auth.job.action.kind == "shell":
+            if self.on_session is None:
+                receipt = self._receipt(job_id, outcome="failed",
+                                        detail="remote sessions need the running agent's connection")
+                self.state.finish_job(job_id, receipt)
+                return receipt
+            self.on_session(auth)
+            return None  # the session sends its receipt when it ends
         started = self.clock()
         done = actions.run(self, auth, payloads)
         receipt = self._receipt(auth.job.id, outcome=done.outcome, refusal=done.refusal, detail=done.detail,
@@ -274,8 +287,20 @@ class Agent:
         )
         return auth, job_bytes, payloads
 
+    def finish_session(self, job_id: str, *, outcome: str, detail: str, summary: trust.SessionSummary,
+                       containment: containment.Containment | None, exit_code: int | None,
+                       signal: int | None, killed: int, started_at: float) -> bytes:
+        """Sign and store the receipt of a session that ended (called from its thread)."""
+        result = None
+        if containment is not None:
+            result = _session_result(containment, exit_code, signal, killed, started_at, self.clock())
+        receipt = self._receipt(job_id, outcome=outcome, detail=detail, result=result, session=summary)
+        self.state.finish_job(job_id, receipt)
+        return receipt
+
     def _receipt(self, job_id: str, *, outcome: str, refusal: str = "", detail: str = "",
-                 result: containment.ContainedResult | None = None) -> bytes:
+                 result: containment.ContainedResult | None = None,
+                 session: trust.SessionSummary | None = None) -> bytes:
         out = result.stdout if result else b""
         err = result.stderr if result else b""
         c = result.containment if result else None
@@ -299,12 +324,22 @@ class Agent:
                 timeout_s=c.timeout_s, ipc_scoped=c.ipc_scoped, limits=dict(c.limits),
                 reaper=c.reaper, killed=result.killed if result else 0,  # type: ignore[arg-type]
             ) if c else None,
+            session=session if session is not None else msgspec.UNSET,
         )
         env = trust.sign_envelope(Receipt.PAYLOAD_TYPE, trust.encode_payload(receipt), [self.key])
         return env.to_bytes()
 
 
 _MAX_REVOCATIONS = 1000
+
+
+def _session_result(c: containment.Containment, exit_code: int | None, signal: int | None, killed: int,
+                    started_at: float, ended_at: float) -> containment.ContainedResult:
+    """A session's process as a contained result (no output: that is in the recording)."""
+    return containment.ContainedResult(
+        exit_code=exit_code, signal=signal, timed_out=False, stdout=b"", stderr=b"",
+        stdout_truncated=False, stderr_truncated=False, started_at=started_at, ended_at=ended_at,
+        containment=c, refused=None, killed=killed)
 
 
 class _Seen:

@@ -29,6 +29,11 @@ class DeviceConfig:
     actions: ActionPolicy = field(default_factory=ActionPolicy)
     #: The shortest interval this device runs one script check at, whatever the check asks.
     min_check_interval_s: int = 60
+    #: Remote sessions (docs/remote-support.md): wait for a local user's consent before one opens.
+    require_consent: bool = False
+    consent_timeout_s: int = 120
+    #: The session log the device's own people read (one JSON line per start and end).
+    session_log: str = "/var/log/rampart-agent/sessions.log"
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> DeviceConfig:
@@ -41,6 +46,9 @@ class DeviceConfig:
             max_timeout_s=int(doc.get("max_timeout_s", 3600)),
             actions=ActionPolicy.from_dict(doc),
             min_check_interval_s=max(1, int(doc.get("min_check_interval_s", 60))),
+            require_consent=bool(doc.get("require_consent", False)),
+            consent_timeout_s=max(5, int(doc.get("consent_timeout_s", 120))),
+            session_log=str(doc.get("session_log") or "/var/log/rampart-agent/sessions.log"),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -49,5 +57,7 @@ class DeviceConfig:
             "allow_network": self.allow_network, "job_user": self.job_user,
             "require_containment": self.require_containment, "max_timeout_s": self.max_timeout_s,
             "min_check_interval_s": self.min_check_interval_s,
+            "require_consent": self.require_consent, "consent_timeout_s": self.consent_timeout_s,
+            "session_log": self.session_log,
             **self.actions.to_dict(),
         }

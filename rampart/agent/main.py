@@ -74,11 +74,20 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--max-timeout", type=int, default=3600)
     e.add_argument("--min-check-interval", type=_interval, default=60, metavar="SECONDS",
                    help="shortest interval a script check runs at on this device (default 60)")
+    e.add_argument("--require-consent", action="store_true",
+                   help="a remote session opens only after a local user accepts it")
+    e.add_argument("--consent-timeout", type=_interval, default=120, metavar="SECONDS",
+                   help="how long a session waits for local consent before it is refused (default 120)")
+    e.add_argument("--session-log", default="/var/log/rampart-agent/sessions.log", metavar="PATH",
+                   help="where remote session starts and ends are logged for this device's people")
     actions.add_enroll_options(e)
     r = sub.add_parser("run", help="run the agent")
     r.add_argument("--state", default=DEFAULT_STATE)
     r.add_argument("--inventory-interval", type=_interval, default=DEFAULT_INTERVAL_S, metavar="SECONDS",
                    help="seconds between inventories, jittered by ±20%% (default 300)")
+    c = sub.add_parser("consent", help="accept or refuse a remote session waiting on this device")
+    c.add_argument("answer", choices=["accept", "refuse"])
+    c.add_argument("session", help="the session's job id, as the wall message shows it")
     s = sub.add_parser("status", help="show the agent's enrolment and trust state")
     s.add_argument("--state", default=DEFAULT_STATE)
     s.add_argument("--json", action="store_true")
@@ -118,7 +127,9 @@ def cmd_enroll(a: argparse.Namespace) -> int:
     config = DeviceConfig(write_roots=tuple(roots), allow_root=a.allow_root,
                           allow_network=not a.no_network, job_user=job_user,
                           require_containment=require, max_timeout_s=a.max_timeout,
-                          actions=action_policy, min_check_interval_s=int(a.min_check_interval))
+                          actions=action_policy, min_check_interval_s=int(a.min_check_interval),
+                          require_consent=a.require_consent, consent_timeout_s=int(a.consent_timeout),
+                          session_log=str(Path(a.session_log).absolute()))
     device_id = enroll(server_url=a.server, token=a.token, root_sha256=a.root_sha256,
                        cert_sha256=a.cert_sha256, state_dir=Path(a.state), config=config)
     print(f"enrolled; containment required: {require}; write roots: {', '.join(roots) or 'none'}")
@@ -185,9 +196,32 @@ def cmd_status(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_consent(a: argparse.Namespace) -> int:
+    """A local user's answer to a session waiting for consent (no state directory needed)."""
+    import re
+
+    from .session.notice import CONSENT_DIR, write_consent
+
+    if not re.fullmatch(r"job-[0-9a-z]{16,64}", a.session):
+        print("rampart-agent: error: the session is a job id (job-…)", file=sys.stderr)
+        return 2
+    try:
+        write_consent(a.session, a.answer == "accept")
+    except FileExistsError:
+        print("rampart-agent: error: this session was already answered", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"rampart-agent: error: cannot answer in {CONSENT_DIR}: {exc.strerror}", file=sys.stderr)
+        return 1
+    print(f"session {a.session} {'accepted' if a.answer == 'accept' else 'refused'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
     try:
+        if a.cmd == "consent":
+            return cmd_consent(a)
         if a.cmd == "enroll":
             return cmd_enroll(a)
         if a.cmd == "run":

@@ -9,6 +9,11 @@ own uid: :mod:`rampart.agent.jobscope`); report what actually applied as
 one JSON line on the status fd (close-on-exec, so the job can never write to
 it); execve the job with exactly the spec's environment.
 
+With ``--spec-fd M`` (a remote session, :mod:`rampart.agent.session.proc`) the spec
+comes on pipe M instead, stdin stays what the parent gave (a pty's slave end or a
+pipe), and a spec with ``"tty": true`` makes stdin our controlling terminal right
+after setsid, so the shell gets job control and Ctrl-C as on a console.
+
 Invariants:
 
 * The job is exec'd only after every step succeeded and the applied level is
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import json
 import os
 import pwd
@@ -33,6 +39,7 @@ import resource
 import signal
 import stat
 import sys
+import termios
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -85,6 +92,7 @@ class _Spec:
     dynamic_uid: int | None = None
     reaper: str = "process-group"
     cgroup: str | None = None
+    tty: bool = False
 
 
 def compute_level(*, filesystem: bool, network: bool, no_new_privs: bool, uid: int,
@@ -221,7 +229,11 @@ def _parse_spec(raw: bytes) -> _Spec:
         raise ValueError("cgroup must be an absolute cgroup path or null")
     if force_abi is not None and not isinstance(force_abi, int):
         raise ValueError("unsafe_force_abi must be an integer or null")
+    tty = doc.get("tty", False)
+    if not isinstance(tty, bool):
+        raise ValueError("tty must be true or false")
     return _Spec(
+        tty=tty,
         argv=argv,
         cwd=doc["cwd"],
         env=env,
@@ -238,18 +250,23 @@ def _parse_spec(raw: bytes) -> _Spec:
     )
 
 
-def _read_spec() -> _Spec:
-    """Read the spec from stdin to EOF, then point stdin at /dev/null for the job."""
+def _read_spec(spec_fd: int | None = None) -> _Spec:
+    """Read the spec to EOF: from stdin (then pointed at /dev/null for the job), or from ``spec_fd``
+    (then closed; stdin stays the job's)."""
+    fd = 0 if spec_fd is None else spec_fd
     chunks: list[bytes] = []
     size = 0
-    while chunk := os.read(0, 65536):
+    while chunk := os.read(fd, 65536):
         size += len(chunk)
         if size > MAX_SPEC_BYTES:
             raise SandboxError("spec too large")
         chunks.append(chunk)
-    null = os.open("/dev/null", os.O_RDONLY)
-    os.dup2(null, 0)
-    os.close(null)
+    if spec_fd is None:
+        null = os.open("/dev/null", os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+    else:
+        os.close(spec_fd)
     return _parse_spec(b"".join(chunks))
 
 
@@ -395,6 +412,11 @@ def _contain(spec: _Spec) -> dict[str, Any]:
     with _step("setsid"):
         if os.getsid(0) != os.getpid():
             os.setsid()
+    if spec.tty:
+        with _step("controlling terminal"):
+            if not os.isatty(0):
+                raise SandboxError("a tty session needs a terminal on stdin")
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
     with _step("resource limits"):
         limits = _set_limits(spec.limits)
     with _step("no_new_privs"):
@@ -464,20 +486,27 @@ def _exec(spec: _Spec, status_fd: int) -> NoReturn:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns an exit status only when the job was not exec'd."""
     args = list(sys.argv[1:] if argv is None else argv)
+    spec_fd: int | None = None
+    if len(args) == 4 and args[2] == "--spec-fd" and args[3].isdigit():
+        spec_fd = int(args.pop())
+        args.pop()
     if len(args) != 2 or args[0] != "--status-fd" or not args[1].isdigit():
-        os.write(2, b"usage: python -I -m rampart.agent.sandbox --status-fd N\n")
+        os.write(2, b"usage: python -I -m rampart.agent.sandbox --status-fd N [--spec-fd M]\n")
         return 2
     status_fd = int(args[1])
     try:
-        if not stat.S_ISFIFO(os.fstat(status_fd).st_mode):
-            raise OSError(errno.EBADF, "status fd is not a pipe")
+        for fd in (status_fd, spec_fd):
+            if fd is not None and not stat.S_ISFIFO(os.fstat(fd).st_mode):
+                raise OSError(errno.EBADF, "status or spec fd is not a pipe")
         os.set_inheritable(status_fd, False)
+        if spec_fd is not None:
+            os.set_inheritable(spec_fd, False)
     except OSError as exc:
         os.write(2, f"rampart-sandbox: bad status fd: {exc.strerror}\n".encode())
         return EXIT_REFUSED
     try:
         with _step("spec"):
-            spec = _read_spec()
+            spec = _read_spec(spec_fd)
         report = _contain(spec)
     except Exception as exc:  # noqa: BLE001 - every failure before exec refuses the job
         error = str(exc) if isinstance(exc, SandboxError) else f"{type(exc).__name__}: {exc}"

@@ -146,7 +146,7 @@ class Client:
 
     def request(self, method: str, path: str, *, json: Any = None,
                 params: dict[str, Any] | None = None, _retried: bool = False,
-                text: bool = False, headers_out: dict[str, str] | None = None) -> Any:
+                text: bool | str = False, headers_out: dict[str, str] | None = None) -> Any:
         """Send one request; the answer's JSON (or text). ``headers_out`` receives its headers."""
         url = API_PREFIX + path
         try:
@@ -185,6 +185,8 @@ class Client:
                                 resp.status_code)
         if headers_out is not None:
             headers_out.update((k.lower(), v) for k, v in resp.headers.items())
+        if text == "bytes":
+            return resp.content
         if text:
             return resp.text
         if resp.status_code == 204 or not resp.content:
@@ -209,6 +211,11 @@ class Client:
         """A plain-text answer (e.g. an event export), errors handled as for JSON."""
         return str(self.request("GET", path, params={k: v for k, v in params.items()
                                                       if v is not None} or None, text=True))
+
+    def get_bytes(self, path: str) -> bytes:
+        """A binary answer exactly as sent (e.g. a session recording), errors handled as for JSON."""
+        data = self.request("GET", path, text="bytes")
+        return bytes(data) if isinstance(data, (bytes, bytearray)) else b""
 
     def post(self, path: str, body: Any = None) -> Any:
         return self.request("POST", path, json=body if body is not None else {})

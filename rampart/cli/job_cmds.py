@@ -70,7 +70,8 @@ jobs_app = typer.Typer(help="Jobs and their receipts.", no_args_is_help=True)
 
 def sign_job(cfg: Config, client: Client, session: Session, tenant_id: str, *, grant_id: str,
              devices: list[str], action: Action, declared: Declared, timeout_s: int,
-             lifetime_s: int, repeat: trust.Repeat | None = None) -> tuple[bytes, Job]:
+             lifetime_s: int, repeat: trust.Repeat | None = None,
+             session_spec: trust.SessionSpec | None = None) -> tuple[bytes, Job]:
     """Verify the grant locally, then build and sign the job with the grantee key.
 
     ``repeat`` makes it a script check (the agents run it again on that schedule).
@@ -106,6 +107,7 @@ def sign_job(cfg: Config, client: Client, session: Session, tenant_id: str, *, g
             devices=devices, action=action, declared=declared, timeout_s=timeout_s,
             nonce=trust.new_nonce(), issued_at=t, expires_at=t + lifetime_s,
             repeat=repeat if repeat is not None else msgspec.UNSET,
+            session=session_spec if session_spec is not None else msgspec.UNSET,
         )
         payload = trust.encode_payload(job)
         trust.decode_payload(payload, Job)  # validate exactly as an agent will decode it

@@ -77,6 +77,11 @@ COMMANDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "automation": ("The server's automation key and standing grants for scheduled work.",
                    "schedule_cmds", ()),
     "group": ("Device groups: named sets of devices for patch rings and grants.", "group_cmds", ()),
+    "shell": ("Open an interactive shell on a device, end to end through the server (which cannot "
+              "read it).", "session_cmds", ()),
+    "cp": ("Copy one file to or from a device through a session: SHA-256 checked end to end.",
+           "session_cmds", ()),
+    "sessions": ("Remote sessions: list, show, play, export and watch.", "session_cmds", ()),
 }
 
 # The settings every part of the command tree is built with (typer passes them down).

@@ -381,6 +381,7 @@ EXPIRY_SLACK_AFTER = 86400
 _POLICY_LISTS = ("capabilities", "high_risk_capabilities")
 _POLICY_DURATIONS = ("max_grant_seconds", "max_automation_grant_seconds")
 _POLICY_INTS = ("approver_device_limit", "approvers_beyond_limit")
+_POLICY_BOOLS = ("record_session_input",)
 
 
 def policy_changes(items: list[str], base: Policy | None) -> dict[str, object]:
@@ -393,12 +394,16 @@ def policy_changes(items: list[str], base: Policy | None) -> dict[str, object]:
     for item in items:
         key, sep, raw = item.partition("=")
         key = key.strip().replace("-", "_")
-        if not sep or key not in (*_POLICY_LISTS, *_POLICY_DURATIONS, *_POLICY_INTS):
+        if not sep or key not in (*_POLICY_LISTS, *_POLICY_DURATIONS, *_POLICY_INTS, *_POLICY_BOOLS):
             raise UsageProblem(
                 f"--policy {item!r}: give NAME=VALUE with NAME one of "
-                f"{', '.join((*_POLICY_INTS, *_POLICY_DURATIONS, *_POLICY_LISTS))}")
+                f"{', '.join((*_POLICY_INTS, *_POLICY_DURATIONS, *_POLICY_LISTS, *_POLICY_BOOLS))}")
         value: object
-        if key in _POLICY_LISTS:
+        if key in _POLICY_BOOLS:
+            if raw.strip().lower() not in ("true", "false"):
+                raise UsageProblem(f"--policy {key}: {raw!r} is not true or false")
+            value = raw.strip().lower() == "true"
+        elif key in _POLICY_LISTS:
             value = sorted({c.strip() for c in raw.split(",") if c.strip()})  # a set, canonical
         elif key in _POLICY_DURATIONS:
             value = parse_duration(raw.strip(), what=f"--policy {key}")

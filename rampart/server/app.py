@@ -43,6 +43,7 @@ from .api import (
     jobs,
     notify,
     patching,
+    sessions,
     telemetry,
     tenants,
 )
@@ -62,6 +63,7 @@ from .gateway import Gateway
 from .gateway_listener import server_ssl_context, start_gateway_listener
 from .keystore import LogKeyStore
 from .notifier import Notifier
+from .relay import SessionRelay
 from .scheduler import Scheduler
 from .script_checks import ScriptCheckStore
 from .setup import cert_sha256_of
@@ -297,6 +299,7 @@ def build_context(config: ServerConfig) -> ServerContext:
     audit_log = AuditLog(store, LogKeyStore(config.keys_dir))
     gateway = Gateway(DeliveryStore(store, audit_log), config.limits,
                       TelemetryStore(store, config.limits), ScriptCheckStore(store))
+    gateway.relay = SessionRelay(store, audit_log, gateway.send_to_device)
     cert = cert_sha256_of(config.cert_path) if config.cert_path.exists() else None
     return ServerContext(config=config, store=store, audit=audit_log, cert_sha256=cert,
                          gateway=gateway, automation=AutomationKeyStore(config.keys_dir))
@@ -357,12 +360,14 @@ def create_app(data_dir: Path | str, *, config: ServerConfig | None = None,
         return HealthOut(status="ok", version=__version__)
 
     for module in (auth_api, accounts, tenants, devices, grants, jobs, audit, alerts, notify, telemetry,
-                   checks, patching, backups, groups):
+                   checks, patching, backups, groups, sessions):
         api.include_router(module.router)
     app.include_router(api)
     app.include_router(devices.agent_router)
     app.include_router(status_router)
     app.include_router(console_router)
+
+    sessions.install(app)
 
     @app.websocket("/agent/v1/ws")
     async def agent_socket(ws: WebSocket) -> None:

@@ -59,6 +59,8 @@ EVENT_KINDS = frozenset({
     "backup.policy-set", "backup.policy-removed",
     # device groups (docs/patching.md)
     "group.set", "group.removed",
+    # remote sessions (docs/remote-support.md)
+    "session.relayed", "session.recording",
 })
 
 

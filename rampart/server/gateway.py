@@ -78,11 +78,18 @@ from rampart.wire import (
     new_challenge,
 )
 from rampart.wire.limits import MAX_DETAIL_CHARS
+from rampart.wire.session import (
+    SessionAcceptMessage,
+    SessionEndMessage,
+    SessionFrameMessage,
+    SessionRecordingMessage,
+)
 
 from . import clock
 from .config import ServerLimits
 from .delivery import Delivery, DeliveryStore, DeviceIdentity, ReceiptRefused
 from .device_budget import DeviceBudgets
+from .relay import SessionRelay
 from .script_checks import ResultRefused, ScriptCheckStore
 from .telemetry import Incoming, NotYet, Outcome, Refused, TelemetryStore
 
@@ -103,6 +110,9 @@ ALERT_BLOCKED = "device-blocked"
 ALERT_REPLACED = "device-connections"
 
 WRITE_BATCH_MAX = 512
+#: How every session message of an agent starts (msgspec writes the tag first): charged to its
+#: session budget (rampart.server.relay), and refused unless it decodes as one.
+_SESSION_PREFIX = '{"type":"session-'
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +197,19 @@ class Gateway:
         #: Messages refused by a device budget and devices blocked, since start (for benchmarks and tests).
         self.refused_count = 0
         self.blocked_count = 0
+        #: Remote sessions (rampart.server.relay), set by the application.
+        self.relay: SessionRelay | None = None
+
+    async def send_to_device(self, device_id: str, text: str) -> bool:
+        """Send one message to a connected agent; False when it is not connected (or the send failed)."""
+        conn = self._conns.get(device_id)
+        if conn is None:
+            return False
+        try:
+            await conn.send_text(text)
+        except Exception:  # noqa: BLE001 - the connection is ending; the session ends with it
+            return False
+        return True
 
     def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -383,7 +406,14 @@ class Gateway:
                 if await self._refuse(conn, "expected a JSON text frame within the size limit"):
                     return
                 continue
-            if not self.budgets.charge_bytes(device_id, len(text), time.monotonic()):
+            session_traffic = text.startswith(_SESSION_PREFIX) and self.relay is not None
+            if session_traffic:
+                assert self.relay is not None
+                if not self.relay.charge(device_id, len(text)):
+                    if await self._refuse(conn, "this device sends more session traffic than its budget"):
+                        return
+                    continue
+            elif not self.budgets.charge_bytes(device_id, len(text), time.monotonic()):
                 # Over the device's byte budget: refused before it is parsed.
                 if await self._refuse(conn, "this device sends more than its byte budget; "
                                             "messages are refused until it slows down"):
@@ -404,6 +434,12 @@ class Gateway:
             elif isinstance(msg, CheckResultMessage):
                 if not await self._on_check_result(conn, msg):
                     return
+            elif isinstance(msg, (SessionAcceptMessage, SessionFrameMessage, SessionEndMessage,
+                                  SessionRecordingMessage)):
+                if not session_traffic or not await self._on_session(conn, text, msg):
+                    if await self._refuse(conn, "a session message for no live session of this device"):
+                        return
+                    continue
             else:
                 await self._on_receipt(conn, msg)
             if conn.progress is not None:
@@ -424,6 +460,17 @@ class Gateway:
             conn.checkpoint_size = msg.checkpoint_size
         conn.answered.add(msg.job_id)
         await conn.send(AckMessage(job_id=msg.job_id))
+
+    async def _on_session(self, conn: Connection, text: str, msg: SessionAcceptMessage | SessionFrameMessage
+                          | SessionEndMessage | SessionRecordingMessage) -> bool:
+        """Relay a session message or take a recording chunk; False when it belongs to no session here."""
+        assert self.relay is not None
+        if isinstance(msg, SessionRecordingMessage):
+            ack = await self.relay.recording(conn.device.device_id, msg)
+            if ack is not None:
+                await conn.send(ack)
+            return True
+        return await self.relay.from_device(conn.device.device_id, text, msg)
 
     async def _on_check_result(self, conn: Connection, msg: CheckResultMessage) -> bool:
         """Store one script check result (bound to this device), then acknowledge it.

@@ -620,3 +620,17 @@ class DeviceGroupMember(Base):
     group_id: Mapped[str] = mapped_column(ForeignKey("device_groups.id", ondelete="CASCADE"),
                                           primary_key=True)
     device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), primary_key=True, index=True)
+
+
+class SessionRecording(Base):
+    """The device's recording of one remote session (asciicast v2), stored only when its SHA-256 and
+    size equal what the device signed in the session's receipt (docs/remote-support.md)."""
+
+    __tablename__ = "session_recordings"
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    device_id: Mapped[str] = mapped_column(String(32))
+    sha256: Mapped[str] = mapped_column(HASH)
+    size: Mapped[int] = mapped_column(BigInteger)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    stored_at: Mapped[float] = mapped_column(Float)

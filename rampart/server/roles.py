@@ -42,6 +42,8 @@ PERMISSIONS: Final[dict[str, frozenset[str]]] = {
     "grant.approve": frozenset({"owner", "approver"}),
     "grant.revoke": frozenset({"owner", "approver"}),
     "job.create": frozenset({"technician"}),
+    # remote sessions: the relay socket of a shell job the same account submitted (docs/remote-support.md)
+    "session.open": frozenset({"technician"}),
     # audit log and alerts
     "checkpoint.sign": _STAFF,
     "alert.manage": _STAFF,

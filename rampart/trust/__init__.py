@@ -81,6 +81,8 @@ from .payloads import (
     Revocation,
     Roles,
     RoleSpec,
+    SessionSpec,
+    SessionSummary,
     TenantRoot,
     decode_payload,
     encode_payload,
@@ -109,6 +111,7 @@ from .verify import (
     GrantStatus,
     LogEvidence,
     RepeatAuthorization,
+    SessionRecord,
     approvers_required,
     authorize_job,
     authorize_repeat,
@@ -118,6 +121,7 @@ from .verify import (
     verify_grant,
     verify_receipt,
     verify_revocation,
+    verify_session_record,
 )
 
 __all__ = [
@@ -132,6 +136,7 @@ __all__ = [
     "GrantStatus", "InconsistentLogError", "Job", "KeyEntry", "KeyFileError", "LogEvidence",
     "LogKey", "LogPublicKey", "OperatorKey", "OperatorPublicKey", "PayloadRef", "Policy",
     "Receipt", "Repeat", "RepeatAuthorization", "ReplayError", "Revocation", "RevokedError",
+    "SessionSpec", "SessionSummary",
     "RoleSpec", "Roles",
     "RollbackError", "SignatureError", "TenantRoot", "ThresholdError", "TrustError",
     "TrustedRoot", "UnknownKeyError", "UsageError", "WrongDeviceError", "WrongTenantError",
@@ -140,5 +145,5 @@ __all__ = [
     "device_id_for", "encode_payload", "encode_plain_private_key", "encrypt_private_key",
     "grant_status", "key_id", "new_grant_id", "new_job_id", "new_nonce", "new_tenant_id",
     "pae", "pin_root", "reload_root", "root_sha256", "sign_envelope", "update_root", "verified_signers",
-    "verify_checkpoint", "verify_grant", "verify_receipt", "verify_revocation",
+    "verify_checkpoint", "verify_grant", "verify_receipt", "verify_revocation", "verify_session_record", "SessionRecord",
 ]

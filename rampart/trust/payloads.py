@@ -59,7 +59,8 @@ ALL_CAPABILITIES: tuple[str, ...] = (
     "script", "file", "package", "patch", "inventory", "backup", "net", "root", "shell",
 )
 
-ActionKind = Literal["script", "file", "package", "os-update", "inventory-refresh", "backup-run", "reboot"]
+ActionKind = Literal["script", "file", "package", "os-update", "inventory-refresh", "backup-run", "reboot",
+                     "shell"]
 #: The capability each action kind needs in the grant.
 ACTION_CAPABILITY: dict[str, str] = {
     "script": "script",
@@ -69,6 +70,7 @@ ACTION_CAPABILITY: dict[str, str] = {
     "inventory-refresh": "inventory",
     "backup-run": "backup",
     "reboot": "patch",
+    "shell": "shell",
 }
 #: Actions with no operator-chosen content: the only ones an automation key may sign.
 #: ``reboot`` restarts a device that enrolled with ``--allow-reboot`` (the device's own command).
@@ -136,6 +138,9 @@ class Policy(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     max_grant_seconds: Annotated[int, Meta(ge=60, le=366 * 24 * 3600)] = 8 * 3600
     #: Longest standing grant for an automation key (payload-free actions only).
     max_automation_grant_seconds: Annotated[int, Meta(ge=60, le=366 * 24 * 3600)] = 90 * 24 * 3600
+    #: Devices record the keystrokes of every remote session too (absent: only when a session asks).
+    #: UNSET is never encoded, so a root that does not set it has the same bytes as before it existed.
+    record_session_input: bool | UnsetType = UNSET
 
     def __post_init__(self) -> None:
         _unique(self.capabilities, "policy capabilities")
@@ -290,6 +295,34 @@ class Repeat(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     name: Annotated[str, Meta(max_length=128, pattern=r"^[^\x00-\x1f\x7f]*$")] = ""
 
 
+class SessionSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """What a ``shell`` job opens: an interactive session keyed to the technician's ephemeral key.
+
+    ``client_key`` is the technician's X25519 ``crypto_kx`` public key (base64) made for this
+    session only; the device answers with its own, signed by its device key, and both derive the
+    session keys from the pair (docs/design/remote-sessions.md). Signed inside the job, so the
+    relay can neither swap the key nor start a session nobody signed. ``watch`` names the live
+    session a ``mode="watch"`` job observes read-only.
+    """
+
+    client_key: B64Key
+    #: ``shell`` (a pty), ``files`` (``rampart cp``: no process until a transfer), ``watch`` (read-only).
+    mode: Literal["shell", "files", "watch"] = "shell"
+    watch: Annotated[str, Meta(max_length=80, pattern=r"^(job-[0-9a-z]{16,64})?$")] = ""
+    cols: Annotated[int, Meta(ge=1, le=1000)] = 80
+    rows: Annotated[int, Meta(ge=1, le=1000)] = 24
+    term: Annotated[str, Meta(max_length=32, pattern=r"^[A-Za-z0-9._+-]*$")] = "xterm-256color"
+    #: Seconds without input or output after which the device ends the session.
+    idle_timeout_s: Annotated[int, Meta(ge=10, le=24 * 3600)] = 900
+    #: Whether the device records keystrokes too (tenant policy); output is always recorded.
+    record_input: bool = False
+
+    def __post_init__(self) -> None:
+        b64decode_strict(self.client_key, what="session client key")
+        if (self.mode == "watch") != bool(self.watch):
+            raise ValueError("a watch session names the session it watches, and only it does")
+
+
 class Job(_Payload, frozen=True, forbid_unknown_fields=True, kw_only=True):
     PAYLOAD_TYPE: ClassVar[str] = JOB_TYPE
     type: Literal["job"] = "job"
@@ -308,9 +341,20 @@ class Job(_Payload, frozen=True, forbid_unknown_fields=True, kw_only=True):
     #: Absent (UNSET, never encoded) for a one-off job, so a one-off job's bytes are exactly as before
     #: this field existed and agents that predate it still accept them.
     repeat: Repeat | UnsetType = UNSET
+    #: Present exactly on a ``shell`` job (absent, never encoded, on every other one).
+    session: SessionSpec | UnsetType = UNSET
 
     def __post_init__(self) -> None:
         _unique(self.devices, "job devices")
+        if (self.action.kind == "shell") != isinstance(self.session, SessionSpec):
+            raise ValueError("a shell job carries a session spec, and only a shell job does")
+        if self.action.kind == "shell":
+            if self.action.args or self.action.payloads:
+                raise ValueError("a shell job takes no arguments and no payloads")
+            if len(self.devices) != 1:
+                raise ValueError("a shell job opens a session on exactly one device")
+            if self.declared.connect:
+                raise ValueError("a shell job may not declare network ports")
         if self.expires_at <= self.issued_at:
             raise ValueError("job expires_at must be later than issued_at")
         if self.expires_at - self.issued_at > _L.max_job_lifetime_s:
@@ -325,6 +369,11 @@ class Job(_Payload, frozen=True, forbid_unknown_fields=True, kw_only=True):
                 raise ValueError("repeat until must be later than issued_at")
             if r.until - self.issued_at > _L.max_repeat_lifetime_s:
                 raise ValueError(f"a job may repeat for at most {_L.max_repeat_lifetime_s // 86400} days")
+
+    @property
+    def session_spec(self) -> SessionSpec | None:
+        """The session a shell job opens, or None for every other job."""
+        return self.session if isinstance(self.session, SessionSpec) else None
 
     @property
     def repeating(self) -> Repeat | None:
@@ -365,6 +414,24 @@ class ContainmentReport(msgspec.Struct, frozen=True, forbid_unknown_fields=True,
     killed: Annotated[int, Meta(ge=0, le=1 << 31)] = 0
 
 
+class SessionSummary(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """How a remote session ended and the digest of the recording the device made of it."""
+
+    #: ``exit`` (the shell ended), ``closed`` (the technician left), ``idle-timeout``,
+    #: ``max-duration``, ``grant-expired``, ``grant-revoked``, ``frame-auth-failed``,
+    #: ``stream-truncated``, ``relay-lost``, ``consent-refused``, ``watched-session-ended``, ``error``.
+    end: Annotated[str, Meta(max_length=32, pattern=r"^[a-z-]*$")]
+    recording_sha256: Hex32
+    recording_bytes: Annotated[int, Meta(ge=0, le=1 << 40)]
+    recording_truncated: bool = False
+    input_recorded: bool = False
+    bytes_in: Annotated[int, Meta(ge=0, le=1 << 50)] = 0
+    bytes_out: Annotated[int, Meta(ge=0, le=1 << 50)] = 0
+    files_in: Annotated[int, Meta(ge=0, le=1 << 31)] = 0
+    files_out: Annotated[int, Meta(ge=0, le=1 << 31)] = 0
+    consent: Literal["not-required", "accepted", "refused"] = "not-required"
+
+
 class Receipt(_Payload, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """What a device did with a job, signed with its device key."""
 
@@ -390,6 +457,8 @@ class Receipt(_Payload, frozen=True, forbid_unknown_fields=True, kw_only=True):
     started_at: float = 0.0
     ended_at: float = 0.0
     containment: ContainmentReport | None = None
+    #: A shell job's session summary; absent (never encoded) in every other receipt.
+    session: SessionSummary | UnsetType = UNSET
 
 
 # --- log checkpoint ---------------------------------------------------------------------

@@ -41,6 +41,7 @@ from . import merkle
 from .envelope import Envelope, decode_envelope, verified_signers
 from .errors import (
     CapabilityError,
+    DecodeError,
     DigestMismatchError,
     ExpiredError,
     InconsistentLogError,
@@ -53,7 +54,7 @@ from .errors import (
     WrongDeviceError,
     WrongTenantError,
 )
-from .keys import DevicePublicKey, PublicKey
+from .keys import DevicePublicKey, PublicKey, device_id_for
 from .limits import DEFAULT_LIMITS, Limits
 from .payloads import (
     CHECKPOINT_TYPE,
@@ -68,6 +69,7 @@ from .payloads import (
     Receipt,
     Repeat,
     Revocation,
+    SessionSummary,
     TenantRoot,
     decode_payload,
 )
@@ -447,3 +449,48 @@ def verify_receipt(data: bytes, device_key: DevicePublicKey, *,
     if not verified_signers(env, {device_key.key_id: device_key}, threshold=1).met:
         raise SignatureError("receipt is not signed by the device's key")
     return r
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """A remote session as its evidence proves it: the signed job and the device's signed receipt."""
+
+    job: Job
+    receipt: Receipt | None
+    recording_verified: bool
+
+
+def verify_session_record(root: TrustedRoot, job: bytes, receipt: bytes | None, device_key: DevicePublicKey,
+                          recording: bytes | None = None, *,
+                          limits: Limits = DEFAULT_LIMITS) -> SessionRecord:
+    """Check a session's evidence from the server against the pinned root; raise TrustError if any fails.
+
+    The job is a ``shell`` job signed by a technician of ``root``; ``device_key`` is the key of the one
+    device the job targets (its id is derived from the key, so the server cannot substitute another);
+    the receipt is that device's signature over this job's outcome; and ``recording``, when given, has
+    exactly the SHA-256 and size the receipt signs. Pure.
+    """
+    env, j = _decode_job(root, job, limits)
+    key = root.technicians.get(j.signer)
+    if key is None:
+        raise UnknownKeyError("the session job's signer is not a technician of the pinned root")
+    _check_signature(env, j, key)
+    if j.action.kind != "shell" or j.session_spec is None:
+        raise DecodeError("this job is not a remote session")
+    if device_id_for(device_key) != j.devices[0]:
+        raise SignatureError("the device key is not the key of the device the session job targets")
+    if receipt is None:
+        if recording is not None:
+            raise SignatureError("a recording without the device's signed receipt cannot be checked")
+        return SessionRecord(j, None, False)
+    r = verify_receipt(receipt, device_key, limits=limits)
+    if r.job != j.id or r.device != j.devices[0] or r.tenant != j.tenant:
+        raise SignatureError("the receipt is for another session")
+    if recording is None:
+        return SessionRecord(j, r, False)
+    summary = r.session
+    if not isinstance(summary, SessionSummary):
+        raise SignatureError("the receipt signs no recording")
+    if hashlib.sha256(recording).hexdigest() != summary.recording_sha256 or len(recording) != summary.recording_bytes:
+        raise SignatureError("the recording differs from the one the device signed (changed on the server)")
+    return SessionRecord(j, r, True)

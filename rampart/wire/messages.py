@@ -28,6 +28,14 @@ from .limits import (
     MAX_PROOF_HASHES,
     MAX_SEQ,
 )
+from .session import (
+    RecordingAckMessage,
+    SessionAcceptMessage,
+    SessionCloseMessage,
+    SessionEndMessage,
+    SessionFrameMessage,
+    SessionRecordingMessage,
+)
 from .telemetry import MAX_SANCTIONED
 
 __all__ = [
@@ -156,7 +164,7 @@ class ErrorMessage(Message, frozen=True, kw_only=True, omit_defaults=True, tag="
 
 ServerMessage = (JobMessage | AckMessage | RootsMessage | RevocationsMessage | DetectionMessage
                  | InventoryAckMessage | InventoryFullMessage | InventoryRequestMessage | CheckAckMessage
-                 | ErrorMessage)
+                 | ErrorMessage | SessionFrameMessage | SessionCloseMessage | RecordingAckMessage)
 
 
 # --- agent to server ------------------------------------------------------------------------------
@@ -192,7 +200,8 @@ class CheckResultMessage(Message, frozen=True, kw_only=True, tag="check-result")
     result: CheckResult
 
 
-AgentMessage = ReceiptMessage | StateMessage | InventoryMessage | CheckResultMessage
+AgentMessage = (ReceiptMessage | StateMessage | InventoryMessage | CheckResultMessage | SessionAcceptMessage
+                | SessionFrameMessage | SessionEndMessage | SessionRecordingMessage)
 
 
 def _tags(union: Any) -> frozenset[str]:
