@@ -157,6 +157,14 @@ def test_a_wrong_code_signs_nobody_in(w: World) -> None:
     assert "rampart_session" not in r.headers.get("set-cookie", "")
 
 
+def test_T13_cross_site_sign_in_is_refused(w: World) -> None:
+    bare = w.server.client(api=False)
+    for headers in ({"Origin": "https://127.0.0.2:9443", "Sec-Fetch-Site": "cross-site"}, {}):
+        r = bare.post("/console/login", headers=headers, data={
+            "username": w.a.approver.username, "password": PASSWORD, "totp": "123456"})
+        assert r.status_code == 403 and "set-cookie" not in r.headers
+
+
 def test_device_list_searches_filters_sorts_and_pages_in_the_store(w: World) -> None:
     c = signed_in(w, w.a.tech)
     base = f"/console/t/{w.a.id}/devices"
