@@ -1,11 +1,11 @@
 """The server console over HTTP (issue 14): sign-in, tenant isolation, CSRF, headers, timeouts, accounts.
 
-One real server for the module (``rampart server run``), SQLite: the subject is the
-console's pages and checks, not the store. Requests carry what Chromium sends with a
-page's own form posts (``Origin`` and ``Sec-Fetch-Site: same-origin``) unless a test
-plays another site. Security tests are named after the threat and assert both the
-refusal and that nothing changed. The same flows in a real Chromium are in
-test_console_browser.py.
+One real server for the module (``rampart server run``), on SQLite and again on
+PostgreSQL in ./run-tests' store pass (the console's queries are SQL of their own).
+Requests carry what Chromium sends with a page's own form posts (``Origin`` and
+``Sec-Fetch-Site: same-origin``) unless a test plays another site. Security tests
+are named after the threat and assert both the refusal and that nothing changed.
+The same flows in a real Chromium are in test_console_browser.py.
 """
 
 from __future__ import annotations
@@ -19,14 +19,12 @@ import httpx
 import pytest
 from harness.consolefleet import add_devices, store_of
 from harness.operators import PASSWORD, Operator, TenantSetup, audit_events, bootstrap_owner, setup_tenant
-from harness.server import RunningServer, init_server
+from harness.server import PostgresCluster, RunningServer, init_server
 from sqlalchemy import insert, select, update
 
 from rampart.server.auth import token_hash
 from rampart.server.db import Store
 from rampart.server.models import Account, AlertRow, SessionRow
-
-pytestmark = pytest.mark.client_side
 
 
 @dataclass
@@ -55,8 +53,10 @@ def _alert(store: Store, tenant: str, device: str, subject: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def w(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    server = init_server(tmp_path_factory.mktemp("console"))
+def w(tmp_path_factory: pytest.TempPathFactory, pg_cluster: PostgresCluster | None) -> Iterator[World]:
+    """One server for the module, on SQLite (or PostgreSQL in ./run-tests' second pass)."""
+    db_url = pg_cluster.new_database() if pg_cluster is not None else None
+    server = init_server(tmp_path_factory.mktemp("console"), db_url)
     server.start()
     try:
         owner = bootstrap_owner(server)
