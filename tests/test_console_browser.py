@@ -224,6 +224,10 @@ def test_technician_finds_a_device_among_many_opens_it_and_acks_an_alert(
         page.click("table.devices a")
         page.wait_for_url(f"**/devices/{w.devices[777]}")
         assert page.inner_text("h1") == "acme-ws-00777"
+        page.go_back()  # back to the filtered list, as a whole page
+        expect(page.locator("#device-count")).to_have_text("1 device")
+        assert page.locator("header.top").count() == 1
+        assert page.input_value("input[name=q]") == "acme-ws-00777"
         # The alert of another device, from the tenant's alert list: Ack.
         page.goto(f"{w.server.url}/console/t/{w.acme.id}/alerts")
         _shot(page, tmp_path, "alerts")

@@ -18,8 +18,10 @@ Security rules (docs/design/server.md, "The status page"):
 - Form posts (``/login``, ``/logout``) are accepted only with the browser's
   proof that they come from this origin (:func:`_same_origin`): fail closed,
   no token, nothing that depends on the referrer the page sends.
-- The page is read-only: the cookie session can view, never act (acting needs
-  the CLI and a signing key).
+- The page is read-only. The same cookie session also acts in the web console
+  (``/console/``: alerts, accounts), where every post needs its CSRF token too;
+  nothing served by the server signs (acting on devices needs the CLI and a
+  signing key).
 """
 
 from __future__ import annotations

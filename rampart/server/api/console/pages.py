@@ -227,7 +227,10 @@ def device_list(request: Request, t: str) -> Response:
         with ctx.store.read() as s:
             tenant = _tenant(s, caller, t)
             page = queries.device_page(s, t, query, connected=connected, cutoff=_cutoff(ctx, now))
-        template = "device_rows.html" if request.headers.get("hx-request") == "true" else "devices.html"
+        # The live search asks for the results only; a history restore (back button) wants the page.
+        partial = request.headers.get("hx-request") == "true" and \
+            request.headers.get("hx-history-restore-request") != "true"
+        template = "device_rows.html" if partial else "devices.html"
         return render(request, template, caller=caller, tenant=tenant, page=page, q=query,
                       connected=connected, now=now, cutoff=_cutoff(ctx, now), section="devices",
                       states=queries.STATES, sorts=queries.SORTS)
