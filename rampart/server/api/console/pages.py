@@ -188,11 +188,13 @@ def home(request: Request) -> Response:
                           .tuples().all())
             alerts = dict(s.execute(select(AlertRow.tenant_id, func.count()).where(
                 AlertRow.status == "open").group_by(AlertRow.tenant_id)).tuples().all())
+            online: dict[str, int] = {}
+            if connected:
+                online = dict(s.execute(select(Device.tenant_id, func.count()).where(
+                    Device.id.in_(sorted(connected))).group_by(Device.tenant_id)).tuples().all())
             for t in tenants:
-                online = s.scalar(select(func.count()).select_from(Device).where(
-                    Device.tenant_id == t.id, Device.id.in_(sorted(connected)))) if connected else 0
                 rows.append({"id": t.id, "name": t.name, "devices": counts.get(t.id, 0),
-                             "online": online or 0, "open_alerts": alerts.get(t.id, 0)})
+                             "online": online.get(t.id, 0), "open_alerts": alerts.get(t.id, 0)})
         if caller.role == "customer-viewer" and len(rows) == 1:
             return see_other(f"{PREFIX}/t/{rows[0]['id']}")
         return render(request, "tenants.html", caller=caller, tenants=rows, now=now)
