@@ -14,6 +14,7 @@ The server half (truncation resolves nothing, alerts follow their findings) runs
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -23,9 +24,11 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
+from test_telemetry import live  # noqa: F401 - the real agent and server fixture
 
 from rampart.agent.findings import evaluate
 from rampart.agent.inventory.detect import (
@@ -562,3 +565,59 @@ def test_t14_lolrmm_import_keeps_linux_names_and_matches_on_install_paths() -> N
     inv = Inventory(collected_at=1, agent=AgentInfo(version="t", containment="none"), processes=[proc])
     kinds = _kinds(evaluate(inv, cat, sanctioned=NOBODY, now=2))
     assert [f.tool for f in kinds["rat-unsanctioned"]] == ["nezha"] and "rat-portable" not in kinds
+
+
+# --- end to end: a real agent reporting to a real server --------------------------------------
+
+
+@needs_vnc
+def test_t14_renamed_vnc_server_alerts_within_one_interval_and_a_suppression_silences_it_visibly(
+        live: Any, display: int) -> None:  # noqa: F811 - the fixture imported above
+    """A real agent (inventory every 2 s) and server: a renamed x11vnc on an odd loopback port is a
+    `rat-behaviour` finding and alert within one interval; a suppression rule for its exact path keeps
+    the finding listed as suppressed and resolves its alert; removing the rule raises it again."""
+    from harness.operators import audit_events
+    from test_telemetry import INTERVAL, alert_for, find, wait_until
+
+    op, tid, dev = live.owner, live.t.id, live.device
+    folder = Path(live.base) / f"dl-{uuid.uuid4().hex[:8]}"
+    folder.mkdir()
+    copy = folder / "updater"
+    shutil.copy2(X11VNC, copy)
+    port = _free_port()
+    started = time.monotonic()
+    vnc = _x11vnc(str(copy), display, port)
+    try:
+        f = wait_until(lambda: find(op, tid, dev, "rat-behaviour", pid=vnc.pid), "rat-behaviour", timeout=30)
+        alert = wait_until(lambda: alert_for(op, tid, f["key"], dev), "its alert", timeout=30)
+        took = time.monotonic() - started
+        assert f["tool"] == "x11vnc" and alert["status"] == "open" and alert["severity"] == "critical"
+        # One interval, plus the collection and the tool's own start-up (x11vnc takes ~1 s to listen).
+        assert took < 3 * INTERVAL + 5, took
+        print(f"renamed x11vnc: start to alert {took:.1f} s (agent interval {INTERVAL} s)")
+        sha = f["evidence"].get("sha256") or ""
+        # Suppress by exact path: still listed (marked), alert resolved by the rule.
+        out = live.cli.ok("suppressions", "add", "acme", "--kind", "rat-behaviour", "--path", str(copy),
+                          "--reason", "lab VNC server", "--days", "1")
+        rule = re.search(r"rule (sp-[a-z2-7]{26})", out)
+        assert rule is not None, out
+        quiet = wait_until(lambda: (x := find(op, tid, dev, "rat-behaviour", key=f["key"])) is not None
+                           and x.get("suppressed") and x, "suppressed finding", timeout=30)
+        assert quiet["suppressed"].startswith(rule.group(1)) and quiet["status"] == "open"
+        resolved = wait_until(lambda: (a := alert_for(op, tid, f["key"], dev)) and a["status"] == "resolved"
+                              and a, "alert resolved by the rule", timeout=30)
+        assert resolved["resolved_by"] == f"suppression:{rule.group(1)}"
+        assert "(suppressed)" in live.cli.ok("findings", "acme", "--kind", "rat-behaviour")
+        # Other findings about the same program are not silenced (the rule names one kind).
+        portable = find(op, tid, dev, "rat-portable", pid=vnc.pid)
+        assert portable is not None and alert_for(op, tid, portable["key"], dev)["status"] == "open"
+        # Removed: the next report raises the alert again.
+        assert "removed" in live.cli.ok("suppressions", "remove", "acme", rule.group(1))
+        wait_until(lambda: (a := alert_for(op, tid, f["key"], dev)) and a["status"] == "open" and a,
+                   "alert raised again", timeout=30)
+        kinds = [e["kind"] for e in audit_events(op, tid)]
+        assert "finding.suppressed" in kinds and "finding.unsuppressed" in kinds
+        assert len(sha) in (0, 64)
+    finally:
+        _stop([vnc])
+        shutil.rmtree(folder, ignore_errors=True)

@@ -370,6 +370,9 @@ def _process_evidence(p: Process | None, by_pid: Mapping[int, Process], *,
     ev = {"pid": str(p.pid), "exe": p.exe or "", "name": p.name,
           "user": p.user if p.user is not None else str(p.euid),
           "cmdline": _cmdline(p.cmdline, p.cmdline_truncated)}
+    sha = next((m[7:] for m in p.content if m.startswith("sha256:")), "")
+    if re.fullmatch(r"[0-9a-f]{64}", sha):
+        ev["sha256"] = sha  # the executable's exact fingerprint (detection-relevant processes only)
     if full:
         parent = by_pid.get(p.ppid)
         ev.update(ppid=str(p.ppid), parent_exe=(parent.exe or parent.name) if parent is not None else "",

@@ -68,6 +68,8 @@ COMMANDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "tools": ("Remote access tools found on devices, and the ones a tenant sanctions.",
               "telemetry_cmds", ()),
     "catalog": ("The remote access tool catalog agents detect with.", "telemetry_cmds", ()),
+    "suppressions": ("Suppression rules: silence one known false positive (exact path or SHA-256), "
+                     "with a reason and an expiry.", "telemetry_cmds", ()),
     "package": ("Install and remove software packages (root jobs: grant 'package' and 'root').",
                 "action_cmds", ()),
     "patch": ("Apply OS updates from each device's configured sources.", "action_cmds",

@@ -9,6 +9,9 @@
     rampart findings T [--status open|resolved|all] [--device D] [--kind K] [--json]
     rampart catalog import FILE [--json]
     rampart catalog show [--json]
+    rampart suppressions add T --kind K (--path P | --sha256 H) [--device D] --reason R --days N
+    rampart suppressions list T [--json]
+    rampart suppressions remove T RULE
 
 ``catalog import`` reads a LOLRMM feed (untrusted input) on this machine with
 :func:`rampart.catalog.load_feed`, shows what it skipped, and uploads the
@@ -53,6 +56,8 @@ inventory_app = typer.Typer(cls=_ShowByDefault, no_args_is_help=True,
 tools_app = typer.Typer(help="Remote access tools found on devices, and the ones a tenant sanctions.",
                         no_args_is_help=True)
 catalog_app = typer.Typer(help="The remote access tool catalog agents detect with.", no_args_is_help=True)
+suppressions_app = typer.Typer(help="Suppression rules: silence one known false positive (exact path or "
+                                    "SHA-256), with a reason and an expiry.", no_args_is_help=True)
 
 
 def resolve_device(client: Client, tenant_id: str, text: str) -> dict[str, Any]:
@@ -313,9 +318,69 @@ def findings(
         print_json(docs)
         return
     table(["severity", "kind", "host", "status", "subject", "first seen", "last seen"],
-          ([d.get("severity"), d.get("kind"), d.get("hostname"), d.get("status"), d.get("subject"),
+          ([d.get("severity"), d.get("kind"), d.get("hostname"),
+            f"{d.get('status')} (suppressed)" if d.get("suppressed") else d.get("status"), d.get("subject"),
             fmt_time(d.get("first_seen")), fmt_time(d.get("last_seen"))]
            for d in docs if isinstance(d, dict)), title="Findings")
+
+
+# --- suppression rules ----------------------------------------------------------------------------------
+
+
+@suppressions_app.command("add")
+def suppressions_add(
+    tenant: TenantArg,
+    kind: Annotated[str, typer.Option("--kind", help="Finding kind (e.g. memory-only).")],
+    reason: Annotated[str, typer.Option("--reason", help="Why it is a false positive (audited).")],
+    days: Annotated[int, typer.Option("--days", help="Expiry in days (1-365).")],
+    path: Annotated[str, typer.Option("--path", help="Exact executable path.")] = "",
+    sha256: Annotated[str, typer.Option("--sha256", help="Exact SHA-256 of the executable.")] = "",
+    device: Annotated[str | None, typer.Option("--device", help="Only this device (id or hostname).")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Silence one known false positive: matching findings stay listed as suppressed, without alerts."""
+    if bool(path) == bool(sha256):
+        raise UsageProblem("give exactly one of --path and --sha256")
+    _, client, _ = api()
+    with client:
+        t = resolve_tenant(client, tenant)
+        dev = resolve_device(client, t["id"], device)["id"] if device else ""
+        doc = expect_dict(client.post(f"/tenants/{t['id']}/suppressions",
+                                      {"kind": kind, "path": path, "sha256": sha256.lower(), "device": dev,
+                                       "reason": reason, "days": days}), "suppression rule")
+    if json_out:
+        print_json(doc)
+        return
+    say(f"rule {doc.get('id')}: {kind} findings for {path or sha256} are suppressed in {t.get('name')} "
+        f"until {fmt_time(doc.get('expires_at'))} (from each device's next report)")
+
+
+@suppressions_app.command("list")
+def suppressions_list(tenant: TenantArg, json_out: JsonOpt = False) -> None:
+    """The tenant's suppression rules (expired ones too, until removed)."""
+    _, client, _ = api()
+    with client:
+        t = resolve_tenant(client, tenant)
+        docs = expect_list(client.get(f"/tenants/{t['id']}/suppressions"), "suppression rules")
+    if json_out:
+        print_json(docs)
+        return
+    table(["rule", "kind", "path or sha256", "device", "expires", "by", "reason"],
+          ([d.get("id"), d.get("kind"), d.get("path") or d.get("sha256"), d.get("device") or "all",
+            ("expired " if d.get("expired") else "") + fmt_time(d.get("expires_at")), d.get("created_by"),
+            d.get("reason")] for d in docs if isinstance(d, dict)), title="Suppression rules")
+
+
+@suppressions_app.command("remove")
+def suppressions_remove(tenant: TenantArg,
+                        rule: Annotated[str, typer.Argument(help="Rule id (sp-…).")]) -> None:
+    """Remove a rule: its findings raise alerts again from each device's next report."""
+    _, client, _ = api()
+    with client:
+        t = resolve_tenant(client, tenant)
+        doc = expect_dict(client.request("DELETE", f"/tenants/{t['id']}/suppressions/{rule}"),
+                          "suppression rule")
+    say(f"rule {doc.get('id')} removed from {t.get('name')}")
 
 
 # --- catalog --------------------------------------------------------------------------------------------
@@ -377,4 +442,5 @@ def register(app: typer.Typer) -> None:
     app.add_typer(inventory_app, name="inventory")
     app.add_typer(tools_app, name="tools")
     app.add_typer(catalog_app, name="catalog")
+    app.add_typer(suppressions_app, name="suppressions")
     app.command("findings")(findings)

@@ -53,6 +53,7 @@ EVENT_KINDS = frozenset({
     "notify.target-added", "notify.target-removed", "check.added", "check.removed",
     # telemetry (docs/monitoring.md)
     "tool.sanctioned", "tool.unsanctioned", "catalog.imported", "inventory.requested",
+    "finding.suppressed", "finding.unsuppressed",
     # scheduled work (docs/patching.md)
     "automation.key-created", "automation.triggered", "patch.policy-set", "patch.policy-removed",
     "patch.cycle-started", "patch.cycle-halted", "patch.cycle-resumed", "patch.cycle-done",

@@ -17,7 +17,9 @@ See docs/design/telemetry.md. Invariants:
   one live alert per (device, finding key); a finding the agent no longer
   reports is resolved with its alert, unless the report carries an
   ``inventory-truncated`` finding (a report cut at its limits resolves
-  nothing). Only approved devices' reports are ingested (S3).
+  nothing). A finding a tenant's suppression rule matches is stored marked
+  ``suppressed`` and keeps no live alert (:mod:`rampart.server.suppression`).
+  Only approved devices' reports are ingested (S3).
 * A device's findings cost its own budget (threat T16): at most
   ``max_findings_per_device`` open findings are kept, the most severe first;
   beyond that one ``findings-over-budget`` alert names the device instead of
@@ -57,6 +59,7 @@ from rampart.wire.inventory import Inventory, decode, encode
 from rampart.wire.inventory_delta import DeltaError, apply, digest
 from rampart.wire.telemetry import Report, ReportError, ToolSeen, decode_report_blob, inflate, report_blob
 
+from . import suppression
 from .alerts import LIVE, SEVERITY_RANK, AlertSpec, enqueue, live_by_key, raise_alert, raise_many, resolve
 from .alerts import MAX_DETAIL as MAX_ALERT_DETAIL
 from .config import ServerLimits
@@ -365,6 +368,7 @@ class TelemetryStore:
                                   FT.c.evidence).where(FT.c.device_id.in_(ids), FT.c.resolved_at.is_(None))):
             open_now.setdefault(r[0], {})[r[1]] = tuple(r[2:])
         out: list[tuple[int, Outcome]] = []
+        rules: dict[str, list[suppression.Rule]] = {}  # per tenant, read once per batch
         batch_sql = _BatchSql()
         stored: list[str] = []
         for i, d in enumerate(batch):
@@ -403,7 +407,7 @@ class TelemetryStore:
                 heads[dev_id] = (d.item.result, d.tools)
                 if count + 1 >= self._limits.inventory_compact_after:
                     due.add(dev_id)
-            self._findings(s, device, d.report, open_now.setdefault(dev_id, {}), now)
+            self._findings(s, device, d.report, open_now.setdefault(dev_id, {}), now, rules)
             self._identity(s, device, d.report, open_now[dev_id], now)
             stored.append(dev_id)
             out.append((i, "stored"))
@@ -420,7 +424,7 @@ class TelemetryStore:
     # --- findings and alerts ---------------------------------------------------------------------
 
     def _findings(self, s: Session, device: _Dev, report: Report, open_now: dict[str, tuple[str, ...]],
-                  now: float) -> None:
+                  now: float, rules_cache: dict[str, list[suppression.Rule]] | None = None) -> None:
         """Open, update and resolve ``device``'s findings and their alerts as ``report`` says.
 
         Keeps the device within its findings budget: the most severe
@@ -430,7 +434,17 @@ class TelemetryStore:
         cap = self._limits.max_findings_per_device
         agent_findings = sorted((f for f in report.findings if not f.key.startswith(SERVER_KEY_PREFIX)),
                                 key=lambda f: (_SEVERITY_RANK.get(f.severity, 9), f.key))
-        reported = {f.key: f for f in agent_findings[:cap]}
+        cache = rules_cache if rules_cache is not None else {}
+        if device.tenant_id not in cache:
+            cache[device.tenant_id] = suppression.load(s, device.tenant_id)
+        rules = cache[device.tenant_id]
+        reported: dict[str, Finding] = {}
+        silenced: dict[str, str] = {}  # finding key -> rule id
+        for f in agent_findings[:cap]:
+            f, rule_id = suppression.apply(rules, device.id, f, now)
+            reported[f.key] = f
+            if rule_id:
+                silenced[f.key] = rule_id
         earlier = [e for e in report.earlier if not e.finding.key.startswith(SERVER_KEY_PREFIX)]
         room = max(0, cap - len(reported))
         dropped = len(agent_findings) - len(reported) + max(0, len(earlier) - room)
@@ -447,8 +461,9 @@ class TelemetryStore:
                 open_now[key] = fields
             elif known != fields:
                 changed.append({"b_key": key, **{f"b_{n}": v for n, v in zip(_FIELDS, fields, strict=True)}})
-                if known[1:4:2] != fields[1:4:2]:  # severity or subject: the facts changed
-                    moved.append((f, known[3]))
+                unsilenced = key not in silenced and '"suppressed":' in known[4]
+                if (known[1:4:2] != fields[1:4:2] or unsilenced) and key not in silenced:
+                    moved.append((f, known[3]))  # severity or subject changed, or no longer suppressed
                 open_now[key] = fields
         # A report cut at the inventory limits proves nothing about what it leaves out: findings it
         # does not repeat stay open until a complete report (issue 15: a flood must not resolve them).
@@ -470,8 +485,14 @@ class TelemetryStore:
             resolve(alert, who, now)
         specs = [AlertSpec(f.kind, _alert_severity(f.severity), finding_dedup(device.id, f.key),
                            f"{device.hostname}: {f.subject}", _detail(device.id, device.hostname, f))
-                 for f in opened]
+                 for f in opened if f.key not in silenced]
         specs += self._follow(s, device, moved, now)
+        if silenced:  # a suppressed finding keeps no live alert
+            for alert in live_by_key(s, device.tenant_id, (
+                    f"{reported[k].kind}:{finding_dedup(device.id, k)}"[:256] for k in silenced)).values():
+                key = next(k for k in silenced
+                           if f"{reported[k].kind}:{finding_dedup(device.id, k)}"[:256] == alert.dedup_key)
+                resolve(alert, f"suppression:{silenced[key]}", now)
         specs += [AlertSpec(e.finding.kind, _alert_severity(e.finding.severity),
                             finding_dedup(device.id, e.finding.key),
                             f"{device.hostname}: {e.finding.subject} (no longer seen)",

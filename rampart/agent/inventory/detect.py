@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from rampart.catalog.fingerprint import RDP_CONNECTION_REQUEST, classify_reply, scan
+from rampart.catalog.fingerprint import MAX_MARKS, RDP_CONNECTION_REQUEST, classify_reply, scan
 from rampart.wire.inventory import Process, Socket
 
 __all__ = [
@@ -76,8 +76,8 @@ SYSTEM_TREES = ("/usr/", "/bin/", "/sbin/", "/lib/", "/lib64/", "/lib32/", "/lib
 class DetectCache:
     """What earlier inventories learned: keep one per agent."""
 
-    #: (st_dev, st_ino, st_size, st_ctime_ns) -> marks.
-    content: dict[tuple[int, int, int, int], tuple[str, ...]] = field(default_factory=dict)
+    #: (st_dev, st_ino, st_size, st_ctime_ns) -> (marks, SHA-256 of the file or "" when too large).
+    content: dict[tuple[int, int, int, int], tuple[tuple[str, ...], str]] = field(default_factory=dict)
     #: socket inode -> protocol ("" = probed, nothing recognised).
     protocol: dict[int, str] = field(default_factory=dict)
 
@@ -117,7 +117,9 @@ def fingerprint(processes: Sequence[Process], cache: DetectCache, *, proc: str =
     """``processes`` with ``content`` set where known; and how many were left unread (budget spent).
 
     Order is kept. A process whose executable cannot be read (exited, no
-    permission, a kernel thread) keeps no marks.
+    permission, a kernel thread) keeps no marks. A detection-relevant process
+    (:func:`is_relevant`) also gets ``sha256:<hex>`` of its executable, last:
+    the exact fingerprint a person looks up, or names in a suppression rule.
     """
     order = sorted(range(len(processes)),
                    key=lambda i: (not is_relevant(processes[i], listener_pids), processes[i].pid))
@@ -147,12 +149,16 @@ def fingerprint(processes: Sequence[Process], cache: DetectCache, *, proc: str =
             except OSError:
                 continue
             used += len(data)
-            known = scan(data, digest=digest if digest != "-" else "0" * 64)
+            whole = digest if digest != "-" else ""
+            known = (scan(data, digest=whole or "0" * 64), whole)
             if len(cache.content) >= _MAX_CACHE:
                 cache.content = {k: v for k, v in cache.content.items() if k in seen_ids}
             cache.content[ident] = known
-        if known:
-            marks[i] = known
+        found, sha = known
+        if sha and is_relevant(p, listener_pids):
+            found = (*found[: MAX_MARKS - 1], f"sha256:{sha}")
+        if found:
+            marks[i] = found
     out = [msgspec.structs.replace(p, content=list(marks[i])) if i in marks else p
            for i, p in enumerate(processes)]
     return out, unread

@@ -478,6 +478,8 @@ class FindingOut(BaseModel):
     first_seen: float
     last_seen: float
     resolved_at: float | None
+    #: The suppression rule that silences it ("<rule id> until <time>: <reason>"), or "".
+    suppressed: str = ""
 
 
 class ToolFoundOut(BaseModel):
@@ -498,6 +500,30 @@ class SanctionedToolOut(BaseModel):
     name: str
     added_by: str
     added_at: float
+
+
+class SuppressionIn(In):
+    """A suppression rule (rampart.server.suppression): exactly one of ``path`` and ``sha256``."""
+
+    kind: str = Field(max_length=32)
+    path: str = Field(default="", max_length=256)
+    sha256: str = Field(default="", max_length=64)
+    device: str = Field(default="", max_length=32)
+    reason: str = Field(max_length=200)
+    days: int = Field(ge=1, le=365)
+
+
+class SuppressionOut(BaseModel):
+    id: str
+    kind: str
+    path: str
+    sha256: str
+    device: str
+    reason: str
+    expires_at: float
+    expired: bool
+    created_by: str
+    created_at: float
 
 
 class InventoryRequestIn(In):

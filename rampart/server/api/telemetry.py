@@ -4,7 +4,8 @@ Reads need only that the caller reaches the tenant (T12: the tenant is
 resolved first, 404 otherwise; then the device within it). Changes name one
 permission (:mod:`rampart.server.roles`): ``tools.manage`` to sanction or
 unsanction a tool, ``inventory.request`` to ask a device for an inventory,
-``catalog.import`` (an MSP-wide owner) to import a catalog. Every change is an
+``catalog.import`` (an MSP-wide owner) to import a catalog, ``tools.manage``
+to add or remove a suppression rule. Every change is an
 audit entry. Sanctioning and importing push the new detection configuration
 to connected agents at once (docs/design/telemetry.md).
 """
@@ -22,7 +23,7 @@ from sqlalchemy.orm import Session
 from rampart.catalog import Catalog, CatalogError, decode_catalog
 from rampart.catalog.model import slugify
 
-from .. import clock
+from .. import clock, suppression
 from ..audit import SERVER_LOG
 from ..errors import BadRequest, Forbidden, NotFound
 from ..models import Device, DeviceInventory, FindingRow, SanctionedTool, Tenant
@@ -39,6 +40,8 @@ from .schemas import (
     InventoryRequestOut,
     InventorySection,
     SanctionedToolOut,
+    SuppressionIn,
+    SuppressionOut,
     ToolFoundOut,
 )
 
@@ -128,7 +131,8 @@ def list_findings(t: TenantPath, caller: CallerDep, ctx: Ctx,
             q = q.where(FindingRow.kind == kind)
         rows = list(s.execute(q.order_by(FindingRow.last_seen.desc()).limit(limit)))
     out = [FindingOut(device=f.device_id, hostname=host, key=f.key, kind=f.kind, severity=f.severity,
-                      tool=f.tool, subject=f.subject, evidence=_evidence(f.evidence),
+                      tool=f.tool, subject=f.subject, evidence=(ev := _evidence(f.evidence)),
+                      suppressed=ev.get("suppressed", ""),
                       status="open" if f.resolved_at is None else "resolved", first_seen=f.first_seen,
                       last_seen=f.last_seen, resolved_at=f.resolved_at) for f, host in rows]
     out.sort(key=lambda f: (f.status != "open", _RANK.get(f.severity, 9)))
@@ -265,6 +269,67 @@ def unsanction_tool(t: TenantPath, slug: SlugPath, caller: CallerDep, ctx: Ctx) 
         ctx.audit.record(s, [t], "tool.unsanctioned", caller.username, {"tool": canonical}, now)
     ctx.gateway.detection_changed()
     return out
+
+
+# --- suppression rules -----------------------------------------------------------------------------
+
+
+def _rule_out(r: suppression.Rule, now: float) -> SuppressionOut:
+    return SuppressionOut(id=r.id, kind=r.kind, path=r.path, sha256=r.sha256, device=r.device,
+                          reason=r.reason, expires_at=r.expires_at, expired=now >= r.expires_at,
+                          created_by=r.created_by, created_at=r.created_at)
+
+
+@router.get("/tenants/{t}/suppressions", response_model=list[SuppressionOut])
+def list_suppressions(t: TenantPath, caller: CallerDep, ctx: Ctx) -> list[SuppressionOut]:
+    """The tenant's suppression rules, expired ones included (until removed)."""
+    now = clock.now()
+    with ctx.store.read() as s:
+        caller.tenant(s, t)
+        return [_rule_out(r, now) for r in suppression.load(s, t)]
+
+
+@router.post("/tenants/{t}/suppressions", response_model=SuppressionOut)
+def add_suppression(t: TenantPath, body: SuppressionIn, caller: CallerDep, ctx: Ctx) -> SuppressionOut:
+    """Silence one known false positive: a finding kind with an exact path or SHA-256, on one device or
+    all, with a reason and an expiry. Matching findings stay listed, marked ``suppressed``; from the
+    device's next report they raise no alert."""
+    now = clock.now()
+    with ctx.store.transaction() as s:
+        caller.tenant(s, t)
+        caller.require_perm("tools.manage")
+        if body.device:
+            _device(s, t, body.device)
+        try:
+            rule = suppression.new_rule(kind=body.kind, path=body.path, sha256=body.sha256,
+                                        device=body.device, reason=body.reason, days=body.days,
+                                        who=caller.username, now=now)
+            rules = suppression.load(s, t)
+            suppression.save(s, t, [*rules, rule])
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        ctx.audit.record(s, [t], "finding.suppressed", caller.username,
+                         {"rule": rule.id, "kind": rule.kind, "path": rule.path, "sha256": rule.sha256,
+                          "device": rule.device, "reason": rule.reason, "expires_at": rule.expires_at}, now)
+    return _rule_out(rule, now)
+
+
+@router.delete("/tenants/{t}/suppressions/{rule_id}", response_model=SuppressionOut)
+def remove_suppression(t: TenantPath, rule_id: Annotated[str, Path(pattern=r"^sp-[a-z2-7]{26}$")],
+                       caller: CallerDep, ctx: Ctx) -> SuppressionOut:
+    """Remove a rule: the findings it matched raise their alerts again from the device's next report."""
+    now = clock.now()
+    with ctx.store.transaction() as s:
+        caller.tenant(s, t)
+        caller.require_perm("tools.manage")
+        rules = suppression.load(s, t)
+        rule = next((r for r in rules if r.id == rule_id), None)
+        if rule is None:
+            raise NotFound("no such suppression rule in this tenant")
+        suppression.save(s, t, [r for r in rules if r.id != rule_id])
+        ctx.audit.record(s, [t], "finding.unsuppressed", caller.username,
+                         {"rule": rule.id, "kind": rule.kind}, now)
+    return _rule_out(rule, now)
 
 
 # --- the catalog -----------------------------------------------------------------------------------
