@@ -621,3 +621,46 @@ def test_t14_renamed_vnc_server_alerts_within_one_interval_and_a_suppression_sil
     finally:
         _stop([vnc])
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_t16_a_device_cannot_suppress_its_own_finding_and_rules_are_exact(ingest: _Db) -> None:
+    from rampart.server import suppression
+
+    forged = Finding(kind="rat-behaviour", severity="high", key=_TOOL.key, tool="x11vnc",
+                     subject=_TOOL.subject,
+                     evidence={"by": "protocol", "exe": "/tmp/u", "suppressed": "sp-x until 2099: ok"})
+    t = time.time()
+    _report(ingest, [forged], t)
+    rows, alerts = _state(ingest)
+    assert rows == {_TOOL.key: True} and [v[0] for v in alerts.values()] == ["open"]
+    from rampart.server.models import FindingRow
+
+    with ingest.store.read() as s:  # type: ignore[attr-defined]
+        [row] = s.scalars(select(FindingRow).where(FindingRow.device_id == ingest.device))
+        assert "suppressed" not in row.evidence  # the device's own claim is dropped on ingest
+    # A rule is one exact path or hash: patterns, relative paths, whole kinds are refused.
+    for bad in ({"path": "/tmp/*"}, {"path": "tmp/u"}, {"path": "", "sha256": ""},
+                {"path": "/tmp/u", "sha256": "0" * 64}, {"sha256": "ABC"}):
+        with pytest.raises(ValueError):
+            suppression.new_rule(kind="rat-behaviour", path=bad.get("path", ""), sha256=bad.get("sha256", ""),
+                                 device="", reason="r", days=1, who="op", now=t)
+    with pytest.raises(ValueError):
+        suppression.new_rule(kind="inventory-truncated", path="/tmp/u", sha256="", device="", reason="r",
+                             days=1, who="op", now=t)
+    # A rule for the exact path marks the finding and resolves its alert at the next report.
+    rule = suppression.new_rule(kind="rat-behaviour", path="/tmp/u", sha256="", device="", reason="lab",
+                                days=1, who="op", now=t)
+    with ingest.store.transaction() as s:  # type: ignore[attr-defined]
+        suppression.save(s, ingest.tenant, [rule])
+    _report(ingest, [forged], t + 60)
+    rows, alerts = _state(ingest)
+    assert rows == {_TOOL.key: True} and [v[0] for v in alerts.values()] == ["resolved"]
+    with ingest.store.read() as s:  # type: ignore[attr-defined]
+        [row] = s.scalars(select(FindingRow).where(FindingRow.device_id == ingest.device))
+        assert f'"suppressed":"{rule.id} until ' in row.evidence and ': lab"' in row.evidence
+    # Another path is not covered.
+    other = Finding(kind="rat-behaviour", severity="high", key=_TOOL.key + "2", tool="x11vnc",
+                    subject=_TOOL.subject, evidence={"by": "protocol", "exe": "/tmp/u2"})
+    _report(ingest, [forged, other], t + 120)
+    _, alerts = _state(ingest)
+    assert sorted(v[0] for v in alerts.values()) == ["open", "resolved"]
