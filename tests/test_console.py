@@ -14,6 +14,7 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -310,3 +311,37 @@ def test_static_files_are_a_fixed_list(w: World) -> None:
     for name in ("..%2Fweb.py", "__init__.py", "htmx.LICENSE.txt", "%2e%2e%2f%2e%2e%2fpyproject.toml"):
         assert c.get(f"/console/static/{name}").status_code == 404, name
 
+
+
+#: What the console may use of the trust core: verification and hashing, never signing.
+_TRUST_ALLOWED = frozenset({"TrustError", "merkle", "verify_checkpoint"})
+
+
+def test_T1_nothing_the_server_serves_can_sign() -> None:
+    """Issue 14's rule: code the server serves is never the code that asks a key to sign.
+
+    The console's modules and the shared web assets import nothing from the trust core but
+    verification (no ``sign_*``, no private key type, no key file), and no template or script
+    calls WebAuthn or any other signing interface of the browser.
+    """
+    import ast
+
+    repo = Path(__file__).resolve().parent.parent
+    sources = [*(repo / "rampart/server/api/console").glob("*.py"), *(repo / "rampart/webui").glob("*.py")]
+    assert len(sources) >= 4
+    for path in sources:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("rampart.trust"):
+                names = {a.name for a in node.names}
+                assert names <= _TRUST_ALLOWED, (path.name, names - _TRUST_ALLOWED)
+            if isinstance(node, ast.Import):
+                assert not any(a.name.startswith("rampart.trust") for a in node.names), path.name
+        text = path.read_text()
+        for word in ("sign_envelope", "add_signature", "OperatorKey", "encrypt_private_key", "keyfile"):
+            assert not re.search(rf"\b{word}\b", text), (path.name, word)  # OperatorKeyRow (public) is fine
+    served = [*(repo / "rampart/server/api/console/templates").glob("*.html"),
+              *(repo / "rampart/webui/templates").glob("*.html"), repo / "rampart/webui/static/console.js"]
+    for path in served:
+        text = path.read_text()
+        for word in ("navigator.credentials", "PublicKeyCredential", "crypto.subtle"):
+            assert word not in text, (path.name, word)
