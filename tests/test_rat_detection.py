@@ -416,7 +416,7 @@ def ingest(tmp_path: Path, db_url: str | None) -> Iterator[_Db]:
     store = Store(db_url or f"sqlite:///{tmp_path / 'rampart.db'}")
     migrate(store.engine)
     now = time.time()
-    tenant, device = "tn-" + uuid.uuid4().hex[:16], "dev-" + uuid.uuid4().hex
+    tenant, device = "tn-" + uuid.uuid4().hex[:16], "dev-" + uuid.uuid4().hex[:24]
     with store.transaction() as s:
         s.add(Tenant(id=tenant, name="acme-" + tenant, created_at=now))
         s.flush()
