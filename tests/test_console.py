@@ -345,3 +345,33 @@ def test_T1_nothing_the_server_serves_can_sign() -> None:
         text = path.read_text()
         for word in ("navigator.credentials", "PublicKeyCredential", "crypto.subtle"):
             assert word not in text, (path.name, word)
+
+
+def test_T12_sessions_page_lists_only_the_tenant_and_recordings_stay_in_it(w: World) -> None:
+    c = signed_in(w, w.customer)
+    page = c.get(f"/console/t/{w.a.id}/sessions")
+    assert page.status_code == 200 and "Remote sessions" in page.text and "bravo" not in page.text
+    for path in (f"/console/t/{w.b.id}/sessions",
+                 f"/console/t/{w.b.id}/sessions/job-aaaaaaaaaaaaaaaa/recording",
+                 f"/console/t/{w.a.id}/sessions/job-aaaaaaaaaaaaaaaa/recording",
+                 f"/console/t/{w.a.id}/sessions/..%2F..%2Fetc/recording"):
+        r = c.get(path)
+        assert r.status_code == 404 and "bravo" not in r.text, path
+
+
+def test_T16_sessions_table_shows_a_hostile_hostname_and_end_reason_as_text() -> None:
+    """The sessions template over what the sessions API returns, with device-chosen text in it."""
+    from rampart.server.api.console.web import _env
+
+    hostile = '<img src=x onerror="alert(1)">\u202eevil'
+    row = {"id": "job-abc", "device": "dev-" + "0" * 24, "hostname": hostile, "signer": "k" * 64,
+           "mode": "shell", "watch": "", "created_at": 1.0e9, "started_at": 1.0e9, "ended_at": 1.0e9 + 60,
+           "state": "ended", "outcome": "ran", "end": "<b>closed</b>", "detail": "\x1b[2Jwiped",
+           "recording": {"sha256": "ab" * 32, "bytes": 1234}}
+    html = _env.get_template("sessions.html").render(
+        product="p", version="v", static="/s", home="/", prefix="/console", caller=None, csrf="",
+        customer=False, section="sessions", tenant={"id": "tn-x", "name": "acme"}, sessions=[row],
+        keys={"k" * 64: "tess-laptop"}, now=1.0e9)
+    assert "<img" not in html and "&lt;img src=x onerror=" in html and "\u202e" not in html
+    assert '<span class="esc">\\u202e</span>' in html and "&lt;b&gt;closed&lt;/b&gt;" in html
+    assert '<span class="esc">\\x1b</span>[2Jwiped' in html and "tess-laptop" in html and "1234 bytes" in html

@@ -53,12 +53,13 @@ from ...models import (
 from ...tenant_roots import current_root, trusted_from_store
 from .. import accounts as accounts_api
 from .. import alerts as alerts_api
+from .. import sessions as sessions_api
 from .. import telemetry as telemetry_api
 from ..auth import step_up as step_up_api
 from ..deps import Caller, client_address, get_ctx, resolve_caller
 from ..grants import grant_out
 from ..jobs import job_out
-from ..schemas import ALERT_ID, DEVICE_ID, TENANT_ID, USERNAME, AccountIn, AccountRevokeIn, StepUpIn
+from ..schemas import ALERT_ID, DEVICE_ID, JOB_ID, TENANT_ID, USERNAME, AccountIn, AccountRevokeIn, StepUpIn
 from ..status_page import COOKIE, _login
 from . import queries
 from .web import (
@@ -87,6 +88,7 @@ _TENANT = re.compile(TENANT_ID)
 _DEVICE = re.compile(DEVICE_ID)
 _ALERT = re.compile(ALERT_ID)
 _USER = re.compile(USERNAME)
+_JOB = re.compile(JOB_ID)
 
 
 def _ctx(request: Request) -> ServerContext:
@@ -405,6 +407,36 @@ def job_list(request: Request, t: str) -> Response:
                     Device.id.in_(sorted(hosts)), Device.tenant_id == t)).tuples().all())
         return render(request, "jobs.html", caller=caller, tenant=tenant, jobs=jobs, hosts=hosts, now=now,
                       section="jobs")
+    return _page(request, build)
+
+
+@router.get("/t/{t}/sessions")
+def session_list(request: Request, t: str) -> Response:
+    """Remote sessions (issue 13): who opened which, on which device, when, how it ended, its recording."""
+    def build(caller: Caller) -> Response:
+        ctx = _ctx(request)
+        with ctx.store.read() as s:
+            tenant = _tenant(s, caller, t)
+            keys = dict(s.execute(select(OperatorKeyRow.keyid, OperatorKeyRow.name)).tuples().all())
+        sessions = sessions_api.list_sessions(t, caller, ctx, limit=MAX_JOBS)
+        return render(request, "sessions.html", caller=caller, tenant=tenant, sessions=sessions, keys=keys,
+                      now=clock.now(), section="sessions")
+    return _page(request, build)
+
+
+@router.get("/t/{t}/sessions/{j}/recording")
+def session_recording(request: Request, t: str, j: str) -> Response:
+    """A session's recording as a download (asciicast v2, exactly as stored; ``rampart`` verifies it)."""
+    def build(caller: Caller) -> Response:
+        ctx = _ctx(request)
+        with ctx.store.read() as s:
+            _tenant(s, caller, t)
+            row = s.get(JobRow, j) if _JOB.match(j) else None
+            if row is None or row.tenant_id != t:
+                raise NotFound("session not found")
+        got = sessions_api.get_recording(j, caller, ctx)
+        got.headers.update({k: v for k, v in HEADERS.items() if k not in got.headers})
+        return got
     return _page(request, build)
 
 
