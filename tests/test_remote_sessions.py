@@ -7,8 +7,9 @@ revocation and consent. The attacks on the relay are in tests/test_T1_session_re
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
-import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,51 +17,18 @@ from typing import Any
 
 import pexpect
 import pytest
-from harness.sessions import SessionWorld, session_world
+from harness.operators import audit_events, step_up
+from harness.sessions import PROMPT, SessionWorld, open_shell, run, session_world, spawn
 
 from rampart import trust
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="sessions run as a dynamic uid: the agent must be root")
-
-PROMPT = "RP-READY> "
-ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-
 
 @pytest.fixture(scope="module")
 def world(pg_cluster: Any) -> Iterator[SessionWorld]:
     with session_world(pg_cluster) as w:
         w.enrol("main")
         yield w
-
-
-def spawn(w: SessionWorld, *args: str, rows: int = 24, cols: int = 80, config: str = "cli-tech") -> pexpect.spawn:
-    argv = w.cli_argv(*args)
-    return pexpect.spawn(argv[0], argv[1:], env=w.cli_env(config), dimensions=(rows, cols), timeout=60,
-                         cwd=str(Path(__file__).resolve().parent.parent))
-
-
-def open_shell(w: SessionWorld, grant: str, *extra: str, config: str = "cli-tech") -> tuple[pexpect.spawn, str]:
-    child = spawn(w, "shell", "acme", w.main.device_id, "--grant", grant, *extra, config=config)
-    child.expect(r"session (job-[0-9a-z]+) open")
-    job_id = child.match.group(1).decode()
-    # Written so that the echoed command line does not itself match the prompt.
-    child.sendline("bind 'set enable-bracketed-paste off'; export PS1='RP-''READY> '")
-    child.expect_exact(PROMPT)
-    return child, job_id
-
-
-_MARKS = iter(range(1, 1 << 30))
-
-
-def run(child: pexpect.spawn, command: str) -> str:
-    """Run one command at the prompt; its output (between the echoed command line and an end marker
-    that the echoed line itself does not contain)."""
-    mark = f"M{next(_MARKS)}"
-    child.sendline(f"{command}; echo '{mark}''-END'")
-    child.expect_exact(f"{mark}-END")
-    text = ANSI.sub("", child.before.decode(errors="replace"))
-    child.expect_exact(PROMPT)
-    return text.split("-END'\r\n", 1)[-1]
 
 
 def test_interactive_shell_runs_commands_resizes_interrupts_and_returns_the_exit_status(world: SessionWorld) -> None:
@@ -97,3 +65,185 @@ def test_interactive_shell_runs_commands_resizes_interrupts_and_returns_the_exit
     events = [e for e in world.session_log() if e["session"] == job_id]
     assert [e["event"] for e in events] == ["start", "end"]
     assert events[0]["technician_key"] == world.tech_key.key_id and events[1]["end"] == "exit"
+
+
+def test_two_sessions_at_once_each_confined_to_its_own_uid_scratch_and_declared_paths(world: SessionWorld) -> None:
+    grant = world.grant(["shell"])
+    a, job_a = open_shell(world, grant, "--write", str(world.scratch))
+    b, job_b = open_shell(world, grant)
+    uid_a = run(a, "id -u").strip().splitlines()[-1]
+    uid_b = run(b, "id -u").strip().splitlines()[-1]
+    assert uid_a != uid_b  # each session is its own dynamic user
+    # The declared path is writable; elsewhere (system trees, /tmp, the agent's state) is not.
+    assert "ok-a" in run(a, f"echo ok-a > {world.scratch}/from-a && cat {world.scratch}/from-a")
+    assert "Permission denied" in run(b, f"echo x > {world.scratch}/from-b")
+    assert not (world.scratch / "from-b").exists()
+    for child in (a, b):
+        assert "Permission denied" in run(child, "echo x > /etc/rampart-session-pwned")
+        assert "Permission denied" in run(child, "echo x > /tmp/rampart-session-pwned")
+        out = run(child, f"cat {world.main.state}/* 2>&1 | head -3; ls {world.main.state} 2>&1 | head -3")
+        assert "Permission denied" in out
+    assert not Path("/etc/rampart-session-pwned").exists() and not Path("/tmp/rampart-session-pwned").exists()
+    # A background process the shell leaves behind (setsid, nohup) does not outlive the session.
+    run(a, "(setsid sh -c 'sleep 300' </dev/null >/dev/null 2>&1 &); (nohup sleep 301 >/dev/null 2>&1 &)")
+    for child in (a, b):
+        child.sendline("exit")
+        child.expect(pexpect.EOF, timeout=30)
+        child.close()
+    ra, rb = world.receipt_envelope(job_a), world.receipt_envelope(job_b)
+    assert ra.containment is not None and ra.containment.killed >= 2
+    assert rb.containment is not None and ra.containment.reaper in ("cgroup", "uid")
+    left = _processes_of_uid(int(uid_a))
+    assert not left, [Path(f"/proc/{p}/cmdline").read_bytes() for p in left]
+
+
+def _processes_of_uid(uid: int) -> list[int]:
+    """Live processes of ``uid`` (a killed orphan may stay a zombie until this host's init reaps it)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.stat(f"/proc/{entry}").st_uid != uid:
+                    continue
+                state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if state != "Z":
+                out.append(int(entry))
+    return out
+
+
+def test_cp_uploads_and_downloads_with_sha256_checked_and_only_where_the_session_may_write(
+        world: SessionWorld, tmp_path: Path) -> None:
+    grant = world.grant(["shell"])
+    payload = os.urandom(700_000)  # several file chunks
+    local = tmp_path / "tool.bin"
+    local.write_bytes(payload)
+    dest = world.scratch / "uploaded.bin"
+    r = world.cli("cp", "acme", str(local), f"{world.main.device_id}:{dest}", "--grant", grant, "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["sha256"] == hashlib.sha256(payload).hexdigest() and doc["bytes"] == len(payload)
+    assert dest.read_bytes() == payload
+    assert dest.stat().st_uid != 0  # written as the session's own user, not as the agent
+    # And back again.
+    back = tmp_path / "back.bin"
+    r = world.cli("cp", "acme", f"{world.main.device_id}:{dest}", str(back), "--grant", grant)
+    assert r.returncode == 0, r.stderr
+    assert back.read_bytes() == payload
+    # Outside the device's write roots: the device refuses the session job itself, nothing written.
+    r = world.cli("cp", "acme", str(local), f"{world.main.device_id}:/etc/rampart-cp-pwned", "--grant", grant)
+    assert r.returncode != 0 and b"device refused" in r.stderr and b"outside the device's allowed write" in r.stderr
+    assert not Path("/etc/rampart-cp-pwned").exists()
+    # Inside a declared path, but not the one the session job declared: refused by the device's session.
+    r = world.cli("cp", "acme", str(local), f"{world.main.device_id}:{world.scratch}/../outside.bin",
+                  "--grant", grant)
+    assert r.returncode != 0
+    assert not (world.scratch.parent / "outside.bin").exists()
+    # A file the session's user cannot read is not sent.
+    secret = world.scratch / "root-only"
+    secret.write_bytes(b"secret")
+    secret.chmod(0o600)
+    r = world.cli("cp", "acme", f"{world.main.device_id}:{secret}", str(tmp_path / "x"), "--grant", grant)
+    assert r.returncode != 0 and b"cannot read" in r.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_the_device_recording_is_listed_verified_and_played_with_its_output(world: SessionWorld) -> None:
+    grant = world.grant(["shell"])
+    child, job_id = open_shell(world, grant)
+    run(child, "echo RECORDED-$((40+2))")
+    child.sendline("exit")
+    child.expect(pexpect.EOF, timeout=30)
+    child.close()
+    doc = world.wait_recording(job_id)
+    r = world.receipt_envelope(job_id)
+    assert isinstance(r.session, trust.SessionSummary)
+    assert doc["recording"]["sha256"] == r.session.recording_sha256
+    listed = json.loads(world.cli("sessions", "list", "acme", "--json").stdout)
+    assert job_id in [s["id"] for s in listed]
+    shown = json.loads(world.cli("sessions", "show", job_id, "--json").stdout)
+    assert shown["verified"] is True and shown["end"] == "exit" and shown["recording_sha256"] == r.session.recording_sha256
+    played = world.cli("sessions", "play", job_id, "--speed", "100")
+    assert played.returncode == 0, played.stderr
+    assert b"RECORDED-42" in played.stdout and b"verified" in played.stderr
+    # The audit log holds the digest.
+    events = audit_events(world.owner, world.tenant)
+    digests = [e["details"].get("sha256") for e in events if e.get("kind") == "session.recording"]
+    assert r.session.recording_sha256 in digests
+
+
+def test_a_second_technician_watches_read_only_and_the_technician_is_told(world: SessionWorld) -> None:
+    grant = world.grant(["shell"])
+    child, job_id = open_shell(world, grant)
+    watch_grant = _grant_for(world, "tech2")
+    watcher = spawn(world, "sessions", "watch", "acme", job_id, "--grant", watch_grant, config="cli-tech2")
+    watcher.expect("watching")
+    child.expect("is watching this session", timeout=30)
+    run(child, "echo SEEN-BY-$((1+1))")
+    watcher.expect("SEEN-BY-2", timeout=30)
+    watcher.send("echo typed-by-watcher\r")  # a watcher is read-only: nothing it types reaches the shell
+    time.sleep(1)
+    assert "typed-by-watcher" not in run(child, "history | tail -3")
+    child.sendline("exit")
+    child.expect(pexpect.EOF, timeout=30)
+    watcher.expect(pexpect.EOF, timeout=30)
+    log = [e for e in world.session_log() if e["session"] == job_id]
+    assert "watch-start" in [e["event"] for e in log]
+
+
+def _grant_for(world: SessionWorld, who: str) -> str:
+    """A shell grant for the second technician's key (two approvers)."""
+    from harness.operators import ok, step_up
+
+    op = world.tech2  # type: ignore[attr-defined]
+    doc = ok(op.http.post(f"/tenants/{world.tenant}/grants", json={
+        "devices": [world.main.device_id], "capabilities": ["shell"], "duration_s": 3600,
+        "reason": f"{who} watches"}))
+    got: dict[str, Any] = {}
+    for approver, key in world.approvers:
+        current = ok(approver.http.get(f"/grants/{doc['id']}"))["envelope"]
+        signed = trust.add_signature(trust.decode_envelope(current.encode()), key)
+        step_up(approver)
+        got = ok(approver.http.post(f"/grants/{doc['id']}/signatures", json={"envelope": signed.to_bytes().decode()}))
+    assert got["status"] == "approved"
+    return str(doc["id"])
+
+
+def test_revoking_the_grant_ends_a_live_session_within_seconds(world: SessionWorld) -> None:
+    grant = world.grant(["shell"], duration_s=1800)
+    child, job_id = open_shell(world, grant)
+    run(child, "echo before")
+    step_up(world.approvers[0][0])  # the approver's fresh TOTP code (may wait for the next code)
+    began = time.monotonic()
+    world.revoke(grant, stepped_up=True)
+    child.expect(pexpect.EOF, timeout=30)
+    elapsed = time.monotonic() - began
+    child.close()
+    assert child.exitstatus == 255
+    assert b"grant-revoked" in child.before
+    assert elapsed < 15, world.main.log_text()[-2500:]
+    r = world.receipt_envelope(job_id)
+    assert isinstance(r.session, trust.SessionSummary) and r.session.end == "grant-revoked"
+    # And the revoked grant opens nothing any more: the device refuses the job.
+    again = spawn(world, "shell", "acme", world.main.device_id, "--grant", grant)
+    again.expect(pexpect.EOF, timeout=60)
+    again.close()
+    assert again.exitstatus != 0
+
+
+def test_a_clear_error_for_an_offline_device_or_a_grant_without_shell(world: SessionWorld) -> None:
+    script_only = world.grant(["script"])
+    r = world.cli("shell", "acme", world.main.device_id, "--grant", script_only)
+    assert r.returncode != 0 and b"does not give shell" in r.stderr
+    world.main.stop()
+    try:
+        deadline = time.time() + 30
+        r = world.cli("shell", "acme", world.main.device_id, "--grant", world.grant(["shell"]))
+        while b"offline" not in r.stderr and time.time() < deadline:
+            time.sleep(0.5)
+            r = world.cli("shell", "acme", world.main.device_id, "--grant", world.grant(["shell"]))
+        assert r.returncode != 0 and b"offline" in r.stderr
+    finally:
+        world.main.start()
+        world.wait_connected(world.main.device_id)

@@ -106,12 +106,17 @@ class SessionLink:
             if left <= 0:
                 raise CliError(f"the device did not answer the session within {int(timeout)} s "
                                "(is its agent connected?)")
-            msg = self._recv(left)
+            try:
+                msg = self._recv(left)
+            except TimeoutError:
+                continue
             if isinstance(msg, RelayNotice):
                 text = safe_line(f"{msg.status}: {msg.detail}")
                 self.notices.append(text)
                 if msg.status == "refused":
                     raise Refused(f"the relay refused the session: {safe_line(msg.detail)}")
+                if msg.status == "device-refused":
+                    raise Refused(f"the device refused the session job: {safe_line(msg.detail)}")
                 if on_notice is not None:
                     on_notice(text)
                 continue

@@ -459,6 +459,8 @@ class Gateway:
         if msg.checkpoint_size is not None:
             conn.checkpoint_size = msg.checkpoint_size
         conn.answered.add(msg.job_id)
+        if self.relay is not None:
+            self.relay.receipt_stored(msg.job_id, msg.receipt)
         await conn.send(AckMessage(job_id=msg.job_id))
 
     async def _on_session(self, conn: Connection, text: str, msg: SessionAcceptMessage | SessionFrameMessage

@@ -217,6 +217,20 @@ class SessionRelay:
             ch.closed.set()
         return True
 
+    def receipt_stored(self, job_id: str, envelope: str) -> None:
+        """A device answered a session job: if it refused it, tell the waiting technician (and end)."""
+        ch = self.channels.get(job_id)
+        if ch is None or ch.ended:
+            return
+        try:
+            r = decode_payload(decode_envelope(envelope.encode()).payload, Receipt)
+        except Exception:  # noqa: BLE001 - the receipt was verified when stored; nothing to tell
+            return
+        if r.outcome == "refused" and isinstance(r.session, msgspec.UnsetType):
+            self.notice(ch, "device-refused", f"{r.refusal}: {r.detail}")
+            ch.ended = "refused"
+            ch.closed.set()
+
     # --- recordings --------------------------------------------------------------------------------
 
     async def recording(self, device_id: str, msg: SessionRecordingMessage) -> RecordingAckMessage | None:

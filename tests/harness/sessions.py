@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pexpect
 
 from harness.agent import AgentProcess, traversable_dir
 from harness.operators import Operator, bootstrap_owner, make_root, ok, sign_root, step_up
@@ -94,12 +97,14 @@ class SessionWorld:
             self.grants[key] = str(doc["id"])
         return str(doc["id"])
 
-    def revoke(self, grant_id: str) -> None:
+    def revoke(self, grant_id: str, *, stepped_up: bool = False) -> None:
+        """Revoke as the first approver (with a fresh TOTP step-up unless ``stepped_up``)."""
         op, k = self.approvers[0]
         rev = trust.Revocation(tenant=self.tenant, grant=grant_id, reason="revoked in a test",
                                issued_at=int(time.time()))
         env = trust.sign_envelope(rev.PAYLOAD_TYPE, trust.encode_payload(rev), [k]).to_bytes().decode()
-        step_up(op)
+        if not stepped_up:
+            step_up(op)
         ok(op.http.post(f"/grants/{grant_id}/revocation", json={"envelope": env}))
 
     def cli_env(self, config: str = "cli-tech") -> dict[str, str]:
@@ -198,3 +203,41 @@ def session_world(pg_cluster: Any, prefix: str = "rampart-sessions-") -> Iterato
                 a.stop()
         server.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+# --- the technician's CLI in a real pty -----------------------------------------------------------
+
+PROMPT = "RP-READY> "
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def spawn(w: SessionWorld, *args: str, rows: int = 24, cols: int = 80, config: str = "cli-tech") -> pexpect.spawn:
+    argv = w.cli_argv(*args)
+    return pexpect.spawn(argv[0], argv[1:], env=w.cli_env(config), dimensions=(rows, cols), timeout=60,
+                         cwd=str(REPO))
+
+
+def open_shell(w: SessionWorld, grant: str, *extra: str, config: str = "cli-tech") -> tuple[pexpect.spawn, str]:
+    child = spawn(w, "shell", "acme", w.main.device_id, "--grant", grant, *extra, config=config)
+    child.expect(r"session (job-[0-9a-z]+) open")
+    job_id = child.match.group(1).decode()
+    # Written so that the echoed command line does not itself match the prompt.
+    child.sendline("bind 'set enable-bracketed-paste off'; export PS1='RP-''READY> '")
+    child.expect_exact(PROMPT)
+    return child, job_id
+
+
+_MARKS = iter(range(1, 1 << 30))
+
+
+def run(child: pexpect.spawn, command: str) -> str:
+    """Run one command at the prompt; its output (between the echoed command line and an end marker
+    that the echoed line itself does not contain)."""
+    mark = f"M{next(_MARKS)}"
+    child.sendline(f"{command}; echo '{mark}''-END'")
+    child.expect_exact(f"{mark}-END")
+    text = ANSI.sub("", child.before.decode(errors="replace"))
+    child.expect_exact(PROMPT)
+    return text.split("-END'\r\n", 1)[-1]
+
+

@@ -11,8 +11,8 @@ Invariants:
 * Nothing of the job runs before the sandbox reported containment at least
   the required level; a refusal is returned with the process already gone.
 * :meth:`SessionProcess.end` kills every process in the scope (however it left
-  the session or group), reaps the child and releases the dynamic uid, and
-  says how many processes it killed. It is idempotent.
+  the session or group), reaps the child and says how many processes it
+  killed. It is idempotent. The dynamic uid is the caller's to release.
 """
 
 from __future__ import annotations
@@ -71,7 +71,8 @@ class SessionProcess:
         return self.proc.poll()
 
     def end(self) -> int:
-        """Kill everything the session started, reap it, release its uid; the number killed."""
+        """Kill everything this process started and reap it; the number killed (the dynamic uid stays
+        with its holder, who releases it when the session ends)."""
         if self._ended:
             return self.killed
         self._ended = True
@@ -87,8 +88,6 @@ class SessionProcess:
         self.proc.wait()
         self.killed = count
         self.scope.close()
-        if self.user is not None and self.user.held:
-            self.killed += len(self.user.release() - self.scope.killed)
         for fd in (self.fd, self.out_fd):
             if fd >= 0:
                 with contextlib.suppress(OSError):
@@ -119,8 +118,8 @@ def _read_status(fd: int, timeout: float) -> bytes:
 def start(spec: ContainmentSpec, *, tty: bool, cols: int = 80, rows: int = 24) -> SessionProcess:
     """Start ``spec.argv`` contained, on a pty (``tty``) or pipes; raise :class:`StartRefused`.
 
-    ``spec.run_as`` may be a :class:`DynamicUser` the caller leased (it is released by
-    :meth:`SessionProcess.end`), a user name, or None. Blocking: call it from a thread.
+    ``spec.run_as`` may be a :class:`DynamicUser` the caller leased (and releases when the
+    session ends), a user name, or None. Blocking: call it from a thread.
     """
     containment._validate(spec)
     user = spec.run_as if isinstance(spec.run_as, DynamicUser) else None
