@@ -16,7 +16,10 @@ Each figure is the wall time of the whole HTTPS request over loopback with a kep
 connection (what the browser waits), median, p90, min and max.
 Goals: device list first page and filtered search <= 200 ms, dashboard <= 300 ms.
 
-    PYTHONPATH=.:tests python bench/console_bench.py [out.json] [--runs N]
+With ``--pg`` the store is a throwaway PostgreSQL cluster (``harness.server.PostgresCluster``)
+instead of SQLite.
+
+    PYTHONPATH=.:tests python bench/console_bench.py [out.json] [--runs N] [--pg]
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from harness.consolefleet import add_alerts, add_devices, store_of  # noqa: E402
 from harness.operators import PASSWORD, bootstrap_owner, setup_tenant  # noqa: E402
-from harness.server import start_server  # noqa: E402
+from harness.server import PostgresCluster, start_server  # noqa: E402
 
 DEVICES = 10_000
 ALERTS = 100_000
@@ -52,9 +55,15 @@ def main() -> int:
         i = args.index("--runs")
         runs = int(args[i + 1])
         del args[i:i + 2]
+    pg = "--pg" in args
+    if pg:
+        args.remove("--pg")
     out = Path(args[0]) if args else None
+    cluster = PostgresCluster() if pg else None
+    if cluster is not None:
+        cluster.start()
     with tempfile.TemporaryDirectory() as tmp:
-        server = start_server(Path(tmp))
+        server = start_server(Path(tmp), cluster.new_database() if cluster is not None else None)
         try:
             owner = bootstrap_owner(server)
             t = setup_tenant(owner, "bench", prefix="b-")
@@ -91,6 +100,8 @@ def main() -> int:
                         times[name].append(dt)
         finally:
             server.stop()
+            if cluster is not None:
+                cluster.stop()
     results: dict[str, Any] = {}
     for name, xs in times.items():
         xs.sort()
@@ -99,7 +110,7 @@ def main() -> int:
                          "min_s": round(xs[0], 4), "max_s": round(xs[-1], 4),
                          "goal_s": GOALS[name], "meets_goal": statistics.median(xs) <= GOALS[name]}
     doc = {"benchmark": "console", "devices": DEVICES, "alerts": ALERTS, "runs": runs,
-           "store": "sqlite", "fill_s": round(fill_s, 2), "results": results,
+           "store": "postgresql" if pg else "sqlite", "fill_s": round(fill_s, 2), "results": results,
            "load_average": list(os.getloadavg()), "cpus": os.cpu_count(),
            "python": platform.python_version(), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     text = json.dumps(doc, indent=2)
