@@ -251,6 +251,7 @@ def test_T16_hostile_hostname_os_and_package_names_render_as_text(
         assert link.count() == 1 and link.inner_text() == XSS_HOSTNAME
         page.goto(f"{w.server.url}/console/t/{w.acme.id}/devices/{w.hostile}")
         assert page.inner_text("h1") == XSS_HOSTNAME  # the markup shown as the characters it is
+        assert page.title() == f"{XSS_HOSTNAME} · Rampart console"  # the tab title too
         os_section = page.inner_text("#inv-os + dl")
         assert safe_line(XSS_OS_NAME) in os_section and "\\u202e" in os_section
         cells = page.locator("table.inv-packages td").all_text_contents()

@@ -34,7 +34,7 @@ from markupsafe import Markup
 
 from rampart.textsafe import is_safe, safe_line, unsafe_char
 
-__all__ = ["CSP", "STATIC", "environment", "static_file", "text", "when"]
+__all__ = ["CSP", "STATIC", "environment", "line", "static_file", "text", "when"]
 
 #: Content-Security-Policy of every console page: no inline script or style, no eval, no
 #: frames, forms post to this origin only.
@@ -76,6 +76,14 @@ def text(value: object) -> Markup:
         else html.escape(ch) for ch in s))
 
 
+def line(value: object) -> str:
+    """Any value as one inert line without markup (for ``<title>`` and attributes): ``safe_line``.
+
+    Autoescape then HTML-escapes it like any string.
+    """
+    return safe_line("" if value is None else str(value))
+
+
 def when(ts: float | None) -> str:
     """A UTC timestamp for a page, or ``never``."""
     if ts is None:
@@ -97,13 +105,15 @@ def environment(*template_dirs: Path) -> Environment:
     """A Jinja2 environment over ``template_dirs`` first, then the shared templates.
 
     Autoescape on, undefined names fail, and the filters ``text`` (every value shown),
-    ``when`` (a timestamp) and ``ago`` (with ``now``).
+    ``line`` (the same text without markup, for ``<title>``), ``when`` (a timestamp) and
+    ``ago`` (with ``now``).
     """
     loader = ChoiceLoader([FileSystemLoader([str(d) for d in template_dirs]),
                            FileSystemLoader(str(_package_dir("templates")))])
     env = Environment(loader=loader, autoescape=select_autoescape(default=True, default_for_string=True),
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["text"] = text
+    env.filters["line"] = line
     env.filters["when"] = when
     env.filters["ago"] = _ago
     return env
