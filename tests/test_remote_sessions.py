@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -247,3 +249,54 @@ def test_a_clear_error_for_an_offline_device_or_a_grant_without_shell(world: Ses
     finally:
         world.main.start()
         world.wait_connected(world.main.device_id)
+
+
+def _consent_agent(world: SessionWorld) -> str:
+    if "consent" not in world.agents:
+        world.enrol("consent", "--require-consent", "--consent-timeout", "20")
+    return world.agents["consent"].device_id
+
+
+def _answer(job_id: str, answer: str) -> subprocess.CompletedProcess[str]:
+    """A local user at the device answers (here root, a local account)."""
+    return subprocess.run([sys.executable, "-m", "rampart.agent", "consent", answer, job_id],
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_a_device_that_requires_consent_opens_nothing_until_a_local_user_accepts(world: SessionWorld) -> None:
+    device = _consent_agent(world)
+    grant = world.grant(["shell"], agent="consent")
+    child = spawn(world, "shell", "acme", device, "--grant", grant)
+    child.expect(r"session (job-[0-9a-z]+) open")
+    job_id = child.match.group(1).decode()
+    child.expect("waiting for a local user to accept", timeout=30)
+    assert not [e for e in world.session_log("consent") if e["session"] == job_id and e["event"] == "start"]
+    r = _answer(job_id, "accept")
+    assert r.returncode == 0, r.stderr
+    child.expect("accepted the session", timeout=30)
+    child.sendline("echo CONSENTED-$((3*3))")
+    child.expect("CONSENTED-9", timeout=30)
+    child.sendline("exit")
+    child.expect(pexpect.EOF, timeout=30)
+    receipt = world.receipt_envelope(job_id)
+    assert isinstance(receipt.session, trust.SessionSummary) and receipt.session.consent == "accepted"
+    events = [e["event"] for e in world.session_log("consent") if e["session"] == job_id]
+    assert events[:2] == ["consent", "start"]
+
+
+def test_consent_refused_by_the_local_user_ends_the_session_before_any_shell_runs(world: SessionWorld) -> None:
+    device = _consent_agent(world)
+    grant = world.grant(["shell"], agent="consent")
+    child = spawn(world, "shell", "acme", device, "--grant", grant)
+    child.expect(r"session (job-[0-9a-z]+) open")
+    job_id = child.match.group(1).decode()
+    child.expect("waiting for a local user to accept", timeout=30)
+    assert _answer(job_id, "refuse").returncode == 0
+    child.expect(pexpect.EOF, timeout=30)
+    child.close()
+    assert child.exitstatus == 255 and b"consent-refused" in child.before
+    receipt = world.receipt_envelope(job_id)
+    assert receipt.outcome == "refused" and receipt.containment is None  # no process was started
+    assert isinstance(receipt.session, trust.SessionSummary) and receipt.session.consent == "refused"
+    events = [e["event"] for e in world.session_log("consent") if e["session"] == job_id]
+    assert "start" not in events and events[0] == "consent"
