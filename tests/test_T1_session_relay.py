@@ -29,18 +29,21 @@ from rampart.server.config import load_config
 from rampart.server.db import Store
 from rampart.server.models import SessionRecording
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="sessions run as a dynamic uid: the agent must be root")
+pytestmark = pytest.mark.skipif(os.geteuid() != 0,
+                                reason="sessions run as a dynamic uid: the agent must be root")
 
 
 @pytest.fixture(scope="module")
 def world(pg_cluster: Any) -> Iterator[tuple[SessionWorld, Mitm]]:
     with session_world(pg_cluster, prefix="rampart-t1-relay-") as w:
         agent = w.enrol("main")
-        mitm = Mitm(w.server.data_dir, f"wss://127.0.0.1:{w.server.agent_port}/agent/v1/ws", w.server.cert_der)
+        mitm = Mitm(w.server.data_dir, f"wss://127.0.0.1:{w.server.agent_port}/agent/v1/ws",
+                    w.server.cert_der)
         agent.stop()
         st = AgentState(agent.state)
         with st.transaction() as db:
-            st.set_many(db, {"gateway_url": mitm.url})  # the agent now reaches the server through the attacker
+            st.set_many(db,
+                        {"gateway_url": mitm.url})  # the agent now reaches the server through the attacker
         st.close()
         agent.start()
         w.wait_connected(agent.device_id)
@@ -59,7 +62,8 @@ def _frames_of(mitm: Mitm, direction: str, job_id: str) -> list[dict[str, Any]]:
     return out
 
 
-def _attack(w: SessionWorld, mitm: Mitm, tamper: Any, marker: str, *, then: str = "") -> tuple[pexpect.spawn, str]:
+def _attack(w: SessionWorld, mitm: Mitm, tamper: Any, marker: str, *,
+            then: str = "") -> tuple[pexpect.spawn, str]:
     """Open a shell, arm ``tamper`` for the technician's frames of it, type a command that would create
     ``marker`` in the scratch directory, and wait for the session to end."""
     child, job_id = open_shell(w, w.grant(["shell"]), "--write", str(w.scratch))
@@ -91,7 +95,8 @@ def _ended(w: SessionWorld, child: pexpect.spawn, job_id: str, reason: str) -> N
     r = w.receipt_envelope(job_id)
     assert isinstance(r.session, trust.SessionSummary) and r.session.end == reason
     local = [json.loads(x) for x in (w.base / "cli-tech" / "sessions.log").read_text().splitlines()]
-    assert any(e.get("session") == job_id and e.get("event") == "end" and e.get("end") == reason for e in local)
+    assert any(e.get("session") == job_id and e.get("event") == "end" and e.get("end") == reason
+               for e in local)
     device = [e for e in w.session_log() if e["session"] == job_id and e["event"] == "end"]
     assert device and device[0]["end"] == reason
 
@@ -114,7 +119,8 @@ def test_T1_relay_altering_a_keystroke_frame_ends_the_session_and_nothing_runs(
     assert not (w.scratch / "altered").exists()
 
 
-def test_T1_relay_injecting_a_frame_ends_the_session_and_nothing_runs(world: tuple[SessionWorld, Mitm]) -> None:
+def test_T1_relay_injecting_a_frame_ends_the_session_and_nothing_runs(world: tuple[SessionWorld,
+                                                                                   Mitm]) -> None:
     w, mitm = world
 
     def inject(text: str, doc: dict[str, Any], state: dict[str, Any]) -> list[str]:
@@ -194,7 +200,8 @@ def test_T1_relay_altering_the_devices_output_is_caught_by_the_technicians_cli(
     if r is None:
         w.receipt(job_id, timeout=60)
         r = w.receipt_envelope(job_id)
-    assert isinstance(r.session, trust.SessionSummary) and r.session.end in ("relay-lost", "frame-auth-failed")
+    assert isinstance(r.session, trust.SessionSummary) and r.session.end in ("relay-lost",
+                                                                             "frame-auth-failed")
 
 
 def _has_receipt(w: SessionWorld, job_id: str) -> bool:
@@ -266,7 +273,8 @@ def test_T12_a_customer_viewer_sees_its_own_tenants_sessions_and_nothing_of_anot
     sessions = w.sessions()
     assert sessions
     job_id = sessions[0]["id"]
-    assert [s["id"] for s in ok(mine.http.get(f"/tenants/{w.tenant}/sessions"))] == [s["id"] for s in sessions]
+    seen = ok(mine.http.get(f"/tenants/{w.tenant}/sessions"))
+    assert [s["id"] for s in seen] == [s["id"] for s in sessions]
     assert ok(mine.http.get(f"/sessions/{job_id}"))["id"] == job_id
     for path in (f"/tenants/{w.tenant}/sessions", f"/sessions/{job_id}", f"/sessions/{job_id}/recording"):
         r = theirs.http.get(path)

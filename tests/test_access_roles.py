@@ -81,6 +81,11 @@ EXPECTED: dict[tuple[str, str], frozenset[str] | None] = {
     ("post", "/api/v1/tenants/{t}/jobs"): TECH,
     ("get", "/api/v1/tenants/{t}/jobs"): ALL,
     ("get", "/api/v1/jobs/{j}"): ALL,
+    # remote sessions: reading needs only the tenant (the relay socket is a WebSocket route, tested
+    # in tests/test_T1_session_relay.py)
+    ("get", "/api/v1/tenants/{t}/sessions"): ALL,
+    ("get", "/api/v1/sessions/{j}"): ALL,
+    ("get", "/api/v1/sessions/{j}/recording"): ALL,
     ("get", "/api/v1/tenants/{t}/audit/entries"): ALL,
     ("get", "/api/v1/tenants/{t}/audit/checkpoint"): ALL,
     ("post", "/api/v1/tenants/{t}/audit/checkpoint"): STAFF,

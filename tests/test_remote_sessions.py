@@ -24,7 +24,8 @@ from harness.sessions import PROMPT, SessionWorld, open_shell, run, session_worl
 
 from rampart import trust
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="sessions run as a dynamic uid: the agent must be root")
+pytestmark = pytest.mark.skipif(os.geteuid() != 0,
+                                reason="sessions run as a dynamic uid: the agent must be root")
 
 @pytest.fixture(scope="module")
 def world(pg_cluster: Any) -> Iterator[SessionWorld]:
@@ -33,7 +34,8 @@ def world(pg_cluster: Any) -> Iterator[SessionWorld]:
         yield w
 
 
-def test_interactive_shell_runs_commands_resizes_interrupts_and_returns_the_exit_status(world: SessionWorld) -> None:
+def test_interactive_shell_runs_commands_resizes_interrupts_and_returns_the_exit_status(
+        world: SessionWorld) -> None:
     grant = world.grant(["shell"])
     child, job_id = open_shell(world, grant)
     # A real shell on the device, as the session's own unprivileged uid, in its scratch directory.
@@ -69,7 +71,8 @@ def test_interactive_shell_runs_commands_resizes_interrupts_and_returns_the_exit
     assert events[0]["technician_key"] == world.tech_key.key_id and events[1]["end"] == "exit"
 
 
-def test_two_sessions_at_once_each_confined_to_its_own_uid_scratch_and_declared_paths(world: SessionWorld) -> None:
+def test_two_sessions_at_once_each_confined_to_its_own_uid_scratch_and_declared_paths(
+        world: SessionWorld) -> None:
     grant = world.grant(["shell"])
     a, job_a = open_shell(world, grant, "--write", str(world.scratch))
     b, job_b = open_shell(world, grant)
@@ -135,7 +138,8 @@ def test_cp_uploads_and_downloads_with_sha256_checked_and_only_where_the_session
     assert back.read_bytes() == payload
     # Outside the device's write roots: the device refuses the session job itself, nothing written.
     r = world.cli("cp", "acme", str(local), f"{world.main.device_id}:/etc/rampart-cp-pwned", "--grant", grant)
-    assert r.returncode != 0 and b"device refused" in r.stderr and b"outside the device's allowed write" in r.stderr
+    assert r.returncode != 0 and b"device refused" in r.stderr
+    assert b"outside the device's allowed write" in r.stderr
     assert not Path("/etc/rampart-cp-pwned").exists()
     # Inside a declared path, but not the one the session job declared: refused by the device's session.
     r = world.cli("cp", "acme", str(local), f"{world.main.device_id}:{world.scratch}/../outside.bin",
@@ -165,7 +169,8 @@ def test_the_device_recording_is_listed_verified_and_played_with_its_output(worl
     listed = json.loads(world.cli("sessions", "list", "acme", "--json").stdout)
     assert job_id in [s["id"] for s in listed]
     shown = json.loads(world.cli("sessions", "show", job_id, "--json").stdout)
-    assert shown["verified"] is True and shown["end"] == "exit" and shown["recording_sha256"] == r.session.recording_sha256
+    assert shown["verified"] is True and shown["end"] == "exit"
+    assert shown["recording_sha256"] == r.session.recording_sha256
     played = world.cli("sessions", "play", job_id, "--speed", "100")
     assert played.returncode == 0, played.stderr
     assert b"RECORDED-42" in played.stdout and b"verified" in played.stderr
@@ -207,7 +212,8 @@ def _grant_for(world: SessionWorld, who: str) -> str:
         current = ok(approver.http.get(f"/grants/{doc['id']}"))["envelope"]
         signed = trust.add_signature(trust.decode_envelope(current.encode()), key)
         step_up(approver)
-        got = ok(approver.http.post(f"/grants/{doc['id']}/signatures", json={"envelope": signed.to_bytes().decode()}))
+        got = ok(approver.http.post(f"/grants/{doc['id']}/signatures",
+                                    json={"envelope": signed.to_bytes().decode()}))
     assert got["status"] == "approved"
     return str(doc["id"])
 
@@ -284,7 +290,8 @@ def test_a_device_that_requires_consent_opens_nothing_until_a_local_user_accepts
     assert events[:2] == ["consent", "start"]
 
 
-def test_consent_refused_by_the_local_user_ends_the_session_before_any_shell_runs(world: SessionWorld) -> None:
+def test_consent_refused_by_the_local_user_ends_the_session_before_any_shell_runs(
+        world: SessionWorld) -> None:
     device = _consent_agent(world)
     grant = world.grant(["shell"], agent="consent")
     child = spawn(world, "shell", "acme", device, "--grant", grant)

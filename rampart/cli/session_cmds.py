@@ -109,7 +109,8 @@ def _open(cfg: Config, client: Client, session: Session, tenant_id: str, device:
         link.connect(on_notice=on_notice)
     except SessionEnd as exc:
         log_session(cfg.dir, {"event": "end", "session": job.id, "end": exc.reason})
-        raise CliError(f"session {job.id} ended before it opened: {exc.reason} {safe_line(exc.detail)}") from None
+        raise CliError(f"session {job.id} ended before it opened: {exc.reason} "
+                       f"{safe_line(exc.detail)}") from None
     return link, job
 
 
@@ -143,8 +144,8 @@ def shell(
     grant: GrantOpt,
     as_root: Annotated[bool, typer.Option("--as-root", help="Run the shell as root (the grant needs "
                                                              "'root' and the device --allow-root).")] = False,
-    write: Annotated[list[str] | None, typer.Option("--write", help="A path the shell may write beyond its "
-                                                                    "scratch directory (repeatable).")] = None,
+    write: Annotated[list[str] | None, typer.Option(
+        "--write", help="A path the shell may write beyond its scratch directory (repeatable).")] = None,
     idle_timeout: Annotated[str, typer.Option("--idle-timeout", help="End after this long without "
                                                                      "input or output.")] = "15m",
     max_duration: Annotated[str, typer.Option("--max-duration", help="End after this long.")] = "1h",
@@ -164,7 +165,8 @@ def shell(
     log_session(cfg.dir, {"event": "end", "session": job.id, "end": end.reason, "status": end.status,
                           "detail": end.detail[:300]})
     if end.reason != "exit":
-        _notice_to_stderr(f"session {job.id} ended: {end.reason}" + (f" ({end.detail})" if end.detail else ""))
+        _notice_to_stderr(f"session {job.id} ended: {end.reason}"
+                          + (f" ({end.detail})" if end.detail else ""))
     raise typer.Exit(end.status if end.reason == "exit" and end.status is not None else
                      0 if end.reason in ("exit", "closed") else EXIT_SESSION_FAILED)
 
@@ -353,7 +355,8 @@ def _download(link: SessionLink, path: str, dest: Path) -> dict[str, Any]:
         raise CliError(f"the session ended: {exc.reason} {safe_line(exc.detail)}") from None
     sha = digest.hexdigest()
     if done.sha256 != sha or done.size != len(got):
-        raise Refused("the file arrived with another SHA-256 or size than the device sent; nothing was written")
+        raise Refused("the file arrived with another SHA-256 or size than the device sent; "
+                      "nothing was written")
     tmp = target.with_name(f".{target.name}.rampart-part")
     try:
         tmp.write_bytes(bytes(got))
@@ -449,7 +452,8 @@ def _events(recording: bytes) -> list[tuple[float, str, str]]:
 @sessions_app.command("play")
 def sessions_play(session_id: Annotated[str, typer.Argument(help="Session (job) id.")],
                   speed: Annotated[float, typer.Option("--speed", min=0.1, max=100.0)] = 1.0,
-                  max_wait: Annotated[float, typer.Option("--max-wait", help="Longest pause, seconds.")] = 2.0,
+                  max_wait: Annotated[float, typer.Option("--max-wait",
+                                                          help="Longest pause, seconds.")] = 2.0,
                   ) -> None:
     """Replay a session's recording with its timing, after checking it against the device's signature."""
     cfg, client, _ = api()
@@ -469,7 +473,8 @@ def sessions_play(session_id: Annotated[str, typer.Argument(help="Session (job) 
 
 @sessions_app.command("export")
 def sessions_export(session_id: Annotated[str, typer.Argument(help="Session (job) id.")],
-                    out: Annotated[Path, typer.Option("--out", help="Where to write the .cast file.")]) -> None:
+                    out: Annotated[Path, typer.Option("--out",
+                                                      help="Where to write the .cast file.")]) -> None:
     """Write a session's verified recording (asciicast v2) and its evidence (OUT.evidence.json)."""
     cfg, client, _ = api()
     with client:

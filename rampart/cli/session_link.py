@@ -16,6 +16,7 @@ Invariants (docs/design/remote-sessions.md):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -99,7 +100,8 @@ class SessionLink:
                               max_size=MAX_MESSAGE_BYTES, open_timeout=15, ping_interval=20,
                               ping_timeout=60, user_agent_header="rampart-cli")
         except (OSError, WebSocketException, TimeoutError) as exc:
-            raise NetworkProblem(f"cannot open the session relay: {type(exc).__name__}: {exc}"[:300]) from None
+            raise NetworkProblem(
+                f"cannot open the session relay: {type(exc).__name__}: {exc}"[:300]) from None
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
@@ -193,21 +195,15 @@ class SessionLink:
         from rampart.wire.session import Close
 
         if self.sealer is not None and not self.sealer.final and self.ws is not None:
-            try:
+            with contextlib.suppress(SessionEnd):
                 self.send(Close(reason=reason), final=True)
-            except SessionEnd:
-                pass
         if self.ws is not None:
-            try:
+            with contextlib.suppress(Exception):  # closing is best effort
                 self.ws.close()
-            except Exception:  # noqa: BLE001 - closing is best effort
-                pass
 
     def abandon(self) -> None:
         """Drop the socket without a word (the relay tells the device)."""
         if self.ws is not None:
-            try:
+            with contextlib.suppress(Exception):  # the relay tells the device either way
                 self.ws.send(encode_message(SessionCloseMessage(job_id=self.job_id, reason="closed")))
                 self.ws.close()
-            except Exception:  # noqa: BLE001
-                pass

@@ -138,7 +138,8 @@ class SessionRelay:
 
     # --- the technician side -----------------------------------------------------------------------
 
-    async def open_for_operator(self, job_id: str, account_id: int, tenants: frozenset[str] | None) -> Channel:
+    async def open_for_operator(self, job_id: str, account_id: int,
+                                tenants: frozenset[str] | None) -> Channel:
         """The channel a technician may attach to, or :class:`RelayRefused`."""
         found = await asyncio.to_thread(self._session_job, job_id)
         if found is None or (tenants is not None and found[0].tenant_id not in tenants):
@@ -156,7 +157,8 @@ class SessionRelay:
         ch.attached = True
         return ch
 
-    async def from_operator(self, ch: Channel, text: str, msg: SessionFrameMessage | SessionCloseMessage) -> bool:
+    async def from_operator(self, ch: Channel, text: str,
+                            msg: SessionFrameMessage | SessionCloseMessage) -> bool:
         """Forward one technician message to the device; False when the device is not connected."""
         if msg.job_id != ch.job_id:
             return True  # another session's id on this socket: dropped

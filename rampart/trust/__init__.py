@@ -145,5 +145,6 @@ __all__ = [
     "device_id_for", "encode_payload", "encode_plain_private_key", "encrypt_private_key",
     "grant_status", "key_id", "new_grant_id", "new_job_id", "new_nonce", "new_tenant_id",
     "pae", "pin_root", "reload_root", "root_sha256", "sign_envelope", "update_root", "verified_signers",
-    "verify_checkpoint", "verify_grant", "verify_receipt", "verify_revocation", "verify_session_record", "SessionRecord",
+    "verify_checkpoint", "verify_grant", "verify_receipt", "verify_revocation", "verify_session_record",
+    "SessionRecord",
 ]

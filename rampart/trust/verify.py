@@ -491,6 +491,7 @@ def verify_session_record(root: TrustedRoot, job: bytes, receipt: bytes | None, 
     summary = r.session
     if not isinstance(summary, SessionSummary):
         raise SignatureError("the receipt signs no recording")
-    if hashlib.sha256(recording).hexdigest() != summary.recording_sha256 or len(recording) != summary.recording_bytes:
+    if (hashlib.sha256(recording).hexdigest() != summary.recording_sha256
+            or len(recording) != summary.recording_bytes):
         raise SignatureError("the recording differs from the one the device signed (changed on the server)")
     return SessionRecord(j, r, True)

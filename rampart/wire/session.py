@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 from msgspec import Meta
@@ -130,7 +130,7 @@ _RELAY_DEC = msgspec.json.Decoder(RelayMessage)
 _OPERATOR_DEC = msgspec.json.Decoder(OperatorMessage)
 
 
-def _decode_json(dec: msgspec.json.Decoder[object], text: str | bytes, max_bytes: int) -> object:
+def _decode_json(dec: msgspec.json.Decoder[Any], text: str | bytes, max_bytes: int) -> object:
     if len(text) > max_bytes:
         raise WireError("too-large", f"a message over {max_bytes} bytes")
     try:
@@ -302,7 +302,8 @@ class AcceptError(ValueError):
     """The accept is not from the device the job targets, or not for these keys."""
 
 
-def check_accept(msg: SessionAcceptMessage, *, job_id: str, device_id: str, client_key: bytes) -> tuple[bytes, bytes]:
+def check_accept(msg: SessionAcceptMessage, *, job_id: str, device_id: str,
+                 client_key: bytes) -> tuple[bytes, bytes]:
     """Verify a device's accept; return (agent key, agent stream header) or raise :class:`AcceptError`.
 
     The device key must be the one whose id is the device the technician signed the job for.

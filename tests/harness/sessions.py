@@ -54,7 +54,8 @@ class SessionWorld:
         tok = ok(self.owner.http.post(f"/tenants/{self.tenant}/enrollment-tokens", json={"ttl_s": 600}))
         agent = AgentProcess(self.base / name)
         r = agent.enroll(self.server.url, tok["token"], tok["root_sha256"], self.server.cert_sha256,
-                         "--write-root", str(self.scratch), "--session-log", str(self.base / f"{name}-sessions.log"),
+                         "--write-root", str(self.scratch),
+                         "--session-log", str(self.base / f"{name}-sessions.log"),
                          *extra)
         assert r.returncode == 0, r.stderr
         ok(self.owner.http.post(f"/tenants/{self.tenant}/devices/{agent.device_id}/approve"))
@@ -137,7 +138,8 @@ class SessionWorld:
     def receipt_envelope(self, job_id: str) -> trust.Receipt:
         doc = ok(self.tech.http.get(f"/sessions/{job_id}"))
         assert doc["receipt_envelope"], doc
-        return trust.decode_payload(trust.decode_envelope(doc["receipt_envelope"].encode()).payload, trust.Receipt)
+        return trust.decode_payload(trust.decode_envelope(doc["receipt_envelope"].encode()).payload,
+                                    trust.Receipt)
 
     def sessions(self) -> list[dict[str, Any]]:
         return list(ok(self.tech.http.get(f"/tenants/{self.tenant}/sessions")))
@@ -211,13 +213,15 @@ PROMPT = "RP-READY> "
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
-def spawn(w: SessionWorld, *args: str, rows: int = 24, cols: int = 80, config: str = "cli-tech") -> pexpect.spawn:
+def spawn(w: SessionWorld, *args: str, rows: int = 24, cols: int = 80,
+          config: str = "cli-tech") -> pexpect.spawn:
     argv = w.cli_argv(*args)
     return pexpect.spawn(argv[0], argv[1:], env=w.cli_env(config), dimensions=(rows, cols), timeout=60,
                          cwd=str(REPO))
 
 
-def open_shell(w: SessionWorld, grant: str, *extra: str, config: str = "cli-tech") -> tuple[pexpect.spawn, str]:
+def open_shell(w: SessionWorld, grant: str, *extra: str, config: str = "cli-tech") -> tuple[pexpect.spawn,
+                                                                                            str]:
     child = spawn(w, "shell", "acme", w.main.device_id, "--grant", grant, *extra, config=config)
     child.expect(r"session (job-[0-9a-z]+) open")
     job_id = child.match.group(1).decode()

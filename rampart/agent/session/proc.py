@@ -132,13 +132,13 @@ def start(spec: ContainmentSpec, *, tty: bool, cols: int = 80, rows: int = 24) -
             set_winsize(slave, cols, rows)
             if user is not None:
                 os.fchown(slave, user.uid, -1)
-            child = {"stdin": slave, "stdout": slave, "stderr": slave}
+            child_in, child_out, child_err = slave, slave, slave
             keep, out_fd = master, -1
         else:
             in_r, in_w = os.pipe()
             out_r, out_w = os.pipe()
             fds += [in_r, in_w, out_r, out_w]
-            child = {"stdin": in_r, "stdout": out_w, "stderr": subprocess.DEVNULL}  # type: ignore[dict-item]
+            child_in, child_out, child_err = in_r, out_w, subprocess.DEVNULL
             keep, out_fd = in_w, out_r
         status_r, status_w = os.pipe()
         spec_r, spec_w = os.pipe()
@@ -146,7 +146,8 @@ def start(spec: ContainmentSpec, *, tty: bool, cols: int = 80, rows: int = 24) -
         proc = subprocess.Popen(
             [sys.executable, "-I", "-c", containment._BOOTSTRAP, containment._package_root(),
              "--status-fd", str(status_w), "--spec-fd", str(spec_r)],
-            **child, pass_fds=(status_w, spec_r), close_fds=True, start_new_session=True,
+            stdin=child_in, stdout=child_out, stderr=child_err, pass_fds=(status_w, spec_r),
+            close_fds=True, start_new_session=True,
             env={}, cwd="/",
         )
     except OSError as exc:

@@ -124,7 +124,8 @@ class Session:
         self.spec = spec
         self.job_id = auth.job.id
         self.send = send
-        self.incoming: asyncio.Queue[SessionFrameMessage | SessionCloseMessage] = asyncio.Queue(INCOMING_QUEUE)
+        self.incoming: asyncio.Queue[SessionFrameMessage | SessionCloseMessage] = asyncio.Queue(
+            INCOMING_QUEUE)
         self.signer_name = agent.trusted_root().root.key_name(auth.job.signer)
         self.watchers: list[Watcher] = []
         self.sealer: SessionSealer | None = None
@@ -217,7 +218,8 @@ class Session:
         await asyncio.to_thread(notice.ensure_consent_dir)
         await asyncio.to_thread(
             notice.wall, f"Rampart: {self.signer_name} asks to open a remote {self.spec.mode} session on "
-                         f"this device (session {self.job_id}). To allow it run: rampart-agent consent accept "
+                         f"this device (session {self.job_id}). To allow it run: "
+                         f"rampart-agent consent accept "
                          f"{self.job_id}  (or 'refuse'); it is refused in {cfg.consent_timeout_s} s.")
         await self._seal_and_send(Notice(text="waiting for a local user to accept the session"))
         deadline = time.monotonic() + cfg.consent_timeout_s
@@ -383,7 +385,8 @@ class Session:
             elif isinstance(frame, Close):
                 raise SessionEnded("closed", "the technician closed the session")
             else:
-                log.info("session %s: ignored a %s frame in a shell session", self.job_id, type(frame).__name__)
+                log.info("session %s: ignored a %s frame in a shell session", self.job_id,
+                         type(frame).__name__)
 
     async def _watchdog(self) -> None:
         job, grant = self.auth.job, self.auth.grant
