@@ -180,6 +180,7 @@ def test_device_list_searches_filters_sorts_and_pages_in_the_store(w: World) -> 
     assert "alpha-node-00000" in last.text and "alpha-node-00299" not in last.text
     offline = c.get(base, params={"state": "offline"})
     assert "200 devices" in offline.text  # two in three were last seen two hours ago
+    assert f'href="{base}?q=&state=&sort=hostname&dir=desc">Hostname ↑' in first.text  # header sorts
     odd = c.get(base, params={"q": "%_\\", "sort": "nope", "page": "-3", "per": "99999"})
     assert odd.status_code == 200 and "0 devices" in odd.text
 
