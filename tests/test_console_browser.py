@@ -221,7 +221,7 @@ def test_technician_finds_a_device_among_many_opens_it_and_acks_an_alert(
         page.fill("input[name=q]", "acme-ws-00777")
         expect(page.locator("#device-count")).to_have_text("1 device")
         assert "q=acme-ws-00777" in page.url  # the search is in the address bar, so it can be shared
-        page.click("table.devices a")
+        page.click("table.devices td a")
         page.wait_for_url(f"**/devices/{w.devices[777]}")
         assert page.inner_text("h1") == "acme-ws-00777"
         page.go_back()  # back to the filtered list, as a whole page
@@ -247,7 +247,7 @@ def test_T16_hostile_hostname_os_and_package_names_render_as_text(
     page = s.page
     try:
         page.goto(f"{w.server.url}/console/t/{w.acme.id}/devices?q=script")
-        link = page.locator("table.devices a")
+        link = page.locator("table.devices td a")
         assert link.count() == 1 and link.inner_text() == XSS_HOSTNAME
         page.goto(f"{w.server.url}/console/t/{w.acme.id}/devices/{w.hostile}")
         assert page.inner_text("h1") == XSS_HOSTNAME  # the markup shown as the characters it is
