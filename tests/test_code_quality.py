@@ -53,7 +53,7 @@ def test_trust_public_surface_is_locked() -> None:
         "GrantStatus", "InconsistentLogError", "Job", "KeyEntry", "KeyFileError", "LogEvidence",
         "LogKey", "LogPublicKey", "OperatorKey", "OperatorPublicKey", "PayloadRef", "Policy",
         "Receipt", "Repeat", "RepeatAuthorization", "ReplayError", "Revocation", "RevokedError",
-        "RoleSpec", "Roles",
+        "RoleSpec", "Roles", "SessionRecord", "SessionSpec", "SessionSummary",
         "RollbackError", "SignatureError", "TenantRoot", "ThresholdError", "TrustError",
         "TrustedRoot", "UnknownKeyError", "UsageError", "WrongDeviceError", "WrongTenantError",
         "add_signature", "approvers_required", "authorize_job", "authorize_repeat",
@@ -63,7 +63,7 @@ def test_trust_public_surface_is_locked() -> None:
         "grant_status", "key_id", "new_grant_id", "new_job_id", "new_nonce", "new_tenant_id",
         "pae", "pin_root", "reload_root", "root_sha256", "sign_envelope", "update_root",
         "verified_signers", "verify_checkpoint", "verify_grant", "verify_receipt",
-        "verify_revocation",
+        "verify_revocation", "verify_session_record",
     ])
     for name in rampart.trust.__all__:
         assert hasattr(rampart.trust, name), name
@@ -296,12 +296,13 @@ def _wire_imports(path: Path) -> list[str]:
 
 
 def test_wire_is_pure() -> None:
-    """rampart.wire imports only rampart.trust, msgspec and I/O-free standard modules."""
+    """rampart.wire imports only rampart.trust, msgspec, PyNaCl's libsodium bindings (the session seals of
+    rampart.wire.session, as the trust core's signatures) and I/O-free standard modules."""
     for path in (REPO / "rampart" / "wire").glob("*.py"):
         for name in _wire_imports(path):
             top = name.split(".")[0]
             ok = (name == "rampart.trust" or name.startswith("rampart.trust.")
-                  or top == "msgspec" or top in _WIRE_ALLOWED_STDLIB)
+                  or top in ("msgspec", "nacl") or top in _WIRE_ALLOWED_STDLIB)
             assert ok, f"rampart/wire/{path.name} imports {name}"
 
 
