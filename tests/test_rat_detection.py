@@ -664,3 +664,76 @@ def test_t16_a_device_cannot_suppress_its_own_finding_and_rules_are_exact(ingest
     _report(ingest, [forged, other], t + 120)
     _, alerts = _state(ingest)
     assert sorted(v[0] for v in alerts.values()) == ["open", "resolved"]
+
+
+_FLOOD = r"""
+import socket, sys, time
+role, n = sys.argv[1], int(sys.argv[2])
+held = []
+if role == "server":
+    s = socket.create_server(("127.0.0.1", 0), backlog=4096)
+    print(s.getsockname()[1], flush=True)
+    while len(held) < n:
+        held.append(s.accept()[0])
+else:
+    port = int(sys.argv[3])
+    for _ in range(n):
+        held.append(socket.create_connection(("127.0.0.1", port)))
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+@needs_vnc
+def test_t16_a_flood_of_loopback_connections_closes_nothing_on_a_real_agent(
+        live: Any, display: int, tmp_path: Path) -> None:  # noqa: F811 - the fixture imported above
+    """12,000 loopback connections (24,000 sockets, past the agent's cap of 10,000): the agent reports
+    the cut (`inventory-truncated`), and a tool that stops meanwhile keeps its finding and alert open
+    until a complete report says it is gone."""
+    import sys
+
+    from test_telemetry import alert_for, find, wait_until
+
+    op, tid, dev = live.owner, live.t.id, live.device
+    copy = tmp_path / "updater"
+    shutil.copy2(X11VNC, copy)
+    port = _free_port()
+    vnc = _x11vnc(str(copy), display, port)
+    flood: list[subprocess.Popen[str]] = []
+    try:
+        f = wait_until(lambda: find(op, tid, dev, "rat-behaviour", pid=vnc.pid), "rat-behaviour", timeout=30)
+        wait_until(lambda: alert_for(op, tid, f["key"], dev), "its alert", timeout=30)
+        n = 12_000
+        server = subprocess.Popen([sys.executable, "-c", _FLOOD, "server", str(n)], stdout=subprocess.PIPE,
+                                  text=True)
+        flood.append(server)
+        assert server.stdout is not None
+        sink = int(server.stdout.readline())
+        client = subprocess.Popen([sys.executable, "-c", _FLOOD, "client", str(n), str(sink)],
+                                  stdout=subprocess.PIPE, text=True)
+        flood.append(client)
+        assert client.stdout is not None and client.stdout.readline().strip() == "ready"
+        cut = wait_until(lambda: next((x for x in findings_of(op, tid, dev, "inventory-truncated")), None),
+                         "inventory-truncated finding", timeout=60)
+        assert "truncated to 10000 of " in cut["evidence"]["sockets"] and cut["severity"] == "high"
+        # The tool stops while the reports are cut: nothing is resolved by absence.
+        _stop([vnc])
+        time.sleep(3 * 2.0 + 2)  # three more inventories
+        still = find(op, tid, dev, "rat-behaviour", key=f["key"])
+        assert still is not None and still["status"] == "open"
+        assert alert_for(op, tid, f["key"], dev)["status"] == "open"
+    finally:
+        _stop([vnc, *flood])  # type: ignore[list-item]
+        for p in flood:
+            if p.stdout is not None:
+                p.stdout.close()
+    # The flood is over: a complete report resolves the gone tool, and the cut itself.
+    wait_until(lambda: find(op, tid, dev, "rat-behaviour", key=f["key"], status="resolved"),
+               "rat-behaviour resolved by a complete report", timeout=60)
+    wait_until(lambda: not findings_of(op, tid, dev, "inventory-truncated"), "the cut resolved", timeout=30)
+
+
+def findings_of(op: Any, tid: str, dev: str, kind: str) -> list[dict[str, Any]]:
+    from test_telemetry import findings
+
+    return [x for x in findings(op, tid, "open") if x["device"] == dev and x["kind"] == kind]
