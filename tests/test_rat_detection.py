@@ -188,6 +188,8 @@ def test_t14_renamed_x11vnc_on_an_odd_port_is_found_by_content_and_protocol(tmp_
         assert "x11vnc:build-id" in proc.content and "vnc-server:library" in proc.content
         # The port is not a catalogued one: no port finding, and nothing but what is asserted here.
         assert "rat-port" not in kinds
+        if "memory-only" in kinds:  # a host whose /tmp is a tmpfs: the copy never was on disk
+            assert [f.evidence["reason"] for f in kinds.pop("memory-only")] == ["memory-filesystem"]
         assert set(kinds) == {"rat-behaviour", "rat-portable", "rat-unsanctioned"}
         assert took < INTERVAL_S, took
         assert vnc.poll() is None  # the probe did not stop the tool
@@ -222,6 +224,8 @@ def test_t14_debian_tigervnc_server_is_recognised_while_running() -> None:
 
 @needs_vnc
 def test_t14_renamed_copy_under_opt_deleted_after_start_is_found(display: int) -> None:
+    if not os.access("/opt", os.W_OK):
+        pytest.skip("needs to write /opt (./run-tests runs as root)")
     folder = Path("/opt") / f"rampart-test-{uuid.uuid4().hex[:12]}"
     folder.mkdir()
     copy = folder / "svc-helper"
@@ -378,8 +382,8 @@ def test_t16_a_flood_of_processes_does_not_push_a_portable_tool_out(tmp_path: Pa
     # A program run from a temporary folder (a copy of sleep: the cap, not the tool, is under test).
     copy = tmp_path / "updater"
     shutil.copy2("/usr/bin/sleep", copy)
-    tool = subprocess.Popen([str(copy), "60"])
     flood = [subprocess.Popen(["/usr/bin/sleep", "60"]) for _ in range(40)]
+    tool = subprocess.Popen([str(copy), "60"])  # started last: the highest pid, the first a cap cuts
     try:
         everything, _ = collect_processes()
         relevant = sum(1 for p in everything if is_relevant(p))
@@ -390,7 +394,7 @@ def test_t16_a_flood_of_processes_does_not_push_a_portable_tool_out(tmp_path: Pa
         assert tool.pid in {p.pid for p in kept}
         # Without the relevance order the same cap keeps the lowest pids: the newest process is cut.
         plain, _ = collect_processes(InventoryLimits(max_processes=cap))
-        assert max(p.pid for p in flood) not in {p.pid for p in plain}
+        assert tool.pid not in {p.pid for p in plain}
     finally:
         _stop([tool, *flood])
 
