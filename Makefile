@@ -1,9 +1,9 @@
 # Benchmarks print their numbers and write them to bench/results/.
 PY ?= .venv/bin/python
 
-.PHONY: bench bench-trust bench-merkle bench-fleet bench-inventory bench-patch bench-ingest bench-schedule bench-flood bench-cli bench-console bench-detect test up sbom
+.PHONY: bench bench-trust bench-merkle bench-fleet bench-inventory bench-patch bench-ingest bench-schedule bench-flood bench-cli bench-console bench-detect bench-session test up sbom
 
-bench: bench-trust bench-merkle bench-fleet bench-inventory bench-patch bench-ingest bench-schedule bench-flood bench-cli bench-console bench-detect
+bench: bench-trust bench-merkle bench-fleet bench-inventory bench-patch bench-ingest bench-schedule bench-flood bench-cli bench-console bench-detect bench-session
 
 bench-trust:
 	@mkdir -p bench/results
@@ -51,6 +51,12 @@ bench-schedule:
 	PYTHONPATH=.:tests $(PY) bench/schedule_bench.py bench/results/schedule.json
 
 # What hostile devices flooding at full speed cost an honest device (T16), as ratios to a baseline.
+# Remote sessions (issue 13): keystroke round trip through the relay against a raw loopback echo,
+# a 100 MB cat, server CPU per session, 100 concurrent sessions.
+bench-session:
+	@mkdir -p bench/results
+	PYTHONPATH=.:tests $(PY) bench/session_bench.py bench/results/session.json
+
 bench-flood:
 	@mkdir -p bench/results
 	PYTHONPATH=.:tests $(PY) bench/flood_bench.py bench/results/flood.json

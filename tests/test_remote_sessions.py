@@ -307,3 +307,16 @@ def test_consent_refused_by_the_local_user_ends_the_session_before_any_shell_run
     assert isinstance(receipt.session, trust.SessionSummary) and receipt.session.consent == "refused"
     events = [e["event"] for e in world.session_log("consent") if e["session"] == job_id]
     assert "start" not in events and events[0] == "consent"
+
+
+def test_a_session_ends_at_its_signed_time_limit_and_everything_in_it_is_killed(world: SessionWorld) -> None:
+    grant = world.grant(["shell"])
+    child, job_id = open_shell(world, grant, "--max-duration", "6s")
+    uid = int(run(child, "id -u").strip().splitlines()[-1])
+    child.sendline("sleep 120")
+    child.expect(pexpect.EOF, timeout=30)
+    child.close()
+    assert child.exitstatus == 255 and b"max-duration" in child.before
+    r = world.receipt_envelope(job_id)
+    assert isinstance(r.session, trust.SessionSummary) and r.session.end == "max-duration"
+    assert not _processes_of_uid(uid)
