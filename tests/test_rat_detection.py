@@ -743,3 +743,79 @@ def findings_of(op: Any, tid: str, dev: str, kind: str) -> list[dict[str, Any]]:
     from test_telemetry import findings
 
     return [x for x in findings(op, tid, "open") if x["device"] == dev and x["kind"] == kind]
+
+
+def test_t16_a_hostile_listener_costs_the_probe_only_its_bounds() -> None:
+    """Listeners that flood bytes, never answer, or answer RDP: the probe reads at most MAX_READ bytes,
+    sends a silent listener exactly the 19-byte RDP Connection Request and nothing else, and ends within
+    its deadline; probed sockets are cached and never probed again."""
+    import threading
+
+    from rampart.agent.inventory import detect
+    from rampart.catalog.fingerprint import RDP_CONNECTION_REQUEST
+
+    stop = threading.Event()
+    received: list[bytes] = []
+    flood, silent, rdp = (socket.create_server(("127.0.0.1", 0)) for _ in range(3))
+
+    def serve(sock: socket.socket, mode: str) -> None:
+        sock.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = sock.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(0.2)
+                if mode == "flood":
+                    try:
+                        for _ in range(1000):
+                            conn.sendall(b"A" * 4096)
+                    except OSError:
+                        pass
+                    continue
+                got = b""
+                while not stop.is_set():
+                    try:
+                        chunk = conn.recv(4096)
+                    except TimeoutError:
+                        if mode == "rdp" and got:
+                            break
+                        continue
+                    except OSError:
+                        break
+                    if not chunk:
+                        break
+                    got += chunk
+                    if mode == "rdp" and len(got) >= 19:
+                        conn.sendall(bytes.fromhex("0300000b06d00000000000"))
+                if mode == "silent":
+                    received.append(got)
+
+    threads = [threading.Thread(target=serve, args=(s, m), daemon=True)
+               for s, m in ((flood, "flood"), (silent, "silent"), (rdp, "rdp"))]
+    for t in threads:
+        t.start()
+    try:
+        ports = {s.getsockname()[1]: name for s, name in ((flood, "flood"), (silent, "silent"), (rdp, "rdp"))}
+        mine = [s for s in collect_sockets()[0] if s.state == "listen" and s.local_port in ports
+                and s.pid == os.getpid()]
+        assert len(mine) == 3
+        cache = DetectCache()
+        started = time.monotonic()
+        out, skipped = probe_listeners(mine, cache)
+        took = time.monotonic() - started
+        assert skipped == 0 and took < detect.PROBE_DEADLINE_S + 0.5, took
+        assert {ports[s.local_port]: s.protocol for s in out} == {"flood": "", "silent": "", "rdp": "rdp"}
+        # Probed once in a socket's life: the next inventory connects to nothing.
+        again, _ = probe_listeners(mine, cache)
+        assert [s.protocol for s in again] == [s.protocol for s in out]
+        time.sleep(0.5)
+        stop.set()
+        for t in threads:
+            t.join(2)
+        assert received == [RDP_CONNECTION_REQUEST]  # one connection, and all it ever got
+    finally:
+        stop.set()
+        for s in (flood, silent, rdp):
+            s.close()
