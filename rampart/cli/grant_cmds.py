@@ -16,6 +16,8 @@ Security invariants:
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import typer
@@ -35,7 +37,7 @@ from .common import (
     trusted_root,
     unlock_key,
 )
-from .config import Config, Session
+from .config import Config, KeyInfo, Session
 from .errors import Refused, UsageProblem
 from .group_cmds import expand_devices
 from .output import fmt_duration, fmt_time, parse_duration, print_json, say, table
@@ -140,19 +142,44 @@ def request_grant(cfg: Config, client: Client, session: Session, tenant_id: str,
     return gid, grant
 
 
-def approve_grant(cfg: Config, client: Client, session: Session, grant_id: str, *,
-                  confirm: bool, show: bool = True) -> dict[str, Any]:
-    """Verify the grant locally against the trusted root, sign it as an approver, upload."""
+@dataclass(frozen=True, slots=True)
+class GrantReview:
+    """A grant as the server sent it, decoded and counted against the locally trusted root.
+
+    Every field here comes from the signed payload and the operator's own root, never from
+    the server's summary (which :func:`review_grant` only compares with the payload).
+    """
+
+    envelope: trust.Envelope
+    grant: Grant
+    root: TrustedRoot
+    status: trust.GrantStatus
+    summary: dict[str, Any]
+    #: SHA-256 of the exact payload bytes an approval signs (what a reviewer saw).
+    payload_sha256: str
+
+    def doc(self) -> dict[str, Any]:
+        return grant_doc(self.grant, self.root, self.status, self.summary.get("status"))
+
+
+def review_grant(cfg: Config, client: Client, grant_id: str) -> GrantReview:
+    """Fetch a grant, decode it and count its approvals against the locally trusted root."""
     summary = expect_dict(client.get(f"/grants/{grant_id}"), "grant")
     tenant_id = field(summary, "tenant", str, "grant")
     root = trusted_root(cfg, client, tenant_id)
     data = envelope_bytes(summary, "grant")
     env, grant = decode_grant(data)
-    if grant.id != grant_id:
+    if grant.id != grant_id or grant.tenant != tenant_id:
         raise Refused("the server sent a different grant than the one asked for")
     with refusing("grant"):
         status = trust.grant_status(root, data)
     check_summary(summary, grant)
+    return GrantReview(env, grant, root, status, summary, hashlib.sha256(env.payload).hexdigest())
+
+
+def approval_key(cfg: Config, session: Session, review: GrantReview) -> KeyInfo:
+    """The approver key that may sign ``review``'s grant, or :class:`Refused` saying why not."""
+    grant, root = review.grant, review.root
     if grant.grantee not in root.technicians and grant.grantee not in root.automation:
         raise Refused("the grant is for a key that is not a technician or automation key of the "
                       f"root v{root.version} you trust")
@@ -166,22 +193,38 @@ def approve_grant(cfg: Config, client: Client, session: Session, grant_id: str, 
         raise Refused(f"the grant lasts longer than the policy's {fmt_duration(longest)}")
     if grant.not_after <= now():
         raise Refused("the grant has already expired")
-    info = pick_key(cfg, session, tenant_id, root, roles=("approver",))
+    info = pick_key(cfg, session, grant.tenant, root, roles=("approver",))
     if info.keyid == grant.grantee:
         raise Refused("you cannot approve a grant for your own key")
     if grant.requested_by and grant.requested_by == session.username:
         raise Refused("you cannot approve a grant you requested")
-    doc = grant_doc(grant, root, status, summary.get("status"))
+    return info
+
+
+def approve_grant(cfg: Config, client: Client, session: Session, grant_id: str, *,
+                  confirm: bool, show: bool = True,
+                  reviewed_sha256: str | None = None) -> dict[str, Any]:
+    """Verify the grant locally against the trusted root, sign it as an approver, upload.
+
+    With ``reviewed_sha256`` (the local console), the payload fetched now must be the one
+    the approver reviewed earlier, byte for byte; otherwise nothing is signed.
+    """
+    review = review_grant(cfg, client, grant_id)
+    if reviewed_sha256 is not None and review.payload_sha256 != reviewed_sha256:
+        raise Refused("the grant the server sends now differs from the one you reviewed: "
+                      "nothing was signed")
+    info = approval_key(cfg, session, review)
     if show:
-        print_grant(doc)
+        print_grant(review.doc())
     if confirm and prompts.stdin_is_tty() and not prompts.confirm("Approve this grant?"):
         raise Refused("not approved")
     key = unlock_key(info)
-    signed = trust.add_signature(env, key).to_bytes()
+    signed = trust.add_signature(review.envelope, key).to_bytes()
     client.post(f"/grants/{grant_id}/signatures", {"envelope": signed.decode()})
     with refusing("signed grant"):
-        after = trust.grant_status(root, signed)
-    return grant_doc(grant, root, after, "approved" if after.complete else "requested")
+        after = trust.grant_status(review.root, signed)
+    return grant_doc(review.grant, review.root, after,
+                     "approved" if after.complete else "requested")
 
 
 # --- commands --------------------------------------------------------------------------------
@@ -252,15 +295,7 @@ def grant_show(
     """Show a grant, decoded and counted against your trusted root."""
     cfg, client, _ = api()
     with client:
-        summary = expect_dict(client.get(f"/grants/{grant}"), "grant")
-        tenant_id = field(summary, "tenant", str, "grant")
-        root = trusted_root(cfg, client, tenant_id)
-    data = envelope_bytes(summary, "grant")
-    _, g = decode_grant(data)
-    with refusing("grant"):
-        status = trust.grant_status(root, data)
-    check_summary(summary, g)
-    d = grant_doc(g, root, status, summary.get("status"))
+        d = review_grant(cfg, client, grant).doc()
     if json_out:
         print_json(d)
         return
