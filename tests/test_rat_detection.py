@@ -13,12 +13,14 @@ The server half (truncation resolves nothing, alerts follow their findings) runs
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -186,6 +188,9 @@ def test_t14_renamed_x11vnc_on_an_odd_port_is_found_by_content_and_protocol(tmp_
         assert kinds["rat-unsanctioned"][0].tool == "x11vnc"
         [proc] = inv.processes
         assert "x11vnc:build-id" in proc.content and "vnc-server:library" in proc.content
+        # A detection-relevant program carries its exact fingerprint, shown in its findings.
+        digest = hashlib.sha256(copy.read_bytes()).hexdigest()
+        assert proc.content[-1] == f"sha256:{digest}" and portable.evidence["sha256"] == digest
         # The port is not a catalogued one: no port finding, and nothing but what is asserted here.
         assert "rat-port" not in kinds
         if "memory-only" in kinds:  # a host whose /tmp is a tmpfs: the copy never was on disk
@@ -332,6 +337,14 @@ def test_t14_content_marks_need_the_tools_own_text_not_its_name(tmp_path: Path) 
         changed = data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1:]
         marks = set(scan(changed))
         assert "x11vnc:build-id" not in marks and "x11vnc:sha256" not in marks and "x11vnc:strings" in marks
+    # The other Debian servers the catalog knows by content (as installed by ./run-tests).
+    for path, slug in ((XTIGERVNC, "tigervnc"), (XRDP, "xrdp"), ("/usr/bin/tmate", "tmate")):
+        if os.access(path, os.R_OK):
+            assert {f"{slug}:build-id", f"{slug}:strings"} <= set(scan(Path(path).read_bytes())), path
+    # Programs that are not remote access servers carry no marks.
+    for path in ("/usr/bin/sleep", "/usr/bin/ssh", "/usr/sbin/sshd", sys.executable):
+        if os.access(path, os.R_OK):
+            assert scan(Path(os.path.realpath(path)).read_bytes()) == (), path
 
 
 # --- T16: a flood cannot hide a listener or a process ----------------------------------------
