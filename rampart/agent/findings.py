@@ -74,8 +74,9 @@ False positives, and how to silence each:
 
 Rules:
 
-- Sanctioning (``sanctioned``: tool slugs or aliases) only ever removes rat-unsanctioned and
-  rat-port findings. It never hides memory-only, rat-portable or vulnerable-tool findings.
+- Sanctioning (``sanctioned``: tool slugs or aliases) only ever removes rat-unsanctioned,
+  rat-port and rat-behaviour findings (the latter only for a process identified as the
+  sanctioned tool). It never hides memory-only, rat-portable or vulnerable-tool findings.
 - A process is a catalogued tool when its executable's file name or its kernel process name
   (15 characters) is one of the tool's executable names, when its executable lies in one of the
   tool's install paths, or when its content names the tool (``Process.content``: a known build-id
