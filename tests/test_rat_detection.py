@@ -832,3 +832,31 @@ def test_t16_a_hostile_listener_costs_the_probe_only_its_bounds() -> None:
         stop.set()
         for s in (flood, silent, rdp):
             s.close()
+
+
+def test_t16_crafted_marks_and_protocols_are_inert_and_sanctioning_names_the_tool() -> None:
+    """A snapshot is attacker text: unknown protocols and malformed marks name nothing, control and
+    bidi characters never reach a finding; sanctioning silences a sanctioned tool's listener only."""
+    def proc(pid: int, exe: str, content: list[str]) -> Process:
+        return Process(pid=pid, ppid=1, start_ticks=pid, start_time=1, name=Path(exe).name, exe=exe, uid=0,
+                       euid=0, user="root", content=content)
+
+    def listener(pid: int, port: int, protocol: str) -> Socket:
+        return Socket(proto="tcp", state="listen", local_addr="127.0.0.1", local_port=port,
+                      remote_addr="0.0.0.0", remote_port=0, inode=pid, uid=0, pid=pid, protocol=protocol)
+
+    procs = [proc(10, "/srv/a", ["x11vnc:strings"]), proc(11, "/srv/b", []),
+             proc(12, "/srv/c", ["teamviewer:magic", "Evil\u202e:build-id", "x:y:z"]),
+             proc(13, "/srv/d", [])]
+    socks = [listener(10, 40001, "rfb 003.008"), listener(11, 40002, "rfb 003.008"),
+             listener(12, 40003, "ssh"), listener(13, 40004, "rdp\u202e")]
+    inv = Inventory(collected_at=1, agent=AgentInfo(version="t", containment="none"), processes=procs,
+                    sockets=socks)
+    found = evaluate(inv, builtin_catalog(), sanctioned=frozenset({"x11vnc"}), now=2)
+    behaviour = [f for f in found if f.kind == "rat-behaviour"]
+    # x11vnc (by content) is sanctioned: its listener is not reported; the unknown VNC server is.
+    assert [(f.tool, f.evidence["exe"]) for f in behaviour] == [("", "/srv/b")]
+    # Unknown protocols and malformed marks name no tool and raise nothing.
+    assert not [f for f in found if f.evidence.get("pid") in ("12", "13")]
+    unsanctioned = evaluate(inv, builtin_catalog(), sanctioned=NOBODY, now=2)
+    assert {f.evidence["exe"] for f in unsanctioned if f.kind == "rat-behaviour"} == {"/srv/a", "/srv/b"}
