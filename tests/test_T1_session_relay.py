@@ -29,8 +29,9 @@ from rampart.server.config import load_config
 from rampart.server.db import Store
 from rampart.server.models import SessionRecording
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0,
-                                reason="sessions run as a dynamic uid: the agent must be root")
+# The relay, the recordings and tenancy live in the store: run again on PostgreSQL.
+pytestmark = [pytest.mark.store,
+              pytest.mark.skipif(os.geteuid() != 0, reason="sessions run as a dynamic uid: the agent must be root")]
 
 
 @pytest.fixture(scope="module")
