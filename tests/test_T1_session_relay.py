@@ -31,7 +31,8 @@ from rampart.server.models import SessionRecording
 
 # The relay, the recordings and tenancy live in the store: run again on PostgreSQL.
 pytestmark = [pytest.mark.store,
-              pytest.mark.skipif(os.geteuid() != 0, reason="sessions run as a dynamic uid: the agent must be root")]
+              pytest.mark.skipif(os.geteuid() != 0,
+                                 reason="sessions run as a dynamic uid: the agent must be root")]
 
 
 @pytest.fixture(scope="module")
