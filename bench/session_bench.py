@@ -30,9 +30,9 @@ from rampart.cli.client import Client
 from rampart.cli.session_link import SessionEnd, SessionLink
 from rampart.wire.session import Data, Exit, client_keys
 
-ROUND_TRIPS = 400
+ROUND_TRIPS = int(os.environ.get("RAMPART_BENCH_ROUND_TRIPS", "400"))
 CAT_BYTES = 100_000_000
-CONCURRENT = 100
+CONCURRENT = int(os.environ.get("RAMPART_BENCH_SESSIONS", "100"))
 
 
 def _cpu_s(pid: int) -> float:
@@ -152,29 +152,40 @@ def main(out_path: str) -> None:
         link.send(Data(data=b"stty raw -echo; echo ST''ART; cat " + str(blob).encode()
                        + b"; echo; echo DONE-''CAT\r"))
         _until(link, b"START")
-        cpu0, t0, got = _cpu_s(server_pid), time.perf_counter(), 0
+        agent_pid = w.main.proc.pid if w.main.proc is not None else 0
+        cpu0, t0, got, frames = _cpu_s(server_pid), time.perf_counter(), 0, 0
+        agent_cpu0, client_cpu0 = _cpu_s(agent_pid), time.process_time()
         tail = b""
         while b"DONE-CAT" not in tail:
             frame = link.receive(timeout=60)
             if isinstance(frame, Data):
                 got += len(frame.data)
+                frames += 1
                 tail = (tail + frame.data)[-64:]
             elif frame is None or isinstance(frame, Exit):
                 break
         elapsed = time.perf_counter() - t0
         cpu = _cpu_s(server_pid) - cpu0
+        agent_cpu, client_cpu = _cpu_s(agent_pid) - agent_cpu0, time.process_time() - client_cpu0
         _close(link)
         results["cat_100MB"] = {"bytes": got, "seconds": round(elapsed, 2),
                                 "MB_per_s": round(got / elapsed / 1e6, 1), "goal_MB_per_s": 50,
                                 "server_cpu_s": round(cpu, 2),
-                                "server_cpu_ms_per_MB": round(cpu * 1000 / max(1, got / 1e6), 2)}
+                                "server_cpu_ms_per_MB": round(cpu * 1000 / max(1, got / 1e6), 2),
+                                "agent_cpu_s": round(agent_cpu, 2), "technician_cpu_s": round(client_cpu, 2),
+                                "frames": frames, "mean_frame_bytes": got // max(1, frames)}
         blob.unlink()
 
         # 3. 100 concurrent sessions; idle server CPU with all of them open.
         t0 = time.perf_counter()
         links = []
-        for _ in range(CONCURRENT):
-            links.append(_open(w, grant, client))
+        for i in range(CONCURRENT):
+            try:
+                links.append(_open(w, grant, client))
+            except Exception as exc:  # noqa: BLE001 - report the failure with the server's log
+                log = (w.server.data_dir.parent / "server.log")
+                raise SystemExit(f"session {i} did not open: {exc}\n"
+                                 f"{w.server.log_path.read_text()[-3000:]}") from None
         opened = time.perf_counter() - t0
         for i, link in enumerate(links):
             link.send(Data(data=f"echo ALIVE-{i}-$((1+1))\r".encode()))

@@ -125,6 +125,13 @@ class SessionRelay:
         job = decode_payload(decode_envelope(row.envelope, expect_type=JOB_TYPE).payload, Job)
         return row, job, target
 
+    def _receipt_of(self, job_id: str, device_id: str) -> Receipt | None:
+        with self._store.read() as s:
+            rc = s.get(ReceiptRow, (job_id, device_id))
+        if rc is None:
+            return None
+        return decode_payload(decode_envelope(rc.envelope).payload, Receipt)
+
     def charge(self, device_id: str, size: int) -> bool:
         """Charge ``size`` bytes of session traffic to the device's session budget."""
         now = time.monotonic()
@@ -147,6 +154,12 @@ class SessionRelay:
         row, _, device_id = found
         if row.account_id != account_id:
             raise RelayRefused("only the account that submitted the session job may open it")
+        answered = await asyncio.to_thread(self._receipt_of, job_id, device_id)
+        if answered is not None:  # the device answered before the technician attached
+            if answered.outcome == "refused" and isinstance(answered.session, msgspec.UnsetType):
+                raise RelayRefused(
+                    f"the device refused the session job: {answered.refusal}: {answered.detail}")
+            raise RelayRefused("this session has ended")
         ch = self.channels.get(job_id)
         if ch is None:
             ch = self.channels[job_id] = Channel(job_id, row.tenant_id, device_id, row.account_id)

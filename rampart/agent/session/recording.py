@@ -50,11 +50,14 @@ class Recorder:
         self._size += len(line)
 
     def _event(self, code: str, data: str) -> None:
+        if self.truncated:
+            return  # past the limit nothing more is formatted, let alone written
         t = round(time.monotonic() - self._start, 6)
         self._write(json.dumps([t, code, data], ensure_ascii=True).encode() + b"\n")
 
     def output(self, data: bytes) -> None:
-        self._event("o", data.decode("utf-8", errors="replace"))
+        if not self.truncated:
+            self._event("o", data.decode("utf-8", errors="replace"))
 
     def input(self, data: bytes) -> None:
         if self.record_input:

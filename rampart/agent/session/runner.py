@@ -88,7 +88,7 @@ WATCH_INTERVAL_S = 0.5
 MAX_FILE_BYTES = 1 << 30
 #: Frames held for a session before the relay's backpressure applies.
 INCOMING_QUEUE = 512
-_READ_CHUNK = 64 * 1024
+_READ_CHUNK = 128 * 1024
 _SHELLS = ("/bin/bash", "/bin/sh")
 
 
