@@ -116,6 +116,9 @@ EXPECTED: dict[tuple[str, str], frozenset[str] | None] = {
     ("get", "/api/v1/tenants/{t}/sanctioned-tools"): ALL,
     ("put", "/api/v1/tenants/{t}/sanctioned-tools/{slug}"): APPROVE,
     ("delete", "/api/v1/tenants/{t}/sanctioned-tools/{slug}"): APPROVE,
+    ("get", "/api/v1/tenants/{t}/suppressions"): ALL,
+    ("post", "/api/v1/tenants/{t}/suppressions"): APPROVE,
+    ("delete", "/api/v1/tenants/{t}/suppressions/{rule_id}"): APPROVE,
     ("get", "/api/v1/catalog"): ALL,
     ("post", "/api/v1/catalog"): OWNER,
     # scheduled work (docs/patching.md)
@@ -163,7 +166,8 @@ def test_M3_every_route_enforces_the_roles_table(server: RunningServer) -> None:
     check = ok(owner.http.post(f"/tenants/{t.id}/checks", json={
         "kind": "port", "params": {"port": 22}}))
     ids = {"t": t.id, "g": grant, "j": job_id, "d": device, "username": "spare", "a": alert["id"],
-           "n": target["id"], "slug": "anydesk", "c": check["id"], "name": "walk"}
+           "n": target["id"], "slug": "anydesk", "c": check["id"], "name": "walk",
+           "rule_id": "sp-" + "a" * 26}
 
     def fresh_job() -> dict[str, Any]:
         e, p, _ = signed_job(t, grant, [device])
@@ -206,6 +210,8 @@ def test_M3_every_route_enforces_the_roles_table(server: RunningServer) -> None:
         ("put", "/api/v1/tenants/{t}/devices/{d}/backup-policy"): lambda: {"every_s": 3600},
         ("put", "/api/v1/tenants/{t}/device-groups/{name}"): lambda: {"devices": [device]},
         ("post", "/api/v1/tenants/{t}/device-groups/{name}/members"): lambda: {"add": [device]},
+        ("post", "/api/v1/tenants/{t}/suppressions"): lambda: {
+            "kind": "memory-only", "path": f"/opt/walk{next(_counter)}", "reason": "walk", "days": 1},
     }
 
     spec = ok(server.client(api=False).get("/openapi.json"))

@@ -42,6 +42,8 @@ def world(server: RunningServer) -> dict[str, Any]:
         "kind": "syslog", "name": "b-siem", "host": "127.0.0.1", "port": 9}))
     check = ok(msp.http.post(f"/tenants/{b.id}/checks", json={"kind": "port", "params": {"port": 22}}))
     ok(msp.http.put(f"/tenants/{b.id}/sanctioned-tools/anydesk"))
+    rule = ok(msp.http.post(f"/tenants/{b.id}/suppressions", json={
+        "kind": "memory-only", "path": "/opt/b/supervisor", "reason": "B's own", "days": 30}))
     ok(msp.http.put(f"/tenants/{b.id}/device-groups/pilot", json={"devices": [device]}))
     a = setup_tenant(msp, "Alpha", prefix="a-")
     a_owner = msp.create_account("a-owner", "owner", [a.id])
@@ -49,7 +51,7 @@ def world(server: RunningServer) -> dict[str, Any]:
     grant = ok(b.tech.http.get(f"/grants/{gid}"))
     return {"msp": msp, "a": a, "b": b, "device": device, "grant": grant, "job": job_id,
             "job_env": env, "payloads": payloads, "alert": alert["id"], "target": target["id"],
-            "check": check["id"],
+            "check": check["id"], "rule": rule["id"],
             "users": [a_owner, a.approver, a.tech, a_viewer]}
 
 
@@ -85,6 +87,9 @@ def _bodies(w: dict[str, Any]) -> dict[tuple[str, str], Any]:
         ("post", "/api/v1/tenants/{t}/devices/{d}/inventory-request"): {"full": True},
         ("put", "/api/v1/tenants/{t}/sanctioned-tools/{slug}"): None,
         ("delete", "/api/v1/tenants/{t}/sanctioned-tools/{slug}"): None,
+        ("post", "/api/v1/tenants/{t}/suppressions"): {
+            "kind": "memory-only", "path": "/opt/a/x", "reason": "cross-tenant", "days": 1},
+        ("delete", "/api/v1/tenants/{t}/suppressions/{rule_id}"): None,
         ("post", "/api/v1/tenants/{t}/automation-key"): None,
         ("put", "/api/v1/tenants/{t}/patch-policies/{name}"): {
             "rings": [{"name": "pilot", "devices": [w["device"]]}]},
@@ -113,6 +118,7 @@ def _b_state(w: dict[str, Any]) -> Any:
             targets,
             ok(msp.http.get(f"/tenants/{b.id}/checks")),
             ok(msp.http.get(f"/tenants/{b.id}/sanctioned-tools")),
+            ok(msp.http.get(f"/tenants/{b.id}/suppressions")),
             ok(msp.http.get(f"/tenants/{b.id}/patch-policies")),
             ok(msp.http.get(f"/tenants/{b.id}/device-groups")),
             ok(msp.http.get(f"/tenants/{b.id}/backup-status")),
@@ -127,7 +133,7 @@ def test_T12_every_tenant_route_refuses_another_tenants_ids(
     b: TenantSetup = world["b"]
     ids = {"t": b.id, "g": world["grant"]["id"], "j": world["job"], "d": world["device"],
            "username": b.tech.username, "a": world["alert"], "n": world["target"], "slug": "anydesk",
-           "c": world["check"], "name": "pilot"}
+           "c": world["check"], "name": "pilot", "rule_id": world["rule"]}
     secret_ids = set(ids.values())
     before = _b_state(world)
     spec = ok(server.client(api=False).get("/openapi.json"))
