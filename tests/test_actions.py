@@ -548,7 +548,7 @@ def test_T3_package_job_is_refused_on_a_device_that_does_not_allow_root(env: Env
                   Action(kind="package", args=["install", "rampart-tool"]), agent="secure",
                   declared=Declared(run_as="root"))
     receipt = env.run(job)
-    assert (receipt["outcome"], receipt["refusal"]) == ("refused", "capability-not-granted"), receipt
+    assert (receipt["outcome"], receipt["refusal"]) == ("refused", "device-forbids-root"), receipt
     assert "does not allow jobs to run as root" in receipt["detail"]
     assert patching.state_of(env.pkg, "rampart-tool") == "not-installed"
 

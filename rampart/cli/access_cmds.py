@@ -24,7 +24,7 @@ from .client import Client, expect_dict, expect_list, field
 from .common import api, now, pick_key, refusing, resolve_tenant, trusted_root, unlock_key
 from .errors import CliError, Refused, UsageProblem
 from .grant_cmds import grant_app
-from .output import fmt_time, note, print_json, say, table
+from .output import OutputOpt, fmt_time, note, print_json, say, table, wants_json
 from .root_cmds import DEFAULT_ROOT_LIFETIME, propose
 from .tenant_cmds import tenant_app
 
@@ -220,6 +220,7 @@ def alerts_list(
     per_device: Annotated[int | None, typer.Option(
         "--per-device", min=0, help="At most N alerts of one device (default 20; 0: no cap).")] = None,
     json_out: JsonOpt = False,
+    output: OutputOpt = None,
 ) -> None:
     """List alerts of a tenant, or of every tenant you reach: most severe first, then newest.
 
@@ -242,7 +243,7 @@ def alerts_list(
             t = resolve_tenant(client, tenant)
             raw, headers = client.get_with_headers(f"/tenants/{t['id']}/alerts", **query)
     docs = expect_list(raw, "alerts")
-    if json_out:
+    if wants_json(json_out, output):
         print_json(docs)
     else:
         table(["id", "severity", "kind", "status", "count", "last seen", "subject"],

@@ -25,10 +25,10 @@ from rampart.trust import OperatorKey, key_fingerprint
 
 from . import prompts
 from .client import Client, expect_dict, expect_list, fetch_server_certificate, field, split_server
-from .common import api, config, new_key_passphrase, resolve_tenant
+from .common import api, config, new_key_passphrase, resolve_tenant, tenant_label, tenant_names
 from .config import Config, Session
 from .errors import NetworkProblem, NotLoggedIn, Refused, ServerProblem, UsageProblem
-from .output import fmt_time, note, print_json, say, say_lines, table
+from .output import OutputOpt, fmt_time, note, print_json, say, say_lines, table, wants_json
 
 ROLES = ("owner", "approver", "technician", "viewer", "customer-viewer")
 
@@ -302,19 +302,34 @@ def account_reissue(
 
 
 @account_app.command("list")
-def account_list(json_out: JsonOpt = False) -> None:
-    """List accounts (owners only)."""
+def account_list(json_out: JsonOpt = False, output: OutputOpt = None) -> None:
+    """List accounts (owners only): role, tenants by name, status, last login.
+
+    Status is one of pending (not activated yet), active, locked (too many failed
+    logins), disabled (dormant or disabled) and revoked (`rampart account revoke`).
+    """
     _, client, _ = api()
     with client:
         docs = expect_list(client.get("/accounts"), "accounts")
-    if json_out:
+        names = tenant_names(client) if not wants_json(json_out, output) else {}
+    if wants_json(json_out, output):
         print_json(docs)
         return
-    table(["username", "role", "tenants", "active", "last login"],
+    table(["username", "role", "tenants", "status", "last login"],
           ([d.get("username"), d.get("role"),
-            "all" if d.get("tenants") is None else ", ".join(map(str, d.get("tenants") or [])),
-            d.get("active", d.get("status", "")), fmt_time(d.get("last_login"))]
+            "all" if d.get("tenants") is None
+            else ", ".join(tenant_label(names, t) for t in d.get("tenants") or []),
+            account_status(d), fmt_time(d.get("last_login"))]
            for d in docs if isinstance(d, dict)), title="Accounts")
+
+
+def account_status(doc: dict[str, Any]) -> str:
+    """pending, active, locked, disabled or revoked, from the server's ``status`` (never ``active``,
+    which is only "not disabled") and ``disabled_reason``."""
+    status = str(doc.get("status") or "unknown")
+    if status == "disabled" and doc.get("disabled_reason") == "revoked":
+        return "revoked"
+    return status
 
 
 @key_app.command("new")
@@ -335,12 +350,14 @@ def key_new(
         raise UsageProblem("operator keys are per tenant: give --tenant TENANT")
     cfg, client, session = api()
     with client:
-        tenant_id = resolve_tenant(client, tenant)["id"]
+        found = resolve_tenant(client, tenant)
+        tenant_id = found["id"]
         out = make_tenant_key(cfg, client, session, str(tenant_id), name=name or session.username)
     if json_out:
         print_json(out)
         return
-    say(f"key {out['keyid']} created for {session.username} (tenant {tenant_id})")
+    say(f"key {out['keyid']} created for {session.username} "
+        f"(tenant {tenant_label({str(tenant_id): str(found.get('name'))}, tenant_id)})")
     say(f"encrypted key file: {out['file']}")
     say(f"fingerprint: {out['fingerprint']}")
     say("read this fingerprint to an owner of the tenant by phone or in person (not by chat or "
@@ -359,17 +376,19 @@ def make_tenant_key(cfg: Config, client: Client, session: Session, tenant_id: st
 
 
 @key_app.command("list")
-def key_list(json_out: JsonOpt = False) -> None:
+def key_list(json_out: JsonOpt = False, output: OutputOpt = None) -> None:
     """List this operator's keys: local files and what the server has registered."""
     cfg = config()
     session = cfg.load_session()
     local = cfg.list_keys(session.username if session else None)
     remote: list[Any] = []
+    names: dict[str, str] = {}
     if session is not None and session.token:
         try:
             _, client, _ = api(cfg)
             with client:
                 remote = expect_list(client.get("/keys"), "keys")
+                names = tenant_names(client)
         except (NotLoggedIn, NetworkProblem) as exc:
             note(f"showing local keys only: {exc}")
     rows: dict[str, dict[str, Any]] = {}
@@ -382,11 +401,13 @@ def key_list(json_out: JsonOpt = False) -> None:
                                          "tenant": r.get("tenant"), "local": False})
         d["registered"] = True
     docs = list(rows.values())
-    if json_out:
+    if wants_json(json_out, output):
         print_json(docs)
         return
     table(["key id", "name", "tenant", "local file", "registered", "fingerprint"],
-          ([d["keyid"], d.get("name"), d.get("tenant") or "(all)", "yes" if d["local"] else "no",
+          ([d["keyid"], d.get("name"),
+            tenant_label(names, d["tenant"]) if d.get("tenant") else "(all)",
+            "yes" if d["local"] else "no",
             "yes" if d["registered"] else "no", d.get("fingerprint") or "-"] for d in docs),
           title="Keys")
 

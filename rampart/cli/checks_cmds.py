@@ -23,7 +23,17 @@ from .common import api, resolve_tenant
 from .config import Config, Session
 from .errors import Refused, UsageProblem
 from .job_cmds import send_and_follow, sign_script_job
-from .output import fmt_duration, fmt_time, parse_duration, print_json, say, say_lines, table
+from .output import (
+    OutputOpt,
+    fmt_duration,
+    fmt_time,
+    parse_duration,
+    print_json,
+    say,
+    say_lines,
+    table,
+    wants_json,
+)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 checks_app = typer.Typer(help="Monitoring checks (evaluated from each device's inventory).",
@@ -80,7 +90,7 @@ def checks_add(
 
 @checks_app.command("list")
 def checks_list(tenant: Annotated[str, typer.Argument(help="Tenant name or id.")],
-                json_out: JsonOpt = False) -> None:
+                json_out: JsonOpt = False, output: OutputOpt = None) -> None:
     """List checks and the devices where each fails, then script checks with each device's last result.
 
     With ``--json``: one list; script checks have ``"kind": "script"`` and ``"id"`` = their job id.
@@ -91,13 +101,14 @@ def checks_list(tenant: Annotated[str, typer.Argument(help="Tenant name or id.")
         docs = expect_list(client.get(f"/tenants/{t['id']}/checks"), "checks")
         scripts = [d for d in expect_list(client.get(f"/tenants/{t['id']}/script-checks"), "script checks")
                    if isinstance(d, dict)]
-    if json_out:
+    if wants_json(json_out, output):
         print_json([*docs, *({"kind": "script", "id": d.get("job"), **d} for d in scripts)])
         return
-    table(["id", "kind", "device", "parameters", "failing on"],
+    table(["id", "kind", "device", "parameters", "failing on", "unknown on"],
           ([d.get("id"), d.get("kind"), d.get("device") or "all",
             ", ".join(f"{k}={v}" for k, v in (d.get("params") or {}).items()),
-            ", ".join(d.get("failing") or []) or "-"] for d in docs if isinstance(d, dict)),
+            ", ".join(d.get("failing") or []) or "-", ", ".join(d.get("unknown") or []) or "-"]
+           for d in docs if isinstance(d, dict)),
           title="Checks")
     rows = []
     for d in scripts:

@@ -83,6 +83,19 @@ def resolve_tenant(client: Client, text: str) -> dict[str, Any]:
     raise UsageProblem(f"no tenant {text!r} visible to this account")
 
 
+def tenant_names(client: Client) -> dict[str, str]:
+    """Tenant id -> name for the tenants this account sees (shown next to ids in tables)."""
+    tenants = expect_list(client.get("/tenants"), "tenants")
+    return {str(t["id"]): str(t.get("name") or t["id"]) for t in tenants
+            if isinstance(t, dict) and isinstance(t.get("id"), str)}
+
+
+def tenant_label(names: dict[str, str], tenant_id: object) -> str:
+    """``name (tn-…)``, or the id alone when the name is not known."""
+    tid = str(tenant_id)
+    return f"{names[tid]} ({tid})" if tid in names and names[tid] != tid else tid
+
+
 def envelope_bytes(doc: Any, what: str) -> bytes:
     """The exact envelope bytes from a server answer's ``envelope`` string."""
     env = doc.get("envelope") if isinstance(doc, dict) else None

@@ -7,7 +7,10 @@ Security invariants:
   every field the server's summary shows must equal the signed payload, the
   grantee must be a technician (or automation) key of that root, and what is
   displayed (technician name, devices, capabilities, window, reason) comes from
-  the payload and the root, never from the server's summary.
+  the payload and the root, never from the server's summary. The one exception
+  is each device's hostname, shown next to its signed id as a label the server
+  provides (device-reported text, escaped like all output; the id is what is
+  signed and verified).
 * An approver never approves a grant for their own key or one they requested
   (the trust core also never counts the grantee's signature).
 * A grant that the tenant policy would refuse (capability not allowed, too
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from dataclasses import field as dc_field
 from typing import Annotated, Any
 
 import typer
@@ -38,9 +42,18 @@ from .common import (
     unlock_key,
 )
 from .config import Config, KeyInfo, Session
-from .errors import Refused, UsageProblem
+from .errors import Refused, ServerProblem, UsageProblem
 from .group_cmds import expand_devices
-from .output import fmt_duration, fmt_time, parse_duration, print_json, say, table
+from .output import (
+    OutputOpt,
+    fmt_duration,
+    fmt_time,
+    parse_duration,
+    print_json,
+    say,
+    table,
+    wants_json,
+)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
@@ -102,7 +115,15 @@ def print_grant(d: dict[str, Any]) -> None:
     say(f"grant {d['id']} in tenant {d['tenant']}")
     say(f"  technician:   {d['grantee_name']} ({d['grantee'][:16]}…, "
         f"{', '.join(d['grantee_roles']) or 'not in root'})")
-    say(f"  devices:      {', '.join(d['devices'])}")
+    hostnames = d.get("server_hostnames")
+    if not hostnames:
+        say(f"  devices:      {', '.join(d['devices'])}")
+    else:
+        # The signed ids, each with the hostname the server reports (a label, not signed).
+        say(f"  devices:      {len(d['devices'])} (signed ids; hostname as the server reports it)")
+        for dev in d["devices"]:
+            name = hostnames.get(dev)
+            say(f"    {dev}  " + (f'hostname "{name}"' if name is not None else "(unknown to the server)"))
     say(f"  capabilities: {', '.join(d['capabilities'])}")
     say(f"  window:       {fmt_time(d['not_before'])} -> {fmt_time(d['not_after'])} "
         f"({fmt_duration(d['not_after'] - d['not_before'])})")
@@ -157,9 +178,24 @@ class GrantReview:
     summary: dict[str, Any]
     #: SHA-256 of the exact payload bytes an approval signs (what a reviewer saw).
     payload_sha256: str
+    #: Device id -> hostname as the server reports it: a label shown next to the signed ids,
+    #: never verified and never signed (device-reported text).
+    hostnames: dict[str, str] = dc_field(default_factory=dict)
 
     def doc(self) -> dict[str, Any]:
-        return grant_doc(self.grant, self.root, self.status, self.summary.get("status"))
+        d = grant_doc(self.grant, self.root, self.status, self.summary.get("status"))
+        d["server_hostnames"] = {k: v for k, v in self.hostnames.items() if k in self.grant.devices}
+        return d
+
+
+def server_hostnames(client: Client, tenant_id: str) -> dict[str, str]:
+    """Device id -> hostname from the server's device list ({} if this account may not list it)."""
+    try:
+        docs = expect_list(client.get(f"/tenants/{tenant_id}/devices"), "devices")
+    except ServerProblem:
+        return {}
+    return {d["id"]: d["hostname"] for d in docs if isinstance(d, dict)
+            and isinstance(d.get("id"), str) and isinstance(d.get("hostname"), str)}
 
 
 def review_grant(cfg: Config, client: Client, grant_id: str) -> GrantReview:
@@ -174,7 +210,8 @@ def review_grant(cfg: Config, client: Client, grant_id: str) -> GrantReview:
     with refusing("grant"):
         status = trust.grant_status(root, data)
     check_summary(summary, grant)
-    return GrantReview(env, grant, root, status, summary, hashlib.sha256(env.payload).hexdigest())
+    return GrantReview(env, grant, root, status, summary, hashlib.sha256(env.payload).hexdigest(),
+                       server_hostnames(client, tenant_id))
 
 
 def approval_key(cfg: Config, session: Session, review: GrantReview) -> KeyInfo:
@@ -268,13 +305,14 @@ def _count(x: Any) -> Any:
 def grant_list(
     tenant: Annotated[str, typer.Argument(help="Tenant name or id.")],
     json_out: JsonOpt = False,
+    output: OutputOpt = None,
 ) -> None:
     """List a tenant's grants (as the server reports them)."""
     _, client, _ = api()
     with client:
         t = resolve_tenant(client, tenant)
         docs = expect_list(client.get(f"/tenants/{t['id']}/grants"), "grants")
-    if json_out:
+    if wants_json(json_out, output):
         for d in docs:
             if isinstance(d, dict):
                 d.pop("envelope", None)

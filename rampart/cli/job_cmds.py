@@ -48,7 +48,7 @@ from .config import Config, Session
 from .errors import CliError, NetworkProblem, Refused, UsageProblem
 from .grant_cmds import decode_grant, split_list
 from .group_cmds import expand_devices
-from .output import err_console, fmt_time, parse_duration, print_json, say, table
+from .output import OutputOpt, err_console, fmt_time, parse_duration, print_json, say, table, wants_json
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 TenantArg = Annotated[str, typer.Argument(help="Tenant name or id.")]
@@ -337,13 +337,14 @@ def jobs_list(
     tenant: Annotated[str, typer.Argument(help="Tenant name or id.")],
     limit: Annotated[int, typer.Option("--limit", help="How many recent jobs.")] = 20,
     json_out: JsonOpt = False,
+    output: OutputOpt = None,
 ) -> None:
     """List a tenant's recent jobs."""
     _, client, _ = api()
     with client:
         t = resolve_tenant(client, tenant)
         docs = expect_list(client.get(f"/tenants/{t['id']}/jobs", limit=limit), "jobs")
-    if json_out:
+    if wants_json(json_out, output):
         print_json(docs)
         return
     table(["id", "kind", "created", "devices", "done"],

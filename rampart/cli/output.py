@@ -10,6 +10,11 @@ handed to Rich as :class:`rich.text.Text`, so Rich interprets no markup or emoji
 code in it either. ``--json`` (:func:`print_json`) is lossless and ASCII-only;
 exports go through :func:`write_export`. Commands print only through these
 functions (see docs/cli.md, "Output is safe to read").
+
+Tables: on a terminal a Rich table; when stdout is not a terminal (a pipe, a file)
+or with ``-o wide``, plain aligned rows that never wrap, one row a line, so
+``rampart devices list T | grep dev-...`` finds the whole row (docs/cli.md,
+"Output formats"). Times carry their time zone.
 """
 
 from __future__ import annotations
@@ -17,9 +22,11 @@ from __future__ import annotations
 import json
 import re
 import sys
-import time
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
 
 from rampart.textsafe import safe_line, safe_lines
 
@@ -72,11 +79,45 @@ def fmt_duration(seconds: float) -> str:
 
 
 def fmt_time(ts: float | int | str | None) -> str:
+    """A Unix time as local time with its zone (``2026-12-06 16:38:01 UTC``)."""
     if ts is None or ts == "":
         return "-"
     if isinstance(ts, str):
         return ts
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(ts)))
+    local = datetime.fromtimestamp(float(ts)).astimezone()
+    return local.strftime("%Y-%m-%d %H:%M:%S ") + (local.strftime("%Z") or local.strftime("%z"))
+
+
+#: ``-o/--output``: how tables are printed; set by :data:`OutputOpt`'s callback.
+OUTPUTS = ("table", "wide", "json")
+_output = {"mode": "table"}
+
+
+def _set_output(value: str | None) -> str | None:
+    if value is not None:
+        if value not in OUTPUTS:
+            raise typer.BadParameter(f"use one of {', '.join(OUTPUTS)}")
+        _output["mode"] = value
+    return value
+
+
+OutputOpt = Annotated[str | None, typer.Option(
+    "-o", "--output", callback=_set_output, metavar="table|wide|json",
+    help="table (default; plain rows when stdout is not a terminal), wide (plain rows that never "
+         "wrap, also on a terminal) or json (as --json).")]
+
+
+def wants_json(json_out: bool, output: str | None = None) -> bool:
+    """``--json`` or ``-o json``."""
+    return json_out or output == "json" or _output["mode"] == "json"
+
+
+def plain_rows() -> bool:
+    """Tables as plain rows: ``-o wide``, or stdout (the default console's file) not a terminal."""
+    if _output["mode"] == "wide":
+        return True
+    con = _console()
+    return con.file is sys.stdout and not sys.stdout.isatty()
 
 
 def safe_text(text: object) -> Text:
@@ -103,7 +144,14 @@ def write_export(text: str) -> None:
 
 def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], *,
           title: str | None = None) -> None:
-    """A table of single-line cells (``None`` shows as ``-``): no cell can break its row."""
+    """A table of single-line cells (``None`` shows as ``-``): no cell can break its row.
+
+    Plain rows (see :func:`plain_rows`): a header line, then each row on one line, the
+    columns padded to align and never folded; an empty table prints nothing on stdout.
+    """
+    if plain_rows():
+        _plain_table(columns, rows, title=title)
+        return
     from rich.table import Table
     from rich.text import Text
 
@@ -119,6 +167,20 @@ def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], *,
         say(f"(no {title.lower() if title else 'entries'})")
         return
     _console().print(t)
+
+
+def _plain_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], *,
+                 title: str | None) -> None:
+    cells = [[safe_line(str(c)) for c in columns]]
+    cells += [[safe_line(str(x)) if x is not None else "-" for x in r] for r in rows]
+    if len(cells) == 1:
+        note(f"(no {title.lower() if title else 'entries'})")
+        return
+    widths = [max(len(r[i]) if i < len(r) else 0 for r in cells) for i in range(len(columns))]
+    out = "".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip() + "\n"
+                  for r in cells)
+    sys.stdout.write(out)
+    sys.stdout.flush()
 
 
 def say(text: str) -> None:

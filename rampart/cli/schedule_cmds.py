@@ -34,7 +34,7 @@ from .common import api, resolve_tenant, trusted_root
 from .errors import Refused, ServerProblem, UsageProblem
 from .grant_cmds import split_list
 from .group_cmds import GROUP_PREFIX, expand_devices
-from .output import fmt_duration, fmt_time, print_json, say, table
+from .output import OutputOpt, fmt_duration, fmt_time, print_json, say, table, wants_json
 from .root_cmds import diff_roots, propose
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
@@ -312,31 +312,42 @@ def patch_resume(tenant: TenantArg, name: Annotated[str, typer.Argument(help="Po
 def patch_report(
     tenant: TenantArg,
     older_than: Annotated[str, typer.Option("--older-than", help="Report security updates pending longer "
-                                                                 "than this.")] = "7d",
+                                                                 "than this as overdue.")] = "7d",
     json_out: JsonOpt = False,
+    output: OutputOpt = None,
 ) -> None:
-    """Which devices miss security updates older than N days, ring by ring."""
+    """Security updates pending on each device, ring by ring: all of them, and those older than N days.
+
+    The versions are the candidates the device's package manager reports (its newest).
+    """
     seconds = parse_duration(older_than, what="--older-than")
     _, client, _ = api()
     with client:
         t = resolve_tenant(client, tenant)
         doc = expect_dict(client.get(f"/tenants/{t['id']}/patch-report", older_than_s=seconds),
                           "patch report")
-    if json_out:
+    if wants_json(json_out, output):
         print_json(doc)
         return
-    say(f"{t['name']}: {doc.get('devices_missing')} device(s) miss security updates pending for more than "
-        f"{fmt_duration(seconds)}")
+    say(f"{t['name']}: {doc.get('devices_security_pending', '?')} device(s) with security updates "
+        f"pending, {doc.get('devices_missing')} of them pending for more than {fmt_duration(seconds)}")
     for ring in expect_list(doc.get("rings"), "rings"):
         title = f"{ring.get('policy')} / {ring.get('ring')}" if ring.get("policy") else "No patch policy"
-        table(["device", "host", "missing security updates", "oldest (days)", "pending", "reboot",
-               "last run"],
+        table(["device", "host", "security pending", f"older than {fmt_duration(seconds)}",
+               "oldest (days)", "pending", "reboot", "last run"],
               ([m.get("device"), m.get("hostname"),
-                ", ".join(f"{u['name']} {u['candidate']}" for u in m.get("missing_security") or []) or "",
+                _updates(m.get("security_updates")) if m.get("inventory") else "no inventory",
+                _updates(m.get("missing_security")),
                 m.get("oldest_security_days"), m.get("pending") if m.get("inventory") else "no inventory",
                 "yes" if m.get("reboot_required") else "",
                 (m.get("last_run") or {}).get("state")] for m in ring.get("devices") or []),
               title=f"{title}: {ring.get('missing')} missing")
+
+
+def _updates(updates: Any) -> str:
+    """``name candidate, ...`` of a report's update list."""
+    return ", ".join(f"{u.get('name')} {u.get('candidate')}" for u in updates or []
+                     if isinstance(u, dict))
 
 
 # --- backup policies -------------------------------------------------------------------------------------

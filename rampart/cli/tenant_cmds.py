@@ -35,7 +35,7 @@ from .common import (
 )
 from .config import Config, Session
 from .errors import ServerProblem, UsageProblem
-from .output import fmt_time, note, parse_duration, print_json, say, table
+from .output import OutputOpt, fmt_time, note, parse_duration, print_json, say, table, wants_json
 
 if TYPE_CHECKING:  # the trust core and the root commands load only where a command needs them
     from rampart import trust
@@ -228,7 +228,7 @@ def tenant_create(
 
 
 @tenant_app.command("list")
-def tenant_list(json_out: JsonOpt = False) -> None:
+def tenant_list(json_out: JsonOpt = False, output: OutputOpt = None) -> None:
     """List the tenants this account can see."""
     cfg, client, _ = api()
     with client:
@@ -237,7 +237,7 @@ def tenant_list(json_out: JsonOpt = False) -> None:
         if isinstance(d, dict) and isinstance(d.get("id"), str):
             lr = local_root(cfg, d["id"]) if cfg.load_root_bytes(d["id"]) else None
             d["trusted_root_version"] = lr.version if lr else None
-    if json_out:
+    if wants_json(json_out, output):
         print_json(docs)
         return
     table(["id", "name", "status", "your trusted root"],
@@ -279,13 +279,14 @@ def _devices(client: Client, tenant_id: str) -> list[Any]:
 def devices_list(
     tenant: Annotated[str, typer.Argument(help="Tenant name or id.")],
     json_out: JsonOpt = False,
+    output: OutputOpt = None,
 ) -> None:
     """List a tenant's devices (pending devices receive no job until approved)."""
     _, client, _ = api()
     with client:
         t = resolve_tenant(client, tenant)
         docs = _devices(client, t["id"])
-    if json_out:
+    if wants_json(json_out, output):
         print_json(docs)
         return
     table(["id", "hostname", "status", "connected", "last seen", "enrolled", "groups"],
@@ -300,9 +301,10 @@ def devices_list(
 def device_list(
     tenant: Annotated[str, typer.Argument(help="Tenant name or id.")],
     json_out: JsonOpt = False,
+    output: OutputOpt = None,
 ) -> None:
     """Same as `rampart devices list`."""
-    devices_list(tenant, json_out)
+    devices_list(tenant, json_out, output)
 
 
 @device_app.command("approve")

@@ -19,7 +19,10 @@ freshness: a check sees the device as of its last report (at most one
 inventory interval old, see docs/monitoring.md).
 
 A failing check raises one alert per (check, device) (kind ``check-failed``),
-resolved when the check passes again.
+resolved when the check passes again. A check that cannot be evaluated on a
+device (a service check where the device lists no services, e.g. no systemd)
+is *unknown* there, never failing: an ``info`` alert of kind ``check-unknown``
+says why, and any ``check-failed`` alert of that pair is resolved.
 """
 
 from __future__ import annotations
@@ -43,12 +46,15 @@ log = logging.getLogger("rampart.server.checks")
 
 KINDS = ("disk", "memory", "cpu", "service", "port")
 ALERT_KIND = "check-failed"
+UNKNOWN_KIND = "check-unknown"
 
 
 @dataclass(frozen=True, slots=True)
 class CheckResult:
     ok: bool
     detail: str
+    #: The device does not report what the check needs: neither passing nor failing.
+    unknown: bool = False
 
 
 def _number(doc: dict[str, Any], key: str, lo: float, hi: float) -> float:
@@ -113,8 +119,9 @@ def evaluate(kind: str, params: dict[str, Any], inv: Inventory) -> CheckResult:
     if kind == "service":
         units = [sv for sv in inv.services if sv.unit == params["unit"]]
         if "services" in inv.errors or "services" in inv.notes and not inv.services:
-            return CheckResult(False, f"services are not reported on this device "
-                                      f"({inv.errors.get('services') or inv.notes.get('services')})")
+            return CheckResult(False, f"unknown: services are not reported on this device "
+                                      f"({inv.errors.get('services') or inv.notes.get('services')})",
+                               unknown=True)
         if not units:
             return CheckResult(False, f"{params['unit']} is not installed")
         sv = units[0]
@@ -178,6 +185,21 @@ class CheckRunner:
         dedup = f"{check_id}:{device_id}"
         with self._store.transaction() as s:
             alert = live_alert(s, tenant_id, ALERT_KIND, dedup)
+            unknown = live_alert(s, tenant_id, UNKNOWN_KIND, dedup)
+            if result.unknown:
+                if alert is not None:
+                    resolve(alert, "rampart", now)
+                if unknown is None:
+                    raise_alert(s, [tenant_id], kind=UNKNOWN_KIND, severity="info", dedup=dedup,
+                                subject=f"{kind} check cannot be evaluated on {host or device_id}: "
+                                        f"{result.detail}",
+                                detail=f"check {check_id} on {device_id}: {result.detail}", now=now,
+                                device_id=device_id)
+                else:
+                    unknown.last_seen = now
+                return
+            if unknown is not None:
+                resolve(unknown, "rampart", now)
             if result.ok:
                 if alert is not None:
                     resolve(alert, "rampart", now)

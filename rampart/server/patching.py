@@ -546,7 +546,12 @@ def reboot_notices(s: Session, now: float) -> None:
 
 
 def report(s: Session, tenant_id: str, older_than_s: int, now: float) -> dict[str, Any]:
-    """Ring by ring: which devices miss security updates pending for longer than ``older_than_s``."""
+    """Ring by ring: which devices miss security updates pending for longer than ``older_than_s``.
+
+    ``security_pending`` lists every pending security update however fresh (the overdue
+    ones are ``missing_security``), so a report never reads "nothing missing" while the
+    inventory shows security updates; ``devices_security_pending`` counts those devices.
+    """
     devices = {d.id: d for d in s.scalars(select(Device).where(Device.tenant_id == tenant_id))}
     placed: dict[str, tuple[str, str]] = {}
     order: list[tuple[str, str]] = []
@@ -581,6 +586,9 @@ def report(s: Session, tenant_id: str, older_than_s: int, now: float) -> dict[st
             "device": device_id, "hostname": dev.hostname,
             "inventory": state is not None,
             "pending": len(rows), "security_pending": len(sec),
+            "security_updates": [{"name": r.name, "candidate": r.candidate,
+                                  "days": round((now - (r.security_since or now)) / 86400, 1)}
+                                 for r in sorted(sec, key=lambda r: (r.security_since or 0, r.name))],
             "missing_security": [{"name": r.name, "candidate": r.candidate,
                                   "days": round((now - (r.security_since or now)) / 86400, 1)}
                                  for r in overdue],
@@ -595,7 +603,9 @@ def report(s: Session, tenant_id: str, older_than_s: int, now: float) -> dict[st
               "missing": sum(1 for m in members if m["missing_security"])}
              for (p, r), members in groups.items() if members or p]
     return {"tenant": tenant_id, "older_than_s": older_than_s, "generated_at": now, "rings": rings,
-            "devices_missing": sum(x["missing"] for x in rings)}
+            "devices_missing": sum(x["missing"] for x in rings),
+            "devices_security_pending": sum(1 for members in groups.values() for m in members
+                                            if m["security_pending"])}
 
 
 def get_policy(s: Session, tenant_id: str, name: str) -> PatchPolicy:

@@ -14,6 +14,7 @@ Two families, never mixed (as in python-tuf):
     ├── WrongTenantError            object of another tenant
     ├── RevokedError                the grant was revoked by an approver
     ├── CapabilityError             declares something the grant, root or device policy does not allow
+    │   └── RootNotAllowedError     runs as root on a device enrolled without --allow-root
     ├── DigestMismatchError         payload bytes do not match the signed SHA-256
     └── InconsistentLogError        Merkle inclusion or consistency proof does not verify
 
@@ -81,6 +82,13 @@ class RevokedError(TrustError):
 
 class CapabilityError(TrustError):
     reason = "capability-not-granted"
+
+
+class RootNotAllowedError(CapabilityError):
+    """The device's own policy forbids root (enrolled without ``--allow-root``): the grant may
+    well hold ``root``; the remedy is on the device, so the reason says so."""
+
+    reason = "device-forbids-root"
 
 
 class DigestMismatchError(TrustError):

@@ -48,6 +48,7 @@ from .errors import (
     ReplayError,
     RevokedError,
     RollbackError,
+    RootNotAllowedError,
     SignatureError,
     ThresholdError,
     UnknownKeyError,
@@ -235,7 +236,8 @@ def _under(path: str, root: str) -> bool:
 def _check_device_policy(job: Job, device: DevicePolicy) -> Effective:
     d = job.declared
     if d.run_as == "root" and not device.allow_root:
-        raise CapabilityError("this device does not allow jobs to run as root")
+        raise RootNotAllowedError("this device does not allow jobs to run as root (it was enrolled "
+                                  "without --allow-root)")
     if d.connect and not device.allow_network:
         raise CapabilityError("this device does not allow jobs network access")
     for p in d.writes:

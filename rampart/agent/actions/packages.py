@@ -1,4 +1,9 @@
-"""The ``package`` and ``os-update`` handlers (root, outside Landlock) on :mod:`rampart.agent.patching`."""
+"""The ``package`` and ``os-update`` handlers (root, outside Landlock) on :mod:`rampart.agent.patching`.
+
+After either changed the installed packages, the agent reports a fresh inventory (at most
+30 s later, the telemetry's minimum gap) so `rampart patch report` stops listing an applied
+update without waiting for the next periodic inventory (docs/patching.md).
+"""
 
 from __future__ import annotations
 
@@ -85,6 +90,13 @@ def _patch_error(result: patching.PatchResult) -> str:
     return "; ".join(filter(None, [result.error, *failed])) or "the package manager failed"
 
 
+def _inventory_after_change(agent: JobHost, changed: bool) -> None:
+    """Ask telemetry for an inventory now when packages changed (a no-op without telemetry)."""
+    trigger = agent.inventory_trigger
+    if changed and trigger is not None:
+        trigger()
+
+
 def _package(agent: JobHost, auth: trust.Authorization, payloads: Mapping[str, bytes]) -> Done:
     job = auth.job
     if job.declared.run_as != "root":
@@ -109,6 +121,7 @@ def _package(agent: JobHost, auth: trust.Authorization, payloads: Mapping[str, b
         summary = f"{what}: {mine.action} ({mine.before or 'none'} -> {mine.after or 'none'})"
     else:
         summary = f"{what}: " + ("done" if result.ok else f"failed: {_patch_error(result)}")
+    _inventory_after_change(agent, bool(result.changes))
     return _finished(ok=result.ok, doc=doc, error=_patch_error(result), summary=summary, started=started,
                      applied=_uncontained(job.timeout_s), timed_out=result.timed_out)
 
@@ -136,5 +149,6 @@ def _os_update(agent: JobHost, auth: trust.Authorization, payloads: Mapping[str,
         summary += f"; package lists not refreshed: {one_line(refreshed.error, 200)}"
     if result.reboot_required:
         summary += "; reboot required"
+    _inventory_after_change(agent, bool(result.changes))
     return _finished(ok=result.ok, doc=doc, error=_patch_error(result), summary=summary, started=started,
                      applied=_uncontained(job.timeout_s), timed_out=result.timed_out)

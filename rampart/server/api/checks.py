@@ -21,7 +21,7 @@ from rampart.trust import new_id
 
 from .. import clock
 from ..alerts import LIVE
-from ..checks import ALERT_KIND, validate
+from ..checks import ALERT_KIND, UNKNOWN_KIND, validate
 from ..errors import BadRequest, NotFound
 from ..models import (
     AlertRow,
@@ -48,9 +48,13 @@ def check_out(s: Session, c: MonitorCheck) -> CheckOut:
     failing = sorted(key.removeprefix(prefix) for key in s.scalars(select(AlertRow.dedup_key).where(
         AlertRow.tenant_id == c.tenant_id, AlertRow.kind == ALERT_KIND,
         AlertRow.status.in_(LIVE), AlertRow.dedup_key.startswith(prefix))))
+    prefix = f"{UNKNOWN_KIND}:{c.id}:"
+    unknown = sorted(key.removeprefix(prefix) for key in s.scalars(select(AlertRow.dedup_key).where(
+        AlertRow.tenant_id == c.tenant_id, AlertRow.kind == UNKNOWN_KIND,
+        AlertRow.status.in_(LIVE), AlertRow.dedup_key.startswith(prefix))))
     return CheckOut(id=c.id, tenant=c.tenant_id, device=c.device_id, kind=c.kind,
                     params=json.loads(c.params), created_by=c.created_by, created_at=c.created_at,
-                    failing=failing)
+                    failing=failing, unknown=unknown)
 
 
 @router.post("/tenants/{t}/checks", response_model=CheckOut)

@@ -20,7 +20,7 @@ from rampart.trust import new_id
 
 from .. import clock
 from ..audit import SERVER_LOG
-from ..errors import NotFound
+from ..errors import BadRequest, NotFound
 from ..models import Delivery, NotifyTarget
 from ..notifier import (
     events_for_export,
@@ -60,6 +60,11 @@ def target_out(s: Session, t: NotifyTarget) -> NotifyTargetOut:
 def _create(ctx: Ctx, caller: Caller, tenant_id: str | None, body: NotifyTargetIn,
             s: Session) -> NotifyTargetCreatedOut:
     caller.require_perm("notify.manage")
+    if body.kind == "email" and ctx.config.smtp is None:
+        # Refused at once: a target that can never deliver would only fail at the first alert.
+        raise BadRequest("e-mail alerts need an SMTP relay and this server has none: add an "
+                         "\"smtp\" section (host, from) to DATA/config.json and restart the server "
+                         "(see docs/alerts.md, E-mail)")
     cfg = validate_config(body.kind, body.model_dump(exclude_none=True),
                           tls_dir=tls_files_dir(ctx.config, tenant_id))
     now = clock.now()

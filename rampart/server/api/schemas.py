@@ -593,3 +593,5 @@ class CheckOut(BaseModel):
     created_at: float
     #: Devices where the check currently fails (open alerts).
     failing: list[str]
+    #: Devices where the check cannot be evaluated (e.g. a service check without systemd).
+    unknown: list[str] = []
