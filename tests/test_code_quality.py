@@ -363,3 +363,39 @@ def test_server_app_loads_no_agent_module() -> None:
                        cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
+
+
+# --- the local signing console (issue 14 part 3) -------------------------------------------------
+
+#: The one module that may import rampart.console: the `rampart console` command.
+_CONSOLE_ENTRY = {"rampart.cli.console_cmds"}
+
+
+def test_local_console_never_imports_the_server_and_only_its_command_imports_it() -> None:
+    """rampart.console (the pages that sign) imports nothing of rampart.server, not even inside a
+    function, and no module outside rampart/console but `rampart console`'s own command imports
+    it: the Rampart server can never serve the code that asks a key to sign (layout.md rule 7)."""
+    known = _graph_modules()
+    bad = []
+    for name, path in sorted(known.items()):
+        targets = _graph_imports(name, path, known, in_functions=True)
+        inside = name == "rampart.console" or name.startswith("rampart.console.")
+        for target in targets:
+            to_server = target == "rampart.server" or target.startswith("rampart.server.")
+            to_console = target == "rampart.console" or target.startswith("rampart.console.")
+            if inside and to_server:
+                bad.append(f"{name} imports {target}")
+            if to_console and not inside and name not in _CONSOLE_ENTRY:
+                bad.append(f"{name} imports {target}")
+    assert not bad, bad
+    console = {n for n in known if n.startswith("rampart.console.")}
+    assert {"rampart.console.app", "rampart.console.web", "rampart.console.serve"} <= console
+
+
+def test_server_app_loads_no_local_console_module() -> None:
+    """At run time: the server application loads no rampart.console module."""
+    r = subprocess.run([sys.executable, "-c", "import sys, rampart.server.app; "
+                        "print(sorted(m for m in sys.modules if m.startswith('rampart.console')))"],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"

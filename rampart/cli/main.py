@@ -50,6 +50,8 @@ COMMANDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
              "sbom_cmds", ()),
     "findings": ("Detections on a tenant's devices (open ones by default), most severe first.",
                  "telemetry_cmds", ()),
+    "console": ("Start the local signing console on 127.0.0.1 and print its one-time address.",
+                "console_cmds", ()),
     "account": ("Operator accounts (owners only).", "auth_cmds", ("access_cmds",)),
     "key": ("Operator signing keys.", "auth_cmds", ()),
     "tenant": ("Tenants (customers).", "tenant_cmds", ("access_cmds",)),

@@ -1,0 +1,277 @@
+"""What the local console does, through the CLI's own flows: read, verify locally, then sign.
+
+Every function here is synchronous and runs in a worker thread under :data:`LOCK` (one
+operation at a time, so the key passphrase handed to :func:`rampart.cli.common.key_passphrase`
+reaches only the operation it was typed for). They use the operator's CLI state exactly as
+``rampart`` does: the session and pinned certificate of ``rampart login``
+(:meth:`rampart.cli.client.Client.for_config`), the encrypted key files, the locally trusted
+and pinned roots (:func:`rampart.cli.common.trusted_root`).
+
+Security invariants (docs/design/web-console.md, "Part 3"):
+
+* What a page shows of a grant is what :func:`rampart.cli.grant_cmds.review_grant` decoded
+  from the signed payload and counted against the operator's own trusted root: names of
+  keys come from that root, never from the server's summary (which is only compared).
+* An approval signs only the payload whose SHA-256 the approver reviewed
+  (:func:`rampart.cli.grant_cmds.approve_grant` with ``reviewed_sha256``), after every check
+  ``rampart grant approve`` makes.
+* A job is built here from what the operator typed and selected, and signed by
+  :func:`rampart.cli.job_cmds.sign_script_job` after the grant verified locally; the page
+  that follows it shows the job as signed here (kept in memory), and the receipts as the
+  server reports them.
+* The passphrase is used for one operation and dropped; it is never logged or shown. An
+  empty one is refused before any key file is read (the CLI would prompt on the terminal).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Final, cast
+
+from rampart import trust
+from rampart.cli.client import STEP_UP_PATH, Client, expect_dict, expect_list, field
+from rampart.cli.common import (
+    envelope_bytes,
+    key_passphrase,
+    require_pin,
+    trusted_root,
+)
+from rampart.cli.config import Config, Session
+from rampart.cli.errors import CliError, Refused, ServerProblem, UsageProblem
+from rampart.cli.grant_cmds import (
+    approval_key,
+    approve_grant,
+    check_summary,
+    decode_grant,
+    grant_doc,
+    request_grant,
+    review_grant,
+)
+from rampart.cli.job_cmds import MAX_SCRIPT_BYTES, sign_script_job, submit_job
+from rampart.cli.output import parse_duration
+from rampart.trust import ALL_CAPABILITIES, Job, TrustedRoot
+
+#: One operation at a time (the passphrase override of the CLI is process-wide).
+LOCK: Final = threading.Lock()
+#: Most devices a page lists (a tenant page, the devices of a grant).
+MAX_DEVICES_SHOWN: Final = 500
+MAX_REASON_CHARS: Final = 500
+
+
+class ConsoleClient(Client):
+    """The CLI's pinned client; a step-up uses the TOTP code typed into the form, if any."""
+
+    step_up_code: str | None = None
+
+    def step_up(self, why: str) -> None:
+        code = (self.step_up_code or "").strip().replace(" ", "")
+        self.step_up_code = None
+        if not (code.isdigit() and len(code) == 6):
+            raise UsageProblem(f"{why}: type a fresh TOTP code into the step-up field and try again")
+        self.request("POST", STEP_UP_PATH, json={"code": code}, _retried=True)
+
+
+@contextmanager
+def connected(cfg: Config, step_up_code: str | None = None) -> Iterator[tuple[ConsoleClient, Session]]:
+    """The operator's logged-in client (from the CLI's session file, read again each time)."""
+    client, session = ConsoleClient.for_config(cfg)
+    console_client = cast(ConsoleClient, client)
+    console_client.step_up_code = step_up_code or None
+    try:
+        yield console_client, session
+    finally:
+        client.close()
+
+
+@contextmanager
+def passphrase(value: str) -> Iterator[None]:
+    """The typed key passphrase, for the keys unlocked inside the block only."""
+    if not value:
+        raise UsageProblem("type your key passphrase to sign")
+    with key_passphrase(value):
+        yield
+
+
+def _can_sign(cfg: Config, tenant_id: str, root: TrustedRoot) -> str | None:
+    """None if this operator may sign for the tenant (a pinned root), else why not."""
+    try:
+        require_pin(cfg, tenant_id, root)
+    except Refused as exc:
+        return exc.message
+    return None
+
+
+def _root_doc(cfg: Config, session: Session, root: TrustedRoot) -> dict[str, Any]:
+    mine = cfg.key_candidates(session.username, root.tenant)
+    return {
+        "tenant": root.tenant, "name": root.root.name, "version": root.version,
+        "sha256": root.sha256, "expires": root.root.expires,
+        "cannot_sign": _can_sign(cfg, root.tenant, root),
+        "keys": [{"keyid": k.keyid, "label": k.name, "roles": root.root.roles_of(k.keyid)} for k in mine],
+    }
+
+
+def home(cfg: Config) -> dict[str, Any]:
+    """The session, and the tenants this account reaches (names: the server's, shown as text)."""
+    with connected(cfg) as (client, session):
+        tenants = [t for t in expect_list(client.get("/tenants"), "tenants") if isinstance(t, dict)]
+    out = []
+    for t in tenants:
+        tid = t.get("id")
+        if not isinstance(tid, str):
+            continue
+        local = cfg.load_root_bytes(tid) if _safe_id(tid) else None
+        out.append({"id": tid, "name": t.get("name"), "pinned": cfg.load_pin(tid) is not None
+                    if _safe_id(tid) else False, "local_root": local is not None})
+    return {"session": session, "tenants": out}
+
+
+def _safe_id(text: str) -> bool:
+    return text.replace("-", "").replace("_", "").isalnum() and 0 < len(text) <= 64
+
+
+def _devices(client: Client, tenant_id: str) -> list[dict[str, Any]]:
+    docs = expect_list(client.get(f"/tenants/{tenant_id}/devices"), "devices")
+    return [d for d in docs if isinstance(d, dict) and isinstance(d.get("id"), str)][:MAX_DEVICES_SHOWN]
+
+
+def grant_row(root: TrustedRoot, summary: dict[str, Any], mine: set[str]) -> dict[str, Any]:
+    """One grant of a list, decoded and counted against ``root``, or why it cannot be shown."""
+    gid = summary.get("id")
+    try:
+        data = envelope_bytes(summary, "grant")
+        _, g = decode_grant(data)
+        if g.id != gid or g.tenant != root.tenant:
+            raise Refused("the server lists this grant under another id or tenant")
+        try:
+            status = trust.grant_status(root, data)
+        except trust.TrustError as exc:
+            raise Refused(f"grant: {exc}") from exc
+        check_summary(summary, g)
+    except CliError as exc:
+        return {"id": gid, "error": exc.message}
+    doc = grant_doc(g, root, status, summary.get("status"))
+    doc["mine"] = g.grantee in mine
+    doc["usable"] = (doc["mine"] and status.complete and g.not_before <= time.time() < g.not_after
+                     and summary.get("status") != "revoked")
+    return doc
+
+
+def tenant(cfg: Config, tenant_id: str) -> dict[str, Any]:
+    """The trusted root, this operator's keys in it, the grants (decoded here), the devices."""
+    with connected(cfg) as (client, session):
+        root = trusted_root(cfg, client, tenant_id)
+        summaries = [d for d in expect_list(client.get(f"/tenants/{tenant_id}/grants"), "grants")
+                     if isinstance(d, dict)]
+        devices = _devices(client, tenant_id)
+    mine = {k.keyid for k in cfg.key_candidates(session.username, tenant_id)}
+    return {"session": session, "root": _root_doc(cfg, session, root),
+            "grants": [grant_row(root, s, mine) for s in summaries], "devices": devices,
+            "capabilities": [c for c in ALL_CAPABILITIES if c in root.root.policy.capabilities]}
+
+
+def review(cfg: Config, grant_id: str) -> dict[str, Any]:
+    """A grant decoded against the trusted root, and whether (or why not) this operator may approve it."""
+    with connected(cfg) as (client, session):
+        r = review_grant(cfg, client, grant_id)
+    try:
+        approval_key(cfg, session, r)
+        cannot = None
+    except CliError as exc:
+        cannot = exc.message
+    doc = r.doc()
+    doc["payload_sha256"] = r.payload_sha256
+    return {"session": session, "grant": doc, "root": _root_doc(cfg, session, r.root),
+            "cannot_approve": cannot}
+
+
+def approve(cfg: Config, grant_id: str, *, reviewed_sha256: str, key_passphrase_text: str,
+            step_up_code: str | None) -> dict[str, Any]:
+    """Sign the reviewed grant with this operator's approver key (every CLI check first)."""
+    if len(reviewed_sha256) != 64:
+        raise UsageProblem("review the grant before approving it")
+    with passphrase(key_passphrase_text), connected(cfg, step_up_code) as (client, session):
+        doc = approve_grant(cfg, client, session, grant_id, confirm=False, show=False,
+                            reviewed_sha256=reviewed_sha256)
+    return {"session": session, "grant": doc}
+
+
+def request(cfg: Config, tenant_id: str, *, devices: list[str], capabilities: list[str],
+            duration: str, reason: str) -> dict[str, Any]:
+    """Ask for a grant for this operator's technician key; it must say exactly what was asked."""
+    if not devices:
+        raise UsageProblem("select at least one device")
+    if not capabilities:
+        raise UsageProblem("select at least one capability")
+    if not reason.strip() or len(reason) > MAX_REASON_CHARS:
+        raise UsageProblem(f"give a reason (at most {MAX_REASON_CHARS} characters) for the approvers")
+    seconds = parse_duration(duration, what="duration")
+    with connected(cfg) as (client, session):
+        root = trusted_root(cfg, client, tenant_id)
+        gid, grant = request_grant(cfg, client, session, tenant_id, devices=devices,
+                                   capabilities=capabilities, duration_s=seconds, reason=reason)
+    return {"session": session, "id": gid, "grant": grant_doc(grant, root, None, "requested")}
+
+
+def run_form(cfg: Config, tenant_id: str, grant_id: str | None) -> dict[str, Any]:
+    """The grants this operator can run under now, and the devices the chosen one covers."""
+    view = tenant(cfg, tenant_id)
+    usable = [g for g in view["grants"] if g.get("usable")]
+    chosen = next((g for g in usable if g["id"] == grant_id), None) if grant_id else None
+    names = {d["id"]: d.get("hostname") for d in view["devices"]}
+    covered = [{"id": d, "hostname": names.get(d)} for d in (chosen["devices"] if chosen else [])]
+    view.update(usable=usable, chosen=chosen, covered=covered[:MAX_DEVICES_SHOWN])
+    return view
+
+
+def run_script(cfg: Config, tenant_id: str, *, grant_id: str, devices: list[str], script: str,
+               timeout_s: str, key_passphrase_text: str, step_up_code: str | None,
+               signed: dict[str, dict[str, Any]]) -> str:
+    """Sign a script job locally under ``grant_id`` for ``devices``, send it; its id.
+
+    ``signed`` (this launch's memory) receives what was signed, for the job's page.
+    """
+    if not devices:
+        raise UsageProblem("select at least one device")
+    body = script.replace("\r\n", "\n").encode()
+    if not body.strip():
+        raise UsageProblem("the script is empty")
+    if len(body) > MAX_SCRIPT_BYTES:
+        raise UsageProblem(f"the script is larger than {MAX_SCRIPT_BYTES // 1024} KiB")
+    try:
+        timeout = int(timeout_s)
+    except ValueError:
+        raise UsageProblem("the time limit is a number of seconds") from None
+    if not 1 <= timeout <= 86400:
+        raise UsageProblem("the time limit is between 1 and 86400 seconds")
+    with passphrase(key_passphrase_text), connected(cfg, step_up_code) as (client, session):
+        envelope, job = sign_script_job(cfg, client, session, tenant_id, grant_id=grant_id,
+                                        devices=devices, script=body, writes=[], connect=[],
+                                        as_root=False, timeout_s=timeout, lifetime_s=3600)
+        doc = submit_job(client, tenant_id, envelope, {"script": body})
+    if field(doc, "id", str, "job") != job.id:
+        raise Refused("the server stored the job under another id")
+    signed[job.id] = _signed_doc(job, body)
+    return job.id
+
+
+def _signed_doc(job: Job, script: bytes) -> dict[str, Any]:
+    return {"id": job.id, "tenant": job.tenant, "grant": job.grant, "signer": job.signer,
+            "devices": list(job.devices), "timeout_s": job.timeout_s, "issued_at": job.issued_at,
+            "expires_at": job.expires_at, "script_sha256": hashlib.sha256(script).hexdigest(),
+            "script_size": len(script), "script": script.decode("utf-8", "replace")}
+
+
+def job(cfg: Config, job_id: str) -> dict[str, Any]:
+    """A job and its receipts as the server reports them."""
+    with connected(cfg) as (client, session):
+        doc = expect_dict(client.get(f"/jobs/{job_id}"), "job")
+    if doc.get("id") != job_id:
+        raise ServerProblem("the server sent another job")
+    targets = [t for t in doc.get("targets") or [] if isinstance(t, dict)]
+    pending = [t for t in targets if not isinstance(t.get("receipt"), dict)]
+    return {"session": session, "job": doc, "targets": targets, "pending": bool(pending or not targets)}
