@@ -276,6 +276,8 @@ def test_t14_x11vnc_loaded_only_in_memory_is_named_by_its_content(display: int) 
         kinds = _kinds(found)
         [mem] = kinds["memory-only"]
         assert mem.severity == "critical" and mem.tool == "x11vnc" and mem.evidence["reason"] == "memfd"
+        # Its exact fingerprint, what a suppression rule names for a known memfd program (issue 15, 7).
+        assert mem.evidence["sha256"] == hashlib.sha256(Path(X11VNC).read_bytes()).hexdigest()
         assert kinds["rat-unsanctioned"][0].tool == "x11vnc"
         assert any(f.evidence["by"] == "protocol" for f in kinds["rat-behaviour"])
     finally:
