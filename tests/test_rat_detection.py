@@ -863,3 +863,24 @@ def test_t16_crafted_marks_and_protocols_are_inert_and_sanctioning_names_the_too
     assert not [f for f in found if f.evidence.get("pid") in ("12", "13")]
     unsanctioned = evaluate(inv, builtin_catalog(), sanctioned=NOBODY, now=2)
     assert {f.evidence["exe"] for f in unsanctioned if f.kind == "rat-behaviour"} == {"/srv/a", "/srv/b"}
+
+
+def test_t14_an_alert_escalates_with_its_finding(ingest: _Db) -> None:
+    low = Finding(kind="rat-behaviour", severity="warning", key="rat-behaviour::rfb:/srv/v",
+                  subject="v (warning)", evidence={"by": "protocol"})
+    high = Finding(kind="rat-behaviour", severity="high", key=low.key, subject="v (high)",
+                   evidence={"by": "protocol"})
+    t = time.time()
+    _report(ingest, [low], t)
+    from rampart.server.models import AlertRow
+
+    with ingest.store.read() as s:  # type: ignore[attr-defined]
+        [before] = [(a.severity, a.count) for a in s.scalars(select(AlertRow).where(
+            AlertRow.device_id == ingest.device))]
+    assert before == ("warning", 1)
+    _report(ingest, [high], t + 60)
+    with ingest.store.read() as s:  # type: ignore[attr-defined]
+        [after] = [(a.severity, a.count, a.subject, a.detail) for a in s.scalars(select(AlertRow).where(
+            AlertRow.device_id == ingest.device))]
+    assert after[:3] == ("critical", 2, "host1: v (high)") and "escalated at" in after[3]
+    assert "was: v (warning)" in after[3]
