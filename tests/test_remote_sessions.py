@@ -30,7 +30,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0,
 @pytest.fixture(scope="module")
 def world(pg_cluster: Any) -> Iterator[SessionWorld]:
     with session_world(pg_cluster) as w:
-        w.enrol("main")
+        w.enrol("main", "--allow-root")
         yield w
 
 
@@ -320,3 +320,43 @@ def test_a_session_ends_at_its_signed_time_limit_and_everything_in_it_is_killed(
     r = world.receipt_envelope(job_id)
     assert isinstance(r.session, trust.SessionSummary) and r.session.end == "max-duration"
     assert not _processes_of_uid(uid)
+
+
+def test_a_root_session_with_keystrokes_recorded_and_its_verified_export(
+        world: SessionWorld, tmp_path: Path) -> None:
+    grant = world.grant(["shell", "root"])  # root too: two approvers, a device enrolled --allow-root
+    child, job_id = open_shell(world, grant, "--as-root", "--record-input")
+    assert run(child, "id -u").strip().splitlines()[-1] == "0"
+    run(child, "echo typed-$((2+3))")
+    child.sendline("exit")
+    child.expect(pexpect.EOF, timeout=30)
+    child.close()
+    r = world.receipt_envelope(job_id)
+    assert isinstance(r.session, trust.SessionSummary) and r.session.input_recorded
+    assert r.containment is not None and r.containment.uid == 0
+    world.wait_recording(job_id)
+    out = tmp_path / "session.cast"
+    done = world.cli("sessions", "export", job_id, "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    data = out.read_bytes()
+    assert hashlib.sha256(data).hexdigest() == r.session.recording_sha256
+    events = [json.loads(x) for x in data.decode().splitlines()[1:]]
+    typed = "".join(e[2] for e in events if e[1] == "i")
+    assert "echo typed-$((2+3))" in typed  # keystrokes, as typed
+    assert any("typed-5" in e[2] for e in events if e[1] == "o")
+    evidence = json.loads(Path(f"{out}.evidence.json").read_text())
+    assert evidence["recording_sha256"] == r.session.recording_sha256
+    # Without root in the grant, --as-root is refused before anything is signed.
+    refused = world.cli("shell", "acme", world.main.device_id, "--grant", world.grant(["shell"]), "--as-root")
+    assert refused.returncode != 0 and b"does not give root" in refused.stderr
+
+
+def test_an_idle_session_ends_at_its_idle_timeout(world: SessionWorld) -> None:
+    child, job_id = open_shell(world, world.grant(["shell"]), "--idle-timeout", "10s")
+    began = time.monotonic()
+    child.expect(pexpect.EOF, timeout=40)
+    child.close()
+    assert 9 <= time.monotonic() - began < 30
+    assert child.exitstatus == 255 and b"idle-timeout" in child.before
+    r = world.receipt_envelope(job_id)
+    assert isinstance(r.session, trust.SessionSummary) and r.session.end == "idle-timeout"
