@@ -12,7 +12,9 @@ Chromium is driven through Playwright (no browser is downloaded).
   CSRF token, a post from another page of the same host, a replayed launch secret: refused,
   and the grant stays unsigned;
 - T1: the server (its database) swaps the grant between the approver's review and the
-  approval, or names a key that is no technician: refused, nothing signed.
+  approval, or names a key that is no technician: refused, nothing signed;
+- T16: a device's hostname and a grant's reason written as markup and controls render as
+  inert text in the local console.
 
 Screenshots go to the test's tmp_path and, with ``RAMPART_CONSOLE_SCREENSHOTS=dir``, to
 that directory (docs/img/local-console-*.png come from such a run).
@@ -35,7 +37,7 @@ from typing import Any
 
 import httpx
 import pytest
-from harness.consolefleet import store_of
+from harness.consolefleet import add_devices, store_of
 from harness.operators import audit_events, ok
 from harness.sessions import KEY_PASSPHRASE, REPO, SessionWorld, cli_config, session_world
 from playwright.sync_api import BrowserContext, Page, sync_playwright
@@ -349,3 +351,29 @@ def test_T1_server_names_a_key_that_is_no_technician_and_nothing_can_be_approved
     assert r.status == 409
     assert trust.decode_envelope(_stored(w, gid)).signatures == ()
     assert len(_approvals(world)) == before
+
+
+XSS_HOSTNAME = '"><script>window.__pwned="script"</script><img src=x onerror="window.__pwned=1">\u202e'
+XSS_REASON = '</dd><script>window.__pwned="reason"</script>\x1b[2J<b>bold</b>'
+
+
+def test_T16_hostile_hostname_and_reason_render_as_text_in_the_local_console(world: World) -> None:
+    w, appr, c = world.w, world.approver_page, world.approver
+    store = store_of(w.server.data_dir)
+    try:
+        add_devices(store, w.tenant, 1, prefix=XSS_HOSTNAME)
+    finally:
+        store.dispose()
+    gid = _requested(world, XSS_REASON)
+    blocked: list[str] = []
+    appr.on("console", lambda m: blocked.append(m.text))
+    for path in (f"/t/{w.tenant}", f"/t/{w.tenant}/request", f"/grants/{gid}"):
+        appr.goto(c.origin + path)
+        assert appr.evaluate("() => window.__pwned") is None, path
+        assert appr.query_selector("main script, main img, main b") is None, path
+    assert "<script>window.__pwned" in appr.inner_text("#grant-reason")  # shown, as characters
+    appr.goto(f"{c.origin}/t/{w.tenant}")
+    text = appr.inner_text("table.devices")
+    assert '"><script>window.__pwned="script"</script>' in text and "\\u202e" in text
+    assert "\u202e" not in appr.content() and "\x1b" not in appr.content()
+    assert not [m for m in blocked if "Content Security Policy" in m]  # nothing even tried to run
