@@ -263,6 +263,16 @@ def _consent_agent(world: SessionWorld) -> str:
     return world.agents["consent"].device_id
 
 
+def _waiting_for_consent(world: SessionWorld) -> tuple[pexpect.spawn, str]:
+    """A shell opened on the consent device, now waiting for a local user's answer."""
+    device = _consent_agent(world)
+    child = spawn(world, "shell", "acme", device, "--grant", world.grant(["shell"], agent="consent"))
+    child.expect(r"session (job-[0-9a-z]+) open")
+    job_id = child.match.group(1).decode()
+    child.expect("waiting for a local user to accept", timeout=30)
+    return child, job_id
+
+
 def _answer(job_id: str, answer: str) -> subprocess.CompletedProcess[str]:
     """A local user at the device answers (here root, a local account)."""
     return subprocess.run([sys.executable, "-m", "rampart.agent", "consent", answer, job_id],
@@ -270,12 +280,7 @@ def _answer(job_id: str, answer: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_a_device_that_requires_consent_opens_nothing_until_a_local_user_accepts(world: SessionWorld) -> None:
-    device = _consent_agent(world)
-    grant = world.grant(["shell"], agent="consent")
-    child = spawn(world, "shell", "acme", device, "--grant", grant)
-    child.expect(r"session (job-[0-9a-z]+) open")
-    job_id = child.match.group(1).decode()
-    child.expect("waiting for a local user to accept", timeout=30)
+    child, job_id = _waiting_for_consent(world)
     assert not [e for e in world.session_log("consent") if e["session"] == job_id and e["event"] == "start"]
     r = _answer(job_id, "accept")
     assert r.returncode == 0, r.stderr
@@ -292,12 +297,7 @@ def test_a_device_that_requires_consent_opens_nothing_until_a_local_user_accepts
 
 def test_consent_refused_by_the_local_user_ends_the_session_before_any_shell_runs(
         world: SessionWorld) -> None:
-    device = _consent_agent(world)
-    grant = world.grant(["shell"], agent="consent")
-    child = spawn(world, "shell", "acme", device, "--grant", grant)
-    child.expect(r"session (job-[0-9a-z]+) open")
-    job_id = child.match.group(1).decode()
-    child.expect("waiting for a local user to accept", timeout=30)
+    child, job_id = _waiting_for_consent(world)
     assert _answer(job_id, "refuse").returncode == 0
     child.expect(pexpect.EOF, timeout=30)
     child.close()

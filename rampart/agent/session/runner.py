@@ -154,14 +154,19 @@ class Session:
         self.seq += 1
         await self.send(SessionFrameMessage(job_id=self.job_id, seq=self.seq, data=b64(sealed)))
 
-    async def _next_frame(self, timeout: float | None = None) -> Frame:
-        """The next frame the technician sealed; a close from the relay or a bad frame ends the session."""
+    async def _next_message(self, timeout: float | None) -> SessionFrameMessage:
+        """The next frame message from the relay; a close from it, or silence, ends the session."""
         try:
             msg = await asyncio.wait_for(self.incoming.get(), timeout)
         except TimeoutError:
             raise SessionEnded("relay-lost", "the technician's side did not answer") from None
         if isinstance(msg, SessionCloseMessage):
             raise SessionEnded("relay-lost", "the relay closed the technician's side")
+        return msg
+
+    async def _next_frame(self, timeout: float | None = None) -> Frame:
+        """The next frame the technician sealed; a close from the relay or a bad frame ends the session."""
+        msg = await self._next_message(timeout)
         assert self.opener is not None
         frame = self.opener.open(unb64(msg.data))
         self.last_activity = time.monotonic()
@@ -179,12 +184,7 @@ class Session:
         await self.send(SessionAcceptMessage(
             job_id=self.job_id, device_key=self.agent.key.public.to_b64(), agent_key=b64(public),
             header=b64(self.sealer.header), sig=b64(sig)))
-        try:
-            first = await asyncio.wait_for(self.incoming.get(), CLIENT_TIMEOUT_S)
-        except TimeoutError:
-            raise SessionEnded("relay-lost", "the technician's side never answered") from None
-        if isinstance(first, SessionCloseMessage):
-            raise SessionEnded("relay-lost", "the relay closed the technician's side")
+        first = await self._next_message(CLIENT_TIMEOUT_S)
         self.opener = SessionOpener(rx, unb64(first.data), self.job_id)
 
     async def run(self) -> bytes:
