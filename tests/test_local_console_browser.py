@@ -13,6 +13,8 @@ Chromium is driven through Playwright (no browser is downloaded).
   and the grant stays unsigned;
 - T1: the server (its database) swaps the grant between the approver's review and the
   approval, or names a key that is no technician: refused, nothing signed;
+- an owner signs a root change (typing the added key's fingerprint; a wrong one signs
+  nothing) and publishes it;
 - T16: a device's hostname and a grant's reason written as markup and controls render as
   inert text in the local console.
 
@@ -40,7 +42,7 @@ import pytest
 from harness.consolefleet import add_devices, store_of
 from harness.operators import audit_events, ok
 from harness.sessions import KEY_PASSPHRASE, REPO, SessionWorld, cli_config, session_world
-from playwright.sync_api import BrowserContext, Page, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 from sqlalchemy import select
 
 from rampart import trust
@@ -105,6 +107,7 @@ class World:
     approver_page: Page
     approver_context: BrowserContext
     shots: list[Path]
+    browser: Browser
 
 
 def _shot(world: World, page: Page, name: str) -> None:
@@ -145,7 +148,8 @@ def world() -> Iterator[World]:
                         page.wait_for_selector("table.tenants")
                         pages.append(page)
                         contexts.append(ctx)
-                    yield World(w, agent.device_id, tech, approver, pages[0], pages[1], contexts[1], [])
+                    yield World(w, agent.device_id, tech, approver, pages[0], pages[1], contexts[1], [],
+                                browser)
                 finally:
                     browser.close()
         finally:
@@ -377,3 +381,51 @@ def test_T16_hostile_hostname_and_reason_render_as_text_in_the_local_console(wor
     assert '"><script>window.__pwned="script"</script>' in text and "\\u202e" in text
     assert "\u202e" not in appr.content() and "\x1b" not in appr.content()
     assert not [m for m in blocked if "Content Security Policy" in m]  # nothing even tried to run
+
+
+def _proposal_signatures(w: SessionWorld) -> int:
+    doc = ok(w.owner.http.get(f"/tenants/{w.tenant}/root-proposal"))
+    return len(trust.decode_envelope(doc["envelope"].encode()).signatures)
+
+
+def test_owner_signs_a_root_change_in_the_local_console_only_with_the_right_fingerprint(
+        world: World) -> None:
+    w = world.w
+    cli_config(w, "cli-owner", w.owner, w.owner.keys[0], w.root_env)  # type: ignore[attr-defined]
+    new_key = w.approvers[0][0].add_key(w.tenant)  # Alan's second key, to become an approver key
+    r = w.cli("root", "propose", "acme", "--add-key", new_key.key_id, "--role", "approver",
+              config="cli-owner")
+    assert r.returncode == 0, r.stderr
+    console = LocalConsole(w, "cli-owner")
+    ctx = world.browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        page = ctx.new_page()
+        page.goto(console.url)
+        page.wait_for_url(console.origin + "/")
+        page.goto(f"{console.origin}/t/{w.tenant}/root")
+        assert new_key.key_id[:16] in page.inner_text("#root-diff")
+        # A fingerprint that is not the key's (the server swapped the key, or a typo): nothing signed.
+        page.fill("#fp-1", "12345 12345 12345 12345 12345 12345")
+        page.fill("#passphrase", KEY_PASSPHRASE)
+        with page.expect_response(f"{console.origin}/t/{w.tenant}/root/sign") as answer:
+            page.click("#sign-root")
+        assert answer.value.status == 409
+        assert "fingerprint you typed is not that of key" in page.inner_text("#refusal")
+        assert _proposal_signatures(w) == 0
+        # The fingerprint its holder reads out: signed, then published after the local check.
+        page.goto(f"{console.origin}/t/{w.tenant}/root")
+        page.fill("#fp-1", trust.key_fingerprint_b64(new_key.public.to_b64()))
+        page.fill("#passphrase", KEY_PASSPHRASE)
+        _shot(world, page, "root")
+        page.click("#sign-root")
+        assert "owners of v2: 1 of 1" in page.inner_text("#root-signed")
+        assert _proposal_signatures(w) == 1
+        page.click("#publish-root")
+        assert "v2 published" in page.inner_text("h1")
+        versions = [d["version"] for d in ok(w.owner.http.get(f"/tenants/{w.tenant}/roots"))]
+        assert 2 in versions
+    finally:
+        ctx.close()
+        console.stop()
+        for path in (console.log, console.out):
+            assert KEY_PASSPHRASE not in path.read_text(errors="replace")

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -580,12 +580,14 @@ def mismatches(d: RootDiff, new: TenantRoot, exp: Expected, labels: dict[str, st
     return out
 
 
-def confirm_interactively(d: RootDiff, new: TenantRoot, cfg: Config,
-                          labels: dict[str, str]) -> None:
-    """At a terminal: the owner types each added key's fingerprint, then names unknown keys."""
+def confirm_added_keys(d: RootDiff, new: TenantRoot, cfg: Config, labels: dict[str, str], *,
+                       fingerprint_of: Callable[[str], str], holder_of: Callable[[str], str]) -> None:
+    """Each added key's fingerprint, as the owner typed it (``fingerprint_of``), must be the key's;
+    a key unknown to the owner's records must carry the name the owner expects (``holder_of``).
+    Names confirmed here are recorded. Used at a terminal and by the local console."""
     for kid in d.added:
         actual = key_fingerprint_b64(new.keys[kid].public)
-        typed = prompts.ask(f"Fingerprint of key {kid[:16]}… as its holder reads it to you: ")
+        typed = fingerprint_of(kid)
         try:
             ok = normalise_fingerprint(typed) == actual
         except trust.UsageError:
@@ -595,13 +597,23 @@ def confirm_interactively(d: RootDiff, new: TenantRoot, cfg: Config,
                           "signed; the key in the proposal is not the one its holder has")
         want = labels.get(kid)
         if want is None and new.keys[kid].name != default_key_name(new.keys[kid].public):
-            want = prompts.ask(f"Who holds key {kid[:16]}… (the name you expect in the root)? ")
-            want = want.strip()
+            want = holder_of(kid).strip()
         if want is not None and new.keys[kid].name != want:
             raise Refused(f"the proposal names key {kid[:16]}… differently from your records: "
                           "not signed")
         if want is not None:
             cfg.save_label(kid, want)
+
+
+def confirm_interactively(d: RootDiff, new: TenantRoot, cfg: Config,
+                          labels: dict[str, str]) -> None:
+    """At a terminal: the owner types each added key's fingerprint, then names unknown keys."""
+    confirm_added_keys(
+        d, new, cfg, labels,
+        fingerprint_of=lambda kid: prompts.ask(
+            f"Fingerprint of key {kid[:16]}… as its holder reads it to you: "),
+        holder_of=lambda kid: prompts.ask(
+            f"Who holds key {kid[:16]}… (the name you expect in the root)? "))
 
 
 def sign_proposal(client: Client, cfg: Config, session: Session, tenant_id: str,

@@ -37,6 +37,7 @@ from rampart.cli.client import STEP_UP_PATH, Client, expect_dict, expect_list, f
 from rampart.cli.common import (
     envelope_bytes,
     key_passphrase,
+    refusing,
     require_pin,
     trusted_root,
 )
@@ -53,7 +54,15 @@ from rampart.cli.grant_cmds import (
 )
 from rampart.cli.job_cmds import MAX_SCRIPT_BYTES, sign_script_job, submit_job
 from rampart.cli.output import parse_duration
-from rampart.trust import ALL_CAPABILITIES, Job, TrustedRoot
+from rampart.cli.root_cmds import (
+    confirm_added_keys,
+    get_proposal,
+    publish_proposal,
+    review_lines,
+    sign_proposal,
+    unsupported_changes,
+)
+from rampart.trust import ALL_CAPABILITIES, Job, TrustedRoot, default_key_name, key_fingerprint_b64, root_diff
 
 #: One operation at a time (the passphrase override of the CLI is process-wide).
 LOCK: Final = threading.Lock()
@@ -275,3 +284,67 @@ def job(cfg: Config, job_id: str) -> dict[str, Any]:
     targets = [t for t in doc.get("targets") or [] if isinstance(t, dict)]
     pending = [t for t in targets if not isinstance(t.get("receipt"), dict)]
     return {"session": session, "job": doc, "targets": targets, "pending": bool(pending or not targets)}
+
+
+# --- root changes (owners) ---------------------------------------------------------------------
+
+
+def _pinned(cfg: Config, client: Client, tenant_id: str) -> TrustedRoot:
+    current = trusted_root(cfg, client, tenant_id, allow_expired=True)
+    require_pin(cfg, tenant_id, current)
+    return current
+
+
+def root_review(cfg: Config, tenant_id: str) -> dict[str, Any]:
+    """The server's root proposal compared with the root this owner trusts, as ``root sign`` shows it."""
+    with connected(cfg) as (client, session):
+        current = _pinned(cfg, client, tenant_id)
+        data, new = get_proposal(client, tenant_id, current)
+    d = root_diff(current.root, new)
+    labels = cfg.load_labels()
+    owners = set(current.root.roles.owner.keyids) | set(new.roles.owner.keyids)
+    mine = [k for k in cfg.key_candidates(session.username, tenant_id) if k.keyid in owners]
+    added = [{"keyid": kid, "roles": roles, "needs_name": kid not in labels
+              and new.keys[kid].name != default_key_name(new.keys[kid].public)}
+             for kid, roles in d.added.items()]
+    return {"session": session, "root": _root_doc(cfg, session, current), "from_version": current.version,
+            "to_version": new.version, "lines": review_lines(d, current.root, new, labels),
+            "problems": unsupported_changes(d), "added": added,
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "cannot_sign": None if mine else (f"none of your keys is an owner of v{current.version} or "
+                                              f"v{new.version}: your signature would not count")}
+
+
+def root_sign(cfg: Config, tenant_id: str, *, reviewed_sha256: str, fingerprints: dict[str, str],
+              holders: dict[str, str], key_passphrase_text: str) -> dict[str, Any]:
+    """Sign the reviewed proposal with this owner's key: the same checks as an interactive
+    ``rampart root sign`` (the fingerprint of every added key typed by the owner)."""
+    if len(reviewed_sha256) != 64:
+        raise UsageProblem("review the proposal before signing it")
+    with passphrase(key_passphrase_text), connected(cfg) as (client, session):
+        current = _pinned(cfg, client, tenant_id)
+        data, new = get_proposal(client, tenant_id, current)
+        if hashlib.sha256(data).hexdigest() != reviewed_sha256:
+            raise Refused("the proposal the server sends now differs from the one you reviewed: "
+                          "nothing was signed")
+        d = root_diff(current.root, new)
+        problems = unsupported_changes(d)
+        if problems:
+            raise Refused(f"not signed: {'; '.join(problems)}")
+        confirm_added_keys(d, new, cfg, cfg.load_labels(),
+                           fingerprint_of=lambda kid: fingerprints.get(kid, ""),
+                           holder_of=lambda kid: holders.get(kid, ""))
+        with refusing("root proposal"):
+            _, own, prev = sign_proposal(client, cfg, session, tenant_id, current, data)
+    return {"session": session, "root": _root_doc(cfg, session, current), "from_version": current.version,
+            "to_version": new.version, "prev": f"{len(prev.signed)} of {prev.threshold}",
+            "own": f"{len(own.signed)} of {own.threshold}", "ready": own.met and prev.met,
+            "fingerprints": {kid: key_fingerprint_b64(new.keys[kid].public) for kid in d.added}}
+
+
+def root_publish(cfg: Config, tenant_id: str) -> dict[str, Any]:
+    """Publish the proposal once ``update_root`` accepts it locally; trust the new version."""
+    with connected(cfg) as (client, session):
+        current = _pinned(cfg, client, tenant_id)
+        new = publish_proposal(client, cfg, tenant_id, current)
+    return {"session": session, "root": _root_doc(cfg, session, new), "published": new.version}

@@ -186,6 +186,21 @@ def build_app(cfg: Config, guard: Guard) -> Starlette:
         fragment = request.headers.get("hx-request") == "true"
         return render("targets.html" if fragment else "job.html", signed=signed.get(jid), **doc)
 
+    async def root_page(request: Request, form: dict[str, str]) -> Response:
+        return render("rootchange.html", **await work(actions.root_review, cfg, request.path_params["t"]))
+
+    async def root_post(request: Request, form: dict[str, str]) -> Response:
+        fingerprints = {k[3:]: v for k, v in form.items() if k.startswith("fp-")}
+        holders = {k[5:]: v for k, v in form.items() if k.startswith("name-")}
+        done = await work(partial(actions.root_sign, cfg, request.path_params["t"],
+                                  reviewed_sha256=form.get("reviewed", ""), fingerprints=fingerprints,
+                                  holders=holders, key_passphrase_text=form.get("passphrase", "")))
+        return render("rootsigned.html", **done)
+
+    async def publish_post(request: Request, form: dict[str, str]) -> Response:
+        done = await work(actions.root_publish, cfg, request.path_params["t"])
+        return render("rootsigned.html", **done)
+
     return Starlette(routes=[
         Route("/", index, methods=["GET"]),
         Route("/launch", launch, methods=["POST"]),
@@ -198,4 +213,7 @@ def build_app(cfg: Config, guard: Guard) -> Starlette:
         route("/grants/{g}", grant_page),
         route("/grants/{g}/approve", approve_post, post=True),
         route("/jobs/{j}", job_page),
+        route("/t/{t}/root", root_page),
+        route("/t/{t}/root/sign", root_post, post=True),
+        route("/t/{t}/root/publish", publish_post, post=True),
     ])
