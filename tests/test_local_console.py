@@ -29,6 +29,7 @@ PORT = int(_SOCK.getsockname()[1])
 _SOCK.close()
 ORIGIN = f"http://127.0.0.1:{PORT}"
 SAME = {"Sec-Fetch-Site": "same-origin", "Origin": ORIGIN}
+DEV_A, DEV_B = "dev-" + "a" * 24, "dev-" + "b" * 24
 
 
 @pytest.fixture
@@ -141,3 +142,56 @@ def test_the_console_binds_loopback_only() -> None:
     finally:
         sock.close()
     assert Guard(port=5).url.startswith("http://127.0.0.1:5/#launch=")
+
+
+def test_T1_a_grant_the_server_drafts_unlike_the_request_is_refused(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server answers "request a grant" with a wider grant, or one for a key not the
+    technician's: the console refuses it and shows no grant id (the same check as the CLI's)."""
+    from contextlib import contextmanager
+    from typing import Any
+
+    from harness.tenant import Tenant
+
+    from rampart import trust
+    from rampart.cli.config import Session
+    from rampart.cli.errors import Refused
+    from rampart.console import actions
+
+    t = Tenant()
+    mine, other = t.technicians
+    cfg = Config(tmp_path / "cfg")
+    cfg.save_key(mine.key_id, trust.encrypt_private_key(mine, "pw"), name="tess", tenant=t.id,
+                 username="tess")
+    root = trust.pin_root(t.roots[0], expected_sha256=t.root_sha256, now=int(time.time()))
+    now = int(time.time())
+
+    def drafted(grantee: str, devices: list[str]) -> dict[str, Any]:
+        g = trust.Grant(id=trust.new_grant_id(), tenant=t.id, grantee=grantee, devices=devices,
+                        capabilities=["script"], not_before=now, not_after=now + 3600, reason="fix",
+                        requested_by="tess")
+        env = trust.Envelope(trust.GRANT_TYPE, trust.encode_payload(g), ()).to_bytes().decode()
+        return {"id": g.id, "envelope": env, "status": "requested"}
+
+    answers: list[dict[str, Any]] = []
+
+    class CompromisedServer:
+        def post(self, path: str, body: Any) -> dict[str, Any]:
+            return answers.pop(0)
+
+    @contextmanager
+    def connected(cfg: Config, step_up_code: str | None = None) -> Iterator[tuple[Any, Session]]:
+        yield CompromisedServer(), Session("https://rampart.example", "0" * 64, "tess", "token")
+
+    monkeypatch.setattr(actions, "connected", connected)
+    monkeypatch.setattr(actions, "trusted_root", lambda *a, **k: root)
+    answers.append(drafted(mine.key_id, [DEV_A, DEV_B]))  # one device more than asked
+    with pytest.raises(Refused, match="differs from the request"):
+        actions.request(cfg, t.id, devices=[DEV_A], capabilities=["script"], duration="1h", reason="fix")
+    answers.append(drafted(other.key_id, [DEV_A]))  # for another technician's key
+    with pytest.raises(Refused, match="not one of your keys"):
+        actions.request(cfg, t.id, devices=[DEV_A], capabilities=["script"], duration="1h", reason="fix")
+    answers.append(drafted(mine.key_id, [DEV_A]))  # exactly what was asked
+    done = actions.request(cfg, t.id, devices=[DEV_A], capabilities=["script"], duration="1h",
+                           reason="fix")
+    assert done["grant"]["devices"] == [DEV_A] and done["grant"]["grantee_name"] == "key4"
