@@ -183,7 +183,6 @@ def main(out_path: str) -> None:
             try:
                 links.append(_open(w, grant, client))
             except Exception as exc:  # noqa: BLE001 - report the failure with the server's log
-                log = (w.server.data_dir.parent / "server.log")
                 raise SystemExit(f"session {i} did not open: {exc}\n"
                                  f"{w.server.log_path.read_text()[-3000:]}") from None
         opened = time.perf_counter() - t0

@@ -73,6 +73,9 @@ EXPECTED: dict[tuple[str, str], frozenset[str] | None] = {
     ("post", "/api/v1/tenants/{t}/enrollment-tokens"): STAFF,
     ("get", "/api/v1/tenants/{t}/devices"): ALL,
     ("post", "/api/v1/tenants/{t}/devices/{d}/approve"): APPROVE,
+    ("post", "/api/v1/tenants/{t}/devices/{d}/reject"): APPROVE,
+    ("post", "/api/v1/tenants/{t}/devices/{d}/retire"): APPROVE,
+    ("put", "/api/v1/tenants/{t}/devices/{d}/name"): STAFF,
     ("post", "/api/v1/tenants/{t}/grants"): TECH,
     ("get", "/api/v1/tenants/{t}/grants"): ALL,
     ("get", "/api/v1/grants/{g}"): ALL,
@@ -208,6 +211,7 @@ def test_M3_every_route_enforces_the_roles_table(server: RunningServer) -> None:
         ("put", "/api/v1/tenants/{t}/patch-policies/{name}"): lambda: {
             "rings": [{"name": "pilot", "devices": [device]}]},
         ("put", "/api/v1/tenants/{t}/devices/{d}/backup-policy"): lambda: {"every_s": 3600},
+        ("put", "/api/v1/tenants/{t}/devices/{d}/name"): lambda: {"name": "walk-name"},
         ("put", "/api/v1/tenants/{t}/device-groups/{name}"): lambda: {"devices": [device]},
         ("post", "/api/v1/tenants/{t}/device-groups/{name}/members"): lambda: {"add": [device]},
         ("post", "/api/v1/tenants/{t}/suppressions"): lambda: {

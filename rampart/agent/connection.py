@@ -66,6 +66,8 @@ log = logging.getLogger("rampart.agent")
 BACKOFF_FIRST_S = 1.0
 BACKOFF_MAX_S = 60.0
 HANDSHAKE_TIMEOUT_S = 15.0
+#: How long a device the server called retired or rejected waits before it asks again.
+RETIRED_RECHECK_S = 3600.0
 
 SendText = Callable[[str], Awaitable[None]]
 #: What the job worker is given: a job to verify, or a refused job message to answer with a refusal.
@@ -100,6 +102,8 @@ class Link:
         self.send_text: SendText | None = None
         #: Server messages refused since start, by reason (for tests and diagnostics).
         self.refused: dict[str, int] = {}
+        #: "rejected" or "retired" when the server last said so at the handshake, else "".
+        self.refused_as = ""
         #: Live remote sessions (docs/design/remote-sessions.md).
         self.sessions = Sessions(agent, self._send, self._send_receipt)
 
@@ -132,7 +136,11 @@ class Link:
                 if stop.is_set():
                     break
                 try:
-                    await asyncio.wait_for(stop.wait(), timeout=next(delays))
+                    # A retired or rejected device stops talking to the server, but not for good: the
+                    # server's word is not signed, and a server that was compromised while it retired
+                    # devices must not orphan the fleet. It asks again after RETIRED_RECHECK_S.
+                    wait = RETIRED_RECHECK_S if self.refused_as else next(delays)
+                    await asyncio.wait_for(stop.wait(), timeout=wait)
                 except TimeoutError:
                     pass
         finally:
@@ -151,6 +159,12 @@ class Link:
                 root_version=self.agent.root_version(), checkpoint_size=self.agent.checkpoint_size(),
                 catalog_sha256=self.telemetry.catalog_sha256 if self.telemetry is not None else "")))
             welcome = decode_welcome(await asyncio.wait_for(ws.recv(), HANDSHAKE_TIMEOUT_S))
+            if welcome.status in ("rejected", "retired"):
+                self.refused_as = welcome.status
+                log.error("the server says this device is %s: no longer connecting (rechecked every %d s; "
+                          "re-enrol or uninstall the agent)", welcome.status, int(RETIRED_RECHECK_S))
+                return
+            self.refused_as = ""
             log.info("connected to %s as %s (%s)", self.url, self.agent.device_id, welcome.status)
             await self.start(ws, ws.send)
             stopper = asyncio.create_task(stop.wait())

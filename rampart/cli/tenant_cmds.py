@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from rampart.textsafe import safe_line
+
 from .client import Client, expect_dict, expect_list, field, split_server
 from .common import (
     api,
@@ -320,6 +322,52 @@ def device_approve(
         t = resolve_tenant(client, tenant)
         client.post(f"/tenants/{t['id']}/devices/{device}/approve")
     say(f"device {device} approved in {t['name']}")
+
+
+def _device_arg(device: str) -> str:
+    if not device.startswith("dev-"):
+        raise UsageProblem("a device id looks like dev-<24 hex>")
+    return device
+
+
+@device_app.command("reject")
+def device_reject(
+    tenant: Annotated[str, typer.Argument(help="Tenant name or id.")],
+    device: Annotated[str, typer.Argument(help="Device id (dev-…) of a pending enrolment.")],
+) -> None:
+    """Refuse a pending enrolment: the device is told and refused from then on."""
+    _, client, _ = api()
+    with client:
+        t = resolve_tenant(client, tenant)
+        client.post(f"/tenants/{t['id']}/devices/{_device_arg(device)}/reject")
+    say(f"device {device} rejected in {t['name']}")
+
+
+@device_app.command("retire")
+def device_retire(
+    tenant: Annotated[str, typer.Argument(help="Tenant name or id.")],
+    device: Annotated[str, typer.Argument(help="Device id (dev-…).")],
+) -> None:
+    """Retire a device (asks for a fresh TOTP code): disconnected, refused, no job may target it."""
+    _, client, _ = api()
+    with client:
+        t = resolve_tenant(client, tenant)
+        client.post(f"/tenants/{t['id']}/devices/{_device_arg(device)}/retire")
+    say(f"device {device} retired in {t['name']}: its agent is told and stops connecting")
+
+
+@device_app.command("rename")
+def device_rename(
+    tenant: Annotated[str, typer.Argument(help="Tenant name or id.")],
+    device: Annotated[str, typer.Argument(help="Device id (dev-…).")],
+    name: Annotated[str, typer.Argument(help="The name operators will see for it.")],
+) -> None:
+    """Name a device as your team knows it (lists show it instead of the hostname it reported)."""
+    _, client, _ = api()
+    with client:
+        t = resolve_tenant(client, tenant)
+        client.put(f"/tenants/{t['id']}/devices/{_device_arg(device)}/name", {"name": name})
+    say(f"device {device} is now named {safe_line(name)} in {t['name']}")
 
 
 def register(app: typer.Typer) -> None:

@@ -42,7 +42,7 @@ SERVER_LOG = "tn-00000000000000000000server"
 EVENT_KINDS = frozenset({
     "login", "login.failed", "key.added", "root.published", "grant.requested",
     "grant.approved", "job.created", "receipt", "device.enrolled", "device.approved",
-    "account.created", "tenant.created",
+    "account.created", "tenant.created", "device.rejected", "device.retired", "device.renamed",
     # identity and access (docs/access.md)
     "stepup.required", "stepup.verified", "stepup.passed", "account.disabled",
     "account.enabled", "account.locked", "account.unlocked", "account.revoked",

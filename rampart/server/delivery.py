@@ -43,6 +43,8 @@ class DeviceIdentity:
     tenant_id: str
     public: DevicePublicKey
     approved: bool
+    #: pending, approved, rejected or retired (a rejected or retired device is told so and refused).
+    status: str = "approved"
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +84,7 @@ class DeliveryStore:
             if d is None:
                 return None
             return DeviceIdentity(d.id, d.tenant_id, DevicePublicKey.from_text(d.public_key),
-                                  d.status == "approved")
+                                  d.status == "approved", d.status)
 
     def touch(self, device_id: str, now: float) -> None:
         with self._store.transaction() as s:

@@ -214,6 +214,15 @@ class Gateway:
     def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
 
+    async def disconnect(self, device_id: str) -> bool:
+        """Close a device's live connection (it was retired); True when one was open."""
+        conn = self._conns.pop(device_id, None)
+        if conn is None:
+            return False
+        with contextlib.suppress(Exception):
+            await conn.ws.close(CLOSE_UNAUTHENTICATED)
+        return True
+
     def is_connected(self, device_id: str) -> bool:
         return device_id in self._conns
 
@@ -370,6 +379,12 @@ class Gateway:
             return None
         device = await asyncio.to_thread(self._db.identity, hello.device)
         if device is None or not check_hello(device.public, challenge, hello):
+            await self._close(ws, CLOSE_UNAUTHENTICATED)
+            return None
+        if device.status in ("rejected", "retired"):
+            # Told once, then refused: the agent stops reconnecting (rampart.agent.connection).
+            with contextlib.suppress(Exception):
+                await ws.send_text(encode_message(Welcome(status=device.status)))  # type: ignore[arg-type]
             await self._close(ws, CLOSE_UNAUTHENTICATED)
             return None
         await asyncio.to_thread(self._db.touch, device.device_id, clock.now())

@@ -90,6 +90,10 @@ def check_job(s: Session, tenant_id: str, data: bytes, payloads: dict[str, bytes
         Device.tenant_id == tenant_id, Device.id.in_(job.devices)))
     if known != len(job.devices):
         raise BadRequest("job targets an unknown device")
+    gone = sorted(s.scalars(select(Device.id).where(
+        Device.id.in_(job.devices), Device.status.in_(("rejected", "retired")))))
+    if gone:
+        raise BadRequest(f"job targets a rejected or retired device: {', '.join(gone[:5])}")
     return job
 
 

@@ -35,6 +35,7 @@ PERMISSIONS: Final[dict[str, frozenset[str]]] = {
     # devices
     "device.enrol": _STAFF,
     "device.approve": frozenset({"owner", "approver"}),
+    "device.rename": _STAFF,
     # device groups only choose what the patch scheduler considers; grants still name devices
     "group.manage": _STAFF,
     # grants and jobs

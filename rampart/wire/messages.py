@@ -77,9 +77,10 @@ class Hello(Message, frozen=True, kw_only=True, tag="hello"):
 
 
 class Welcome(Message, frozen=True, kw_only=True, tag="welcome"):
-    """Server, after a verified hello: the device's approval status."""
+    """Server, after a verified hello: the device's status. ``rejected`` and ``retired`` are the
+    last message of the connection: the server closes it and refuses the device from then on."""
 
-    status: Literal["approved", "pending"]
+    status: Literal["approved", "pending", "rejected", "retired"]
 
 
 # --- server to agent ------------------------------------------------------------------------------

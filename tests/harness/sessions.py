@@ -115,8 +115,10 @@ class SessionWorld:
         return env
 
     def cli(self, *args: str, timeout: float = 120, input: bytes | None = None,
-            config: str = "cli-tech") -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run([sys.executable, "-m", "rampart.cli.main", *args], env=self.cli_env(config),
+            config: str = "cli-tech", env_extra: dict[str, str] | None = None,
+            ) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([sys.executable, "-m", "rampart.cli.main", *args],
+                              env={**self.cli_env(config), **(env_extra or {})},
                               capture_output=True, timeout=timeout, cwd=REPO, input=input,
                               stdin=None if input is not None else subprocess.DEVNULL)
 

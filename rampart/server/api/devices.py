@@ -7,14 +7,18 @@ device's id is bound to its key (``device_id_for``); a new device is
 
 from __future__ import annotations
 
+import asyncio
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from rampart.trust import DevicePublicKey, TrustError, device_id_for
 
 from .. import clock
+from ..access import require_step_up
 from ..auth import new_token, token_hash
 from ..context import ServerContext
 from ..errors import BadRequest, Conflict, Forbidden, NotFound
@@ -120,4 +124,76 @@ def approve_device(t: TenantPath, d: DevicePath, caller: CallerDep, ctx: Ctx) ->
         device.status, device.approved_at, device.approved_by = "approved", now, caller.username
         ctx.audit.record(s, [t], "device.approved", caller.username, {"device": d}, now)
     ctx.gateway.wake([d])
+    return OkOut()
+
+
+# --- lifecycle: reject, retire, rename (issue 16) ------------------------------------------------------
+
+
+class DeviceNameIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    #: The operators' name for the device (shown instead of the hostname it reported; printable text).
+    name: str = Field(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$")
+
+
+def _device_of(s: Session, t: str, d: str) -> Device:
+    device = s.get(Device, d)
+    if device is None or device.tenant_id != t:
+        raise NotFound("device not found")
+    return device
+
+
+@router.post("/tenants/{t}/devices/{d}/reject", response_model=OkOut)
+def reject_device(t: TenantPath, d: DevicePath, caller: CallerDep, ctx: Ctx) -> OkOut:
+    """Refuse a pending enrolment: the device is told at its next connection and refused from then on."""
+    now = clock.now()
+    with ctx.store.transaction() as s:
+        caller.tenant(s, t)
+        device = _device_of(s, t, d)
+        caller.require_perm("device.approve")
+        if device.status == "rejected":
+            return OkOut()
+        if device.status != "pending":
+            raise Conflict(f"only a pending device can be rejected; this one is {device.status} "
+                           "(retire it instead)")
+        device.status = "rejected"
+        ctx.audit.record(s, [t], "device.rejected", caller.username, {"device": d}, now)
+    return OkOut()
+
+
+@router.post("/tenants/{t}/devices/{d}/retire", response_model=OkOut)
+async def retire_device(t: TenantPath, d: DevicePath, caller: CallerDep, ctx: Ctx) -> OkOut:
+    """Retire a device (fresh TOTP step-up): its connection closes, it is told and refused from then on,
+    and no job may target it any more. Its records stay until retention removes them."""
+    def retire() -> bool:
+        now = clock.now()
+        with ctx.store.transaction() as s:
+            caller.tenant(s, t)
+            device = _device_of(s, t, d)
+            caller.require_perm("device.approve")
+            if device.status == "retired":
+                return False
+            require_step_up(s, ctx.audit, tenant_id=t, actor=caller.username, step_up_at=caller.step_up_at,
+                            why="retiring a device", details={"device": d}, now=now)
+            device.status = "retired"
+            ctx.audit.record(s, [t], "device.retired", caller.username, {"device": d}, now)
+        return True
+
+    if await asyncio.to_thread(retire):
+        await ctx.gateway.disconnect(d)
+    return OkOut()
+
+
+@router.put("/tenants/{t}/devices/{d}/name", response_model=OkOut)
+def rename_device(t: TenantPath, d: DevicePath, body: DeviceNameIn, caller: CallerDep, ctx: Ctx) -> OkOut:
+    """Give a device the operators' own name (what lists show); audited with the name it had."""
+    now = clock.now()
+    with ctx.store.transaction() as s:
+        caller.tenant(s, t)
+        device = _device_of(s, t, d)
+        caller.require_perm("device.rename")
+        before = device.hostname
+        device.hostname = body.name
+        ctx.audit.record(s, [t], "device.renamed", caller.username,
+                         {"device": d, "from": before, "to": body.name}, now)
     return OkOut()

@@ -255,7 +255,7 @@ class EnrolOut(BaseModel):
 class DeviceOut(BaseModel):
     id: str
     hostname: str
-    status: Literal["pending", "approved"]
+    status: Literal["pending", "approved", "rejected", "retired"]
     connected: bool
     last_seen: float | None
     enrolled_at: float

@@ -1,0 +1,122 @@
+"""Day-two device lifecycle (issue 16): reject a pending enrolment, retire a device, rename one.
+
+Through the real CLI (an approver's configuration as `rampart login` leaves it) against a real
+server and a real agent. Retiring closes the agent's connection; the agent is told at its next
+handshake and stops connecting; no job may target the device; every change is audited. Security
+tests: who may do it (roles), the step-up, and that a refused request changes nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from harness.agent import AgentProcess
+from harness.operators import audit_events, ok
+from harness.sessions import SessionWorld, cli_config, session_world
+
+from rampart import trust
+
+pytestmark = pytest.mark.store
+
+
+@pytest.fixture(scope="module")
+def world(pg_cluster: Any) -> Iterator[SessionWorld]:
+    with session_world(pg_cluster, prefix="rampart-lifecycle-") as w:
+        approver, key = w.approvers[0]
+        cli_config(w, "cli-approver", approver, key, w.root_env)  # type: ignore[attr-defined]
+        w.enrol("main")
+        yield w
+
+
+def _device(w: SessionWorld, device_id: str) -> dict[str, Any]:
+    return next(d for d in ok(w.owner.http.get(f"/tenants/{w.tenant}/devices")) if d["id"] == device_id)
+
+
+def _pending_device(w: SessionWorld, name: str) -> AgentProcess:
+    """An enrolled device nobody approved yet, its agent running."""
+    tok = ok(w.owner.http.post(f"/tenants/{w.tenant}/enrollment-tokens", json={"ttl_s": 600}))
+    agent = AgentProcess(w.base / name)
+    r = agent.enroll(w.server.url, tok["token"], tok["root_sha256"], w.server.cert_sha256)
+    assert r.returncode == 0, r.stderr
+    w.agents[name] = agent.start()
+    return agent
+
+
+def test_renaming_a_device_shows_the_teams_name_and_audits_both(world: SessionWorld) -> None:
+    w = world
+    before = _device(w, w.main.device_id)["hostname"]
+    r = w.cli("device", "rename", "acme", w.main.device_id, "front-desk-pc", config="cli-approver")
+    assert r.returncode == 0, r.stderr
+    assert _device(w, w.main.device_id)["hostname"] == "front-desk-pc"
+    event = [e for e in audit_events(w.owner, w.tenant) if e["kind"] == "device.renamed"][-1]
+    assert event["details"] == {"device": w.main.device_id, "from": before, "to": "front-desk-pc"}
+    # A name with control characters is refused (it would reach terminals and pages).
+    r = w.cli("device", "rename", "acme", w.main.device_id, "evil\x1b[2Jname", config="cli-approver")
+    assert r.returncode != 0
+    assert _device(w, w.main.device_id)["hostname"] == "front-desk-pc"
+
+
+def test_rejecting_a_pending_enrolment_tells_the_agent_and_refuses_it(world: SessionWorld) -> None:
+    w = world
+    agent = _pending_device(w, "stranger")
+    deadline = time.time() + 30
+    while not _device(w, agent.device_id)["connected"] and time.time() < deadline:
+        time.sleep(0.2)
+    r = w.cli("device", "reject", "acme", agent.device_id, config="cli-approver")
+    assert r.returncode == 0, r.stderr
+    assert _device(w, agent.device_id)["status"] == "rejected"
+    agent.stop()
+    agent.start()  # its next handshake: told, then refused
+    agent.wait_log("this device is rejected", timeout=60)
+    time.sleep(1)
+    assert not _device(w, agent.device_id)["connected"]
+    # An approved device cannot be "rejected": it is retired instead (and nothing changed).
+    r = w.cli("device", "reject", "acme", w.main.device_id, config="cli-approver")
+    assert r.returncode != 0 and b"retire it instead" in r.stderr
+    assert _device(w, w.main.device_id)["status"] == "approved"
+
+
+def test_T11_a_technician_cannot_reject_or_retire_and_retiring_needs_a_fresh_totp(
+        world: SessionWorld) -> None:
+    w = world
+    for verb in ("reject", "retire"):
+        r = w.tech.http.post(f"/tenants/{w.tenant}/devices/{w.main.device_id}/{verb}")
+        assert r.status_code == 403 and "needs the role" in r.text
+    approver, _ = w.approvers[1]
+    approver.login()  # a fresh session: no step-up yet
+    r = approver.http.post(f"/tenants/{w.tenant}/devices/{w.main.device_id}/retire")
+    assert r.status_code == 403 and "step-up" in r.text
+    assert _device(w, w.main.device_id)["status"] == "approved"
+    assert _device(w, w.main.device_id)["connected"]
+
+
+def test_retiring_a_device_disconnects_it_stops_its_agent_and_refuses_jobs_to_it(
+        world: SessionWorld) -> None:
+    w = world
+    grant = w.grant(["inventory"])
+    approver, _ = w.approvers[0]
+    totp = approver.totp.code()
+    r = w.cli("device", "retire", "acme", w.main.device_id, config="cli-approver",
+              env_extra={"RAMPART_TOTP": totp})
+    assert r.returncode == 0, r.stderr
+    assert _device(w, w.main.device_id)["status"] == "retired"
+    w.main.wait_log("this device is retired", timeout=60)
+    assert not _device(w, w.main.device_id)["connected"]
+    # No job may target it any more.
+    now = int(time.time())
+    job = trust.Job(id=trust.new_job_id(), tenant=w.tenant, grant=grant, signer=w.tech_key.key_id,
+                    devices=[w.main.device_id], action=trust.Action(kind="inventory-refresh"),
+                    nonce=trust.new_nonce(), issued_at=now, expires_at=now + 600)
+    env = trust.sign_envelope(job.PAYLOAD_TYPE, trust.encode_payload(job), [w.tech_key]).to_bytes()
+    r2 = w.tech.http.post(f"/tenants/{w.tenant}/jobs", json={"envelope": env.decode(), "payloads": {}})
+    assert r2.status_code == 400 and "retired" in r2.text
+    kinds = [e["kind"] for e in audit_events(w.owner, w.tenant)]
+    assert "device.retired" in kinds and "stepup.passed" in kinds
+    # Restarted, the agent is told again and does not reconnect.
+    w.main.stop()
+    w.main.start()
+    time.sleep(3)
+    assert not _device(w, w.main.device_id)["connected"]
