@@ -195,3 +195,17 @@ def test_T1_a_grant_the_server_drafts_unlike_the_request_is_refused(tmp_path: Pa
     done = actions.request(cfg, t.id, devices=[DEV_A], capabilities=["script"], duration="1h",
                            reason="fix")
     assert done["grant"]["devices"] == [DEV_A] and done["grant"]["grantee_name"] == "key4"
+
+
+def test_the_launch_session_ends_when_idle_and_at_its_absolute_limit(client: httpx.Client,
+                                                                      guard: Guard) -> None:
+    _launched(client, guard)
+    guard.idle_s = 0.5
+    for _ in range(3):  # each request renews the idle limit
+        time.sleep(0.3)
+        assert client.get("/t/tn-abc").status_code == 401
+    time.sleep(0.7)
+    assert client.get("/t/tn-abc").status_code == 403
+    assert client.post("/launch", data={"launch": guard.launch_token}, headers=SAME).status_code == 403
+    guard.idle_s, guard.max_s = 60, 0.0  # the absolute limit, however active the session
+    assert client.get("/t/tn-abc").status_code == 403

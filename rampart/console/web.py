@@ -12,6 +12,8 @@ Security rules (docs/design/web-console.md, "Part 3: the local signing console")
   address bar and posts it once to ``/launch``; the answer sets the session cookie
   (``HttpOnly; SameSite=Strict; Path=/``, a second random value) and the launch secret is
   spent: a second browser, tab of another user or replay gets nothing (:meth:`Guard.launch`).
+- The session ends after :data:`IDLE_S` without a request and :data:`MAX_SESSION_S` after the
+  launch; a new one needs a new ``rampart console``.
 - Every POST passes the browser's same-origin check (``Sec-Fetch-Site: same-origin``, or
   without it ``Origin`` equal to this console's origin) and carries the CSRF token (HMAC of
   a fixed label under the session value), in the ``csrf`` field: both are checked before a
@@ -33,6 +35,7 @@ import hashlib
 import hmac
 import secrets
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Final
 from urllib.parse import parse_qs
@@ -44,6 +47,8 @@ from rampart.webui import CSP
 MAX_FORM_BYTES: Final = 4 * 1024 * 1024  # a script of up to 2 MiB, form-encoded
 MAX_FORM_FIELDS: Final = 2000  # one field a selected device
 _CSRF_LABEL: Final = b"rampart-local-console-csrf-v1"
+IDLE_S: Final = 30 * 60.0  # no request for 30 minutes: run `rampart console` again
+MAX_SESSION_S: Final = 12 * 3600.0
 
 HEADERS: Final[dict[str, str]] = {
     "Cache-Control": "no-store",
@@ -64,6 +69,11 @@ class Guard:
     launch_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     session_value: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     launched: bool = False
+    #: The session ends after this long without a request, and this long after the launch.
+    idle_s: float = IDLE_S
+    max_s: float = MAX_SESSION_S
+    _launched_at: float = 0.0
+    _last_seen: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -94,8 +104,16 @@ class Guard:
         return origin is not None and origin == f"http://{host}"
 
     def signed_in(self, request: Request) -> bool:
+        """The launch session's cookie, within the idle and absolute limits (each use renews idle)."""
         sent = request.cookies.get(self.cookie_name, "")
-        return self.launched and hmac.compare_digest(sent.encode(), self.session_value.encode())
+        if not (self.launched and hmac.compare_digest(sent.encode(), self.session_value.encode())):
+            return False
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last_seen > self.idle_s or now - self._launched_at > self.max_s:
+                return False
+            self._last_seen = now
+        return True
 
     def csrf(self) -> str:
         return hmac.new(self.session_value.encode(), _CSRF_LABEL, hashlib.sha256).hexdigest()
@@ -112,6 +130,7 @@ class Guard:
             if self.launched or not hmac.compare_digest(token.encode(), self.launch_token.encode()):
                 return False
             self.launched = True
+            self._launched_at = self._last_seen = time.monotonic()
             return True
 
     def cookie_header(self) -> str:
