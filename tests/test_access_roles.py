@@ -74,6 +74,8 @@ EXPECTED: dict[tuple[str, str], frozenset[str] | None] = {
     ("get", "/api/v1/tenants/{t}/devices"): ALL,
     ("post", "/api/v1/tenants/{t}/devices/{d}/approve"): APPROVE,
     ("post", "/api/v1/tenants/{t}/devices/{d}/reject"): APPROVE,
+    ("post", "/api/v1/tenants/{t}/archive"): OWNER,
+    ("post", "/api/v1/tenants/{t}/unarchive"): OWNER,
     ("post", "/api/v1/tenants/{t}/devices/{d}/retire"): APPROVE,
     ("put", "/api/v1/tenants/{t}/devices/{d}/name"): STAFF,
     ("post", "/api/v1/tenants/{t}/grants"): TECH,

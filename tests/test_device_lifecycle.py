@@ -120,3 +120,42 @@ def test_retiring_a_device_disconnects_it_stops_its_agent_and_refuses_jobs_to_it
     w.main.start()
     time.sleep(3)
     assert not _device(w, w.main.device_id)["connected"]
+
+
+def test_archiving_a_tenant_refuses_its_devices_and_jobs_until_it_is_unarchived(world: SessionWorld) -> None:
+    w = world
+    cli_config(w, "cli-owner", w.owner, w.owner_key, w.root_env)  # type: ignore[attr-defined]
+    second = w.enrol("second")
+    grant = w.grant(["inventory"], agent="second")
+    # Not confirmed: nothing happens.
+    r = w.cli("tenant", "archive", "acme", config="cli-owner")
+    assert r.returncode != 0 and b"not confirmed" in r.stderr
+    assert ok(w.owner.http.get(f"/tenants/{w.tenant}"))["status"] == "active"
+    # Only owners may archive.
+    for op in (w.tech, w.approvers[0][0]):
+        r2 = op.http.post(f"/tenants/{w.tenant}/archive")
+        assert r2.status_code == 403 and "needs the role" in r2.text
+    r = w.cli("tenant", "archive", "acme", "--confirm", "acme", config="cli-owner",
+              env_extra={"RAMPART_TOTP": w.owner.totp.code()})
+    assert r.returncode == 0, r.stderr
+    assert ok(w.owner.http.get(f"/tenants/{w.tenant}"))["status"] == "archived"
+    second.wait_log("this device is archived", timeout=60)
+    assert not _device(w, second.device_id)["connected"]
+    now = int(time.time())
+    job = trust.Job(id=trust.new_job_id(), tenant=w.tenant, grant=grant, signer=w.tech_key.key_id,
+                    devices=[second.device_id], action=trust.Action(kind="inventory-refresh"),
+                    nonce=trust.new_nonce(), issued_at=now, expires_at=now + 600)
+    env = trust.sign_envelope(job.PAYLOAD_TYPE, trust.encode_payload(job), [w.tech_key]).to_bytes()
+    r2 = w.tech.http.post(f"/tenants/{w.tenant}/jobs", json={"envelope": env.decode(), "payloads": {}})
+    assert r2.status_code == 400 and "archived" in r2.text
+    assert "tenant.archived" in [e["kind"] for e in audit_events(w.owner, w.tenant)]
+    # Unarchived, the tenant is active again and its agent connects at its next attempt.
+    r = w.cli("tenant", "unarchive", "acme", config="cli-owner",
+              env_extra={"RAMPART_TOTP": w.owner.totp.code()})
+    assert r.returncode == 0, r.stderr
+    assert ok(w.owner.http.get(f"/tenants/{w.tenant}"))["status"] == "active"
+    second.stop()
+    second.start()
+    w.wait_connected(second.device_id)
+    assert w.tech.http.post(f"/tenants/{w.tenant}/jobs", json={"envelope": env.decode(),
+                                                                "payloads": {}}).status_code == 200

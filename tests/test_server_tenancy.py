@@ -71,6 +71,8 @@ def _bodies(w: dict[str, Any]) -> dict[tuple[str, str], Any]:
         ("post", "/api/v1/tenants/{t}/audit/checkpoint"): None,
         ("post", "/api/v1/tenants/{t}/devices/{d}/approve"): None,
         ("post", "/api/v1/tenants/{t}/devices/{d}/reject"): None,
+        ("post", "/api/v1/tenants/{t}/archive"): None,
+        ("post", "/api/v1/tenants/{t}/unarchive"): None,
         ("post", "/api/v1/tenants/{t}/devices/{d}/retire"): None,
         ("put", "/api/v1/tenants/{t}/devices/{d}/name"): {"name": "stolen"},
         ("put", "/api/v1/tenants/{t}/settings"): {"mass_action_limit": 1000},

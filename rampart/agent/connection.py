@@ -102,7 +102,7 @@ class Link:
         self.send_text: SendText | None = None
         #: Server messages refused since start, by reason (for tests and diagnostics).
         self.refused: dict[str, int] = {}
-        #: "rejected" or "retired" when the server last said so at the handshake, else "".
+        #: "rejected", "retired" or "archived" when the server last said so at the handshake, else "".
         self.refused_as = ""
         #: Live remote sessions (docs/design/remote-sessions.md).
         self.sessions = Sessions(agent, self._send, self._send_receipt)
@@ -159,7 +159,7 @@ class Link:
                 root_version=self.agent.root_version(), checkpoint_size=self.agent.checkpoint_size(),
                 catalog_sha256=self.telemetry.catalog_sha256 if self.telemetry is not None else "")))
             welcome = decode_welcome(await asyncio.wait_for(ws.recv(), HANDSHAKE_TIMEOUT_S))
-            if welcome.status in ("rejected", "retired"):
+            if welcome.status in ("rejected", "retired", "archived"):
                 self.refused_as = welcome.status
                 log.error("the server says this device is %s: no longer connecting (rechecked every %d s; "
                           "re-enrol or uninstall the agent)", welcome.status, int(RETIRED_RECHECK_S))

@@ -248,6 +248,38 @@ def tenant_list(json_out: JsonOpt = False, output: OutputOpt = None) -> None:
            for d in docs if isinstance(d, dict)), title="Tenants")
 
 
+@tenant_app.command("archive")
+def tenant_archive(
+    tenant: Annotated[str, typer.Argument(help="Tenant name or id.")],
+    confirm_name: Annotated[str | None, typer.Option(
+        "--confirm", help="The tenant's name, typed again (asked for on a terminal).")] = None,
+) -> None:
+    """Archive a tenant (owners; asks for a fresh TOTP code): devices refused, no job accepted, all kept."""
+    from . import prompts
+
+    _, client, _ = api()
+    with client:
+        t = resolve_tenant(client, tenant)
+        typed = confirm_name
+        if typed is None and prompts.stdin_is_tty():
+            typed = input(f"Type the tenant's name ({safe_line(str(t['name']))}) to archive it: ").strip()
+        if typed != t["name"]:
+            raise UsageProblem("the tenant's name was not confirmed (--confirm NAME): nothing archived")
+        client.post(f"/tenants/{t['id']}/archive")
+    say(f"tenant {t['name']} archived: its devices are disconnected and refused, no job is accepted; "
+        f"`rampart tenant unarchive {t['name']}` brings it back")
+
+
+@tenant_app.command("unarchive")
+def tenant_unarchive(tenant: Annotated[str, typer.Argument(help="Tenant name or id.")]) -> None:
+    """Bring an archived tenant back (owners; asks for a fresh TOTP code)."""
+    _, client, _ = api()
+    with client:
+        t = resolve_tenant(client, tenant)
+        client.post(f"/tenants/{t['id']}/unarchive")
+    say(f"tenant {t['name']} unarchived: its agents reconnect within the hour (or at their restart)")
+
+
 @enroll_app.command("new")
 def enroll_new(
     tenant: Annotated[str, typer.Argument(help="Tenant name or id.")],

@@ -30,7 +30,7 @@ from rampart.wire import JobLog, JobMessage, encode_message
 
 from .audit import AuditLog
 from .db import Store
-from .models import Device, GrantRow, JobPayload, JobRow, JobTarget, ReceiptRow, RootVersion
+from .models import Device, GrantRow, JobPayload, JobRow, JobTarget, ReceiptRow, RootVersion, Tenant
 
 
 class ReceiptRefused(Exception):
@@ -83,8 +83,10 @@ class DeliveryStore:
             d = s.get(Device, device_id)
             if d is None:
                 return None
+            archived = s.scalar(select(Tenant.archived_at).where(Tenant.id == d.tenant_id)) is not None
+            status = "archived" if archived and d.status in ("pending", "approved") else d.status
             return DeviceIdentity(d.id, d.tenant_id, DevicePublicKey.from_text(d.public_key),
-                                  d.status == "approved", d.status)
+                                  status == "approved", status)
 
     def touch(self, device_id: str, now: float) -> None:
         with self._store.transaction() as s:

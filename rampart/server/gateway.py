@@ -381,7 +381,7 @@ class Gateway:
         if device is None or not check_hello(device.public, challenge, hello):
             await self._close(ws, CLOSE_UNAUTHENTICATED)
             return None
-        if device.status in ("rejected", "retired"):
+        if device.status in ("rejected", "retired", "archived"):
             # Told once, then refused: the agent stops reconnecting (rampart.agent.connection).
             with contextlib.suppress(Exception):
                 await ws.send_text(encode_message(Welcome(status=device.status)))  # type: ignore[arg-type]

@@ -29,7 +29,7 @@ from rampart.trust import (
 
 from .audit import AuditLog
 from .errors import BadRequest, Conflict
-from .models import Device, GrantRow, JobPayload, JobRow, JobTarget
+from .models import Device, GrantRow, JobPayload, JobRow, JobTarget, Tenant
 from .tenant_roots import current_trusted
 
 __all__ = ["check_job", "store_job"]
@@ -90,6 +90,8 @@ def check_job(s: Session, tenant_id: str, data: bytes, payloads: dict[str, bytes
         Device.tenant_id == tenant_id, Device.id.in_(job.devices)))
     if known != len(job.devices):
         raise BadRequest("job targets an unknown device")
+    if s.scalar(select(Tenant.archived_at).where(Tenant.id == tenant_id)) is not None:
+        raise BadRequest("this tenant is archived: no job is accepted for it (unarchive it first)")
     gone = sorted(s.scalars(select(Device.id).where(
         Device.id.in_(job.devices), Device.status.in_(("rejected", "retired")))))
     if gone:

@@ -55,6 +55,8 @@ class Tenant(Base):
     dormant_days: Mapped[int] = mapped_column(Integer, default=30)
     #: JSON list of CIDR networks operators may act from; empty: anywhere (N3).
     allowed_networks: Mapped[str] = mapped_column(Text, default="[]")
+    #: When an owner archived the tenant (issue 16): its devices are refused and no job is accepted.
+    archived_at: Mapped[float | None] = mapped_column(Float, nullable=True, default=None)
 
 
 class Account(Base):

@@ -29,6 +29,7 @@ PERMISSIONS: Final[dict[str, frozenset[str]]] = {
     "account.manage": frozenset({"owner"}),
     "tenant.create": frozenset({"owner"}),
     "tenant.settings": frozenset({"owner"}),
+    "tenant.archive": frozenset({"owner"}),
     "root.manage": frozenset({"owner"}),
     # keys: anyone who may sign something
     "key.register": _STAFF,

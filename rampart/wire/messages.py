@@ -77,10 +77,11 @@ class Hello(Message, frozen=True, kw_only=True, tag="hello"):
 
 
 class Welcome(Message, frozen=True, kw_only=True, tag="welcome"):
-    """Server, after a verified hello: the device's status. ``rejected`` and ``retired`` are the
-    last message of the connection: the server closes it and refuses the device from then on."""
+    """Server, after a verified hello: the device's status. ``rejected``, ``retired`` and ``archived``
+    (its tenant is) are the last message of the connection: the server closes it and refuses the
+    device from then on."""
 
-    status: Literal["approved", "pending", "rejected", "retired"]
+    status: Literal["approved", "pending", "rejected", "retired", "archived"]
 
 
 # --- server to agent ------------------------------------------------------------------------------

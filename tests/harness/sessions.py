@@ -198,6 +198,7 @@ def session_world(pg_cluster: Any, prefix: str = "rampart-sessions-") -> Iterato
         w.tech2 = tech2  # type: ignore[attr-defined]
         w.tech2_key = tech2_key  # type: ignore[attr-defined]
         w.root_env = root_env  # type: ignore[attr-defined]
+        w.owner_key = owner_key  # type: ignore[attr-defined]
         cli_config(w, "cli-tech", tech, tech_key, root_env)
         cli_config(w, "cli-tech2", tech2, tech2_key, root_env)
         yield w

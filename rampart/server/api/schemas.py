@@ -179,7 +179,7 @@ class PublicKeyOut(BaseModel):
 class TenantOut(BaseModel):
     id: str
     name: str
-    status: Literal["pending-root", "active"]
+    status: Literal["pending-root", "active", "archived"]
     root_version: int | None
     log_keys: list[PublicKeyOut]
 

@@ -8,6 +8,7 @@ verify by owners of the proposed or the current root, over the same bytes.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 
@@ -26,12 +27,13 @@ from rampart.trust import (
 from rampart.trust import Envelope as DsseEnvelope
 
 from .. import clock, root_expiry
-from ..access import address_allowed, normalise_networks, tenant_networks
+from ..access import address_allowed, normalise_networks, require_step_up, tenant_networks
 from ..errors import BadRequest, Conflict, NotFound
 from ..models import (
     Account,
     AccountTenant,
     AuditLogRow,
+    Device,
     OperatorKeyRow,
     RootProposal,
     RootVersion,
@@ -59,7 +61,8 @@ def tenant_out(s: Session, t: Tenant) -> TenantOut:
     root = current_root(s, t.id)
     log_keys = [PublicKeyOut(keyid=log.log_keyid, public="rampart-log-pub:" + log.log_public)] \
         if log else []
-    return TenantOut(id=t.id, name=t.name, status="active" if root else "pending-root",
+    status = "archived" if t.archived_at is not None else "active" if root else "pending-root"
+    return TenantOut(id=t.id, name=t.name, status=status,  # type: ignore[arg-type]
                      root_version=root.version if root else None, log_keys=log_keys)
 
 
@@ -306,3 +309,46 @@ def sign_proposal(t: TenantPath, body: EnvelopeIn, caller: CallerDep,
                                     tuple(merged[k] for k in sorted(merged))).to_bytes()
         row.updated_at = clock.now()
         return proposal_out(s, t, row)
+
+
+# --- archive (issue 16) -------------------------------------------------------------------------------
+
+
+@router.post("/tenants/{t}/archive", response_model=TenantOut)
+async def archive_tenant(t: TenantPath, caller: CallerDep, ctx: Ctx) -> TenantOut:
+    """Archive a tenant (owners, fresh TOTP step-up): its devices are disconnected and refused, no job
+    is accepted for it; everything it holds, its audit log first, stays (and can be unarchived)."""
+    def archive() -> tuple[TenantOut, list[str]]:
+        now = clock.now()
+        with ctx.store.transaction() as s:
+            tenant = caller.tenant(s, t)
+            caller.require_perm("tenant.archive")
+            devices = list(s.scalars(select(Device.id).where(Device.tenant_id == t)))
+            if tenant.archived_at is None:
+                require_step_up(s, ctx.audit, tenant_id=t, actor=caller.username,
+                                step_up_at=caller.step_up_at, why="archiving a tenant",
+                                details={"tenant": t}, now=now)
+                tenant.archived_at = now
+                ctx.audit.record(s, [t], "tenant.archived", caller.username,
+                                 {"tenant": t, "devices": len(devices)}, now)
+            return tenant_out(s, tenant), devices
+
+    out, devices = await asyncio.to_thread(archive)
+    for d in devices:
+        await ctx.gateway.disconnect(d)
+    return out
+
+
+@router.post("/tenants/{t}/unarchive", response_model=TenantOut)
+def unarchive_tenant(t: TenantPath, caller: CallerDep, ctx: Ctx) -> TenantOut:
+    """Bring an archived tenant back (owners, fresh TOTP step-up); its agents reconnect within the hour."""
+    now = clock.now()
+    with ctx.store.transaction() as s:
+        tenant = caller.tenant(s, t)
+        caller.require_perm("tenant.archive")
+        if tenant.archived_at is not None:
+            require_step_up(s, ctx.audit, tenant_id=t, actor=caller.username, step_up_at=caller.step_up_at,
+                            why="unarchiving a tenant", details={"tenant": t}, now=now)
+            tenant.archived_at = None
+            ctx.audit.record(s, [t], "tenant.unarchived", caller.username, {"tenant": t}, now)
+        return tenant_out(s, tenant)
