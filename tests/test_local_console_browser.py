@@ -144,8 +144,7 @@ def world() -> Iterator[World]:
                         ctx = browser.new_context(viewport={"width": 1280, "height": 900})
                         page = ctx.new_page()
                         page.goto(c.url)
-                        page.wait_for_url(c.origin + "/")
-                        page.wait_for_selector("table.tenants")
+                        page.wait_for_selector("table.tenants")  # after the launch exchange
                         pages.append(page)
                         contexts.append(ctx)
                     yield World(w, agent.device_id, tech, approver, pages[0], pages[1], contexts[1], [],
@@ -401,7 +400,7 @@ def test_owner_signs_a_root_change_in_the_local_console_only_with_the_right_fing
     try:
         page = ctx.new_page()
         page.goto(console.url)
-        page.wait_for_url(console.origin + "/")
+        page.wait_for_selector("table.tenants")  # the launch exchange done, the session cookie set
         page.goto(f"{console.origin}/t/{w.tenant}/root")
         assert new_key.key_id[:16] in page.inner_text("#root-diff")
         # A fingerprint that is not the key's (the server swapped the key, or a typo): nothing signed.
