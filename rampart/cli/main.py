@@ -52,6 +52,10 @@ COMMANDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
                  "telemetry_cmds", ()),
     "console": ("Start the local signing console on 127.0.0.1 and print its one-time address.",
                 "console_cmds", ()),
+    "shell": ("Open an interactive shell on a device, end to end through the server (which cannot "
+              "read it).", "session_cmds", ()),
+    "cp": ("Copy one file to or from a device through a session: SHA-256 checked end to end.",
+           "session_cmds", ()),
     "account": ("Operator accounts (owners only).", "auth_cmds", ("access_cmds",)),
     "key": ("Operator signing keys.", "auth_cmds", ()),
     "tenant": ("Tenants (customers).", "tenant_cmds", ("access_cmds",)),
@@ -81,10 +85,6 @@ COMMANDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "automation": ("The server's automation key and standing grants for scheduled work.",
                    "schedule_cmds", ()),
     "group": ("Device groups: named sets of devices for patch rings and grants.", "group_cmds", ()),
-    "shell": ("Open an interactive shell on a device, end to end through the server (which cannot "
-              "read it).", "session_cmds", ()),
-    "cp": ("Copy one file to or from a device through a session: SHA-256 checked end to end.",
-           "session_cmds", ()),
     "sessions": ("Remote sessions: list, show, play, export and watch.", "session_cmds", ()),
 }
 
