@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from harness.operators import Operator, TenantSetup, bootstrap_owner, ok, setup_tenant
 from harness.server import RunningServer, init_server
@@ -131,13 +132,33 @@ def w(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         agent = WireAgent.enrol(server, tok["token"], tok["root_sha256"], hostname=HOSTNAME)
         ok(owner.http.post(f"/tenants/{t.id}/devices/{agent.device_id}/approve"))
         assert agent.connect()["type"] == "welcome"
-        yield World(server, t, agent, cli_for(base, server, owner, t, None),
+        yield World(server, t, agent, cli_for(base, server, owner, t, t.owner_key),
                     cli_for(base, server, t.tech, t, t.tech_key),
                     cli_for(base, server, t.approver, t, t.approver_key))
     finally:
         if agent is not None:
             agent.close()
         server.stop()
+
+
+# --- first: a script check that outlives its grant (its alert is asserted at the end) -------------
+
+SHORT: dict[str, str] = {}
+
+
+def test_a_script_check_signed_under_a_shorter_grant_says_so(w: World, tmp_path: Path) -> None:
+    script = tmp_path / "short.sh"
+    script.write_bytes(b"#!/bin/sh\ntrue\n")
+    gid = w.tech.ok("grant", "request", "acme", "--devices", w.device, "--capabilities", "script",
+                    "--for", "1m", "--reason", "script check: short").splitlines()[0]
+    w.approver.ok("grant", "approve", gid, "--yes")
+    out = w.tech.ok("checks", "script", "acme", str(script), "--device", w.device, "--name", "short",
+                    "--for", "1d", "--grant", gid)
+    assert "(when its grant ends)" in out
+    SHORT.update(grant=gid, job=out.split()[0])
+    # Half of its time under the grant is still to go: no alert yet.
+    assert not [a for a in w.tech.json("alerts", "list", "acme")
+                if a["kind"] == "script-check-grant-ending"]
 
 
 # --- accounts -----------------------------------------------------------------------------------
@@ -215,7 +236,8 @@ def test_patch_report_shows_fresh_security_updates_in_their_own_column(w: World)
     out = w.tech.ok("patch", "report", "acme")
     assert out.splitlines()[0] == ("acme: 1 device(s) with security updates pending, 0 of them "
                                    "pending for more than 7d")
-    header, row = [x for x in out.splitlines()[1:] if x.strip()]
+    title, header, row = [x for x in out.splitlines()[1:] if x.strip()]
+    assert title == "== No patch policy: 0 missing =="
     assert re.split(r"\s{2,}", header)[:5] == ["device", "host", "security pending", "older than 7d",
                                               "oldest (days)"]
     # Pending for seconds, not 7 days: listed as security pending, not (yet) overdue.
@@ -262,3 +284,82 @@ def test_email_target_is_refused_at_once_without_an_smtp_relay(w: World) -> None
     assert "e-mail alerts need an SMTP relay and this server has none" in err
     assert 'add an "smtp" section (host, from) to DATA/config.json' in err
     assert w.owner.json("alerts", "notify", "list", "acme") == []
+
+
+# --- script checks: a grant made for the check, policy limits in human units ----------------------
+
+
+def test_T3_checks_script_never_uses_an_unrelated_grant_and_requests_its_own(w: World,
+                                                                              tmp_path: Path) -> None:
+    script = tmp_path / "raid.sh"
+    script.write_bytes(b"#!/bin/sh\ntest -d /\n")
+    check = ("checks", "script", "acme", str(script), "--device", w.device, "--every", "5m",
+             "--name", "raid")
+    jobs_before = w.tech.json("jobs", "list", "acme")
+    # An approved script grant covering the device exists (the 'disk full' incident's): not used.
+    assert [g for g in w.tech.json("grant", "list", "acme")
+            if g["status"] == "approved" and "script" in g["capabilities"]]
+    err = w.tech.fails(*check, "--for", "2h")
+    assert "no grant made for this check: request a grant for this check ('script' on 1 device(s) " \
+           "for 2h, reason 'script check: raid') with --request-grant" in err
+    # The default policy allows 8 h: refused before anything is requested, in human units, with
+    # the command that changes it.
+    err = w.tech.fails(*check, "--for", "7d", "--request-grant")
+    assert "--for 7d is longer than the tenant policy allows: grants with script may last at most " \
+           "8h (28800 s); an owner changes it with: rampart root propose acme --policy " \
+           "max_grant_seconds_by_capability=script:DURATION" in err
+    assert w.tech.json("jobs", "list", "acme") == jobs_before
+    # The owners allow 30-day script-only grants (a per-capability maximum in the signed policy).
+    w.owner.ok("root", "propose", "acme", "--policy", "max_grant_seconds_by_capability=script:30d")
+    w.owner.ok("root", "sign", "acme", "--yes", "--policy", "max_grant_seconds_by_capability=script:30d")
+    w.owner.ok("root", "publish", "acme")
+    shown = w.tech.ok("root", "show", "acme")
+    assert "longest grant 8h, script 30d; standing (automation) grant 90d" in shown
+    # A grant with shell as well stays within 8 h.
+    err = w.tech.fails("grant", "request", "acme", "--devices", w.device, "--capabilities",
+                       "script,shell", "--for", "2d", "--reason", "long shell")
+    assert "grants with script,shell may last at most 8h (28800 s)" in err
+    out = w.tech.ok(*check, "--for", "7d", "--request-grant")
+    gid = re.search(r"grant (gr-\S+) requested for this check", out)[1]  # type: ignore[index]
+    assert f"rampart grant approve {gid}" in out and w.tech.json("jobs", "list", "acme") == jobs_before
+    assert f"({gid}) waits for an approver" in w.tech.fails(*check, "--for", "7d")
+    assert "approved: 1 of 1" in w.approver.ok("grant", "approve", gid, "--yes")
+    out = w.tech.ok(*check, "--for", "7d")
+    job = w.tech.json("jobs", "show", out.split()[0])
+    assert job["grant"] == gid
+    grant = w.tech.json("grant", "show", gid)
+    assert grant["reason"] == "script check: raid"
+    assert grant["not_after"] - grant["not_before"] == 7 * 86400
+
+
+def test_a_script_check_whose_grant_ends_first_raises_an_alert_before_it_stops(w: World) -> None:
+    """(Its check was signed by the first test of the module, under a one-minute grant.)"""
+    [alert] = wait_until(lambda: [a for a in w.tech.json("alerts", "list", "acme")
+                                  if a["kind"] == "script-check-grant-ending"],
+                         "the grant-ending alert", timeout=60)
+    assert alert["severity"] == "warning"
+    # Only the check that outlives its grant: 'raid' ends with the grant made for it.
+    assert re.fullmatch(rf"script check short stops in 0h 0m, when its grant {SHORT['grant']} ends",
+                        alert["subject"]), alert
+
+
+# --- the per-capability maximum in the signed policy (trust core, no server) ----------------------
+
+
+def test_T3_per_capability_grant_maximum_is_enforced_and_absent_keeps_root_bytes() -> None:
+    from harness.tenant import Tenant
+
+    # Absent, the field is not encoded: every existing root keeps its bytes and its SHA-256.
+    assert b"max_grant_seconds_by_capability" not in trust.encode_payload(Tenant().root_doc(1))
+    t = Tenant(policy=msgspec.convert({"max_grant_seconds_by_capability": {"script": 30 * 86400}},
+                                      trust.Policy))
+    now = int(time.time())
+    root = trust.pin_root(t.roots[0], expected_sha256=t.root_sha256, now=now)
+    week = 7 * 86400
+    assert trust.verify_grant(root, t.grant(["dev-" + "a" * 24], seconds=week), now=now)
+    # A grant that also holds a capability without its own limit gets max_grant_seconds (8 h).
+    with pytest.raises(trust.CapabilityError, match="longer than the policy's 28800 s"):
+        trust.verify_grant(root, t.grant(["dev-" + "a" * 24], caps=("script", "net"), seconds=week),
+                           now=now)
+    with pytest.raises(trust.CapabilityError, match="longer than the policy's 2592000 s"):
+        trust.verify_grant(root, t.grant(["dev-" + "a" * 24], seconds=31 * 86400), now=now)

@@ -563,11 +563,15 @@ def test_checks_script_signs_a_repeating_job_and_checks_list_shows_it(
                       (["--every", "8d"], "--every must be")):
         r = b.run("checks", "script", "acme", str(script), "--device", dev, *args, extra_env=env)
         assert why in one_line_error(r)
+    # The approved grant covering the device was made for something else: never picked by itself.
+    r = b.run("checks", "script", "acme", str(script), "--device", dev, "--every", "5m", "--for", "1h",
+              "--name", "root fs", extra_env=env)
+    assert "no grant made for this check" in one_line_error(r)
     out = b.ok("checks", "script", "acme", str(script), "--device", dev, "--every", "5m", "--for", "1d",
-               "--name", "root fs", extra_env=env).stdout
+               "--name", "root fs", "--grant", world["grant"], extra_env=env).stdout
     job_id = out.split()[0]
     assert job_id.startswith("job-") and "until" in out and "(when its grant ends)" in out  # 2 h grant
-    assert f"rampart grant revoke {world['grant']}" in out  # found the grant by itself
+    assert f"rampart grant revoke {world['grant']}" in out
     job = b.json("jobs", "show", job_id)
     assert job["grant"] == world["grant"] and job["signer"] == b.keyid
     [check] = [c for c in a.json("checks", "list", "acme") if c.get("kind") == "script"]

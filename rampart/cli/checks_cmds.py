@@ -6,6 +6,13 @@ technician's key (:func:`rampart.cli.job_cmds.sign_script_job`, the same flow as
 and report each result. A script check is stopped by revoking its grant
 (``rampart grant revoke``) or when its ``--for`` period or its grant ends; the
 server cannot start, speed up or change one (docs/monitoring.md).
+
+Its grant is one made for it: ``--grant``, or an approved grant of yours whose
+signed reason is ``script check: LABEL`` (LABEL: ``--name``, else the script's
+file name) for exactly ``script`` on these devices. Any other grant (an
+incident's, a colleague's) is never picked, so a check never silently ends
+with an unrelated grant. Without one, the command offers to request it
+(``--request-grant`` without asking), checked first against the policy.
 """
 
 from __future__ import annotations
@@ -18,8 +25,9 @@ import typer
 
 from rampart import trust
 
+from . import prompts
 from .client import Client, expect_dict, expect_list
-from .common import api, resolve_tenant
+from .common import api, resolve_tenant, trusted_root
 from .config import Config, Session
 from .errors import Refused, UsageProblem
 from .job_cmds import send_and_follow, sign_script_job
@@ -109,7 +117,7 @@ def checks_list(tenant: Annotated[str, typer.Argument(help="Tenant name or id.")
             ", ".join(f"{k}={v}" for k, v in (d.get("params") or {}).items()),
             ", ".join(d.get("failing") or []) or "-", ", ".join(d.get("unknown") or []) or "-"]
            for d in docs if isinstance(d, dict)),
-          title="Checks")
+          title="Checks", plain_title=True)
     rows = []
     for d in scripts:
         for dev in d.get("devices") or [{}]:
@@ -124,22 +132,54 @@ def checks_list(tenant: Annotated[str, typer.Argument(help="Tenant name or id.")
                          fmt_time(d.get("until")), d.get("status"), dev.get("device", "-"),
                          dev.get("state", "-"), last, f"{dev.get('failures', 0)}/{dev.get('runs', 0)}"])
     table(["job", "name", "every", "until", "status", "device", "state", "last result", "failed/runs"],
-          rows, title="Script checks")
+          rows, title="Script checks", plain_title=True)
 
 
-def _pick_grant(cfg: Config, client: Client, session: Session, tenant_id: str,
-                devices: list[str]) -> str:
-    """The approved grant of one of your keys covering these devices with ``script`` that lasts longest."""
+def check_grant_reason(label: str) -> str:
+    """The reason of a grant made for the script check ``label`` (what `checks script` looks for)."""
+    return f"script check: {label}"
+
+
+def _grants_for_check(cfg: Config, client: Client, session: Session, tenant_id: str,
+                      devices: list[str], reason: str) -> list[dict[str, Any]]:
+    """Live grants of your keys made for this check: exactly ``script``, these devices, its reason."""
     mine = {k.keyid for k in cfg.key_candidates(session.username, tenant_id)}
     now = int(time.time())
-    fits = [g for g in expect_list(client.get(f"/tenants/{tenant_id}/grants"), "grants")
-            if isinstance(g, dict) and g.get("status") == "approved" and g.get("grantee") in mine
-            and "script" in (g.get("capabilities") or []) and set(devices) <= set(g.get("devices") or [])
+    return [g for g in expect_list(client.get(f"/tenants/{tenant_id}/grants"), "grants")
+            if isinstance(g, dict) and g.get("status") in ("approved", "requested")
+            and g.get("grantee") in mine and g.get("reason") == reason
+            and list(g.get("capabilities") or []) == ["script"]
+            and sorted(g.get("devices") or []) == sorted(devices)
             and int(g.get("not_after") or 0) > now]
-    if not fits:
-        raise Refused("no approved grant of yours covers these devices with 'script': request one "
-                      "(rampart grant request) or name it with --grant")
-    return str(max(fits, key=lambda g: int(g.get("not_after") or 0))["id"])
+
+
+def _grant_for_check(cfg: Config, client: Client, session: Session, tenant: dict[str, Any],
+                     devices: list[str], *, label: str, lasts_s: int, request: bool) -> tuple[str, bool]:
+    """(grant id, True) for the approved grant made for this check; else request one (asked, or
+    ``request``) and return (its id, False), or refuse saying how to get one. Never another grant."""
+    reason = check_grant_reason(label)
+    found = _grants_for_check(cfg, client, session, tenant["id"], devices, reason)
+    approved = [g for g in found if g.get("status") == "approved"]
+    if approved:
+        return str(max(approved, key=lambda g: int(g.get("not_after") or 0))["id"]), True
+    if found:
+        gid = found[0]["id"]
+        raise Refused(f"the grant made for this check ({gid}) waits for an approver: rampart grant "
+                      f"approve {gid}; then run this command again")
+    policy = trusted_root(cfg, client, tenant["id"]).root.policy
+    if lasts_s > policy.longest_grant(["script"]):
+        raise UsageProblem(f"--for {fmt_duration(lasts_s)} is longer than the tenant policy allows: "
+                           + policy.grant_limit_text(["script"], tenant=tenant["name"]))
+    what = (f"a grant for this check ('script' on {len(devices)} device(s) for "
+            f"{fmt_duration(lasts_s)}, reason {reason!r})")
+    if not request and not (prompts.stdin_is_tty() and prompts.confirm(f"Request {what}?")):
+        raise Refused(f"no grant made for this check: request {what} with --request-grant, or "
+                      "name one with --grant (a grant made for something else is never used)")
+    from .grant_cmds import request_grant
+
+    gid, _ = request_grant(cfg, client, session, tenant["id"], devices=devices,
+                           capabilities=["script"], duration_s=lasts_s, reason=reason)
+    return gid, False
 
 
 @checks_app.command("script")
@@ -151,8 +191,11 @@ def checks_script(
                                                        "less often: its floor).")] = "5m",
     lasts: Annotated[str, typer.Option("--for", help="How long it repeats, e.g. 7d (at most 90d; "
                                                      "it also stops when the grant ends).")] = "7d",
-    grant: Annotated[str | None, typer.Option("--grant", help="Grant id (default: your approved "
-                                                              "grant covering the devices).")] = None,
+    grant: Annotated[str | None, typer.Option("--grant", help="Grant id (default: your approved grant "
+                                                              "made for this check, by its reason).")] = None,
+    request: Annotated[bool, typer.Option(
+        "--request-grant", help="No grant made for this check yet: request one without asking "
+                                "(script on these devices for --for).")] = False,
     name: Annotated[str, typer.Option("--name", help="A label shown in 'checks list'.")] = "",
     timeout: Annotated[int, typer.Option("--timeout", help="Run time limit of each run, seconds.")] = 60,
     expires: Annotated[str, typer.Option("--expires", help="Deadline for the first run (an offline "
@@ -175,18 +218,31 @@ def checks_script(
         body = script.read_bytes()
     except OSError as exc:
         raise UsageProblem(f"cannot read {script}: {exc.strerror}") from None
-    try:
-        repeat = trust.Repeat(every_s=every_s, until=int(time.time()) + lasts_s, name=name)
-    except (ValueError, TypeError) as exc:
-        raise UsageProblem(f"invalid --name or schedule: {exc}") from None
+    _repeat(every_s, int(time.time()) + lasts_s, name)  # a bad --name fails before any request
+    label = name or script.name
     cfg, client, session = api()
     with client:
         t = resolve_tenant(client, tenant)
-        grant_id = grant or _pick_grant(cfg, client, session, t["id"], list(device))
+        grant_id, approved = (grant, True) if grant else _grant_for_check(
+            cfg, client, session, t, list(device), label=label, lasts_s=lasts_s, request=request)
+        if not approved:
+            reason = check_grant_reason(label)
+            if json_out:
+                print_json({"grant": grant_id, "status": "requested", "job": None, "reason": reason})
+                return
+            say(f"grant {grant_id} requested for this check (reason {reason!r}); nothing is signed yet")
+            say(f"an approver approves it with: rampart grant approve {grant_id}")
+            say("then run this command again: it finds the grant by its reason")
+            return
+        assert grant_id is not None
+        g = expect_dict(client.get(f"/grants/{grant_id}"), "grant")
+        until = int(time.time()) + lasts_s
+        if not grant:  # its own grant, requested for --for: the check ends with it, as planned
+            until = min(until, int(g.get("not_after") or until))
+        repeat = _repeat(every_s, until, name)
         envelope, job = sign_script_job(
             cfg, client, session, t["id"], grant_id=grant_id, devices=list(device), script=body,
             writes=[], connect=[], as_root=False, timeout_s=timeout, lifetime_s=lifetime, repeat=repeat)
-        g = expect_dict(client.get(f"/grants/{grant_id}"), "grant")
         send_and_follow(client, t["id"], envelope, job, {"script": body}, wait=False, wait_s=0,
                         json_out=json_out)
     if not json_out:
@@ -194,6 +250,13 @@ def checks_script(
         say(f"script check every {fmt_duration(every_s)} on {len(job.devices)} device(s) until "
             f"{fmt_time(ends)}" + (" (when its grant ends)" if ends < repeat.until else ""))
         say(f"results: rampart checks results {tenant} {job.id}; stop it: rampart grant revoke {grant_id}")
+
+
+def _repeat(every_s: int, until: int, name: str) -> trust.Repeat:
+    try:
+        return trust.Repeat(every_s=every_s, until=until, name=name)
+    except (ValueError, TypeError) as exc:
+        raise UsageProblem(f"invalid --name or schedule: {exc}") from None
 
 
 @checks_app.command("results")

@@ -224,10 +224,11 @@ def approval_key(cfg: Config, session: Session, review: GrantReview) -> KeyInfo:
     not_allowed = set(grant.capabilities) - set(policy.capabilities)
     if not_allowed:
         raise Refused(f"the tenant policy does not allow {sorted(not_allowed)}")
-    longest = (policy.max_automation_grant_seconds if grant.grantee in root.automation
-               else policy.max_grant_seconds)
+    automation = grant.grantee in root.automation
+    longest = policy.longest_grant(grant.capabilities, automation=automation)
     if grant.not_after - grant.not_before > longest:
-        raise Refused(f"the grant lasts longer than the policy's {fmt_duration(longest)}")
+        raise Refused("the grant lasts longer than the policy allows: " + policy.grant_limit_text(
+            grant.capabilities, automation=automation, tenant=root.root.name))
     if grant.not_after <= now():
         raise Refused("the grant has already expired")
     info = pick_key(cfg, session, grant.tenant, root, roles=("approver",))

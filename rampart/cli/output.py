@@ -143,14 +143,16 @@ def write_export(text: str) -> None:
 
 
 def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], *,
-          title: str | None = None) -> None:
+          title: str | None = None, plain_title: bool = False) -> None:
     """A table of single-line cells (``None`` shows as ``-``): no cell can break its row.
 
     Plain rows (see :func:`plain_rows`): a header line, then each row on one line, the
     columns padded to align and never folded; an empty table prints nothing on stdout.
+    ``plain_title``: a command printing several tables puts each title on a line of its
+    own before its header (``== Script checks ==``), so the plain tables stay apart.
     """
     if plain_rows():
-        _plain_table(columns, rows, title=title)
+        _plain_table(columns, rows, title=title, with_title=plain_title)
         return
     from rich.table import Table
     from rich.text import Text
@@ -170,14 +172,15 @@ def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], *,
 
 
 def _plain_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], *,
-                 title: str | None) -> None:
+                 title: str | None, with_title: bool) -> None:
     cells = [[safe_line(str(c)) for c in columns]]
     cells += [[safe_line(str(x)) if x is not None else "-" for x in r] for r in rows]
     if len(cells) == 1:
         note(f"(no {title.lower() if title else 'entries'})")
         return
     widths = [max(len(r[i]) if i < len(r) else 0 for r in cells) for i in range(len(columns))]
-    out = "".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip() + "\n"
+    out = f"== {safe_line(title)} ==\n" if with_title and title else ""
+    out += "".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip() + "\n"
                   for r in cells)
     sys.stdout.write(out)
     sys.stdout.flush()

@@ -238,7 +238,10 @@ def print_root(root: TenantRoot, sha256: str | None) -> None:
     say(f"policy: capabilities {', '.join(p.capabilities)}; high-risk "
         f"{', '.join(p.high_risk_capabilities) or '-'}; one approver up to "
         f"{p.approver_device_limit} device(s), else {p.approvers_beyond_limit}; longest grant "
-        f"{fmt_duration(p.max_grant_seconds)}")
+        f"{fmt_duration(p.max_grant_seconds)}"
+        + "".join(f", {c} {fmt_duration(s)}" for c, s in sorted(
+            (p.max_grant_seconds_by_capability or {}).items()))
+        + f"; standing (automation) grant {fmt_duration(p.max_automation_grant_seconds)}")
     say(f"log keys: {', '.join(k[:16] + '…' for k in sorted(root.log_keys))}")
 
 
@@ -382,6 +385,7 @@ _POLICY_LISTS = ("capabilities", "high_risk_capabilities")
 _POLICY_DURATIONS = ("max_grant_seconds", "max_automation_grant_seconds")
 _POLICY_INTS = ("approver_device_limit", "approvers_beyond_limit")
 _POLICY_BOOLS = ("record_session_input",)
+_POLICY_MAPS = ("max_grant_seconds_by_capability",)  # CAPABILITY:DURATION,...
 
 
 def policy_changes(items: list[str], base: Policy | None) -> dict[str, object]:
@@ -394,12 +398,14 @@ def policy_changes(items: list[str], base: Policy | None) -> dict[str, object]:
     for item in items:
         key, sep, raw = item.partition("=")
         key = key.strip().replace("-", "_")
-        if not sep or key not in (*_POLICY_LISTS, *_POLICY_DURATIONS, *_POLICY_INTS, *_POLICY_BOOLS):
+        names = (*_POLICY_INTS, *_POLICY_DURATIONS, *_POLICY_LISTS, *_POLICY_BOOLS, *_POLICY_MAPS)
+        if not sep or key not in names:
             raise UsageProblem(
-                f"--policy {item!r}: give NAME=VALUE with NAME one of "
-                f"{', '.join((*_POLICY_INTS, *_POLICY_DURATIONS, *_POLICY_LISTS, *_POLICY_BOOLS))}")
+                f"--policy {item!r}: give NAME=VALUE with NAME one of {', '.join(names)}")
         value: object
-        if key in _POLICY_BOOLS:
+        if key in _POLICY_MAPS:
+            value = _capability_durations(raw, key)
+        elif key in _POLICY_BOOLS:
             if raw.strip().lower() not in ("true", "false"):
                 raise UsageProblem(f"--policy {key}: {raw!r} is not true or false")
             value = raw.strip().lower() == "true"
@@ -420,6 +426,19 @@ def policy_changes(items: list[str], base: Policy | None) -> dict[str, object]:
     return out
 
 
+def _capability_durations(raw: str, key: str) -> dict[str, int]:
+    """``script:30d,shell:1h`` -> ``{"script": 2592000, "shell": 3600}`` (empty: no limits)."""
+    out: dict[str, int] = {}
+    for part in (p.strip() for p in raw.split(",") if p.strip()):
+        cap, sep, dur = part.partition(":")
+        if not sep:
+            raise UsageProblem(f"--policy {key}: {part!r} is not CAPABILITY:DURATION (e.g. script:30d)")
+        if cap.strip() in out:
+            raise UsageProblem(f"--policy {key}: {cap.strip()} is named twice")
+        out[cap.strip()] = parse_duration(dur.strip(), what=f"--policy {key} {cap.strip()}")
+    return out
+
+
 def with_changes(base: Policy, changes: dict[str, object]) -> Policy:
     """``base`` with ``changes`` applied, validated exactly as a verifier decodes a policy."""
     doc = {**msgspec.to_builtins(base), **changes}
@@ -435,7 +454,10 @@ def _canonical(value: object) -> object:
 
 def policy_flag(key: str, value: object) -> str:
     """The ``--policy`` flag that states one change (for the line `propose` prints)."""
-    text = ",".join(str(v) for v in value) if isinstance(value, list) else str(value)
+    if isinstance(value, dict):
+        text = ",".join(f"{c}:{fmt_duration(int(s))}" for c, s in sorted(value.items()))
+    else:
+        text = ",".join(str(v) for v in value) if isinstance(value, list) else str(value)
     return f"--policy {key}={text}"
 
 
@@ -748,7 +770,8 @@ def root_propose(
     policy: Annotated[list[str] | None, typer.Option(
         "--policy", help="A policy change NAME=VALUE (repeatable): approver_device_limit, "
         "approvers_beyond_limit, max_grant_seconds (8h, 2d...), max_automation_grant_seconds, "
-        "capabilities and high_risk_capabilities (comma-separated).")] = None,
+        "max_grant_seconds_by_capability (script:30d,...: replaces max_grant_seconds for those "
+        "capabilities), capabilities and high_risk_capabilities (comma-separated).")] = None,
 ) -> None:
     """Propose the next root version (unsigned) on the server for owners to sign."""
     adds = add_key or []

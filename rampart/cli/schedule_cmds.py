@@ -271,7 +271,7 @@ def _show(tenant: str, name: str, json_out: bool) -> None:
         table(["ring", "device", "state", "updated", "failed", "reboot", "detail"],
               ([r.get("ring"), r.get("device"), r.get("state"), r.get("updated"), r.get("failed"),
                 "yes" if r.get("reboot_required") else "", r.get("detail")] for r in c.get("runs") or []),
-              title="Runs")
+              title="Runs", plain_title=True)
 
 
 @policy_app.command("show")
@@ -341,7 +341,7 @@ def patch_report(
                 m.get("oldest_security_days"), m.get("pending") if m.get("inventory") else "no inventory",
                 "yes" if m.get("reboot_required") else "",
                 (m.get("last_run") or {}).get("state")] for m in ring.get("devices") or []),
-              title=f"{title}: {ring.get('missing')} missing")
+              title=f"{title}: {ring.get('missing')} missing", plain_title=True)
 
 
 def _updates(updates: Any) -> str:

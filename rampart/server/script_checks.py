@@ -25,6 +25,9 @@ Per result (``check-result`` on the agent gateway):
 checks) raises ``script-check-overdue`` for a live check whose results stopped
 arriving for :data:`OVERDUE_INTERVALS` intervals from a device connected here,
 and resolves it when the check ended (its ``until``, its grant's end or revocation).
+It also raises ``script-check-grant-ending`` (one per check) when the check's grant
+ends before the check's own ``until`` and is within :func:`grant_warning_s` of its
+end, so a check does not stop unnoticed; resolved when the check ended.
 """
 
 from __future__ import annotations
@@ -47,6 +50,9 @@ log = logging.getLogger("rampart.server.script_checks")
 
 ALERT_FAILED = "script-check-failed"
 ALERT_OVERDUE = "script-check-overdue"
+ALERT_GRANT_ENDING = "script-check-grant-ending"
+#: Warn at most this long before a check's grant ends (a day: time to get a new grant approved).
+GRANT_WARNING_MAX_S = 86400
 #: Results kept per (job, device).
 HISTORY_MAX = 200
 #: A live check is overdue on a connected device after this many of its intervals without a result.
@@ -54,6 +60,13 @@ OVERDUE_INTERVALS = 3
 #: Added to the overdue limit (run time, transport).
 OVERDUE_SLACK_S = 5.0
 CLOCK_SKEW_S = 300.0
+
+
+def grant_warning_s(span_s: float) -> float:
+    """How long before its grant ends a check's ``script-check-grant-ending`` alert is raised: a
+    day, or half the time from the check's creation to the grant's end when that is shorter (so
+    a new check is not flagged at once)."""
+    return min(GRANT_WARNING_MAX_S, span_s / 2)
 
 
 class ResultRefused(ValueError):
@@ -155,11 +168,12 @@ class ScriptCheckStore:
         raised = 0
         with self._store.transaction() as s:
             rows = s.execute(
-                select(ScriptCheck, GrantRow.not_after, GrantRow.revoked_at)
+                select(ScriptCheck, GrantRow.id, GrantRow.not_after, GrantRow.revoked_at)
                 .join(JobRow, JobRow.id == ScriptCheck.job_id)
                 .join(GrantRow, GrantRow.id == JobRow.grant_id)).all()
-            for check, not_after, revoked_at in rows:
+            for check, grant_id, not_after, revoked_at in rows:
                 live = now < check.until and now < not_after and revoked_at is None
+                raised += self._grant_ending(s, check, grant_id, not_after, live, now)
                 targets = s.execute(
                     select(JobTarget.device_id, JobTarget.done_at, ScriptCheckStatus)
                     .outerjoin(ScriptCheckStatus, (ScriptCheckStatus.job_id == JobTarget.job_id)
@@ -188,3 +202,25 @@ class ScriptCheckStore:
                                     device_id=device_id)
                         raised += 1
         return raised
+
+    @staticmethod
+    def _grant_ending(s: Session, check: ScriptCheck, grant_id: str, not_after: int, live: bool,
+                      now: float) -> int:
+        alert = live_alert(s, check.tenant_id, ALERT_GRANT_ENDING, check.job_id)
+        if not live:
+            if alert is not None:
+                resolve(alert, "rampart", now)
+            return 0
+        if alert is not None or check.until <= not_after \
+                or not_after - now > grant_warning_s(not_after - check.created_at):
+            return 0
+        label = check.name or check.job_id
+        left = max(0, int(not_after - now))
+        raise_alert(s, [check.tenant_id], kind=ALERT_GRANT_ENDING, severity="warning",
+                    dedup=check.job_id,
+                    subject=f"script check {label} stops in {left // 3600}h {left % 3600 // 60}m, "
+                            f"when its grant {grant_id} ends",
+                    detail=f"script check {check.job_id} was signed to run until {check.until} but "
+                           f"its grant {grant_id} ends at {not_after}: sign it again under a new "
+                           f"grant (rampart checks script ... --request-grant)", now=now)
+        return 1

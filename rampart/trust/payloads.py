@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import posixpath
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Annotated, ClassVar, Literal, TypeVar, cast
 
 import msgspec
@@ -141,9 +141,55 @@ class Policy(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     #: Devices record the keystrokes of every remote session too (absent: only when a session asks).
     #: UNSET is never encoded, so a root that does not set it has the same bytes as before it existed.
     record_session_input: bool | UnsetType = UNSET
+    #: Longest human grant per capability, replacing ``max_grant_seconds`` for the capabilities
+    #: it names (longer or shorter): ``{"script": 30 days}`` lets script-only grants (for script
+    #: checks) last a month while a grant that also holds ``shell`` stays within
+    #: ``max_grant_seconds``. A grant may last the smallest limit of its capabilities
+    #: (:meth:`longest_grant`). UNSET (absent) is never encoded: a root without it has the same
+    #: bytes as before it existed.
+    max_grant_seconds_by_capability: Annotated[
+        dict[Capability, Annotated[int, Meta(ge=60, le=366 * 24 * 3600)]],
+        Meta(max_length=_L.max_capabilities)] | UnsetType = UNSET
 
     def __post_init__(self) -> None:
         _unique(self.capabilities, "policy capabilities")
+
+    def longest_grant(self, capabilities: Iterable[str], *, automation: bool = False) -> int:
+        """Seconds a grant with ``capabilities`` may last: an automation key's standing grant
+        ``max_automation_grant_seconds``; a human's the smallest per-capability limit of its
+        capabilities, ``max_grant_seconds`` for each capability without one."""
+        if automation:
+            return self.max_automation_grant_seconds
+        by = {} if isinstance(self.max_grant_seconds_by_capability, UnsetType) \
+            else self.max_grant_seconds_by_capability
+        limits = [by.get(c, self.max_grant_seconds) for c in capabilities]  # type: ignore[call-overload]
+        return min(limits) if limits else self.max_grant_seconds
+
+    def grant_limit_text(self, capabilities: Sequence[str], *, automation: bool = False,
+                         tenant: str = "TENANT") -> str:
+        """The limit :meth:`longest_grant` applies, in human units, and the owners' command that
+        changes it (for refusals shown to people by the server and the CLI)."""
+        longest = self.longest_grant(capabilities, automation=automation)
+        if automation:
+            return (f"standing grants may last at most {_human_seconds(longest)} ({longest} s); an "
+                    f"owner changes it with: rampart root propose {tenant} --policy "
+                    f"max_automation_grant_seconds=DURATION")
+        caps = ",".join(sorted(set(capabilities)))
+        return (f"grants with {caps} may last at most {_human_seconds(longest)} ({longest} s); an "
+                f"owner changes it with: rampart root propose {tenant} --policy "
+                f"max_grant_seconds_by_capability=" + ",".join(f"{c}:DURATION" for c in
+                                                               sorted(set(capabilities)))
+                + " (these capabilities only) or --policy max_grant_seconds=DURATION (every one)")
+
+
+def _human_seconds(seconds: int) -> str:
+    """``28800`` -> ``8h``, ``90000`` -> ``1d 1h``, ``90`` -> ``1m 30s``."""
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size:
+            parts.append(f"{seconds // size}{unit}")
+            seconds %= size
+    return " ".join(parts) or "0s"
 
 
 class TenantRoot(_Payload, frozen=True, forbid_unknown_fields=True, kw_only=True):

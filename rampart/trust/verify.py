@@ -133,9 +133,10 @@ def verify_grant(root: TrustedRoot, grant_bytes: bytes, *, now: int,
     refused = set(grant.capabilities) - set(policy.capabilities)
     if refused:
         raise CapabilityError(f"tenant policy does not allow {sorted(refused)}")
-    longest = policy.max_automation_grant_seconds if is_automation else policy.max_grant_seconds
+    longest = policy.longest_grant(grant.capabilities, automation=is_automation)
     if grant.not_after - grant.not_before > longest:
-        raise CapabilityError(f"grant lasts longer than the policy's {longest} s")
+        raise CapabilityError(f"grant lasts longer than the policy's {longest} s for "
+                              f"{sorted(grant.capabilities)}")
     if now < grant.not_before - limits.clock_skew_s:
         raise ExpiredError("grant is not valid yet")
     if now >= grant.not_after:

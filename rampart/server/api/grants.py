@@ -95,9 +95,10 @@ def request_grant(t: TenantPath, body: GrantIn, caller: CallerDep, ctx: Ctx) -> 
         if known != len(set(body.devices)):
             raise BadRequest("unknown device")
         policy = trusted.root.policy
-        longest = policy.max_automation_grant_seconds if body.actions else policy.max_grant_seconds
+        longest = policy.longest_grant(body.capabilities, automation=bool(body.actions))
         if body.duration_s > longest:
-            raise BadRequest(f"the tenant policy allows grants of at most {longest} s")
+            raise BadRequest("the tenant policy refuses this duration: " + policy.grant_limit_text(
+                body.capabilities, automation=bool(body.actions), tenant=trusted.root.name))
         refused = set(body.capabilities) - set(policy.capabilities)
         if refused:
             raise BadRequest(f"the tenant policy does not allow {sorted(refused)}")
