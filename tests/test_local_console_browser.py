@@ -428,3 +428,27 @@ def test_owner_signs_a_root_change_in_the_local_console_only_with_the_right_fing
         console.stop()
         for path in (console.log, console.out):
             assert KEY_PASSPHRASE not in path.read_text(errors="replace")
+
+
+def test_a_multi_approver_grant_asks_for_a_step_up_code_in_the_page(world: World) -> None:
+    """A grant with `root` needs two approvers, so the server asks the approver for a fresh TOTP
+    code (G5): without one nothing is signed; with one typed into the page, the approval counts."""
+    w, appr, c = world.w, world.approver_page, world.approver
+    doc = ok(w.tech.http.post(f"/tenants/{w.tenant}/grants", json={
+        "devices": [world.device], "capabilities": ["script", "root"], "duration_s": 3600,
+        "reason": "needs two approvers"}))
+    gid = str(doc["id"])
+    appr.goto(f"{c.origin}/grants/{gid}")
+    assert "0 of 2" in appr.inner_text("#grant-approvals")
+    appr.fill("#passphrase", KEY_PASSPHRASE)
+    with appr.expect_response(f"{c.origin}/grants/{gid}/approve") as answer:
+        appr.click("#approve")
+    assert answer.value.status == 400
+    assert "TOTP code" in appr.inner_text("#refusal")
+    assert trust.decode_envelope(_stored(w, gid)).signatures == ()
+    appr.goto(f"{c.origin}/grants/{gid}")
+    appr.fill("#passphrase", KEY_PASSPHRASE)
+    appr.fill("input[name=totp]", w.approvers[0][0].totp.code())
+    appr.click("#approve")
+    assert "1 of 2" in appr.inner_text("#approved")
+    assert len(trust.decode_envelope(_stored(w, gid)).signatures) == 1
