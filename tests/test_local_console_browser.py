@@ -29,16 +29,15 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from harness.attacker_site import attacker_site
 from harness.consolefleet import add_devices, store_of
 from harness.operators import audit_events, ok
 from harness.sessions import KEY_PASSPHRASE, REPO, SessionWorld, cli_config, session_world
@@ -239,22 +238,6 @@ def test_approver_approves_in_the_local_console_and_a_technician_runs_a_script_o
     assert receipt["outcome"] == "ran" and receipt["exit_code"] == 0 and MARK in receipt["stdout"]
 
 
-class _AttackerPage(BaseHTTPRequestHandler):
-    """Another program on this machine (another port of 127.0.0.1): one auto-submitting form."""
-
-    form = b""
-
-    def do_GET(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "text/html; charset=utf-8")
-        self.send_header("Content-Length", str(len(self.form)))
-        self.end_headers()
-        self.wfile.write(self.form)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 def test_T13_wrong_host_no_launch_session_no_csrf_or_another_page_is_refused_and_signs_nothing(
         world: World) -> None:
     w, appr, c = world.w, world.approver_page, world.approver
@@ -292,21 +275,15 @@ def test_T13_wrong_host_no_launch_session_no_csrf_or_another_page_is_refused_and
     # The launch secret was spent by the first browser: a replay gets no session.
     r = httpx.post(f"{c.origin}/launch", data={"launch": c.launch_token}, headers=same, timeout=30)
     assert r.status_code == 403 and "set-cookie" not in r.headers
-    # In the browser: a page of another program on 127.0.0.1 (same site, another origin) posts
-    # the form, even with the real CSRF token and passphrase: the browser says "same-site".
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _AttackerPage)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        _AttackerPage.form = (
-            f'<form method="post" action="{url}"><input name="csrf" value="{csrf}">'
+    # In the browser: a page of another program on 127.0.0.1 (same site, another origin), or of
+    # another site, posts the form, even with the real CSRF token and passphrase: refused.
+    page = (f'<form method="post" action="{url}"><input name="csrf" value="{csrf}">'
             f'<input name="reviewed" value="{reviewed}"><input name="passphrase" value="{KEY_PASSPHRASE}">'
             '</form><script>document.forms[0].submit()</script>').encode()
-        with appr.expect_response(url) as answer:
-            appr.goto(f"http://127.0.0.1:{httpd.server_port}/")
-        assert answer.value.status == 403
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    for host in ("127.0.0.1", "127.0.0.2"):  # another port of the same site; another site
+        with attacker_site(page, host) as site, appr.expect_response(url) as answer:
+            appr.goto(site)
+        assert answer.value.status == 403, host
     # Nothing changed: no signature stored, the grant still waits, no approval audited.
     assert trust.decode_envelope(_stored(w, gid)).signatures == ()
     assert _grant(w, gid)["status"] == "requested"
