@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -363,3 +364,47 @@ def test_T3_per_capability_grant_maximum_is_enforced_and_absent_keeps_root_bytes
                            now=now)
     with pytest.raises(trust.CapabilityError, match="longer than the policy's 2592000 s"):
         trust.verify_grant(root, t.grant(["dev-" + "a" * 24], seconds=31 * 86400), now=now)
+
+
+# --- enrolment: the token never on a command line ----------------------------------------------------
+
+
+def test_S3_enroll_new_prints_the_env_form_and_the_printed_lines_enrol_a_real_agent(
+        w: World, tmp_path: Path) -> None:
+    state = tmp_path / "agent-state"
+    out = w.owner.ok("enroll", "new", "acme", "--ttl", "10m", "--state", str(state))
+    assert "--token" not in out
+    lines = [x.strip() for x in out.splitlines()]
+    step = next(x for x in lines if x.startswith("read "))
+    command = next(x for x in lines if x.startswith("rampart-agent enroll"))
+    token = next(x for x in lines if x.startswith("one-time enrolment token: ")).split(": ", 1)[1]
+    assert step == "read -rs RAMPART_ENROLL_TOKEN && export RAMPART_ENROLL_TOKEN"
+    assert token not in command and token not in step
+    # The two lines as printed, in a shell on the device, the token pasted at the prompt (stdin).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAMPART_")}
+    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+               PYTHONPATH=str(REPO))
+    r = subprocess.run(["bash", "-c", f"{step}\n{command}"], input=token + "\n", capture_output=True,
+                       text=True, timeout=120, env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (state / "device.key").exists()
+    pending = [d for d in w.owner.json("devices", "list", "acme") if d["status"] == "pending"]
+    assert [d["hostname"] for d in pending] == [socket.gethostname()]
+    # --json carries the token apart from the command.
+    doc = w.owner.json("enroll", "new", "acme", "--ttl", "10m")
+    assert doc["token"] not in doc["command"] and doc["token_env"] == "RAMPART_ENROLL_TOKEN"
+
+
+# --- the README's role labels and sources hold -------------------------------------------------------
+
+
+def test_readme_automation_grant_is_the_technicians_and_catalog_import_says_where_the_feed_is(
+        w: World) -> None:
+    args = ("automation", "grant", "acme", "--action", "os-update", "--devices", w.device, "--for", "1d")
+    assert "grant.request needs the role technician" in w.owner.fails(*args)
+    # The technician passes the role check (this tenant's root has no automation key yet).
+    assert "automation key is not in this tenant's current root" in w.tech.fails(*args)
+    readme = (REPO / "README.md").read_text()
+    assert "# technician (Tess):\nrampart group set acme web" in readme
+    assert "https://lolrmm.io/api/rmm_tools.json" in w.owner.ok("catalog", "import", "--help")
+    assert "--writes /var/spool/cups" not in readme and "--token" not in readme

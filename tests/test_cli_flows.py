@@ -435,12 +435,14 @@ def test_enroll_new_prints_the_agent_command_with_local_pins(
         people: dict[str, Operator], world: dict[str, Any]) -> None:
     a = people["alice"]
     r = a.ok("enroll", "new", "acme", "--ttl", "10m")
-    cmd = [ln for ln in r.stdout.splitlines() if ln.startswith("rampart-agent enroll")][0]
+    cmd = [ln.strip() for ln in r.stdout.splitlines() if ln.strip().startswith("rampart-agent enroll")][0]
     root = a.json("root", "show", "acme")
     assert f"--root-sha256 {root['sha256']}" in cmd
     assert f"--cert-sha256 {a.server.fingerprint}" in cmd
     assert f"--server {a.server.url}" in cmd and "--state /var/lib/rampart-agent" in cmd
-    token = re.search(r"--token (\S+)", cmd)
+    # The token is never on the agent's command line (ps, shell history): a no-echo read sets it.
+    assert "--token" not in r.stdout and "read -rs RAMPART_ENROLL_TOKEN" in r.stdout
+    token = re.search(r"^one-time enrolment token: (\S+)$", r.stdout, re.M)
     assert token
     dev = _enrol_fake_device(a.server, token.group(1))
     listed = a.json("devices", "list", "acme")

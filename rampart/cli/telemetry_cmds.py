@@ -388,7 +388,9 @@ def suppressions_remove(tenant: TenantArg,
 
 @catalog_app.command("import")
 def catalog_import(
-    file: Annotated[Path, typer.Argument(help="A LOLRMM feed (rmm_tools.json).")],
+    file: Annotated[Path, typer.Argument(
+        help="A LOLRMM feed file: download https://lolrmm.io/api/rmm_tools.json (or use a copy "
+             "you vetted).")],
     json_out: JsonOpt = False,
 ) -> None:
     """Import a LOLRMM feed: parsed here, re-validated by the server, sent to every agent (owner)."""

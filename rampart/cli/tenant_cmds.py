@@ -155,7 +155,12 @@ def create_tenant(cfg: Config, client: Client, session: Session, name: str, *,
 
 def enrollment_command(cfg: Config, client: Client, session: Session, tenant_id: str, ttl_s: int,
                        *, state: str, agent_server: str | None) -> dict[str, Any]:
-    """A one-time token and the full agent command, with locally verified pins."""
+    """A one-time token and the agent command, with locally verified pins.
+
+    The command never carries the token (a flag shows in `ps` and shell history): the
+    agent reads it from ``RAMPART_ENROLL_TOKEN`` (:data:`TOKEN_ENV`), set by a no-echo
+    ``read`` first (``token_step``).
+    """
     tr = trusted_root(cfg, client, tenant_id)
     doc = expect_dict(client.post(f"/tenants/{tenant_id}/enrollment-tokens", {"ttl_s": ttl_s}),
                       "enrolment token")
@@ -167,11 +172,16 @@ def enrollment_command(cfg: Config, client: Client, session: Session, tenant_id:
         note("warning: the server suggested a different certificate fingerprint than the one you "
              "pinned; using yours")
     server = split_server(agent_server)[2] if agent_server else session.server
-    command = (f"rampart-agent enroll --server {server} --token {token} --root-sha256 {tr.sha256} "
+    command = (f"rampart-agent enroll --server {server} --root-sha256 {tr.sha256} "
                f"--cert-sha256 {session.cert_sha256} --state {state}")
     return {"token": token, "expires_at": doc.get("expires_at"), "server": server,
             "root_sha256": tr.sha256, "root_version": tr.version,
-            "cert_sha256": session.cert_sha256, "command": command}
+            "cert_sha256": session.cert_sha256, "token_env": TOKEN_ENV,
+            "token_step": f"read -rs {TOKEN_ENV} && export {TOKEN_ENV}", "command": command}
+
+
+#: The environment variable `rampart-agent enroll` reads the one-time token from.
+TOKEN_ENV = "RAMPART_ENROLL_TOKEN"  # noqa: S105 - a variable name, not a secret
 
 
 # --- commands --------------------------------------------------------------------------------
@@ -290,7 +300,7 @@ def enroll_new(
         "--agent-server", help="Server URL as agents reach it (default: your login URL).")] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Print the complete `rampart-agent enroll` command with a one-time token."""
+    """Print the `rampart-agent enroll` command and a one-time token (never on its command line)."""
     ttl_s = parse_duration(ttl, what="--ttl")
     cfg, client, session = api()
     with client:
@@ -300,8 +310,11 @@ def enroll_new(
     if json_out:
         print_json(out)
         return
-    say(f"run on the device (as root), before {fmt_time(out['expires_at'])}:")
-    say(out["command"])
+    say(f"run on the device in a root shell, before {fmt_time(out['expires_at'])} (the first line "
+        f"reads the token without echo: paste it there, never on a command line):")
+    say(f"  {out['token_step']}")
+    say(f"  {out['command']}")
+    say(f"one-time enrolment token: {out['token']}")
     say(f"then approve it: rampart device approve {t['name']} DEVICE")
 
 
