@@ -64,9 +64,11 @@ def _launched(client: httpx.Client, guard: Guard) -> None:
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/" in cookie
 
 
-def test_the_launch_page_needs_no_session_and_carries_the_strict_headers(client: httpx.Client) -> None:
+def test_the_launch_page_needs_no_session_and_carries_the_strict_headers(client: httpx.Client,
+                                                                          guard: Guard) -> None:
     r = client.get("/")
     assert r.status_code == 200
+    assert guard.csrf() not in r.text and 'name="csrf-token"' not in r.text  # nothing for strangers
     assert r.headers["content-security-policy"] == CSP and "'unsafe-inline'" not in CSP
     assert r.headers["x-frame-options"] == "DENY" and r.headers["cache-control"] == "no-store"
     assert '<script src="/static/launch.js"' in r.text and "<script>" not in r.text

@@ -63,11 +63,12 @@ def build_app(cfg: Config, guard: Guard) -> Starlette:
     """The console for the operator whose CLI state is ``cfg``, guarded by ``guard``."""
     signed: dict[str, dict[str, Any]] = {}  # jobs signed in this launch, by id
 
-    def render(template: str, code: int = 200, **values: Any) -> HTMLResponse:
+    def render(template: str, code: int = 200, *, signed_in: bool = True, **values: Any) -> HTMLResponse:
+        """A page; the CSRF token only on pages of the launch session (never on the launch page)."""
         values.setdefault("session", None)
         body = _env.get_template(template).render(
             product="Rampart local console", version=__version__, static="/static", home="/",
-            csrf=guard.csrf(), port=guard.port, **values)
+            csrf=guard.csrf() if signed_in else "", port=guard.port, **values)
         return HTMLResponse(body, status_code=code, headers=HEADERS)
 
     def refused(code: int, message: str) -> HTMLResponse:
@@ -111,7 +112,7 @@ def build_app(cfg: Config, guard: Guard) -> Starlette:
         if not guard.host_ok(request):
             return plain(421, "refused: this console answers to 127.0.0.1 and localhost only")
         if not guard.signed_in(request):
-            return render("launch.html", 200, launched=guard.launched)
+            return render("launch.html", 200, signed_in=False, launched=guard.launched)
         try:
             return render("home.html", **await work(actions.home, cfg))
         except CliError as exc:
