@@ -98,8 +98,18 @@ class Mitm:
         asyncio.run_coroutine_threadsafe(send(), self._loop).result(10)
 
     def close(self) -> None:
+        """Stop listening, close every relayed connection and end the loop's tasks, then the loop."""
         async def stop() -> None:
             self._server.close()
+            for a in list(self._to_agent):
+                await a.close()
+            await self._server.wait_closed()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
-        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
+        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(20)
         self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
