@@ -72,6 +72,7 @@ def run_server(data_dir: Path | str, host: str, port: int, tls: bool = True,
     import uvicorn  # the web stack loads only to run the server, not for init or admin commands
 
     from .app import create_app
+    from .http_guard import guarded_protocol
 
     app = create_app(data_dir, config=config, agent_listen=agent_listen, tls=tls)
     ssl: dict[str, str] = {}
@@ -79,6 +80,10 @@ def run_server(data_dir: Path | str, host: str, port: int, tls: bool = True,
         ssl = {"ssl_certfile": str(config.cert_path), "ssl_keyfile": str(config.key_path)}
     uv = uvicorn.Config(
         app, host=host, port=port, loop="uvloop", ws="websockets-sansio",
+        http=guarded_protocol(header_timeout_s=config.limits.http_header_timeout_s,
+                              body_timeout_s=config.limits.http_body_timeout_s,
+                              per_address=config.limits.http_connections_per_address,
+                              exempt=list(trusted_proxies or [])),
         ws_max_size=config.limits.max_ws_message_bytes, ws_per_message_deflate=False,
         lifespan="on", proxy_headers=bool(trusted_proxies),
         forwarded_allow_ips=list(trusted_proxies or []) or None, server_header=False,

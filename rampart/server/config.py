@@ -37,6 +37,11 @@ DEFAULT_INVENTORY_INTERVAL_S = 300.0
 class ServerLimits:
     """Every size, count and duration a client controls, bounded."""
 
+    #: The HTTP listener (rampart.server.http_guard): a request's headers must be complete this long
+    #: after its first byte, its body this long after its headers; connections per source address.
+    http_header_timeout_s: float = 10.0
+    http_body_timeout_s: float = 60.0
+    http_connections_per_address: int = 256
     max_body_bytes: int = 2 << 20
     max_job_body_bytes: int = 6 << 20
     max_job_payload_bytes: int = 4 << 20
@@ -194,6 +199,14 @@ def load_config(data_dir: Path) -> ServerConfig:
     tick = doc.get("scheduler_interval_s", 60.0)
     if isinstance(tick, bool) or not isinstance(tick, int | float) or not 0.5 <= tick <= 3600:
         raise SetupError(f"{path}: scheduler_interval_s must be a number of seconds in 0.5..3600")
+    http: dict[str, Any] = {}
+    for key, lo, hi in (("http_header_timeout_s", 1, 600), ("http_body_timeout_s", 1, 3600),
+                        ("http_connections_per_address", 1, 100_000)):
+        if key in doc:
+            value = doc[key]
+            if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
+                raise SetupError(f"{path}: {key} must be a number in {lo}..{hi}")
+            http[key] = int(value) if key.endswith("address") else float(value)
     findings_days = _retention_days(doc, "finding_retention_days", 90, path)
     alerts_days = _retention_days(doc, "alert_retention_days", 180, path)
     return ServerConfig(data_dir=data_dir, db_url=normalise_db_url(doc["db_url"]),
@@ -202,7 +215,7 @@ def load_config(data_dir: Path) -> ServerConfig:
                         limits=ServerLimits(inventory_interval_s=float(interval),
                                             scheduler_interval_s=float(tick),
                                             finding_retention_days=findings_days,
-                                            alert_retention_days=alerts_days))
+                                            alert_retention_days=alerts_days, **http))
 
 
 #: Retention may be set from one day to ten years; "forever" is not offered (storage stays bounded).
