@@ -474,6 +474,7 @@ def test_package_remove_prints_a_summary_for_people(env: Env) -> None:
 def test_patch_apply_upgrades_and_flags_security(env: Env) -> None:
     reset_packages(env.pkg, rampart_demo="1.0", rampart_tool=None, rampart_broken=None)
     grant = env.grant(["patch"])  # payload-free: one approver
+    started = time.time()
     r = env.cli("patch", "apply", "acme", "--grant", grant, "--devices", env.main.device_id, "--wait")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "rampart-demo: upgraded 1.0 -> 2.0 [security]" in r.stdout
@@ -489,6 +490,18 @@ def test_patch_apply_upgrades_and_flags_security(env: Env) -> None:
     assert (demo["before"], demo["after"], demo["action"]) == ("1.0", "2.0", "upgraded")
     assert "1 package(s) updated, 1 of them security updates; 0 failed" in receipt["detail"]
     assert patching.installed_version(env.pkg, "rampart-demo") == "2.0"
+    # The agent reports a fresh inventory right after (collections are >= 30 s apart), not at its
+    # next periodic one: the update it applied is gone from the inventory (and the patch report).
+    # (The agent's periodic inventory is 300 s apart here: a report after the job is the job's.)
+    path = f"/tenants/{env.tenant}/devices/{env.main.device_id}/inventory"
+    deadline = started + 60
+    while True:
+        inv = ok(env.owner.http.get(path, params={"section": "updates"}))
+        if inv["updated_at"] > started and not [u for u in inv.get("updates") or []
+                                                if u["name"] == "rampart-demo"]:
+            break
+        assert time.time() < deadline, f"no fresh inventory after the update was applied: {inv}"
+        time.sleep(0.5)
 
 
 def test_security_only_device_policy_installs_the_security_version(env: Env) -> None:
