@@ -408,3 +408,11 @@ def test_readme_automation_grant_is_the_technicians_and_catalog_import_says_wher
     assert "# technician (Tess):\nrampart group set acme web" in readme
     assert "https://lolrmm.io/api/rmm_tools.json" in w.owner.ok("catalog", "import", "--help")
     assert "--writes /var/spool/cups" not in readme and "--token" not in readme
+
+
+def test_key_new_and_key_list_name_the_tenant(w: World) -> None:
+    out = w.approver.ok("key", "new", "--tenant", "acme", "--name", "spare")
+    assert re.search(rf"^key [0-9a-f]{{64}} created for {w.t.approver.username} \(tenant acme "
+                     rf"\({w.t.id}\)\)$", out, re.M), out
+    rows = [x for x in w.approver.ok("key", "list").splitlines() if "spare" in x]
+    assert len(rows) == 1 and f"acme ({w.t.id})" in rows[0]
