@@ -290,8 +290,7 @@ def test_email_target_is_refused_at_once_without_an_smtp_relay(w: World) -> None
 # --- script checks: a grant made for the check, policy limits in human units ----------------------
 
 
-def test_T3_checks_script_never_uses_an_unrelated_grant_and_requests_its_own(w: World,
-                                                                              tmp_path: Path) -> None:
+def test_checks_script_never_uses_an_unrelated_grant_and_requests_its_own(w: World, tmp_path: Path) -> None:
     script = tmp_path / "raid.sh"
     script.write_bytes(b"#!/bin/sh\ntest -d /\n")
     check = ("checks", "script", "acme", str(script), "--device", w.device, "--every", "5m",
@@ -369,7 +368,7 @@ def test_T3_per_capability_grant_maximum_is_enforced_and_absent_keeps_root_bytes
 # --- enrolment: the token never on a command line ----------------------------------------------------
 
 
-def test_S3_enroll_new_prints_the_env_form_and_the_printed_lines_enrol_a_real_agent(
+def test_enroll_new_prints_the_env_form_and_the_printed_lines_enrol_a_real_agent(
         w: World, tmp_path: Path) -> None:
     state = tmp_path / "agent-state"
     out = w.owner.ok("enroll", "new", "acme", "--ttl", "10m", "--state", str(state))
