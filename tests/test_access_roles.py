@@ -56,6 +56,7 @@ EXPECTED: dict[tuple[str, str], frozenset[str] | None] = {
     ("post", "/api/v1/accounts/{username}/revoke"): OWNER,
     ("post", "/api/v1/accounts/{username}/unlock"): OWNER,
     ("post", "/api/v1/accounts/{username}/enable"): OWNER,
+    ("put", "/api/v1/accounts/{username}/role"): OWNER,
     ("get", "/api/v1/keys"): ALL,
     ("post", "/api/v1/keys"): STAFF,
     ("get", "/api/v1/tenants"): ALL,
@@ -214,6 +215,7 @@ def test_M3_every_route_enforces_the_roles_table(server: RunningServer) -> None:
             "rings": [{"name": "pilot", "devices": [device]}]},
         ("put", "/api/v1/tenants/{t}/devices/{d}/backup-policy"): lambda: {"every_s": 3600},
         ("put", "/api/v1/tenants/{t}/devices/{d}/name"): lambda: {"name": "walk-name"},
+        ("put", "/api/v1/accounts/{username}/role"): lambda: {"role": "viewer"},
         ("put", "/api/v1/tenants/{t}/device-groups/{name}"): lambda: {"devices": [device]},
         ("post", "/api/v1/tenants/{t}/device-groups/{name}/members"): lambda: {"add": [device]},
         ("post", "/api/v1/tenants/{t}/suppressions"): lambda: {

@@ -159,3 +159,30 @@ def test_archiving_a_tenant_refuses_its_devices_and_jobs_until_it_is_unarchived(
     w.wait_connected(second.device_id)
     assert w.tech.http.post(f"/tenants/{w.tenant}/jobs", json={"envelope": env.decode(),
                                                                 "payloads": {}}).status_code == 200
+
+
+def test_changing_an_accounts_role_applies_at_once_with_a_step_up_and_is_audited(
+        world: SessionWorld) -> None:
+    w = world
+    cli_config(w, "cli-owner", w.owner, w.owner_key, w.root_env)  # type: ignore[attr-defined]
+    tech2 = w.tech2  # type: ignore[attr-defined]
+    body = {"devices": [w.main.device_id], "capabilities": ["script"], "duration_s": 600, "reason": "before"}
+    assert tech2.http.post(f"/tenants/{w.tenant}/grants", json=body).status_code == 200
+    # Only owners, never for themselves, and only after a fresh TOTP code.
+    r = w.tech.http.put("/accounts/tech2/role", json={"role": "viewer"})
+    assert r.status_code == 403 and "needs the role" in r.text
+    w.owner.login()
+    r = w.owner.http.put("/accounts/tech2/role", json={"role": "viewer"})
+    assert r.status_code == 403 and "step-up" in r.text
+    r = w.owner.http.put("/accounts/owner/role", json={"role": "viewer"})
+    assert r.status_code in (400, 403)
+    roles = {a["username"]: a["role"] for a in ok(w.owner.http.get("/accounts"))}
+    assert roles["tech2"] == "technician" and roles["owner"] == "owner"
+    r2 = w.cli("account", "role", "tech2", "viewer", config="cli-owner",
+               env_extra={"RAMPART_TOTP": w.owner.totp.code()})
+    assert r2.returncode == 0, r2.stderr
+    # Its very next request has the new role.
+    r = tech2.http.post(f"/tenants/{w.tenant}/grants", json=body)
+    assert r.status_code == 403 and "needs the role" in r.text
+    event = [e for e in audit_events(w.owner, w.tenant) if e["kind"] == "account.role-changed"][-1]
+    assert event["details"] == {"username": "tech2", "from": "technician", "to": "viewer"}

@@ -75,6 +75,7 @@ def _bodies(w: dict[str, Any]) -> dict[tuple[str, str], Any]:
         ("post", "/api/v1/tenants/{t}/unarchive"): None,
         ("post", "/api/v1/tenants/{t}/devices/{d}/retire"): None,
         ("put", "/api/v1/tenants/{t}/devices/{d}/name"): {"name": "stolen"},
+        ("put", "/api/v1/accounts/{username}/role"): {"role": "owner"},
         ("put", "/api/v1/tenants/{t}/settings"): {"mass_action_limit": 1000},
         ("post", "/api/v1/grants/{g}/revocation"): {"envelope": w["grant"]["envelope"]},
         ("post", "/api/v1/accounts/{username}/revoke"): {"reason": "cross-tenant"},

@@ -111,6 +111,23 @@ def account_enable(name: Annotated[str, typer.Argument(help="Account name.")]) -
     _account_change(name, "enable", "enabled")
 
 
+@account_app.command("role")
+def account_role(
+    name: Annotated[str, typer.Argument(help="Account name.")],
+    role: Annotated[str, typer.Argument(help="owner, approver, technician, viewer or customer-viewer.")],
+) -> None:
+    """Change an account's role (owners; asks for a fresh TOTP code). Its keys' roles in tenant
+    roots change only with new roots: `rampart root propose`."""
+    roles = ("owner", "approver", "technician", "viewer", "customer-viewer")
+    if role not in roles:
+        raise UsageProblem(f"the role is one of {', '.join(roles)}")
+    _, client, _ = api()
+    with client:
+        doc = expect_dict(client.put(f"/accounts/{name}/role", {"role": role}), "account")
+    say(f"account {name} is now {doc.get('role')}; the roles of its signing keys in tenant roots "
+        "change only when owners publish new roots (rampart root propose)")
+
+
 # --- grants ------------------------------------------------------------------------------------
 
 @grant_app.command("revoke")

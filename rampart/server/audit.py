@@ -43,7 +43,7 @@ EVENT_KINDS = frozenset({
     "login", "login.failed", "key.added", "root.published", "grant.requested",
     "grant.approved", "job.created", "receipt", "device.enrolled", "device.approved",
     "account.created", "tenant.created", "device.rejected", "device.retired", "device.renamed",
-    "tenant.archived", "tenant.unarchived",
+    "tenant.archived", "tenant.unarchived", "account.role-changed",
     # identity and access (docs/access.md)
     "stepup.required", "stepup.verified", "stepup.passed", "account.disabled",
     "account.enabled", "account.locked", "account.unlocked", "account.revoked",

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from rampart.trust import AutomationPublicKey, OperatorPublicKey, TrustError
 
 from .. import clock
-from ..access import account_tenant_ids, disable_account, enable_account, step_up_fresh
+from ..access import account_tenant_ids, disable_account, enable_account, require_step_up, step_up_fresh
 from ..auth import new_token, reissue_activation, token_hash
 from ..errors import BadRequest, Conflict, NotFound, Refusal, StepUpRequired
 from ..models import (
@@ -35,6 +35,7 @@ from .schemas import (
     AccountReissuedOut,
     AccountRevokedOut,
     AccountRevokeIn,
+    AccountRoleIn,
     KeyIdOut,
     KeyIn,
     KeyOut,
@@ -258,3 +259,36 @@ def list_keys(caller: CallerDep, ctx: Ctx) -> list[KeyOut]:
         rows = s.scalars(select(OperatorKeyRow).where(mine).order_by(OperatorKeyRow.created_at))
         return [KeyOut(keyid=r.keyid, public=r.public, name=r.name, tenant=r.tenant_id)
                 for r in rows]
+
+
+@router.put("/accounts/{username}/role", response_model=AccountOut)
+def change_role(username: UsernamePath, body: AccountRoleIn, caller: CallerDep, ctx: Ctx) -> AccountOut:
+    """Change an account's role (owners, fresh TOTP step-up); it applies to its next request.
+
+    Not to oneself, never leaving no MSP-wide owner, and a customer viewer keeps exactly one tenant.
+    The account's signing keys keep their role in tenant roots until owners publish new roots.
+    """
+    now = clock.now()
+    with ctx.store.transaction() as s:
+        account = manageable_account(s, caller, username)
+        caller.require_perm("account.manage")
+        if account.role == body.role:
+            return account_out(account, account_tenants_or_none(s, account), now)
+        if account.id == caller.account_id:
+            raise BadRequest("you cannot change your own role (another owner can)")
+        tenants = account_tenants_or_none(s, account)
+        if body.role == "customer-viewer" and (tenants is None or len(tenants) != 1):
+            raise BadRequest("a customer-viewer account belongs to exactly one tenant")
+        if account.role == "owner" and account.all_tenants:
+            owners = s.scalars(select(Account.id).where(
+                Account.role == "owner", Account.all_tenants.is_(True), Account.disabled_at.is_(None))).all()
+            if len(owners) <= 1:
+                raise BadRequest("this is the last MSP-wide owner")
+        logs = ctx.audit.logs_for_account(s, account)
+        require_step_up(s, ctx.audit, tenant_id=logs[0], actor=caller.username, step_up_at=caller.step_up_at,
+                        why="changing an account's role", details={"username": username}, now=now)
+        before = account.role
+        account.role = body.role
+        ctx.audit.record(s, logs, "account.role-changed", caller.username,
+                         {"username": username, "from": before, "to": body.role}, now)
+        return account_out(account, tenants, now)

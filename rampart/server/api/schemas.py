@@ -130,6 +130,10 @@ class AccountOut(BaseModel):
     disabled_at: float | None = None
 
 
+class AccountRoleIn(In):
+    role: Role
+
+
 class AccountRevokeIn(In):
     reason: Annotated[str, Field(max_length=256)] = ""
 
