@@ -188,10 +188,11 @@ _COLUMNS: dict[str, tuple[tuple[str, ...], Any]] = {
 def _section(name: str, value: Any) -> None:
     if name in _COLUMNS and isinstance(value, list):
         columns, row = _COLUMNS[name]
-        table(list(columns), (row(x) for x in value if isinstance(x, dict)), title=name.capitalize())
+        table(list(columns), (row(x) for x in value if isinstance(x, dict)), title=name.capitalize(),
+              plain_title=True)
     elif isinstance(value, dict):
         table(["field", "value"], ((k, v if not isinstance(v, dict | list) else str(v)[:200])
-                                   for k, v in value.items()), title=name.capitalize())
+                                   for k, v in value.items()), title=name.capitalize(), plain_title=True)
     else:
         say(f"{name}: not reported")
 
