@@ -11,9 +11,10 @@ uvicorn's h11 protocol, with what it lacks for a server on the Internet:
   address at once; more are closed as they arrive. Addresses of trusted proxies
   are exempt (they carry many clients; the proxy caps them itself).
 
-Invariants: a connection that becomes a WebSocket leaves both deadlines behind
-(its protocol takes over the transport); the per-address count is decremented
-exactly once per counted connection. Nothing here reads a request's content.
+Invariants: a connection that becomes a WebSocket leaves both deadlines and the
+per-address count behind (its protocol takes over the transport and its end);
+the count is decremented exactly once per counted connection. Nothing here
+reads a request's content.
 """
 
 from __future__ import annotations
@@ -65,12 +66,16 @@ class GuardedH11Protocol(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._arm("")
+        self._release()
+        super().connection_lost(exc)
+
+    def _release(self) -> None:
+        """Take this connection out of its address's count (once)."""
         if self._counted is not None:
             self.open_by_address[self._counted] -= 1
             if self.open_by_address[self._counted] <= 0:
                 del self.open_by_address[self._counted]
             self._counted = None
-        super().connection_lost(exc)
 
     def _arm(self, stage: str) -> None:
         """Start the deadline of ``stage`` ("headers" or "body"); "" cancels any."""
@@ -96,7 +101,11 @@ class GuardedH11Protocol(H11Protocol):
             self._arm("headers")  # the first bytes of a request: its headers are now on the clock
         super().data_received(data)
         if self.transport.get_protocol() is not self:
-            self._arm("")  # upgraded to a WebSocket: its own protocol keeps time now
+            # Upgraded to a WebSocket: its own protocol keeps time and receives connection_lost
+            # from now on, so the connection leaves this listener's count here (the gateway and the
+            # relay bound their own sockets).
+            self._arm("")
+            self._release()
             return
         state = self.conn.their_state
         if state == h11.SEND_BODY:
