@@ -10,8 +10,10 @@ Two families, never mixed (as in :mod:`rampart.trust.errors`, whose
     │   ├── MessageError                a server message is malformed: dropped (core.py; "malformed")
     │   ├── FileDigestMismatchError     a file payload is not the one the job signed
     │   │                               (filedeploy.py; "digest-mismatch"; also a DeployError)
-    │   └── PathRefusedError            a file job's path is outside what it may write
-    │                                   (filedeploy.py; "path-refused"; also a DeployError)
+    │   ├── PathRefusedError            a file job's path is outside what it may write
+    │   │                               (filedeploy.py; "path-refused"; also a DeployError)
+    │   └── SessionEnded                a remote session job ends; ``reason`` is its receipt's
+    │                                   end (session/runner.py; never escapes the session)
     ├── SpecError (ValueError)          a value (package name or version, backup repository, path)
     │   │                               is not acceptable; the caller turns it into a Refusal (from a
     │   │                               job) or a PolicyError (from the device policy)
@@ -26,6 +28,7 @@ Two families, never mixed (as in :mod:`rampart.trust.errors`, whose
         ├── LandlockError (OSError)     the Landlock LSM call failed (landlock.py)
         │   └── LandlockUnavailable     this kernel has no (usable) Landlock
         ├── UidUnavailable              no dynamic uid is free for a job (jobscope.py)
+        ├── StartRefused                a session's process could not be contained (session/proc.py)
         └── CommandError                an inventory command failed (inventory/_util.py)
 
 Each class is defined in the module that raises it (and stays importable

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 from rampart.agent import containment, jobscope
 from rampart.agent.containment import Containment, ContainmentSpec
+from rampart.agent.errors import LocalFault
 from rampart.agent.jobscope import DynamicUser, KillScope
 
 __all__ = ["SessionProcess", "StartRefused", "set_winsize", "start"]
@@ -39,7 +40,7 @@ __all__ = ["SessionProcess", "StartRefused", "set_winsize", "start"]
 REPORT_TIMEOUT_S = 20.0
 
 
-class StartRefused(Exception):
+class StartRefused(LocalFault):
     """The session's process could not be contained as required: nothing of it runs."""
 
 

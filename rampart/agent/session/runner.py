@@ -68,6 +68,7 @@ from rampart.wire.session import (
 from .. import containment, jobscope
 from ..actions.contained import _required_level, _run_as
 from ..actions.limits import JOB_PATH
+from ..errors import JobRefused
 from . import notice, proc
 from .recording import Recorder
 
@@ -92,7 +93,7 @@ _READ_CHUNK = 128 * 1024
 _SHELLS = ("/bin/bash", "/bin/sh")
 
 
-class SessionEnded(Exception):
+class SessionEnded(JobRefused):
     """Ends a session with a reason for the receipt (``end``) and a detail for people."""
 
     def __init__(self, reason: str, detail: str = "") -> None:

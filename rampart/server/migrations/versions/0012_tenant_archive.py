@@ -20,5 +20,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("tenants") as batch:
-        batch.drop_column("archived_at")
+    # A plain ALTER TABLE … DROP COLUMN (SQLite 3.35+): a batch rebuild would drop ``tenants``,
+    # which the foreign keys of every tenant-owned table refuse.
+    op.drop_column("tenants", "archived_at")
