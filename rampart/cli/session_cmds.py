@@ -54,13 +54,11 @@ from .client import Client, expect_dict, expect_list
 from .common import api, resolve_tenant, trusted_root
 from .config import Config, Session
 from .errors import CliError, Refused, UsageProblem
-from .job_cmds import sign_job, submit_job
+from .job_cmds import JsonOpt, TenantArg, sign_job, submit_job
 from .output import err_console, fmt_time, parse_duration, print_json, say, table
 from .session_link import SessionEnd, SessionLink, log_session
 from .termfilter import TerminalFilter
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-TenantArg = Annotated[str, typer.Argument(help="Tenant name or id.")]
 GrantOpt = Annotated[str, typer.Option("--grant", help="Approved grant with the 'shell' capability (gr-…).")]
 
 #: Exit status of `rampart shell` when the session did not end with the shell's own exit.

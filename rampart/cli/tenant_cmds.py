@@ -360,19 +360,23 @@ def device_approve(
     device: Annotated[str, typer.Argument(help="Device id (dev-…).")],
 ) -> None:
     """Approve an enrolled device so it may receive jobs."""
+    t = _device_call(tenant, device, "approve")
+    say(f"device {device} approved in {t['name']}")
+
+
+def _device_call(tenant: str, device: str, action: str, body: dict[str, str] | None = None) -> dict[str, Any]:
+    """POST (or, with ``body``, PUT) ``/tenants/T/devices/DEV/ACTION``; the tenant as resolved."""
     if not device.startswith("dev-"):
         raise UsageProblem("a device id looks like dev-<24 hex>")
     _, client, _ = api()
     with client:
         t = resolve_tenant(client, tenant)
-        client.post(f"/tenants/{t['id']}/devices/{device}/approve")
-    say(f"device {device} approved in {t['name']}")
-
-
-def _device_arg(device: str) -> str:
-    if not device.startswith("dev-"):
-        raise UsageProblem("a device id looks like dev-<24 hex>")
-    return device
+        path = f"/tenants/{t['id']}/devices/{device}/{action}"
+        if body is None:
+            client.post(path)
+        else:
+            client.put(path, body)
+    return t
 
 
 @device_app.command("reject")
@@ -381,10 +385,7 @@ def device_reject(
     device: Annotated[str, typer.Argument(help="Device id (dev-…) of a pending enrolment.")],
 ) -> None:
     """Refuse a pending enrolment: the device is told and refused from then on."""
-    _, client, _ = api()
-    with client:
-        t = resolve_tenant(client, tenant)
-        client.post(f"/tenants/{t['id']}/devices/{_device_arg(device)}/reject")
+    t = _device_call(tenant, device, "reject")
     say(f"device {device} rejected in {t['name']}")
 
 
@@ -394,10 +395,7 @@ def device_retire(
     device: Annotated[str, typer.Argument(help="Device id (dev-…).")],
 ) -> None:
     """Retire a device (asks for a fresh TOTP code): disconnected, refused, no job may target it."""
-    _, client, _ = api()
-    with client:
-        t = resolve_tenant(client, tenant)
-        client.post(f"/tenants/{t['id']}/devices/{_device_arg(device)}/retire")
+    t = _device_call(tenant, device, "retire")
     say(f"device {device} retired in {t['name']}: its agent is told and stops connecting")
 
 
@@ -408,10 +406,7 @@ def device_rename(
     name: Annotated[str, typer.Argument(help="The name operators will see for it.")],
 ) -> None:
     """Name a device as your team knows it (lists show it instead of the hostname it reported)."""
-    _, client, _ = api()
-    with client:
-        t = resolve_tenant(client, tenant)
-        client.put(f"/tenants/{t['id']}/devices/{_device_arg(device)}/name", {"name": name})
+    t = _device_call(tenant, device, "name", {"name": name})
     say(f"device {device} is now named {safe_line(name)} in {t['name']}")
 
 

@@ -31,6 +31,7 @@ import contextlib
 import hashlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -102,7 +103,8 @@ class _Upload:
 class SessionRelay:
     """Routes session messages between technician sockets and agent connections."""
 
-    def __init__(self, store: Store, audit: AuditLog, send_to_device: object) -> None:
+    def __init__(self, store: Store, audit: AuditLog,
+                 send_to_device: Callable[[str, str], Awaitable[bool]]) -> None:
         self._store = store
         self._audit = audit
         #: ``async (device_id, text) -> bool``: the gateway's send to a connected agent.
@@ -177,15 +179,14 @@ class SessionRelay:
             return True  # another session's id on this socket: dropped
         ch.bytes_up += len(text)
         ch.frames += 1
-        sent: bool = await self._send_to_device(ch.device_id, text)  # type: ignore[operator]
-        return sent
+        return await self._send_to_device(ch.device_id, text)
 
     async def operator_left(self, ch: Channel) -> None:
         """The technician's socket closed: tell the device, and forget the channel once it ended."""
         ch.attached = False
         if not ch.ended:
             with contextlib.suppress(Exception):
-                await self._send_to_device(ch.device_id, encode_message(  # type: ignore[operator]
+                await self._send_to_device(ch.device_id, encode_message(
                     SessionCloseMessage(job_id=ch.job_id, reason="relay-lost")))
         self.channels.pop(ch.job_id, None)
         await asyncio.to_thread(self._audit_relayed, ch)

@@ -177,14 +177,7 @@ class Session:
 
     async def open(self) -> None:
         """Accept (signed by the device key) and take the technician's stream header."""
-        client_key = trust.b64decode_strict(self.spec.client_key, what="client key")
-        public, secret = server_keys()
-        rx, tx = server_session_keys(public, secret, client_key)
-        self.sealer = SessionSealer(tx, self.job_id)
-        sig = self.agent.key.sign(accept_transcript(self.job_id, client_key, public, self.sealer.header))
-        await self.send(SessionAcceptMessage(
-            job_id=self.job_id, device_key=self.agent.key.public.to_b64(), agent_key=b64(public),
-            header=b64(self.sealer.header), sig=b64(sig)))
+        self.sealer, rx = await accept(self.agent, self.job_id, self.spec.client_key, self.send)
         first = await self._next_message(CLIENT_TIMEOUT_S)
         self.opener = SessionOpener(rx, unb64(first.data), self.job_id)
 
@@ -629,6 +622,21 @@ def _read_some(fd: int, n: int) -> bytes:
     return os.read(fd, n)
 
 
+async def accept(agent: Agent, job_id: str, client_key_b64: str,
+                 send: Send) -> tuple[SessionSealer, bytes]:
+    """Answer a session job: a one-time key and stream header, signed by the device key over the job id
+    and both keys (:func:`rampart.wire.session.accept_transcript`). The device's sealer, and the key
+    of the technician's stream."""
+    client_key = trust.b64decode_strict(client_key_b64, what="client key")
+    public, secret = server_keys()
+    rx, tx = server_session_keys(public, secret, client_key)
+    sealer = SessionSealer(tx, job_id)
+    sig = agent.key.sign(accept_transcript(job_id, client_key, public, sealer.header))
+    await send(SessionAcceptMessage(job_id=job_id, device_key=agent.key.public.to_b64(),
+                                    agent_key=b64(public), header=b64(sealer.header), sig=b64(sig)))
+    return sealer, rx
+
+
 async def run_watch(agent: Agent, auth: trust.Authorization, send: Send,
                     incoming: asyncio.Queue[SessionFrameMessage | SessionCloseMessage],
                     target: Session | None) -> bytes:
@@ -641,13 +649,7 @@ async def run_watch(agent: Agent, auth: trust.Authorization, send: Send,
     watcher: Watcher | None = None
     sealer: SessionSealer | None = None
     try:
-        client_key = trust.b64decode_strict(spec.client_key, what="client key")
-        public, secret = server_keys()
-        rx, tx = server_session_keys(public, secret, client_key)
-        sealer = SessionSealer(tx, job_id)
-        sig = agent.key.sign(accept_transcript(job_id, client_key, public, sealer.header))
-        await send(SessionAcceptMessage(job_id=job_id, device_key=agent.key.public.to_b64(),
-                                        agent_key=b64(public), header=b64(sealer.header), sig=b64(sig)))
+        sealer, rx = await accept(agent, job_id, spec.client_key, send)
         first = await asyncio.wait_for(incoming.get(), CLIENT_TIMEOUT_S)
         if isinstance(first, SessionCloseMessage):
             raise SessionEnded("relay-lost")
