@@ -1,13 +1,17 @@
 # Benchmarks print their numbers and write them to bench/results/.
 PY ?= .venv/bin/python
 
-.PHONY: bench bench-trust bench-merkle bench-fleet bench-inventory bench-patch bench-ingest bench-schedule bench-flood bench-cli bench-console bench-detect bench-session test up sbom
+.PHONY: deb agent-bundle agent-packages agent-wheels bench bench-trust bench-merkle bench-audit bench-fleet bench-inventory bench-patch bench-ingest bench-schedule bench-flood bench-cli bench-console bench-detect bench-session test up sbom
 
-bench: bench-trust bench-merkle bench-fleet bench-inventory bench-patch bench-ingest bench-schedule bench-flood bench-cli bench-console bench-detect bench-session
+bench: bench-trust bench-merkle bench-audit bench-fleet bench-inventory bench-patch bench-ingest bench-schedule bench-flood bench-cli bench-console bench-detect bench-session
 
 bench-trust:
 	@mkdir -p bench/results
-	PYTHONPATH=. $(PY) bench/trust_bench.py | tee bench/results/trust.json
+	PYTHONPATH=.:tests $(PY) bench/trust_bench.py | tee bench/results/trust.json
+
+bench-audit:
+	@mkdir -p bench/results
+	PYTHONPATH=. $(PY) bench/audit_bench.py bench/results/audit.json
 
 bench-merkle:
 	@mkdir -p bench/results
@@ -15,6 +19,24 @@ bench-merkle:
 
 test:
 	./run-tests
+
+# The agent alone, for devices (issue 16; docs/agent.md, docs/design/agent-packaging.md): a Debian
+# package and a self-contained bundle for other distributions, built from this checkout into dist/,
+# each with its SHA-256 printed. Only fetching the wheels (agent-wheels, or the first build) uses the
+# network (PyPI); a build installs them from dist/agent-wheels without it.
+AGENT_BUILD = bash -c 'source scripts/bootstrap.sh build && exec python scripts/build_agent_package.py "$$@"' build
+
+agent-wheels:
+	$(AGENT_BUILD) fetch
+
+deb:
+	$(AGENT_BUILD) deb
+
+agent-bundle:
+	$(AGENT_BUILD) bundle
+
+agent-packages:
+	$(AGENT_BUILD) deb bundle
 
 up:
 	./quickstart

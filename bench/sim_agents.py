@@ -58,6 +58,7 @@ class SimAgent:
                 last_checkpoint=self.checkpoint,
                 device=trust.DevicePolicy(device_id=self.device_id, write_roots=("/srv",)),
                 now=int(time.time()), seen_nonces=self.nonces, seen_jobs=self.jobs,
+                proofs=msg.proofs if isinstance(msg.proofs, trust.DeviceProofs) else None,
             )
             self.nonces.add(auth.job.nonce)
             self.jobs.add(auth.job.id)

@@ -17,7 +17,15 @@ apt_install() {
     as_root apt-get update -qq >/dev/null
     export RAMPART_APT_UPDATED=1
   fi
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+  # No package's service is started by these installs (slapd, xrdp, PostgreSQL, rsyslog would listen
+  # beyond loopback): a policy-rc.d refuses every start while apt runs, unless one already exists.
+  local policy=/usr/sbin/policy-rc.d made="" rc=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null && as_root chmod 755 "$policy" && made=1
+  fi
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null || rc=$?
+  if [ -n "$made" ]; then as_root rm -f "$policy"; fi
+  return "$rc"
 }
 
 "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
@@ -29,6 +37,11 @@ if [ ! -x "$VENV/bin/python" ]; then
     apt_install python3-venv
     "$PY" -m venv "$VENV"
   fi
+fi
+
+# WeasyPrint (the posture report's PDF, docs/compliance.md) loads Pango and HarfBuzz at run time.
+if command -v ldconfig >/dev/null && ! ldconfig -p 2>/dev/null | grep -q 'libpangoft2-1.0.so'; then
+  apt_install libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fonts-dejavu-core
 fi
 
 # Reinstall only when the project definition changed.

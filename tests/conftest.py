@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from harness import logs
 from harness.server import PostgresCluster, RunningServer, start_server
 
 
@@ -47,3 +48,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if {"db_url", "pg_cluster"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.store)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failing test's report ends with the logs of the servers and agents it ran (harness.logs)."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        started = getattr(item, "_rampart_started", call.start)
+        for path, text in logs.tails_since(started):
+            report.sections.append((f"log {path} (end)", text))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    item._rampart_started = logs.now()  # type: ignore[attr-defined]

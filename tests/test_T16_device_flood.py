@@ -225,7 +225,7 @@ def test_T16_frames_over_the_limit_count_against_the_device_and_end_in_a_block(f
     agent = enrol_flooder(f, hostname="oversized")
     too_big = "A" * (LIMITS.max_ws_message_bytes + 16)
     codes: list[int] = []
-    for _ in range(LIMITS.abuse_refusals + 5):
+    for _ in range(2 * LIMITS.abuse_refusals + 5):  # a loaded machine may let a few age out of the window
         try:
             if agent.ws is None:
                 agent.connect()

@@ -77,6 +77,11 @@ EXPECTED: dict[tuple[str, str], frozenset[str] | None] = {
     ("post", "/api/v1/tenants/{t}/devices/{d}/reject"): APPROVE,
     ("post", "/api/v1/tenants/{t}/archive"): OWNER,
     ("post", "/api/v1/tenants/{t}/unarchive"): OWNER,
+    ("post", "/api/v1/tenants/{t}/delete"): OWNER,
+    ("post", "/api/v1/jobs/{j}/cancellation"): STAFF,
+    ("get", "/api/v1/jobs/{j}/summary"): ALL,
+    ("get", "/api/v1/jobs/{j}/targets"): ALL,
+    ("get", "/api/v1/deleted-tenants"): ALL,
     ("post", "/api/v1/tenants/{t}/devices/{d}/retire"): APPROVE,
     ("put", "/api/v1/tenants/{t}/devices/{d}/name"): STAFF,
     ("post", "/api/v1/tenants/{t}/grants"): TECH,
@@ -95,6 +100,8 @@ EXPECTED: dict[tuple[str, str], frozenset[str] | None] = {
     ("get", "/api/v1/tenants/{t}/audit/entries"): ALL,
     ("get", "/api/v1/tenants/{t}/audit/checkpoint"): ALL,
     ("post", "/api/v1/tenants/{t}/audit/checkpoint"): STAFF,
+    # an outside witness's co-signature: the signature is the authority, any role may carry it
+    ("post", "/api/v1/tenants/{t}/audit/checkpoints/{size}/cosignatures"): ALL,
     ("get", "/api/v1/tenants/{t}/audit/consistency"): ALL,
     ("get", "/api/v1/tenants/{t}/audit/inclusion"): ALL,
     ("get", "/api/v1/tenants/{t}/alerts"): ALL,
@@ -145,6 +152,15 @@ EXPECTED: dict[tuple[str, str], frozenset[str] | None] = {
     ("put", "/api/v1/tenants/{t}/device-groups/{name}"): STAFF,
     ("post", "/api/v1/tenants/{t}/device-groups/{name}/members"): STAFF,
     ("delete", "/api/v1/tenants/{t}/device-groups/{name}"): STAFF,
+    ("post", "/api/v1/tenants/{t}/directories"): OWNER,
+    ("get", "/api/v1/tenants/{t}/directories"): ALL,
+    ("delete", "/api/v1/tenants/{t}/directories/{name}"): OWNER,
+    ("post", "/api/v1/tenants/{t}/directories/{name}/audit"): STAFF,
+    ("get", "/api/v1/tenants/{t}/directory-findings"): ALL,
+    # the posture report and the service statement (docs/compliance.md): customers read their own
+    ("get", "/api/v1/tenants/{t}/report"): ALL,
+    ("get", "/api/v1/tenants/{t}/statement"): ALL,
+    ("put", "/api/v1/tenants/{t}/statement"): OWNER,
 }
 
 QUERY = {"start": 0, "limit": 10, "old": 0, "new": 1, "index": 0, "size": 1}
@@ -173,7 +189,7 @@ def test_M3_every_route_enforces_the_roles_table(server: RunningServer) -> None:
         "kind": "port", "params": {"port": 22}}))
     ids = {"t": t.id, "g": grant, "j": job_id, "d": device, "username": "spare", "a": alert["id"],
            "n": target["id"], "slug": "anydesk", "c": check["id"], "name": "walk",
-           "rule_id": "sp-" + "a" * 26}
+           "rule_id": "sp-" + "a" * 26, "size": "1"}
 
     def fresh_job() -> dict[str, Any]:
         e, p, _ = signed_job(t, grant, [device])
@@ -202,6 +218,8 @@ def test_M3_every_route_enforces_the_roles_table(server: RunningServer) -> None:
         ("post", "/api/v1/tenants/{t}/grants"): lambda: {
             "devices": [device], "capabilities": ["script"], "duration_s": 600, "reason": "walk"},
         ("post", "/api/v1/grants/{g}/signatures"): lambda: {"envelope": grant_env},
+        ("post", "/api/v1/tenants/{t}/audit/checkpoints/{size}/cosignatures"):
+            lambda: {"envelope": grant_env},
         ("post", "/api/v1/grants/{g}/revocation"): revocation,
         ("post", "/api/v1/tenants/{t}/jobs"): fresh_job,
         ("post", "/api/v1/tenants/{t}/notify-targets"): lambda: {
@@ -216,10 +234,17 @@ def test_M3_every_route_enforces_the_roles_table(server: RunningServer) -> None:
         ("put", "/api/v1/tenants/{t}/devices/{d}/backup-policy"): lambda: {"every_s": 3600},
         ("put", "/api/v1/tenants/{t}/devices/{d}/name"): lambda: {"name": "walk-name"},
         ("put", "/api/v1/accounts/{username}/role"): lambda: {"role": "viewer"},
+        ("post", "/api/v1/tenants/{t}/delete"): lambda: {"confirm": "not the name"},
+        ("post", "/api/v1/jobs/{j}/cancellation"): lambda: {"envelope": grant_env},
         ("put", "/api/v1/tenants/{t}/device-groups/{name}"): lambda: {"devices": [device]},
         ("post", "/api/v1/tenants/{t}/device-groups/{name}/members"): lambda: {"add": [device]},
+        # a closed loopback port: an owner's request is refused (400) after the role check, nothing stored
+        ("post", "/api/v1/tenants/{t}/directories"): lambda: {
+            "name": "walk", "url": "ldaps://127.0.0.1:9", "bind_dn": "cn=audit", "base": "dc=walk",
+            "password": "walk", "pin_sha256": "a" * 64},
         ("post", "/api/v1/tenants/{t}/suppressions"): lambda: {
             "kind": "memory-only", "path": f"/opt/walk{next(_counter)}", "reason": "walk", "days": 1},
+        ("put", "/api/v1/tenants/{t}/statement"): lambda: {"deadline_s": 3600, "contact": "walk"},
     }
 
     spec = ok(server.client(api=False).get("/openapi.json"))

@@ -28,11 +28,9 @@ import json
 import os
 import random
 import shutil
-import socket
 import stat
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,8 +41,9 @@ from typing import Any
 import pytest
 from harness import borgvault as vault
 from harness import hostguard
-from harness.agent import AgentProcess, agent_cmd, traversable_dir
+from harness.agent import AgentProcess, agent_cmd, stop_all, traversable_dir
 from harness.aptrepo import AptRepo, build_deb, scratch_root
+from harness.borgvault import VaultHost
 from harness.operators import Operator, bootstrap_owner, make_root, ok, sign_root, step_up
 from harness.server import REPO, RunningServer, start_server
 
@@ -73,70 +72,6 @@ pytestmark = [
 SECRET = "vault passphrase 5c1d shared by the device and the vault holder"
 KEY_PASSPHRASE = "technician key passphrase"
 SUITES = ["stable", "stable-updates", "stable-security"]
-
-
-# --- the vault host: borg serve --append-only behind a loopback port ---------------------------------
-
-
-class VaultHost:
-    """Each connection gets ``borg serve --append-only --restrict-to-repository REPO``, whatever it asks."""
-
-    def __init__(self, repo: Path, home: Path) -> None:
-        self.repo = repo
-        self.home = home
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = int(self.sock.getsockname()[1])
-        self.connections = 0
-        self._stop = False
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def _accept(self) -> None:
-        while not self._stop:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8", "HOME": str(self.home),
-               "BORG_BASE_DIR": str(self.home)}
-        with conn:
-            subprocess.run(["borg", "serve", "--append-only", "--restrict-to-repository", str(self.repo),
-                            "--storage-quota", "1G"], stdin=conn.fileno(), stdout=conn.fileno(),
-                           stderr=subprocess.DEVNULL, env=env, timeout=600, check=False)
-
-    def relay(self, path: Path) -> Path:
-        """The ``ssh`` stand-in borg runs (BORG_RSH): pipes stdin/stdout to the vault host's port."""
-        path.write_text(
-            "#!/usr/bin/python3 -I\n"
-            "# Stand-in for `ssh vault`: the vault host decides what runs (borg serve --append-only).\n"
-            "import os, socket, sys, threading\n"
-            f"s = socket.create_connection(('127.0.0.1', {self.port}))\n"
-            "def up():\n"
-            "    while True:\n"
-            "        b = os.read(0, 65536)\n"
-            "        if not b:\n"
-            "            s.shutdown(socket.SHUT_WR)\n"
-            "            return\n"
-            "        s.sendall(b)\n"
-            "threading.Thread(target=up, daemon=True).start()\n"
-            "while True:\n"
-            "    b = s.recv(65536)\n"
-            "    if not b:\n"
-            "        break\n"
-            "    while b:\n"
-            "        b = b[os.write(1, b):]\n")
-        path.chmod(0o755)
-        return path
-
-    def close(self) -> None:
-        self._stop = True
-        self.sock.close()
 
 
 # --- the module's world ---------------------------------------------------------------------------------
@@ -379,8 +314,7 @@ def env(pg_cluster: Any) -> Iterator[Env]:
         yield e
     finally:
         if e is not None:
-            for a in e.agents.values():
-                a.stop()
+            stop_all(e.agents.values())
         if vault_host is not None:
             vault_host.close()
         server.stop()
@@ -568,7 +502,8 @@ def test_T3_package_job_is_refused_on_a_device_that_does_not_allow_root(env: Env
 
 def test_actions_a_device_did_not_enable_are_refused_not_configured(env: Env) -> None:
     for kind, caps, needle in (("os-update", ["patch"], "--package-manager none"),
-                               ("backup-run", ["backup"], "no backup is configured")):
+                               ("backup-run", ["backup"], "no backup is configured"),
+                               ("backup-forget-state", ["backup"], "no backup is configured")):
         receipt = env.run(env.job(env.grant(caps, "plain"), Action(kind=kind), agent="plain"))  # type: ignore[arg-type]
         assert (receipt["outcome"], receipt["refusal"]) == ("refused", "not-configured"), receipt
         assert needle in receipt["detail"]

@@ -18,14 +18,11 @@ import ssl
 from pathlib import Path
 
 import pytest
+from harness.localagent import local_agent
 from harness.tenant import Tenant
 
 from rampart import trust, wire
 from rampart.agent.connection import Link
-from rampart.agent.core import Agent
-from rampart.agent.state import KEY_FILE, POLICY_FILE, AgentState, ensure_private_dir
-from rampart.private_files import write_private_atomic
-from rampart.trust import DeviceKey
 
 
 class SeamServer:
@@ -63,22 +60,6 @@ class SeamServer:
         key = self.link.agent.key.public
         return [trust.verify_receipt(m.receipt.encode(), key)  # type: ignore[arg-type]
                 for m in self.received if isinstance(m, wire.ReceiptMessage)]
-
-
-def local_agent(state_dir: Path, tenant: Tenant) -> Agent:
-    """An enrolled agent state made in place (what ``rampart-agent enroll`` writes, without a server)."""
-    ensure_private_dir(state_dir)
-    key = DeviceKey.generate()
-    write_private_atomic(state_dir / KEY_FILE, trust.encode_plain_private_key(key), 0o600)
-    policy = {"write_roots": [str(state_dir.parent)]}
-    write_private_atomic(state_dir / POLICY_FILE, json.dumps(policy).encode())
-    state = AgentState(state_dir)
-    with state.transaction() as db:
-        state.save_root(db, 1, tenant.roots[0])
-        state.set_many(db, {"device_id": trust.device_id_for(key.public),  # type: ignore[arg-type]
-                            "tenant": tenant.id, "enrolled": "1"})
-    state.close()
-    return Agent(state_dir)
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness.agent import AgentProcess
+from harness.agent import AgentProcess, stop_all
 from harness.mini_server import MiniServer
 from harness.tenant import Tenant, env_bytes
 
@@ -69,8 +69,7 @@ def env() -> Iterator[Env]:
     try:
         yield e
     finally:
-        for a in (e.a, e.b):
-            a.stop()
+        stop_all((e.a, e.b))
         e.server.stop()
         shutil.rmtree(base, ignore_errors=True)
 

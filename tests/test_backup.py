@@ -333,5 +333,81 @@ def test_T9_local_repository_config_append_only_also_keeps_segments(world: World
     _, error = backup.list_archives_checked(world.vault)
     assert "newer than repository" in error
     # ... until its record of that repository is dropped on purpose.
-    assert len(backup.forget_repository_state(world.vault)) == 1
+    forgot = backup.forget_repository_state(world.vault)
+    assert forgot.ok and [(c.manifest_timestamp, c.cache) for c in forgot.cleared] == [(True, True)], forgot
     assert [a.id for a in backup.list_archives(world.vault)] == [first.id]
+
+
+def _borg_state(base: Path) -> dict[str, str]:
+    """Every path below a borg base directory: file digests, symlink targets, directories."""
+    out = {}
+    for p in sorted(base.rglob("*")):
+        rel = str(p.relative_to(base))
+        out[rel] = ("link:" + os.readlink(p) if p.is_symlink() else sha(p.read_bytes()) if p.is_file()
+                    else "dir")
+    return out
+
+
+def test_T9_forget_state_clears_only_this_repositorys_replay_record_never_through_a_symlink(
+        world: World) -> None:
+    """Only security/<id>/manifest-timestamp and .cache/borg/<id> of the policy's repository go.
+
+    The rest of the security directory stays (``nonce``: the AES-CTR counter
+    this client reserved), so do keys and other repositories' records; a
+    symlink on the way is refused, never followed.
+    """
+    assert backup.create_archive(world.agent, [str(world.data)], name="dev1-a").ok
+    base = world.agent.base_dir
+    [rid] = [p.name for p in (base / ".config" / "borg" / "security").iterdir()]
+    record = base / ".config" / "borg" / "security" / rid
+    assert {"location", "key-type", "manifest-timestamp", "nonce"} <= {p.name for p in record.iterdir()}
+    assert (base / ".cache" / "borg" / rid).is_dir()
+    nonce = int((record / "nonce").read_text(), 16)
+    # Another repository's record (another location) and a key file beside them.
+    other = base / ".config" / "borg" / "security" / ("b" * 64)
+    other.mkdir()
+    (other / "location").write_text("ssh://vault/srv/borg/other\n")
+    (other / "manifest-timestamp").write_text("2099-01-01T00:00:00.000000")
+    (base / ".cache" / "borg" / ("b" * 64)).mkdir()
+    (base / ".cache" / "borg" / ("b" * 64) / "config").write_text(
+        "[cache]\nprevious_location = ssh://vault/srv/borg/other\n")
+    keys = base / ".config" / "borg" / "keys"
+    keys.mkdir(exist_ok=True)
+    (keys / "keep").write_text("a keyfile\n")
+    before = _borg_state(base)
+    gone = (f".config/borg/security/{rid}/manifest-timestamp", f".cache/borg/{rid}")
+    kept = {k: v for k, v in before.items() if not k.startswith(gone)}
+
+    forgot = backup.forget_repository_state(world.agent)
+    assert forgot == backup.ForgetResult(ok=True, cleared=[backup.ForgottenRepository(
+        id=rid, manifest_timestamp=True, cache=True)])
+    assert _borg_state(base) == kept and len(kept) < len(before)
+    # Idempotent: nothing left to clear, nothing else touched.
+    assert backup.forget_repository_state(world.agent) == backup.ForgetResult(ok=True)
+    assert _borg_state(base) == kept
+    # The next access records the repository again; the nonce never went backwards.
+    assert backup.create_archive(world.agent, [str(world.data)], name="dev1-b").ok
+    assert (record / "manifest-timestamp").is_file()
+    assert int((record / "nonce").read_text(), 16) > nonce
+    # A cache naming the repository without a security directory goes too (borg's other replay check).
+    shutil.rmtree(record)
+    assert backup.forget_repository_state(world.agent).cleared == [
+        backup.ForgottenRepository(id=rid, manifest_timestamp=False, cache=True)]
+
+    # A symlink planted in the way is never followed: an error, and the target is untouched.
+    victim = world.tmp / "victim"
+    (victim / "borg" / "security" / rid).mkdir(parents=True)
+    (victim / "borg" / "security" / rid / "location").write_text(world.agent.location)
+    (victim / "borg" / "security" / rid / "manifest-timestamp").write_text("2099-01-01T00:00:00.000000")
+    shutil.rmtree(base / ".config")
+    (base / ".config").symlink_to(victim)
+    planted = _borg_state(victim)
+    result = backup.forget_repository_state(world.agent)
+    assert not result.ok and result.cleared == [] and "not a plain directory" in result.error, result
+    assert _borg_state(victim) == planted
+    (base / ".config").unlink()
+    (base / ".config" / "borg" / "security").mkdir(parents=True)
+    (base / ".config" / "borg" / "security" / rid).symlink_to(victim / "borg" / "security" / rid)
+    result = backup.forget_repository_state(world.agent)
+    assert result == backup.ForgetResult(ok=True), result  # a symlinked entry is not borg's record
+    assert _borg_state(victim) == planted

@@ -227,8 +227,10 @@ def test_T16_grant_approve_shows_server_hostnames_escaped_next_to_signed_ids(w: 
 
 
 def test_patch_report_shows_fresh_security_updates_in_their_own_column(w: World) -> None:
+    # The newest candidate (2.0, from updates) is not the security fix (1.1, from security).
     w.agent.send(report([Update(manager="apt", name="openssl", arch="amd64", installed="1.0",
-                                candidate="1.1", security=True, origin="bookworm-security"),
+                                candidate="2.0", security=True, origin="bookworm-updates",
+                                security_candidate="1.1"),
                          Update(manager="apt", name="vim", arch="amd64", installed="9.0",
                                 candidate="9.1", origin="bookworm")]))
     assert w.agent.wait_for("inventory-ack")["result"]
@@ -243,10 +245,11 @@ def test_patch_report_shows_fresh_security_updates_in_their_own_column(w: World)
                                               "oldest (days)"]
     # Pending for seconds, not 7 days: listed as security pending, not (yet) overdue.
     cells = re.split(r"\s{2,}", row)
-    assert cells[0] == w.device and cells[2] == "openssl 1.1" and cells[3] == "0.0"
+    assert cells[0] == w.device and cells[2] == "openssl 1.1 (candidate 2.0)" and cells[3] == "0.0"
     doc = w.tech.json("patch", "report", "acme")
     [m] = doc["rings"][0]["devices"]
-    assert [u["name"] for u in m["security_updates"]] == ["openssl"] and m["missing_security"] == []
+    assert [(u["name"], u["security_version"], u["candidate"]) for u in m["security_updates"]] == \
+        [("openssl", "1.1", "2.0")] and m["missing_security"] == []
     assert doc["devices_security_pending"] == 1 and doc["devices_missing"] == 0
 
 

@@ -27,7 +27,8 @@ REPO = Path(__file__).resolve().parent.parent
 # The order main.py registered the command modules in before registration became lazy.
 REGISTRATION_ORDER = ["auth_cmds", "tenant_cmds", "root_cmds", "grant_cmds", "job_cmds", "audit_cmds",
                       "up", "access_cmds", "notify_cmds", "sbom_cmds", "checks_cmds", "telemetry_cmds",
-                      "action_cmds", "schedule_cmds", "group_cmds", "console_cmds", "session_cmds"]
+                      "action_cmds", "schedule_cmds", "group_cmds", "console_cmds", "session_cmds",
+                      "report_cmds", "directory_cmds", "witness_cmds"]
 
 
 def eager_app() -> typer.Typer:

@@ -22,9 +22,17 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free port whose next one is free too (the server's agent listener takes port + 1)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port + 1))
+            return port
+        except OSError:
+            continue
 
 
 def env() -> dict[str, str]:
@@ -40,11 +48,11 @@ def cli(*args: str, extra: dict[str, str] | None = None) -> subprocess.Completed
                           timeout=120, cwd=REPO)
 
 
-def start_up(data: Path, port: int, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_up(data: Path, port: int, log: Path, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
     with open(log, "wb") as fh:
         proc = subprocess.Popen(
             [sys.executable, "-m", "rampart.cli.main", "up", "--data", str(data), "--listen",
-             f"127.0.0.1:{port}"], stdout=fh, stderr=subprocess.STDOUT, env=env(), cwd=REPO)
+             f"127.0.0.1:{port}", *extra], stdout=fh, stderr=subprocess.STDOUT, env=env(), cwd=REPO)
     deadline = time.monotonic() + 180
     while "Press Ctrl-C to stop." not in log.read_text():
         assert proc.poll() is None, log.read_text()
@@ -115,3 +123,32 @@ def test_up_twice_reuses_everything_and_stops_cleanly(tmp_path: Path) -> None:
     finally:
         rc = stop(proc, signal.SIGTERM)
     assert rc == 0
+
+
+@pytest.mark.slow
+def test_up_after_a_refused_totp_code_retries_with_the_same_bootstrap_token(tmp_path: Path) -> None:
+    """Issue 11, finding 6: a failed first TOTP confirmation (here the server's clock is an hour behind, so
+    the authenticator's code is refused) leaves the quickstart resumable: run again, it enrols the same
+    owner with the same one-time bootstrap token, which is spent only then."""
+    data = tmp_path / "up"
+    port = free_port()
+    r = subprocess.run([sys.executable, "-m", "rampart.cli.main", "up", "--data", str(data), "--listen",
+                        f"127.0.0.1:{port}", "--no-agent"], env={**env(), "RAMPART_CLOCK_OFFSET_S": "-3600"},
+                       capture_output=True, text=True, timeout=180, cwd=REPO)
+    assert r.returncode != 0, r.stdout + r.stderr
+    creds_path = data / "quickstart" / "credentials.json"
+    creds = json.loads(creds_path.read_text())
+    assert "admin" in creds, r.stdout + r.stderr
+    assert creds["admin"]["totp_confirmed"] is False and creds["bootstrap_token"]
+    token = creds["bootstrap_token"]
+    proc, out = start_up(data, port, tmp_path / "up2.log", "--no-agent")
+    try:
+        assert "created the owner account admin" in out and "created tenant demo" in out
+        creds = json.loads(creds_path.read_text())
+        assert creds["admin"]["totp_confirmed"] is True and "bootstrap_token" not in creds
+        assert token not in creds_path.read_text()
+        admin = shell_env(data, "admin")
+        listed = cli("tenant", "list", "--json", extra=admin)
+        assert listed.returncode == 0 and [t["name"] for t in json.loads(listed.stdout)] == ["demo"]
+    finally:
+        assert stop(proc, signal.SIGINT) == 0

@@ -58,12 +58,17 @@ def test_trust_public_surface_is_locked() -> None:
         "TrustedRoot", "UnknownKeyError", "UsageError", "WrongDeviceError", "WrongTenantError",
         "add_signature", "approvers_required", "authorize_job", "authorize_repeat",
         "check_log_progress",
+        "DeviceProof", "DeviceProofs", "DeviceSet", "DeviceSetTree", "commit_devices", "expand", "is_member",
         "check_root_signatures", "decode_envelope", "decode_payload", "decode_private_key",
         "device_id_for", "encode_payload", "encode_plain_private_key", "encrypt_private_key",
         "grant_status", "key_id", "new_grant_id", "new_job_id", "new_nonce", "new_tenant_id",
         "pae", "pin_root", "reload_root", "root_sha256", "sign_envelope", "update_root",
         "verified_signers", "verify_checkpoint", "verify_grant", "verify_receipt",
         "verify_revocation", "verify_session_record",
+        "PASSKEY_KEY_TYPE", "PasskeyAssertion", "PasskeyCounterError", "PasskeyError",
+        "PasskeyPublicKey", "add_passkey_signature", "assertion_challenge", "passkey_blob",
+        "CANCELLATION_TYPE", "Cancellation", "CancelledError", "check_cancellation", "verify_cancellation",
+        "WitnessKey", "WitnessPublicKey", "WitnessQuorumError", "cosign_checkpoint", "witness_checkpoint",
     ])
     for name in rampart.trust.__all__:
         assert hasattr(rampart.trust, name), name
@@ -321,7 +326,7 @@ def test_wire_public_surface_is_locked() -> None:
         "Welcome", "WireError", "apply", "auth_message", "check_hello", "decode_agent_message",
         "decode_challenge", "decode_hello", "decode_report", "decode_result", "decode_server_message",
         "decode_welcome", "diff", "digest", "encode_message", "encode_report", "encode_result",
-        "new_challenge", "sign_hello",
+        "new_challenge", "sign_hello", "CancellationsMessage",
     ])
     for name in rampart.wire.__all__:
         assert hasattr(rampart.wire, name), name

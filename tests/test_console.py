@@ -19,7 +19,17 @@ from pathlib import Path
 import httpx
 import pytest
 from harness.consolefleet import add_devices, store_of
-from harness.operators import PASSWORD, Operator, TenantSetup, audit_events, bootstrap_owner, setup_tenant
+from harness.operators import (
+    PASSWORD,
+    Operator,
+    TenantSetup,
+    audit_events,
+    bootstrap_owner,
+    make_root,
+    ok,
+    setup_tenant,
+    sign_root,
+)
 from harness.server import PostgresCluster, RunningServer, init_server
 from sqlalchemy import insert, select, update
 
@@ -309,13 +319,18 @@ def test_owner_creates_unlocks_reissues_and_revokes_accounts(w: World) -> None:
 def test_static_files_are_a_fixed_list(w: World) -> None:
     c = browser(w.server)
     assert c.get("/console/static/htmx.min.js").status_code == 200
-    for name in ("..%2Fweb.py", "__init__.py", "htmx.LICENSE.txt", "%2e%2e%2f%2e%2e%2fpyproject.toml"):
+    for name in ("asciinema-player.min.js", "asciinema-player.css", "recording.js"):
+        r = c.get(f"/console/static/{name}")
+        assert r.status_code == 200 and r.headers["x-content-type-options"] == "nosniff", name
+    for name in ("..%2Fweb.py", "__init__.py", "htmx.LICENSE.txt", "asciinema-player.LICENSE.txt",
+                 "asciinema-player.js", "%2e%2e%2f%2e%2e%2fpyproject.toml"):
         assert c.get(f"/console/static/{name}").status_code == 404, name
 
 
 
 #: What the console may use of the trust core: verification and hashing, never signing.
-_TRUST_ALLOWED = frozenset({"TrustError", "merkle", "verify_checkpoint"})
+_TRUST_ALLOWED = frozenset({"TrustError", "merkle", "verify_checkpoint",
+                            "Receipt", "SessionSummary", "decode_envelope", "decode_payload"})
 
 
 def test_T1_nothing_the_server_serves_can_sign() -> None:
@@ -341,7 +356,8 @@ def test_T1_nothing_the_server_serves_can_sign() -> None:
         for word in ("sign_envelope", "add_signature", "OperatorKey", "encrypt_private_key", "keyfile"):
             assert not re.search(rf"\b{word}\b", text), (path.name, word)  # OperatorKeyRow (public) is fine
     served = [*(repo / "rampart/server/api/console/templates").glob("*.html"),
-              *(repo / "rampart/webui/templates").glob("*.html"), repo / "rampart/webui/static/console.js"]
+              *(repo / "rampart/webui/templates").glob("*.html"), repo / "rampart/webui/static/console.js",
+              *(repo / "rampart/webui/static" / n for n in ("recording.js", "asciinema-player.min.js"))]
     for path in served:
         text = path.read_text()
         for word in ("navigator.credentials", "PublicKeyCredential", "crypto.subtle"):
@@ -355,7 +371,10 @@ def test_T12_sessions_page_lists_only_the_tenant_and_recordings_stay_in_it(w: Wo
     for path in (f"/console/t/{w.b.id}/sessions",
                  f"/console/t/{w.b.id}/sessions/job-aaaaaaaaaaaaaaaa/recording",
                  f"/console/t/{w.a.id}/sessions/job-aaaaaaaaaaaaaaaa/recording",
-                 f"/console/t/{w.a.id}/sessions/..%2F..%2Fetc/recording"):
+                 f"/console/t/{w.a.id}/sessions/..%2F..%2Fetc/recording",
+                 f"/console/t/{w.b.id}/sessions/job-aaaaaaaaaaaaaaaa",
+                 f"/console/t/{w.a.id}/sessions/job-aaaaaaaaaaaaaaaa",
+                 f"/console/t/{w.a.id}/sessions/job-aaaaaaaaaaaaaaaa/playback"):
         r = c.get(path)
         assert r.status_code == 404 and "bravo" not in r.text, path
 
@@ -376,3 +395,20 @@ def test_T16_sessions_table_shows_a_hostile_hostname_and_end_reason_as_text() ->
     assert "<img" not in html and "&lt;img src=x onerror=" in html and "\u202e" not in html
     assert '<span class="esc">\\u202e</span>' in html and "&lt;b&gt;closed&lt;/b&gt;" in html
     assert '<span class="esc">\\x1b</span>[2Jwiped' in html and "tess-laptop" in html and "1234 bytes" in html
+
+
+def test_dashboard_shows_the_root_and_warns_before_it_expires(w: World) -> None:
+    """Issue 11, finding 7: the console shows how long the newest root has left, and how to renew."""
+    c = signed_in(w, w.owner)
+    page = c.get(f"/console/t/{w.a.id}").text
+    card = page[page.index("<h3>Trust root</h3>"):page.index("<h2>Latest open alerts</h2>")]
+    assert "v1" in card and "rampart root renew" not in card and 'class="bad"' not in card
+
+    root = make_root(w.b.tenant, 2, owners=[w.b.owner_key], approvers=[w.b.approver_key],
+                     technicians=[w.b.tech_key], expires_in=20 * 86400)
+    ok(w.b.owner.http.post(f"/tenants/{w.b.id}/roots", json={"envelope": sign_root(root, [w.b.owner_key])}))
+    page = c.get(f"/console/t/{w.b.id}").text
+    card = page[page.index("<h3>Trust root</h3>"):page.index("<h2>Latest open alerts</h2>")]
+    assert "v2" in card
+    assert re.search(r'<dd class="bad">(19|20)</dd>', card), card
+    assert f"rampart root renew {w.b.id}" in card

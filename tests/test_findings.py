@@ -544,7 +544,8 @@ def test_h3_windows_tool_under_wine_is_judged_by_its_windows_path() -> None:
     assert [(f.tool, f.evidence["pid"], f.evidence["location"]) for f in portable] == [
         ("anydesk", "800", "C:\\users\\bob\\Downloads\\AnyDesk.exe")]
     # Known only by its process name, the python process is the tool but its location is not judged.
-    assert _of(found, "rat-unsanctioned", "anydesk")[0].evidence["processes"] == "2"
+    unsanctioned = _of(found, "rat-unsanctioned", "anydesk")[0]
+    assert unsanctioned.evidence["processes"] == "2" and unsanctioned.evidence["pids"] == "800,801"
 
 
 def test_h2_kernel_threads_agent_and_upgraded_system_programs_are_not_memory_only() -> None:

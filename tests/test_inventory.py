@@ -409,6 +409,26 @@ zlib1g:i386:
   Version table:
      1:1.2.13 500
         500 http://security.ubuntu.com/ubuntu jammy-updates/main i386 Packages
+demo:
+  Installed: 1.0
+  Candidate: 2.0
+  Version table:
+     2.0 500
+        500 http://deb.debian.org/debian bookworm-updates/main amd64 Packages
+     1.1 500
+        500 http://deb.debian.org/debian-security bookworm-security/main amd64 Packages
+ *** 1.0 100
+        100 /var/lib/dpkg/status
+     0.9 500
+        500 http://deb.debian.org/debian-security bookworm-security/main amd64 Packages
+pinned-down:
+  Installed: 3.0
+  Candidate: 2.0
+  Version table:
+     2.0 990
+        990 http://deb.debian.org/debian-security bookworm-security/main amd64 Packages
+ *** 3.0 100
+        100 /var/lib/dpkg/status
 current:
   Installed: 1.0
   Candidate: 1.0
@@ -417,8 +437,13 @@ gone:
   Candidate: 2.0
 """
     got = {u.name: u for u in parse_apt_policy(text, "amd64")}
-    assert set(got) == {"openssl", "bash", "zlib1g"}
+    assert set(got) == {"openssl", "bash", "zlib1g", "demo"}  # a pinned downgrade is not an update
     assert got["openssl"].security and got["openssl"].origin == "bookworm-security"
+    assert got["openssl"].security_candidate == "3.0.15-1~deb12u1"
+    # The candidate comes from updates; the security fix is the older 1.1 (never the 0.9 below 1.0).
+    assert (got["demo"].candidate, got["demo"].origin, got["demo"].security, got["demo"].security_candidate) \
+        == ("2.0", "bookworm-updates", True, "1.1")
+    assert got["bash"].security_candidate == ""
     assert not got["bash"].security and got["bash"].origin == "bookworm"
     assert got["zlib1g"].arch == "i386" and got["zlib1g"].security  # security.* host
     assert got["openssl"].installed == "3.0.11-1~deb12u1" and got["openssl"].candidate == "3.0.15-1~deb12u1"

@@ -410,9 +410,12 @@ def test_t16_a_flood_of_processes_does_not_push_a_portable_tool_out(tmp_path: Pa
         kept, truncated = collect_processes(InventoryLimits(max_processes=cap), relevant=is_relevant)
         assert truncated and len(kept) == cap
         assert tool.pid in {p.pid for p in kept}
-        # Without the relevance order the same cap keeps the lowest pids: the newest process is cut.
+        # Without the relevance order the same cap keeps the lowest pids: the tool is cut whenever its pid
+        # is above them (pids wrap around, and the other test pass starts processes meanwhile).
         plain, _ = collect_processes(InventoryLimits(max_processes=cap))
-        assert tool.pid not in {p.pid for p in plain}
+        plain_pids = sorted(p.pid for p in plain)
+        assert len(plain_pids) == cap
+        assert (tool.pid in plain_pids) == (tool.pid <= plain_pids[-1])
     finally:
         _stop([tool, *flood])
 
@@ -645,6 +648,98 @@ def test_t14_renamed_vnc_server_alerts_within_one_interval_and_a_suppression_sil
         shutil.rmtree(folder, ignore_errors=True)
 
 
+TMATE = "/usr/bin/tmate"
+
+
+def _tmate(folder: Path) -> subprocess.Popen[bytes]:
+    """tmate in the foreground, its relay server set to a closed loopback port: it runs as an attacker
+    would start it and never reaches beyond this host (no tmate.io)."""
+    conf = folder / "tmate.conf"
+    conf.write_text("set -g tmate-server-host 127.0.0.1\nset -g tmate-server-port 9\n")
+    return subprocess.Popen([TMATE, "-f", str(conf), "-S", str(folder / "tmate.sock"), "-F"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _start_scenario(name: str, display: int, folder: Path) -> tuple[subprocess.Popen[bytes], str, str]:
+    """Start one attacker scenario with a real tool; (its process, expected finding kind, tool)."""
+    port = _free_port()
+    if name == "installed-tigervnc-running":
+        r, w = os.pipe()
+        proc = subprocess.Popen([XTIGERVNC, "-displayfd", str(w), "-rfbport", str(port), "-localhost",
+                                 "-interface", "127.0.0.1", "-SecurityTypes", "None", "-nolisten", "tcp"],
+                                pass_fds=(w,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        os.close(w)
+        with os.fdopen(r, "rb") as f:
+            f.readline()
+        return proc, "rat-unsanctioned", "tigervnc"
+    if name == "portable-x11vnc-in-downloads":
+        (folder / "Downloads").mkdir()
+        copy = folder / "Downloads" / "x11vnc"
+        shutil.copy2(X11VNC, copy)
+        return _x11vnc(str(copy), display, port), "rat-portable", "x11vnc"
+    if name == "renamed-under-opt-deleted":
+        opt = Path("/opt") / f"rampart-test-{uuid.uuid4().hex[:12]}"
+        opt.mkdir()
+        copy = opt / "svc-helper"
+        shutil.copy2(X11VNC, copy)
+        proc = _x11vnc(str(copy), display, port)
+        _listening(proc.pid, port)
+        shutil.rmtree(opt)
+        return proc, "memory-only", "x11vnc"
+    if name == "memfd-x11vnc":
+        fd = os.memfd_create("kworker", 0)
+        try:
+            with open(X11VNC, "rb") as f:
+                os.write(fd, f.read())
+            return _x11vnc(fd, display, port, pass_fds=(fd,)), "memory-only", "x11vnc"
+        finally:
+            os.close(fd)
+    if name == "xrdp-odd-port":
+        ini = folder / "xrdp.ini"
+        ini.write_text("\n".join(f"port=tcp://127.0.0.1:{port}" if line.startswith("port=") else line
+                                 for line in Path("/etc/xrdp/xrdp.ini").read_text().splitlines()) + "\n")
+        return subprocess.Popen([XRDP, "--nodaemon", "--config", str(ini)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL), "rat-behaviour", "xrdp"
+    assert name == "tmate-running"
+    return _tmate(folder), "rat-unsanctioned", "tmate"
+
+
+SCENARIOS = ["installed-tigervnc-running", "portable-x11vnc-in-downloads", "renamed-under-opt-deleted",
+             "memfd-x11vnc", "xrdp-odd-port", "tmate-running"]
+
+
+@needs_vnc
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_t14_each_tool_is_a_finding_and_an_alert_within_one_interval_on_a_real_agent(
+        live: Any, display: int, scenario: str) -> None:  # noqa: F811 - the fixture imported above
+    """Each attacker scenario with the real tool, against a real agent (inventory every 2 s) and
+    server: the finding names the tool and the process, its alert is open, and both arrive within one
+    interval of the tool's start (plus collection and the tool's own start-up)."""
+    from test_telemetry import INTERVAL, alert_for, find, wait_until
+
+    if scenario == "renamed-under-opt-deleted" and not os.access("/opt", os.W_OK):
+        pytest.fail("./run-tests runs as root: /opt must be writable")
+    for need in (XTIGERVNC, XRDP, TMATE):
+        assert os.access(need, os.X_OK), f"{need} is installed by ./run-tests"
+    op, tid, dev = live.owner, live.t.id, live.device
+    folder = Path(live.base) / f"scenario-{uuid.uuid4().hex[:8]}"
+    folder.mkdir()
+    started = time.monotonic()
+    proc, kind, tool = _start_scenario(scenario, display, folder)
+    try:
+        f = wait_until(lambda: find(op, tid, dev, kind, pid=proc.pid), f"{kind} for {scenario}", timeout=30)
+        alert = wait_until(lambda: alert_for(op, tid, f["key"], dev), "its alert", timeout=30)
+        took = time.monotonic() - started
+        assert f["tool"] == tool, f
+        assert alert["status"] == "open" and alert["severity"] in ("high", "critical"), alert
+        assert took < 3 * INTERVAL + 5, took
+        print(f"{scenario}: start to alert {took:.1f} s (agent interval {INTERVAL} s)")
+        assert proc.poll() is None  # found while running; nothing killed it
+    finally:
+        _stop([proc])
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def test_t16_a_device_cannot_suppress_its_own_finding_and_rules_are_exact(ingest: _Db) -> None:
     from rampart.server import suppression
 
@@ -709,7 +804,7 @@ time.sleep(600)
 @needs_vnc
 def test_t16_a_flood_of_loopback_connections_closes_nothing_on_a_real_agent(
         live: Any, display: int, tmp_path: Path) -> None:  # noqa: F811 - the fixture imported above
-    """12,000 loopback connections (24,000 sockets, past the agent's cap of 10,000): the agent reports
+    """20,000 loopback connections (40,000 sockets, past the agent's cap of 10,000): the agent reports
     the cut (`inventory-truncated`), and a tool that stops meanwhile keeps its finding and alert open
     until a complete report says it is gone."""
     import sys
@@ -725,16 +820,19 @@ def test_t16_a_flood_of_loopback_connections_closes_nothing_on_a_real_agent(
     try:
         f = wait_until(lambda: find(op, tid, dev, "rat-behaviour", pid=vnc.pid), "rat-behaviour", timeout=30)
         wait_until(lambda: alert_for(op, tid, f["key"], dev), "its alert", timeout=30)
-        n = 12_000
-        server = subprocess.Popen([sys.executable, "-c", _FLOOD, "server", str(n)], stdout=subprocess.PIPE,
-                                  text=True)
-        flood.append(server)
-        assert server.stdout is not None
-        sink = int(server.stdout.readline())
-        client = subprocess.Popen([sys.executable, "-c", _FLOOD, "client", str(n), str(sink)],
-                                  stdout=subprocess.PIPE, text=True)
-        flood.append(client)
-        assert client.stdout is not None and client.stdout.readline().strip() == "ready"
+        # 20,000 connections (40,000 sockets), in two pairs of processes: one process may hold at most
+        # 20,000 open files here, and each end of a connection is one.
+        n, pairs = 20_000, 2
+        for _ in range(pairs):
+            server = subprocess.Popen([sys.executable, "-c", _FLOOD, "server", str(n // pairs)],
+                                      stdout=subprocess.PIPE, text=True)
+            flood.append(server)
+            assert server.stdout is not None
+            sink = int(server.stdout.readline())
+            client = subprocess.Popen([sys.executable, "-c", _FLOOD, "client", str(n // pairs), str(sink)],
+                                      stdout=subprocess.PIPE, text=True)
+            flood.append(client)
+            assert client.stdout is not None and client.stdout.readline().strip() == "ready"
         cut = wait_until(lambda: next((x for x in findings_of(op, tid, dev, "inventory-truncated")), None),
                          "inventory-truncated finding", timeout=60)
         assert "truncated to 10000 of " in cut["evidence"]["sockets"] and cut["severity"] == "high"

@@ -35,7 +35,7 @@ from typing import Any
 import pytest
 from harness import borgvault as vault
 from harness import hostguard
-from harness.agent import AgentProcess, agent_cmd, traversable_dir
+from harness.agent import AgentProcess, agent_cmd, stop_all, traversable_dir
 from harness.aptrepo import AptRepo, build_deb, scratch_root
 from harness.operators import Operator, TenantSetup, audit_events, bootstrap_owner, ok, setup_tenant
 from harness.server import REPO, RunningServer, init_server
@@ -189,8 +189,7 @@ def w(pg_cluster: Any) -> Iterator[World]:
             agents[n] = agent
         yield World(base, server, t, roots, agents, data)
     finally:
-        for a in agents.values():
-            a.stop()
+        stop_all(agents.values())
         server.stop()
         shutil.rmtree(base, ignore_errors=True)
 

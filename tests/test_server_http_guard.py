@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from harness.server import RunningServer, init_server
+from harness.server import RunningServer, start_server
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
@@ -28,13 +28,8 @@ PER_ADDRESS = 30
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     base = tmp_path_factory.mktemp("http-guard")
-    srv = init_server(base)
-    cfg = srv.data_dir / "config.json"
-    doc = json.loads(cfg.read_text())
-    doc.update({"http_header_timeout_s": HEADER_S, "http_body_timeout_s": BODY_S,
-                "http_connections_per_address": PER_ADDRESS})
-    cfg.write_text(json.dumps(doc))
-    srv.start()
+    srv = start_server(base, http_header_timeout_s=HEADER_S, http_body_timeout_s=BODY_S,
+                       http_connections_per_address=PER_ADDRESS)
     try:
         yield srv
     finally:

@@ -69,10 +69,13 @@ def _bodies(w: dict[str, Any]) -> dict[tuple[str, str], Any]:
         ("post", "/api/v1/tenants/{t}/jobs"): {"envelope": w["job_env"],
                                                "payloads": w["payloads"]},
         ("post", "/api/v1/tenants/{t}/audit/checkpoint"): None,
+        ("post", "/api/v1/tenants/{t}/audit/checkpoints/{size}/cosignatures"): {"envelope": w["job_env"]},
         ("post", "/api/v1/tenants/{t}/devices/{d}/approve"): None,
         ("post", "/api/v1/tenants/{t}/devices/{d}/reject"): None,
         ("post", "/api/v1/tenants/{t}/archive"): None,
         ("post", "/api/v1/tenants/{t}/unarchive"): None,
+        ("post", "/api/v1/tenants/{t}/delete"): {"confirm": b.tenant["name"]},
+        ("post", "/api/v1/jobs/{j}/cancellation"): {"envelope": w["grant"]["envelope"]},
         ("post", "/api/v1/tenants/{t}/devices/{d}/retire"): None,
         ("put", "/api/v1/tenants/{t}/devices/{d}/name"): {"name": "stolen"},
         ("put", "/api/v1/accounts/{username}/role"): {"role": "owner"},
@@ -106,6 +109,12 @@ def _bodies(w: dict[str, Any]) -> dict[tuple[str, str], Any]:
         ("put", "/api/v1/tenants/{t}/device-groups/{name}"): {"devices": []},
         ("post", "/api/v1/tenants/{t}/device-groups/{name}/members"): {"remove": [w["device"]]},
         ("delete", "/api/v1/tenants/{t}/device-groups/{name}"): None,
+        ("post", "/api/v1/tenants/{t}/directories"): {
+            "name": "pilot", "url": "ldaps://127.0.0.1:9", "bind_dn": "cn=audit", "base": "dc=b",
+            "password": "cross-tenant", "pin_sha256": "a" * 64},
+        ("delete", "/api/v1/tenants/{t}/directories/{name}"): None,
+        ("post", "/api/v1/tenants/{t}/directories/{name}/audit"): None,
+        ("put", "/api/v1/tenants/{t}/statement"): {"deadline_s": 60, "contact": "cross-tenant"},
     }
 
 
@@ -127,6 +136,8 @@ def _b_state(w: dict[str, Any]) -> Any:
             ok(msp.http.get(f"/tenants/{b.id}/suppressions")),
             ok(msp.http.get(f"/tenants/{b.id}/patch-policies")),
             ok(msp.http.get(f"/tenants/{b.id}/device-groups")),
+            ok(msp.http.get(f"/tenants/{b.id}/directories")),
+            ok(msp.http.get(f"/tenants/{b.id}/statement")),
             ok(msp.http.get(f"/tenants/{b.id}/backup-status")),
             [(x["username"], x["status"]) for x in ok(msp.http.get("/accounts"))],
             ok(msp.http.get(f"/tenants/{b.id}/devices")),
@@ -139,7 +150,7 @@ def test_T12_every_tenant_route_refuses_another_tenants_ids(
     b: TenantSetup = world["b"]
     ids = {"t": b.id, "g": world["grant"]["id"], "j": world["job"], "d": world["device"],
            "username": b.tech.username, "a": world["alert"], "n": world["target"], "slug": "anydesk",
-           "c": world["check"], "name": "pilot", "rule_id": world["rule"]}
+           "c": world["check"], "name": "pilot", "rule_id": world["rule"], "size": "1"}
     secret_ids = set(ids.values())
     before = _b_state(world)
     spec = ok(server.client(api=False).get("/openapi.json"))

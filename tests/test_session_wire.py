@@ -129,6 +129,21 @@ def test_the_terminal_filter_keeps_what_a_shell_draws() -> None:
         assert g.feed(ok[:cut]) + g.feed(ok[cut:]) == ok
 
 
+def test_T16_with_drop_queries_no_sequence_a_terminal_answers_survives_in_any_split() -> None:
+    """The local console's browser terminal (xterm.js) answers queries by emitting input."""
+    queries = (b"\x1b[c", b"\x1b[0c", b"\x1b[>c", b"\x1b[=c", b"\x1b[5n", b"\x1b[6n", b"\x1b[?6n",
+               b"\x1b[x", b"\x1b[18t", b"\x1b[14;2t", b"\x1b[?2004$p", b"\x1b[4$p", b"\x1bP$qm\x1b\\",
+               b"\x1b]11;?\x07", b"\x1b]52;c;?\x07")
+    for q in queries:
+        text = b"\x1b[1mbefore " + q + b" after\x1b[0m"
+        for cut in range(len(text) + 1):
+            f = TerminalFilter(drop_queries=True)
+            out = f.feed(text[:cut]) + f.feed(text[cut:])
+            assert out == b"\x1b[1mbefore  after\x1b[0m", (q, cut)
+    # Without the option (a real terminal: `rampart shell`), CSI queries pass as before.
+    assert TerminalFilter().feed(b"\x1b[c\x1b[6n") == b"\x1b[c\x1b[6n"
+
+
 @given(st.binary(max_size=400), st.integers(min_value=0, max_value=400))
 def test_the_terminal_filter_is_chunking_independent(data: bytes, cut: int) -> None:
     whole = TerminalFilter().feed(data)

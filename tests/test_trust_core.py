@@ -346,6 +346,26 @@ def test_automation_key_may_trigger_only_named_payload_free_actions() -> None:
         _authorize(t, t.job(g, [d], signer=auto, kind="os-update"), g, d, payloads={})
 
 
+def test_T1_only_a_person_may_sign_backup_forget_state_and_it_takes_no_arguments() -> None:
+    """Dropping a device's record of its backup repository is a decision, never the automation key's."""
+    t = Tenant()
+    d = "dev-" + "9" * 24
+    auto = t.automation[0]
+    with pytest.raises(ValueError, match="not payload-free"):
+        t.grant([d], caps=("backup",), grantee=auto, actions=("backup-forget-state",), seconds=86400)
+    standing = t.grant([d], caps=("backup",), grantee=auto, actions=("backup-run",), seconds=86400)
+    with pytest.raises(trust.CapabilityError, match="automation key"):
+        _authorize(t, t.job(standing, [d], signer=auto, kind="backup-forget-state"), standing, d, payloads={})
+    human = t.grant([d], caps=("backup",))
+    a = _authorize(t, t.job(human, [d], kind="backup-forget-state"), human, d, payloads={})
+    assert (a.signer_role, a.job.action.kind) == ("technician", "backup-forget-state")
+    with pytest.raises(trust.CapabilityError):
+        other = t.grant([d], caps=("inventory",))
+        _authorize(t, t.job(other, [d], kind="backup-forget-state"), other, d, payloads={})
+    with pytest.raises(ValueError, match="no arguments"):
+        trust.Action(kind="backup-forget-state", args=["/var/lib/rampart-agent"])
+
+
 def test_T5_seen_nonce_is_a_replay() -> None:
     t = Tenant()
     d = "dev-" + "f" * 24

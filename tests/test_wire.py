@@ -20,6 +20,7 @@ SERVER_SAMPLES: list[wire.Message] = [
     wire.AckMessage(job_id=JOB_ID),
     wire.RootsMessage(envelopes=["{}"]),
     wire.RevocationsMessage(envelopes=[]),
+    wire.CancellationsMessage(envelopes=["{}"]),
     wire.DetectionMessage(sanctioned=["anydesk"], dormant_days=30, catalog_sha256=HEX, catalog="eJw="),
     wire.InventoryAckMessage(result=HEX),
     wire.InventoryFullMessage(),

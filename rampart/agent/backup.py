@@ -51,7 +51,7 @@ import shutil
 import stat
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -690,34 +690,188 @@ def status(repo: BorgRepo, *, now: float, max_age_s: float, last_check: CheckRes
                      check_max_age_s=check_max_age_s, error=error)
 
 
-def forget_repository_state(repo: BorgRepo) -> list[str]:
-    """Remove borg's client-side record of this repository (security directory and cache); the removed ids.
+class ForgottenRepository(_Struct, frozen=True, kw_only=True):
+    """borg's replay record of one repository id that :func:`forget_repository_state` removed."""
 
-    borg remembers the newest manifest it has seen for each repository and
-    refuses an older one ("... newer than repository - this is either an
+    #: The repository id (64 hex digits): the directory name under ``security/`` and the cache.
+    id: str
+    #: Whether the newest manifest timestamp borg had seen (``security/<id>/manifest-timestamp``) was removed.
+    manifest_timestamp: bool
+    #: Whether its cache (``.cache/borg/<id>``, which records that timestamp too) was removed.
+    cache: bool
+
+
+class ForgetResult(_Struct, frozen=True, kw_only=True):
+    """What :func:`forget_repository_state` removed; ``ok`` False when something could not be removed."""
+
+    ok: bool
+    cleared: list[ForgottenRepository] = []
+    error: str = ""
+
+
+_REPO_ID = re.compile(r"[0-9a-f]{64}")
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: Largest ``location`` (security directory) or cache ``config`` file read.
+_MAX_STATE_FILE = 64 << 10
+_MANIFEST_TIMESTAMP = "manifest-timestamp"
+
+
+class _StateError(LocalFault):
+    """borg's state directory holds something other than plain directories and files where it must."""
+
+
+def _open_dir(parent: int, name: str) -> int | None:
+    """``name`` below the open directory ``parent`` without following a symlink; None when absent."""
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=parent)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise _StateError(f"{name}: not a plain directory ({exc.strerror})") from None
+
+
+def _read_small(parent: int, name: str) -> str | None:
+    """A small regular file below ``parent``, not through a symlink; None when absent or not regular."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=parent)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return os.read(fd, _MAX_STATE_FILE).decode("utf-8", errors="replace")
+    finally:
+        os.close(fd)
+
+
+def _cache_location(text: str) -> str:
+    """``[cache] previous_location`` of a borg cache's ``config`` ("" when it has none)."""
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip() == "previous_location":
+            return value.strip()
+    return ""
+
+
+def _is_dir(parent: int, name: str) -> bool:
+    """Whether ``name`` below ``parent`` is a directory itself (a symlink to one is not)."""
+    try:
+        return stat.S_ISDIR(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def _entries(fd: int, read: str, match: Callable[[str | None], bool]) -> set[str]:
+    """Repository-id directories below ``fd`` (not symlinks) whose file ``read`` satisfies ``match``."""
+    found = set()
+    for name in os.listdir(fd):
+        if not _REPO_ID.fullmatch(name) or not _is_dir(fd, name):
+            continue
+        sub = _open_dir(fd, name)
+        if sub is None:
+            continue
+        try:
+            if match(_read_small(sub, read)):
+                found.add(name)
+        finally:
+            os.close(sub)
+    return found
+
+
+def _forget_timestamp(security: int | None, rid: str) -> bool:
+    """Remove ``security/<rid>/manifest-timestamp`` (never through a symlink); whether it was there."""
+    if security is None or not _is_dir(security, rid):
+        return False
+    sub = _open_dir(security, rid)
+    if sub is None:
+        return False
+    try:
+        os.unlink(_MANIFEST_TIMESTAMP, dir_fd=sub)  # unlink removes a symlink itself, never its target
+        return True
+    except FileNotFoundError:
+        return False
+    finally:
+        os.close(sub)
+
+
+def _remove_cache(cache: int | None, rid: str) -> bool:
+    """Remove the directory ``.cache/borg/<rid>`` (never through a symlink); whether it was there."""
+    if cache is None or not _is_dir(cache, rid):
+        return False
+    # With dir_fd, rmtree works from open directory descriptors and never follows a symlink.
+    shutil.rmtree(rid, dir_fd=cache)
+    return True
+
+
+def forget_repository_state(repo: BorgRepo) -> ForgetResult:
+    """Remove borg's replay record of ``repo.location``: the manifest timestamp it saw, and its cache.
+
+    borg remembers the newest manifest it has seen for each repository (in
+    the security directory's ``manifest-timestamp`` and in the cache's
+    ``config``) and refuses an older one ("Cache, or information obtained from
+    the security directory is newer than repository - this is either an
     attack or unsafe"). That is what a repository rolled back by the vault
     holder looks like to a client that saw the attacked state, so after the
-    vault procedure (docs/backup-vault.md) the agent keeps refusing it until
-    this is run, deliberately, as its own signed action: it accepts the
-    repository's current history as the right one.
+    vault procedure (docs/backup-vault.md, step 7) the agent keeps refusing it
+    until this is run, deliberately, as its own signed action
+    (``backup-forget-state``): it accepts the repository's current history as
+    the right one. borg records the current manifest again at the next access.
+
+    Invariants: only ``BORG_BASE_DIR`` (``repo.base_dir``, itself not a
+    symlink) is touched, and in it only ``.config/borg/security/<id>/
+    manifest-timestamp`` and the directory ``.cache/borg/<id>``, for a
+    repository id (64 hex digits) whose security directory names exactly this
+    location (its ``location`` file) or whose cache does (``previous_location``
+    in its ``config``). The rest of the security directory stays: ``nonce``
+    (the AES-CTR counter this client reserved; without it borg would trust the
+    repository's own counter, which someone who rolled the vault back could
+    have lowered too), ``location`` and ``key-type``. Every path is opened from
+    an open directory without following symlinks (a symlink on the way is an
+    error, an id entry that is a symlink is not borg's record and is left
+    alone); keys (``.config/borg/keys``) and restore-test directories stay.
+    Idempotent: a second run finds nothing to remove and reports nothing.
     """
-    security = repo.base_dir / ".config" / "borg" / "security"
-    removed = []
     try:
-        entries = sorted(security.iterdir())
-    except OSError:
-        return []
-    for entry in entries:
-        try:
-            location = (entry / "location").read_text(errors="replace").strip()
-        except OSError:
-            continue
-        if location != repo.location or not re.fullmatch(r"[0-9a-f]{64}", entry.name):
-            continue
-        shutil.rmtree(entry, ignore_errors=True)
-        shutil.rmtree(repo.base_dir / ".cache" / "borg" / entry.name, ignore_errors=True)
-        removed.append(entry.name)
-    return removed
+        base = os.open(repo.base_dir, _DIR_FLAGS)
+    except FileNotFoundError:
+        return ForgetResult(ok=True)
+    except OSError as exc:
+        return ForgetResult(ok=False, error=f"borg's state directory {repo.base_dir}: not a plain directory "
+                                            f"({exc.strerror})")
+    opened: list[int] = [base]
+
+    def down(parent: int, *names: str) -> int | None:
+        fd: int | None = parent
+        for name in names:
+            if fd is None:
+                return None
+            fd = _open_dir(fd, name)
+            if fd is not None:
+                opened.append(fd)
+        return fd
+
+    cleared: list[ForgottenRepository] = []
+    try:
+        security = down(base, ".config", "borg", "security")
+        cache = down(base, ".cache", "borg")
+        ids = set() if security is None else _entries(
+            security, "location", lambda text: text is not None and text.strip() == repo.location)
+        if cache is not None:
+            ids |= _entries(cache, "config",
+                            lambda text: text is not None and _cache_location(text) == repo.location)
+        for rid in sorted(ids):
+            done = ForgottenRepository(id=rid, manifest_timestamp=_forget_timestamp(security, rid),
+                                       cache=_remove_cache(cache, rid))
+            if done.manifest_timestamp or done.cache:
+                cleared.append(done)
+    except (OSError, _StateError) as exc:
+        what = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return ForgetResult(ok=False, cleared=cleared, error=f"cannot clear borg's state in {repo.base_dir}: "
+                                                             f"{what}"[:1000])
+    finally:
+        for fd in reversed(opened):
+            os.close(fd)
+    return ForgetResult(ok=True, cleared=cleared)
 
 
 def backup_due(policy: BackupPolicy, last_archive_time: float | None, now: float) -> bool:
@@ -727,7 +881,8 @@ def backup_due(policy: BackupPolicy, last_archive_time: float | None, now: float
 
 __all__ = [
     "DEFAULT_LIMITS", "ArchiveInfo", "ArchiveResult", "BackupLimits", "BackupPolicy", "BackupSpecError",
-    "BackupStatus", "BorgRepo", "BorgResult", "CheckResult", "RestoreSample", "archive_name", "backup_due",
+    "BackupStatus", "BorgRepo", "BorgResult", "CheckResult", "ForgetResult", "ForgottenRepository",
+    "RestoreSample", "archive_name", "backup_due",
     "check", "create_archive", "forget_repository_state", "init_repository", "list_archives",
     "list_archives_checked", "restore_test", "restore_test_passed", "sample_files", "status", "summarize",
     "validate_archive_name", "validate_exclude", "validate_location", "validate_path",

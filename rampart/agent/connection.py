@@ -21,6 +21,7 @@ outbox at the server's ``check-ack``; nothing the server sends starts a check.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import ssl
@@ -32,6 +33,7 @@ from websockets.exceptions import WebSocketException
 
 from rampart.wire import (
     AckMessage,
+    CancellationsMessage,
     CheckAckMessage,
     DetectionMessage,
     ErrorMessage,
@@ -104,6 +106,8 @@ class Link:
         self.refused: dict[str, int] = {}
         #: "rejected", "retired" or "archived" when the server last said so at the handshake, else "".
         self.refused_as = ""
+        #: Whether the current connection passed the handshake (then it closes itself on stop).
+        self._live = False
         #: Live remote sessions (docs/design/remote-sessions.md).
         self.sessions = Sessions(agent, self._send, self._send_receipt)
 
@@ -127,7 +131,7 @@ class Link:
         try:
             while not stop.is_set():
                 try:
-                    await self._session(stop)
+                    await self._session_until(stop)
                     delays = backoff_delays()
                 except (TimeoutError, OSError, WebSocketException, ValueError) as exc:
                     log.info("connection to server lost: %s", type(exc).__name__)
@@ -149,6 +153,27 @@ class Link:
             if reporter is not None:
                 reporter.cancel()
 
+    async def _session_until(self, stop: asyncio.Event) -> None:
+        """One session, ended at once when ``stop`` is set, even while it is still connecting or in
+        the handshake (a server that is down or slow must not delay the agent's exit)."""
+        self._live = False
+        session = asyncio.create_task(self._session(stop))
+        stopper = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait({session, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # the agent itself is being cancelled
+            session.cancel()
+            raise
+        finally:
+            stopper.cancel()
+        if not session.done() and not self._live:
+            # Still connecting or in the handshake: nothing to close cleanly, so cancel it.
+            session.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await session  # stopping: how the attempt ended no longer matters
+            return
+        await session  # connected: the session sees ``stop`` itself and closes cleanly
+
     async def _session(self, stop: asyncio.Event) -> None:
         async with connect(self.url, ssl=self.ssl, max_size=MAX_MESSAGE_BYTES, open_timeout=15,
                            ping_interval=20, ping_timeout=20, close_timeout=5) as ws:
@@ -165,6 +190,7 @@ class Link:
                           "re-enrol or uninstall the agent)", welcome.status, int(RETIRED_RECHECK_S))
                 return
             self.refused_as = ""
+            self._live = True
             log.info("connected to %s as %s (%s)", self.url, self.agent.device_id, welcome.status)
             await self.start(ws, ws.send)
             stopper = asyncio.create_task(stop.wait())
@@ -238,6 +264,11 @@ class Link:
                 await asyncio.to_thread(self.agent.apply_revocations, [e.encode() for e in msg.envelopes])
             except Exception as exc:  # keep serving; a later push or reconnect brings them again
                 log.warning("could not store revocations: %s", exc)
+        elif isinstance(msg, CancellationsMessage):
+            try:
+                await asyncio.to_thread(self.agent.apply_cancellations, [e.encode() for e in msg.envelopes])
+            except Exception as exc:  # keep serving; a later push or reconnect brings them again
+                log.warning("could not store job cancellations: %s", exc)
         elif isinstance(msg, CheckAckMessage):
             if msg.refused:
                 log.warning("the server refused script check result %s: %s", msg.seq, msg.refused)

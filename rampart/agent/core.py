@@ -166,6 +166,25 @@ class Agent:
             log.info("%d grant(s) revoked", added)
         return added
 
+    def apply_cancellations(self, envelopes: list[bytes]) -> int:
+        """Keep every job cancellation a person of the pinned root signed; return how many were new.
+
+        Whether one counts is decided when its job arrives: only the job's own technician, an
+        approver or an owner can withdraw a job (:func:`rampart.trust.verify_cancellation`)."""
+        root = self.trusted_root()
+        checked: list[tuple[str, bytes]] = []
+        for e in envelopes[:_MAX_REVOCATIONS]:
+            try:
+                c = trust.check_cancellation(root, e)
+            except trust.TrustError as exc:
+                log.warning("ignored a job cancellation: %s: %s", exc.reason, exc.message)
+                continue
+            checked.append((c.job, e))
+        added = self.state.add_cancellations(checked, self.clock())
+        if added:
+            log.info("%d job cancellation(s) stored", added)
+        return added
+
     # --- jobs ---------------------------------------------------------------------------
 
     def recover_interrupted(self) -> None:
@@ -228,7 +247,8 @@ class Agent:
             return receipt
         self.state.start_job(job_id=job_id, nonce=auth.job.nonce, expires_at=auth.job.expires_at,
                              checkpoint=msg.log.checkpoint.encode(),
-                             checkpoint_size=auth.checkpoint.size)
+                             checkpoint_size=auth.checkpoint.size,
+                             passkey_counters=auth.passkey_counters)
         if on_started is not None:
             on_started()
         log.info("running job %s (%s) signed by %s", job_id, auth.job.action.kind,
@@ -245,7 +265,8 @@ class Agent:
         done = actions.run(self, auth, payloads)
         receipt = self._receipt(auth.job.id, outcome=done.outcome, refusal=done.refusal, detail=done.detail,
                                 result=done.result)
-        check, result = self._schedule(auth, job_bytes, msg.grant.encode(), payloads, done, started)
+        proofs = msgspec.json.encode(msg.proofs) if isinstance(msg.proofs, trust.DeviceProofs) else b""
+        check, result = self._schedule(auth, job_bytes, msg.grant.encode(), payloads, done, started, proofs)
         self.state.finish_job(job_id, receipt, check=check, result=result)
         if check is not None:
             log.info("script check %s scheduled every %d s until %d", job_id, check.interval_s,
@@ -255,7 +276,8 @@ class Agent:
         return receipt
 
     def _schedule(self, auth: trust.Authorization, job: bytes, grant: bytes, payloads: Mapping[str, bytes],
-                  done: actions.Done, started: float) -> tuple[StoredCheck | None, bytes | None]:
+                  done: actions.Done, started: float,
+                  proofs: bytes = b"") -> tuple[StoredCheck | None, bytes | None]:
         """For a repeating script job that ran: its schedule and its first result (else nothing)."""
         rep = auth.job.repeating
         if rep is None or done.outcome == "refused":
@@ -266,7 +288,8 @@ class Agent:
         if now >= min(rep.until, auth.grant.not_after):
             return None, result
         return StoredCheck(job_id=auth.job.id, job=job, grant=grant, script=payloads["script"],
-                           interval_s=interval, next_run=max(now, started + interval), runs=1), result
+                           interval_s=interval, next_run=max(now, started + interval), runs=1,
+                           proofs=proofs), result
 
     def _authorize(self, msg: JobMessage) -> tuple[trust.Authorization, bytes, dict[str, bytes]]:
         # The wire type bounded the counts and checked the proofs are hex; base64 is checked here.
@@ -284,6 +307,9 @@ class Agent:
             now=int(self.clock()), seen_nonces=_Seen(self.state.nonce_seen),
             seen_jobs=_Seen(self.state.job_seen),
             revoked_grants=_Seen(self.state.grant_revoked),
+            passkey_counters=self.state.passkey_counters(),
+            cancellations_of=self.state.cancellations_of,
+            proofs=msg.proofs if isinstance(msg.proofs, trust.DeviceProofs) else None,
         )
         return auth, job_bytes, payloads
 

@@ -509,12 +509,17 @@ def _unsanctioned(catalog: Catalog, found: Mapping[str, list[tuple[str, dict[str
             continue
         ways = [w for w in ("process", "package", "service") if any(s[0] == w for s in sightings)]
         ev: dict[str, str] = {"found_by": ",".join(ways)}
+        pids = [e["pid"] for w, e in sightings if w == "process" and e.get("pid")]
+        count = sum(1 for w, _ in sightings if w == "process")
+        if count > 1:  # every instance named (first, so the evidence limit never drops them)
+            ev["processes"] = str(count)
+            shown = pids[:_MAX_PIDS]
+            ev["pids"] = ",".join(shown) + (",\u2026" if len(pids) > len(shown) else "")
         for way in ways:
             first = next(e for w, e in sightings if w == way)
             for name, value in first.items():
                 ev.setdefault(name, value)
         words = {"process": "running", "package": "installed", "service": "a service"}
-        count = sum(1 for w, _ in sightings if w == "process")
         how = ", ".join(words[w] for w in ways)
         if "process" in ways:
             detail = f": {ev['exe'] or ev['name']}"
@@ -522,8 +527,6 @@ def _unsanctioned(catalog: Catalog, found: Mapping[str, list[tuple[str, dict[str
             detail = f": package {ev['package']} {ev['version']}"
         else:
             detail = f": service {ev['service']}"
-        if count > 1:
-            ev["processes"] = str(count)
         out.add("rat-unsanctioned", _key("rat-unsanctioned", slug),
                 f"Unsanctioned remote access tool {tool.name} ({how}){detail}", ev, tool=slug)
 

@@ -152,7 +152,7 @@ class ScriptChecks:
                 auth = trust.authorize_repeat(
                     root=agent.trusted_root(), grant=check.grant, job=check.job,
                     payloads={"script": check.script}, device=agent.policy, now=int(started),
-                    revoked_grants=_Revoked(agent),
+                    revoked_grants=_Revoked(agent), proofs=_proofs(check.proofs),
                 )
             except trust.TrustError as exc:
                 agent.state.drop_script_check(check.job_id)
@@ -182,6 +182,20 @@ class ScriptChecks:
                 await asyncio.wait_for(self._wake.wait(), timeout=delay)
             except TimeoutError:
                 pass
+
+
+def _proofs(stored: bytes) -> trust.DeviceProofs | None:
+    """The device-set proofs stored with a check (None when it names its devices in lists).
+
+    Stored by this agent after the first run verified them; a damaged copy decodes to none,
+    and the run is then refused like any job without its proof.
+    """
+    if not stored:
+        return None
+    try:
+        return msgspec.json.decode(stored, type=trust.DeviceProofs)
+    except msgspec.DecodeError:
+        return None
 
 
 class _Revoked:

@@ -20,6 +20,12 @@ Security invariants:
   the same transaction that records the job that proved them.
 * Receipts stay in the outbox until the server acknowledges them.
 * A grant id, once a verified revocation named it, stays revoked for good.
+* A job cancellation signed by a person of the root is kept (at most
+  :data:`MAX_CANCELLATIONS_PER_JOB` per job); whether it counts is decided when
+  the job arrives (:func:`rampart.trust.authorize_job`), and never undone.
+* A passkey's highest sign counter seen on a job is stored in the transaction that
+  commits that job's nonce, and only ever grows; :func:`rampart.trust.authorize_job`
+  refuses a later job whose counter does not exceed it (a cloned authenticator).
 * A script check is stored only after its first run passed
   :func:`rampart.trust.authorize_job`, in the transaction that records that
   run; the server cannot add, change or reschedule one (nothing it sends
@@ -28,6 +34,7 @@ Security invariants:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
@@ -42,9 +49,13 @@ from typing import Any
 
 from .errors import LocalFault
 
+#: Cancellations kept per job: more than anyone signs, few enough that none can fill the disk.
+MAX_CANCELLATIONS_PER_JOB = 8
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS roots (version INTEGER PRIMARY KEY, envelope BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS passkey_counters (keyid TEXT PRIMARY KEY, counter INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS jobs (
     job_id TEXT PRIMARY KEY,
     nonce TEXT UNIQUE,
@@ -60,6 +71,13 @@ CREATE TABLE IF NOT EXISTS revoked_grants (
     envelope BLOB NOT NULL,
     stored_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS job_cancellations (
+    job_id TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    envelope BLOB NOT NULL,
+    stored_at REAL NOT NULL,
+    PRIMARY KEY (job_id, digest)
+);
 CREATE TABLE IF NOT EXISTS script_checks (
     job_id TEXT PRIMARY KEY,
     job BLOB NOT NULL,
@@ -68,6 +86,10 @@ CREATE TABLE IF NOT EXISTS script_checks (
     interval_s INTEGER NOT NULL,
     next_run REAL NOT NULL,
     runs INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS script_check_proofs (
+    job_id TEXT PRIMARY KEY,
+    proofs BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS check_outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -107,6 +129,8 @@ class StoredCheck:
     interval_s: int
     next_run: float
     runs: int
+    #: The job's device-set proofs (JSON ``DeviceProofs``) when it or its grant commits a set; else b"".
+    proofs: bytes = b""
 
 
 def ensure_private_dir(path: Path) -> None:
@@ -195,6 +219,29 @@ class AgentState:
         row = self._one("SELECT count(*) FROM revoked_grants")
         return int(row[0]) if row else 0
 
+    # --- job cancellations ---------------------------------------------------------------
+
+    def add_cancellations(self, items: list[tuple[str, bytes]], now: float) -> int:
+        """Store (job id, envelope) pairs a person of the root signed; return how many were new."""
+        added = 0
+        with self.transaction() as db:
+            for job_id, envelope in items:
+                n = db.execute("SELECT count(*) FROM job_cancellations WHERE job_id = ?",
+                               (job_id,)).fetchone()
+                if int(n[0]) >= MAX_CANCELLATIONS_PER_JOB:
+                    continue
+                cur = db.execute("INSERT OR IGNORE INTO job_cancellations "
+                                 "(job_id, digest, envelope, stored_at) VALUES (?, ?, ?, ?)",
+                                 (job_id, hashlib.sha256(envelope).hexdigest(), envelope, now))
+                added += cur.rowcount
+        return added
+
+    def cancellations_of(self, job_id: str) -> list[bytes]:
+        with self._lock:
+            rows = self._db.execute("SELECT envelope FROM job_cancellations WHERE job_id = ? "
+                                    "ORDER BY stored_at", (job_id,)).fetchall()
+        return [bytes(r[0]) for r in rows]
+
     @property
     def enrolled(self) -> bool:
         return self.get("enrolled") == b"1"
@@ -240,10 +287,19 @@ class AgentState:
             "SELECT 1 FROM jobs WHERE job_id = ? AND state != 'refused'", (job_id,)
         ) is not None
 
+    def passkey_counters(self) -> dict[str, int]:
+        """The highest sign counter stored per passkey key id."""
+        return {str(k): int(c) for k, c in self._all("SELECT keyid, counter FROM passkey_counters")}
+
     def start_job(self, *, job_id: str, nonce: str, expires_at: int, checkpoint: bytes,
-                  checkpoint_size: int) -> None:
-        """Commit the nonce and the new checkpoint before the job runs (at-most-once)."""
+                  checkpoint_size: int, passkey_counters: Mapping[str, int] | None = None) -> None:
+        """Commit the nonce, the new checkpoint and the signer's passkey counter before the job
+        runs (at-most-once; a counter never goes down)."""
         with self.transaction() as db:
+            for keyid, counter in (passkey_counters or {}).items():
+                db.execute("INSERT INTO passkey_counters (keyid, counter) VALUES (?, ?) ON CONFLICT "
+                           "(keyid) DO UPDATE SET counter = MAX(counter, excluded.counter)",
+                           (keyid, counter))
             db.execute("DELETE FROM jobs WHERE job_id = ? AND state = 'refused'", (job_id,))
             db.execute(
                 "INSERT INTO jobs (job_id, nonce, expires_at, state, updated_at) "
@@ -267,6 +323,9 @@ class AgentState:
                     (check.job_id, check.job, check.grant, check.script, check.interval_s,
                      check.next_run),
                 )
+                if check.proofs:
+                    db.execute("INSERT OR IGNORE INTO script_check_proofs (job_id, proofs) VALUES (?, ?)",
+                               (check.job_id, check.proofs))
             if result is not None:
                 self._queue_result(db, job_id, result)
 
@@ -279,10 +338,11 @@ class AgentState:
                    "(SELECT MAX(seq) FROM check_outbox) - ?", (CHECK_OUTBOX_MAX,))
 
     def script_checks(self) -> list[StoredCheck]:
-        rows = self._all("SELECT job_id, job, grant_env, script, interval_s, next_run, runs "
-                         "FROM script_checks ORDER BY next_run")
+        rows = self._all("SELECT c.job_id, c.job, c.grant_env, c.script, c.interval_s, c.next_run, c.runs, "
+                         "p.proofs FROM script_checks c LEFT JOIN script_check_proofs p USING (job_id) "
+                         "ORDER BY c.next_run")
         return [StoredCheck(str(r[0]), bytes(r[1]), bytes(r[2]), bytes(r[3]), int(r[4]),
-                            float(r[5]), int(r[6])) for r in rows]
+                            float(r[5]), int(r[6]), bytes(r[7] or b"")) for r in rows]
 
     def script_check(self, job_id: str) -> StoredCheck | None:
         return next((c for c in self.script_checks() if c.job_id == job_id), None)
@@ -297,6 +357,7 @@ class AgentState:
     def drop_script_check(self, job_id: str) -> None:
         with self.transaction() as db:
             db.execute("DELETE FROM script_checks WHERE job_id = ?", (job_id,))
+            db.execute("DELETE FROM script_check_proofs WHERE job_id = ?", (job_id,))
 
     def check_outbox(self, limit: int = 500) -> list[tuple[int, bytes]]:
         rows = self._all("SELECT seq, result FROM check_outbox ORDER BY seq LIMIT ?", (limit,))

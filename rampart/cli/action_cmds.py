@@ -5,6 +5,7 @@
     rampart patch apply     TENANT --grant G --devices D [--wait]
     rampart file deploy     TENANT --grant G --devices D --src FILE --dest PATH [--mode 0644] [--wait]
     rampart backup run      TENANT --grant G --devices D [--wait]
+    rampart backup forget-state TENANT DEVICE --grant G [--wait]
 
 Every command goes through the same flow as ``rampart run``
 (:func:`rampart.cli.job_cmds.sign_job`: the grant is verified against the
@@ -20,7 +21,11 @@ server asks for one, receipts). What each job needs (docs/patching.md):
   (``backup-run``): ``backup``; both payload-free;
 * ``file deploy``: ``file``; the job declares the destination's directory as
   its write path, carries the file's SHA-256, and the device writes it only
-  below one of its write roots.
+  below one of its write roots;
+* ``backup forget-state`` (``backup-forget-state``): ``backup``; one device,
+  no arguments (the device clears borg's record of the repository its own
+  backup policy names); a person's key only, after the vault holder rolled
+  the repository back (docs/backup-vault.md, step 7).
 """
 
 from __future__ import annotations
@@ -82,9 +87,10 @@ def _send(tenant: str, grant: str, devices: str, *, action: Action, declared: De
     cfg, client, session = api()
     with client:
         t = resolve_tenant(client, tenant)
-        envelope, job = sign_job(cfg, client, session, t["id"], grant_id=grant, devices=devs, action=action,
-                                 declared=declared, timeout_s=timeout, lifetime_s=lifetime)
-        send_and_follow(client, t["id"], envelope, job, payloads, wait=wait, wait_s=waiting,
+        envelope, job, targets = sign_job(cfg, client, session, t["id"], grant_id=grant, devices=devs,
+                                          action=action, declared=declared, timeout_s=timeout,
+                                          lifetime_s=lifetime)
+        send_and_follow(client, t["id"], envelope, job, targets, payloads, wait=wait, wait_s=waiting,
                         json_out=json_out, render=render_result, enrich=with_results)
 
 
@@ -173,6 +179,24 @@ def _backup_lines(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _forget_lines(doc: dict[str, Any]) -> list[str]:
+    lines = []
+    for c in _l(doc, "cleared"):
+        parts = [x.replace("_", " ") for x in ("manifest_timestamp", "cache") if c.get(x)]
+        lines.append(f"cleared repository {c.get('id')}: {' and '.join(parts) or 'nothing'}")
+    if not lines:
+        lines.append("nothing to clear: the device held no record of this repository")
+    if doc.get("error"):
+        lines.append(f"error: {doc['error']}")
+    after = _d(doc, "after")
+    if after.get("ok"):
+        lines.append(f"the repository opens now: {after.get('archives')} archive(s)"
+                     + (f", last {after.get('last_archive')}" if after.get("last_archive") else ""))
+    elif after:
+        lines.append(f"the repository does not open yet: {after.get('error')}")
+    return lines
+
+
 def render_result(receipt: dict[str, Any]) -> list[str]:
     """A short summary of an action's result for people; a script's output as it came."""
     doc = result_doc(receipt)
@@ -185,6 +209,8 @@ def render_result(receipt: dict[str, Any]) -> list[str]:
         lines = _file_lines(doc)
     elif action == "backup-run":
         lines = _backup_lines(doc)
+    elif action == "backup-forget-state":
+        lines = _forget_lines(doc)
     else:
         lines = [json.dumps(doc, sort_keys=True)]
     if doc.get("truncated"):
@@ -253,6 +279,32 @@ patch_app.command("apply")(_payload_free(
 backup_app.command("run")(_payload_free(
     "backup-run", "Back up each device's configured paths to its append-only vault, then check and "
                   "restore-test."))
+
+
+_DEVICE_ID = re.compile(r"dev-[0-9a-f]{24}")
+
+
+@backup_app.command("forget-state")
+def backup_forget_state(
+    tenant: TenantArg,
+    device: Annotated[str, typer.Argument(metavar="DEVICE", help="Device id (dev-…): one device.")],
+    grant: GrantOpt, timeout: TimeoutOpt = 600, expires: ExpiresOpt = "1h", wait: WaitOpt = False,
+    wait_timeout: WaitTimeoutOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """Make DEVICE forget borg's record of its repository, after the vault holder rolled it back.
+
+    borg on a device that saw the attacked repository refuses the rolled-back
+    one ("... newer than repository"); this signed job clears borg's record
+    of the newest manifest it saw (security directory) and its cache for the
+    repository the device's own backup policy names, nothing else, and lists
+    the repository once. Run it only after the
+    vault holder confirmed the rollback (docs/backup-vault.md, step 7).
+    """
+    if not _DEVICE_ID.fullmatch(device):
+        raise UsageProblem(f"DEVICE must be one device id (dev-…), not {device[:80]!r}: a repository's "
+                           "state is forgotten one device at a time")
+    _send(tenant, grant, device, action=Action(kind="backup-forget-state"), declared=Declared(), payloads={},
+          timeout=timeout, expires=expires, wait=wait, wait_timeout=wait_timeout, json_out=json_out)
 
 
 @file_app.command("deploy")

@@ -43,6 +43,7 @@ from .client import Client, expect_dict, expect_list
 from .common import (
     api,
     envelope_bytes,
+    local_root,
     now,
     refusing,
     resolve_tenant,
@@ -124,9 +125,20 @@ def kind_of(data: bytes, server_kind: Any) -> str:
     return str(server_kind or "unknown")
 
 
-def verify_log(cfg: Config, client: Client, tenant_id: str, *, fresh: bool) -> dict[str, Any]:
-    """Run the four checks of the module docstring; return a report with ``problems``."""
-    root = trusted_root(cfg, client, tenant_id)
+def verify_log(cfg: Config, client: Client, tenant_id: str, *, fresh: bool,
+               deleted: bool = False) -> dict[str, Any]:
+    """Run the four checks of the module docstring; return a report with ``problems``.
+
+    A deleted tenant's roots are gone from the server: its log is checked against the root this
+    machine trusted last, or not at all."""
+    if deleted:
+        root = local_root(cfg, tenant_id)
+        if root is None:
+            raise UsageProblem(f"this machine never trusted a root of the deleted tenant {tenant_id}, so "
+                               "its audit log cannot be verified here (`rampart audit export` still "
+                               "writes it out)")
+    else:
+        root = trusted_root(cfg, client, tenant_id)
     if fresh:
         try:
             client.post(f"/tenants/{tenant_id}/audit/checkpoint")
@@ -135,7 +147,7 @@ def verify_log(cfg: Config, client: Client, tenant_id: str, *, fresh: bool) -> d
     doc = expect_dict(client.get(f"/tenants/{tenant_id}/audit/checkpoint"), "checkpoint")
     cp_bytes = envelope_bytes(doc, "checkpoint")
     with refusing("audit checkpoint"):
-        cp = trust.verify_checkpoint(root, cp_bytes, now=now())
+        cp = trust.verify_checkpoint(root, cp_bytes, now=now(), witnessed=False)  # agents check witnesses
     problems: list[str] = []
     if doc.get("size") not in (None, cp.size) or doc.get("root") not in (None, cp.root):
         problems.append("the server's checkpoint summary differs from the signed checkpoint")
@@ -185,6 +197,18 @@ def verify_log(cfg: Config, client: Client, tenant_id: str, *, fresh: bool) -> d
     return report
 
 
+def audited_tenant(client: Client, text: str) -> dict[str, Any]:
+    """A tenant by id or name, or a deleted tenant whose audit log the server still keeps."""
+    try:
+        return resolve_tenant(client, text)
+    except UsageProblem:
+        gone = [d for d in expect_list(client.get("/deleted-tenants"), "deleted tenants")
+                if isinstance(d, dict) and text in (d.get("id"), d.get("name"))]
+        if len(gone) != 1:
+            raise
+        return {"id": str(gone[0]["id"]), "name": f"{gone[0].get('name')} (deleted)", "deleted": True}
+
+
 @audit_app.command("verify")
 def audit_verify(
     tenant: Annotated[str, typer.Argument(help="Tenant name or id.")],
@@ -196,8 +220,8 @@ def audit_verify(
     """Verify the tenant's audit log against your trusted root and last checkpoint."""
     cfg, client, _ = api()
     with client:
-        t = resolve_tenant(client, tenant)
-        report = verify_log(cfg, client, t["id"], fresh=fresh)
+        t = audited_tenant(client, tenant)
+        report = verify_log(cfg, client, t["id"], fresh=fresh, deleted=bool(t.get("deleted")))
     if json_out:
         print_json(report)
     elif report["ok"]:
@@ -253,7 +277,7 @@ def audit_export(
         raise UsageProblem("--format must be jsonl")
     _, client, _ = api()
     with client:
-        t = resolve_tenant(client, tenant)
+        t = audited_tenant(client, tenant)
         entries = fetch_entries(client, t["id"], None)
     if output is None:
         write_jsonl(entries, sys.stdout)

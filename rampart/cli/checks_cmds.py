@@ -240,14 +240,14 @@ def checks_script(
         if not grant:  # its own grant, requested for --for: the check ends with it, as planned
             until = min(until, int(g.get("not_after") or until))
         repeat = _repeat(every_s, until, name)
-        envelope, job = sign_script_job(
+        envelope, job, targets = sign_script_job(
             cfg, client, session, t["id"], grant_id=grant_id, devices=list(device), script=body,
             writes=[], connect=[], as_root=False, timeout_s=timeout, lifetime_s=lifetime, repeat=repeat)
-        send_and_follow(client, t["id"], envelope, job, {"script": body}, wait=False, wait_s=0,
+        send_and_follow(client, t["id"], envelope, job, targets, {"script": body}, wait=False, wait_s=0,
                         json_out=json_out)
     if not json_out:
         ends = min(repeat.until, int(g.get("not_after") or 0))
-        say(f"script check every {fmt_duration(every_s)} on {len(job.devices)} device(s) until "
+        say(f"script check every {fmt_duration(every_s)} on {len(targets)} device(s) until "
             f"{fmt_time(ends)}" + (" (when its grant ends)" if ends < repeat.until else ""))
         say(f"results: rampart checks results {tenant} {job.id}; stop it: rampart grant revoke {grant_id}")
 

@@ -17,6 +17,9 @@ from .errors import CliError, UsageProblem
 
 def console(
     port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1 (default: a free one).")] = 0,
+    localhost: Annotated[bool, typer.Option(
+        "--localhost", help="Print the address as http://localhost:PORT: passkeys need it (with the "
+                            "same --port every time: a passkey is pinned to its origin).")] = False,
 ) -> None:
     """Start the local signing console on 127.0.0.1 and print its one-time address.
 
@@ -30,7 +33,7 @@ def console(
     from rampart.console.serve import serve
 
     try:
-        serve(cfg, port)
+        serve(cfg, port, localhost=localhost)
     except OSError as exc:
         raise CliError(f"cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}") from exc
     except KeyboardInterrupt:

@@ -75,8 +75,12 @@ def decode_grant(data: bytes) -> tuple[trust.Envelope, Grant]:
         return env, trust.decode_payload(env.payload, Grant)
 
 
-def check_summary(summary: dict[str, Any], grant: Grant) -> None:
-    """Every field the server's summary states must equal the signed payload."""
+def check_summary(summary: dict[str, Any], grant: Grant) -> list[str]:
+    """Every field the server's summary states must equal the signed payload; the signed devices.
+
+    A grant that commits a device set lists no devices itself: the summary's list is taken
+    only if it recomputes to the signed root and count (:func:`rampart.trust.expand`).
+    """
     checks: dict[str, Any] = {
         "id": grant.id, "tenant": grant.tenant, "grantee": grant.grantee,
         "not_before": grant.not_before, "not_after": grant.not_after, "reason": grant.reason,
@@ -85,7 +89,12 @@ def check_summary(summary: dict[str, Any], grant: Grant) -> None:
         if name in summary and summary[name] != want:
             raise Refused(f"the server's summary of the grant does not match what would be signed "
                           f"({name}): refusing")
-    for name, want_list in (("devices", grant.devices), ("capabilities", grant.capabilities)):
+    try:
+        devices = trust.expand(grant.devices, grant.device_set, _str_list(summary.get("devices")))
+    except trust.TrustError as exc:
+        raise Refused(f"the server's device list is not the grant's signed device set: {exc.message}: "
+                      "refusing") from None
+    for name, want_list in (("devices", devices), ("capabilities", grant.capabilities)):
         if name in summary and sorted(summary[name] or []) != sorted(want_list):
             raise Refused(f"the server's summary of the grant does not match what would be signed "
                           f"({name}): refusing")
@@ -93,15 +102,24 @@ def check_summary(summary: dict[str, Any], grant: Grant) -> None:
             grant.requested_by:
         raise Refused("the server's summary of the grant does not match what would be signed "
                       "(requested_by): refusing")
+    return devices
+
+
+def _str_list(value: object) -> list[str]:
+    return [x for x in value if isinstance(x, str)] if isinstance(value, list) else []
 
 
 def grant_doc(grant: Grant, root: TrustedRoot, status: trust.GrantStatus | None,
-              server_status: str | None = None) -> dict[str, Any]:
+              server_status: str | None = None, devices: list[str] | None = None) -> dict[str, Any]:
+    """A grant as people read it. ``devices``: a committed grant's devices, as checked against its
+    signed set by :func:`check_summary` (a listed grant's own list otherwise)."""
     return {
         "id": grant.id, "tenant": grant.tenant, "grantee": grant.grantee,
         "grantee_name": root.root.key_name(grant.grantee),
         "grantee_roles": root.root.roles_of(grant.grantee), "requested_by": grant.requested_by,
-        "devices": grant.devices, "capabilities": grant.capabilities, "actions": grant.actions,
+        "devices": devices if devices is not None else list(grant.devices),
+        "device_set": (grant.device_set.root if isinstance(grant.device_set, trust.DeviceSet) else None),
+        "capabilities": grant.capabilities, "actions": grant.actions,
         "not_before": grant.not_before, "not_after": grant.not_after, "reason": grant.reason,
         "approved_by": sorted(root.root.key_name(k)
                               for k in (status.approved_by if status else ())),
@@ -141,8 +159,9 @@ def print_grant(d: dict[str, Any]) -> None:
 
 def request_grant(cfg: Config, client: Client, session: Session, tenant_id: str, *,
                   devices: list[str], capabilities: list[str], duration_s: int,
-                  reason: str) -> tuple[str, Grant]:
-    """Ask the server for an unsigned grant and check it says exactly what was asked."""
+                  reason: str, passkeys: frozenset[str] = frozenset()) -> tuple[str, Grant]:
+    """Ask the server for an unsigned grant and check it says exactly what was asked, for one of
+    this operator's keys (its key files, or ``passkeys``: key ids of its passkeys)."""
     bad = [c for c in capabilities if c not in ALL_CAPABILITIES]
     if bad:
         raise UsageProblem(f"unknown capabilities {bad}: choose from {', '.join(ALL_CAPABILITIES)}")
@@ -152,11 +171,15 @@ def request_grant(cfg: Config, client: Client, session: Session, tenant_id: str,
     }), "grant")
     gid = field(doc, "id", str, "grant")
     _, grant = decode_grant(envelope_bytes(doc, "grant"))
-    if (grant.id != gid or grant.tenant != tenant_id or sorted(grant.devices) != sorted(devices)
+    try:  # a committed set must be exactly the asked devices (recomputed here from our own list)
+        named = trust.expand(grant.devices, grant.device_set, devices)
+    except trust.TrustError:
+        raise Refused("the grant the server made differs from the request (devices)") from None
+    if (grant.id != gid or grant.tenant != tenant_id or sorted(named) != sorted(devices)
             or sorted(grant.capabilities) != sorted(capabilities) or grant.reason != reason
             or grant.not_after - grant.not_before != duration_s):
         raise Refused("the grant the server made differs from the request")
-    mine = {k.keyid for k in cfg.list_keys(session.username)}
+    mine = {k.keyid for k in cfg.list_keys(session.username)} | passkeys
     if grant.grantee not in mine:
         raise Refused(f"the server made the grant for key {grant.grantee[:16]}…, which is not one "
                       "of your keys")
@@ -181,10 +204,13 @@ class GrantReview:
     #: Device id -> hostname as the server reports it: a label shown next to the signed ids,
     #: never verified and never signed (device-reported text).
     hostnames: dict[str, str] = dc_field(default_factory=dict)
+    #: The signed devices: the grant's list, or the server's list once it recomputed to the signed set.
+    devices: list[str] = dc_field(default_factory=list)
 
     def doc(self) -> dict[str, Any]:
-        d = grant_doc(self.grant, self.root, self.status, self.summary.get("status"))
-        d["server_hostnames"] = {k: v for k, v in self.hostnames.items() if k in self.grant.devices}
+        d = grant_doc(self.grant, self.root, self.status, self.summary.get("status"), self.devices)
+        named = set(self.devices)
+        d["server_hostnames"] = {k: v for k, v in self.hostnames.items() if k in named}
         return d
 
 
@@ -209,13 +235,34 @@ def review_grant(cfg: Config, client: Client, grant_id: str) -> GrantReview:
         raise Refused("the server sent a different grant than the one asked for")
     with refusing("grant"):
         status = trust.grant_status(root, data)
-    check_summary(summary, grant)
+    devices = check_summary(summary, grant)
     return GrantReview(env, grant, root, status, summary, hashlib.sha256(env.payload).hexdigest(),
-                       server_hostnames(client, tenant_id))
+                       server_hostnames(client, tenant_id), devices)
 
 
 def approval_key(cfg: Config, session: Session, review: GrantReview) -> KeyInfo:
     """The approver key that may sign ``review``'s grant, or :class:`Refused` saying why not."""
+    _grant_checks(review)
+    info = pick_key(cfg, session, review.grant.tenant, review.root, roles=("approver",))
+    if info.keyid == review.grant.grantee:
+        raise Refused("you cannot approve a grant for your own key")
+    _not_own_request(session, review)
+    return info
+
+
+def approval_checks(session: Session, review: GrantReview) -> None:
+    """What ``rampart grant approve`` checks of the grant before any key signs it (whatever the
+    key: a key file or a passkey): the grantee, the policy, the expiry, not one's own request."""
+    _grant_checks(review)
+    _not_own_request(session, review)
+
+
+def _not_own_request(session: Session, review: GrantReview) -> None:
+    if review.grant.requested_by and review.grant.requested_by == session.username:
+        raise Refused("you cannot approve a grant you requested")
+
+
+def _grant_checks(review: GrantReview) -> None:
     grant, root = review.grant, review.root
     if grant.grantee not in root.technicians and grant.grantee not in root.automation:
         raise Refused("the grant is for a key that is not a technician or automation key of the "
@@ -231,12 +278,6 @@ def approval_key(cfg: Config, session: Session, review: GrantReview) -> KeyInfo:
             grant.capabilities, automation=automation, tenant=root.root.name))
     if grant.not_after <= now():
         raise Refused("the grant has already expired")
-    info = pick_key(cfg, session, grant.tenant, root, roles=("approver",))
-    if info.keyid == grant.grantee:
-        raise Refused("you cannot approve a grant for your own key")
-    if grant.requested_by and grant.requested_by == session.username:
-        raise Refused("you cannot approve a grant you requested")
-    return info
 
 
 def approve_grant(cfg: Config, client: Client, session: Session, grant_id: str, *,
@@ -262,7 +303,7 @@ def approve_grant(cfg: Config, client: Client, session: Session, grant_id: str, 
     with refusing("signed grant"):
         after = trust.grant_status(review.root, signed)
     return grant_doc(review.grant, review.root, after,
-                     "approved" if after.complete else "requested")
+                     "approved" if after.complete else "requested", review.devices)
 
 
 # --- commands --------------------------------------------------------------------------------
@@ -290,7 +331,7 @@ def grant_request(
         gid, grant = request_grant(cfg, client, session, t["id"], devices=devs, capabilities=caps,
                                    duration_s=seconds, reason=reason)
     if json_out:
-        print_json({"id": gid, "tenant": t["id"], "devices": grant.devices,
+        print_json({"id": gid, "tenant": t["id"], "devices": devs,
                     "capabilities": grant.capabilities, "not_before": grant.not_before,
                     "not_after": grant.not_after})
         return

@@ -30,8 +30,9 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from rampart import trust
-from rampart.textsafe import safe_lines
+from rampart.textsafe import safe_line, safe_lines
 from rampart.trust import JOB_TYPE, Action, Declared, Job, PayloadRef
+from rampart.wire.limits import LISTED_DEVICES_UP_TO
 
 from .client import Client, expect_dict, expect_list, field
 from .common import (
@@ -71,12 +72,31 @@ jobs_app = typer.Typer(help="Jobs and their receipts.", no_args_is_help=True)
 def sign_job(cfg: Config, client: Client, session: Session, tenant_id: str, *, grant_id: str,
              devices: list[str], action: Action, declared: Declared, timeout_s: int,
              lifetime_s: int, repeat: trust.Repeat | None = None,
-             session_spec: trust.SessionSpec | None = None) -> tuple[bytes, Job]:
+             session_spec: trust.SessionSpec | None = None) -> tuple[bytes, Job, list[str]]:
     """Verify the grant locally, then build and sign the job with the grantee key.
 
     ``repeat`` makes it a script check (the agents run it again on that schedule).
-    ``group:NAME`` in ``devices`` is the group's devices now: the signed job lists them.
+    ``group:NAME`` in ``devices`` is the group's devices now: the signed job lists them (or,
+    beyond :data:`LISTED_DEVICES_UP_TO`, commits to them). Returns the envelope, the job and
+    its target devices (what :func:`submit_job` sends beside a committed set).
     """
+    mine = {k.keyid: k for k in cfg.key_candidates(session.username, tenant_id)}
+    payload, job, targets = prepare_job(cfg, client, session, tenant_id, grant_id=grant_id, devices=devices,
+                               action=action, declared=declared, timeout_s=timeout_s,
+                               lifetime_s=lifetime_s, repeat=repeat, session_spec=session_spec,
+                               mine=set(mine))
+    key = unlock_key(mine[job.signer])
+    env = trust.sign_envelope(JOB_TYPE, payload, [key])
+    return env.to_bytes(), job, targets
+
+
+def prepare_job(cfg: Config, client: Client, session: Session, tenant_id: str, *, grant_id: str,
+                devices: list[str], action: Action, declared: Declared, timeout_s: int,
+                lifetime_s: int, mine: set[str], repeat: trust.Repeat | None = None,
+                session_spec: trust.SessionSpec | None = None) -> tuple[bytes, Job, list[str]]:
+    """Every check of :func:`sign_job` and the job's payload bytes, unsigned: the grant verifies
+    locally against the pinned root and its grantee is one of ``mine`` (the operator's key ids:
+    key files, or passkeys for the local console), which signs the job as ``signer``."""
     devices = expand_devices(client, tenant_id, devices)
     root = trusted_root(cfg, client, tenant_id)
     summary = expect_dict(client.get(f"/grants/{grant_id}"), "grant")
@@ -93,18 +113,23 @@ def sign_job(cfg: Config, client: Client, session: Session, tenant_id: str, *, g
     t = now()
     with refusing(f"grant {grant_id}"):
         grant = trust.verify_grant(root, data, now=t)
-    mine = {k.keyid: k for k in cfg.key_candidates(session.username, tenant_id)}
-    info = mine.get(grant.grantee)
-    if info is None:
+    if grant.grantee not in mine:
         raise Refused(f"grant {grant_id} is for key {grant.grantee[:16]}…, which is not one of "
                       "your keys")
-    outside = sorted(set(devices) - set(grant.devices))
+    with refusing(f"the device list of grant {grant_id}"):
+        # A committed grant's list comes from the server: shown only once it recomputes to the
+        # signed set, so "covered" means covered by what the approvers signed.
+        covered = trust.expand(grant.devices, grant.device_set, summary.get("devices") or [])
+    outside = sorted(set(devices) - set(covered))
     if outside:
         raise UsageProblem(f"the grant does not cover {', '.join(outside)}")
+    targets: dict[str, Any] = ({"devices": devices} if len(devices) <= LISTED_DEVICES_UP_TO
+                               or session_spec is not None
+                               else {"device_set": trust.commit_devices(devices)})
     try:
         job = Job(
             id=trust.new_job_id(), tenant=tenant_id, grant=grant.id, signer=grant.grantee,
-            devices=devices, action=action, declared=declared, timeout_s=timeout_s,
+            **targets, action=action, declared=declared, timeout_s=timeout_s,
             nonce=trust.new_nonce(), issued_at=t, expires_at=t + lifetime_s,
             repeat=repeat if repeat is not None else msgspec.UNSET,
             session=session_spec if session_spec is not None else msgspec.UNSET,
@@ -119,9 +144,7 @@ def sign_job(cfg: Config, client: Client, session: Session, tenant_id: str, *, g
     if missing:
         raise Refused(f"grant {grant_id} does not give {', '.join(sorted(missing))}")
     require_pin(cfg, tenant_id, root)  # no job is signed for a tenant whose root is not pinned
-    key = unlock_key(info)
-    env = trust.sign_envelope(JOB_TYPE, payload, [key])
-    return env.to_bytes(), job
+    return payload, job, list(devices)
 
 
 def job_times(devices: str, expires: str, wait_timeout: str | None,
@@ -139,7 +162,7 @@ def payload_ref(name: str, data: bytes) -> PayloadRef:
 def sign_script_job(cfg: Config, client: Client, session: Session, tenant_id: str, *,
                     grant_id: str, devices: list[str], script: bytes, writes: list[str],
                     connect: list[int], as_root: bool, timeout_s: int,
-                    lifetime_s: int, repeat: trust.Repeat | None = None) -> tuple[bytes, Job]:
+                    lifetime_s: int, repeat: trust.Repeat | None = None) -> tuple[bytes, Job, list[str]]:
     """A script job: the script's digest signed, with what it declares it writes and connects to."""
     if len(script) > MAX_SCRIPT_BYTES:
         raise UsageProblem(f"the script is larger than {MAX_SCRIPT_BYTES // 1024} KiB")
@@ -152,18 +175,22 @@ def sign_script_job(cfg: Config, client: Client, session: Session, tenant_id: st
                     declared=declared, timeout_s=timeout_s, lifetime_s=lifetime_s, repeat=repeat)
 
 
-def submit_job(client: Client, tenant_id: str, envelope: bytes,
-               payloads: dict[str, bytes]) -> dict[str, Any]:
-    return expect_dict(client.post(f"/tenants/{tenant_id}/jobs", {
+def submit_job(client: Client, tenant_id: str, envelope: bytes, payloads: dict[str, bytes],
+               job: Job, targets: list[str]) -> dict[str, Any]:
+    """Upload a signed job; a job that commits a device set goes with its devices' list."""
+    body: dict[str, Any] = {
         "envelope": envelope.decode(),
         "payloads": {name: base64.b64encode(data).decode() for name, data in payloads.items()},
-    }), "job")
+    }
+    if isinstance(job.device_set, trust.DeviceSet):
+        body["devices"] = sorted(targets)
+    return expect_dict(client.post(f"/tenants/{tenant_id}/jobs", body), "job")
 
 
 def wait_for_receipts(client: Client, job_id: str, total: int, deadline: float, *,
                       show_progress: bool = True) -> dict[str, Any]:
-    """Poll ``GET /jobs/{j}`` until every target has a receipt or ``deadline`` passes."""
-    doc: dict[str, Any] = {}
+    """Poll the job's summary (counts only, whatever the fleet's size) until every target has a
+    receipt or was cancelled, or ``deadline`` passes; then fetch the whole job once."""
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=err_console, transient=True,
                         disable=not show_progress)
@@ -171,19 +198,19 @@ def wait_for_receipts(client: Client, job_id: str, total: int, deadline: float, 
         task = progress.add_task(f"receipts for {job_id}", total=total)
         while True:
             try:
-                doc = expect_dict(client.get(f"/jobs/{job_id}"), "job")
+                summary = expect_dict(client.get(f"/jobs/{job_id}/summary"), "job summary")
             except NetworkProblem:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(1.0)
                 continue
-            targets = [x for x in doc.get("targets") or [] if isinstance(x, dict)]
-            done = sum(1 for x in targets if x.get("state") == "done" or x.get("receipt"))
-            progress.update(task, completed=done, total=max(total, len(targets)))
-            if targets and done >= len(targets):
-                return doc
-            if time.monotonic() > deadline:
-                return doc
+            raw_states, raw_count = summary.get("states"), summary.get("targets")
+            states: dict[str, Any] = raw_states if isinstance(raw_states, dict) else {}
+            count = raw_count if isinstance(raw_count, int) else 0
+            done = sum(int(v) for k, v in states.items() if k in ("done", "cancelled") and isinstance(v, int))
+            progress.update(task, completed=done, total=max(total, count))
+            if (count and done >= count) or time.monotonic() > deadline:
+                return expect_dict(client.get(f"/jobs/{job_id}"), "job")
             time.sleep(POLL_INTERVAL_S)
 
 
@@ -241,7 +268,7 @@ def print_targets(doc: dict[str, Any], render: Render = raw_output) -> None:
             say(f"  {ln}")
 
 
-def send_and_follow(client: Client, tenant_id: str, envelope: bytes, job: Job,
+def send_and_follow(client: Client, tenant_id: str, envelope: bytes, job: Job, targets: list[str],
                     payloads: dict[str, bytes], *, wait: bool, wait_s: int, json_out: bool,
                     render: Render = raw_output,
                     enrich: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
@@ -249,11 +276,11 @@ def send_and_follow(client: Client, tenant_id: str, envelope: bytes, job: Job,
 
     ``enrich`` may add to the ``--json`` document (the action commands decode their results).
     """
-    doc = submit_job(client, tenant_id, envelope, payloads)
+    doc = submit_job(client, tenant_id, envelope, payloads, job, targets)
     job_id = field(doc, "id", str, "job")
     if job_id != job.id:
         raise Refused("the server stored the job under another id")
-    devices = len(job.devices)
+    devices = len(targets)
     if not wait:
         if json_out:
             print_json({"id": job_id, "targets": doc.get("targets")})
@@ -265,17 +292,17 @@ def send_and_follow(client: Client, tenant_id: str, envelope: bytes, job: Job,
         say(f"job {job_id} sent to {devices} device(s)")
     result = wait_for_receipts(client, job_id, devices, time.monotonic() + wait_s,
                                show_progress=not json_out)
-    targets = [x for x in result.get("targets") or [] if isinstance(x, dict)]
+    answers = [x for x in result.get("targets") or [] if isinstance(x, dict)]
     if json_out:
         print_json(enrich(result) if enrich is not None else result)
     else:
         print_targets(result, render)
-    pending = [x for x in targets if not isinstance(x.get("receipt"), dict)]
-    failed = [x for x in targets if isinstance(x.get("receipt"), dict) and not target_ok(x)]
+    pending = [x for x in answers if not isinstance(x.get("receipt"), dict)]
+    failed = [x for x in answers if isinstance(x.get("receipt"), dict) and not target_ok(x)]
     if pending:
         raise CliError(f"{len(pending)} device(s) sent no receipt within the wait time")
     if failed:
-        raise CliError(f"{len(failed)} of {len(targets)} device(s) failed or refused the job")
+        raise CliError(f"{len(failed)} of {len(answers)} device(s) failed or refused the job")
 
 
 # --- commands --------------------------------------------------------------------------------
@@ -306,11 +333,11 @@ def run(
     cfg, client, session = api()
     with client:
         t = resolve_tenant(client, tenant)
-        envelope, job = sign_script_job(
+        envelope, job, targets = sign_script_job(
             cfg, client, session, t["id"], grant_id=grant, devices=devs, script=body,
             writes=list(writes or []), connect=list(connect or []), as_root=as_root,
             timeout_s=timeout, lifetime_s=lifetime)
-        send_and_follow(client, t["id"], envelope, job, {"script": body}, wait=wait, wait_s=waiting,
+        send_and_follow(client, t["id"], envelope, job, targets, {"script": body}, wait=wait, wait_s=waiting,
                          json_out=json_out)
 
 
@@ -330,6 +357,59 @@ def jobs_show(
         f"created {fmt_time(doc.get('created_at'))}")
     say(f"signer {str(doc.get('signer'))[:16]}…, grant {doc.get('grant')}")
     print_targets(doc)
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(
+    job: Annotated[str, typer.Argument(help="Job id (job-…).")],
+    reason: Annotated[str, typer.Option("--reason", help="Why (signed, and in the audit log).")] = "",
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Withdraw a job that has not run everywhere: sign a cancellation and push it to agents.
+
+    The job's own technician may cancel it, or any approver or owner; agents check that
+    against the root they pinned. Devices that already ran it keep their receipts."""
+    from . import prompts
+    from .common import pick_key
+
+    if not job.startswith("job-"):
+        raise UsageProblem("a job id looks like job-…")
+    cfg, client, session = api()
+    with client:
+        doc = expect_dict(client.get(f"/jobs/{job}"), "job")
+        if doc.get("id") != job:
+            raise Refused("the server sent a different job than the one asked for")
+        tenant_id = field(doc, "tenant", str, "job")
+        root = trusted_root(cfg, client, tenant_id)
+        require_pin(cfg, tenant_id, root)
+        waiting = [t for t in doc.get("targets") or []
+                   if isinstance(t, dict) and t.get("state") in ("pending", "sent")]
+        if not waiting:
+            raise UsageProblem(f"job {job} has already run (or was cancelled) on every device: "
+                               "nothing to cancel")
+        signer = str(doc.get("signer"))
+        own = [k for k in cfg.key_candidates(session.username, tenant_id)
+               if k.keyid == signer and signer in root.technicians]
+        info = own[0] if own else pick_key(cfg, session, tenant_id, root, roles=("approver", "owner"))
+        if prompts.stdin_is_tty() and not yes and not prompts.confirm(
+                f"Cancel {job} on the {len(waiting)} device(s) that have not run it "
+                f"({safe_line(str(doc.get('kind')))}, as the server reports it)?"):
+            raise Refused("not cancelled")
+        cancellation = trust.Cancellation(tenant=tenant_id, job=job, issued_at=now(), reason=reason)
+        key = unlock_key(info)
+        data = trust.sign_envelope(trust.CANCELLATION_TYPE, trust.encode_payload(cancellation),
+                                   [key]).to_bytes()
+        with refusing("cancellation"):
+            trust.check_cancellation(root, data)  # what every agent checks before keeping it
+        out = expect_dict(client.post(f"/jobs/{job}/cancellation", {"envelope": data.decode()}), "job")
+    if json_out:
+        print_json(out)
+        return
+    cancelled = [t.get("device") for t in out.get("targets") or []
+                 if isinstance(t, dict) and t.get("state") == "cancelled"]
+    say(f"job {job} cancelled on {len(cancelled)} device(s) that had not run it; agents refuse it "
+        "from now on (a device that already held it may still have run it: see its receipt)")
 
 
 @jobs_app.command("list")

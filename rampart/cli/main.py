@@ -56,9 +56,11 @@ COMMANDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
               "read it).", "session_cmds", ()),
     "cp": ("Copy one file to or from a device through a session: SHA-256 checked end to end.",
            "session_cmds", ()),
+    "report": ("A tenant's posture report (HTML or PDF) against the CISA remote access guide and the CPG.",
+               "report_cmds", ()),
     "account": ("Operator accounts (owners only).", "auth_cmds", ("access_cmds",)),
     "key": ("Operator signing keys.", "auth_cmds", ()),
-    "tenant": ("Tenants (customers).", "tenant_cmds", ("access_cmds",)),
+    "tenant": ("Tenants (customers).", "tenant_cmds", ("access_cmds", "report_cmds")),
     "enroll": ("Enrol devices.", "tenant_cmds", ()),
     "devices": ("List devices.", "tenant_cmds", ()),
     "device": ("Manage one device.", "tenant_cmds", ()),
@@ -86,6 +88,10 @@ COMMANDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
                    "schedule_cmds", ()),
     "group": ("Device groups: named sets of devices for patch rings and grants.", "group_cmds", ()),
     "sessions": ("Remote sessions: list, show, play, export and watch.", "session_cmds", ()),
+    "directory": ("Directory audit: inactive, stale and privileged accounts in AD or LDAP.",
+                  "directory_cmds", ()),
+    "witness": ("An outside witness: co-sign tenants' audit log checkpoints it found consistent.",
+                "witness_cmds", ()),
 }
 
 # The settings every part of the command tree is built with (typer passes them down).

@@ -29,7 +29,9 @@ Security invariants (docs/trust-chain.md, "The signing ceremony"; issue 11):
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +80,13 @@ from .config import Config, Session
 from .errors import Refused, ServerProblem, UsageProblem
 from .output import fmt_duration, fmt_time, parse_duration, print_json, say, table
 from .recovery import is_recovery, load_recovery_key, recovery_entry, save_sheet, sheet
+from .root_witness import (
+    parse_witness_keys,
+    witness_changes,
+    witness_flags,
+    witness_lines,
+    witness_mismatches,
+)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 ROLE_NAMES = ("owner", "approver", "technician", "automation")
@@ -118,6 +127,25 @@ def checked_key(entry: Any, cls: type[OperatorPublicKey] | type[LogPublicKey]) -
     return kid, pub
 
 
+def passkey_entry(path: Path) -> tuple[str, KeyEntry]:
+    """(key id, root entry) of a passkey file the local console wrote (docs/design/passkeys.md).
+
+    Only ``public`` (the canonical blob, checked as a verifier checks it) and ``name`` are
+    used; the key id is computed from the key, never read.
+    """
+    try:
+        doc = json.loads(path.read_text())
+        key = trust.PasskeyPublicKey.from_b64(doc["public"])
+        name = str(doc.get("name") or default_key_name(doc["public"]))[:128]
+    except OSError as exc:
+        raise UsageProblem(f"cannot read {path}: {exc.strerror or exc}") from None
+    except (ValueError, KeyError, TypeError):
+        raise UsageProblem(f"{path} is not a passkey file of `rampart console`") from None
+    except trust.TrustError as exc:
+        raise UsageProblem(f"{path}: {exc.message}") from None
+    return key.key_id, KeyEntry(public=key.to_b64(), name=name, type=trust.PASSKEY_KEY_TYPE)
+
+
 def members_keys(members: list[Any]) -> tuple[dict[str, KeyEntry], dict[str, list[str]]]:
     """Keys and root roles from ``GET /tenants/{t}/members``.
 
@@ -154,14 +182,16 @@ def log_keys_of(entries: Any) -> dict[str, str]:
 
 def make_root(*, tenant: str, name: str, version: int, expires: int, keys: dict[str, KeyEntry],
               roles: dict[str, list[str]], thresholds: dict[str, int], log_keys: dict[str, str],
-              policy: Policy) -> TenantRoot:
-    """Build a root and validate it exactly as a verifier would decode it."""
+              policy: Policy, witness_keys: dict[str, str] | None = None) -> TenantRoot:
+    """Build a root and validate it exactly as a verifier would decode it (no witness keys: the
+    field is absent, as in every root made before witnesses)."""
     try:
         root = TenantRoot(
             tenant=tenant, name=name[:128], version=version, expires=expires, keys=keys,
             roles=Roles(**{r: RoleSpec(keyids=sorted(roles.get(r, [])),
                                        threshold=thresholds.get(r, 1)) for r in ROLE_NAMES}),
             log_keys=log_keys, policy=policy,
+            **({"witness_keys": dict(sorted(witness_keys.items()))} if witness_keys else {}),  # type: ignore[arg-type]
         )
         return trust.decode_payload(trust.encode_payload(root), TenantRoot)
     except (ValueError, msgspec.ValidationError) as exc:
@@ -267,6 +297,7 @@ def diff_roots(old: TenantRoot, new: TenantRoot) -> list[str]:
     if set(old.log_keys) != set(new.log_keys):
         lines.append(f"~ log keys {sorted(k[:16] for k in old.log_keys)} -> "
                      f"{sorted(k[:16] for k in new.log_keys)}")
+    lines += witness_lines(root_diff(old, new))
     if old.policy != new.policy:
         a, b = msgspec.to_builtins(old.policy), msgspec.to_builtins(new.policy)
         for k in sorted(b):
@@ -298,7 +329,8 @@ def propose(client: Client, tenant_id: str, current: TrustedRoot, *,
             add: list[tuple[str, str]], remove: list[str], owner_threshold: int | None,
             lifetime_s: int, sync: bool, extra_keys: dict[str, KeyEntry] | None = None,
             names: dict[str, str] | None = None, cfg: Config | None = None,
-            policy: dict[str, object] | None = None) -> TenantRoot:
+            policy: dict[str, object] | None = None, add_witnesses: dict[str, str] | None = None,
+            remove_witnesses: list[str] | None = None) -> TenantRoot:
     """Build the next root version from the trusted one and upload it unsigned.
 
     ``extra_keys`` are keys that are not a member's (the server's automation
@@ -343,11 +375,12 @@ def propose(client: Client, tenant_id: str, current: TrustedRoot, *,
     for kid in set(keys) - set(old.keys):  # new keys: the proposer's names, never the server's
         name = chosen.get(kid) or labels.get(kid)
         if name:
-            keys[kid] = KeyEntry(public=keys[kid].public, name=name[:128])
+            keys[kid] = msgspec.structs.replace(keys[kid], name=name[:128])  # its type kept
     new = make_root(tenant=old.tenant, name=old.name, version=old.version + 1,
                     expires=now() + lifetime_s, keys=keys, roles=roles, thresholds=thresholds,
                     log_keys=dict(old.log_keys),
-                    policy=with_changes(old.policy, policy) if policy else old.policy)
+                    policy=with_changes(old.policy, policy) if policy else old.policy,
+                    witness_keys=witness_changes(old.witnesses(), add_witnesses, remove_witnesses))
     client.put(f"/tenants/{tenant_id}/root-proposal",
                {"envelope": unsigned(new).to_bytes().decode()})
     if cfg is not None:
@@ -369,10 +402,13 @@ class Expected:
     owner_threshold: int | None
     lifetime_s: int
     policy: dict[str, object] = field(default_factory=dict)  # field -> new value (builtins)
+    witness_adds: frozenset[str] = frozenset()  # key ids of --add-witness
+    witness_removes: frozenset[str] = frozenset()
 
     @property
     def stated(self) -> bool:
-        return bool(self.adds or self.removes or self.owner_threshold is not None or self.policy)
+        return bool(self.adds or self.removes or self.owner_threshold is not None or self.policy
+                    or self.witness_adds or self.witness_removes)
 
 
 #: How far a proposal's expiry may be from now + the expected lifetime (co-owners sign later).
@@ -383,7 +419,7 @@ EXPIRY_SLACK_AFTER = 86400
 #: Policy fields a rotation may change, with how a --policy value is read.
 _POLICY_LISTS = ("capabilities", "high_risk_capabilities")
 _POLICY_DURATIONS = ("max_grant_seconds", "max_automation_grant_seconds")
-_POLICY_INTS = ("approver_device_limit", "approvers_beyond_limit")
+_POLICY_INTS = ("approver_device_limit", "approvers_beyond_limit", "witness_quorum")
 _POLICY_BOOLS = ("record_session_input",)
 _POLICY_MAPS = ("max_grant_seconds_by_capability",)  # CAPABILITY:DURATION,...
 
@@ -514,6 +550,7 @@ def review_lines(d: RootDiff, old: TenantRoot, new: TenantRoot,
         lines.append(f"! policy {k}: {pa} -> {pb}")
     if d.log_keys_changed:
         lines.append("! the proposal changes the audit log keys")
+    lines += witness_lines(d)
     if d.name is not None:
         lines.append("! the proposal renames the tenant")
     if d.tenant_changed:
@@ -546,7 +583,7 @@ def unsupported_changes(d: RootDiff) -> list[str]:
 def mismatches(d: RootDiff, new: TenantRoot, exp: Expected, labels: dict[str, str],
                when: int) -> list[str]:
     """Every way the proposal differs from what the owner named (empty: sign)."""
-    out = unsupported_changes(d)
+    out = unsupported_changes(d) + witness_mismatches(d, exp.witness_adds, exp.witness_removes)
     for k, (was, becomes) in d.policy.items():
         if k not in exp.policy:
             out.append(f"it changes policy {k} {was} -> {becomes}, which you did not name "
@@ -771,7 +808,18 @@ def root_propose(
         "--policy", help="A policy change NAME=VALUE (repeatable): approver_device_limit, "
         "approvers_beyond_limit, max_grant_seconds (8h, 2d...), max_automation_grant_seconds, "
         "max_grant_seconds_by_capability (script:30d,...: replaces max_grant_seconds for those "
-        "capabilities), capabilities and high_risk_capabilities (comma-separated).")] = None,
+        "capabilities), capabilities and high_risk_capabilities (comma-separated), "
+        "witness_quorum (outside witness co-signatures a checkpoint needs).")] = None,
+    add_witness: Annotated[list[str] | None, typer.Option(
+        "--add-witness", help="An outside witness's public key (rampart-witness-pub:…, from "
+        "`rampart witness key new`; repeatable): it co-signs the tenant's checkpoints.")] = None,
+    remove_witness: Annotated[list[str] | None, typer.Option(
+        "--remove-witness", help="Key id of an outside witness to remove (repeatable).")] = None,
+    add_passkey: Annotated[list[Path] | None, typer.Option(
+        "--add-passkey", help="A passkey file `rampart console` wrote (public key only; pair each with "
+        "--passkey-role; repeatable).")] = None,
+    passkey_role: Annotated[list[str] | None, typer.Option(
+        "--passkey-role", help="Role for the --add-passkey at the same position.")] = None,
 ) -> None:
     """Propose the next root version (unsigned) on the server for owners to sign."""
     adds = add_key or []
@@ -779,6 +827,13 @@ def root_propose(
     if len(adds) != len(roles):
         raise UsageProblem("give exactly one --role for each --add-key")
     names = _names_opt(name, adds)
+    passkeys = [passkey_entry(p) for p in add_passkey or []]
+    if len(passkeys) != len(passkey_role or []):
+        raise UsageProblem("give exactly one --passkey-role for each --add-passkey")
+    extra = {kid: entry for kid, entry in passkeys}
+    adds = [*adds, *(kid for kid, _ in passkeys)]
+    roles = [*roles, *(passkey_role or [])]
+    names.update({kid: entry.name for kid, entry in passkeys})
     lifetime = parse_duration(expires, what="--expires")
     cfg, client, _ = api()
     with client:
@@ -787,7 +842,9 @@ def root_propose(
         changes = policy_changes(list(policy or []), current.root.policy)
         new = propose(client, t["id"], current, add=list(zip(adds, roles, strict=True)),
                       remove=list(remove_key or []), owner_threshold=owner_threshold,
-                      lifetime_s=lifetime, sync=sync, names=names, cfg=cfg, policy=changes)
+                      lifetime_s=lifetime, sync=sync, names=names, cfg=cfg, policy=changes,
+                      extra_keys=extra, add_witnesses=parse_witness_keys(list(add_witness or [])),
+                      remove_witnesses=list(remove_witness or []))
     say(f"proposed root v{new.version} for {t['name']}:")
     for line in diff_roots(current.root, new):
         say(f"  {line}")
@@ -802,6 +859,7 @@ def root_propose(
         flags.append(f"--owner-threshold {new.roles.owner.threshold}")
     flags += [f"'{policy_flag(k, b)}'" if isinstance(b, list) else policy_flag(k, b)
               for k, (_, b) in d.policy.items()]
+    flags += witness_flags(d)
     if d.added:
         say("before signing, have each new key's holder read you its fingerprint "
             "(`rampart key new` showed it to them) and compare it with the one above")
@@ -834,6 +892,11 @@ def root_sign(
     expires: Annotated[str, typer.Option("--expires", help="The lifetime you expect.")] = "365d",
     policy: Annotated[list[str] | None, typer.Option(
         "--policy", help="A policy change NAME=VALUE you expect (repeatable).")] = None,
+    add_witness: Annotated[list[str] | None, typer.Option(
+        "--add-witness", help="An outside witness's public key you expect to be added (repeatable).")] = None,
+    remove_witness: Annotated[list[str] | None, typer.Option(
+        "--remove-witness", help="Key id of an outside witness you expect to be removed "
+        "(repeatable).")] = None,
     recovery_key: Annotated[str | None, typer.Option(
         "--recovery-key", help="Sign with the tenant's offline recovery key instead of your own: "
         "the sheet's file, or - to type it at a hidden prompt.")] = None,
@@ -849,6 +912,8 @@ def root_sign(
                               list(name or []), list(remove_key or []), owner_threshold,
                               parse_duration(expires, what="--expires"),
                               policy_changes(list(policy or []), None))
+    exp = dataclasses.replace(exp, witness_adds=frozenset(parse_witness_keys(list(add_witness or []))),
+                              witness_removes=frozenset(remove_witness or []))
     interactive = prompts.stdin_is_tty() and not yes and not exp.stated
     cfg, client, session = api()
     with client:
@@ -869,7 +934,9 @@ def root_sign(
         for line in review_lines(d, current.root, new, labels):
             say(f"  {line}")
         if interactive:
-            problems = unsupported_changes(d)
+            problems = unsupported_changes(d) + [
+                f"{line[2:]}: name witness changes with --add-witness/--remove-witness"
+                for line in witness_lines(d)]
             if problems:
                 raise Refused(f"not signed: {'; '.join(problems)}")
             confirm_interactively(d, new, cfg, labels)
@@ -916,7 +983,8 @@ def successor(current: TenantRoot, *, lifetime_s: int, keys: dict[str, KeyEntry]
     thresholds["owner"] = max(1, min(thresholds["owner"], len(roles["owner"])))
     return make_root(tenant=current.tenant, name=current.name, version=current.version + 1,
                      expires=now() + lifetime_s, keys=keys, roles=roles, thresholds=thresholds,
-                     log_keys=dict(current.log_keys), policy=current.policy)
+                     log_keys=dict(current.log_keys), policy=current.policy,
+                     witness_keys=current.witnesses())
 
 
 def put_signed(client: Client, cfg: Config, session: Session, current: TrustedRoot,

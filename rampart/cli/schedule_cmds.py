@@ -318,7 +318,8 @@ def patch_report(
 ) -> None:
     """Security updates pending on each device, ring by ring: all of them, and those older than N days.
 
-    The versions are the candidates the device's package manager reports (its newest).
+    Each update shows the security fix (the newest version a security archive offers), and the
+    newest candidate after it when that is newer still ("openssl 3.0.15 (candidate 3.1.0)").
     """
     seconds = parse_duration(older_than, what="--older-than")
     _, client, _ = api()
@@ -345,9 +346,14 @@ def patch_report(
 
 
 def _updates(updates: Any) -> str:
-    """``name candidate, ...`` of a report's update list."""
-    return ", ".join(f"{u.get('name')} {u.get('candidate')}" for u in updates or []
-                     if isinstance(u, dict))
+    """``name security-version [(candidate newer)], ...`` of a report's update list."""
+    out = []
+    for u in updates or []:
+        if isinstance(u, dict):
+            fix = u.get("security_version") or u.get("candidate")
+            newer = f" (candidate {u.get('candidate')})" if u.get("candidate") not in (None, fix) else ""
+            out.append(f"{u.get('name')} {fix}{newer}")
+    return ", ".join(out)
 
 
 # --- backup policies -------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from rampart import trust
 from rampart.textsafe import safe_line
 from rampart.wire.session import (
     FILE_CHUNK_BYTES,
+    ClientKeys,
     Data,
     Exit,
     FileChunk,
@@ -44,6 +45,7 @@ from rampart.wire.session import (
     FileGet,
     FilePut,
     FileResult,
+    Frame,
     Notice,
     RelayNotice,
     Resize,
@@ -63,6 +65,8 @@ GrantOpt = Annotated[str, typer.Option("--grant", help="Approved grant with the 
 
 #: Exit status of `rampart shell` when the session did not end with the shell's own exit.
 EXIT_SESSION_FAILED = 255
+#: Seconds of silence from the device in the middle of a transfer before `rampart cp` gives up.
+TRANSFER_SILENCE_S = 90
 
 sessions_app = typer.Typer(help="Remote sessions: list, show, play, export and watch.", no_args_is_help=True)
 
@@ -79,6 +83,25 @@ def _open(cfg: Config, client: Client, session: Session, tenant_id: str, device:
           idle_s: int = 900, max_s: int = 3600, expires_s: int = 120, record_input: bool = False,
           on_notice: Any = None) -> tuple[SessionLink, trust.Job]:
     """Sign the session job, send it, and complete the key exchange with the device."""
+    cols, rows = _winsize()
+    return open_session(cfg, client, session, tenant_id, device, grant, keys=client_keys(), cols=cols,
+                        rows=rows, term=_term(), mode=mode, watch=watch, writes=writes, as_root=as_root,
+                        idle_s=idle_s, max_s=max_s, expires_s=expires_s, record_input=record_input,
+                        on_notice=on_notice)
+
+
+def open_session(cfg: Config, client: Client, session: Session, tenant_id: str, device: str, grant: str,
+                 *, keys: ClientKeys, cols: int, rows: int, term: str, mode: str, watch: str = "",
+                 writes: list[str] | None = None, as_root: bool = False, idle_s: int = 900,
+                 max_s: int = 3600, expires_s: int = 120, record_input: bool = False,
+                 on_notice: Any = None) -> tuple[SessionLink, trust.Job]:
+    """Sign a session job carrying ``keys``' public half, send it, complete the key exchange.
+
+    Shared by ``rampart shell``/``cp``/``watch`` and the local console (which shows the key's
+    fingerprint before the operator signs). Nothing is signed unless the device is approved and
+    connected and the grant verifies (:func:`sign_job`); the returned link has checked the
+    device's signed accept.
+    """
     d = _device(client, tenant_id, device)
     device_id = str(d["id"])
     if d.get("status") != "approved":
@@ -86,21 +109,19 @@ def _open(cfg: Config, client: Client, session: Session, tenant_id: str, device:
     if not d.get("connected"):
         raise Refused(f"device {device_id} is offline (its agent is not connected to the server); "
                       "a session needs it online")
-    cols, rows = _winsize()
-    keys = client_keys()
     root = trusted_root(cfg, client, tenant_id)
     record_input = record_input or root.root.policy.record_session_input is True
     try:
         spec = trust.SessionSpec(client_key=keys.public_b64, mode=mode,  # type: ignore[arg-type]
                                  watch=watch, cols=cols, rows=rows,
-                                 term=_term(), idle_timeout_s=idle_s, record_input=record_input)
+                                 term=term, idle_timeout_s=idle_s, record_input=record_input)
         declared = trust.Declared(writes=writes or [], run_as="root" if as_root else "job")
     except (ValueError, TypeError) as exc:
         raise UsageProblem(f"invalid session: {exc}") from None
-    env, job = sign_job(cfg, client, session, tenant_id, grant_id=grant, devices=[device_id],
+    env, job, targets = sign_job(cfg, client, session, tenant_id, grant_id=grant, devices=[device_id],
                         action=trust.Action(kind="shell"), declared=declared, timeout_s=max_s,
                         lifetime_s=expires_s, session_spec=spec)
-    submit_job(client, tenant_id, env, {})
+    submit_job(client, tenant_id, env, {}, job, targets)
     link = SessionLink(client, job.id, device_id, keys)
     log_session(cfg.dir, {"event": "open", "session": job.id, "device": device_id, "mode": mode})
     try:
@@ -299,15 +320,26 @@ def cp(
             f"in session {job.id}")
 
 
-def _await_result(link: SessionLink, file_id: int) -> FileResult:
+def _transfer_frame(link: SessionLink, what: str) -> Frame:
+    """The device's next frame in a transfer; a lost frame, silence or the session's end is an error."""
     while True:
-        frame = link.receive(timeout=120)
+        frame = link.receive(timeout=TRANSFER_SILENCE_S)
         if frame is None:
-            raise CliError("the device did not answer the transfer in time")
-        if isinstance(frame, FileResult) and frame.id == file_id:
-            return frame
+            raise CliError(f"the device {what} for {TRANSFER_SILENCE_S} s")
+        if isinstance(frame, RelayNotice):
+            if frame.status == "device-offline":  # a frame of ours was not delivered: the stream is broken
+                raise CliError(f"the transfer broke: the relay says {safe_line(frame.detail)}")
+            continue
         if isinstance(frame, Exit):
             raise CliError(f"the session ended during the transfer: {frame.reason} {safe_line(frame.detail)}")
+        return frame
+
+
+def _await_result(link: SessionLink, file_id: int) -> FileResult:
+    while True:
+        frame = _transfer_frame(link, "did not answer the transfer")
+        if isinstance(frame, FileResult) and frame.id == file_id:
+            return frame
 
 
 def _upload(link: SessionLink, path: str, data: bytes, mode: int) -> dict[str, Any]:
@@ -336,9 +368,7 @@ def _download(link: SessionLink, path: str, dest: Path) -> dict[str, Any]:
         if not first.ok:
             raise Refused(f"the device refused the download: {safe_line(first.detail)}")
         while True:
-            frame = link.receive(timeout=120)
-            if frame is None:
-                raise CliError("the device stopped sending the file")
+            frame = _transfer_frame(link, "stopped sending the file")
             if isinstance(frame, FileChunk) and frame.id == 1:
                 got += frame.data
                 digest.update(frame.data)
@@ -347,8 +377,6 @@ def _download(link: SessionLink, path: str, dest: Path) -> dict[str, Any]:
                 break
             elif isinstance(frame, FileResult) and frame.id == 1 and not frame.ok:
                 raise Refused(f"the device could not send {path}: {safe_line(frame.detail)}")
-            elif isinstance(frame, Exit):
-                raise CliError(f"the session ended during the transfer: {frame.reason}")
     except SessionEnd as exc:
         raise CliError(f"the session ended: {exc.reason} {safe_line(exc.detail)}") from None
     sha = digest.hexdigest()

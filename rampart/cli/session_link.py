@@ -11,7 +11,8 @@ Invariants (docs/design/remote-sessions.md):
   open ends the session, with the reason recorded in the local session log.
   A stream that ends without the device's final frame is ``stream-truncated``.
 * What the relay says by itself (``relay-notice``) is shown as information,
-  never trusted.
+  never trusted. It may end a wait (``device-lost``, ``device-ended``: the
+  relay could as well close the socket), never a frame's meaning.
 """
 
 from __future__ import annotations
@@ -53,7 +54,11 @@ from rampart.wire.session import (
 from .client import Client
 from .errors import CliError, NetworkProblem, Refused
 
-__all__ = ["SessionLink", "log_session"]
+__all__ = ["ENDING_NOTICES", "SessionLink", "log_session"]
+
+#: Relay notices after which no frame of the session can come: the device's connection that carried
+#: it closed, or the device's receipt for it is stored.
+ENDING_NOTICES = frozenset({"device-lost", "device-ended"})
 
 
 def log_session(cfg_dir: Path, event: dict[str, Any]) -> None:
@@ -119,6 +124,8 @@ class SessionLink:
                     raise Refused(f"the relay refused the session: {safe_line(msg.detail)}")
                 if msg.status == "device-refused":
                     raise Refused(f"the device refused the session job: {safe_line(msg.detail)}")
+                if msg.status in ENDING_NOTICES:
+                    raise SessionEnd(msg.status, f"the relay says: {safe_line(msg.detail)}")
                 if on_notice is not None:
                     on_notice(text)
                 continue
@@ -178,6 +185,8 @@ class SessionLink:
             except TimeoutError:
                 return None
             if isinstance(msg, RelayNotice):
+                if msg.status in ENDING_NOTICES:
+                    raise SessionEnd(msg.status, f"the relay says: {safe_line(msg.detail)}")
                 return msg
             if isinstance(msg, SessionEndMessage):
                 if self.opener.final:

@@ -258,6 +258,19 @@ def tenant_list(json_out: JsonOpt = False, output: OutputOpt = None) -> None:
            for d in docs if isinstance(d, dict)), title="Tenants")
 
 
+def _confirm_name(t: dict[str, Any], given: str | None, *, prompt: str, nothing: str) -> str:
+    """The tenant's name as the operator typed it again (``--confirm`` or asked on a terminal);
+    UsageProblem, with ``nothing`` said, if it does not match."""
+    from . import prompts
+
+    typed = given
+    if typed is None and prompts.stdin_is_tty():
+        typed = input(f"Type the tenant's name ({safe_line(str(t['name']))}) {prompt}: ").strip()
+    if typed is None or typed != t["name"]:
+        raise UsageProblem(f"the tenant's name was not confirmed (--confirm NAME): {nothing}")
+    return typed
+
+
 @tenant_app.command("archive")
 def tenant_archive(
     tenant: Annotated[str, typer.Argument(help="Tenant name or id.")],
@@ -265,16 +278,10 @@ def tenant_archive(
         "--confirm", help="The tenant's name, typed again (asked for on a terminal).")] = None,
 ) -> None:
     """Archive a tenant (owners; asks for a fresh TOTP code): devices refused, no job accepted, all kept."""
-    from . import prompts
-
     _, client, _ = api()
     with client:
         t = resolve_tenant(client, tenant)
-        typed = confirm_name
-        if typed is None and prompts.stdin_is_tty():
-            typed = input(f"Type the tenant's name ({safe_line(str(t['name']))}) to archive it: ").strip()
-        if typed != t["name"]:
-            raise UsageProblem("the tenant's name was not confirmed (--confirm NAME): nothing archived")
+        _confirm_name(t, confirm_name, prompt="to archive it", nothing="nothing archived")
         client.post(f"/tenants/{t['id']}/archive")
     say(f"tenant {t['name']} archived: its devices are disconnected and refused, no job is accepted; "
         f"`rampart tenant unarchive {t['name']}` brings it back")
@@ -290,6 +297,46 @@ def tenant_unarchive(tenant: Annotated[str, typer.Argument(help="Tenant name or 
     say(f"tenant {t['name']} unarchived: its agents reconnect within the hour (or at their restart)")
 
 
+@tenant_app.command("delete")
+def tenant_delete(
+    tenant: Annotated[str, typer.Argument(help="Tenant name or id (archived first).")],
+    confirm_name: Annotated[str | None, typer.Option(
+        "--confirm", help="The tenant's name, typed again (asked for on a terminal).")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Delete an archived tenant for good (owners of every tenant; asks for a fresh TOTP code).
+
+    Everything it holds is removed in one step; its audit log is kept, readable with
+    `rampart audit verify|export`, until retention removes it (deleted_tenant_audit_days)."""
+    _, client, _ = api()
+    with client:
+        t = resolve_tenant(client, tenant)
+        typed = _confirm_name(t, confirm_name, prompt="to delete it (this cannot be undone)",
+                              nothing="nothing deleted")
+        doc = expect_dict(client.post(f"/tenants/{t['id']}/delete", {"confirm": typed}), "deletion")
+    if json_out:
+        print_json(doc)
+        return
+    removed = doc.get("removed")
+    count = sum(v for v in removed.values() if isinstance(v, int)) if isinstance(removed, dict) else 0
+    say(f"tenant {t['name']} deleted ({count} records "
+        f"removed); its audit log is kept until {fmt_time(doc.get('audit_until'))}")
+
+
+@tenant_app.command("deleted")
+def tenant_deleted(json_out: JsonOpt = False, output: OutputOpt = None) -> None:
+    """List deleted tenants whose audit log is still kept (owners of every tenant)."""
+    _, client, _ = api()
+    with client:
+        docs = expect_list(client.get("/deleted-tenants"), "deleted tenants")
+    if wants_json(json_out, output):
+        print_json(docs)
+        return
+    table(["id", "name", "deleted", "by", "audit log kept until"],
+          ([d.get("id"), d.get("name"), fmt_time(d.get("deleted_at")), d.get("deleted_by"),
+            fmt_time(d.get("audit_until"))] for d in docs if isinstance(d, dict)), title="Deleted tenants")
+
+
 @enroll_app.command("new")
 def enroll_new(
     tenant: Annotated[str, typer.Argument(help="Tenant name or id.")],
@@ -298,17 +345,34 @@ def enroll_new(
                      ] = DEFAULT_AGENT_STATE,
     agent_server: Annotated[str | None, typer.Option(
         "--agent-server", help="Server URL as agents reach it (default: your login URL).")] = None,
+    package: Annotated[Path | None, typer.Option(
+        "--package", help="The agent .deb or bundle (`make deb`, `make agent-bundle`): print one "
+        "line that checks its SHA-256, installs it and enrols.")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Print the `rampart-agent enroll` command and a one-time token (never on its command line)."""
+    from .agent_install import AgentPackage
+
     ttl_s = parse_duration(ttl, what="--ttl")
+    pkg = AgentPackage.read(package) if package is not None else None  # before a token is made
     cfg, client, session = api()
     with client:
         t = resolve_tenant(client, tenant)
         out = enrollment_command(cfg, client, session, t["id"], ttl_s, state=state,
                                  agent_server=agent_server)
+    line = pkg.install_line(out["command"], TOKEN_ENV) if pkg is not None else None
+    if pkg is not None:
+        out.update(install_line=line, package=pkg.name, package_sha256=pkg.sha256)
     if json_out:
         print_json(out)
+        return
+    if pkg is not None:
+        say(f"install and enrol: in a root bash on the device, in the directory holding {pkg.name}, "
+            f"before {fmt_time(out['expires_at'])}, run this line and paste the token at its silent prompt:")
+        say(f"  {line}")
+        say(f"package SHA-256 {pkg.sha256} (the line refuses any other file; compare with the build's)")
+        say(f"one-time enrolment token: {out['token']}")
+        say(f"then approve it: rampart device approve {t['name']} DEVICE")
         return
     say(f"run on the device in a root shell, before {fmt_time(out['expires_at'])} (the first line "
         f"reads the token without echo: paste it there, never on a command line):")

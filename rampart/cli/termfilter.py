@@ -13,6 +13,12 @@ passes ordinary output and CSI/ESC controls, and drops:
   device's text back into the session as if the technician had);
 * C1 controls (U+0080..U+009F) in the UTF-8 stream, which some terminals obey.
 
+With ``drop_queries=True`` (the local console's terminal in the browser, xterm.js, which
+answers a query by emitting it as typed input) it also drops every CSI sequence that makes
+a terminal answer: device attributes (``c``, ``>c``, ``=c``), status and cursor reports
+(``n``), mode reports (``$p``), terminal parameters (``x``), window reports (``t``), so a
+device cannot make the operator's terminal type into the device's own shell.
+
 Streaming: state carries across chunks, so a sequence split between two
 frames is judged whole. Pure: bytes in, bytes out.
 """
@@ -23,13 +29,17 @@ __all__ = ["TerminalFilter"]
 
 _ESC = 0x1B
 _BEL = 0x07
-_MAX_STRING = 4096  # longest OSC title kept; longer strings are dropped whole
+_MAX_STRING = 4096
+#: CSI finals of requests a terminal answers (DA, DSR/CPR, DECREQTPARM, window ops) or
+#: that change how it answers (DECRQM is ``$p``).
+_QUERY_FINALS = frozenset(b"cnxt")  # longest OSC title kept; longer strings are dropped whole
 
 
 class TerminalFilter:
     """A streaming filter for remote terminal output (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, drop_queries: bool = False) -> None:
+        self._drop_queries = drop_queries
         self._state = "text"
         self._buf = bytearray()
         self.dropped = 0
@@ -75,6 +85,8 @@ class TerminalFilter:
                 params = bytes(self._buf[2:-1])
                 self._state = "text"
                 if b == ord("t") and params.split(b";")[0] in (b"20", b"21"):
+                    self.dropped += 1
+                elif self._drop_queries and (b in _QUERY_FINALS or (b == ord("p") and b"$" in params)):
                     self.dropped += 1
                 else:
                     out += self._buf

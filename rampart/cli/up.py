@@ -215,10 +215,15 @@ class Quickstart:
         secret = parse_qs(urlsplit(uri).query).get("secret", [""])[0]
         if not secret:
             raise ServerProblem("the server's otpauth URI has no secret")
+        # Kept unconfirmed until the server accepts a code: a failed confirmation (a clock off by
+        # minutes, an interrupted run) leaves the enrolment to retry with the same one-time token.
         self.creds[name]["totp_secret"] = secret
+        self.creds[name]["totp_confirmed"] = False
         self.save_creds()
         sdoc = client.post("/auth/totp/confirm", {"enrolment_token": enrol_token,
                                                    "code": self._totp(name)})
+        self.creds[name]["totp_confirmed"] = True
+        self.save_creds()
         session = session_from(sdoc, self.url, self.cert(), name)
         cfg.save_session(session, self.cert())
         return session
@@ -239,9 +244,14 @@ class Quickstart:
         cfg.save_session(session, self.cert())
         return session
 
+    def enrolled(self, name: str) -> bool:
+        """The account's TOTP enrolment was confirmed (credentials from before the flag existed were)."""
+        entry = self.creds.get(name) or {}
+        return bool(entry.get("totp_secret")) and entry.get("totp_confirmed", True) is not False
+
     def ensure_admin(self, cfg: Config) -> Session:
         entry = self.creds.get(ADMIN) or {}
-        if entry.get("totp_secret"):
+        if self.enrolled(ADMIN):
             return self.login(ADMIN, cfg)
         token = self.creds.get("bootstrap_token")
         if not token:
@@ -260,17 +270,21 @@ class Quickstart:
 
     def ensure_tech(self, admin: Client, cfg: Config) -> Session:
         entry = self.creds.get(TECH) or {}
-        if entry.get("totp_secret"):
+        if self.enrolled(TECH):
             return self.login(TECH, cfg)
-        doc = expect_dict(admin.post("/accounts", {"username": TECH, "role": "technician",
-                                                   "tenants": None}), "account")
-        activation = field(doc, "activation_token", str, "account")
-        self.creds[TECH] = {"password": secrets.token_urlsafe(18)}
-        self.save_creds()
+        activation = entry.get("activation_token")
+        if not activation:  # else: an earlier run's activation failed; retry it with its token
+            doc = expect_dict(admin.post("/accounts", {"username": TECH, "role": "technician",
+                                                       "tenants": None}), "account")
+            activation = field(doc, "activation_token", str, "account")
+            self.creds[TECH] = {"password": secrets.token_urlsafe(18), "activation_token": activation}
+            self.save_creds()
         with self.client() as c:
             doc = c.post("/auth/activate", {"username": TECH, "activation_token": activation,
                                             "password": self.creds[TECH]["password"]})
             session = self._enrol_totp(c, TECH, doc, cfg)
+        self.creds[TECH].pop("activation_token", None)
+        self.save_creds()
         say(f"created the technician account {TECH}")
         return session
 
@@ -439,7 +453,7 @@ def _print_env(q: Quickstart, name: str) -> None:
     """Shell lines that make ``name`` the current operator (re-logging in if needed)."""
     if name not in (ADMIN, TECH):
         raise UsageProblem(f"--env takes {ADMIN} or {TECH}")
-    if not q.creds.get(name, {}).get("totp_secret"):
+    if not q.enrolled(name):
         raise CliError(f"{q.data} has no {name} account yet: run `rampart up` first")
     url = q.state.get("url")
     if isinstance(url, str) and url != q.url:

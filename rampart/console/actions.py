@@ -160,26 +160,31 @@ def grant_row(root: TrustedRoot, summary: dict[str, Any], mine: set[str]) -> dic
             status = trust.grant_status(root, data)
         except trust.TrustError as exc:
             raise Refused(f"grant: {exc}") from exc
-        check_summary(summary, g)
+        devices = check_summary(summary, g)
     except CliError as exc:
         return {"id": gid, "error": exc.message}
-    doc = grant_doc(g, root, status, summary.get("status"))
+    doc = grant_doc(g, root, status, summary.get("status"), devices)
     doc["mine"] = g.grantee in mine
     doc["usable"] = (doc["mine"] and status.complete and g.not_before <= time.time() < g.not_after
                      and summary.get("status") != "revoked")
     return doc
 
 
-def tenant(cfg: Config, tenant_id: str) -> dict[str, Any]:
-    """The trusted root, this operator's keys in it, the grants (decoded here), the devices."""
+def tenant(cfg: Config, tenant_id: str, passkeys: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The trusted root, this operator's keys in it, the grants (decoded here), the devices.
+
+    ``passkeys``: key ids of this operator's passkeys (their grants are this operator's too)."""
     with connected(cfg) as (client, session):
         root = trusted_root(cfg, client, tenant_id)
         summaries = [d for d in expect_list(client.get(f"/tenants/{tenant_id}/grants"), "grants")
                      if isinstance(d, dict)]
         devices = _devices(client, tenant_id)
-    mine = {k.keyid for k in cfg.key_candidates(session.username, tenant_id)}
+    mine = {k.keyid for k in cfg.key_candidates(session.username, tenant_id)} | passkeys
+    rows = [grant_row(root, s, mine) for s in summaries]
+    for row in rows:
+        row["passkey"] = row.get("grantee") in passkeys
     return {"session": session, "root": _root_doc(cfg, session, root),
-            "grants": [grant_row(root, s, mine) for s in summaries], "devices": devices,
+            "grants": rows, "devices": devices,
             "capabilities": [c for c in ALL_CAPABILITIES if c in root.root.policy.capabilities]}
 
 
@@ -210,7 +215,7 @@ def approve(cfg: Config, grant_id: str, *, reviewed_sha256: str, key_passphrase_
 
 
 def request(cfg: Config, tenant_id: str, *, devices: list[str], capabilities: list[str],
-            duration: str, reason: str) -> dict[str, Any]:
+            duration: str, reason: str, passkeys: frozenset[str] = frozenset()) -> dict[str, Any]:
     """Ask for a grant for this operator's technician key; it must say exactly what was asked."""
     if not devices:
         raise UsageProblem("select at least one device")
@@ -222,13 +227,16 @@ def request(cfg: Config, tenant_id: str, *, devices: list[str], capabilities: li
     with connected(cfg) as (client, session):
         root = trusted_root(cfg, client, tenant_id)
         gid, grant = request_grant(cfg, client, session, tenant_id, devices=devices,
-                                   capabilities=capabilities, duration_s=seconds, reason=reason)
-    return {"session": session, "id": gid, "grant": grant_doc(grant, root, None, "requested")}
+                                   capabilities=capabilities, duration_s=seconds, reason=reason,
+                                   passkeys=passkeys)
+    return {"session": session, "id": gid,
+            "grant": grant_doc(grant, root, None, "requested", sorted(devices))}
 
 
-def run_form(cfg: Config, tenant_id: str, grant_id: str | None) -> dict[str, Any]:
+def run_form(cfg: Config, tenant_id: str, grant_id: str | None,
+             passkeys: frozenset[str] = frozenset()) -> dict[str, Any]:
     """The grants this operator can run under now, and the devices the chosen one covers."""
-    view = tenant(cfg, tenant_id)
+    view = tenant(cfg, tenant_id, passkeys)
     usable = [g for g in view["grants"] if g.get("usable")]
     chosen = next((g for g in usable if g["id"] == grant_id), None) if grant_id else None
     names = {d["id"]: d.get("hostname") for d in view["devices"]}
@@ -244,6 +252,20 @@ def run_script(cfg: Config, tenant_id: str, *, grant_id: str, devices: list[str]
 
     ``signed`` (this launch's memory) receives what was signed, for the job's page.
     """
+    body, timeout = script_job_input(devices, script, timeout_s)
+    with passphrase(key_passphrase_text), connected(cfg, step_up_code) as (client, session):
+        envelope, job, targets = sign_script_job(cfg, client, session, tenant_id, grant_id=grant_id,
+                                        devices=devices, script=body, writes=[], connect=[],
+                                        as_root=False, timeout_s=timeout, lifetime_s=3600)
+        doc = submit_job(client, tenant_id, envelope, {"script": body}, job, targets)
+    if field(doc, "id", str, "job") != job.id:
+        raise Refused("the server stored the job under another id")
+    signed[job.id] = signed_doc(job, body, targets)
+    return job.id
+
+
+def script_job_input(devices: list[str], script: str, timeout_s: str) -> tuple[bytes, int]:
+    """The script's bytes and the time limit from the form, checked (UsageProblem if not)."""
     if not devices:
         raise UsageProblem("select at least one device")
     body = script.replace("\r\n", "\n").encode()
@@ -257,20 +279,12 @@ def run_script(cfg: Config, tenant_id: str, *, grant_id: str, devices: list[str]
         raise UsageProblem("the time limit is a number of seconds") from None
     if not 1 <= timeout <= 86400:
         raise UsageProblem("the time limit is between 1 and 86400 seconds")
-    with passphrase(key_passphrase_text), connected(cfg, step_up_code) as (client, session):
-        envelope, job = sign_script_job(cfg, client, session, tenant_id, grant_id=grant_id,
-                                        devices=devices, script=body, writes=[], connect=[],
-                                        as_root=False, timeout_s=timeout, lifetime_s=3600)
-        doc = submit_job(client, tenant_id, envelope, {"script": body})
-    if field(doc, "id", str, "job") != job.id:
-        raise Refused("the server stored the job under another id")
-    signed[job.id] = _signed_doc(job, body)
-    return job.id
+    return body, timeout
 
 
-def _signed_doc(job: Job, script: bytes) -> dict[str, Any]:
+def signed_doc(job: Job, script: bytes, targets: list[str]) -> dict[str, Any]:
     return {"id": job.id, "tenant": job.tenant, "grant": job.grant, "signer": job.signer,
-            "devices": list(job.devices), "timeout_s": job.timeout_s, "issued_at": job.issued_at,
+            "devices": list(targets), "timeout_s": job.timeout_s, "issued_at": job.issued_at,
             "expires_at": job.expires_at, "script_sha256": hashlib.sha256(script).hexdigest(),
             "script_size": len(script), "script": script.decode("utf-8", "replace")}
 

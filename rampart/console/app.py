@@ -25,13 +25,13 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 
 from rampart import __version__, webui
 from rampart.cli.config import Config
 from rampart.cli.errors import CliError, NetworkProblem, NotLoggedIn, Refused, ServerProblem, UsageProblem
 
-from . import actions
+from . import actions, passkeys, sessions
 from .web import HEADERS, Guard, many, read_form
 
 T = TypeVar("T")
@@ -41,7 +41,8 @@ log = logging.getLogger("rampart.console")
 
 _ID: Final = re.compile(r"^[a-z]{2,4}-[A-Za-z0-9_-]{1,80}$")
 #: Static files of this console besides the shared ones (webui.STATIC), by name.
-STATIC: Final[dict[str, str]] = {"launch.js": "text/javascript; charset=utf-8"}
+STATIC: Final[dict[str, str]] = {"launch.js": "text/javascript; charset=utf-8",
+                                  "passkey.js": "text/javascript; charset=utf-8"}
 
 _HERE = Path(str(resources.files(__name__.rpartition(".")[0])))
 _env = webui.environment(_HERE / "templates")
@@ -62,6 +63,8 @@ def _status_of(exc: CliError) -> int:
 def build_app(cfg: Config, guard: Guard) -> Starlette:
     """The console for the operator whose CLI state is ``cfg``, guarded by ``guard``."""
     signed: dict[str, dict[str, Any]] = {}  # jobs signed in this launch, by id
+    challenges = passkeys.Challenges()  # passkey registrations asked for by this launch
+    pending = passkeys.PendingJobs()  # jobs built here, waiting for a passkey's signature
 
     def render(template: str, code: int = 200, *, signed_in: bool = True, **values: Any) -> HTMLResponse:
         """A page; the CSRF token only on pages of the launch session (never on the launch page)."""
@@ -151,11 +154,34 @@ def build_app(cfg: Config, guard: Guard) -> Starlette:
         tid = request.path_params["t"]
         done = await work(partial(actions.request, cfg, tid, devices=many(form, "devices"),
                                   capabilities=many(form, "capabilities"),
-                                  duration=form.get("duration", ""), reason=form.get("reason", "")))
+                                  duration=form.get("duration", ""), reason=form.get("reason", ""),
+                                  passkeys=passkeys.passkey_ids(cfg, tid)))
         return render("requested.html", tenant_id=tid, **done)
 
     async def grant_page(request: Request, form: dict[str, str]) -> Response:
-        return render("grant.html", **await work(actions.review, cfg, request.path_params["g"]))
+        return render("grant.html", **await work(passkeys.review, cfg, request.path_params["g"],
+                                                 guard.request_origin(request)))
+
+    async def approve_passkey_post(request: Request, form: dict[str, str]) -> Response:
+        done = await work(partial(passkeys.approve, cfg, request.path_params["g"],
+                                  reviewed_sha256=form.get("reviewed", ""), keyid=form.get("keyid", ""),
+                                  authenticator_data=form.get("authenticator_data", ""),
+                                  client_data=form.get("client_data", ""),
+                                  signature=form.get("signature", ""),
+                                  step_up_code=form.get("totp") or None))
+        return render("approved.html", **done)
+
+    async def passkey_page(request: Request, form: dict[str, str]) -> Response:
+        return render("passkey.html", **await work(passkeys.register_form, cfg, request.path_params["t"],
+                                                   guard.request_origin(request), challenges))
+
+    async def passkey_post(request: Request, form: dict[str, str]) -> Response:
+        done = await work(partial(passkeys.register, cfg, request.path_params["t"],
+                                  origin=guard.request_origin(request), challenges=challenges,
+                                  name=form.get("name", ""), credential_id=form.get("credential_id", ""),
+                                  spki=form.get("spki", ""), alg=form.get("alg", ""),
+                                  client_data=form.get("client_data", "")))
+        return render("passkey_registered.html", **done)
 
     async def approve_post(request: Request, form: dict[str, str]) -> Response:
         done = await work(partial(actions.approve, cfg, request.path_params["g"],
@@ -168,7 +194,8 @@ def build_app(cfg: Config, guard: Guard) -> Starlette:
         grant = request.query_params.get("grant")
         if grant is not None and not _ID.match(grant):
             return refused(404, "no such grant")
-        return render("run.html", **await work(actions.run_form, cfg, request.path_params["t"], grant))
+        return render("run.html", **await work(passkeys.run_form, cfg, request.path_params["t"], grant,
+                                                guard.request_origin(request)))
 
     async def run_post(request: Request, form: dict[str, str]) -> Response:
         grant = form.get("grant", "")
@@ -179,6 +206,25 @@ def build_app(cfg: Config, guard: Guard) -> Starlette:
                                     timeout_s=form.get("timeout", "300"),
                                     key_passphrase_text=form.get("passphrase", ""),
                                     step_up_code=form.get("totp") or None, signed=signed))
+        return RedirectResponse(f"/jobs/{job_id}", status_code=303, headers=HEADERS)
+
+    async def run_passkey_post(request: Request, form: dict[str, str]) -> Response:
+        grant = form.get("grant", "")
+        if not _ID.match(grant):
+            return refused(400, "choose a grant")
+        done = await work(partial(passkeys.prepare_script, cfg, request.path_params["t"], grant_id=grant,
+                                  devices=many(form, "devices"), script=form.get("script", ""),
+                                  timeout_s=form.get("timeout", "300"),
+                                  origin=guard.request_origin(request), pending=pending))
+        return render("sign_job.html", **done)
+
+    async def sign_job_post(request: Request, form: dict[str, str]) -> Response:
+        job_id = await work(partial(passkeys.sign_script, cfg, request.path_params["t"],
+                                    request.path_params["j"],
+                                    authenticator_data=form.get("authenticator_data", ""),
+                                    client_data=form.get("client_data", ""),
+                                    signature=form.get("signature", ""),
+                                    step_up_code=form.get("totp") or None, pending=pending, signed=signed))
         return RedirectResponse(f"/jobs/{job_id}", status_code=303, headers=HEADERS)
 
     async def job_page(request: Request, form: dict[str, str]) -> Response:
@@ -202,8 +248,14 @@ def build_app(cfg: Config, guard: Guard) -> Starlette:
         done = await work(actions.root_publish, cfg, request.path_params["t"])
         return render("rootsigned.html", **done)
 
+    shells = sessions.Shells(cfg, guard, render)  # remote shells in the browser (sessions.py)
     return Starlette(routes=[
         Route("/", index, methods=["GET"]),
+        Route("/static/shell/{name}", shells.static, methods=["GET"]),
+        route("/t/{t}/shell", shells.page),
+        route("/t/{t}/shell", shells.open, post=True),
+        route("/shells/{s}", shells.terminal),
+        WebSocketRoute("/shells/{s}/ws", shells.socket),
         Route("/launch", launch, methods=["POST"]),
         Route("/static/{name}", static, methods=["GET"]),
         route("/t/{t}", tenant_page),
@@ -213,6 +265,11 @@ def build_app(cfg: Config, guard: Guard) -> Starlette:
         route("/t/{t}/run", run_post, post=True),
         route("/grants/{g}", grant_page),
         route("/grants/{g}/approve", approve_post, post=True),
+        route("/grants/{g}/approve-passkey", approve_passkey_post, post=True),
+        route("/t/{t}/passkey", passkey_page),
+        route("/t/{t}/run-passkey", run_passkey_post, post=True),
+        route("/t/{t}/run-passkey/{j}", sign_job_post, post=True),
+        route("/t/{t}/passkey", passkey_post, post=True),
         route("/jobs/{j}", job_page),
         route("/t/{t}/root", root_page),
         route("/t/{t}/root/sign", root_post, post=True),

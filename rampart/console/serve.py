@@ -34,10 +34,11 @@ def bind(port: int) -> socket.socket:
     return sock
 
 
-def serve(cfg: Config, port: int) -> None:
-    """Serve the console until interrupted; print its one-time address first."""
+def serve(cfg: Config, port: int, *, localhost: bool = False) -> None:
+    """Serve the console until interrupted; print its one-time address first (at ``localhost``
+    for passkeys: still bound to 127.0.0.1 only)."""
     sock = bind(port)
-    guard = Guard(port=int(sock.getsockname()[1]))
+    guard = Guard(port=int(sock.getsockname()[1]), host="localhost" if localhost else LOOPBACK)
     app = build_app(cfg, guard)
     config = uvicorn.Config(app, log_level="warning", access_log=False, proxy_headers=False,
                             server_header=False, date_header=False, lifespan="off")

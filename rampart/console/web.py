@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Final
 from urllib.parse import parse_qs
 
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 
 from rampart.webui import CSP
 
@@ -66,6 +66,9 @@ class Guard:
     """The secrets of one launch of the console, and the checks every request passes."""
 
     port: int
+    #: The host name of the printed address: ``127.0.0.1``, or ``localhost`` for passkeys
+    #: (WebAuthn takes a domain as RP ID, never an IP address).
+    host: str = "127.0.0.1"
     launch_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     session_value: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     launched: bool = False
@@ -82,14 +85,19 @@ class Guard:
 
     @property
     def origin(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
+
+    def request_origin(self, request: HTTPConnection) -> str:
+        """The origin the browser uses (after :meth:`host_ok`): http://127.0.0.1:PORT or
+        http://localhost:PORT."""
+        return f"http://{request.headers.get('host', '')}"
 
     @property
     def url(self) -> str:
         """What ``rampart console`` prints: the launch secret is in the fragment only."""
         return f"{self.origin}/#launch={self.launch_token}"
 
-    def host_ok(self, request: Request) -> bool:
+    def host_ok(self, request: HTTPConnection) -> bool:
         """The request names this console as its host (DNS rebinding refused)."""
         host = request.headers.get("host", "")
         return host in (f"127.0.0.1:{self.port}", f"localhost:{self.port}")
@@ -103,7 +111,7 @@ class Guard:
         host = request.headers.get("host", "")
         return origin is not None and origin == f"http://{host}"
 
-    def signed_in(self, request: Request) -> bool:
+    def signed_in(self, request: HTTPConnection) -> bool:
         """The launch session's cookie, within the idle and absolute limits (each use renews idle)."""
         sent = request.cookies.get(self.cookie_name, "")
         if not (self.launched and hmac.compare_digest(sent.encode(), self.session_value.encode())):

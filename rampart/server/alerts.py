@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from rampart.trust import new_id
 
 from .errors import Conflict
-from .models import AlertRow, Delivery, NotifyTarget
+from .models import AlertRow, Delivery, IncidentNotice, NotifyTarget, ServiceStatement
 
 Severity = Literal["info", "warning", "critical"]
 LIVE = ("open", "acknowledged")
@@ -88,6 +88,8 @@ def raise_alert(s: Session, tenant_ids: Iterable[str | None], *, kind: str, seve
             s.add(row)
             s.flush()
             enqueue(s, row, now)  # delivered by the notifier; queued with the alert itself
+            if tenant_id is not None:
+                record_notices(s, tenant_id, [row], now)
         out.append(row)
     s.flush()
     return out
@@ -141,7 +143,37 @@ def raise_many(s: Session, tenant_id: str, device_id: str | None, specs: Sequenc
     s.add_all(new)
     s.flush()
     enqueue_new(s, tenant_id, new, now)
+    record_notices(s, tenant_id, new, now)
     return live
+
+
+def record_notices(s: Session, tenant_id: str, alerts: Sequence[AlertRow], now: float) -> int:
+    """For each critical alert just opened in a tenant whose service statement names a contact target,
+    an :class:`IncidentNotice` with the deadline in force now (C1, M7); return how many.
+
+    Same transaction as the alert and its deliveries: the contact target's delivery is queued by
+    :func:`enqueue` (a critical alert reaches every target), and the notifier sets ``notified_at``
+    when that delivery succeeds (:func:`notice_delivered`)."""
+    critical = [a for a in alerts if a.severity == "critical"]
+    if not critical:
+        return 0
+    st = s.get(ServiceStatement, tenant_id)
+    if st is None or st.contact_target is None:
+        return 0
+    for a in critical:
+        s.add(IncidentNotice(alert_id=a.id, tenant_id=tenant_id, target_id=st.contact_target, kind=a.kind,
+                             subject=a.subject[:256], opened_at=now, deadline_s=st.deadline_s,
+                             notified_at=None))
+    s.flush()
+    return len(critical)
+
+
+def notice_delivered(s: Session, target_id: str, alert_id: str, when: float) -> None:
+    """The notifier delivered ``alert_id`` to ``target_id``: the alert's incident notice, if that is its
+    contact target and it was not notified before, is notified now."""
+    row = s.get(IncidentNotice, alert_id)
+    if row is not None and row.target_id == target_id and row.notified_at is None:
+        row.notified_at = when
 
 
 def enqueue_new(s: Session, tenant_id: str, alerts: Sequence[AlertRow], now: float) -> int:

@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rampart import __version__
 
-from . import clock, retention, root_expiry, throttle, totp_store
+from . import clock, directory, retention, root_expiry, throttle, totp_store
 from .access import sweep_dormant
 from .alerts import raise_alert
 from .api import (
@@ -43,12 +43,16 @@ from .api import (
     jobs,
     notify,
     patching,
+    reports,
     sessions,
     telemetry,
     tenants,
 )
 from .api import auth as auth_api
+from .api import directory as directory_api
 from .api.console import router as console_router
+from .api.contract import allowed_methods
+from .api.contract import install as install_contract
 from .api.schemas import HealthOut
 from .api.status_page import router as status_router
 from .audit import SERVER_LOG, AuditLog
@@ -58,7 +62,7 @@ from .config import ServerConfig, load_config
 from .context import ServerContext
 from .db import Store, migrate
 from .delivery import DeliveryStore
-from .errors import Refusal, ServerError, TooManyRequests
+from .errors import Refusal, ServerError, TooManyRequests, Unauthenticated
 from .gateway import Gateway
 from .gateway_listener import server_ssl_context, start_gateway_listener
 from .keystore import LogKeyStore
@@ -144,6 +148,8 @@ def _install_error_handlers(app: FastAPI) -> None:
             doc["code"] = exc.code
         if isinstance(exc, TooManyRequests):
             headers["Retry-After"] = str(exc.retry_after)
+        if isinstance(exc, Unauthenticated):  # RFC 9110 §15.5.2: a 401 names its scheme
+            headers["WWW-Authenticate"] = "Bearer"
         return JSONResponse(doc, status_code=exc.status, headers=headers or None)
 
     @app.exception_handler(RequestValidationError)
@@ -151,10 +157,13 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": _one_line(exc)}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else "error"
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:  # RFC 9110 §15.5.6: every method the resource serves
+            headers["Allow"] = ", ".join(allowed_methods(request.app, request.url.path))
         return JSONResponse({"detail": detail}, status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+                            headers=headers or None)
 
     @app.exception_handler(OperationalError)
     async def _store_busy(request: Request, exc: OperationalError) -> JSONResponse:
@@ -273,13 +282,19 @@ async def _scheduler_cadence(ctx: ServerContext) -> None:
 async def _retention_cadence(ctx: ServerContext) -> None:
     """Delete resolved findings and alerts past their retention, in bounded batches (retention.py)."""
     await _every(ctx.limits.retention_interval_s,
-                 lambda now: retention.sweep(ctx.store, ctx.limits, now), "retention sweep")
+                 lambda now: retention.sweep(ctx.store, ctx.limits, now, audit=ctx.audit), "retention sweep")
 
 
 async def _root_expiry_cadence(ctx: ServerContext) -> None:
     """Alert owners 90, 30 and 7 days before a tenant root expires (root_expiry.py)."""
     await _every(ctx.limits.root_expiry_interval_s,
                  lambda now: root_expiry.sweep(ctx.store, now), "root expiry check")
+
+
+async def _directory_cadence(ctx: ServerContext) -> None:
+    """Scheduled directory audits that are due, checked every scheduler tick (directory.py)."""
+    await _every(ctx.limits.scheduler_interval_s,
+                 lambda now: directory.sweep(ctx.store, ctx.audit, now), "directory audit")
 
 
 async def _checkpoint_cadence(ctx: ServerContext) -> None:
@@ -297,7 +312,8 @@ def build_context(config: ServerConfig) -> ServerContext:
     migrate(store.engine)
     totp_store.prepare(store, config.keys_dir)  # the key; clear secrets of older versions sealed
     audit_log = AuditLog(store, LogKeyStore(config.keys_dir))
-    gateway = Gateway(DeliveryStore(store, audit_log), config.limits,
+    gateway = Gateway(DeliveryStore(store, audit_log, witness_wait_s=config.limits.witness_wait_s),
+                      config.limits,
                       TelemetryStore(store, config.limits), ScriptCheckStore(store))
     gateway.relay = SessionRelay(store, audit_log, gateway.send_to_device)
     cert = cert_sha256_of(config.cert_path) if config.cert_path.exists() else None
@@ -328,6 +344,7 @@ def create_app(data_dir: Path | str, *, config: ServerConfig | None = None,
         scheduling = asyncio.create_task(_scheduler_cadence(ctx))
         retaining = asyncio.create_task(_retention_cadence(ctx))
         expiring = asyncio.create_task(_root_expiry_cadence(ctx))
+        auditing = asyncio.create_task(_directory_cadence(ctx))
         listener = None
         if agent_listen is not None:
             ssl_ctx = server_ssl_context(str(ctx.config.cert_path), str(ctx.config.key_path)) \
@@ -342,7 +359,7 @@ def create_app(data_dir: Path | str, *, config: ServerConfig | None = None,
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(listener.wait_closed(), 5)
             for task in (cadence, chores, notifying, checking, watching, scheduling, retaining,
-                         expiring):
+                         expiring, auditing):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -352,6 +369,7 @@ def create_app(data_dir: Path | str, *, config: ServerConfig | None = None,
                   docs_url=None, redoc_url=None)
     app.state.ctx = ctx
     _install_error_handlers(app)
+    install_contract(app)
 
     api = APIRouter(prefix="/api/v1")
 
@@ -360,7 +378,7 @@ def create_app(data_dir: Path | str, *, config: ServerConfig | None = None,
         return HealthOut(status="ok", version=__version__)
 
     for module in (auth_api, accounts, tenants, devices, grants, jobs, audit, alerts, notify, telemetry,
-                   checks, patching, backups, groups, sessions):
+                   checks, patching, backups, groups, sessions, directory_api, reports):
         api.include_router(module.router)
     app.include_router(api)
     app.include_router(devices.agent_router)

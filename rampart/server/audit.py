@@ -22,17 +22,27 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, cast
 
-from sqlalchemy import func, select
+from sqlalchemy import Table, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from rampart.trust import CHECKPOINT_TYPE, Checkpoint, encode_payload, sign_envelope
+from rampart.trust import (
+    CHECKPOINT_TYPE,
+    Checkpoint,
+    DecodeError,
+    Envelope,
+    PublicKey,
+    decode_envelope,
+    encode_payload,
+    sign_envelope,
+    verified_signers,
+)
 from rampart.trust.merkle import MerkleTree, leaf_hash
 
 from .db import Store
-from .errors import BadRequest
+from .errors import BadRequest, Conflict, NotFound
 from .keystore import LogKeyStore
 from .models import Account, AccountTenant, AuditEntry, AuditLogRow, CheckpointRow, Tenant
 
@@ -43,7 +53,8 @@ EVENT_KINDS = frozenset({
     "login", "login.failed", "key.added", "root.published", "grant.requested",
     "grant.approved", "job.created", "receipt", "device.enrolled", "device.approved",
     "account.created", "tenant.created", "device.rejected", "device.retired", "device.renamed",
-    "tenant.archived", "tenant.unarchived", "account.role-changed",
+    "tenant.archived", "tenant.unarchived", "account.role-changed", "tenant.deleted", "job.cancelled",
+    "tenant.audit-log-removed", "device.records-removed",
     # identity and access (docs/access.md)
     "stepup.required", "stepup.verified", "stepup.passed", "account.disabled",
     "account.enabled", "account.locked", "account.unlocked", "account.revoked",
@@ -63,6 +74,10 @@ EVENT_KINDS = frozenset({
     "group.set", "group.removed",
     # remote sessions (docs/remote-support.md)
     "session.relayed", "session.recording",
+    # the service statement (docs/compliance.md)
+    "statement.changed",
+    # directory audit (docs/directory-audit.md)
+    "directory.added", "directory.removed", "directory.audited", "directory.audit-failed",
 })
 
 
@@ -70,6 +85,10 @@ def event_bytes(kind: str, actor: str, details: dict[str, Any], now: float) -> b
     """Compact JSON of an event entry. Callers never put secrets in ``details``."""
     doc = {"kind": kind, "time": round(now, 3), "actor": actor, "details": details}
     return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
+
+
+#: The entries table, for the group append's Core INSERT.
+_ENTRIES = cast(Table, AuditEntry.__table__)
 
 
 class AuditLog:
@@ -91,19 +110,32 @@ class AuditLog:
         s.flush()
         return key.public.to_text()
 
+    def forget_key(self, log_id: str) -> None:
+        """Delete the checkpoint key of a log that retention removed (never of a live log)."""
+        self._keys.forget(log_id)
+
     def append(self, s: Session, log_id: str, kind: str, data: bytes, now: float) -> int:
         """Append one entry and return its index (the log row stays locked until commit)."""
-        if kind not in EVENT_KINDS:
-            raise ValueError(f"unknown audit kind {kind!r}")
-        log = s.execute(
-            select(AuditLogRow).where(AuditLogRow.id == log_id).with_for_update()
+        return self.append_many(s, log_id, [(kind, data)], now)
+
+    def append_many(self, s: Session, log_id: str, entries: Sequence[tuple[str, bytes]], now: float) -> int:
+        """Append entries in order with one locked read of the log's size, one multi-row INSERT and one
+        size update (group commit: the caller's transaction makes them durable together); return the
+        index of the first. Indices stay contiguous: the log row is locked until commit."""
+        for kind, _ in entries:
+            if kind not in EVENT_KINDS:
+                raise ValueError(f"unknown audit kind {kind!r}")
+        size = s.execute(
+            select(AuditLogRow.size).where(AuditLogRow.id == log_id).with_for_update()
         ).scalar_one()
-        index = log.size
-        s.add(AuditEntry(log_id=log_id, idx=index, kind=kind, time=now, data=data,
-                         leaf_hash=leaf_hash(data)))
-        log.size = index + 1
-        s.flush()
-        return index
+        if entries:
+            # Core INSERT on the table (not the ORM bulk path): one executemany, no per-row objects.
+            s.execute(insert(_ENTRIES), [
+                {"log_id": log_id, "idx": size + i, "kind": kind, "time": now, "data": data,
+                 "leaf_hash": leaf_hash(data)} for i, (kind, data) in enumerate(entries)])
+            s.execute(update(AuditLogRow).where(AuditLogRow.id == log_id)
+                      .values(size=size + len(entries)))
+        return int(size)
 
     def record(self, s: Session, log_ids: Iterable[str], kind: str, actor: str,
                details: dict[str, Any], now: float) -> None:
@@ -195,6 +227,71 @@ class AuditLog:
             known = self._latest.get(row.log_id)
             if known is None or known.size < row.size:
                 self._latest[row.log_id] = row
+
+    # -- outside witnesses (docs/design/witness.md) ------------------------------------
+
+    def add_cosignatures(self, log_id: str, size: int, data: bytes,
+                         witnesses: dict[str, PublicKey]) -> tuple[CheckpointRow, list[str]]:
+        """Merge into the stored checkpoint of ``size`` the co-signatures in ``data`` that verify
+        by a key of ``witnesses``; return the row and the key ids newly added.
+
+        ``data`` must carry the stored checkpoint's payload byte for byte (a witness signs what
+        it was shown); every other signature in it is ignored. The server verifies here only so
+        as not to store junk: agents verify every co-signature themselves.
+        """
+        try:
+            given = decode_envelope(data, expect_type=CHECKPOINT_TYPE)
+        except DecodeError as exc:
+            raise BadRequest(f"not a checkpoint envelope: {exc.message}") from None
+        with self._store.transaction() as s:
+            row = s.execute(select(CheckpointRow).where(
+                CheckpointRow.log_id == log_id, CheckpointRow.size == size)
+                .with_for_update()).scalar_one_or_none()
+            if row is None:
+                raise NotFound(f"no checkpoint of size {size}")
+            stored = decode_envelope(row.envelope, expect_type=CHECKPOINT_TYPE)
+            if given.payload != stored.payload:
+                raise Conflict(f"the envelope is not the stored checkpoint of size {size}")
+            valid = verified_signers(given, witnesses, threshold=1).signed
+            have = {sig.keyid for sig in stored.signatures}
+            new = [sig for sig in given.signatures if sig.keyid in valid and sig.keyid not in have]
+            if new:
+                row.envelope = Envelope(stored.payload_type, stored.payload,
+                                        (*stored.signatures, *new)).to_bytes()
+            added = list(dict.fromkeys(sig.keyid for sig in new))
+        with self._lock:
+            known = self._latest.get(log_id)
+            if known is not None and known.size == row.size:
+                self._latest[log_id] = row
+        return row, added
+
+    @staticmethod
+    def witness_signers(envelope: bytes, witness_ids: frozenset[str]) -> frozenset[str]:
+        """The keys of ``witness_ids`` that signed ``envelope`` (their signatures checked when merged)."""
+        try:
+            env = decode_envelope(envelope, expect_type=CHECKPOINT_TYPE)
+        except DecodeError:
+            return frozenset()
+        return frozenset(sig.keyid for sig in env.signatures) & witness_ids
+
+    @classmethod
+    def witnessed(cls, envelope: bytes, witness_ids: frozenset[str]) -> int:
+        """How many distinct keys of ``witness_ids`` signed ``envelope``."""
+        return len(cls.witness_signers(envelope, witness_ids))
+
+    def witnessed_covering(self, log_id: str, index: int, *, at_least: int, need: int,
+                           witness_ids: frozenset[str], scan: int = 32) -> CheckpointRow | None:
+        """The newest stored checkpoint that includes entry ``index``, is no smaller than
+        ``at_least`` and carries ``need`` co-signatures of ``witness_ids``; None when none of the
+        newest ``scan`` qualifies (the job waits for the witness)."""
+        with self._store.read() as s:
+            rows = list(s.scalars(select(CheckpointRow).where(
+                CheckpointRow.log_id == log_id, CheckpointRow.size > index,
+                CheckpointRow.size >= at_least).order_by(CheckpointRow.size.desc()).limit(scan)))
+        for row in rows:
+            if self.witnessed(row.envelope, witness_ids) >= need:
+                return row
+        return None
 
     def checkpoint_covering(self, log_id: str, index: int, now: float, *,
                             at_least: int = 0) -> CheckpointRow:

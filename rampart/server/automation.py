@@ -23,6 +23,7 @@ import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -35,10 +36,11 @@ from rampart.trust import (
     decode_private_key,
     encode_plain_private_key,
 )
+from rampart.wire.limits import LISTED_DEVICES_UP_TO
 
 from .audit import AuditLog
 from .errors import ServerError
-from .jobs import check_job, store_job
+from .jobs import check_job, grant_devices, store_job
 from .keystore import write_private_file
 from .models import GrantRow
 
@@ -117,7 +119,7 @@ def standing_grants(s: Session, trusted: TrustedRoot, tenant_id: str, key_id: st
         except trust.TrustError:
             continue  # not (yet) approved, or no longer valid under the current root
         if action in grant.actions and now >= grant.not_before:
-            out.append(StandingGrant(grant.id, frozenset(grant.devices), grant.not_after))
+            out.append(StandingGrant(grant.id, frozenset(grant_devices(row, grant)), grant.not_after))
     return out
 
 
@@ -159,16 +161,19 @@ def trigger(s: Session, audit: AuditLog, key: AutomationKey, trusted: TrustedRoo
     jobs: dict[str, list[str]] = {}
     for grant_id, members in plan.items():
         not_after = next(g.not_after for g in grants if g.id == grant_id)
+        targets: dict[str, Any] = ({"devices": sorted(members)} if len(members) <= LISTED_DEVICES_UP_TO
+                                   else {"device_set": trust.commit_devices(members)})
         job = trust.Job(id=trust.new_job_id(), tenant=tenant_id, grant=grant_id, signer=key.key_id,
-                        devices=sorted(members), action=trust.Action(kind=action),  # type: ignore[arg-type]
+                        **targets, action=trust.Action(kind=action),  # type: ignore[arg-type]
                         timeout_s=timeout_s, nonce=trust.new_nonce(), issued_at=t,
                         expires_at=min(t + JOB_LIFETIME_S, not_after))
         data = trust.sign_envelope(job.PAYLOAD_TYPE, trust.encode_payload(job), [key]).to_bytes()
         try:
-            check_job(s, tenant_id, data, {}, t)
+            checked = check_job(s, tenant_id, data, {}, t, listed=sorted(members) if "device_set" in targets
+                                else None)
         except ServerError as exc:
             raise NoStandingGrant(f"the scheduler's job would be refused: {exc.detail}") from None
-        store_job(s, audit, tenant_id, job, data, {}, now, account_id=None)
+        store_job(s, audit, tenant_id, checked, data, {}, now, account_id=None)
         audit.record(s, [tenant_id], "automation.triggered", "scheduler",
                      {"job": job.id, "action": action, "grant": grant_id, "devices": len(members)}, now)
         jobs[job.id] = sorted(members)

@@ -179,7 +179,7 @@ def device_backups(s: Session, tenant_id: str, now: float) -> list[DeviceBackup]
         results.setdefault(r.device_id, []).append(r)
     devices = {d.id: d.hostname for d in s.scalars(select(Device).where(Device.tenant_id == tenant_id))}
     running_ids = set(s.scalars(select(JobTarget.device_id).join(JobRow, JobRow.id == JobTarget.job_id).where(
-        JobRow.tenant_id == tenant_id, JobRow.kind == "backup-run", JobTarget.state != "done",
+        JobRow.tenant_id == tenant_id, JobRow.kind == "backup-run", JobTarget.state.in_(("pending", "sent")),
         JobRow.expires_at > now)))
     out = []
     for device_id in sorted(set(policies) | set(results), key=lambda d: devices.get(d, d)):

@@ -72,6 +72,7 @@ def run_server(data_dir: Path | str, host: str, port: int, tls: bool = True,
     import uvicorn  # the web stack loads only to run the server, not for init or admin commands
 
     from .app import create_app
+    from .gateway_listener import LISTEN_BACKLOG
     from .http_guard import guarded_protocol
 
     app = create_app(data_dir, config=config, agent_listen=agent_listen, tls=tls)
@@ -87,7 +88,7 @@ def run_server(data_dir: Path | str, host: str, port: int, tls: bool = True,
         ws_max_size=config.limits.max_ws_message_bytes, ws_per_message_deflate=False,
         lifespan="on", proxy_headers=bool(trusted_proxies),
         forwarded_allow_ips=list(trusted_proxies or []) or None, server_header=False,
-        log_level="info",
+        log_level="info", backlog=LISTEN_BACKLOG,
         timeout_graceful_shutdown=5, **ssl,  # type: ignore[arg-type]
     )
     uvicorn.Server(uv).run()

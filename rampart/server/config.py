@@ -5,8 +5,10 @@ Data directory layout (docs/design/protocol.md, "Server data directory")::
     DIR/config.json     {"db_url": ..., "public_url": null, "shared_operator_keys": false,
                          "inventory_interval_s": 300 (optional; the agents' interval),
                          "scheduler_interval_s": 60 (optional; patch and backup scheduling),
-                         "finding_retention_days": 90, "alert_retention_days": 180
-                         (optional; how long resolved findings and alerts are kept)}
+                         "finding_retention_days": 90, "alert_retention_days": 180,
+                         "retired_device_retention_days": 90, "deleted_tenant_audit_days": 365
+                         (optional; how long resolved findings and alerts, a retired
+                         device's records and a deleted tenant's audit log are kept)}
     DIR/tls/cert.pem    self-signed ECDSA P-256 certificate
     DIR/tls/key.pem     0600
     DIR/keys/           0700; log-<log id>.key, 0600 each
@@ -51,6 +53,9 @@ class ServerLimits:
     hello_timeout_s: float = 15.0
     #: How long the gateway waits for an agent to adopt a job's checkpoint before sending the next.
     delivery_progress_timeout_s: float = 10.0
+    #: How long a job of a tenant whose root asks a witness quorum waits for a co-signed checkpoint
+    #: before it goes out without one (the agent then refuses it: ``witness-quorum``).
+    witness_wait_s: float = 30.0
     session_idle_s: int = 3600
     session_absolute_s: int = 12 * 3600
     enrolment_ttl_min_s: int = 60
@@ -113,6 +118,10 @@ class ServerLimits:
     #: Resolved alerts older than this many days are deleted (open, acknowledged or with a notification
     #: still queued: never).
     alert_retention_days: int = 180
+    #: Days after retirement at which every record of a retired device is removed (its audit entries stay).
+    retired_device_retention_days: int = 90
+    #: Days a deleted tenant's audit log is kept (``rampart tenant delete``), then removed whole.
+    deleted_tenant_audit_days: int = 365
     #: How often the retention sweep runs, and how many rows one of its transactions deletes at most.
     retention_interval_s: float = 3600.0
     retention_batch: int = 1000
@@ -201,7 +210,7 @@ def load_config(data_dir: Path) -> ServerConfig:
         raise SetupError(f"{path}: scheduler_interval_s must be a number of seconds in 0.5..3600")
     http: dict[str, Any] = {}
     for key, lo, hi in (("http_header_timeout_s", 1, 600), ("http_body_timeout_s", 1, 3600),
-                        ("http_connections_per_address", 1, 100_000)):
+                        ("http_connections_per_address", 1, 100_000), ("witness_wait_s", 1, 3600)):
         if key in doc:
             value = doc[key]
             if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
@@ -209,13 +218,17 @@ def load_config(data_dir: Path) -> ServerConfig:
             http[key] = int(value) if key.endswith("address") else float(value)
     findings_days = _retention_days(doc, "finding_retention_days", 90, path)
     alerts_days = _retention_days(doc, "alert_retention_days", 180, path)
+    retired_days = _retention_days(doc, "retired_device_retention_days", 90, path)
+    audit_days = _retention_days(doc, "deleted_tenant_audit_days", 365, path)
     return ServerConfig(data_dir=data_dir, db_url=normalise_db_url(doc["db_url"]),
                         public_url=public, shared_operator_keys=shared,
                         smtp=_smtp(doc.get("smtp"), path),
                         limits=ServerLimits(inventory_interval_s=float(interval),
                                             scheduler_interval_s=float(tick),
                                             finding_retention_days=findings_days,
-                                            alert_retention_days=alerts_days, **http))
+                                            alert_retention_days=alerts_days,
+                                            retired_device_retention_days=retired_days,
+                                            deleted_tenant_audit_days=audit_days, **http))
 
 
 #: Retention may be set from one day to ten years; "forever" is not offered (storage stays bounded).

@@ -8,6 +8,9 @@ Invariants (docs/design/protocol.md, "Agent protocol"; T15):
 * Each job is sent with an inclusion proof against a signed checkpoint that
   covers it and a consistency proof from the checkpoint size the agent last
   reported, so the agent can check the log only grew (T7).
+* A job or grant that commits a device set is sent with this device's own
+  inclusion proofs (O(log N)), built from the stored targets and the grant's
+  stored list; the job message is otherwise the same for every device.
 * A target becomes ``done`` in the same transaction that stores the receipt
   (verified with the device's own key) and appends it to the log: a crash
   loses neither, and a replayed receipt is acknowledged without a second entry.
@@ -16,21 +19,61 @@ Invariants (docs/design/protocol.md, "Agent protocol"; T15):
 from __future__ import annotations
 
 import base64
+import logging
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from rampart.trust import DevicePublicKey, TrustError, verify_receipt
+from rampart.trust import (
+    GRANT_TYPE,
+    JOB_TYPE,
+    DeviceProofs,
+    DevicePublicKey,
+    DeviceSet,
+    DeviceSetTree,
+    Grant,
+    Job,
+    TrustError,
+    UsageError,
+    decode_envelope,
+    decode_payload,
+    verify_receipt,
+)
 from rampart.wire import JobLog, JobMessage, encode_message
 
 from .audit import AuditLog
 from .db import Store
-from .models import Device, GrantRow, JobPayload, JobRow, JobTarget, ReceiptRow, RootVersion, Tenant
+from .models import (
+    Device,
+    GrantRow,
+    JobCancellation,
+    JobPayload,
+    JobRow,
+    JobTarget,
+    ReceiptRow,
+    RootVersion,
+    Tenant,
+)
+from .tenant_roots import current_root, trusted_from_store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class _Checked:
+    """A receipt that verified, ready to be logged and stored."""
+
+    target: JobTarget
+    tenant_id: str
+    data: bytes
+    outcome: str
 
 
 class ReceiptRefused(Exception):
@@ -53,6 +96,8 @@ class Delivery:
     checkpoint_size: int
     text: str  # the serialised ``job`` message
     more: bool = True  # another undone job existed when this one was picked
+    #: Not sent: the job waits for the outside witnesses' co-signatures until this time (epoch s).
+    held_until: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,20 +107,39 @@ class _JobParts:
     job: str
     grant: str
     payloads: dict[str, str]
+    #: The device sets the job and its grant commit (None: listed), from their signed payloads.
+    job_set: DeviceSet | None = None
+    grant_id: str = ""
+    grant_set: DeviceSet | None = None
+    created_at: float = 0.0
 
 
+def _committed(device_set: DeviceSet | msgspec.UnsetType) -> DeviceSet | None:
+    return device_set if isinstance(device_set, DeviceSet) else None
+
+
+#: Seconds a tenant's witness policy (from its current root) is reused before it is read again.
+WITNESS_POLICY_TTL_S = 2.0
 PARTS_CACHE = 256
 MESSAGE_CACHE = 1024
+#: Device-set trees kept (each ~100 bytes per device): the jobs being fanned out now.
+TREE_CACHE = 16
 
 
 class DeliveryStore:
     """Synchronous database operations; the gateway runs them in worker threads."""
 
-    def __init__(self, store: Store, audit: AuditLog) -> None:
+    def __init__(self, store: Store, audit: AuditLog, *, witness_wait_s: float = 30.0) -> None:
         self._store = store
         self._audit = audit
+        #: Seconds a job of a tenant whose root asks a witness quorum waits for a co-signed
+        #: checkpoint that covers it; then it goes out without one and the agent refuses it with
+        #: the reason ``witness-quorum`` (a clear answer, never a hang).
+        self._witness_wait_s = witness_wait_s
         self._parts: OrderedDict[str, _JobParts] = OrderedDict()
-        self._messages: OrderedDict[tuple[str, int, int], str] = OrderedDict()
+        self._messages: OrderedDict[tuple[str, int, int, int], str | JobMessage] = OrderedDict()
+        self._trees: OrderedDict[str, DeviceSetTree | None] = OrderedDict()
+        self._witness: dict[str, tuple[float, int, frozenset[str]]] = {}
         self._cache_lock = threading.Lock()
 
     def identity(self, device_id: str) -> DeviceIdentity | None:
@@ -108,6 +172,14 @@ class DeliveryStore:
                     GrantRow.not_after > now)
                 .order_by(GrantRow.revoked_at.desc()).limit(limit)) if r is not None]
 
+    def cancellations(self, tenant_id: str, now: float, limit: int = 1000) -> list[str]:
+        """Signed cancellations of the tenant's jobs that have not expired yet (newest first)."""
+        with self._store.read() as s:
+            return [r.decode() for r in s.scalars(
+                select(JobCancellation.envelope).where(
+                    JobCancellation.tenant_id == tenant_id, JobCancellation.expires_at > int(now))
+                .order_by(JobCancellation.created_at.desc()).limit(limit))]
+
     def next_delivery(self, device_id: str, exclude: set[str], agent_size: int,
                       now: float) -> Delivery | None:
         """The oldest undone, unexpired job for an approved device, not in ``exclude``.
@@ -122,7 +194,7 @@ class DeliveryStore:
             if status != "approved":
                 return None
             q = (select(JobRow.id).join(JobTarget, JobTarget.job_id == JobRow.id)
-                 .where(JobTarget.device_id == device_id, JobTarget.state != "done",
+                 .where(JobTarget.device_id == device_id, JobTarget.state.in_(("pending", "sent")),
                         JobRow.expires_at > int(now)))
             if exclude:
                 q = q.where(JobRow.id.not_in(exclude))
@@ -131,21 +203,96 @@ class DeliveryStore:
                 return None
             job_id, more = found[0], len(found) > 1
             parts = self._job_parts(s, job_id)
-        cp = self._audit.checkpoint_covering(parts.tenant, parts.index, now, at_least=agent_size)
-        key = (job_id, cp.size, agent_size)
-        text = self._messages.get(key)
-        if text is None:
+        need, witnesses = self.witness_policy(parts.tenant)
+        cp = None
+        if need:
+            cp = self._audit.witnessed_covering(parts.tenant, parts.index, at_least=agent_size,
+                                                need=need, witness_ids=witnesses)
+            until = parts.created_at + self._witness_wait_s
+            if cp is None and now < until:
+                # A signed checkpoint that covers the job must exist for the witness to co-sign.
+                self._audit.checkpoint_covering(parts.tenant, parts.index, now, at_least=agent_size)
+                return Delivery(job_id, 0, "", more, held_until=until)
+        if cp is None:  # no witness asked, or none came in time: the agent decides
+            cp = self._audit.checkpoint_covering(parts.tenant, parts.index, now, at_least=agent_size)
+        key = (job_id, cp.size, agent_size, len(cp.envelope))  # co-signatures make the envelope grow
+        cached = self._messages.get(key)
+        if cached is None:
             with self._store.read() as s:
                 inclusion = self._audit.inclusion_proof(s, parts.tenant, parts.index, cp.size)
                 consistency = (self._audit.consistency_proof(s, parts.tenant, agent_size, cp.size)
                                if agent_size <= cp.size else [])
-            text = encode_message(JobMessage(
+            msg = JobMessage(
                 job_id=job_id, job=parts.job, grant=parts.grant, payloads=parts.payloads,
                 log=JobLog(checkpoint=cp.envelope.decode(), index=parts.index,
                            inclusion=[h.hex() for h in inclusion],
-                           consistency=[h.hex() for h in consistency])))
-            self._remember(self._messages, key, text, MESSAGE_CACHE)
-        return Delivery(job_id, cp.size, text, more)
+                           consistency=[h.hex() for h in consistency]))
+            # A committed job's message is small and gets per-device proofs: keep the struct.
+            cached = msg if parts.job_set or parts.grant_set else encode_message(msg)
+            self._remember(self._messages, key, cached, MESSAGE_CACHE)
+        if isinstance(cached, str):
+            return Delivery(job_id, cp.size, cached, more)
+        return Delivery(job_id, cp.size, encode_message(msgspec.structs.replace(
+            cached, proofs=self._proofs(parts, job_id, device_id))), more)
+
+    def witness_policy(self, tenant_id: str) -> tuple[int, frozenset[str]]:
+        """(co-signatures a checkpoint needs, the witness key ids) of the tenant's current root."""
+        at = time.monotonic()
+        with self._cache_lock:
+            hit = self._witness.get(tenant_id)
+        if hit is not None and hit[0] > at:
+            return hit[1], hit[2]
+        with self._store.read() as s:
+            row = current_root(s, tenant_id)
+        need, ids = 0, frozenset[str]()
+        if row is not None:
+            root = trusted_from_store(row.envelope)
+            need, ids = root.root.policy.witnesses_required, frozenset(root.witnesses)
+        with self._cache_lock:
+            self._witness[tenant_id] = (at + WITNESS_POLICY_TTL_S, need, ids)
+        return need, ids
+
+    def forget_witness_policy(self, tenant_id: str) -> None:
+        """A new root was published: read its witness policy at the next delivery."""
+        with self._cache_lock:
+            self._witness.pop(tenant_id, None)
+
+    def _proofs(self, parts: _JobParts, job_id: str, device_id: str) -> DeviceProofs:
+        """This device's proofs for the job's and the grant's committed sets (absent where none
+        is committed, or where the device is not a member: it then refuses the job itself)."""
+        out: dict[str, object] = {}
+        for name, signed, kind, ident in (("job", parts.job_set, "job", job_id),
+                                          ("grant", parts.grant_set, "grant", parts.grant_id)):
+            tree = self._tree(kind, ident, signed) if signed is not None else None
+            if tree is not None and device_id in tree:
+                out[name] = tree.proof(device_id)
+        return DeviceProofs(**out)  # type: ignore[arg-type]
+
+    def _tree(self, kind: str, ident: str, signed: DeviceSet) -> DeviceSetTree | None:
+        """The tree of a job's stored targets (``kind`` "job") or a grant's stored list ("grant"),
+        cached; None (and logged) when the stored ids do not recompute to the ``signed`` set."""
+        key = f"{kind}:{ident}"
+        with self._cache_lock:
+            if key in self._trees:
+                self._trees.move_to_end(key)
+                return self._trees[key]
+        with self._store.read() as s:
+            if kind == "job":
+                ids = list(s.scalars(select(JobTarget.device_id).where(JobTarget.job_id == ident)))
+            else:
+                listed = s.scalar(select(GrantRow.device_list).where(GrantRow.id == ident))
+                ids = listed.decode().split() if listed else []
+        tree: DeviceSetTree | None = None
+        try:
+            tree = DeviceSetTree(ids) if ids else None
+        except UsageError:  # a stored id twice
+            tree = None
+        if tree is None or tree.commitment != signed:
+            log.error("%s: the stored device ids do not recompute to the signed device set; "
+                      "its devices get no proof and refuse it", key)
+            tree = None
+        self._remember(self._trees, key, tree, TREE_CACHE)
+        return tree
 
     def _job_parts(self, s: Session, job_id: str) -> _JobParts:
         """A job's immutable delivery parts (envelopes and payloads), cached by job id."""
@@ -157,8 +304,11 @@ class DeliveryStore:
             assert grant is not None
             payloads = {p.name: base64.b64encode(p.data).decode() for p in s.scalars(
                 select(JobPayload).where(JobPayload.job_id == job_id))}
+            j = decode_payload(decode_envelope(job.envelope, expect_type=JOB_TYPE).payload, Job)
+            g = decode_payload(decode_envelope(grant.envelope, expect_type=GRANT_TYPE).payload, Grant)
             parts = _JobParts(job.tenant_id, job.log_index, job.envelope.decode(),
-                              grant.envelope.decode(), payloads)
+                              grant.envelope.decode(), payloads, _committed(j.device_set),
+                              grant.id, _committed(g.device_set), job.created_at)
             self._remember(self._parts, job_id, parts, PARTS_CACHE)
         return parts
 
@@ -185,15 +335,23 @@ class DeliveryStore:
                         JobTarget.job_id == job_id, JobTarget.device_id == device_id,
                         JobTarget.state == "pending").values(state="sent", sent_at=now))
                 seen: set[tuple[str, str]] = set()
+                checked: list[tuple[_Checked, int]] = []
                 for device_id, job_id, data in receipts:
                     if (device_id, job_id) in seen:
                         results.append(False)
                         continue
                     seen.add((device_id, job_id))
                     try:
-                        results.append(self._store_receipt(s, device_id, job_id, data, now))
+                        ok = self._check_receipt(s, device_id, job_id, data)
                     except ReceiptRefused as exc:
                         results.append(exc)
+                        continue
+                    if ok is None:
+                        results.append(False)
+                        continue
+                    checked.append((ok, len(results)))
+                    results.append(True)
+                self._record_receipts(s, [c for c, _ in checked], now)
             return results
         except IntegrityError:
             return [self._store_receipt_alone(d, j, b, now) for d, j, b in receipts]
@@ -215,11 +373,19 @@ class DeliveryStore:
 
     def _store_receipt(self, s: Session, device_id: str, job_id: str, data: bytes,
                        now: float) -> bool:
+        ok = self._check_receipt(s, device_id, job_id, data)
+        if ok is None:
+            return False
+        self._record_receipts(s, [ok], now)
+        return True
+
+    def _check_receipt(self, s: Session, device_id: str, job_id: str, data: bytes) -> _Checked | None:
+        """The receipt verified for this device and job; None if already stored; ReceiptRefused if not."""
         target = s.get(JobTarget, {"job_id": job_id, "device_id": device_id})
         if target is None:
             raise ReceiptRefused("no such job for this device")
         if s.get(ReceiptRow, {"job_id": job_id, "device_id": device_id}) is not None:
-            return False
+            return None
         device = s.get(Device, device_id)
         assert device is not None
         try:
@@ -228,8 +394,17 @@ class DeliveryStore:
             raise ReceiptRefused(str(exc)) from None
         if r.job != job_id or r.device != device_id or r.tenant != device.tenant_id:
             raise ReceiptRefused("receipt does not name this job, device and tenant")
-        index = self._audit.append(s, device.tenant_id, "receipt", data, now)
-        s.add(ReceiptRow(job_id=job_id, device_id=device_id, envelope=data,
-                         outcome=r.outcome, received_at=now, log_index=index))
-        target.state, target.done_at = "done", now
-        return True
+        return _Checked(target, device.tenant_id, data, r.outcome)
+
+    def _record_receipts(self, s: Session, checked: list[_Checked], now: float) -> None:
+        """Append verified receipts to their tenants' logs (one group append per tenant), store them and
+        mark their targets done, in the caller's transaction."""
+        by_tenant: dict[str, list[_Checked]] = {}
+        for c in checked:
+            by_tenant.setdefault(c.tenant_id, []).append(c)
+        for tenant_id, group in by_tenant.items():
+            first = self._audit.append_many(s, tenant_id, [("receipt", c.data) for c in group], now)
+            for i, c in enumerate(group):
+                s.add(ReceiptRow(job_id=c.target.job_id, device_id=c.target.device_id, envelope=c.data,
+                                 outcome=c.outcome, received_at=now, log_index=first + i))
+                c.target.state, c.target.done_at = "done", now

@@ -12,8 +12,8 @@ Invariants:
 
 * Nothing but a ``challenge`` is sent before the device proved its key.
 * Pending devices are sent no job (S3); the connection still receives roots.
-* Roots and then the tenant's grant revocations are sent before any job on
-  every connection, and revocations are pushed at once when one is stored,
+* Roots and then the tenant's grant revocations and job cancellations are sent
+  before any job on every connection, and both are pushed at once when one is stored,
   so an agent refuses a revoked grant from its next job on (G4).
 * Jobs go out one at a time per connection, each with proofs from the
   checkpoint size the agent reported; before the next job the gateway waits
@@ -48,7 +48,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -56,6 +56,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from rampart.wire import (
     AckMessage,
+    CancellationsMessage,
     CheckAckMessage,
     CheckResultMessage,
     DetectionMessage,
@@ -240,6 +241,16 @@ class Gateway:
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._wake_now, ids)
 
+    def wake_tenant(self, tenant_id: str) -> None:
+        """New work may be deliverable to every connected device of ``tenant_id`` (thread-safe):
+        a checkpoint got the co-signatures its jobs waited for."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake_tenant_now, tenant_id)
+
+    def _wake_tenant_now(self, tenant_id: str) -> None:
+        for conn in [c for c in self._conns.values() if c.device.tenant_id == tenant_id]:
+            self._start_delivery(conn)
+
     def _wake_now(self, device_ids: list[str]) -> None:
         for d in device_ids:
             conn = self._conns.get(d)
@@ -258,6 +269,7 @@ class Gateway:
 
     def roots_published(self, tenant_id: str) -> None:
         """Push a newly published root to the tenant's connected agents (thread-safe)."""
+        self._db.forget_witness_policy(tenant_id)
         if self._loop is not None:
             asyncio.run_coroutine_threadsafe(self._push_roots(tenant_id), self._loop)
 
@@ -268,23 +280,36 @@ class Gateway:
 
     def revocations_published(self, tenant_id: str) -> None:
         """Push the tenant's grant revocations to its connected agents (thread-safe)."""
-        if self._loop is not None:
-            asyncio.run_coroutine_threadsafe(self._push_revocations(tenant_id), self._loop)
+        self._publish(tenant_id, self._db.revocations, RevocationsMessage)
 
-    async def _push_revocations(self, tenant_id: str) -> None:
+    def cancellations_published(self, tenant_id: str) -> None:
+        """Push the tenant's job cancellations to its connected agents (thread-safe)."""
+        self._publish(tenant_id, self._db.cancellations, CancellationsMessage)
+
+    def _publish(self, tenant_id: str, fetch: Callable[[str, float], list[str]],
+                 message: type[RevocationsMessage] | type[CancellationsMessage]) -> None:
+        if self._loop is not None:
+            asyncio.run_coroutine_threadsafe(self._push_envelopes(tenant_id, fetch, message), self._loop)
+
+    async def _push_envelopes(self, tenant_id: str, fetch: Callable[[str, float], list[str]],
+                              message: type[RevocationsMessage] | type[CancellationsMessage]) -> None:
+        """Send the tenant's current signed envelopes of one kind to each of its connected agents."""
         conns = [c for c in self._conns.values() if c.device.tenant_id == tenant_id]
         if not conns:
             return
-        revs = await asyncio.to_thread(self._db.revocations, tenant_id, clock.now())
-        text = encode_message(RevocationsMessage(envelopes=revs))
+        envelopes = await asyncio.to_thread(fetch, tenant_id, clock.now())
+        text = encode_message(message(envelopes=envelopes))
         for conn in conns:
             with contextlib.suppress(Exception):
                 await conn.send_text(text)
 
     async def _send_revocations(self, conn: Connection) -> None:
-        revs = await asyncio.to_thread(self._db.revocations, conn.device.tenant_id, clock.now())
-        if revs:
-            await conn.send(RevocationsMessage(envelopes=revs))
+        """On connect, before any job: the tenant's grant revocations and job cancellations."""
+        for fetch, message in ((self._db.revocations, RevocationsMessage),
+                               (self._db.cancellations, CancellationsMessage)):
+            envelopes = await asyncio.to_thread(fetch, conn.device.tenant_id, clock.now())
+            if envelopes:
+                await conn.send(message(envelopes=envelopes))
 
     # -- one connection ------------------------------------------------------------
 
@@ -359,6 +384,8 @@ class Gateway:
                     await conn.deliverer
             if self._conns.get(device_id) is conn:
                 del self._conns[device_id]
+            if self.relay is not None:
+                self.relay.device_left(device_id, conn)
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(self._db.touch, device_id, clock.now())
 
@@ -487,7 +514,7 @@ class Gateway:
             if ack is not None:
                 await conn.send(ack)
             return True
-        return await self.relay.from_device(conn.device.device_id, text, msg)
+        return await self.relay.from_device(conn.device.device_id, text, msg, via=conn)
 
     async def _on_check_result(self, conn: Connection, msg: CheckResultMessage) -> bool:
         """Store one script check result (bound to this device), then acknowledge it.
@@ -600,12 +627,20 @@ class Gateway:
                 if conn.rescan:  # woken while we looked: look again
                     continue
                 return
+            if delivery.held_until:  # waits for outside witnesses: a co-signature or the deadline wakes it
+                delay = max(0.1, delivery.held_until - clock.now())
+                asyncio.get_running_loop().call_later(delay, self._retry_delivery, conn)
+                return
             await conn.send_text(delivery.text)
             conn.sent.add(delivery.job_id)
             self._write_queue().put_nowait(_Write(delivery.job_id, conn.device.device_id))
             await self._await_progress(conn, delivery)
             if not delivery.more and not conn.rescan:
                 return  # nothing else was pending and no new job woke us: no need to ask again
+
+    def _retry_delivery(self, conn: Connection) -> None:
+        if self._conns.get(conn.device.device_id) is conn:
+            self._start_delivery(conn)
 
     async def _await_progress(self, conn: Connection, delivery: Delivery) -> None:
         deadline = time.monotonic() + self._limits.delivery_progress_timeout_s

@@ -60,6 +60,10 @@ class NativeSocket:
         await self._conn.close(code)
 
 
+#: Pending connections the kernel may queue for the agent listener (and the API's, commands.py).
+LISTEN_BACKLOG = 8192
+
+
 async def start_gateway_listener(gateway: Gateway, host: str, port: int,
                                  ssl_context: ssl.SSLContext | None, max_message: int) -> Server:
     """Start serving agents on ``host:port``; the caller closes the returned server."""
@@ -73,8 +77,11 @@ async def start_gateway_listener(gateway: Gateway, host: str, port: int,
 
     # No WebSocket keepalive task per connection (agents ping every 20 s); the
     # kernel's TCP keepalive finds dead peers instead, at no memory cost here.
+    # A listen backlog for a fleet reconnecting at once (asyncio's default is 100: past it, SYNs are
+    # dropped and agents retry seconds later); the kernel caps it at net.core.somaxconn.
     return await serve(handler, host, port, ssl=ssl_context, max_size=max_message,
-                       compression=None, ping_interval=None, max_queue=8, server_header=None)
+                       compression=None, ping_interval=None, max_queue=8, server_header=None,
+                       backlog=LISTEN_BACKLOG)
 
 
 def tcp_keepalive(sock: socket.socket | None, *, idle_s: int = 60, interval_s: int = 15,

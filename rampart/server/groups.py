@@ -72,13 +72,15 @@ def members_by_name(s: Session, tenant_id: str, names: Iterable[str], *, strict:
     return {n: tuple(sorted(d)) for n, d in out.items()}
 
 
-def groups_of_devices(s: Session, tenant_id: str) -> dict[str, list[str]]:
-    """Device id -> the names of the groups it is in (sorted), for listings."""
+def groups_of_devices(s: Session, tenant_id: str, devices: list[str] | None = None) -> dict[str, list[str]]:
+    """Device id -> the names of the groups it is in (sorted), for listings (only ``devices`` if given)."""
     out: dict[str, list[str]] = {}
-    for name, device_id in s.execute(
-            select(DeviceGroup.name, DeviceGroupMember.device_id)
+    stmt = (select(DeviceGroup.name, DeviceGroupMember.device_id)
             .join(DeviceGroupMember, DeviceGroupMember.group_id == DeviceGroup.id)
-            .where(DeviceGroup.tenant_id == tenant_id).order_by(DeviceGroup.name)):
+            .where(DeviceGroup.tenant_id == tenant_id))
+    if devices is not None:
+        stmt = stmt.where(DeviceGroupMember.device_id.in_(devices))
+    for name, device_id in s.execute(stmt.order_by(DeviceGroup.name)):
         out.setdefault(device_id, []).append(name)
     return out
 

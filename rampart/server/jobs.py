@@ -12,6 +12,7 @@ device. Both the jobs API (:mod:`.api.jobs`) and the scheduler
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -19,10 +20,12 @@ from sqlalchemy.orm import Session
 from rampart.trust import (
     JOB_TYPE,
     PAYLOAD_FREE_ACTIONS,
+    Grant,
     Job,
     TrustError,
     decode_envelope,
     decode_payload,
+    expand,
     verified_signers,
     verify_grant,
 )
@@ -32,12 +35,45 @@ from .errors import BadRequest, Conflict
 from .models import Device, GrantRow, JobPayload, JobRow, JobTarget, Tenant
 from .tenant_roots import current_trusted
 
-__all__ = ["check_job", "store_job"]
+__all__ = ["CheckedJob", "check_job", "grant_devices", "stored_devices", "store_job"]
+
+
+def stored_devices(row: GrantRow, grant: Grant) -> list[str]:
+    """The devices a grant names as the server holds them, unchecked (for display: a signer's own
+    machine recomputes a committed set from this list before it shows or signs anything)."""
+    if row.device_list is None:
+        return list(grant.devices)
+    return row.device_list.decode().split()
+
+
+def grant_devices(row: GrantRow, grant: Grant) -> list[str]:
+    """The devices a stored grant names: its signed list, or the stored list of its committed set.
+
+    The stored list was checked against the signed set when the grant was drafted; it is checked
+    again here (a changed row is refused, not used).
+    """
+    listed = row.device_list.decode().split() if row.device_list else []
+    try:
+        return expand(grant.devices, grant.device_set, listed)
+    except TrustError as exc:
+        raise Conflict(f"the stored device list of grant {grant.id} is not its signed set: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedJob:
+    """A job that passed :func:`check_job`, with the devices it targets (listed or committed)."""
+
+    job: Job
+    targets: list[str]
 
 
 def check_job(s: Session, tenant_id: str, data: bytes, payloads: dict[str, bytes],
-              now: int) -> Job:
-    """Refuse a job that no agent of this tenant would run; return it decoded."""
+              now: int, *, listed: list[str] | None = None) -> CheckedJob:
+    """Refuse a job that no agent of this tenant would run; return it decoded, with its targets.
+
+    ``listed`` is the submitter's list of a committed job's devices: it must recompute to the
+    signed set (it is what the server stores as targets and builds each device's proof from).
+    """
     try:
         trusted = current_trusted(s, tenant_id)
         env = decode_envelope(data, expect_type=JOB_TYPE)
@@ -60,7 +96,13 @@ def check_job(s: Session, tenant_id: str, data: bytes, payloads: dict[str, bytes
         raise BadRequest(str(exc)) from None
     if grant.grantee != job.signer:
         raise BadRequest("job signer is not the grant's grantee")
-    if set(job.devices) - set(grant.devices):
+    try:
+        targets = expand(job.devices, job.device_set, listed or [])
+    except TrustError as exc:
+        raise BadRequest(str(exc)) from None
+    if listed and not job.device_set:
+        raise BadRequest("a job that lists its devices takes no separate device list")
+    if set(targets) - set(grant_devices(row, grant)):
         raise BadRequest("job targets devices outside its grant")
     missing = job.required_capabilities() - set(grant.capabilities)
     if missing:
@@ -87,25 +129,26 @@ def check_job(s: Session, tenant_id: str, data: bytes, payloads: dict[str, bytes
         if len(blob) != ref.size or hashlib.sha256(blob).hexdigest() != ref.sha256:
             raise BadRequest(f"payload {name} does not match its signed SHA-256")
     known = s.scalar(select(func.count()).select_from(Device).where(
-        Device.tenant_id == tenant_id, Device.id.in_(job.devices)))
-    if known != len(job.devices):
+        Device.tenant_id == tenant_id, Device.id.in_(targets)))
+    if known != len(targets):
         raise BadRequest("job targets an unknown device")
     if s.scalar(select(Tenant.archived_at).where(Tenant.id == tenant_id)) is not None:
         raise BadRequest("this tenant is archived: no job is accepted for it (unarchive it first)")
     gone = sorted(s.scalars(select(Device.id).where(
-        Device.id.in_(job.devices), Device.status.in_(("rejected", "retired")))))
+        Device.id.in_(targets), Device.status.in_(("rejected", "retired")))))
     if gone:
         raise BadRequest(f"job targets a rejected or retired device: {', '.join(gone[:5])}")
-    return job
+    return CheckedJob(job, targets)
 
 
-def store_job(s: Session, audit: AuditLog, tenant_id: str, job: Job, data: bytes,
+def store_job(s: Session, audit: AuditLog, tenant_id: str, checked: CheckedJob, data: bytes,
               payloads: dict[str, bytes], now: float, *, account_id: int | None) -> None:
     """Append the exact envelope to the tenant's log and record one target per device.
 
     The caller has run :func:`check_job`; the caller signs a checkpoint after
     commit and wakes the devices. ``account_id`` is None for scheduler jobs.
     """
+    job = checked.job
     if s.get(JobRow, job.id) is not None:
         raise Conflict("a job with this id exists")
     if s.scalars(select(JobRow.id).where(JobRow.tenant_id == tenant_id,
@@ -118,5 +161,5 @@ def store_job(s: Session, audit: AuditLog, tenant_id: str, job: Job, data: bytes
     s.flush()
     for name, blob in payloads.items():
         s.add(JobPayload(job_id=job.id, name=name, data=blob))
-    for device in job.devices:
+    for device in checked.targets:
         s.add(JobTarget(job_id=job.id, device_id=device, state="pending"))

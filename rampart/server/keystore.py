@@ -57,3 +57,9 @@ class LogKeyStore:
                 assert isinstance(loaded, LogKey)
                 key = self._cache[log_id] = loaded
             return key
+
+    def forget(self, log_id: str) -> None:
+        """Delete a removed log's key file and its cached copy (missing is fine: idempotent)."""
+        with self._lock:
+            self._cache.pop(log_id, None)
+            self._path(log_id).unlink(missing_ok=True)

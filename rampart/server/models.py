@@ -157,6 +157,19 @@ class Device(Base):
     approved_at: Mapped[float | None] = mapped_column(Float)
     approved_by: Mapped[str | None] = mapped_column(String(64))
     last_seen: Mapped[float | None] = mapped_column(Float)
+    #: When an operator retired it (issue 16); retention removes its records a period later.
+    retired_at: Mapped[float | None] = mapped_column(Float, nullable=True, default=None)
+
+
+class DeletedTenant(Base):
+    """What is left of a deleted tenant: its name and its audit log (kept until ``audit_until``)."""
+
+    __tablename__ = "deleted_tenants"
+    id: Mapped[str] = mapped_column(ID, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    deleted_at: Mapped[float] = mapped_column(Float)
+    deleted_by: Mapped[str] = mapped_column(String(64))
+    audit_until: Mapped[float] = mapped_column(Float)
 
 
 class GrantRow(Base):
@@ -174,6 +187,9 @@ class GrantRow(Base):
     revocation: Mapped[bytes | None] = mapped_column(LargeBinary)
     revoked_at: Mapped[float | None] = mapped_column(Float)
     revoked_by: Mapped[str | None] = mapped_column(String(64))
+    #: A grant that commits a device set (``Grant.device_set``): its device ids, sorted, one per
+    #: line; they recompute to the signed root (checked when stored). None for a listed grant.
+    device_list: Mapped[bytes | None] = mapped_column(LargeBinary)
 
 
 class JobRow(Base):
@@ -209,6 +225,20 @@ class JobTarget(Base):
     state: Mapped[str] = mapped_column(String(16))
     sent_at: Mapped[float | None] = mapped_column(Float)
     done_at: Mapped[float | None] = mapped_column(Float)
+
+
+class JobCancellation(Base):
+    """The signed cancellation of a job (one per job: the first that verified), pushed to agents until
+    the job expires."""
+
+    __tablename__ = "job_cancellations"
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    envelope: Mapped[bytes] = mapped_column(LargeBinary)
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[float] = mapped_column(Float)
+    #: The job's own expiry: after it no agent would run the job anyway.
+    expires_at: Mapped[int] = mapped_column(BigInteger)
 
 
 class ReceiptRow(Base):
@@ -481,6 +511,8 @@ class PendingUpdateRow(Base):
     arch: Mapped[str] = mapped_column(String(64), primary_key=True)
     candidate: Mapped[str] = mapped_column(String(256))
     security: Mapped[bool] = mapped_column(Boolean)
+    #: The newest version a security archive offers ("" if none reported): the fix to apply.
+    security_candidate: Mapped[str] = mapped_column(String(256), default="", server_default="")
     first_seen: Mapped[float] = mapped_column(Float)
     #: When a security version was first seen pending (None: no security update pending).
     security_since: Mapped[float | None] = mapped_column(Float)
@@ -636,3 +668,46 @@ class SessionRecording(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     data: Mapped[bytes] = mapped_column(LargeBinary)
     stored_at: Mapped[float] = mapped_column(Float)
+
+
+# --- the service statement and incident notification deadlines (issue 19: C1, M7) -------------------
+
+class ServiceStatement(Base):
+    """What the MSP delivers to one tenant, who is told of an incident and how fast (C1, M7).
+
+    ``contact_target`` names one of the tenant's notification targets (webhook or e-mail):
+    a critical alert opening in the tenant is sent there by the notifier like any alert, and
+    an :class:`IncidentNotice` records when, against ``deadline_s``.
+    """
+
+    __tablename__ = "service_statements"
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
+    #: JSON list of the services delivered (short lines).
+    services: Mapped[str] = mapped_column(Text, default="[]")
+    contact_name: Mapped[str] = mapped_column(String(256), default="")
+    contact_target: Mapped[str | None] = mapped_column(
+        ForeignKey("notify_targets.id", ondelete="SET NULL"), nullable=True)
+    deadline_s: Mapped[int] = mapped_column(Integer)
+    incident_response: Mapped[str] = mapped_column(Text, default="")
+    recovery: Mapped[str] = mapped_column(Text, default="")
+    updated_by: Mapped[str] = mapped_column(String(64))
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class IncidentNotice(Base):
+    """One critical alert of a tenant with a statement: when it opened, when its contact had to be
+    told by, and when the contact target took it (None: not yet).
+
+    ``alert_id`` is a plain column, not a foreign key: the record of whether a deadline held
+    outlives the alert, which retention deletes on its own schedule.
+    """
+
+    __tablename__ = "incident_notices"
+    alert_id: Mapped[str] = mapped_column(ID, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    target_id: Mapped[str] = mapped_column(String(80))
+    kind: Mapped[str] = mapped_column(String(64))
+    subject: Mapped[str] = mapped_column(String(256))
+    opened_at: Mapped[float] = mapped_column(Float)
+    deadline_s: Mapped[int] = mapped_column(Integer)
+    notified_at: Mapped[float | None] = mapped_column(Float, nullable=True)

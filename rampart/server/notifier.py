@@ -50,7 +50,8 @@ from sqlalchemy.orm import Session
 
 from rampart.private_files import write_private_atomic
 
-from .alerts import raise_alert
+from . import clock
+from .alerts import notice_delivered, raise_alert
 from .audit import SERVER_LOG
 from .config import ServerConfig
 from .db import Store
@@ -260,6 +261,7 @@ class Notifier:
                 row.last_detail = result.detail[:256]
                 if result.ok:
                     row.state, row.delivered_at = "delivered", now
+                    notice_delivered(s, row.target_id, row.alert_id, clock.now())
                     continue
                 policy = SYSLOG_POLICY if kind == "syslog" else POLICY
                 nxt = policy.next_attempt(row.attempts, result, now, key=str(delivery_id))

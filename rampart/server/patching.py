@@ -255,10 +255,11 @@ def _record_pending(s: Session, device_id: str, inv: Inventory, inv_digest: str,
         row = old.get(key)
         if row is None:
             s.add(PendingUpdateRow(device_id=device_id, name=u.name, arch=u.arch, candidate=u.candidate,
-                                   security=u.security, first_seen=now,
-                                   security_since=now if u.security else None))
+                                   security=u.security, security_candidate=u.security_candidate,
+                                   first_seen=now, security_since=now if u.security else None))
         else:
             row.candidate = u.candidate
+            row.security_candidate = u.security_candidate
             if u.security and not row.security:
                 row.security_since = now
             elif not u.security:
@@ -270,6 +271,13 @@ def _record_pending(s: Session, device_id: str, inv: Inventory, inv_digest: str,
         s.add(DevicePatchState(device_id=device_id, digest=inv_digest, reboot_required=reboot, seen_at=now))
     else:
         state.digest, state.reboot_required, state.seen_at = inv_digest, reboot, now
+
+
+def _pending_out(r: PendingUpdateRow, now: float) -> dict[str, Any]:
+    """A pending security update as the report shows it: the security fix (``security_version``,
+    the candidate when an older agent did not say) beside the newest candidate."""
+    return {"name": r.name, "candidate": r.candidate, "security_version": r.security_candidate or r.candidate,
+            "days": round((now - (r.security_since or now)) / 86400, 1)}
 
 
 def eligible(s: Session, devices: Iterable[str], defer_s: int, now: float) -> set[str]:
@@ -586,12 +594,9 @@ def report(s: Session, tenant_id: str, older_than_s: int, now: float) -> dict[st
             "device": device_id, "hostname": dev.hostname,
             "inventory": state is not None,
             "pending": len(rows), "security_pending": len(sec),
-            "security_updates": [{"name": r.name, "candidate": r.candidate,
-                                  "days": round((now - (r.security_since or now)) / 86400, 1)}
+            "security_updates": [_pending_out(r, now)
                                  for r in sorted(sec, key=lambda r: (r.security_since or 0, r.name))],
-            "missing_security": [{"name": r.name, "candidate": r.candidate,
-                                  "days": round((now - (r.security_since or now)) / 86400, 1)}
-                                 for r in overdue],
+            "missing_security": [_pending_out(r, now) for r in overdue],
             "oldest_security_days": round((now - min(r.security_since or now for r in sec)) / 86400, 1)
             if sec else None,
             "reboot_required": bool(state and state.reboot_required),

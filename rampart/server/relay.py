@@ -16,7 +16,14 @@ Invariants:
   any other bad message.
 * Memory is bounded: each channel queues at most :data:`QUEUE_FRAMES`
   messages; a technician side that stops reading for :data:`STALL_S` loses
-  the channel (the device is told, and ends the session).
+  the channel (the device is told, and ends the session). A channel lives
+  from the device's accept or the technician's attach until its session is
+  answered (the receipt) or its technician leaves; frames that arrive for a
+  session nobody holds any more are dropped, never queued.
+* No technician waits on a dead session: when the device connection that
+  carried a session's accept closes, or the device's receipt for the session
+  is stored, the channel is told (``device-lost`` / ``device-ended``) and
+  closed, after the frames already queued.
 * A recording is stored only when its SHA-256 and size equal the ones the
   device signed in the session's receipt; its digest goes into the tenant's
   audit log.
@@ -87,11 +94,15 @@ class Channel:
     to_operator: asyncio.Queue[str] = field(default_factory=lambda: asyncio.Queue(QUEUE_FRAMES))
     attached: bool = False
     ended: str = ""
+    #: The device's refusal of the session job, once its receipt said so.
+    refusal: str = ""
     bytes_up: int = 0
     bytes_down: int = 0
     frames: int = 0
     opened_at: float = field(default_factory=time.time)
     closed: asyncio.Event = field(default_factory=asyncio.Event)
+    #: The device connection that carried the accept (its session dies with it), else None.
+    via: object | None = None
 
 
 @dataclass
@@ -156,21 +167,29 @@ class SessionRelay:
         row, _, device_id = found
         if row.account_id != account_id:
             raise RelayRefused("only the account that submitted the session job may open it")
-        answered = await asyncio.to_thread(self._receipt_of, job_id, device_id)
-        if answered is not None:  # the device answered before the technician attached
-            if answered.outcome == "refused" and isinstance(answered.session, msgspec.UnsetType):
-                raise RelayRefused(
-                    f"the device refused the session job: {answered.refusal}: {answered.detail}")
-            raise RelayRefused("this session has ended")
         ch = self.channels.get(job_id)
         if ch is None:
             ch = self.channels[job_id] = Channel(job_id, row.tenant_id, device_id, row.account_id)
         if ch.attached:
             raise RelayRefused("this session is already open elsewhere")
-        if ch.ended:
-            raise RelayRefused(f"this session has ended ({ch.ended})")
+        # Attached before the receipt is read: a receipt stored from here on finds this channel
+        # (receipt_stored), and one stored before is in the read below. Either way no answer is lost.
         ch.attached = True
-        return ch
+        try:
+            answered = await asyncio.to_thread(self._receipt_of, job_id, device_id)
+        except BaseException:
+            ch.attached = False
+            raise
+        if answered is None and not ch.ended:
+            return ch
+        ch.attached = False
+        self.channels.pop(job_id, None)
+        if answered is not None and answered.outcome == "refused" and isinstance(answered.session,
+                                                                                  msgspec.UnsetType):
+            raise RelayRefused(f"the device refused the session job: {answered.refusal}: {answered.detail}")
+        if ch.refusal:
+            raise RelayRefused(f"the device refused the session job: {ch.refusal}")
+        raise RelayRefused(f"this session has ended ({ch.ended or 'answered'})")
 
     async def from_operator(self, ch: Channel, text: str,
                             msg: SessionFrameMessage | SessionCloseMessage) -> bool:
@@ -207,21 +226,31 @@ class SessionRelay:
     # --- the device side ---------------------------------------------------------------------------
 
     async def from_device(self, device_id: str, text: str,
-                          msg: SessionAcceptMessage | SessionFrameMessage | SessionEndMessage) -> bool:
-        """Route one device message to its session's technician; False: not a live session of this device."""
+                          msg: SessionAcceptMessage | SessionFrameMessage | SessionEndMessage,
+                          via: object | None = None) -> bool:
+        """Route one device message to its session's technician; False: not a live session of this device.
+
+        ``via`` is the device connection it came over: a session accepted over it ends when it closes
+        (:meth:`device_left`)."""
         ch = self.channels.get(msg.job_id)
         if ch is None:
             found = await asyncio.to_thread(self._session_job, msg.job_id)
             if found is None or found[2] != device_id:
                 return False
+            if not isinstance(msg, SessionAcceptMessage):
+                return True  # a late frame of a session whose technician left: dropped
             row, _, _ = found
             ch = self.channels.setdefault(msg.job_id, Channel(msg.job_id, row.tenant_id, device_id,
                                                               row.account_id))
         if ch.device_id != device_id:
             return False
+        if isinstance(msg, SessionAcceptMessage):
+            ch.via = via
         ch.bytes_down += len(text)
         if isinstance(msg, SessionEndMessage):
             ch.ended = msg.reason
+        if ch.closed.is_set():
+            return True  # the channel is closing: nobody reads what would be queued
         try:
             await asyncio.wait_for(ch.to_operator.put(text), STALL_S)
         except TimeoutError:
@@ -233,19 +262,49 @@ class SessionRelay:
             ch.closed.set()
         return True
 
+    def device_left(self, device_id: str, via: object) -> None:
+        """The device connection ``via`` closed: every session it carried is over for its technician.
+
+        The agent ends those sessions itself (``relay-lost``); their last frames cannot arrive, so
+        the technician is told and the channel closed rather than left waiting."""
+        for ch in list(self.channels.values()):
+            if ch.device_id != device_id or ch.via is not via or ch.via is None:
+                continue
+            if ch.ended or ch.closed.is_set():
+                continue
+            self.notice(ch, "device-lost", f"{device_id} disconnected; the session ended with its connection")
+            self._end(ch, "device-lost")
+
+    def _end(self, ch: Channel, reason: str) -> None:
+        """End ``ch``: its technician side is closed after what is queued; nobody waiting, it goes."""
+        ch.ended = ch.ended or reason
+        ch.closed.set()
+        if not ch.attached:
+            self.channels.pop(ch.job_id, None)
+
     def receipt_stored(self, job_id: str, envelope: str) -> None:
-        """A device answered a session job: if it refused it, tell the waiting technician (and end)."""
+        """A device answered a session job: its session is over. A refusal is told to the waiting
+        technician; any other answer closes the channel after the frames already queued (they came
+        over the same ordered connection, before the receipt)."""
         ch = self.channels.get(job_id)
-        if ch is None or ch.ended:
+        if ch is None:
+            return
+        if ch.ended:
+            self._end(ch, ch.ended)
             return
         try:
             r = decode_payload(decode_envelope(envelope.encode()).payload, Receipt)
         except Exception:  # noqa: BLE001 - the receipt was verified when stored; nothing to tell
             return
         if r.outcome == "refused" and isinstance(r.session, msgspec.UnsetType):
-            self.notice(ch, "device-refused", f"{r.refusal}: {r.detail}")
+            ch.refusal = f"{r.refusal}: {r.detail}"
+            self.notice(ch, "device-refused", ch.refusal)
             ch.ended = "refused"
             ch.closed.set()
+            return
+        end = r.session.end if not isinstance(r.session, msgspec.UnsetType) else r.outcome
+        self.notice(ch, "device-ended", f"the device answered the session job: {end} {r.detail}".strip())
+        self._end(ch, end)
 
     # --- recordings --------------------------------------------------------------------------------
 

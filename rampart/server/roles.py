@@ -30,6 +30,7 @@ PERMISSIONS: Final[dict[str, frozenset[str]]] = {
     "tenant.create": frozenset({"owner"}),
     "tenant.settings": frozenset({"owner"}),
     "tenant.archive": frozenset({"owner"}),
+    "tenant.delete": frozenset({"owner"}),
     "root.manage": frozenset({"owner"}),
     # keys: anyone who may sign something
     "key.register": _STAFF,
@@ -44,12 +45,19 @@ PERMISSIONS: Final[dict[str, frozenset[str]]] = {
     "grant.approve": frozenset({"owner", "approver"}),
     "grant.revoke": frozenset({"owner", "approver"}),
     "job.create": frozenset({"technician"}),
+    # a technician cancels the jobs their key signed, an approver or owner any (the signature decides)
+    "job.cancel": _STAFF,
     # remote sessions: the relay socket of a shell job the same account submitted (docs/remote-support.md)
     "session.open": frozenset({"technician"}),
     # audit log and alerts
     "checkpoint.sign": _STAFF,
+    # an outside witness's co-signature: its signature is the authority, any account that reaches
+    # the tenant may carry it (docs/design/witness.md)
+    "checkpoint.cosign": frozenset(ROLES),
     "alert.manage": _STAFF,
     "notify.manage": frozenset({"owner"}),
+    # the service statement a customer is given (C1, M7); reading it and the posture report needs reach only
+    "statement.manage": frozenset({"owner"}),
     "checks.manage": _STAFF,
     # Script checks have read-only routes only (/tenants/{t}/script-checks...): one is added as a
     # signed repeating job ("job.create") and stopped by revoking its grant ("grant.revoke").
@@ -61,6 +69,9 @@ PERMISSIONS: Final[dict[str, frozenset[str]]] = {
     "patch.manage": _STAFF,
     "patch.resume": frozenset({"owner", "approver"}),
     "backup.manage": _STAFF,
+    # directory audit (docs/directory-audit.md): adding one hands the server a bind credential
+    "directory.manage": frozenset({"owner"}),
+    "directory.audit": _STAFF,
 }
 
 

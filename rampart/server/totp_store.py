@@ -83,26 +83,36 @@ def _aad(account_id: int) -> bytes:
     return AAD_PREFIX + str(account_id).encode("ascii")
 
 
-def seal(key: TotpKey, account_id: int, secret: str) -> str:
-    """Seal ``secret`` for the account ``account_id``: the text to store in the database."""
+def seal_text(key: TotpKey, aad: bytes, text: str) -> str:
+    """Seal ``text`` (UTF-8) bound to the associated data ``aad``: the text to store."""
     nonce = os.urandom(NONCE_BYTES)
-    sealed = AESGCM(key.raw).encrypt(nonce, secret.encode("ascii"), _aad(account_id))
+    sealed = AESGCM(key.raw).encrypt(nonce, text.encode("utf-8"), aad)
     return SEALED_PREFIX + base64.urlsafe_b64encode(nonce + sealed).decode("ascii")
 
 
-def open_sealed(key: TotpKey, account_id: int, stored: str) -> str | None:
-    """The secret sealed in ``stored`` for this account, or None if it does not open."""
+def open_text(key: TotpKey, aad: bytes, stored: str) -> str | None:
+    """The text sealed in ``stored`` under ``aad``, or None if it does not open (never raises)."""
     if not stored.startswith(SEALED_PREFIX):
         return None
     try:
         blob = base64.urlsafe_b64decode(stored[len(SEALED_PREFIX):].encode("ascii"))
         if len(blob) <= NONCE_BYTES:
             return None
-        clear = AESGCM(key.raw).decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:],
-                                        _aad(account_id))
-        return clear.decode("ascii")
+        return AESGCM(key.raw).decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], aad).decode("utf-8")
     except (InvalidTag, binascii.Error, ValueError):  # UnicodeError is a ValueError
         return None
+
+
+def seal(key: TotpKey, account_id: int, secret: str) -> str:
+    """Seal ``secret`` for the account ``account_id``: the text to store in the database."""
+    secret.encode("ascii")  # a base32 secret: anything else is a caller's bug
+    return seal_text(key, _aad(account_id), secret)
+
+
+def open_sealed(key: TotpKey, account_id: int, stored: str) -> str | None:
+    """The secret sealed in ``stored`` for this account, or None if it does not open."""
+    clear = open_text(key, _aad(account_id), stored)
+    return clear if clear is not None and clear.isascii() else None
 
 
 def is_sealed(stored: str) -> bool:

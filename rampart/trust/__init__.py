@@ -11,9 +11,11 @@ its other submodules (tests/test_code_quality.py checks both).
 """
 
 from . import merkle
+from .devset import DeviceProof, DeviceProofs, DeviceSetTree, commit_devices, expand, is_member
 from .envelope import (
     Envelope,
     SignerResult,
+    add_passkey_signature,
     add_signature,
     decode_envelope,
     pae,
@@ -21,11 +23,14 @@ from .envelope import (
     verified_signers,
 )
 from .errors import (
+    CancelledError,
     CapabilityError,
     DecodeError,
     DigestMismatchError,
     ExpiredError,
     InconsistentLogError,
+    PasskeyCounterError,
+    PasskeyError,
     ReplayError,
     RevokedError,
     RollbackError,
@@ -34,6 +39,7 @@ from .errors import (
     TrustError,
     UnknownKeyError,
     UsageError,
+    WitnessQuorumError,
     WrongDeviceError,
     WrongTenantError,
 )
@@ -50,6 +56,8 @@ from .keys import (
     OperatorPublicKey,
     PrivateKey,
     PublicKey,
+    WitnessKey,
+    WitnessPublicKey,
     b64decode_strict,
     device_id_for,
     key_id,
@@ -58,6 +66,7 @@ from .limits import DEFAULT_LIMITS, Limits
 from .payloads import (
     ACTION_CAPABILITY,
     ALL_CAPABILITIES,
+    CANCELLATION_TYPE,
     CHECKPOINT_TYPE,
     GRANT_TYPE,
     JOB_TYPE,
@@ -67,9 +76,11 @@ from .payloads import (
     ROOT_TYPE,
     Action,
     ActionKind,
+    Cancellation,
     Checkpoint,
     ContainmentReport,
     Declared,
+    DeviceSet,
     Grant,
     Job,
     KeyEntry,
@@ -115,14 +126,24 @@ from .verify import (
     approvers_required,
     authorize_job,
     authorize_repeat,
+    check_cancellation,
     check_log_progress,
     grant_status,
+    verify_cancellation,
     verify_checkpoint,
     verify_grant,
     verify_receipt,
     verify_revocation,
     verify_session_record,
 )
+from .webauthn import (
+    PASSKEY_KEY_TYPE,
+    PasskeyAssertion,
+    PasskeyPublicKey,
+    assertion_challenge,
+    passkey_blob,
+)
+from .witness import cosign_checkpoint, witness_checkpoint
 
 __all__ = [
     "ACTION_CAPABILITY", "ALL_CAPABILITIES", "CHECKPOINT_TYPE", "DEFAULT_LIMITS",
@@ -147,4 +168,9 @@ __all__ = [
     "pae", "pin_root", "reload_root", "root_sha256", "sign_envelope", "update_root", "verified_signers",
     "verify_checkpoint", "verify_grant", "verify_receipt", "verify_revocation", "verify_session_record",
     "SessionRecord",
+    "CANCELLATION_TYPE", "Cancellation", "CancelledError", "check_cancellation", "verify_cancellation",
+    "PASSKEY_KEY_TYPE", "PasskeyAssertion", "PasskeyCounterError", "PasskeyError", "PasskeyPublicKey",
+    "add_passkey_signature", "assertion_challenge", "passkey_blob",
+    "DeviceProof", "DeviceProofs", "DeviceSet", "DeviceSetTree", "commit_devices", "expand", "is_member",
+    "WitnessKey", "WitnessPublicKey", "WitnessQuorumError", "cosign_checkpoint", "witness_checkpoint",
 ]

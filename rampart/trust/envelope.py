@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from .errors import DecodeError, UsageError
+from .errors import DecodeError, TrustError, UsageError
 from .keys import PrivateKey, PublicKey, b64decode_strict, b64encode
 from .limits import DEFAULT_LIMITS, Limits
+from .webauthn import PasskeyPublicKey
 
 
 def pae(payload_type: str, payload: bytes) -> bytes:
@@ -133,6 +134,16 @@ def add_signature(env: Envelope, key: PrivateKey) -> Envelope:
                     kept + (Signature(key.key_id, key.sign(env.signed_message())),))
 
 
+def add_passkey_signature(env: Envelope, keyid: str, sig: bytes) -> Envelope:
+    """Add (or replace) the signature of passkey ``keyid``: ``sig`` is
+    :meth:`PasskeyAssertion.to_sig` of an assertion the authenticator made over this
+    envelope's PAE. Nothing is checked here (verifiers check it)."""
+    if len(keyid) != 64 or not all(c in "0123456789abcdef" for c in keyid):
+        raise UsageError("a key id is 64 lowercase hex characters")
+    kept = tuple(s for s in env.signatures if s.keyid != keyid)
+    return Envelope(env.payload_type, env.payload, kept + (Signature(keyid, sig),))
+
+
 @dataclass(frozen=True, slots=True)
 class SignerResult:
     """Who, among ``authorised``, validly signed (each key counted once)."""
@@ -140,6 +151,8 @@ class SignerResult:
     signed: frozenset[str]
     authorised: frozenset[str]
     threshold: int
+    #: Sign counter of each passkey among ``signed`` (its assertion's authenticatorData).
+    counters: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def met(self) -> bool:
@@ -151,16 +164,24 @@ def verified_signers(env: Envelope, trusted: Mapping[str, PublicKey], *,
     """Return the distinct key ids of ``trusted`` whose signature on ``env`` verifies.
 
     Unknown key ids and invalid signatures are ignored (they add nothing);
-    duplicates of one key id count once.
+    duplicates of one key id count once. A passkey's signature is a WebAuthn assertion
+    (:meth:`PasskeyPublicKey.check_assertion`); its sign counter is returned in ``counters``.
     """
     if threshold < 1:
         raise UsageError("threshold must be at least 1")
     msg = env.signed_message()
     signed: set[str] = set()
+    counters: dict[str, int] = {}
     for s in env.signatures:
         if s.keyid in signed:
             continue
         key = trusted.get(s.keyid)
-        if key is not None and key.verify(s.sig, msg):
+        if isinstance(key, PasskeyPublicKey):
+            try:
+                counters[s.keyid] = key.check_assertion(s.sig, msg)
+            except TrustError:
+                continue
             signed.add(s.keyid)
-    return SignerResult(frozenset(signed), frozenset(trusted), threshold)
+        elif key is not None and key.verify(s.sig, msg):
+            signed.add(s.keyid)
+    return SignerResult(frozenset(signed), frozenset(trusted), threshold, counters)

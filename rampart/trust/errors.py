@@ -6,13 +6,17 @@ Two families, never mixed (as in python-tuf):
     ├── DecodeError                 malformed, oversized, unknown field, wrong type, duplicate key
     ├── SignatureError              bad or missing signature, wrong role
     │   ├── UnknownKeyError         signed by a key the pinned root does not name
-    │   └── ThresholdError          not enough distinct authorised signers
+    │   ├── ThresholdError          not enough distinct authorised signers
+    │   ├── PasskeyError            a WebAuthn assertion failed one check (reason passkey-<check>)
+    │   └── WitnessQuorumError      a checkpoint lacks the outside witnesses' co-signatures the policy asks
     ├── ExpiredError                outside its validity window (expired or not yet valid)
     ├── RollbackError               version or log size would go backwards
     ├── ReplayError                 nonce (or job id) seen before
+    │   └── PasskeyCounterError     a passkey's sign counter did not increase (cloned authenticator)
     ├── WrongDeviceError            not addressed to this device
     ├── WrongTenantError            object of another tenant
     ├── RevokedError                the grant was revoked by an approver
+    ├── CancelledError              the job was cancelled by its technician or an approver
     ├── CapabilityError             declares something the grant, root or device policy does not allow
     │   └── RootNotAllowedError     runs as root on a device enrolled without --allow-root
     ├── DigestMismatchError         payload bytes do not match the signed SHA-256
@@ -56,6 +60,28 @@ class ThresholdError(SignatureError):
     reason = "threshold-not-met"
 
 
+#: The checks of a passkey assertion, each a stable ``passkey-<check>`` reason (trust/webauthn.py).
+PASSKEY_CHECKS = ("malformed", "type", "challenge", "origin", "rp-id", "user-present",
+                  "user-verified", "signature")
+
+
+class PasskeyError(SignatureError):
+    """A WebAuthn assertion failed ``check`` (one of :data:`PASSKEY_CHECKS`)."""
+
+    reason = "passkey"
+
+    def __init__(self, check: str, message: str) -> None:
+        if check not in PASSKEY_CHECKS:
+            raise UsageError(f"unknown passkey check {check!r}")
+        super().__init__(message)
+        self.check = check
+        self.reason = f"passkey-{check}"
+
+
+class WitnessQuorumError(SignatureError):
+    reason = "witness-quorum"
+
+
 class ExpiredError(TrustError):
     reason = "expired"
 
@@ -68,6 +94,10 @@ class ReplayError(TrustError):
     reason = "replay"
 
 
+class PasskeyCounterError(ReplayError):
+    reason = "passkey-counter"
+
+
 class WrongDeviceError(TrustError):
     reason = "wrong-device"
 
@@ -78,6 +108,10 @@ class WrongTenantError(TrustError):
 
 class RevokedError(TrustError):
     reason = "revoked"
+
+
+class CancelledError(TrustError):
+    reason = "job-cancelled"
 
 
 class CapabilityError(TrustError):

@@ -9,6 +9,7 @@ never be passed where an operator key is expected (as in Tailscale's
     rampart-automation-pub:<base64>   the automation role (payload-free actions only)
     rampart-device-pub:<base64>       an endpoint agent (signs receipts)
     rampart-log-pub:<base64>          a tenant's audit log (signs checkpoints)
+    rampart-witness-pub:<base64>      an outside witness (co-signs checkpoints it found consistent)
 
 Security invariant: :meth:`PublicKey.verify` returns True only for a valid
 Ed25519 signature by exactly this key over exactly these bytes; it never raises
@@ -175,6 +176,10 @@ class LogPublicKey(PublicKey):
     KIND = "log"
 
 
+class WitnessPublicKey(PublicKey):
+    KIND = "witness"
+
+
 class OperatorKey(PrivateKey):
     KIND = "operator"
     PUBLIC = OperatorPublicKey
@@ -195,8 +200,13 @@ class LogKey(PrivateKey):
     PUBLIC = LogPublicKey
 
 
+class WitnessKey(PrivateKey):
+    KIND = "witness"
+    PUBLIC = WitnessPublicKey
+
+
 PRIVATE_KINDS: dict[str, type[PrivateKey]] = {
-    c.KIND: c for c in (OperatorKey, AutomationKey, DeviceKey, LogKey)
+    c.KIND: c for c in (OperatorKey, AutomationKey, DeviceKey, LogKey, WitnessKey)
 }
 PUBLIC_KINDS: dict[str, type[PublicKey]] = {
     c.KIND: c for c in (OperatorPublicKey, AutomationPublicKey, DevicePublicKey, LogPublicKey)

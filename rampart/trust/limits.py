@@ -15,6 +15,8 @@ class Limits:
     max_signatures: int = 32
     max_keys: int = 256
     max_devices: int = 10_000
+    #: Devices a committed device set (a Merkle root and count, docs/trust-chain.md) may name.
+    max_set_devices: int = 1_000_000
     max_capabilities: int = 32
     max_args: int = 64
     max_arg_bytes: int = 4096

@@ -14,12 +14,14 @@ Payload types (DSSE ``payloadType``)::
     application/vnd.rampart.receipt.v1+json     Receipt
     application/vnd.rampart.checkpoint.v1+json  Checkpoint
     application/vnd.rampart.revocation.v1+json  Revocation
+    application/vnd.rampart.cancellation.v1+json  Cancellation
 
 See docs/trust-chain.md for what each field means to a verifier.
 """
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import posixpath
 from collections.abc import Iterable, Sequence
@@ -34,9 +36,11 @@ from .keys import (
     LogPublicKey,
     OperatorPublicKey,
     PublicKey,
+    WitnessPublicKey,
     b64decode_strict,
 )
 from .limits import DEFAULT_LIMITS
+from .webauthn import PASSKEY_KEY_TYPE, PasskeyPublicKey
 
 _L = DEFAULT_LIMITS
 
@@ -50,6 +54,8 @@ Nonce = Annotated[str, Meta(pattern=r"^[0-9a-f]{32,128}$")]
 Time = Annotated[int, Meta(ge=0, le=1 << 40)]
 Name = Annotated[str, Meta(min_length=1, max_length=128)]
 B64Key = Annotated[str, Meta(min_length=44, max_length=44)]
+#: A root key's public part: an Ed25519 key (44 characters) or a passkey's blob (trust/webauthn.py).
+B64RootKey = Annotated[str, Meta(min_length=44, max_length=2732)]
 
 Role = Literal["owner", "approver", "technician", "automation"]
 HUMAN_ROLES: tuple[str, ...] = ("owner", "approver", "technician")
@@ -60,7 +66,7 @@ ALL_CAPABILITIES: tuple[str, ...] = (
 )
 
 ActionKind = Literal["script", "file", "package", "os-update", "inventory-refresh", "backup-run", "reboot",
-                     "shell"]
+                     "shell", "backup-forget-state"]
 #: The capability each action kind needs in the grant.
 ACTION_CAPABILITY: dict[str, str] = {
     "script": "script",
@@ -71,10 +77,15 @@ ACTION_CAPABILITY: dict[str, str] = {
     "backup-run": "backup",
     "reboot": "patch",
     "shell": "shell",
+    "backup-forget-state": "backup",
 }
 #: Actions with no operator-chosen content: the only ones an automation key may sign.
 #: ``reboot`` restarts a device that enrolled with ``--allow-reboot`` (the device's own command).
 PAYLOAD_FREE_ACTIONS: frozenset[str] = frozenset({"os-update", "inventory-refresh", "backup-run", "reboot"})
+#: Actions that take no arguments and no payloads: the payload-free ones, and ``backup-forget-state``,
+#: which only a person may sign (never an automation key): it drops the device's record of its backup
+#: repository after a vault rollback (docs/backup-vault.md step 7), a decision, never a schedule.
+NO_ARGUMENT_ACTIONS: frozenset[str] = PAYLOAD_FREE_ACTIONS | {"backup-forget-state"}
 
 ROOT_TYPE = "application/vnd.rampart.root.v1+json"
 GRANT_TYPE = "application/vnd.rampart.grant.v1+json"
@@ -82,6 +93,7 @@ JOB_TYPE = "application/vnd.rampart.job.v1+json"
 RECEIPT_TYPE = "application/vnd.rampart.receipt.v1+json"
 CHECKPOINT_TYPE = "application/vnd.rampart.checkpoint.v1+json"
 REVOCATION_TYPE = "application/vnd.rampart.revocation.v1+json"
+CANCELLATION_TYPE = "application/vnd.rampart.cancellation.v1+json"
 
 
 class _Payload(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -97,8 +109,19 @@ def _unique(items: Sequence[object], what: str) -> None:
 
 
 class KeyEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    public: B64Key
+    """A key of a root. ``type`` absent: an Ed25519 key, ``public`` its 32 raw bytes (the bytes of
+    every root made before passkeys are unchanged); ``"webauthn"``: a passkey, ``public`` its
+    canonical blob binding algorithm, public key, credential id, RP ID and origin."""
+
+    public: B64RootKey
     name: Name
+    type: Literal["webauthn"] | UnsetType = UNSET
+
+    def public_key(self, cls: builtins.type[PublicKey] = OperatorPublicKey) -> PublicKey:
+        """The typed key (``cls`` for an Ed25519 entry, a :class:`PasskeyPublicKey` for a passkey)."""
+        if self.type == PASSKEY_KEY_TYPE:
+            return PasskeyPublicKey.from_b64(self.public)
+        return cls.from_b64(self.public)
 
 
 class RoleSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -150,9 +173,18 @@ class Policy(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     max_grant_seconds_by_capability: Annotated[
         dict[Capability, Annotated[int, Meta(ge=60, le=366 * 24 * 3600)]],
         Meta(max_length=_L.max_capabilities)] | UnsetType = UNSET
+    #: Distinct outside witnesses (the root's ``witness_keys``) whose co-signature a checkpoint
+    #: needs before an agent runs a job under it (docs/design/witness.md). UNSET (absent): none,
+    #: and a root without it has the same bytes as before it existed.
+    witness_quorum: Annotated[int, Meta(ge=1, le=8)] | UnsetType = UNSET
 
     def __post_init__(self) -> None:
         _unique(self.capabilities, "policy capabilities")
+
+    @property
+    def witnesses_required(self) -> int:
+        """Witness co-signatures a checkpoint needs (0: none)."""
+        return 0 if isinstance(self.witness_quorum, UnsetType) else self.witness_quorum
 
     def longest_grant(self, capabilities: Iterable[str], *, automation: bool = False) -> int:
         """Seconds a grant with ``capabilities`` may last: an automation key's standing grant
@@ -204,18 +236,34 @@ class TenantRoot(_Payload, frozen=True, forbid_unknown_fields=True, kw_only=True
     roles: Roles
     log_keys: Annotated[dict[KeyId, B64Key], Meta(min_length=1, max_length=8)]
     policy: Policy = msgspec.field(default_factory=Policy)
+    #: Outside witnesses that co-sign this tenant's checkpoints (key id -> raw Ed25519 key, base64).
+    #: UNSET (absent) is never encoded: a root without witnesses has the same bytes as before.
+    witness_keys: Annotated[dict[KeyId, B64Key], Meta(min_length=1, max_length=8)] | UnsetType = UNSET
 
     def __post_init__(self) -> None:
         for kid, entry in self.keys.items():
             raw = b64decode_strict(entry.public, what="root key")
             if hashlib.sha256(raw).hexdigest() != kid:
                 raise ValueError(f"key id {kid[:16]}… does not match its public key")
+            if entry.type == PASSKEY_KEY_TYPE:
+                PasskeyPublicKey(raw)  # a DecodeError names the bad field
+            elif len(raw) != 32:
+                raise ValueError(f"key {kid[:16]}… is not a 32-byte Ed25519 key")
         for kid, pub in self.log_keys.items():
             raw = b64decode_strict(pub, what="log key")
             if hashlib.sha256(raw).hexdigest() != kid:
                 raise ValueError(f"log key id {kid[:16]}… does not match its public key")
             if kid in self.keys:
                 raise ValueError("a log key cannot also be an operator key")
+        for kid, pub in self.witnesses().items():
+            raw = b64decode_strict(pub, what="witness key")
+            if hashlib.sha256(raw).hexdigest() != kid:
+                raise ValueError(f"witness key id {kid[:16]}… does not match its public key")
+            if kid in self.keys or kid in self.log_keys:
+                raise ValueError("a witness key cannot also be an operator or log key")
+        if self.policy.witnesses_required > len(self.witnesses()):
+            raise ValueError(f"the policy asks {self.policy.witnesses_required} witness co-signatures "
+                             f"but the root names {len(self.witnesses())} witness key(s)")
         human: set[str] = set()
         for role in ("owner", "approver", "technician", "automation"):
             spec = self.roles.get(role)
@@ -230,14 +278,23 @@ class TenantRoot(_Payload, frozen=True, forbid_unknown_fields=True, kw_only=True
             raise ValueError("owner threshold exceeds the number of owner keys")
         if human & set(self.roles.automation.keyids):
             raise ValueError("an automation key cannot hold a human role")
+        if any(self.keys[k].type == PASSKEY_KEY_TYPE for k in self.roles.automation.keyids):
+            raise ValueError("an automation key cannot be a passkey")
 
     def role_keys(self, role: str) -> dict[str, PublicKey]:
         """Public keys of ``role`` as typed keys (automation keys are their own type)."""
         cls: type[PublicKey] = AutomationPublicKey if role == "automation" else OperatorPublicKey
-        return {kid: cls.from_b64(self.keys[kid].public) for kid in self.roles.get(role).keyids}
+        return {kid: self.keys[kid].public_key(cls) for kid in self.roles.get(role).keyids}
 
     def log_public_keys(self) -> dict[str, PublicKey]:
         return {kid: LogPublicKey.from_b64(pub) for kid, pub in self.log_keys.items()}
+
+    def witnesses(self) -> dict[str, str]:
+        """The witness keys (key id -> base64), empty when the root names none."""
+        return {} if isinstance(self.witness_keys, UnsetType) else dict(self.witness_keys)
+
+    def witness_public_keys(self) -> dict[str, PublicKey]:
+        return {kid: WitnessPublicKey.from_b64(pub) for kid, pub in self.witnesses().items()}
 
     def key_name(self, keyid: str) -> str:
         entry = self.keys.get(keyid)
@@ -246,6 +303,35 @@ class TenantRoot(_Payload, frozen=True, forbid_unknown_fields=True, kw_only=True
     def roles_of(self, keyid: str) -> list[str]:
         return [r for r in ("owner", "approver", "technician", "automation")
                 if keyid in self.roles.get(r).keyids]
+
+
+# --- device sets -----------------------------------------------------------------------
+
+
+class DeviceSet(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A signed commitment to a set of device ids, in place of listing them.
+
+    ``root`` is the RFC 9162 Merkle root over the sorted, distinct ids (each leaf
+    domain-separated, :func:`rampart.trust.devset.device_leaf`) and ``count`` the
+    number of ids. The signer's own machine computes both from the list it showed
+    its person (:func:`rampart.trust.devset.commit_devices`); a device checks an
+    inclusion proof of its own id against them, so the payload stays the same
+    size whatever the fleet.
+    """
+
+    root: Hex32
+    count: Annotated[int, Meta(ge=1, le=_L.max_set_devices)]
+
+
+def _check_targets(devices: Sequence[str], device_set: DeviceSet | UnsetType, what: str) -> None:
+    """Exactly one of a non-empty device list and a committed device set; the list has no duplicate."""
+    _unique(devices, f"{what} devices")
+    if bool(devices) == isinstance(device_set, DeviceSet):
+        raise ValueError(f"a {what} names its devices either as a list or as a committed set, exactly one")
+
+
+def _count(devices: Sequence[str], device_set: DeviceSet | UnsetType) -> int:
+    return device_set.count if isinstance(device_set, DeviceSet) else len(devices)
 
 
 # --- grant ------------------------------------------------------------------------------
@@ -260,7 +346,8 @@ class Grant(_Payload, frozen=True, forbid_unknown_fields=True, kw_only=True):
     id: GrantId
     tenant: TenantId
     grantee: KeyId
-    devices: Annotated[list[DeviceId], Meta(min_length=1, max_length=_L.max_devices)]
+    #: The devices, listed; empty when ``device_set`` commits to them instead.
+    devices: Annotated[list[DeviceId], Meta(max_length=_L.max_devices)] = []
     capabilities: Annotated[list[Capability], Meta(min_length=1, max_length=_L.max_capabilities)]
     #: For an automation grantee: the payload-free actions it may trigger.
     actions: Annotated[list[ActionKind], Meta(max_length=8)] = []
@@ -268,9 +355,17 @@ class Grant(_Payload, frozen=True, forbid_unknown_fields=True, kw_only=True):
     not_after: Time
     reason: Annotated[str, Meta(min_length=1, max_length=_L.max_reason)]
     requested_by: Annotated[str, Meta(max_length=128)] = ""
+    #: The devices as a committed set instead of a list. UNSET (never encoded) on a grant that
+    #: lists them, whose bytes are exactly as before this field existed.
+    device_set: DeviceSet | UnsetType = UNSET
+
+    @property
+    def device_count(self) -> int:
+        """How many devices the grant names (listed or committed)."""
+        return _count(self.devices, self.device_set)
 
     def __post_init__(self) -> None:
-        _unique(self.devices, "grant devices")
+        _check_targets(self.devices, self.device_set, "grant")
         _unique(self.capabilities, "grant capabilities")
         _unique(self.actions, "grant actions")
         if self.not_after <= self.not_before:
@@ -299,7 +394,7 @@ class Action(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     def __post_init__(self) -> None:
         names = [p.name for p in self.payloads]
         _unique(names, "payload names")
-        if self.kind in PAYLOAD_FREE_ACTIONS and (self.args or self.payloads):
+        if self.kind in NO_ARGUMENT_ACTIONS and (self.args or self.payloads):
             raise ValueError(f"action {self.kind} takes no arguments and no payloads")
         if self.kind == "script" and names != ["script"]:
             raise ValueError("a script action carries exactly one payload named 'script'")
@@ -377,7 +472,8 @@ class Job(_Payload, frozen=True, forbid_unknown_fields=True, kw_only=True):
     tenant: TenantId
     grant: GrantId
     signer: KeyId
-    devices: Annotated[list[DeviceId], Meta(min_length=1, max_length=_L.max_devices)]
+    #: The target devices, listed; empty when ``device_set`` commits to them instead.
+    devices: Annotated[list[DeviceId], Meta(max_length=_L.max_devices)] = []
     action: Action
     declared: Declared = msgspec.field(default_factory=Declared)
     timeout_s: Annotated[int, Meta(ge=1, le=_L.max_job_timeout_s)] = 300
@@ -389,9 +485,17 @@ class Job(_Payload, frozen=True, forbid_unknown_fields=True, kw_only=True):
     repeat: Repeat | UnsetType = UNSET
     #: Present exactly on a ``shell`` job (absent, never encoded, on every other one).
     session: SessionSpec | UnsetType = UNSET
+    #: The targets as a committed set instead of a list (never a shell job's: it names its one
+    #: device). UNSET (never encoded) on a job that lists them, whose bytes are as before.
+    device_set: DeviceSet | UnsetType = UNSET
+
+    @property
+    def device_count(self) -> int:
+        """How many devices the job targets (listed or committed)."""
+        return _count(self.devices, self.device_set)
 
     def __post_init__(self) -> None:
-        _unique(self.devices, "job devices")
+        _check_targets(self.devices, self.device_set, "job")
         if (self.action.kind == "shell") != isinstance(self.session, SessionSpec):
             raise ValueError("a shell job carries a session spec, and only a shell job does")
         if self.action.kind == "shell":
@@ -533,6 +637,21 @@ class Revocation(_Payload, frozen=True, forbid_unknown_fields=True, kw_only=True
     schema: Literal[1] = 1
     tenant: TenantId
     grant: GrantId
+    issued_at: Time
+    reason: Annotated[str, Meta(max_length=_L.max_reason)] = ""
+
+
+class Cancellation(_Payload, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A person withdraws a job that has not run: the job's own technician or an approver or owner.
+
+    Agents refuse the job from then on (it names the job, not the grant: the rest of the grant
+    stands). A job that already ran is not undone."""
+
+    PAYLOAD_TYPE: ClassVar[str] = CANCELLATION_TYPE
+    type: Literal["cancellation"] = "cancellation"
+    schema: Literal[1] = 1
+    tenant: TenantId
+    job: JobId
     issued_at: Time
     reason: Annotated[str, Meta(max_length=_L.max_reason)] = ""
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgspec
 
@@ -35,8 +35,13 @@ _ROLES = ("owner", "approver", "technician", "automation")
 
 
 def key_fingerprint(public_key: bytes) -> str:
-    """``"12345 67890 …"``: six groups of five digits from SHA-256(public key)."""
-    if len(public_key) != 32:
+    """``"12345 67890 …"``: six groups of five digits from SHA-256(public key).
+
+    ``public_key`` is what a root's ``keys`` hold: an Ed25519 key's 32 raw bytes, or a
+    passkey's canonical blob (its algorithm, public key, credential id, RP ID and origin), so a
+    passkey's fingerprint covers its pinned origin too.
+    """
+    if len(public_key) != 32 and not (public_key.startswith(b"{") and len(public_key) <= 2048):
         raise UsageError("an Ed25519 public key is 32 bytes")
     digest = hashlib.sha256(public_key).digest()
     groups = [int.from_bytes(digest[i * 5:(i + 1) * 5], "big") % 100000
@@ -89,6 +94,9 @@ class RootDiff:
     tenant_changed: bool
     name: tuple[str, str] | None
     expires: tuple[int, int]
+    #: Outside witness keys the new root adds (key id -> base64 key) and removes (key ids).
+    witnesses_added: dict[str, str] = field(default_factory=dict)
+    witnesses_removed: tuple[str, ...] = ()
 
 
 def root_diff(old: TenantRoot, new: TenantRoot) -> RootDiff:
@@ -116,4 +124,6 @@ def root_diff(old: TenantRoot, new: TenantRoot) -> RootDiff:
         tenant_changed=old.tenant != new.tenant,
         name=(old.name, new.name) if old.name != new.name else None,
         expires=(old.expires, new.expires),
+        witnesses_added={k: v for k, v in sorted(new.witnesses().items()) if k not in old.witnesses()},
+        witnesses_removed=tuple(sorted(set(old.witnesses()) - set(new.witnesses()))),
     )

@@ -39,6 +39,8 @@ class TrustedRoot:
     technicians: dict[str, PublicKey] = field(repr=False)
     automation: dict[str, PublicKey] = field(repr=False)
     log_keys: dict[str, PublicKey] = field(repr=False)
+    #: Outside witnesses that co-sign checkpoints (empty: the root names none).
+    witnesses: dict[str, PublicKey] = field(repr=False, default_factory=dict)
 
     @property
     def tenant(self) -> str:
@@ -59,7 +61,7 @@ def _trusted(root: TenantRoot, env_bytes: bytes) -> TrustedRoot:
         root=root, envelope=env_bytes, sha256=root_sha256(env_bytes),
         owners=root.role_keys("owner"), approvers=root.role_keys("approver"),
         technicians=root.role_keys("technician"), automation=root.role_keys("automation"),
-        log_keys=root.log_public_keys(),
+        log_keys=root.log_public_keys(), witnesses=root.witness_public_keys(),
     )
 
 

@@ -21,6 +21,9 @@ order (docs/trust-chain.md, "Verifying a job"):
 10. The log checkpoint is signed by the root's log key, is consistent with the
     last checkpoint this device saw, and includes this exact job envelope.
 11. The nonce and job id were never seen on this device.
+12. A job signed by a passkey carries a sign counter above the last one this device
+    saw for that passkey (:func:`~rampart.trust.webauthn.check_counter`); the new
+    counter is returned in :attr:`Authorization.passkey_counters` for the caller to keep.
 
 A repeating script job (a script check, ``Job.repeat``) passes these steps
 once, at its first run; :func:`authorize_repeat` decides every later run.
@@ -34,12 +37,14 @@ from __future__ import annotations
 
 import hashlib
 import posixpath
-from collections.abc import Container, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Container, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from . import merkle
+from .devset import DeviceProofs, is_member
 from .envelope import Envelope, decode_envelope, verified_signers
 from .errors import (
+    CancelledError,
     CapabilityError,
     DecodeError,
     DigestMismatchError,
@@ -51,20 +56,25 @@ from .errors import (
     RootNotAllowedError,
     SignatureError,
     ThresholdError,
+    TrustError,
     UnknownKeyError,
+    WitnessQuorumError,
     WrongDeviceError,
     WrongTenantError,
 )
 from .keys import DevicePublicKey, PublicKey, device_id_for
 from .limits import DEFAULT_LIMITS, Limits
 from .payloads import (
+    CANCELLATION_TYPE,
     CHECKPOINT_TYPE,
     GRANT_TYPE,
     JOB_TYPE,
     PAYLOAD_FREE_ACTIONS,
     RECEIPT_TYPE,
     REVOCATION_TYPE,
+    Cancellation,
     Checkpoint,
+    DeviceSet,
     Grant,
     Job,
     Receipt,
@@ -75,12 +85,13 @@ from .payloads import (
     decode_payload,
 )
 from .roots import TrustedRoot
+from .webauthn import PasskeyPublicKey, check_counter
 
 
 def approvers_required(root: TenantRoot, grant: Grant) -> int:
     """Approver signatures the tenant policy requires for this grant's reach."""
     p = root.policy
-    if len(grant.devices) > p.approver_device_limit or (
+    if grant.device_count > p.approver_device_limit or (
         set(grant.capabilities) & set(p.high_risk_capabilities)
     ):
         return p.approvers_beyond_limit
@@ -127,7 +138,7 @@ def verify_grant(root: TrustedRoot, grant_bytes: bytes, *, now: int,
     if not st.complete:
         raise ThresholdError(
             f"grant has {len(st.approved_by)} of {st.required} approver signatures required "
-            f"for {len(grant.devices)} device(s) and capabilities {sorted(grant.capabilities)}"
+            f"for {grant.device_count} device(s) and capabilities {sorted(grant.capabilities)}"
         )
     policy = root.root.policy
     refused = set(grant.capabilities) - set(policy.capabilities)
@@ -156,9 +167,48 @@ def verify_revocation(root: TrustedRoot, data: bytes, *, limits: Limits = DEFAUL
     return rev
 
 
-def verify_checkpoint(root: TrustedRoot, data: bytes, *, now: int,
+def _decode_cancellation(root: TrustedRoot, data: bytes, limits: Limits) -> tuple[Envelope, Cancellation]:
+    env = decode_envelope(data, expect_type=CANCELLATION_TYPE, limits=limits)
+    c = decode_payload(env.payload, Cancellation, max_bytes=limits.max_envelope_bytes)
+    if c.tenant != root.tenant:
+        raise WrongTenantError("cancellation names another tenant")
+    return env, c
+
+
+def check_cancellation(root: TrustedRoot, data: bytes, *, limits: Limits = DEFAULT_LIMITS) -> Cancellation:
+    """A cancellation of this tenant signed by a person of the root (owner, approver or technician).
+
+    Whether it counts for its job is decided with the job (:func:`verify_cancellation`): a
+    technician may cancel only a job their own key signed."""
+    env, c = _decode_cancellation(root, data, limits)
+    people = {**root.technicians, **root.approvers, **root.owners}
+    if not verified_signers(env, people, threshold=1).met:
+        raise UnknownKeyError("cancellation is not signed by a person of the root")
+    return c
+
+
+def verify_cancellation(root: TrustedRoot, data: bytes, job: Job, *,
+                        limits: Limits = DEFAULT_LIMITS) -> Cancellation:
+    """The cancellation names ``job`` and is signed by an approver or owner of the root, or by the
+    technician key that signed the job (never an automation key: a person cancels)."""
+    env, c = _decode_cancellation(root, data, limits)
+    if job.tenant != root.tenant:
+        raise WrongTenantError("cancellation names another tenant")
+    if c.job != job.id:
+        raise WrongDeviceError("cancellation names another job")
+    signers: dict[str, PublicKey] = {**root.approvers, **root.owners}
+    if job.signer in root.technicians:
+        signers[job.signer] = root.technicians[job.signer]
+    if not verified_signers(env, signers, threshold=1).met:
+        raise UnknownKeyError("cancellation is not signed by the job's technician or an approver or owner")
+    return c
+
+
+def verify_checkpoint(root: TrustedRoot, data: bytes, *, now: int, witnessed: bool = True,
                       limits: Limits = DEFAULT_LIMITS) -> Checkpoint:
-    """A checkpoint of this tenant's log, signed by a log key the root names."""
+    """A checkpoint of this tenant's log, signed by a log key the root names and, when the root's
+    policy asks a witness quorum (and ``witnessed``), co-signed by that many distinct witnesses of
+    the root. ``witnessed=False`` is for a witness itself, deciding whether to co-sign."""
     env = decode_envelope(data, expect_type=CHECKPOINT_TYPE, limits=limits)
     cp = decode_payload(env.payload, Checkpoint, max_bytes=limits.max_envelope_bytes)
     if cp.log != root.tenant:
@@ -167,6 +217,14 @@ def verify_checkpoint(root: TrustedRoot, data: bytes, *, now: int,
         raise UnknownKeyError("checkpoint is not signed by a log key of the root")
     if cp.time > now + limits.clock_skew_s:
         raise ExpiredError("checkpoint is dated in the future")
+    need = root.root.policy.witnesses_required
+    if witnessed and need:
+        got = verified_signers(env, root.witnesses, threshold=need)
+        if not got.met:
+            raise WitnessQuorumError(
+                f"the checkpoint at size {cp.size} has {len(got.signed)} of the {need} outside witness "
+                f"co-signature(s) the tenant policy requires (is the witness running and reaching "
+                f"the server?)")
     return cp
 
 
@@ -227,6 +285,8 @@ class Authorization:
     checkpoint: Checkpoint
     effective: Effective
     signer_role: str
+    #: The job signer's passkey sign counter, to store (empty for an Ed25519 signer).
+    passkey_counters: Mapping[str, int] = field(default_factory=dict)
 
 
 def _under(path: str, root: str) -> bool:
@@ -266,20 +326,40 @@ def _check_payloads(j: Job, payloads: Mapping[str, bytes]) -> None:
             raise DigestMismatchError(f"payload {ref.name!r} does not match its signed SHA-256")
 
 
-def _check_binding(j: Job, g: Grant, device_id: str, revoked_grants: Container[str]) -> None:
+def _check_binding(j: Job, g: Grant, device_id: str, revoked_grants: Container[str],
+                   proofs: DeviceProofs | None) -> None:
     """The job names this grant and is signed by its grantee; the grant is not revoked; this
-    device is a target, and every target is inside the grant."""
+    device is a target and inside the grant.
+
+    With both lists, every target must be inside the grant (as the server and the
+    signer's CLI check). With a committed set on either side, this device proves its
+    own membership of each set (the others prove theirs: a target outside the grant
+    refuses the job itself, so no device runs anything the approvers did not name).
+    """
     if g.id != j.grant:
         raise CapabilityError("job names a different grant than the one supplied")
     if g.grantee != j.signer:
         raise CapabilityError("job signer is not the grant's grantee")
     if g.id in revoked_grants:
         raise RevokedError("the grant was revoked")
-    if device_id not in j.devices:
+    p = proofs if proofs is not None else DeviceProofs()
+    if isinstance(j.device_set, DeviceSet):
+        if not is_member(j.device_set, device_id, p.job):
+            raise WrongDeviceError("this device is not a target of the job "
+                                   "(no valid proof that it is in the job's signed device set)")
+    elif device_id not in j.devices:
         raise WrongDeviceError("this device is not a target of the job")
-    outside = set(j.devices) - set(g.devices)
-    if outside:
-        raise CapabilityError(f"job targets {len(outside)} device(s) outside the grant")
+    if isinstance(g.device_set, DeviceSet):
+        if not is_member(g.device_set, device_id, p.grant):
+            raise CapabilityError("this device is outside the grant "
+                                  "(no valid proof that it is in the grant's signed device set)")
+    elif isinstance(j.device_set, DeviceSet):
+        if device_id not in g.devices:
+            raise CapabilityError("this device is outside the grant")
+    else:
+        outside = set(j.devices) - set(g.devices)
+        if outside:
+            raise CapabilityError(f"job targets {len(outside)} device(s) outside the grant")
 
 
 def _decode_job(root: TrustedRoot, job: bytes, limits: Limits) -> tuple[Envelope, Job]:
@@ -291,10 +371,19 @@ def _decode_job(root: TrustedRoot, job: bytes, limits: Limits) -> tuple[Envelope
     return env, j
 
 
-def _check_signature(env: Envelope, j: Job, key: PublicKey) -> None:
-    """The job carries its signer's valid signature."""
+def _check_signature(env: Envelope, j: Job, key: PublicKey) -> Mapping[str, int]:
+    """The job carries its signer's valid signature; a passkey signer's sign counter."""
+    if isinstance(key, PasskeyPublicKey):
+        first: TrustError | None = None
+        for sig in (s for s in env.signatures if s.keyid == j.signer):
+            try:
+                return {j.signer: key.check_assertion(sig.sig, env.signed_message())}
+            except TrustError as exc:  # the first failure's precise reason, if none verifies
+                first = first or exc
+        raise first or SignatureError("job signature is missing or invalid")
     if not verified_signers(env, {j.signer: key}, threshold=1).met:
         raise SignatureError("job signature is missing or invalid")
+    return {}
 
 
 def _check_grant_window(j: Job, g: Grant, limits: Limits) -> None:
@@ -327,12 +416,21 @@ def authorize_job(
     seen_nonces: Container[str],
     seen_jobs: Container[str] = frozenset(),
     revoked_grants: Container[str] = frozenset(),
+    passkey_counters: Mapping[str, int] | None = None,
+    cancellations_of: Callable[[str], Sequence[bytes]] | None = None,
+    proofs: DeviceProofs | None = None,
     limits: Limits = DEFAULT_LIMITS,
 ) -> Authorization:
     """Decide whether this device may run ``job``; return its effective capabilities or raise.
 
     Raises a :class:`~rampart.trust.errors.TrustError` whose ``reason`` is the
-    precise refusal. Pure: the caller persists nonce and checkpoint afterwards.
+    precise refusal. ``passkey_counters`` are the highest sign counters this device
+    stored per passkey key id (from earlier jobs). ``cancellations_of`` returns the
+    cancellation envelopes stored for a job id: one that
+    :func:`verify_cancellation` accepts refuses the job (those that do not are
+    ignored: they cannot block a valid job). ``proofs`` show this device is in
+    the job's and the grant's committed device sets, where they commit one. Pure: the caller persists nonce,
+    checkpoint and :attr:`Authorization.passkey_counters` afterwards.
     """
     # 1. decode
     env, j = _decode_job(root, job, limits)
@@ -343,11 +441,18 @@ def authorize_job(
         role, key = "automation", root.automation[j.signer]
     else:
         raise UnknownKeyError("job signer is not a technician or automation key of the pinned root")
-    _check_signature(env, j, key)
+    counters = _check_signature(env, j, key)
+    # 2b. withdrawn by a person before it ran
+    for cancelled in cancellations_of(j.id) if cancellations_of is not None else ():
+        try:
+            verify_cancellation(root, cancelled, j, limits=limits)
+        except TrustError:
+            continue
+        raise CancelledError("the job was cancelled by its technician or an approver")
     # 3. grant
     g = verify_grant(root, grant, now=now, limits=limits)
     # 4. binding, 5. devices
-    _check_binding(j, g, device.device_id, revoked_grants)
+    _check_binding(j, g, device.device_id, revoked_grants, proofs)
     # 6. time
     if now >= j.expires_at:
         raise ExpiredError("job has expired")
@@ -377,7 +482,11 @@ def authorize_job(
     # 11. replay
     if j.nonce in seen_nonces or j.id in seen_jobs:
         raise ReplayError("this job was already seen on this device")
-    return Authorization(j, g, cp, effective, role)
+    # 12. passkey sign counter
+    last = passkey_counters or {}
+    for kid, counter in counters.items():
+        check_counter(kid, counter, last.get(kid))
+    return Authorization(j, g, cp, effective, role, dict(counters))
 
 
 @dataclass(frozen=True, slots=True)
@@ -404,6 +513,7 @@ def authorize_repeat(
     device: DevicePolicy,
     now: int,
     revoked_grants: Container[str] = frozenset(),
+    proofs: DeviceProofs | None = None,
     limits: Limits = DEFAULT_LIMITS,
 ) -> RepeatAuthorization:
     """Decide whether a repeating script job that already ran here once may run again now.
@@ -420,7 +530,8 @@ def authorize_repeat(
     Deliberately not checked: the nonce (the first run consumed it; every
     later run is of the same signed job), the job's own ``expires_at`` (the
     deadline for the first run) and the audit log (the first run proved the
-    job is in the log; the job bytes are the same). Pure: no I/O.
+    job is in the log; the job bytes are the same). ``proofs`` are the device-set
+    proofs the first run came with (stored beside the job). Pure: no I/O.
     """
     env, j = _decode_job(root, job, limits)
     rep = j.repeating
@@ -434,7 +545,7 @@ def authorize_repeat(
         raise UnknownKeyError("the repeating job's signer is not a technician of the pinned root")
     _check_signature(env, j, key)
     g = verify_grant(root, grant, now=now, limits=limits)
-    _check_binding(j, g, device.device_id, revoked_grants)
+    _check_binding(j, g, device.device_id, revoked_grants, proofs)
     if now >= rep.until:
         raise ExpiredError("the job's repeat period has ended")
     _check_grant_window(j, g, limits)

@@ -1,4 +1,4 @@
-"""Shared web assets: the base template, stylesheet and vendored htmx, and the one text filter.
+"""Shared web assets: base template, stylesheet, vendored htmx and asciinema-player, the one text filter.
 
 Both web front ends use this package: the server console (``rampart.server.api.console``,
 served by ``rampart server run``, signs nothing) and, later, the local signing console
@@ -34,18 +34,30 @@ from markupsafe import Markup
 
 from rampart.textsafe import is_safe, safe_line, unsafe_char
 
-__all__ = ["CSP", "STATIC", "environment", "line", "static_file", "text", "when"]
+__all__ = ["CSP", "PLAYER_CSP", "STATIC", "environment", "line", "static_file", "text", "when"]
 
 #: Content-Security-Policy of every console page: no inline script or style, no eval, no
 #: frames, forms post to this origin only.
 CSP: Final = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
               "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 
-#: The static files either console may serve, by name: (file, content type).
+#: The CSP of the one page that plays a session recording: :data:`CSP` plus
+#: ``'wasm-unsafe-eval'``, which the vendored asciinema-player needs to compile its terminal
+#: emulator (WebAssembly, inside the vendored script). It allows WebAssembly compilation
+#: only: JavaScript ``eval``/``Function`` stay refused, and scripts still come from this
+#: origin only (docs/design/web-console.md, "Recordings").
+PLAYER_CSP: Final = CSP.replace("script-src 'self';", "script-src 'self' 'wasm-unsafe-eval';")
+
+#: The static files either console may serve, by name: (file, content type). The
+#: asciinema-player files are vendored unmodified from its npm package (version and
+#: SHA-256 in docs/design/web-console.md).
 STATIC: Final[dict[str, str]] = {
     "htmx.min.js": "text/javascript; charset=utf-8",
     "console.js": "text/javascript; charset=utf-8",
     "console.css": "text/css; charset=utf-8",
+    "asciinema-player.min.js": "text/javascript; charset=utf-8",
+    "asciinema-player.css": "text/css; charset=utf-8",
+    "recording.js": "text/javascript; charset=utf-8",
 }
 
 

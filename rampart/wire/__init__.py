@@ -26,6 +26,7 @@ from .messages import (
     SERVER_MESSAGE_TYPES,
     AckMessage,
     AgentMessage,
+    CancellationsMessage,
     Challenge,
     CheckAckMessage,
     CheckResultMessage,
@@ -63,4 +64,5 @@ __all__ = [
     "auth_message", "check_hello", "decode_agent_message", "decode_challenge", "decode_hello",
     "decode_report", "decode_result", "decode_server_message", "decode_welcome", "diff", "digest",
     "encode_message", "encode_report", "encode_result", "new_challenge", "sign_hello",
+    "CancellationsMessage",
 ]

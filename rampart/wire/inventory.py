@@ -164,9 +164,13 @@ class Update(_Struct, frozen=True, kw_only=True):
     arch: Name
     installed: Name
     candidate: Name
+    #: A security archive offers a version newer than the installed one (not necessarily the candidate).
     security: bool = False
     #: Archive, suite or repository that offers the candidate.
     origin: Name = ""
+    #: The newest version newer than ``installed`` that a security archive offers ("" if none): the
+    #: security fix, which may be older than the candidate (2.0 from updates, 1.1 from security).
+    security_candidate: Name = ""
 
 
 class Process(_Struct, frozen=True, kw_only=True):

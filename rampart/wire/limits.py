@@ -13,7 +13,7 @@ from rampart.trust import DEFAULT_LIMITS, merkle
 
 __all__ = [
     "JOB_ID_PATTERN", "MAX_DETAIL_CHARS", "MAX_ENVELOPES", "MAX_MESSAGE_BYTES", "MAX_PAYLOADS",
-    "MAX_PROOF_HASHES", "MAX_SEQ",
+    "MAX_PROOF_HASHES", "MAX_SEQ", "LISTED_DEVICES_UP_TO",
 ]
 
 #: Largest WebSocket message (one JSON text frame), either direction.
@@ -30,3 +30,6 @@ MAX_PROOF_HASHES: Final = merkle.MAX_PROOF_LEN
 MAX_SEQ: Final = 1 << 62
 #: A job id as the trust core mints it.
 JOB_ID_PATTERN: Final = r"^job-[0-9a-z]{16,64}$"
+#: Up to this many devices a grant or job lists them; beyond, its signers commit a device set
+#: (``trust.DeviceSet``) and each device gets its own proof, so messages stay constant-size.
+LISTED_DEVICES_UP_TO: Final = 64

@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from rampart.trust import DeviceProofs
+
 from .base import Count, Hex64, Message, Short, WireError
 from .check_result import CheckResult
 from .finding import MAX_DORMANT_DAYS
@@ -43,8 +45,8 @@ __all__ = [
     "CheckAckMessage", "CheckResultMessage", "DetectionMessage", "ErrorMessage", "Hello",
     "InventoryAckMessage", "InventoryFullMessage", "InventoryMessage", "InventoryRequestMessage", "JobLog",
     "JobMessage", "ReceiptMessage", "RevocationsMessage", "RootsMessage", "ServerMessage", "StateMessage",
-    "Welcome", "decode_agent_message", "decode_challenge", "decode_hello", "decode_server_message",
-    "decode_welcome", "encode_message",
+    "Welcome", "CancellationsMessage", "decode_agent_message", "decode_challenge", "decode_hello",
+    "decode_server_message", "decode_welcome", "encode_message",
 ]
 
 JobId = Annotated[str, Meta(pattern=JOB_ID_PATTERN)]
@@ -104,6 +106,9 @@ class JobMessage(Message, frozen=True, kw_only=True, tag="job"):
     grant: str
     payloads: Annotated[dict[str, str], Meta(max_length=MAX_PAYLOADS)] = {}
     log: JobLog
+    #: This device's inclusion proofs for the job's and the grant's committed device sets (only
+    #: when they commit one; absent, never encoded, for listed devices).
+    proofs: DeviceProofs | msgspec.UnsetType = msgspec.UNSET
 
 
 class AckMessage(Message, frozen=True, kw_only=True, tag="ack"):
@@ -120,6 +125,13 @@ class RootsMessage(Message, frozen=True, kw_only=True, tag="roots"):
 
 class RevocationsMessage(Message, frozen=True, kw_only=True, tag="revocations"):
     """Signed grant revocations (each verified against the pinned root)."""
+
+    envelopes: Envelopes
+
+
+class CancellationsMessage(Message, frozen=True, kw_only=True, tag="cancellations"):
+    """Signed job cancellations of the tenant (each checked against the pinned root; a job is
+    refused only when its own cancellation verifies for it)."""
 
     envelopes: Envelopes
 
@@ -164,7 +176,8 @@ class ErrorMessage(Message, frozen=True, kw_only=True, omit_defaults=True, tag="
     job_id: JobId | None = None
 
 
-ServerMessage = (JobMessage | AckMessage | RootsMessage | RevocationsMessage | DetectionMessage
+ServerMessage = (JobMessage | AckMessage | RootsMessage | RevocationsMessage | CancellationsMessage
+                 | DetectionMessage
                  | InventoryAckMessage | InventoryFullMessage | InventoryRequestMessage | CheckAckMessage
                  | ErrorMessage | SessionFrameMessage | SessionCloseMessage | RecordingAckMessage)
 

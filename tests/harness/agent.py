@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from harness import logs
 
 
 def agent_cmd(*args: str) -> list[str]:
@@ -17,19 +21,22 @@ def agent_cmd(*args: str) -> list[str]:
 
 
 class AgentProcess:
-    """One enrolled agent: its state dir, and its ``run`` process when started."""
+    """One enrolled agent: its state dir, and its ``run`` process when started. ``command`` runs
+    another installation of the agent (a package's ``rampart-agent``) instead of this checkout's."""
 
-    def __init__(self, state: Path) -> None:
+    def __init__(self, state: Path, command: list[str] | None = None) -> None:
         self.state = state
+        self.command = command or agent_cmd()
         self.proc: subprocess.Popen[bytes] | None = None
         self.device_id = ""
         self.log = state.parent / f"{state.name}.log"
+        logs.register(self.log)
 
     def enroll(self, server: str, token: str, root_sha256: str, cert_sha256: str,
                *extra: str) -> subprocess.CompletedProcess[str]:
         r = subprocess.run(
-            agent_cmd("enroll", "--server", server, "--token", token, "--root-sha256", root_sha256,
-                      "--cert-sha256", cert_sha256, "--state", str(self.state), *extra),
+            [*self.command, "enroll", "--server", server, "--token", token, "--root-sha256",
+             root_sha256, "--cert-sha256", cert_sha256, "--state", str(self.state), *extra],
             capture_output=True, text=True, timeout=60,
         )
         if r.returncode == 0:
@@ -38,16 +45,23 @@ class AgentProcess:
 
     def start(self) -> AgentProcess:
         with open(self.log, "ab") as logf:
-            self.proc = subprocess.Popen(agent_cmd("run", "--state", str(self.state)),
+            self.proc = subprocess.Popen([*self.command, "run", "--state", str(self.state)],
                                          stdout=subprocess.DEVNULL, stderr=logf)
         return self
 
-    def stop(self) -> int:
+    def stop(self, timeout: float = 30, *, signalled: bool = False) -> int:
+        """SIGTERM (unless ``signalled`` already: a second one could land after the agent's own
+        handler is gone) and wait for the exit status; killed and raised after ``timeout``."""
         if self.proc is None:
             return 0
-        self.proc.send_signal(signal.SIGTERM)
+        if not signalled and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
         try:
-            return self.proc.wait(timeout=20)
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()  # still a failure (raised below), but no agent outlives its test
+            self.proc.wait(timeout=10)
+            raise
         finally:
             self.proc = None
 
@@ -58,7 +72,7 @@ class AgentProcess:
         self.proc = None
 
     def status(self) -> dict[str, Any]:
-        r = subprocess.run(agent_cmd("status", "--state", str(self.state), "--json"),
+        r = subprocess.run([*self.command, "status", "--state", str(self.state), "--json"],
                            capture_output=True, text=True, timeout=60, check=True)
         doc: dict[str, Any] = json.loads(r.stdout)
         return doc
@@ -73,6 +87,26 @@ class AgentProcess:
                 return
             time.sleep(0.05)
         raise TimeoutError(f"{needle!r} not in agent log:\n{self.log_text()[-2000:]}")
+
+
+def stop_all(agents: Iterable[AgentProcess], timeout: float = 30) -> None:
+    """Stop every agent, even when one of them fails to stop (the first failure is raised after).
+
+    All are told at once (SIGTERM), then each has until one shared deadline to exit."""
+    agents = list(agents)
+    for a in agents:
+        if a.proc is not None and a.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                a.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    failure: BaseException | None = None
+    for a in agents:
+        try:
+            a.stop(timeout=max(1.0, deadline - time.monotonic()), signalled=True)
+        except Exception as exc:  # noqa: BLE001 - re-raised once all are stopped
+            failure = failure or exc
+    if failure is not None:
+        raise failure
 
 
 def traversable_dir(prefix: str) -> Path:

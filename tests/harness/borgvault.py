@@ -1,5 +1,9 @@
 """A borg vault for tests: the vault host's forced command, and the vault holder's offline procedure.
 
+* :class:`VaultHost` is the vault host for real agents: a loopback service that
+  runs that forced command for every connection, with a small relay as the
+  agent's ``--backup-rsh``, so the vault's side runs outside every job's
+  sandbox, as a remote host would.
 * :func:`forced_command` writes the stand-in for ``ssh vault`` that the agent's
   ``BORG_RSH`` points to. Like the ``command="..."`` of the device's entry in
   the vault's ``authorized_keys`` (docs/backup-vault.md), it ignores whatever
@@ -18,7 +22,9 @@ import hashlib
 import os
 import re
 import shutil
+import socket
 import subprocess
+import threading
 from pathlib import Path
 
 from rampart.agent.backup import BorgRepo
@@ -130,3 +136,64 @@ def vault_repo(repo: Path, base_dir: Path, pass_file: Path) -> BorgRepo:
 
 def copy_tree(src: Path, dest: Path) -> None:
     shutil.copytree(src, dest, symlinks=True)
+
+
+class VaultHost:
+    """Each connection gets ``borg serve --append-only --restrict-to-repository REPO``, whatever it asks."""
+
+    def __init__(self, repo: Path, home: Path) -> None:
+        self.repo = repo
+        self.home = home
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = int(self.sock.getsockname()[1])
+        self.connections = 0
+        self._stop = False
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._stop:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8", "HOME": str(self.home),
+               "BORG_BASE_DIR": str(self.home)}
+        with conn:
+            subprocess.run(["borg", "serve", "--append-only", "--restrict-to-repository", str(self.repo),
+                            "--storage-quota", "1G"], stdin=conn.fileno(), stdout=conn.fileno(),
+                           stderr=subprocess.DEVNULL, env=env, timeout=600, check=False)
+
+    def relay(self, path: Path) -> Path:
+        """The ``ssh`` stand-in borg runs (BORG_RSH): pipes stdin/stdout to the vault host's port."""
+        path.write_text(
+            "#!/usr/bin/python3 -I\n"
+            "# Stand-in for `ssh vault`: the vault host decides what runs (borg serve --append-only).\n"
+            "import os, socket, sys, threading\n"
+            f"s = socket.create_connection(('127.0.0.1', {self.port}))\n"
+            "def up():\n"
+            "    while True:\n"
+            "        b = os.read(0, 65536)\n"
+            "        if not b:\n"
+            "            s.shutdown(socket.SHUT_WR)\n"
+            "            return\n"
+            "        s.sendall(b)\n"
+            "threading.Thread(target=up, daemon=True).start()\n"
+            "while True:\n"
+            "    b = s.recv(65536)\n"
+            "    if not b:\n"
+            "        break\n"
+            "    while b:\n"
+            "        b = b[os.write(1, b):]\n")
+        path.chmod(0o755)
+        return path
+
+    def close(self) -> None:
+        self._stop = True
+        self.sock.close()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from rampart import trust
 
-from .agent import AgentProcess, enroll_fleet, traversable_dir
+from .agent import AgentProcess, enroll_fleet, stop_all, traversable_dir
 from .operators import TenantSetup, bootstrap_owner, ok, setup_tenant, step_up
 from .server import RunningServer
 
@@ -112,6 +112,5 @@ def make_fleet(server: RunningServer, n: int) -> Iterator[Fleet]:
         fleet.wait_connected()
         yield fleet
     finally:
-        for a in agents:
-            a.stop()
+        stop_all(agents)
         shutil.rmtree(base, ignore_errors=True)

@@ -61,8 +61,12 @@ class Totp:
         return cls(query["secret"][0])
 
     def code(self) -> str:
-        now_step = int((time.time() + self.offset) // 30)
-        step = max(self.last_step + 1, now_step - 1)
+        now = time.time() + self.offset
+        now_step = int(now // 30)
+        # The server accepts the previous step too, until the current one ends: use it only while
+        # that leaves 20 s or more (a loaded machine may take seconds to deliver the request).
+        oldest = now_step - 1 if now - now_step * 30 < 10 else now_step
+        step = max(self.last_step + 1, oldest)
         while step > int((time.time() + self.offset) // 30) + 1:
             time.sleep(1)
         self.last_step = step

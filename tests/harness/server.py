@@ -10,6 +10,7 @@ test. Nothing here knows about agents: see ``harness/agent.py``.
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import httpx
 
+from harness import logs
 from rampart.tlspin import fetch_pinned_certificate, pinned_context
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,6 +43,7 @@ def free_port() -> int:
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
+    env["PYTHONUNBUFFERED"] = "1"  # the access log (stdout) is in the file when a failure shows its end
     return env
 
 
@@ -93,6 +96,7 @@ class RunningServer:
         cmd = [sys.executable, "-m", "rampart.server", "run", "--data", str(self.data_dir),
                "--listen", f"127.0.0.1:{self.port}", "--agent-listen",
                f"127.0.0.1:{self.agent_port}", *self.args]
+        logs.register(self.log_path)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                      env={**_env(), **self.env}, cwd=REPO, start_new_session=True)
@@ -144,8 +148,12 @@ def init_server(base: Path, db_url: str | None = None) -> RunningServer:
                          log_path=base / "server.log")
 
 
-def start_server(base: Path, db_url: str | None = None) -> RunningServer:
+def start_server(base: Path, db_url: str | None = None, **settings: object) -> RunningServer:
+    """A started server; ``settings`` go into its config.json first (e.g. ``witness_wait_s=4``)."""
     server = init_server(base, db_url)
+    if settings:
+        cfg = server.data_dir / "config.json"
+        cfg.write_text(json.dumps({**json.loads(cfg.read_text()), **settings}))
     server.start()
     return server
 

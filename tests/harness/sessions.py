@@ -23,7 +23,7 @@ from typing import Any
 
 import pexpect
 
-from harness.agent import AgentProcess, traversable_dir
+from harness.agent import AgentProcess, stop_all, traversable_dir
 from harness.operators import Operator, bootstrap_owner, make_root, ok, sign_root, step_up
 from harness.server import REPO, RunningServer, start_server
 from rampart import tlspin, trust
@@ -114,7 +114,7 @@ class SessionWorld:
                     "RAMPART_KEY_PASSPHRASE": KEY_PASSPHRASE, "COLUMNS": "200", "TERM": "xterm-256color"})
         return env
 
-    def cli(self, *args: str, timeout: float = 120, input: bytes | None = None,
+    def cli(self, *args: str, timeout: float = 150, input: bytes | None = None,
             config: str = "cli-tech", env_extra: dict[str, str] | None = None,
             ) -> subprocess.CompletedProcess[bytes]:
         return subprocess.run([sys.executable, "-m", "rampart.cli.main", *args],
@@ -204,8 +204,7 @@ def session_world(pg_cluster: Any, prefix: str = "rampart-sessions-") -> Iterato
         yield w
     finally:
         if w is not None:
-            for a in w.agents.values():
-                a.stop()
+            stop_all(w.agents.values())
         server.stop()
         shutil.rmtree(base, ignore_errors=True)
 
@@ -219,7 +218,8 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 def spawn(w: SessionWorld, *args: str, rows: int = 24, cols: int = 80,
           config: str = "cli-tech") -> pexpect.spawn:
     argv = w.cli_argv(*args)
-    return pexpect.spawn(argv[0], argv[1:], env=w.cli_env(config), dimensions=(rows, cols), timeout=60,
+    # 90 s: longer than the CLI's own 60 s wait for the device, so its error shows if it gives up.
+    return pexpect.spawn(argv[0], argv[1:], env=w.cli_env(config), dimensions=(rows, cols), timeout=90,
                          cwd=str(REPO))
 
 

@@ -35,6 +35,11 @@ def env_bytes(obj: trust.Payload, *keys: PrivateKey) -> bytes:
     return trust.sign_envelope(type(obj).PAYLOAD_TYPE, trust.encode_payload(obj), keys).to_bytes()
 
 
+def _targets(devices: list[str], commit: bool) -> dict[str, object]:
+    """A grant's or job's target fields: the list, or (``commit``) the committed device set."""
+    return {"device_set": trust.commit_devices(devices)} if commit else {"devices": devices}
+
+
 @dataclass
 class Tenant:
     """Keys and a root for one tenant, plus its audit log."""
@@ -46,6 +51,8 @@ class Tenant:
     automation: list[AutomationKey] = field(default_factory=lambda: [AutomationKey.generate()])
     log_key: LogKey = field(default_factory=LogKey.generate)
     policy: Policy = field(default_factory=Policy)
+    #: Outside witnesses the root names (none by default: the root's bytes are as before).
+    witnesses: list[trust.WitnessKey] = field(default_factory=list)
     roots: list[bytes] = field(default_factory=list)
     tree: merkle.MerkleTree = field(default_factory=merkle.MerkleTree)
     checkpoints: list[bytes] = field(default_factory=list)
@@ -74,6 +81,8 @@ class Tenant:
             ),
             log_keys={self.log_key.key_id: self.log_key.public.to_b64()},
             policy=self.policy,
+            **({"witness_keys": {w.key_id: w.public.to_b64() for w in self.witnesses}}
+               if self.witnesses else {}),  # type: ignore[arg-type]
         )
 
     def make_root(self, version: int, *signers: PrivateKey, **kw: object) -> bytes:
@@ -89,11 +98,12 @@ class Tenant:
     def grant(self, devices: list[str], *, caps: tuple[str, ...] = ("script",),
               grantee: PrivateKey | None = None, approvers: list[PrivateKey] | None = None,
               not_before: int | None = None, seconds: int = 3600,
-              actions: tuple[str, ...] = ()) -> bytes:
+              actions: tuple[str, ...] = (), commit: bool = False) -> bytes:
         now = int(time.time())
         g = Grant(
             id=trust.new_grant_id(), tenant=self.id,
-            grantee=(grantee or self.technicians[0]).key_id, devices=devices,
+            grantee=(grantee or self.technicians[0]).key_id,
+            **_targets(devices, commit),  # type: ignore[arg-type]
             capabilities=list(caps), actions=list(actions),  # type: ignore[arg-type]
             not_before=not_before if not_before is not None else now - 60,
             not_after=(not_before if not_before is not None else now - 60) + seconds,
@@ -105,14 +115,15 @@ class Tenant:
             signer: PrivateKey | None = None, writes: tuple[str, ...] = (),
             connect: tuple[int, ...] = (), run_as: str = "job", expires_in: int = 600,
             kind: str = "script", timeout_s: int = 60, issued_at: int | None = None,
-            repeat: trust.Repeat | None = None) -> bytes:
+            repeat: trust.Repeat | None = None, commit: bool = False) -> bytes:
         g = trust.decode_payload(trust.decode_envelope(grant).payload, Grant)
         now = int(time.time()) if issued_at is None else issued_at
         payloads = [] if kind != "script" else [
             PayloadRef(name="script", sha256=hashlib.sha256(script).hexdigest(), size=len(script))]
         j = Job(
             id=trust.new_job_id(), tenant=self.id, grant=g.id,
-            signer=(signer or self.technicians[0]).key_id, devices=devices,
+            signer=(signer or self.technicians[0]).key_id,
+            **_targets(devices, commit),  # type: ignore[arg-type]
             action=Action(kind=kind, payloads=payloads),  # type: ignore[arg-type]
             declared=Declared(writes=list(writes), connect=list(connect), run_as=run_as),  # type: ignore[arg-type]
             timeout_s=timeout_s, nonce=trust.new_nonce(), issued_at=now, expires_at=now + expires_in,

@@ -120,8 +120,8 @@ def server_owned(w: World) -> Iterator[tuple[Store, AuditLog, LogKeyStore]]:
     finally:
         store.dispose()
         w.server.start()
-        w.t.owner.__dict__.pop("_http", None)
-        w.t.tech.__dict__.pop("_http", None)
+        for op in (w.t.owner, w.t.tech, w.t.approver):
+            op.__dict__.pop("_http", None)
 
 
 def insert_job(s: object, audit: AuditLog, tenant: str, env: bytes, job: trust.Job,

@@ -20,6 +20,8 @@ Per action: what the grant must give, what the device must allow, how it runs.
   manager (not ``none``); as root, outside Landlock.
 * ``os-update``: patch; a package manager (not ``none``); as root, outside Landlock.
 * ``backup-run``: backup; a backup section; as root (borg).
+* ``backup-forget-state``: backup; a backup section; as the agent (borg's state of the
+  configured repository only); signed by a person, never an automation key.
 * ``inventory-refresh``: inventory; nothing; the telemetry trigger.
 
 Why ``package`` needs ``root`` and ``os-update``/``backup-run`` do not

@@ -1,4 +1,5 @@
-"""The ``backup-run`` handler: a BorgBackup run of the configured paths, then a restore check."""
+"""The backup handlers: ``backup-run`` (a BorgBackup run of the configured paths, then a restore check)
+and ``backup-forget-state`` (borg's record of the device's repository dropped after a vault rollback)."""
 
 from __future__ import annotations
 
@@ -104,4 +105,51 @@ def _backup_run(agent: JobHost, auth: trust.Authorization, payloads: Mapping[str
     if made.warning:
         summary += "; some files could not be read"
     return _finished(ok=ok, doc=doc, error="; ".join(errors), summary=summary, started=started,
+                     applied=_uncontained(job.timeout_s))
+
+
+def _backup_forget_state(agent: JobHost, auth: trust.Authorization, payloads: Mapping[str, bytes]) -> Done:
+    """``backup-forget-state``: drop borg's record of the device's own repository, after a vault rollback.
+
+    The target is never the job's choice: the action takes no arguments (the
+    trust core refuses any), and the repository is the one the device's backup
+    policy names; only borg's replay record of it (the manifest timestamp in
+    its security directory, and its cache) below the agent's ``BORG_BASE_DIR``
+    goes (:func:`rampart.agent.backup.forget_repository_state`).
+    Then the repository is listed once, so the receipt shows which history the
+    device accepts from now on (or why it still cannot open it).
+    """
+    job = auth.job
+    _no_declarations(job)
+    pol = agent.config.actions
+    if pol.error:
+        raise Refusal("not-configured", f"the device policy's backup settings are invalid: {pol.error}")
+    cfg = pol.backup
+    if cfg is None:
+        raise Refusal("not-configured", "no backup is configured on this device: there is no borg state "
+                                        "to forget")
+    started = time.time()
+    repo = backup.BorgRepo(location=cfg.repository, passphrase_file=Path(cfg.passphrase_file),
+                           base_dir=agent.state_dir / "borg", rsh=cfg.rsh,
+                           limits=_backup_limits(job.timeout_s))
+    forgot = backup.forget_repository_state(repo)
+    doc: dict[str, Any] = {"schema": 1, "action": "backup-forget-state", "repository": cfg.repository,
+                           "cleared": msgspec.to_builtins(forgot.cleared), "error": forgot.error,
+                           "after": None}
+    if not forgot.ok:
+        return _finished(ok=False, doc=doc, error=forgot.error,
+                         summary=f"borg's state was not (fully) cleared: {one_line(forgot.error, 300)}",
+                         started=started, applied=_uncontained(job.timeout_s))
+    archives, error = backup.list_archives_checked(repo)
+    last = archives[-1] if archives else None
+    doc["after"] = {"ok": not error, "archives": len(archives), "last_archive": last.name if last else "",
+                    "last_archive_time": last.time if last else None, "error": error}
+    parts = [f"{c.id[:12]}… (" + " and ".join(x for x, y in (("manifest timestamp", c.manifest_timestamp),
+                                                             ("cache", c.cache)) if y) + ")"
+             for c in forgot.cleared]
+    what = "cleared " + ", ".join(parts) if parts else "nothing to clear"
+    summary = f"borg's record of {cfg.repository}: {what}; " + (
+        f"the repository opens: {len(archives)} archive(s)" + (f", last {last.name}" if last else "")
+        if not error else f"the repository does not open yet: {one_line(error, 300)}")
+    return _finished(ok=True, doc=doc, error="", summary=summary, started=started,
                      applied=_uncontained(job.timeout_s))

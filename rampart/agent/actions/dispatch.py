@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 
 from rampart import trust
 
-from .backup import _backup_run
+from .backup import _backup_forget_state, _backup_run
 from .files import _file
 from .host import JobHost
 from .inventory import _inventory_refresh
@@ -55,6 +55,7 @@ _HANDLERS: dict[str, Handler] = {
     "package": _package,
     "os-update": _os_update,
     "backup-run": _backup_run,
+    "backup-forget-state": _backup_forget_state,
     "reboot": _reboot,
     "inventory-refresh": _inventory_refresh,
 }

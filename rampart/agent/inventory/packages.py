@@ -4,9 +4,12 @@
 * rpm: ``rpm -qa --qf`` with a tab-separated format.
 * apt updates: ``apt-cache policy`` over the installed packages, offline (it
   reads the lists apt already downloaded; never the network). A package is
-  pending when its candidate differs from the installed version; it is a
-  security update when a source offering the candidate is a security archive
-  (``*-security`` suite or a ``security`` host). This is roughly four times
+  pending when its candidate is newer than the installed version; it is a
+  security update when a security archive (a ``*-security`` suite or
+  codename, a "security" label, a ``security.*`` host) offers a version newer
+  than the installed one, and that version is reported as
+  ``security_candidate`` even when the candidate is newer still (the rules of
+  the patching engine, :mod:`rampart.agent.patching.apt`). This is roughly four times
   cheaper than simulating ``apt-get upgrade`` and also lists upgrades that
   ``upgrade`` would hold back because they need new packages.
 * dnf/yum updates: ``dnf -q -C check-update`` (cache only, no network) and
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 
 from rampart.wire.inventory import (
@@ -37,6 +40,7 @@ from rampart.wire.inventory import (
 )
 
 from ._util import CommandError, clip, run, which
+from .apt_policy import apt_security_and_origin, is_pending, parse_apt_policy_packages, parse_apt_release_map
 
 DPKG_STATUS = "/var/lib/dpkg/status"
 #: dpkg states in which package files are (at least partly) on disk.
@@ -143,52 +147,18 @@ def collect_rpm(limits: InventoryLimits = DEFAULT_LIMITS) -> tuple[list[Package]
 
 # --- pending updates -----------------------------------------------------------------
 
-_POLICY_VERSION = re.compile(r"^ (?:\*\*\*|   ) (\S+) (-?\d+)$")
-_POLICY_SOURCE = re.compile(r"^\s{5,}-?\d+ (\S+)(?: (\S+))?")
-
-
-def _is_security(url: str, suite: str) -> bool:
-    """A security archive: a ``*-security`` suite, a ``security.*`` host or Debian's security path."""
-    host = url.split("/")[2] if url.count("/") >= 2 else ""
-    return suite.split("/", 1)[0].endswith("-security") or host.startswith("security.") \
-        or "/debian-security" in url
-
-
-def parse_apt_policy(text: str, native_arch: str) -> list[Update]:
-    """Updates from ``apt-cache policy PKG...``: packages whose candidate is not the installed version."""
+def parse_apt_policy(text: str, native_arch: str,
+                     releases: Mapping[str, Mapping[str, str]] | None = None) -> list[Update]:
+    """Updates from ``apt-cache policy PKG...``: packages whose candidate is newer than the installed
+    version, with the security fix found in the version table (the patching engine's own rules)."""
     out: list[Update] = []
-    name = arch = installed = candidate = ""
-    current_version: str | None = None
-    sources: list[tuple[str, str]] = []
-
-    def flush() -> None:
-        pending = installed not in ("", "(none)") and candidate not in ("", "(none)", installed)
-        if name and pending:
-            security = any(_is_security(url, suite) for url, suite in sources)
-            origin = next((suite.split("/", 1)[0] for _, suite in sources if suite), "")
-            out.append(Update(manager="apt", name=clip(name), arch=clip(arch), installed=clip(installed),
-                              candidate=clip(candidate), security=security, origin=clip(origin)))
-
-    for line in text.splitlines():
-        if line and not line[0].isspace() and line.endswith(":"):
-            flush()
-            head = line[:-1]
-            name, _, arch = head.partition(":")
-            arch = arch or native_arch
-            installed = candidate = ""
-            current_version = None
-            sources = []
+    for e in parse_apt_policy_packages(text, native_arch):
+        if not is_pending(e):
             continue
-        stripped = line.strip()
-        if stripped.startswith("Installed:"):
-            installed = stripped.partition(":")[2].strip()
-        elif stripped.startswith("Candidate:"):
-            candidate = stripped.partition(":")[2].strip()
-        elif m := _POLICY_VERSION.match(line):
-            current_version = m.group(1)
-        elif (m := _POLICY_SOURCE.match(line)) and current_version == candidate:
-            sources.append((m.group(1), m.group(2) or ""))
-    flush()
+        fix, origin = apt_security_and_origin(e, releases or {})
+        out.append(Update(manager="apt", name=clip(e.name), arch=clip(e.arch), installed=clip(e.installed),
+                          candidate=clip(e.candidate), security=bool(fix), origin=clip(origin),
+                          security_candidate=clip(fix)))
     return out
 
 
@@ -214,16 +184,20 @@ def collect_apt_updates(packages: Sequence[Package], limits: InventoryLimits = D
         wanted[(p.name, arch)] = p
         args.append(p.name if arch == native else f"{p.name}:{p.arch}")
     found: list[Update] = []
+    releases = parse_apt_release_map(run(["apt-cache", "-o", "Debug::NoLocking=1", "policy"],
+                                         timeout=limits.command_timeout_s,
+                                         max_output=limits.max_command_output))
     for i in range(0, len(args), _APT_CHUNK):
         text = run(["apt-cache", "-o", "Debug::NoLocking=1", "policy", *args[i:i + _APT_CHUNK]],
                    timeout=limits.command_timeout_s, max_output=limits.max_command_output)
-        found.extend(parse_apt_policy(text, native))
+        found.extend(parse_apt_policy(text, native, releases))
     updates = []
     for u in found:
         pkg = wanted.get((u.name, u.arch))
         if pkg is not None:  # report with the installed package's own architecture ("all" stays "all")
             updates.append(Update(manager="apt", name=u.name, arch=pkg.arch, installed=u.installed,
-                                  candidate=u.candidate, security=u.security, origin=u.origin))
+                                  candidate=u.candidate, security=u.security, origin=u.origin,
+                                  security_candidate=u.security_candidate))
     return canonical(updates, update_key)[: limits.max_updates]
 
 
@@ -269,9 +243,12 @@ def dnf_updates(rows: Iterable[tuple[str, str, str, str]], packages: Sequence[Pa
     updates = []
     for name, arch, version, repo in rows:
         plain = version.split(":", 1)[1] if ":" in version else version
+        # dnf lists only the newest version, so the security fix is known only when it is that one.
+        secure = f"{name}-{plain}.{arch}" in security
         updates.append(Update(manager="dnf", name=clip(name), arch=clip(arch),
                               installed=clip(installed.get((name, arch), "")), candidate=clip(version),
-                              security=f"{name}-{plain}.{arch}" in security, origin=clip(repo)))
+                              security=secure, origin=clip(repo),
+                              security_candidate=clip(version) if secure else ""))
     return canonical(updates, update_key)[: limits.max_updates]
 
 

@@ -51,7 +51,7 @@ and refresh) and :mod:`.engine` (running an operation, the public operations).
 
 from __future__ import annotations
 
-from .apt import is_security_source, parse_apt_policy_packages, parse_apt_release_map
+from ..inventory.apt_policy import is_security_source, parse_apt_policy_packages, parse_apt_release_map
 from .engine import apply_updates, install, installed_version, remove, state_of
 from .limits import DEFAULT_LIMITS, PackageSpecError, PatchLimits
 from .pending import pending_updates, pending_updates_checked, refresh

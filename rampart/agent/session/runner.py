@@ -178,6 +178,7 @@ class Session:
     async def open(self) -> None:
         """Accept (signed by the device key) and take the technician's stream header."""
         self.sealer, rx = await accept(self.agent, self.job_id, self.spec.client_key, self.send)
+        log.info("session %s: accepted; waiting for the technician's stream", self.job_id)
         first = await self._next_message(CLIENT_TIMEOUT_S)
         self.opener = SessionOpener(rx, unb64(first.data), self.job_id)
 

@@ -90,7 +90,7 @@ def remove_backup_policy(t: TenantPath, d: DevicePath, caller: CallerDep, ctx: C
 def backup_status(t: TenantPath, caller: CallerDep, ctx: Ctx) -> list[Doc]:
     """Every device with a backup policy or a reported backup: state, newest archive and verification."""
     now = clock.now()
-    with ctx.store.transaction() as s:
+    with ctx.store.read() as s:
         caller.tenant(s, t)
         return [status_doc(b, now) for b in device_backups(s, t, now)]
 

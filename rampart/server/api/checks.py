@@ -80,7 +80,7 @@ def add_check(t: TenantPath, body: CheckIn, caller: CallerDep, ctx: Ctx) -> Chec
 
 @router.get("/tenants/{t}/checks", response_model=list[CheckOut])
 def list_checks(t: TenantPath, caller: CallerDep, ctx: Ctx) -> list[CheckOut]:
-    with ctx.store.transaction() as s:
+    with ctx.store.read() as s:
         caller.tenant(s, t)
         rows = s.scalars(select(MonitorCheck).where(MonitorCheck.tenant_id == t)
                          .order_by(MonitorCheck.created_at))
@@ -187,7 +187,7 @@ def _script_check_out(s: Session, c: ScriptCheck, now: float) -> ScriptCheckOut:
 def list_script_checks(t: TenantPath, caller: CallerDep, ctx: Ctx) -> list[ScriptCheckOut]:
     """Script checks of the tenant with each target device's latest result."""
     now = clock.now()
-    with ctx.store.transaction() as s:
+    with ctx.store.read() as s:
         caller.tenant(s, t)
         rows = s.scalars(select(ScriptCheck).where(ScriptCheck.tenant_id == t)
                          .order_by(ScriptCheck.created_at))
@@ -199,7 +199,7 @@ def script_check_results(t: TenantPath, j: JobPath, caller: CallerDep, ctx: Ctx,
                          device: Annotated[str | None, Query(pattern=r"^dev-[0-9a-f]{24}$")] = None,
                          limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> list[ScriptCheckResultOut]:
     """The newest results of one script check (all its devices, or one), newest first."""
-    with ctx.store.transaction() as s:
+    with ctx.store.read() as s:
         caller.tenant(s, t)
         check = s.get(ScriptCheck, j)
         if check is None or check.tenant_id != t:

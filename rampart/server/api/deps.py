@@ -26,7 +26,7 @@ from ..access import check_network
 from ..auth import SESSION_TOUCH_S, resolve_session, touch_session
 from ..context import ServerContext
 from ..errors import Forbidden, NotFound, Unauthenticated
-from ..models import AccountTenant, Tenant
+from ..models import AccountTenant, DeletedTenant, Tenant
 from ..roles import allowed, roles_with
 from .schemas import ALERT_ID, DEVICE_ID, GRANT_ID, JOB_ID, TENANT_ID, USERNAME
 
@@ -72,6 +72,14 @@ class Caller:
             raise NotFound("tenant not found")
         check_network(row, self.address, self.username)
         return row
+
+    def audit_log(self, s: Session, tenant_id: str) -> None:
+        """Allow reading ``tenant_id``'s audit log: a tenant the caller reaches, or, for an account
+        that reaches every tenant, a deleted tenant whose log is still kept; 404 otherwise."""
+        if self.tenants is None and s.get(Tenant, tenant_id) is None \
+                and s.get(DeletedTenant, tenant_id) is not None:
+            return
+        self.tenant(s, tenant_id)
 
     def tenant_ref(self, s: Session, ref: str) -> Tenant:
         """Resolve a tenant id or name the caller reaches; 404 otherwise (network checked)."""

@@ -8,11 +8,15 @@ device's id is bound to its key (``device_id_for``); a new device is
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import json
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
+from sqlalchemy import func, literal, or_, select, tuple_
 from sqlalchemy.orm import Session
 
 from rampart.trust import DevicePublicKey, TrustError, device_id_for
@@ -99,15 +103,65 @@ def gateway_url(ctx: ServerContext, request: Request) -> str | None:
     return f"wss://{host}:{ctx.agent_port}/agent/v1/ws"
 
 
-@router.get("/tenants/{t}/devices", response_model=list[DeviceOut])
-def list_devices(t: TenantPath, caller: CallerDep, ctx: Ctx) -> list[DeviceOut]:
-    with ctx.store.transaction() as s:
+#: Sort keys of the device list; each is paired with the device id, so a page cursor is exact.
+_SORTS = {"enrolled": Device.enrolled_at, "hostname": Device.hostname, "id": Device.id,
+          "last_seen": func.coalesce(Device.last_seen, 0.0)}
+DeviceSort = Literal["enrolled", "hostname", "id", "last_seen"]
+DeviceStatus = Literal["pending", "approved", "rejected", "retired"]
+
+
+def _cursor(value: object, device_id: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([value, device_id]).encode()).decode().rstrip("=")
+
+
+def _after(cursor: str) -> tuple[object, str]:
+    """The (sort value, device id) a cursor holds; BadRequest if it is not one this server made."""
+    bad = BadRequest("not a device list cursor (use the Rampart-Next header of the previous page)")
+    try:
+        value, device_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, TypeError, binascii.Error):
+        raise bad from None
+    if not isinstance(device_id, str) or not isinstance(value, str | int | float) or isinstance(value, bool):
+        raise bad
+    return value, device_id
+
+
+@router.get("/tenants/{t}/devices", response_model=list[DeviceOut],
+            responses={400: {"description": "The cursor is not one this server made"}})
+def list_devices(t: TenantPath, caller: CallerDep, ctx: Ctx, response: Response,
+                 limit: Annotated[int | None, Query(ge=1, le=1000)] = None,
+                 after: Annotated[str | None, Query(max_length=600)] = None,
+                 sort: DeviceSort = "enrolled",
+                 q: Annotated[str | None, Query(max_length=100)] = None,
+                 status: DeviceStatus | None = None) -> list[DeviceOut]:
+    """A tenant's devices in ``sort`` order (then by id). With ``limit``, one page: keyset pagination,
+    the next page's cursor in the ``Rampart-Next`` header (absent on the last page); ``q`` matches a
+    part of the hostname or id, ``status`` one enrolment status. All of it in SQL, on indexes."""
+    key = _SORTS[sort]
+    with ctx.store.read() as s:
         caller.tenant(s, t)
-        rows = s.scalars(select(Device).where(Device.tenant_id == t).order_by(Device.enrolled_at))
-        member_of = groups_of_devices(s, t)
+        stmt = select(Device, key).where(Device.tenant_id == t)
+        if q:
+            pattern = "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            stmt = stmt.where(or_(Device.hostname.ilike(pattern, escape="\\"),
+                                  Device.id.ilike(pattern, escape="\\")))
+        if status is not None:
+            stmt = stmt.where(Device.status == status)
+        if after is not None:
+            value, last_id = _after(after)
+            stmt = stmt.where(tuple_(key, Device.id) > tuple_(literal(value), literal(last_id)))
+        stmt = stmt.order_by(key, Device.id)
+        if limit is not None:
+            stmt = stmt.limit(limit + 1)
+        rows = list(s.execute(stmt).tuples())
+        if limit is not None and len(rows) > limit:
+            rows = rows[:limit]
+            last, value = rows[-1]
+            response.headers["Rampart-Next"] = _cursor(value, last.id)
+        member_of = groups_of_devices(s, t, [d.id for d, _ in rows] if limit is not None else None)
         return [DeviceOut(id=d.id, hostname=d.hostname, status=d.status,  # type: ignore[arg-type]
                           connected=ctx.gateway.is_connected(d.id), last_seen=d.last_seen,
-                          enrolled_at=d.enrolled_at, groups=member_of.get(d.id, [])) for d in rows]
+                          enrolled_at=d.enrolled_at, groups=member_of.get(d.id, [])) for d, _ in rows]
 
 
 @router.post("/tenants/{t}/devices/{d}/approve", response_model=OkOut)
@@ -176,6 +230,7 @@ async def retire_device(t: TenantPath, d: DevicePath, caller: CallerDep, ctx: Ct
             require_step_up(s, ctx.audit, tenant_id=t, actor=caller.username, step_up_at=caller.step_up_at,
                             why="retiring a device", details={"device": d}, now=now)
             device.status = "retired"
+            device.retired_at = now
             ctx.audit.record(s, [t], "device.retired", caller.username, {"device": d}, now)
         return True
 

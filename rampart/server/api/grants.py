@@ -12,6 +12,7 @@ step-up (G5). A revocation is stored only if it verifies as agents verify it.
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import msgspec
 from fastapi import APIRouter
@@ -22,6 +23,7 @@ from rampart.trust import (
     GRANT_TYPE,
     Grant,
     TrustError,
+    commit_devices,
     decode_envelope,
     decode_payload,
     encode_payload,
@@ -30,10 +32,12 @@ from rampart.trust import (
 )
 from rampart.trust import Envelope as DsseEnvelope
 from rampart.trust import grant_status as trust_grant_status
+from rampart.wire.limits import LISTED_DEVICES_UP_TO
 
 from .. import clock
 from ..access import require_step_up
 from ..errors import BadRequest, Conflict, Forbidden, NotFound
+from ..jobs import stored_devices
 from ..models import Device, GrantRow, OperatorKeyRow
 from ..tenant_roots import current_trusted
 from .deps import Caller, CallerDep, Ctx, GrantPath, TenantPath
@@ -59,7 +63,7 @@ def grant_out(s: Session, row: GrantRow, now: float) -> GrantOut:
               else "approved" if st.complete else "requested")
     return GrantOut(id=g.id, tenant=g.tenant, grantee=g.grantee,
                     grantee_name=trusted.root.key_name(g.grantee), requested_by=g.requested_by,
-                    devices=list(g.devices), capabilities=list(g.capabilities),
+                    devices=stored_devices(row, g), capabilities=list(g.capabilities),
                     not_before=g.not_before, not_after=g.not_after, reason=g.reason,
                     status=status,  # type: ignore[arg-type]
                     approvals=sorted(st.approved_by), required=st.required,
@@ -102,8 +106,12 @@ def request_grant(t: TenantPath, body: GrantIn, caller: CallerDep, ctx: Ctx) -> 
         refused = set(body.capabilities) - set(policy.capabilities)
         if refused:
             raise BadRequest(f"the tenant policy does not allow {sorted(refused)}")
+        commit = (body.device_set if body.device_set is not None
+                  else len(body.devices) > LISTED_DEVICES_UP_TO)
         try:
-            grant = Grant(id=new_grant_id(), tenant=t, grantee=mine[0], devices=body.devices,
+            targets: dict[str, Any] = ({"device_set": commit_devices(body.devices)} if commit
+                                       else {"devices": body.devices})
+            grant = Grant(id=new_grant_id(), tenant=t, grantee=mine[0], **targets,
                           capabilities=body.capabilities,
                           actions=body.actions,  # type: ignore[arg-type]
                           not_before=now, not_after=now + body.duration_s, reason=body.reason,
@@ -117,9 +125,10 @@ def request_grant(t: TenantPath, body: GrantIn, caller: CallerDep, ctx: Ctx) -> 
         envelope = DsseEnvelope(GRANT_TYPE, payload, ()).to_bytes()
         s.add(GrantRow(id=grant.id, tenant_id=t, grantee=grant.grantee,
                        requested_by=caller.username, envelope=envelope, created_at=now,
-                       not_after=grant.not_after))
+                       not_after=grant.not_after,
+                       device_list="\n".join(sorted(body.devices)).encode() if commit else None))
         ctx.audit.record(s, [t], "grant.requested", caller.username, {
-            "grant": grant.id, "grantee": grant.grantee, "devices": len(grant.devices),
+            "grant": grant.id, "grantee": grant.grantee, "devices": grant.device_count,
             "capabilities": list(grant.capabilities), "not_after": grant.not_after,
             "payload_sha256": hashlib.sha256(payload).hexdigest()}, now)
     return GrantCreatedOut(id=grant.id, envelope=envelope.decode(), status="requested")
@@ -128,7 +137,7 @@ def request_grant(t: TenantPath, body: GrantIn, caller: CallerDep, ctx: Ctx) -> 
 @router.get("/tenants/{t}/grants", response_model=list[GrantOut])
 def list_grants(t: TenantPath, caller: CallerDep, ctx: Ctx) -> list[GrantOut]:
     now = clock.now()
-    with ctx.store.transaction() as s:
+    with ctx.store.read() as s:
         caller.tenant(s, t)
         rows = s.scalars(select(GrantRow).where(GrantRow.tenant_id == t)
                          .order_by(GrantRow.created_at.desc()).limit(ctx.limits.max_list))
@@ -145,7 +154,7 @@ def load_grant(s: Session, caller: Caller, grant_id: str) -> GrantRow:
 
 @router.get("/grants/{g}", response_model=GrantOut)
 def get_grant(g: GrantPath, caller: CallerDep, ctx: Ctx) -> GrantOut:
-    with ctx.store.transaction() as s:
+    with ctx.store.read() as s:
         return grant_out(s, load_grant(s, caller, g), clock.now())
 
 
@@ -181,7 +190,7 @@ def approve_grant(g: GrantPath, body: EnvelopeIn, caller: CallerDep, ctx: Ctx) -
             require_step_up(s, ctx.audit, tenant_id=tenant.id, actor=caller.username,
                             step_up_at=caller.step_up_at, why="approving a multi-approver grant",
                             details={"grant": row.id, "required": status_before.required,
-                                     "devices": len(status_before.grant.devices)}, now=now)
+                                     "devices": status_before.grant.device_count}, now=now)
         merged = {sig.keyid: sig for sig in stored.signatures}
         merged.update({sig.keyid: sig for sig in new.signatures if sig.keyid not in before})
         candidate = DsseEnvelope(stored.payload_type, stored.payload,

@@ -60,7 +60,7 @@ def _doc(s: Session, g: DeviceGroup) -> Doc:
 
 @router.get("/tenants/{t}/device-groups", response_model=list[Doc])
 def list_groups(t: TenantPath, caller: CallerDep, ctx: Ctx) -> list[Doc]:
-    with ctx.store.transaction() as s:
+    with ctx.store.read() as s:
         caller.tenant(s, t)
         rows = s.scalars(select(DeviceGroup).where(DeviceGroup.tenant_id == t).order_by(DeviceGroup.name))
         used = policies_by_group(s, t)
@@ -69,7 +69,7 @@ def list_groups(t: TenantPath, caller: CallerDep, ctx: Ctx) -> list[Doc]:
 
 @router.get("/tenants/{t}/device-groups/{name}", response_model=Doc)
 def show_group(t: TenantPath, name: GroupName, caller: CallerDep, ctx: Ctx) -> Doc:
-    with ctx.store.transaction() as s:
+    with ctx.store.read() as s:
         caller.tenant(s, t)
         return _doc(s, groups.get_group(s, t, name))
 

@@ -90,7 +90,7 @@ def add_tenant_target(t: TenantPath, body: NotifyTargetIn, caller: CallerDep,
 
 @router.get("/tenants/{t}/notify-targets", response_model=list[NotifyTargetOut])
 def list_tenant_targets(t: TenantPath, caller: CallerDep, ctx: Ctx) -> list[NotifyTargetOut]:
-    with ctx.store.transaction() as s:
+    with ctx.store.read() as s:
         caller.tenant(s, t)
         rows = s.scalars(select(NotifyTarget).where(NotifyTarget.tenant_id == t)
                          .order_by(NotifyTarget.created_at))
@@ -114,7 +114,7 @@ def add_msp_target(body: NotifyTargetIn, caller: CallerDep, ctx: Ctx) -> NotifyT
 @router.get("/notify-targets", response_model=list[NotifyTargetOut])
 def list_msp_targets(caller: CallerDep, ctx: Ctx) -> list[NotifyTargetOut]:
     _msp_only(caller)
-    with ctx.store.transaction() as s:
+    with ctx.store.read() as s:
         rows = s.scalars(select(NotifyTarget).where(NotifyTarget.tenant_id.is_(None))
                          .order_by(NotifyTarget.created_at))
         return [target_out(s, r) for r in rows]
@@ -176,7 +176,7 @@ def export_events(t: TenantPath, caller: CallerDep, ctx: Ctx,
 
     HOSTNAME (and CEF ``dvchost``) follow the live channel's rule (``notifier.syslog_hostname``).
     """
-    with ctx.store.transaction() as s:
+    with ctx.store.read() as s:
         tenant = caller.tenant(s, t)
         lines = [format_event(e, format, hostname=syslog_hostname(ctx.config))
                  for e in events_for_export(s, tenant, start, limit)]

@@ -65,7 +65,7 @@ class PatchPolicyIn(In):
 @router.get("/tenants/{t}/automation-key", response_model=Doc)
 def get_automation_key(t: TenantPath, caller: CallerDep, ctx: Ctx) -> Doc:
     """The public half of the tenant's automation key, and whether the current root names it."""
-    with ctx.store.transaction() as s:
+    with ctx.store.read() as s:
         caller.tenant(s, t)
         key = ctx.automation.get(t)
         if key is None:
@@ -127,7 +127,7 @@ def set_patch_policy(t: TenantPath, name: PolicyName, body: PatchPolicyIn, calle
 
 @router.get("/tenants/{t}/patch-policies", response_model=list[Doc])
 def list_patch_policies(t: TenantPath, caller: CallerDep, ctx: Ctx) -> list[Doc]:
-    with ctx.store.transaction() as s:
+    with ctx.store.read() as s:
         caller.tenant(s, t)
         rows = s.scalars(select(PatchPolicy).where(PatchPolicy.tenant_id == t).order_by(PatchPolicy.name))
         return [policy_doc(s, r, latest_cycle(s, r.id)) for r in rows]
@@ -137,7 +137,7 @@ def list_patch_policies(t: TenantPath, caller: CallerDep, ctx: Ctx) -> list[Doc]
 def show_patch_policy(t: TenantPath, name: PolicyName, caller: CallerDep, ctx: Ctx,
                       cycles: Annotated[int, Query(ge=1, le=100)] = 5) -> Doc:
     """The policy with its latest cycles and every device's run in them."""
-    with ctx.store.transaction() as s:
+    with ctx.store.read() as s:
         caller.tenant(s, t)
         row = get_policy(s, t, name)
         doc = policy_doc(s, row)
@@ -178,6 +178,6 @@ def resume_patch_policy(t: TenantPath, name: PolicyName, caller: CallerDep, ctx:
 def patch_report(t: TenantPath, caller: CallerDep, ctx: Ctx,
                  older_than_s: Annotated[int, Query(ge=0, le=366 * 86400)] = 7 * 86400) -> Doc:
     """Devices missing security updates pending longer than ``older_than_s``, ring by ring."""
-    with ctx.store.transaction() as s:
+    with ctx.store.read() as s:
         caller.tenant(s, t)
         return report(s, t, older_than_s, clock.now())

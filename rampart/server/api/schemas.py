@@ -188,6 +188,22 @@ class TenantOut(BaseModel):
     log_keys: list[PublicKeyOut]
 
 
+class TenantDeleteIn(In):
+    #: The tenant's name, typed again: the deletion cannot be undone.
+    confirm: str = Field(min_length=1, max_length=128)
+
+
+class DeletedTenantOut(BaseModel):
+    id: str
+    name: str
+    deleted_at: float
+    deleted_by: str
+    #: When retention removes the tenant's audit log, kept until then.
+    audit_until: float
+    #: Rows removed per table (only in the answer to the deletion itself).
+    removed: dict[str, int] = {}
+
+
 class TenantSettingsOut(BaseModel):
     mass_action_limit: int
     dormant_days: int
@@ -276,6 +292,8 @@ class GrantIn(In):
     actions: Annotated[list[ActionKind], Field(max_length=4)] = []
     #: A standing grant for the server's automation key of this tenant (docs/patching.md).
     for_automation: bool = False
+    #: Commit the devices as a set (true) or list them (false); unset: a set beyond 64 devices.
+    device_set: bool | None = None
 
 
 class GrantCreatedOut(BaseModel):
@@ -308,6 +326,9 @@ class JobIn(In):
     payloads: Annotated[dict[Annotated[str, Field(max_length=64)],
                              Annotated[str, Field(max_length=6 << 20)]],
                         Field(max_length=16)] = {}
+    #: The devices of a job that commits a device set (they must recompute to its signed root);
+    #: empty for a job that lists them.
+    devices: Annotated[list[DeviceId], Field(max_length=100_000)] = []
 
 
 class JobCreatedOut(BaseModel):
@@ -331,7 +352,7 @@ class ReceiptOut(BaseModel):
 
 class TargetOut(BaseModel):
     device: str
-    state: Literal["pending", "sent", "done"]
+    state: Literal["pending", "sent", "done", "cancelled"]
     receipt: ReceiptOut | None
 
 
@@ -344,6 +365,20 @@ class JobOut(BaseModel):
     created_at: float
     devices: list[str]
     targets: list[TargetOut]
+
+
+class JobSummaryOut(BaseModel):
+    """A job's progress in counts (one aggregate query, whatever the fleet's size)."""
+
+    id: str
+    tenant: str
+    kind: str
+    created_at: float
+    targets: int
+    #: Targets per state: pending, sent, done, cancelled.
+    states: dict[str, int]
+    #: Receipts per outcome (ran, failed, refused, ...).
+    outcomes: dict[str, int]
 
 
 # --- audit --------------------------------------------------------------------------
@@ -359,6 +394,19 @@ class CheckpointOut(BaseModel):
     size: int
     root: str
     envelope: str
+
+
+class CosignIn(BaseModel):
+    #: The stored checkpoint envelope with the witness's co-signature added.
+    envelope: Envelope
+
+
+class CosignOut(BaseModel):
+    size: int
+    #: Key ids of the root's witnesses whose co-signatures the checkpoint now carries.
+    witnesses: list[str]
+    #: Of those, the ones this request added.
+    added: list[str]
 
 
 class ProofOut(BaseModel):

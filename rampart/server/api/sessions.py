@@ -155,12 +155,15 @@ async def relay_socket(ws: WebSocket, job_id: str) -> None:
         while True:
             get = asyncio.create_task(ch.to_operator.get())
             closed = asyncio.create_task(ch.closed.wait())
-            done, _ = await asyncio.wait({get, closed}, return_when=asyncio.FIRST_COMPLETED)
-            if get in done:
+            try:
+                done, _ = await asyncio.wait({get, closed}, return_when=asyncio.FIRST_COMPLETED)
+            finally:  # cancelled with the socket: the two waits go too (no task left pending)
+                if not get.done():
+                    get.cancel()
                 closed.cancel()
+            if get in done:
                 await ws.send_text(get.result())
                 continue
-            get.cancel()
             while not ch.to_operator.empty():
                 await ws.send_text(ch.to_operator.get_nowait())
             return

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import shutil
 
 from fastapi import APIRouter
 from sqlalchemy import delete, or_, select
@@ -28,25 +29,32 @@ from rampart.trust import Envelope as DsseEnvelope
 
 from .. import clock, root_expiry
 from ..access import address_allowed, normalise_networks, require_step_up, tenant_networks
-from ..errors import BadRequest, Conflict, NotFound
+from ..audit import SERVER_LOG
+from ..errors import BadRequest, Conflict, Forbidden, NotFound
 from ..models import (
     Account,
     AccountTenant,
     AuditLogRow,
+    DeletedTenant,
     Device,
+    NotifyTarget,
     OperatorKeyRow,
     RootProposal,
     RootVersion,
     Tenant,
 )
+from ..notifier import forget_secret, tls_files_dir
+from ..purge import purge_tenant
 from ..tenant_roots import check_keys_exclusive, check_publishable, current_root, trusted_from_store
 from .deps import CallerDep, Ctx, TenantPath
 from .schemas import (
+    DeletedTenantOut,
     EnvelopeIn,
     MemberOut,
     PublicKeyOut,
     RootOut,
     RootProposalOut,
+    TenantDeleteIn,
     TenantIn,
     TenantOut,
     TenantSettingsIn,
@@ -92,14 +100,14 @@ def create_tenant(body: TenantIn, caller: CallerDep, ctx: Ctx) -> TenantOut:
 
 @router.get("/tenants", response_model=list[TenantOut])
 def list_tenants(caller: CallerDep, ctx: Ctx) -> list[TenantOut]:
-    with ctx.store.transaction() as s:
+    with ctx.store.read() as s:
         rows = s.scalars(select(Tenant).order_by(Tenant.name))
         return [tenant_out(s, t) for t in rows if caller.reaches(t.id)]
 
 
 @router.get("/tenants/{t}", response_model=TenantOut)
 def get_tenant(t: TenantPath, caller: CallerDep, ctx: Ctx) -> TenantOut:
-    with ctx.store.transaction() as s:
+    with ctx.store.read() as s:
         return tenant_out(s, caller.tenant(s, t))
 
 
@@ -111,7 +119,7 @@ def settings_out(t: Tenant) -> TenantSettingsOut:
 @router.get("/tenants/{t}/settings", response_model=TenantSettingsOut)
 def get_settings(t: TenantPath, caller: CallerDep, ctx: Ctx) -> TenantSettingsOut:
     """The tenant's access settings: mass-action limit (G5), dormancy (S2), networks (N3)."""
-    with ctx.store.transaction() as s:
+    with ctx.store.read() as s:
         return settings_out(caller.tenant(s, t))
 
 
@@ -148,7 +156,7 @@ def put_settings(t: TenantPath, body: TenantSettingsIn, caller: CallerDep,
 @router.get("/tenants/{t}/members", response_model=list[MemberOut])
 def list_members(t: TenantPath, caller: CallerDep, ctx: Ctx) -> list[MemberOut]:
     """Accounts that reach the tenant, with their operator keys for it: what belongs in a root."""
-    with ctx.store.transaction() as s:
+    with ctx.store.read() as s:
         caller.tenant(s, t)
         linked = select(AccountTenant.account_id).where(AccountTenant.tenant_id == t)
         accounts = s.scalars(select(Account).where(
@@ -171,7 +179,7 @@ def root_out(r: RootVersion) -> RootOut:
 
 @router.get("/tenants/{t}/roots", response_model=list[RootOut])
 def list_roots(t: TenantPath, caller: CallerDep, ctx: Ctx) -> list[RootOut]:
-    with ctx.store.transaction() as s:
+    with ctx.store.read() as s:
         caller.tenant(s, t)
         rows = s.scalars(select(RootVersion).where(RootVersion.tenant_id == t)
                          .order_by(RootVersion.version))
@@ -180,7 +188,7 @@ def list_roots(t: TenantPath, caller: CallerDep, ctx: Ctx) -> list[RootOut]:
 
 @router.get("/tenants/{t}/roots/current", response_model=RootOut)
 def get_current_root(t: TenantPath, caller: CallerDep, ctx: Ctx) -> RootOut:
-    with ctx.store.transaction() as s:
+    with ctx.store.read() as s:
         caller.tenant(s, t)
         row = current_root(s, t)
         if row is None:
@@ -264,7 +272,7 @@ def put_proposal(t: TenantPath, body: EnvelopeIn, caller: CallerDep, ctx: Ctx) -
 
 @router.get("/tenants/{t}/root-proposal", response_model=RootProposalOut)
 def get_proposal(t: TenantPath, caller: CallerDep, ctx: Ctx) -> RootProposalOut:
-    with ctx.store.transaction() as s:
+    with ctx.store.read() as s:
         caller.tenant(s, t)
         row = s.get(RootProposal, t)
         if row is None:
@@ -352,3 +360,58 @@ def unarchive_tenant(t: TenantPath, caller: CallerDep, ctx: Ctx) -> TenantOut:
             tenant.archived_at = None
             ctx.audit.record(s, [t], "tenant.unarchived", caller.username, {"tenant": t}, now)
         return tenant_out(s, tenant)
+
+
+# --- delete (issue 16) --------------------------------------------------------------------------------
+
+_DAY = 86400.0
+
+
+@router.post("/tenants/{t}/delete", response_model=DeletedTenantOut)
+async def delete_tenant(t: TenantPath, body: TenantDeleteIn, caller: CallerDep, ctx: Ctx) -> DeletedTenantOut:
+    """Delete an archived tenant for good (an owner who reaches every tenant, its name typed again, a
+    fresh TOTP step-up). In one transaction every row it holds goes; its audit log stays, readable,
+    for ``deleted_tenant_audit_days``; its webhook secrets and SIEM TLS files are removed after."""
+    def delete_all() -> tuple[DeletedTenantOut, list[str]]:
+        now = clock.now()
+        with ctx.store.transaction() as s:
+            tenant = caller.tenant(s, t)
+            caller.require_perm("tenant.delete")
+            if caller.tenants is not None:
+                raise Forbidden("only an owner who reaches every tenant may delete one")
+            if tenant.archived_at is None:
+                raise Conflict(f"archive the tenant first (rampart tenant archive {tenant.name}); "
+                               "deletion cannot be undone")
+            if body.confirm != tenant.name:
+                raise BadRequest("the name typed does not match the tenant's name: nothing deleted")
+            require_step_up(s, ctx.audit, tenant_id=t, actor=caller.username, step_up_at=caller.step_up_at,
+                            why="deleting a tenant", details={"tenant": t}, now=now)
+            targets = list(s.scalars(select(NotifyTarget.id).where(NotifyTarget.tenant_id == t)))
+            name = tenant.name
+            removed = purge_tenant(s, t)
+            gone = DeletedTenant(id=t, name=name, deleted_at=now, deleted_by=caller.username,
+                                 audit_until=now + ctx.limits.deleted_tenant_audit_days * _DAY)
+            s.add(gone)
+            details = {"tenant": t, "name": name, "rows": sum(removed.values())}
+            ctx.audit.record(s, [t, SERVER_LOG], "tenant.deleted", caller.username, details, now)
+            return deleted_out(gone, removed), targets
+
+    out, targets = await asyncio.to_thread(delete_all)
+    for target in targets:  # after the commit: a failed deletion keeps working secrets
+        forget_secret(ctx.config, target)
+    shutil.rmtree(tls_files_dir(ctx.config, t), ignore_errors=True)
+    return out
+
+
+def deleted_out(row: DeletedTenant, removed: dict[str, int] | None = None) -> DeletedTenantOut:
+    return DeletedTenantOut(id=row.id, name=row.name, deleted_at=row.deleted_at, deleted_by=row.deleted_by,
+                            audit_until=row.audit_until, removed=removed or {})
+
+
+@router.get("/deleted-tenants", response_model=list[DeletedTenantOut])
+def list_deleted_tenants(caller: CallerDep, ctx: Ctx) -> list[DeletedTenantOut]:
+    """Deleted tenants whose audit log is still kept (accounts that reach every tenant)."""
+    if caller.tenants is not None:
+        return []
+    with ctx.store.read() as s:
+        return [deleted_out(r) for r in s.scalars(select(DeletedTenant).order_by(DeletedTenant.deleted_at))]

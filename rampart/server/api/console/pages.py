@@ -13,7 +13,10 @@ code that asks a key to sign).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import math
 import re
 from collections.abc import Callable
 from typing import Any, Final
@@ -25,8 +28,17 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 from sqlalchemy import func, select
 
-from rampart.trust import TrustError, merkle, verify_checkpoint
-from rampart.webui import static_file
+from rampart.textsafe import safe_line
+from rampart.trust import (
+    Receipt,
+    SessionSummary,
+    TrustError,
+    decode_envelope,
+    decode_payload,
+    merkle,
+    verify_checkpoint,
+)
+from rampart.webui import CSP, PLAYER_CSP, static_file
 
 from ... import auth as auth_core
 from ... import clock
@@ -46,13 +58,17 @@ from ...models import (
     JobTarget,
     OperatorKeyRow,
     PendingUpdateRow,
+    ReceiptRow,
     ScriptCheck,
     ScriptCheckStatus,
+    SessionRecording,
     Tenant,
 )
+from ...report import duration as report_dur
 from ...tenant_roots import current_root, trusted_from_store
 from .. import accounts as accounts_api
 from .. import alerts as alerts_api
+from .. import reports as reports_api
 from .. import sessions as sessions_api
 from .. import telemetry as telemetry_api
 from ..auth import step_up as step_up_api
@@ -83,6 +99,7 @@ router = APIRouter(prefix=PREFIX, include_in_schema=False)
 MAX_SECTION_ROWS: Final = 300
 MAX_AUDIT_PAGE: Final = 100
 MAX_JOBS: Final = 50
+MAX_DEVICE_SESSIONS: Final = 10
 
 _TENANT = re.compile(TENANT_ID)
 _DEVICE = re.compile(DEVICE_ID)
@@ -303,14 +320,19 @@ def device_page(request: Request, t: str, d: str) -> Response:
             backup_policy = s.get(BackupPolicyRow, d)
             backups = list(s.scalars(select(BackupResult).where(BackupResult.device_id == d)
                                      .order_by(BackupResult.finished_at.desc()).limit(10)))
+            session_ids = list(s.scalars(select(JobRow.id).join(JobTarget, JobTarget.job_id == JobRow.id)
+                .where(JobRow.tenant_id == t, JobRow.kind == "shell", JobTarget.device_id == d)
+                .order_by(JobRow.created_at.desc()).limit(MAX_DEVICE_SESSIONS)))
         findings = telemetry_api.list_findings(t, caller, ctx, status="open", device=d, kind=None, limit=500)
+        sessions = [sessions_api.get_session(j, caller, ctx) for j in session_ids]
         telemetry = ctx.gateway.telemetry
         got = telemetry.inventory(d, now) if telemetry is not None else None
         sections = _inventory_sections(msgspec.to_builtins(got.inventory)) if got is not None else []
         return render(request, "device.html", caller=caller, tenant=tenant, device=device, now=now,
                       connected=ctx.gateway.is_connected(d), alerts=alerts, jobs=jobs, checks=checks,
                       patch=patch, pending=pending, backup_policy=backup_policy, backups=backups,
-                      findings=findings, inventory=got, sections=sections, section="devices")
+                      findings=findings, inventory=got, sections=sections, sessions=sessions,
+                      section="devices")
     return _page(request, build)
 
 
@@ -440,6 +462,145 @@ def session_recording(request: Request, t: str, j: str) -> Response:
     return _page(request, build)
 
 
+#: What the player is given of a recording's events: output, resize and markers (labels made one
+#: inert line). Input keystrokes (``i``), the header's title and env, and anything else never reach it.
+_PLAYED_CODES: Final = frozenset({"o", "r", "m"})
+_RESIZE = re.compile(r"[1-9][0-9]{0,3}x[1-9][0-9]{0,3}")
+MAX_MARKER_CHARS: Final = 300
+MAX_MARKERS_SHOWN: Final = 200
+
+
+def playable(data: bytes) -> tuple[bytes, dict[str, Any]]:
+    """A stored recording rebuilt for the browser's player, and what the page says of it.
+
+    The device wrote every byte (T16). The player gets a new header (version 2, width and
+    height as bounded integers, nothing else) and the ``o``/``r``/``m`` events whose time is
+    a finite number and whose data is a string; a marker's label becomes
+    ``safe_line`` text. Malformed lines are dropped, never an error. Output stays as the
+    device sent it: the player draws it in its own virtual terminal as text.
+    Returns (cast bytes, {"cols", "rows", "duration", "markers": [(t, label)], "dropped"}).
+    """
+    lines = data.split(b"\n")
+    cols, rows = 80, 24
+    try:
+        header = json.loads(lines[0]) if lines else {}
+    except ValueError:
+        header = {}
+    if isinstance(header, dict):
+        w, h = header.get("width"), header.get("height")
+        if isinstance(w, int) and not isinstance(w, bool) and 1 <= w <= 1000:
+            cols = w
+        if isinstance(h, int) and not isinstance(h, bool) and 1 <= h <= 1000:
+            rows = h
+    out = [json.dumps({"version": 2, "width": cols, "height": rows}).encode()]
+    markers: list[tuple[float, str]] = []
+    duration = 0.0
+    dropped = 0
+    for raw in lines[1:]:
+        if not raw.strip():
+            continue
+        try:
+            ev = json.loads(raw)
+        except ValueError:
+            dropped += 1
+            continue
+        if not (isinstance(ev, list) and len(ev) == 3 and isinstance(ev[0], int | float)
+                and not isinstance(ev[0], bool) and math.isfinite(ev[0]) and ev[0] >= 0
+                and isinstance(ev[1], str) and isinstance(ev[2], str)) or ev[1] not in _PLAYED_CODES:
+            dropped += 1
+            continue
+        t, code, value = float(ev[0]), ev[1], ev[2]
+        if code == "r" and not _RESIZE.fullmatch(value):
+            dropped += 1
+            continue
+        if code == "m":
+            value = safe_line(value)[:MAX_MARKER_CHARS]
+            if len(markers) < MAX_MARKERS_SHOWN:
+                markers.append((t, value))
+        duration = max(duration, t)
+        out.append(json.dumps([t, code, value], ensure_ascii=True).encode())
+    return b"\n".join(out) + b"\n", {"cols": cols, "rows": rows, "duration": duration, "markers": markers,
+                                      "dropped": dropped}
+
+
+def _equal(a: str, b: str) -> bool:
+    return hmac.compare_digest(a.encode(), b.encode())
+
+
+def _session_of(s: Any, caller: Caller, t: str, j: str) -> JobRow:
+    """The session job ``j`` of tenant ``t`` (404 for a bad id, another tenant's, or not a session: T12)."""
+    _tenant(s, caller, t)
+    row: JobRow | None = s.get(JobRow, j) if _JOB.match(j) else None
+    if row is None or row.tenant_id != t or row.kind != "shell":
+        raise NotFound("session not found")
+    return row
+
+
+def _signed_recording(s: Any, j: str) -> tuple[str, int | None]:
+    """The recording's SHA-256 and size as the device signed them in its receipt ("", None: none)."""
+    device = s.scalars(select(JobTarget.device_id).where(JobTarget.job_id == j)).first()
+    rc = s.get(ReceiptRow, (j, device)) if device else None
+    if rc is None:
+        return "", None
+    receipt = decode_payload(decode_envelope(rc.envelope).payload, Receipt)
+    if not isinstance(receipt.session, SessionSummary):
+        return "", None
+    return receipt.session.recording_sha256 or "", receipt.session.recording_bytes
+
+
+def _matches(stored: bytes | None, signed_sha: str, signed_bytes: int | None) -> bool:
+    """The stored bytes are the ones the device signed: same SHA-256 and size (recomputed now)."""
+    return stored is not None and bool(signed_sha) and signed_bytes == len(stored) and \
+        _equal(hashlib.sha256(stored).hexdigest(), signed_sha)
+
+
+@router.get("/t/{t}/sessions/{j}")
+def session_page(request: Request, t: str, j: str) -> Response:
+    """One session: who, where, when, how it ended, the receipt's SHA-256 against the stored
+    recording, and the recording played in the browser (only when the two are equal)."""
+    def build(caller: Caller) -> Response:
+        ctx = _ctx(request)
+        with ctx.store.read() as s:
+            row = _session_of(s, caller, t, j)
+            tenant = s.get(Tenant, t)
+            account = s.get(Account, row.account_id) if row.account_id is not None else None
+            key = s.get(OperatorKeyRow, row.signer)
+            rec = s.get(SessionRecording, j)
+            stored = rec.data if rec is not None else None
+            signed_sha, signed_bytes = _signed_recording(s, j)
+        doc = sessions_api.get_session(j, caller, ctx)
+        matches = _matches(stored, signed_sha, signed_bytes)
+        info = playable(stored)[1] if stored is not None and matches else None
+        return render(request, "recording.html", caller=caller, tenant=tenant, x=doc, now=clock.now(),
+                      technician=account.username if account is not None else "",
+                      key_name=key.name if key is not None else row.signer[:16],
+                      actual=hashlib.sha256(stored).hexdigest() if stored is not None else "",
+                      signed_sha=signed_sha, signed_bytes=signed_bytes,
+                      stored_bytes=len(stored) if stored is not None else None, matches=matches, info=info,
+                      section="sessions", csp=PLAYER_CSP if info is not None else CSP)
+    return _page(request, build)
+
+
+@router.get("/t/{t}/sessions/{j}/playback")
+def session_playback(request: Request, t: str, j: str) -> Response:
+    """The recording rebuilt for the player (:func:`playable`), only while it is what the receipt signed."""
+    def build(caller: Caller) -> Response:
+        ctx = _ctx(request)
+        with ctx.store.read() as s:
+            _session_of(s, caller, t, j)
+            rec = s.get(SessionRecording, j)
+            stored = rec.data if rec is not None else None
+            signed_sha, signed_bytes = _signed_recording(s, j)
+        if stored is None:
+            raise NotFound("this session has no stored recording")
+        if not _matches(stored, signed_sha, signed_bytes):
+            raise NotFound("the stored recording does not match its signed receipt")
+        cast, _ = playable(stored)
+        return Response(cast, media_type="application/x-asciicast", headers={
+            **HEADERS, "Content-Disposition": f'attachment; filename="{j}.play.cast"'})
+    return _page(request, build)
+
+
 @router.get("/t/{t}/grants")
 def grant_list(request: Request, t: str) -> Response:
     def build(caller: Caller) -> Response:
@@ -516,7 +677,8 @@ def _verify_log(s: Any, t: str, checkpoint: Any, now: float) -> dict[str, Any]:
     sig_ok = False
     if root_row is not None:
         try:
-            verify_checkpoint(trusted_from_store(root_row.envelope), checkpoint.envelope, now=int(now))
+            verify_checkpoint(trusted_from_store(root_row.envelope), checkpoint.envelope, now=int(now),
+                              witnessed=False)
             signature, sig_ok = "valid (log key named in the tenant's current root)", True
         except TrustError as exc:
             signature = f"INVALID: {exc}"
@@ -526,6 +688,43 @@ def _verify_log(s: Any, t: str, checkpoint: Any, now: float) -> dict[str, Any]:
         merkle.root_from_leaf_hashes(leaves).hex() == checkpoint.root
     return {"ok": sig_ok and root_ok, "signature": signature,
             "root": "matches the stored entries" if root_ok else "DOES NOT match the stored entries"}
+
+
+# --- posture report and service statement (issue 19; the customer portal shows its own) --------------
+
+@router.get("/t/{t}/posture")
+def posture_page(request: Request, t: str) -> Response:
+    def build(caller: Caller) -> Response:
+        ctx = _ctx(request)
+        if not _TENANT.match(t):
+            raise NotFound("tenant not found")
+        p = reports_api.build_posture(ctx, caller, t)
+        with ctx.store.read() as s:
+            tenant = _tenant(s, caller, t)
+        return render(request, "posture.html", caller=caller, tenant=tenant, st=p.statement,
+                      notices=p.notices, summary=p.summary(), dur=report_dur, section="posture")
+    return _page(request, build)
+
+
+@router.get("/t/{t}/report.html")
+def posture_report_html(request: Request, t: str) -> Response:
+    """The report itself, shown inline under its own CSP (no script; its style block by hash)."""
+    def build(caller: Caller) -> Response:
+        if not _TENANT.match(t):
+            raise NotFound("tenant not found")
+        return reports_api.report_response(reports_api.build_posture(_ctx(request), caller, t), "html",
+                                           attachment=False)
+    return _page(request, build)
+
+
+@router.get("/t/{t}/report.pdf")
+def posture_report_pdf(request: Request, t: str) -> Response:
+    def build(caller: Caller) -> Response:
+        if not _TENANT.match(t):
+            raise NotFound("tenant not found")
+        return reports_api.report_response(reports_api.build_posture(_ctx(request), caller, t), "pdf",
+                                           attachment=True)
+    return _page(request, build)
 
 
 # --- accounts (owners) -----------------------------------------------------------------------

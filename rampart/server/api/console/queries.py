@@ -30,6 +30,7 @@ from ...models import (
     PendingUpdateRow,
     SanctionedTool,
 )
+from ...tenant_roots import current_root, trusted_from_store
 
 MAX_PAGE: Final = 100
 DEFAULT_PAGE: Final = 50
@@ -133,6 +134,9 @@ class Dashboard:
     backup_policies: int = 0
     backup_failed: int = 0
     backup_stale: int = 0
+    #: The newest published root as the server stores it (a view; agents decide on their own copy).
+    root_version: int | None = None
+    root_expires: float | None = None
 
 
 def dashboard(s: Session, tenant_id: str, *, connected: frozenset[str], cutoff: float,
@@ -200,4 +204,8 @@ def dashboard(s: Session, tenant_id: str, *, connected: frozenset[str], cutoff: 
                 d.backup_failed += 1
             elif ok_at is None or ok_at < now - max_age:
                 d.backup_stale += 1
+    root = current_root(s, tenant_id)
+    if root is not None:
+        trusted = trusted_from_store(root.envelope).root
+        d.root_version, d.root_expires = trusted.version, float(trusted.expires)
     return d

@@ -90,15 +90,19 @@ async def read_form(request: Request) -> dict[str, str]:
 
 
 def render(request: Request, template: str, code: int = 200, *, caller: Caller | None = None,
-           **values: Any) -> HTMLResponse:
-    """A page from ``template`` with the common values (caller, CSRF token, links)."""
+           csp: str = CSP, **values: Any) -> HTMLResponse:
+    """A page from ``template`` with the common values (caller, CSRF token, links).
+
+    ``csp`` is :data:`rampart.webui.CSP` for every page but the recording player's
+    (:data:`rampart.webui.PLAYER_CSP`).
+    """
     token = session_token(request) if caller is not None else None
     values.setdefault("section", "")
     body = _env.get_template(template).render(
         product="Rampart console", version=__version__, static=STATIC_PREFIX, home=PREFIX + "/",
         prefix=PREFIX, caller=caller, csrf=csrf_token(token) if token else "",
         customer=caller is not None and caller.role == "customer-viewer", **values)
-    return HTMLResponse(body, status_code=code, headers=HEADERS)
+    return HTMLResponse(body, status_code=code, headers={**HEADERS, "Content-Security-Policy": csp})
 
 
 def refused(request: Request, status: int, message: str, caller: Caller | None = None) -> HTMLResponse:
