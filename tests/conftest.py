@@ -10,9 +10,17 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import pexpect
 import pytest
 from harness import logs
 from harness.server import PostgresCluster, RunningServer, start_server
+
+from rampart.diagnostics import ENV
+
+
+# Every Rampart process the tests start dumps its thread stacks on SIGUSR1 (rampart.diagnostics):
+# a failing test's report shows where the processes it left running were waiting.
+os.environ[ENV] = "1"
 
 
 @pytest.fixture(scope="session")
@@ -55,10 +63,29 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     """A failing test's report ends with the logs of the servers and agents it ran (harness.logs)."""
     outcome = yield
     report = outcome.get_result()
+    if report.failed and call.excinfo is not None and call.excinfo.errisinstance(pexpect.ExceptionPexpect):
+        report.longrepr = _short_pexpect(call.excinfo)
     if report.failed:
         started = getattr(item, "_rampart_started", call.start)
-        for path, text in logs.tails_since(started):
+        tails = logs.tails_since(started)
+        if report.when == "call":
+            for label, text in logs.stacks():
+                report.sections.append((label, text))
+        for path, text in tails:
             report.sections.append((f"log {path} (end)", text))
+
+
+_PEXPECT_KEYS = ("args:", "buffer (last", "before (last", "exitstatus:", "searcher", "0:", "1:", "2:")
+
+
+def _short_pexpect(excinfo: pytest.ExceptionInfo[BaseException]) -> str:
+    """A pexpect failure in a few lines (where in the tests, what was awaited, what the program last
+    printed) instead of pexpect's page of internals: CI shows only a part of a failure's report."""
+    where = [f"{e.path}:{e.lineno + 1}: {str(e.statement).strip()}" for e in excinfo.traceback
+             if "site-packages" not in str(e.path)]
+    text = str(excinfo.value).splitlines()
+    kept = [line for line in text[1:] if line.lstrip().startswith(_PEXPECT_KEYS)]
+    return "\n".join([*where, f"{excinfo.typename}: {text[0] if text else ''}", *kept])
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -28,6 +28,7 @@ import sys
 from pathlib import Path
 
 from rampart import tlspin, trust
+from rampart.diagnostics import stacks_on_request
 
 from . import actions, containment
 from .core import Agent
@@ -218,6 +219,7 @@ def cmd_consent(a: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    stacks_on_request()
     a = _parser().parse_args(argv)
     try:
         if a.cmd == "consent":

@@ -257,6 +257,9 @@ def run_cli(argv: list[str] | None = None) -> int:
 
 
 def main() -> None:
+    from rampart.diagnostics import stacks_on_request
+
+    stacks_on_request()
     sys.exit(run_cli())
 
 

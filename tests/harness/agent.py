@@ -47,6 +47,7 @@ class AgentProcess:
         with open(self.log, "ab") as logf:
             self.proc = subprocess.Popen([*self.command, "run", "--state", str(self.state)],
                                          stdout=subprocess.DEVNULL, stderr=logf)
+        logs.watch(self.proc, self.log)
         return self
 
     def stop(self, timeout: float = 30, *, signalled: bool = False) -> int:

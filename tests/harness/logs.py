@@ -8,14 +8,24 @@ report.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from pathlib import Path
+from typing import Any
 
-__all__ = ["register", "tails_since"]
+__all__ = ["register", "squeeze", "stacks", "tails_since", "watch"]
 
-#: Bytes shown from the end of each log.
-TAIL_BYTES = 4000
+#: Bytes read from the end of each log (before repeated lines are folded).
+TAIL_BYTES = 6000
+#: Lines shown from the end of each log: CI shows only a part of a failure's report.
+TAIL_LINES = 30
 _logs: dict[Path, None] = {}
+#: Processes that dump their thread stacks on SIGUSR1 (rampart.diagnostics; conftest sets the
+#: variable): (a subprocess.Popen or pexpect.spawn, its log file, or None when it writes to a pty).
+_procs: list[tuple[Any, Path | None]] = []
+#: Frames of an idle pool or helper thread: a thread whose every frame is in these is left out.
+_IDLE_FILES = ("threading.py", "queue.py", "concurrent/futures/thread.py")
 
 
 def register(path: Path) -> None:
@@ -36,9 +46,90 @@ def tails_since(started: float) -> list[tuple[str, str]]:
                 text = f.read().decode("utf-8", "replace")
         except OSError:
             continue
-        out.append((str(path), text))
+        out.append((str(path), squeeze(text)))
+    # Agents first: their logs are the shorter and usually say what the device did.
+    out.sort(key=lambda item: "server" in Path(item[0]).name)
     return out
+
+
+def squeeze(text: str, lines: int = TAIL_LINES) -> str:
+    """The last ``lines`` lines of ``text``, runs of identical lines (polling) folded into one."""
+    folded: list[str] = []
+    count = 0
+    for line in text.splitlines()[1:]:  # the first line may be cut
+        key = line.split(" - ", 1)[-1]  # uvicorn access lines differ only in the client port
+        if folded and key == folded[-1].split(" - ", 1)[-1].split("  [x", 1)[0]:
+            count += 1
+            folded[-1] = f"{folded[-1].split('  [x', 1)[0]}  [x{count + 1}]"
+            continue
+        count = 0
+        folded.append(line)
+    return "\n".join(folded[-lines:])
 
 
 def now() -> float:
     return time.time()
+
+
+def watch(proc: Any, log: Path | None) -> None:
+    """Remember a started process (``subprocess.Popen`` or ``pexpect.spawn``) whose standard error
+    is ``log`` (None: a pexpect child, whose output is read from its pty)."""
+    _procs[:] = [(p, lg) for p, lg in _procs if _alive(p)]
+    _procs.append((proc, log))
+
+
+def _alive(proc: Any) -> bool:
+    if hasattr(proc, "isalive"):
+        return bool(proc.isalive())
+    return proc.poll() is None
+
+
+def stacks() -> list[tuple[str, str]]:
+    """Ask every watched process still running for its thread stacks; (label, busy threads) of each.
+
+    Called when a test failed, before its fixtures stop anything: a process that hangs shows where."""
+    live = sorted(((p, lg) for p, lg in _procs if _alive(p)), key=lambda item: item[1] is not None)
+    sizes = {}
+    for p, lg in live:
+        try:
+            sizes[id(p)] = lg.stat().st_size if lg is not None else 0
+            os.kill(p.pid, signal.SIGUSR1)
+        except OSError:
+            continue
+    if not sizes:
+        return []
+    time.sleep(1.0)
+    out = []
+    for p, lg in live:
+        if id(p) not in sizes:
+            continue
+        if lg is None:
+            text = ""
+            try:
+                while True:
+                    text += p.read_nonblocking(1 << 16, timeout=0.5).decode("utf-8", "replace")
+            except Exception:  # noqa: BLE001 - pexpect TIMEOUT or EOF: all there is has been read
+                pass
+            label = f"stacks of pid {p.pid}: {' '.join(str(a) for a in p.args[1:6])}"
+        else:
+            with open(lg, "rb") as f:
+                f.seek(sizes[id(p)])
+                text = f.read(1 << 16).decode("utf-8", "replace")
+            label = f"stacks of pid {p.pid} ({lg.name})"
+        out.append((label, busy_threads(text)))
+    return out
+
+
+def busy_threads(dump: str) -> str:
+    """A faulthandler dump without the threads that only wait for work (pool workers, helpers)."""
+    blocks: list[list[str]] = []
+    for line in dump.replace("\r", "").splitlines():
+        if line.startswith(("Thread 0x", "Current thread 0x")):
+            blocks.append([line])
+        elif blocks and line.startswith("  File "):
+            blocks[-1].append(line)
+    kept = [b for b in blocks if not all(any(f in x for f in _IDLE_FILES) for x in b[1:])]
+    shown = [f"{len(blocks) - len(kept)} idle threads left out"] if len(kept) < len(blocks) else []
+    for b in kept:
+        shown.extend(b[:9])  # the innermost frames: where it waits
+    return "\n".join(shown) if blocks else dump[-1500:]

@@ -101,6 +101,7 @@ class RunningServer:
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                      env={**_env(), **self.env}, cwd=REPO, start_new_session=True)
         log.close()
+        logs.watch(self.proc, self.log_path)
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

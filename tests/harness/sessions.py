@@ -23,10 +23,11 @@ from typing import Any
 
 import pexpect
 
+from harness import logs
 from harness.agent import AgentProcess, stop_all, traversable_dir
 from harness.operators import Operator, bootstrap_owner, make_root, ok, sign_root, step_up
 from harness.server import REPO, RunningServer, start_server
-from rampart import tlspin, trust
+from rampart import diagnostics, tlspin, trust
 from rampart.cli.config import Config, Session
 from rampart.trust import OperatorKey
 
@@ -111,7 +112,8 @@ class SessionWorld:
     def cli_env(self, config: str = "cli-tech") -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAMPART_")}
         env.update({"PYTHONPATH": str(REPO), "RAMPART_CONFIG_DIR": str(self.base / config),
-                    "RAMPART_KEY_PASSPHRASE": KEY_PASSPHRASE, "COLUMNS": "200", "TERM": "xterm-256color"})
+                    "RAMPART_KEY_PASSPHRASE": KEY_PASSPHRASE, "COLUMNS": "200", "TERM": "xterm-256color",
+                    diagnostics.ENV: "1"})
         return env
 
     def cli(self, *args: str, timeout: float = 150, input: bytes | None = None,
@@ -219,8 +221,10 @@ def spawn(w: SessionWorld, *args: str, rows: int = 24, cols: int = 80,
           config: str = "cli-tech") -> pexpect.spawn:
     argv = w.cli_argv(*args)
     # 90 s: longer than the CLI's own 60 s wait for the device, so its error shows if it gives up.
-    return pexpect.spawn(argv[0], argv[1:], env=w.cli_env(config), dimensions=(rows, cols), timeout=90,
-                         cwd=str(REPO))
+    child = pexpect.spawn(argv[0], argv[1:], env=w.cli_env(config), dimensions=(rows, cols), timeout=90,
+                          cwd=str(REPO))
+    logs.watch(child, None)
+    return child
 
 
 def open_shell(w: SessionWorld, grant: str, *extra: str, config: str = "cli-tech") -> tuple[pexpect.spawn,
