@@ -69,6 +69,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         started = getattr(item, "_rampart_started", call.start)
         tails = logs.tails_since(started)
         if report.when == "call":
+            report.sections.append(("machine", logs.machine()))
             for label, text in logs.stacks():
                 report.sections.append((label, text))
         for path, text in tails:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["register", "squeeze", "stacks", "tails_since", "watch"]
+__all__ = ["machine", "register", "squeeze", "stacks", "tails_since", "watch"]
 
 #: Bytes read from the end of each log (before repeated lines are folded).
 TAIL_BYTES = 6000
@@ -133,3 +134,14 @@ def busy_threads(dump: str) -> str:
     for b in kept:
         shown.extend(b[:9])  # the innermost frames: where it waits
     return "\n".join(shown) if blocks else dump[-1500:]
+
+
+def machine() -> str:
+    """The load average and the busiest processes: was the machine starved when the test failed?"""
+    try:
+        ps = subprocess.run(["ps", "-eo", "pid,pcpu,rss,etimes,stat,args", "--sort=-pcpu"],
+                            capture_output=True, text=True, timeout=10).stdout.splitlines()
+    except (OSError, subprocess.SubprocessError):
+        ps = []
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return "\n".join([f"load average {load}; {len(ps) - 1} processes", *(x[:160] for x in ps[:9])])

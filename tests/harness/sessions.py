@@ -230,7 +230,9 @@ def spawn(w: SessionWorld, *args: str, rows: int = 24, cols: int = 80,
 def open_shell(w: SessionWorld, grant: str, *extra: str, config: str = "cli-tech") -> tuple[pexpect.spawn,
                                                                                             str]:
     child = spawn(w, "shell", "acme", w.main.device_id, "--grant", grant, *extra, config=config)
-    child.expect(r"session (job-[0-9a-z]+) open")
+    # 150 s: beyond the CLI's own longest wait before it prints (a 30 s request, 15 s to open the
+    # relay, 60 s for the device), so that when it gives up its own message is what fails the test.
+    child.expect(r"session (job-[0-9a-z]+) open", timeout=150)
     job_id = child.match.group(1).decode()
     # Written so that the echoed command line does not itself match the prompt.
     child.sendline("bind 'set enable-bracketed-paste off'; export PS1='RP-''READY> '")
