@@ -17,7 +17,6 @@ from harness.server import PostgresCluster, RunningServer, start_server
 
 from rampart.diagnostics import ENV
 
-
 # Every Rampart process the tests start dumps its thread stacks on SIGUSR1 (rampart.diagnostics):
 # a failing test's report shows where the processes it left running were waiting.
 os.environ[ENV] = "1"

@@ -375,7 +375,7 @@ def test_T16_hostile_device_text_is_inert_in_the_html_and_pdf_reports(w: World, 
         page.screenshot(path=str(shot), full_page=False)
         if target := os.environ.get("RAMPART_CONSOLE_SCREENSHOTS"):
             Path(target).mkdir(parents=True, exist_ok=True)
-            shutil.copy(shot, Path(target) / "console-posture-report.png")
+            shutil.copy(shot, Path(target) / "posture-report.png")  # the image docs/compliance.md shows
         # Another tenant's report through the portal: the same 404 as a tenant that does not exist.
         r = page.goto(f"{w.server.url}/console/t/{w.beta.id}/report.pdf")
         assert r is not None and r.status == 404

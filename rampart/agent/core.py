@@ -31,6 +31,7 @@ from rampart import trust
 from rampart.trust import Checkpoint, ContainmentReport, Receipt, decode_payload, reload_root
 from rampart.wire import JobMessage
 from rampart.wire.check_result import encode_result
+from rampart.wire.limits import JOB_ID_PATTERN
 
 from . import actions, containment
 from .device_config import DeviceConfig
@@ -40,8 +41,7 @@ from .state import AgentState, StoredCheck
 
 log = logging.getLogger("rampart.agent")
 
-_JOB_ID = re.compile(r"^job-[0-9a-z]{16,64}$")
-MAX_OUTPUT = 64 * 1024
+_JOB_ID = re.compile(JOB_ID_PATTERN)
 
 
 class MessageError(JobRefused):

@@ -478,7 +478,7 @@ def collect(s: Session, tenant: Tenant, now: float, *, catalog: Catalog | None =
     stated = stmt is not None and bool(stmt["incident_response"] and stmt["recovery"])
     ir_status: Status = _worst("met" if stated else "not-met", bk_status)
     ir_ev = ["incident response and recovery: " + ("stated" if stated else "not stated"), *bk_ev]
-    outside = "outside Rampart's records: the customer's network and directory"
+    outside = "outside Rampart's records: the customer's network and device hardening"
 
     # CPG goals cited by the guide
     add("1.A", "CPG", "Asset inventory", inv_status, *inv_ev)

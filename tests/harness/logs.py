@@ -8,6 +8,7 @@ report.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -106,11 +107,9 @@ def stacks() -> list[tuple[str, str]]:
             continue
         if lg is None:
             text = ""
-            try:
+            with contextlib.suppress(Exception):  # pexpect TIMEOUT or EOF: all there is has been read
                 while True:
                     text += p.read_nonblocking(1 << 16, timeout=0.5).decode("utf-8", "replace")
-            except Exception:  # noqa: BLE001 - pexpect TIMEOUT or EOF: all there is has been read
-                pass
             label = f"stacks of pid {p.pid}: {' '.join(str(a) for a in p.args[1:6])}"
         else:
             with open(lg, "rb") as f:
