@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from harness.agent import AgentProcess
-from harness.operators import audit_events, ok
+from harness.operators import audit_events, ok, step_up
 from harness.sessions import SessionWorld, cli_config, session_world
 
 from rampart import trust
@@ -186,3 +186,24 @@ def test_changing_an_accounts_role_applies_at_once_with_a_step_up_and_is_audited
     assert r.status_code == 403 and "needs the role" in r.text
     event = [e for e in audit_events(w.owner, w.tenant) if e["kind"] == "account.role-changed"][-1]
     assert event["details"] == {"username": "tech2", "from": "technician", "to": "viewer"}
+
+
+def test_T12_an_account_that_reaches_every_tenant_cannot_become_a_customer_viewer(
+        world: SessionWorld) -> None:
+    """A customer viewer sees exactly one tenant (M5): a role change that would show a customer every
+    tenant, or several, is refused and changes nothing; one tenant is fine."""
+    w = world
+    w.owner.create_account("wide-tech", "technician", None)  # MSP staff: every tenant
+    w.owner.login()
+    step_up(w.owner)  # the refusal below is the tenant rule, not a missing step-up
+    r = w.owner.http.put("/accounts/wide-tech/role", json={"role": "customer-viewer"})
+    assert r.status_code == 400 and "exactly one tenant" in r.text
+    accounts = {a["username"]: a for a in ok(w.owner.http.get("/accounts"))}
+    assert accounts["wide-tech"]["role"] == "technician"
+    assert not [e for e in audit_events(w.owner, w.tenant)
+                if e["kind"] == "account.role-changed" and e["details"]["username"] == "wide-tech"]
+    w.owner.create_account("one-tenant", "technician", [w.tenant])
+    r = w.owner.http.put("/accounts/one-tenant/role", json={"role": "customer-viewer"})
+    assert r.status_code == 200, r.text
+    accounts = {a["username"]: a for a in ok(w.owner.http.get("/accounts"))}
+    assert accounts["one-tenant"]["role"] == "customer-viewer"

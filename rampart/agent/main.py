@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import json
 import logging
 import os
@@ -39,6 +40,9 @@ from .state import AgentState, StateError
 from .telemetry import DEFAULT_INTERVAL_S, Telemetry
 
 DEFAULT_STATE = "/var/lib/rampart-agent"
+#: Seconds the process may take to exit once the agent has stopped (then its stacks are logged
+#: and it ends with status 1).
+EXIT_GRACE_S = 10.0
 
 
 def _default_job_user() -> str | None:
@@ -176,6 +180,10 @@ def cmd_run(a: argparse.Namespace) -> int:
     except ImportError:  # pragma: no cover - uvloop is a dependency
         asyncio.run(main())
     logging.getLogger("rampart.agent").info("agent stopped")
+    # The loop and its worker threads are done and every state change is committed. Should the
+    # interpreter's own exit hang after this (seen once in CI, cause not known), end the process
+    # after EXIT_GRACE_S with every thread's stack in the log instead of waiting for SIGKILL.
+    faulthandler.dump_traceback_later(EXIT_GRACE_S, exit=True)
     return 0
 
 
