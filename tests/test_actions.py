@@ -44,7 +44,7 @@ from harness import hostguard
 from harness.agent import AgentProcess, agent_cmd, stop_all, traversable_dir
 from harness.aptrepo import AptRepo, build_deb, scratch_root
 from harness.borgvault import VaultHost
-from harness.operators import Operator, bootstrap_owner, make_root, ok, sign_root, step_up
+from harness.operators import Operator, bootstrap_owner, ok, step_up, two_approver_tenant
 from harness.server import REPO, RunningServer, start_server
 
 from rampart import tlspin, trust
@@ -236,18 +236,9 @@ def env(pg_cluster: Any) -> Iterator[Env]:
     try:
         # A tenant whose root names two approvers: a root capability needs both (default policy).
         owner = bootstrap_owner(server)
-        tenant = ok(owner.http.post("/tenants", json={"name": "acme"}))
-        tid = str(tenant["id"])
-        approvers = []
-        for n in ("approver1", "approver2"):
-            op = owner.create_account(n, "approver", [tid])
-            approvers.append((op, op.add_key(tid)))
-        tech = owner.create_account("tech", "technician", [tid])
-        tech_key = tech.add_key(tid)
-        owner_key = owner.add_key(tid, "owner-acme")
-        root_env = sign_root(make_root(tenant, 1, owners=[owner_key], approvers=[k for _, k in approvers],
-                                       technicians=[tech_key]), [owner_key])
-        ok(owner.http.post(f"/tenants/{tid}/roots", json={"envelope": root_env}))
+        team = two_approver_tenant(owner)
+        tid, approvers, root_env = team.id, team.approvers, team.root_envelope
+        (tech, tech_key), = team.techs
 
         # A Debian archive: rampart-demo 1.0, 1.1 (security) and 2.0; a package whose update fails.
         archive = AptRepo(base / "archive")

@@ -40,7 +40,7 @@ import pytest
 from harness import borgvault as vault
 from harness.agent import AgentProcess, traversable_dir
 from harness.borgvault import VaultHost
-from harness.operators import Operator, bootstrap_owner, make_root, ok, sign_root, step_up
+from harness.operators import Operator, bootstrap_owner, ok, step_up, two_approver_tenant
 from harness.server import REPO, RunningServer, start_server
 
 from rampart import tlspin, trust
@@ -161,18 +161,9 @@ def w(pg_cluster: Any) -> Iterator[World]:
     agent: AgentProcess | None = None
     try:
         owner = bootstrap_owner(server)
-        tenant = ok(owner.http.post("/tenants", json={"name": "acme"}))
-        tid = str(tenant["id"])
-        approvers = []
-        for n in ("approver1", "approver2"):
-            op = owner.create_account(n, "approver", [tid])
-            approvers.append((op, op.add_key(tid)))
-        tech = owner.create_account("tech", "technician", [tid])
-        tech_key = tech.add_key(tid)
-        owner_key = owner.add_key(tid, "owner-acme")
-        root_env = sign_root(make_root(tenant, 1, owners=[owner_key], approvers=[k for _, k in approvers],
-                                       technicians=[tech_key]), [owner_key])
-        ok(owner.http.post(f"/tenants/{tid}/roots", json={"envelope": root_env}))
+        team = two_approver_tenant(owner)
+        tid, approvers, root_env = team.id, team.approvers, team.root_envelope
+        (tech, tech_key), = team.techs
 
         # The vault holder makes the append-only repository and exports its key offline (section 3).
         (base / "vault-host").mkdir()

@@ -279,6 +279,14 @@ def test_layout_doc_lists_every_module() -> None:
     assert not stale, f"docs/design/layout.md names what does not exist: {stale}"
 
 
+def test_server_doc_names_every_server_module() -> None:
+    """docs/design/server.md's module table names every module at the top of rampart/server/."""
+    named = set(re.findall(r"`([\w/.]+\.py)`", (REPO / "docs" / "design" / "server.md").read_text()))
+    modules = sorted(p.name for p in (REPO / "rampart" / "server").glob("*.py"))
+    missing = [m for m in modules if m not in named]
+    assert not missing, f"not in docs/design/server.md: {missing}"
+
+
 # --- the wire contract (rampart.wire) and the server/agent boundary ------------------------------
 
 _WIRE_ALLOWED_STDLIB = frozenset({

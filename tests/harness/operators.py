@@ -189,6 +189,42 @@ def setup_tenant(owner: Operator, name: str, *, prefix: str = "") -> TenantSetup
     return TenantSetup(tenant, owner, owner_key, approver, approver_key, tech, tech_key, env)
 
 
+@dataclass
+class TwoApproverTenant:
+    """A tenant whose published v1 root names an owner key, two approvers and the technicians."""
+
+    tenant: dict[str, Any]
+    owner_key: OperatorKey
+    approvers: list[tuple[Operator, OperatorKey]]
+    techs: list[tuple[Operator, OperatorKey]]
+    root_envelope: str
+
+    @property
+    def id(self) -> str:
+        return str(self.tenant["id"])
+
+
+def two_approver_tenant(owner: Operator, name: str = "acme",
+                        technicians: tuple[str, ...] = ("tech",)) -> TwoApproverTenant:
+    """Create ``name`` with accounts approver1, approver2 and ``technicians`` (each with a key) and
+    publish root v1 signed by the owner's new key (root capabilities then need both approvers)."""
+    tenant = ok(owner.http.post("/tenants", json={"name": name}))
+    tid = str(tenant["id"])
+    approvers = []
+    for n in ("approver1", "approver2"):
+        op = owner.create_account(n, "approver", [tid])
+        approvers.append((op, op.add_key(tid)))
+    techs = []
+    for n in technicians:
+        op = owner.create_account(n, "technician", [tid])
+        techs.append((op, op.add_key(tid)))
+    owner_key = owner.add_key(tid, f"owner-{name}")
+    root_env = sign_root(make_root(tenant, 1, owners=[owner_key], approvers=[k for _, k in approvers],
+                                   technicians=[k for _, k in techs]), [owner_key])
+    ok(owner.http.post(f"/tenants/{tid}/roots", json={"envelope": root_env}))
+    return TwoApproverTenant(tenant, owner_key, approvers, techs, root_env)
+
+
 def approved_grant(t: TenantSetup, devices: list[str], capabilities: list[str] | None = None,
                    duration_s: int = 3600) -> str:
     """Request a grant as the technician and approve it as the approver; return its id."""

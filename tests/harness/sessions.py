@@ -25,7 +25,7 @@ import pexpect
 
 from harness import logs
 from harness.agent import AgentProcess, stop_all, traversable_dir
-from harness.operators import Operator, bootstrap_owner, make_root, ok, sign_root, step_up
+from harness.operators import Operator, bootstrap_owner, ok, step_up, two_approver_tenant
 from harness.server import REPO, RunningServer, start_server
 from rampart import diagnostics, tlspin, trust
 from rampart.cli.config import Config, Session
@@ -179,20 +179,9 @@ def session_world(pg_cluster: Any, prefix: str = "rampart-sessions-") -> Iterato
     w: SessionWorld | None = None
     try:
         owner = bootstrap_owner(server)
-        tenant = ok(owner.http.post("/tenants", json={"name": "acme"}))
-        tid = str(tenant["id"])
-        approvers = []
-        for n in ("approver1", "approver2"):
-            op = owner.create_account(n, "approver", [tid])
-            approvers.append((op, op.add_key(tid)))
-        tech = owner.create_account("tech", "technician", [tid])
-        tech_key = tech.add_key(tid)
-        tech2 = owner.create_account("tech2", "technician", [tid])
-        tech2_key = tech2.add_key(tid)
-        owner_key = owner.add_key(tid, "owner-acme")
-        root_env = sign_root(make_root(tenant, 1, owners=[owner_key], approvers=[k for _, k in approvers],
-                                       technicians=[tech_key, tech2_key]), [owner_key])
-        ok(owner.http.post(f"/tenants/{tid}/roots", json={"envelope": root_env}))
+        team = two_approver_tenant(owner, technicians=("tech", "tech2"))
+        tid, approvers, root_env, owner_key = team.id, team.approvers, team.root_envelope, team.owner_key
+        (tech, tech_key), (tech2, tech2_key) = team.techs
         scratch = base / "scratch"
         scratch.mkdir()
         scratch.chmod(0o777)
