@@ -2,7 +2,8 @@
 
 from rampart.diagnostics import stacks_on_request
 
-from .commands import server_app
+stacks_on_request()  # before the application's imports: a start that stalls there shows where
 
-stacks_on_request()
+from .commands import server_app  # noqa: E402
+
 server_app(prog_name="rampart-server")

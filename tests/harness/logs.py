@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["machine", "register", "squeeze", "stacks", "tails_since", "watch"]
+__all__ = ["machine", "register", "squeeze", "stack_of", "stacks", "tails_since", "watch"]
 
 #: Bytes read from the end of each log (before repeated lines are folded).
 TAIL_BYTES = 6000
@@ -118,6 +118,20 @@ def stacks() -> list[tuple[str, str]]:
             label = f"stacks of pid {p.pid} ({lg.name})"
         out.append((label, busy_threads(text)))
     return out
+
+
+def stack_of(proc: subprocess.Popen[bytes], log: Path) -> str:
+    """The busy threads of one running process that writes its standard error to ``log``: asked
+    for before a harness gives up on it (a start that timed out), so the error says where it was."""
+    try:
+        size = log.stat().st_size
+        os.kill(proc.pid, signal.SIGUSR1)
+    except OSError:
+        return "(no stacks: the process has ended)"
+    time.sleep(1.0)
+    with open(log, "rb") as f:
+        f.seek(size)
+        return busy_threads(f.read(1 << 16).decode("utf-8", "replace"))
 
 
 def busy_threads(dump: str) -> str:
