@@ -223,3 +223,29 @@ def test_new_root_is_pushed_to_connected_agents(tenant: TenantSetup) -> None:
     assert agent.root.version == 2
     agent.close()
     time.sleep(0.1)
+
+
+def test_T16_a_device_cannot_answer_for_another_devices_job(tenant: TenantSetup) -> None:
+    """A hostile device sends receipts for a job that is not its own: its own signed receipt for
+    another device's job, and that device's genuine receipt relayed over its own connection. Both
+    are refused; the target stays undone, no receipt enters the log; the real answer still lands."""
+    victim, hostile = _agent(tenant, approve=True, hostname="victim"), _agent(
+        tenant, approve=True, hostname="hostile")
+    victim.connect()
+    hostile.connect()
+    job_id = _job(tenant, [victim.device_id])
+    victim.verify_job(victim.wait_for("job"))
+    before = _receipt_entries(tenant.owner, tenant.id)
+
+    own_claim = hostile.receipt(job_id)  # signed by the hostile device, names itself
+    assert hostile.send_receipt(job_id, own_claim)["type"] == "error"
+    relayed = victim.receipt(job_id)  # the victim's genuine receipt, sent by the hostile device
+    assert hostile.send_receipt(job_id, relayed)["type"] == "error"
+    assert _states(tenant, job_id) == {victim.device_id: "sent"}
+    assert _receipt_entries(tenant.owner, tenant.id) == before
+
+    assert victim.send_receipt(job_id, relayed)["type"] == "ack"
+    assert _states(tenant, job_id) == {victim.device_id: "done"}
+    assert _receipt_entries(tenant.owner, tenant.id) == before + 1
+    victim.close()
+    hostile.close()

@@ -19,15 +19,17 @@ Invariants (docs/design/protocol.md, "Agent protocol"; T15):
 from __future__ import annotations
 
 import base64
+import functools
 import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -64,13 +66,15 @@ from .models import (
 from .tenant_roots import current_root, trusted_from_store
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
 class _Checked:
     """A receipt that verified, ready to be logged and stored."""
 
-    target: JobTarget
+    job_id: str
+    device_id: str
     tenant_id: str
     data: bytes
     outcome: str
@@ -101,6 +105,21 @@ class Delivery:
 
 
 @dataclass(frozen=True, slots=True)
+class DeliveryAsk:
+    """One device's question "what is my next job?": the jobs it was already sent (and has not
+    answered) are left out; ``agent_size`` is the checkpoint size it last reported."""
+
+    device_id: str
+    exclude: frozenset[str]
+    agent_size: int
+
+
+def _chunks(items: list[T], size: int) -> Iterator[list[T]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+@dataclass(frozen=True, slots=True)
 class _JobParts:
     tenant: str
     index: int
@@ -118,9 +137,55 @@ def _committed(device_set: DeviceSet | msgspec.UnsetType) -> DeviceSet | None:
     return device_set if isinstance(device_set, DeviceSet) else None
 
 
+@dataclass(frozen=True, slots=True)
+class _Signer:
+    tenant_id: str
+    public: DevicePublicKey
+
+
+@dataclass(slots=True)
+class _BatchRows:
+    """The rows a batch of receipts is checked against, read in the batch's transaction with one
+    query per kind and job: the (job, device) targets, receipts already stored, device keys."""
+
+    targets: set[tuple[str, str]]
+    stored: set[tuple[str, str]]
+    devices: dict[str, _Signer]
+
+    @classmethod
+    def load(cls, s: Session, pairs: list[tuple[str, str]]) -> _BatchRows:
+        """Rows for (device id, job id) ``pairs``."""
+        by_job: dict[str, set[str]] = {}
+        for device_id, job_id in pairs:
+            by_job.setdefault(job_id, set()).add(device_id)
+        targets: set[tuple[str, str]] = set()
+        stored: set[tuple[str, str]] = set()
+        for job_id, device_ids in by_job.items():
+            for chunk in _chunks(sorted(device_ids), LOOKUP_CHUNK):
+                targets.update((job_id, d) for d in s.scalars(select(JobTarget.device_id).where(
+                    JobTarget.job_id == job_id, JobTarget.device_id.in_(chunk))))
+                stored.update((job_id, d) for d in s.scalars(select(ReceiptRow.device_id).where(
+                    ReceiptRow.job_id == job_id, ReceiptRow.device_id.in_(chunk))))
+        devices: dict[str, _Signer] = {}
+        wanted = sorted({d for (_, d) in targets})
+        for chunk in _chunks(wanted, LOOKUP_CHUNK):
+            for dev_id, tenant_id, key in s.execute(select(Device.id, Device.tenant_id, Device.public_key)
+                                                    .where(Device.id.in_(chunk))):
+                devices[dev_id] = _Signer(tenant_id, _public_key(key))
+        return cls(targets, stored, devices)
+
+
+@functools.lru_cache(maxsize=65536)
+def _public_key(text: str) -> DevicePublicKey:
+    """A device's stored public key, parsed once (keys never change; a new one is a new text)."""
+    return DevicePublicKey.from_text(text)
+
+
 #: Seconds a tenant's witness policy (from its current root) is reused before it is read again.
 WITNESS_POLICY_TTL_S = 2.0
 PARTS_CACHE = 256
+#: Devices looked up per query of a fan-out (well under SQLite's bound parameter limit).
+LOOKUP_CHUNK = 500
 MESSAGE_CACHE = 1024
 #: Device-set trees kept (each ~100 bytes per device): the jobs being fanned out now.
 TREE_CACHE = 16
@@ -182,27 +247,46 @@ class DeliveryStore:
 
     def next_delivery(self, device_id: str, exclude: set[str], agent_size: int,
                       now: float) -> Delivery | None:
-        """The oldest undone, unexpired job for an approved device, not in ``exclude``.
+        """The oldest undone, unexpired job for an approved device, not in ``exclude``."""
+        return self.next_deliveries([DeliveryAsk(device_id, frozenset(exclude), agent_size)],
+                                    now).get(device_id)
+
+    def next_deliveries(self, asks: list[DeliveryAsk], now: float) -> dict[str, Delivery | None]:
+        """:meth:`next_delivery` for many devices at once (a fan-out): two queries for all of them.
 
         A fan-out sends the same job to many devices that mostly reported the
         same checkpoint size, so the serialised message is built once per
-        (job, checkpoint, agent size) and reused; only the lookup of the
-        device's next job is per device.
+        (job, checkpoint, agent size) and reused; only the device's own
+        inclusion proofs (a committed set) are per device.
         """
+        out: dict[str, Delivery | None] = {a.device_id: None for a in asks}
+        picked: list[tuple[DeliveryAsk, str, bool]] = []
         with self._store.read() as s:
-            status = s.scalar(select(Device.status).where(Device.id == device_id))
-            if status != "approved":
-                return None
-            q = (select(JobRow.id).join(JobTarget, JobTarget.job_id == JobRow.id)
-                 .where(JobTarget.device_id == device_id, JobTarget.state.in_(("pending", "sent")),
-                        JobRow.expires_at > int(now)))
-            if exclude:
-                q = q.where(JobRow.id.not_in(exclude))
-            found = list(s.scalars(q.order_by(JobRow.log_index).limit(2)))
-            if not found:
-                return None
-            job_id, more = found[0], len(found) > 1
-            parts = self._job_parts(s, job_id)
+            for chunk in _chunks(asks, LOOKUP_CHUNK):
+                ids = [a.device_id for a in chunk]
+                approved = set(s.scalars(select(Device.id).where(Device.id.in_(ids),
+                                                                 Device.status == "approved")))
+                undone: dict[str, list[str]] = {}
+                for dev, job_id in s.execute(
+                        select(JobTarget.device_id, JobRow.id)
+                        .join(JobRow, JobTarget.job_id == JobRow.id)
+                        .where(JobTarget.device_id.in_(ids), JobTarget.state.in_(("pending", "sent")),
+                               JobRow.expires_at > int(now))
+                        .order_by(JobTarget.device_id, JobRow.log_index)):
+                    undone.setdefault(dev, []).append(job_id)
+                for a in chunk:
+                    jobs = [j for j in undone.get(a.device_id, ()) if j not in a.exclude]
+                    if a.device_id in approved and jobs:
+                        picked.append((a, jobs[0], len(jobs) > 1))
+            parts = {job_id: self._job_parts(s, job_id) for _, job_id, _ in picked}
+        for a, job_id, more in picked:
+            out[a.device_id] = self._delivery(parts[job_id], job_id, a.device_id, a.agent_size,
+                                              more, now)
+        return out
+
+    def _delivery(self, parts: _JobParts, job_id: str, device_id: str, agent_size: int, more: bool,
+                  now: float) -> Delivery:
+        """The ``job`` message for one device, or a hold while the job waits for witnesses."""
         need, witnesses = self.witness_policy(parts.tenant)
         cp = None
         if need:
@@ -216,7 +300,8 @@ class DeliveryStore:
         if cp is None:  # no witness asked, or none came in time: the agent decides
             cp = self._audit.checkpoint_covering(parts.tenant, parts.index, now, at_least=agent_size)
         key = (job_id, cp.size, agent_size, len(cp.envelope))  # co-signatures make the envelope grow
-        cached = self._messages.get(key)
+        with self._cache_lock:
+            cached = self._messages.get(key)
         if cached is None:
             with self._store.read() as s:
                 inclusion = self._audit.inclusion_proof(s, parts.tenant, parts.index, cp.size)
@@ -324,34 +409,40 @@ class DeliveryStore:
 
         Each receipt is checked on its own (a bad one is refused, the others
         still commit); the result list matches ``receipts``: True stored, False
-        already stored, or the ReceiptRefused for that one. If the batch loses a
-        race with another server process, each receipt is retried alone.
+        already stored, or the ReceiptRefused for that one. The rows a batch
+        needs are read with one query per kind and job, not per receipt. If the
+        batch loses a race with another server process, each receipt is retried alone.
         """
         results: list[bool | ReceiptRefused] = []
         try:
             with self._store.transaction() as s:
+                by_job: dict[str, list[str]] = {}
                 for job_id, device_id in sent:
-                    s.execute(update(JobTarget).where(
-                        JobTarget.job_id == job_id, JobTarget.device_id == device_id,
-                        JobTarget.state == "pending").values(state="sent", sent_at=now))
+                    by_job.setdefault(job_id, []).append(device_id)
+                for job_id, ids in by_job.items():
+                    for chunk in _chunks(ids, LOOKUP_CHUNK):
+                        s.execute(update(JobTarget).where(
+                            JobTarget.job_id == job_id, JobTarget.device_id.in_(chunk),
+                            JobTarget.state == "pending").values(state="sent", sent_at=now))
+                rows = _BatchRows.load(s, [(d, j) for d, j, _ in receipts])
                 seen: set[tuple[str, str]] = set()
-                checked: list[tuple[_Checked, int]] = []
+                checked: list[_Checked] = []
                 for device_id, job_id, data in receipts:
                     if (device_id, job_id) in seen:
                         results.append(False)
                         continue
                     seen.add((device_id, job_id))
                     try:
-                        ok = self._check_receipt(s, device_id, job_id, data)
+                        ok = self._check_receipt(rows, device_id, job_id, data)
                     except ReceiptRefused as exc:
                         results.append(exc)
                         continue
                     if ok is None:
                         results.append(False)
                         continue
-                    checked.append((ok, len(results)))
+                    checked.append(ok)
                     results.append(True)
-                self._record_receipts(s, [c for c, _ in checked], now)
+                self._record_receipts(s, checked, now)
             return results
         except IntegrityError:
             return [self._store_receipt_alone(d, j, b, now) for d, j, b in receipts]
@@ -373,38 +464,45 @@ class DeliveryStore:
 
     def _store_receipt(self, s: Session, device_id: str, job_id: str, data: bytes,
                        now: float) -> bool:
-        ok = self._check_receipt(s, device_id, job_id, data)
+        ok = self._check_receipt(_BatchRows.load(s, [(device_id, job_id)]), device_id, job_id, data)
         if ok is None:
             return False
         self._record_receipts(s, [ok], now)
         return True
 
-    def _check_receipt(self, s: Session, device_id: str, job_id: str, data: bytes) -> _Checked | None:
+    @staticmethod
+    def _check_receipt(rows: _BatchRows, device_id: str, job_id: str, data: bytes) -> _Checked | None:
         """The receipt verified for this device and job; None if already stored; ReceiptRefused if not."""
-        target = s.get(JobTarget, {"job_id": job_id, "device_id": device_id})
-        if target is None:
+        if (job_id, device_id) not in rows.targets:
             raise ReceiptRefused("no such job for this device")
-        if s.get(ReceiptRow, {"job_id": job_id, "device_id": device_id}) is not None:
+        if (job_id, device_id) in rows.stored:
             return None
-        device = s.get(Device, device_id)
-        assert device is not None
+        device = rows.devices[device_id]
         try:
-            r = verify_receipt(data, DevicePublicKey.from_text(device.public_key))
+            r = verify_receipt(data, device.public)
         except TrustError as exc:
             raise ReceiptRefused(str(exc)) from None
         if r.job != job_id or r.device != device_id or r.tenant != device.tenant_id:
             raise ReceiptRefused("receipt does not name this job, device and tenant")
-        return _Checked(target, device.tenant_id, data, r.outcome)
+        return _Checked(job_id, device_id, device.tenant_id, data, r.outcome)
 
     def _record_receipts(self, s: Session, checked: list[_Checked], now: float) -> None:
         """Append verified receipts to their tenants' logs (one group append per tenant), store them and
-        mark their targets done, in the caller's transaction."""
+        mark their targets done, in the caller's transaction (Core statements: no object per row)."""
         by_tenant: dict[str, list[_Checked]] = {}
         for c in checked:
             by_tenant.setdefault(c.tenant_id, []).append(c)
+        done: dict[str, list[str]] = {}
         for tenant_id, group in by_tenant.items():
             first = self._audit.append_many(s, tenant_id, [("receipt", c.data) for c in group], now)
-            for i, c in enumerate(group):
-                s.add(ReceiptRow(job_id=c.target.job_id, device_id=c.target.device_id, envelope=c.data,
-                                 outcome=c.outcome, received_at=now, log_index=first + i))
-                c.target.state, c.target.done_at = "done", now
+            s.execute(insert(ReceiptRow), [
+                {"job_id": c.job_id, "device_id": c.device_id, "envelope": c.data,
+                 "outcome": c.outcome, "received_at": now, "log_index": first + i}
+                for i, c in enumerate(group)])
+            for c in group:
+                done.setdefault(c.job_id, []).append(c.device_id)
+        for job_id, ids in done.items():
+            for chunk in _chunks(ids, LOOKUP_CHUNK):
+                s.execute(update(JobTarget).where(JobTarget.job_id == job_id,
+                                                  JobTarget.device_id.in_(chunk))
+                          .values(state="done", done_at=now))

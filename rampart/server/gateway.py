@@ -88,7 +88,7 @@ from rampart.wire.session import (
 
 from . import clock
 from .config import ServerLimits
-from .delivery import Delivery, DeliveryStore, DeviceIdentity, ReceiptRefused
+from .delivery import Delivery, DeliveryAsk, DeliveryStore, DeviceIdentity, ReceiptRefused
 from .device_budget import DeviceBudgets
 from .relay import SessionRelay
 from .script_checks import ResultRefused, ScriptCheckStore
@@ -111,6 +111,12 @@ ALERT_BLOCKED = "device-blocked"
 ALERT_REPLACED = "device-connections"
 
 WRITE_BATCH_MAX = 512
+#: A wake of at least this many devices (a job's fan-out) looks their next jobs up together, in
+#: chunks of BULK_WAKE_CHUNK (the first agents get their job while later chunks are looked up).
+BULK_WAKE_MIN = 2
+BULK_WAKE_CHUNK = 250
+#: A pending bulk lookup: device id -> its next delivery (None: nothing to send).
+_LookedUp = asyncio.Future[dict[str, Delivery | None]]
 #: How every session message of an agent starts (msgspec writes the tag first): charged to its
 #: session budget (rampart.server.relay), and refused unless it decodes as one.
 _SESSION_PREFIX = '{"type":"session-'
@@ -252,18 +258,35 @@ class Gateway:
             self._start_delivery(conn)
 
     def _wake_now(self, device_ids: list[str]) -> None:
+        """Start delivery for each connected device; a fan-out to many idle connections looks up
+        their next jobs together (DeliveryStore.next_deliveries), in chunks."""
+        idle: list[Connection] = []
         for d in device_ids:
             conn = self._conns.get(d)
-            if conn is not None:
+            if conn is None:
+                continue
+            if len(device_ids) < BULK_WAKE_MIN or (conn.deliverer is not None
+                                                   and not conn.deliverer.done()):
                 self._start_delivery(conn)
+            else:
+                idle.append(conn)
+        for i in range(0, len(idle), BULK_WAKE_CHUNK):
+            chunk = idle[i:i + BULK_WAKE_CHUNK]
+            asks = [DeliveryAsk(c.device.device_id, frozenset(c.sent), c.checkpoint_size)
+                    for c in chunk]
+            looked_up = asyncio.ensure_future(asyncio.to_thread(self._db.next_deliveries, asks,
+                                                                clock.now()))
+            for conn in chunk:
+                self._start_delivery(conn, looked_up)
 
-    def _start_delivery(self, conn: Connection) -> None:
-        """Run the delivery task for ``conn``, or tell the running one to look again."""
+    def _start_delivery(self, conn: Connection, looked_up: _LookedUp | None = None) -> None:
+        """Run the delivery task for ``conn``, or tell the running one to look again.
+        ``looked_up``: the pending bulk lookup that holds this device's first delivery."""
         if conn.deliverer is not None and not conn.deliverer.done():
             conn.rescan = True
             return
         conn.rescan = False
-        task = asyncio.create_task(self._deliver(conn))
+        task = asyncio.create_task(self._deliver(conn, looked_up))
         conn.deliverer = task
         task.add_done_callback(lambda t: _forget_task(conn, t))
 
@@ -606,23 +629,22 @@ class Gateway:
         except Exception:  # an alert that cannot be written must not end the connection
             log.exception("raising a %s alert for %s failed", kind, device.device_id)
 
-    async def _deliver(self, conn: Connection) -> None:
+    async def _deliver(self, conn: Connection, looked_up: _LookedUp | None = None) -> None:
         """Send undone jobs one by one; on a fault, close so the agent reconnects and retries."""
         try:
-            await self._deliver_loop(conn)
+            await self._deliver_loop(conn, looked_up)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("delivery to %s failed", conn.device.device_id)
             await self._close(conn.ws, 1011)
 
-    async def _deliver_loop(self, conn: Connection) -> None:
+    async def _deliver_loop(self, conn: Connection, looked_up: _LookedUp | None = None) -> None:
         """Send undone jobs one by one; end when there are none (a wake starts it again)."""
         while True:
             conn.rescan = False
-            delivery = await asyncio.to_thread(
-                self._db.next_delivery, conn.device.device_id, set(conn.sent),
-                conn.checkpoint_size, clock.now())
+            delivery = await self._first_delivery(conn, looked_up)
+            looked_up = None
             if delivery is None:
                 if conn.rescan:  # woken while we looked: look again
                     continue
@@ -637,6 +659,23 @@ class Gateway:
             await self._await_progress(conn, delivery)
             if not delivery.more and not conn.rescan:
                 return  # nothing else was pending and no new job woke us: no need to ask again
+
+    async def _first_delivery(self, conn: Connection, looked_up: _LookedUp | None) -> Delivery | None:
+        """This device's answer from the bulk lookup it was woken with, else its own lookup (also
+        when the bulk one failed: one bad chunk must not end its connections)."""
+        device_id = conn.device.device_id
+        if looked_up is not None:
+            try:
+                found = await asyncio.shield(looked_up)  # other connections wait on it too
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("looking up the next jobs of %d devices failed", BULK_WAKE_CHUNK)
+            else:
+                if device_id in found:
+                    return found[device_id]
+        return await asyncio.to_thread(self._db.next_delivery, device_id, set(conn.sent),
+                                       conn.checkpoint_size, clock.now())
 
     def _retry_delivery(self, conn: Connection) -> None:
         if self._conns.get(conn.device.device_id) is conn:
