@@ -24,7 +24,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -404,8 +404,9 @@ class DeliveryStore:
                 cache.popitem(last=False)
 
     def commit_batch(self, receipts: list[tuple[str, str, bytes]], sent: list[tuple[str, str]],
-                     now: float) -> list[bool | ReceiptRefused]:
-        """Group commit: store many receipts and "sent" marks in one transaction.
+                     now: float, seen: Sequence[str] = ()) -> list[bool | ReceiptRefused]:
+        """Group commit: store many receipts, "sent" marks and last-seen times (the devices in
+        ``seen`` were in contact at ``now``) in one transaction.
 
         Each receipt is checked on its own (a bad one is refused, the others
         still commit); the result list matches ``receipts``: True stored, False
@@ -424,14 +425,16 @@ class DeliveryStore:
                         s.execute(update(JobTarget).where(
                             JobTarget.job_id == job_id, JobTarget.device_id.in_(chunk),
                             JobTarget.state == "pending").values(state="sent", sent_at=now))
+                for chunk in _chunks(list(seen), LOOKUP_CHUNK):
+                    s.execute(update(Device).where(Device.id.in_(chunk)).values(last_seen=now))
                 rows = _BatchRows.load(s, [(d, j) for d, j, _ in receipts])
-                seen: set[tuple[str, str]] = set()
+                first_copy: set[tuple[str, str]] = set()
                 checked: list[_Checked] = []
                 for device_id, job_id, data in receipts:
-                    if (device_id, job_id) in seen:
+                    if (device_id, job_id) in first_copy:
                         results.append(False)
                         continue
-                    seen.add((device_id, job_id))
+                    first_copy.add((device_id, job_id))
                     try:
                         ok = self._check_receipt(rows, device_id, job_id, data)
                     except ReceiptRefused as exc:

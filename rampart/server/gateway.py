@@ -124,12 +124,14 @@ _SESSION_PREFIX = '{"type":"session-'
 
 @dataclass(frozen=True, slots=True)
 class _Write:
-    """One agent write for the group-commit queue: a receipt (with its waiter) or a sent mark."""
+    """One agent write for the group-commit queue: a receipt (with its waiter), a sent mark, or
+    (``seen``) the device's last-seen time."""
 
     job_id: str
     device_id: str
     receipt: bytes | None = None
     done: asyncio.Future[bool | ReceiptRefused] | None = None
+    seen: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,12 +357,13 @@ class Gateway:
             while len(batch) < WRITE_BATCH_MAX and not queue.empty():
                 batch.append(queue.get_nowait())
             receipts = [w for w in batch if w.receipt is not None]
-            sent = [(w.job_id, w.device_id) for w in batch if w.receipt is None]
+            sent = [(w.job_id, w.device_id) for w in batch if w.receipt is None and not w.seen]
+            seen = sorted({w.device_id for w in batch if w.seen})
             try:
                 results = await asyncio.to_thread(
                     self._db.commit_batch,
                     [(w.device_id, w.job_id, w.receipt) for w in receipts if w.receipt is not None],
-                    sent, clock.now())
+                    sent, clock.now(), seen)
             except Exception as exc:  # the store failed: every waiter learns it
                 log.exception("committing a batch of %d agent writes failed", len(batch))
                 for w in receipts:
@@ -437,7 +440,7 @@ class Gateway:
                 await ws.send_text(encode_message(Welcome(status=device.status)))  # type: ignore[arg-type]
             await self._close(ws, CLOSE_UNAUTHENTICATED)
             return None
-        await asyncio.to_thread(self._db.touch, device.device_id, clock.now())
+        self._seen(device.device_id)
         return Connection(ws, device, hello.root_version, hello.checkpoint_size,
                           catalog_sha256=hello.catalog_sha256)
 
@@ -511,7 +514,12 @@ class Gateway:
                 conn.progress.set()
             if time.monotonic() - last_touch > 30:
                 last_touch = time.monotonic()
-                await asyncio.to_thread(self._db.touch, conn.device.device_id, clock.now())
+                self._seen(device_id)
+
+    def _seen(self, device_id: str) -> None:
+        """Record that the device is in contact now, in the next group commit (a connect or a
+        message costs no transaction of its own: 10,000 agents connecting are a few commits)."""
+        self._write_queue().put_nowait(_Write("", device_id, seen=True))
 
     async def _on_receipt(self, conn: Connection, msg: ReceiptMessage) -> None:
         done: asyncio.Future[bool | ReceiptRefused] = asyncio.get_running_loop().create_future()

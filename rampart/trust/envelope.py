@@ -20,6 +20,7 @@ Security invariants:
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -27,6 +28,9 @@ from .errors import DecodeError, TrustError, UsageError
 from .keys import PrivateKey, PublicKey, b64decode_strict, b64encode
 from .limits import DEFAULT_LIMITS, Limits
 from .webauthn import PasskeyPublicKey
+
+#: A key id: 64 lowercase hex characters (re.ASCII: no other digits).
+_KEYID = re.compile(r"[0-9a-f]{64}", re.ASCII)
 
 
 def pae(payload_type: str, payload: bytes) -> bytes:
@@ -114,7 +118,7 @@ def decode_envelope(data: bytes, *, expect_type: str | None = None,
         if not isinstance(s, dict) or set(s) != {"keyid", "sig"}:
             raise DecodeError("envelope: each signature must have exactly keyid and sig")
         kid = s["keyid"]
-        if not isinstance(kid, str) or len(kid) != 64 or not all(c in "0123456789abcdef" for c in kid):
+        if not isinstance(kid, str) or _KEYID.fullmatch(kid) is None:
             raise DecodeError("envelope: keyid must be 64 lowercase hex characters")
         sigs.append(Signature(kid, b64decode_strict(s["sig"], what="signature")))
     return Envelope(ptype, payload, tuple(sigs))
