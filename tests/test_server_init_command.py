@@ -45,3 +45,27 @@ def test_server_init_and_admin_commands_do_not_load_the_web_stack() -> None:
                        cwd=REPO, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
+
+
+def test_a_server_whose_store_is_at_head_starts_without_loading_alembic(tmp_path) -> None:
+    """The start-up schema check is one query when nothing needs migrating; the head it compares
+    with is the one Alembic computes from the same migrations."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from rampart.server.db import MIGRATIONS, head_revision
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    assert head_revision() == ScriptDirectory.from_config(cfg).get_current_head()
+
+    data = tmp_path / "data"
+    assert _init("--data", str(data)).returncode == 0  # init migrates the new store to head
+    code = ("import sys; from pathlib import Path; from rampart.server.config import load_config; "
+            "from rampart.server.db import Store, migrate; "
+            f"store = Store(load_config(Path({str(data)!r})).db_url); migrate(store.engine); "
+            "print('alembic' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(),
+                       cwd=REPO, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "False"

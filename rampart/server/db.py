@@ -13,14 +13,15 @@ Security/durability invariants:
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -57,7 +58,15 @@ def make_engine(url: str, *, read_only: bool = False) -> Engine:
 
 
 def migrate(engine: Engine) -> None:
-    """Upgrade the schema to head (serialised across processes on PostgreSQL)."""
+    """Upgrade the schema to head (serialised across processes on PostgreSQL).
+
+    A store already at head is recognised with one query, without loading Alembic (a third of a
+    second of every server start)."""
+    if _stored_revision(engine) == head_revision():
+        return
+    from alembic import command
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as conn:
@@ -65,6 +74,34 @@ def migrate(engine: Engine) -> None:
             conn.execute(text("SELECT pg_advisory_xact_lock(7261636)"))
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
+
+
+_REVISION = re.compile(r'^(revision|down_revision) = (?:"([^"]*)"|None)$', re.M)
+
+
+@functools.cache
+def head_revision() -> str | None:
+    """The one revision of ``migrations/versions`` that no other revises; None when that is not
+    exactly one (a branch: Alembic then decides)."""
+    revisions: set[str] = set()
+    revised: set[str] = set()
+    for path in (MIGRATIONS / "versions").glob("*.py"):
+        for kind, value in _REVISION.findall(path.read_text()):
+            if value:
+                (revisions if kind == "revision" else revised).add(value)
+    heads = revisions - revised
+    return heads.pop() if len(heads) == 1 else None
+
+
+def _stored_revision(engine: Engine) -> str | None:
+    """The schema revision the store records (None: no schema yet, or not one revision)."""
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT version_num FROM alembic_version")).all()
+            conn.rollback()
+    except DBAPIError:
+        return None
+    return str(rows[0][0]) if len(rows) == 1 else None
 
 
 class Store:
