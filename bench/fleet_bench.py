@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -84,6 +85,23 @@ def wait_file(path: Path, proc: subprocess.Popen[bytes], timeout: float) -> dict
     return dict(json.loads(path.read_text()))
 
 
+def _profile(pid: int, env: str) -> subprocess.Popen[bytes] | None:
+    """py-spy sampling the server into the file named by ``env`` (unset: no profile).
+    RAMPART_BENCH_PROFILE covers the job, RAMPART_BENCH_PROFILE_CONNECT the agents' connects."""
+    if not os.environ.get(env):
+        return None
+    spy = subprocess.Popen(["py-spy", "record", "-p", str(pid), "-r", "200", "--gil",
+                            "--nonblocking", "-f", "raw", "-o", os.environ[env]])
+    time.sleep(1.0)
+    return spy
+
+
+def _stop_profile(spy: subprocess.Popen[bytes] | None) -> None:
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(timeout=60)
+
+
 def run(n: int = 1000, *, listed: bool = False) -> dict:
     base = Path(tempfile.mkdtemp(prefix="rampart-fleet-bench-"))
     server = start_server(base)
@@ -117,8 +135,10 @@ def run(n: int = 1000, *, listed: bool = False) -> dict:
         warm = wait_file(Path(str(ready) + ".warm"), sim, 600)["warm"]
         time.sleep(2.0)
         rss_warm = rss_kib(server.proc.pid)
+        connect_spy = _profile(server.proc.pid, "RAMPART_BENCH_PROFILE_CONNECT")
         Path(str(ready) + ".go2").touch()
         connected = wait_file(ready, sim, 600)
+        _stop_profile(connect_spy)
         time.sleep(2.0)  # let allocations settle
         rss_connected = rss_kib(server.proc.pid)
         # A grant for all devices needs two approvers (policy: more than 10 devices).
@@ -145,11 +165,7 @@ def run(n: int = 1000, *, listed: bool = False) -> dict:
         if not listed:
             body["devices"] = devices
         step_up(tech)  # a job to more than 10 devices in an hour needs a fresh TOTP (G5)
-        spy = None
-        if os.environ.get("RAMPART_BENCH_PROFILE"):  # py-spy samples the server during the job only
-            spy = subprocess.Popen(["py-spy", "record", "-p", str(server.proc.pid), "-r", "200", "--gil",
-                                    "--nonblocking", "-f", "raw", "-o", os.environ["RAMPART_BENCH_PROFILE"]])
-            time.sleep(1.0)
+        spy = _profile(server.proc.pid, "RAMPART_BENCH_PROFILE")
         cpu_server0, cpu_sim0 = cpu_s(server.proc.pid), cpu_s(sim.pid)
         t0 = time.perf_counter()
         ok(tech.http.post(f"/tenants/{tid}/jobs", json=body))
@@ -164,9 +180,7 @@ def run(n: int = 1000, *, listed: bool = False) -> dict:
             time.sleep(0.1)
         all_receipts_s = time.perf_counter() - t0
         cpu_server, cpu_sim = cpu_s(server.proc.pid) - cpu_server0, cpu_s(sim.pid) - cpu_sim0
-        if spy is not None:
-            spy.send_signal(2)
-            spy.wait(timeout=60)
+        _stop_profile(spy)
         refused = n - summary["outcomes"].get("ran", 0)
         phases = delivery_phases(server.data_dir, job.id)
         time.sleep(2.0)  # let allocations settle, as before the job

@@ -105,6 +105,15 @@ class Delivery:
 
 
 @dataclass(frozen=True, slots=True)
+class ConnectEnvelopes:
+    """The signed envelopes a new connection is sent before any job (DeliveryStore.on_connect)."""
+
+    roots: list[str]
+    revocations: list[str]
+    cancellations: list[str]
+
+
+@dataclass(frozen=True, slots=True)
 class DeliveryAsk:
     """One device's question "what is my next job?": the jobs it was already sent (and has not
     answered) are left out; ``agent_size`` is the checkpoint size it last reported."""
@@ -209,13 +218,17 @@ class DeliveryStore:
 
     def identity(self, device_id: str) -> DeviceIdentity | None:
         with self._store.read() as s:
-            d = s.get(Device, device_id)
-            if d is None:
-                return None
-            archived = s.scalar(select(Tenant.archived_at).where(Tenant.id == d.tenant_id)) is not None
-            status = "archived" if archived and d.status in ("pending", "approved") else d.status
-            return DeviceIdentity(d.id, d.tenant_id, DevicePublicKey.from_text(d.public_key),
-                                  status == "approved", status)
+            row = s.execute(select(Device.tenant_id, Device.public_key, Device.status,
+                                   Tenant.archived_at)
+                            .join(Tenant, Tenant.id == Device.tenant_id)
+                            .where(Device.id == device_id)).first()
+        if row is None:
+            return None
+        tenant_id, public_key, status, archived_at = row
+        if archived_at is not None and status in ("pending", "approved"):
+            status = "archived"
+        return DeviceIdentity(device_id, tenant_id, _public_key(public_key), status == "approved",
+                              status)
 
     def touch(self, device_id: str, now: float) -> None:
         with self._store.transaction() as s:
@@ -223,27 +236,47 @@ class DeliveryStore:
 
     def roots_after(self, tenant_id: str, version: int) -> list[str]:
         with self._store.read() as s:
-            return [r.envelope.decode() for r in s.scalars(
-                select(RootVersion).where(RootVersion.tenant_id == tenant_id,
-                                          RootVersion.version > version)
-                .order_by(RootVersion.version))]
+            return self._roots_after(s, tenant_id, version)
 
     def revocations(self, tenant_id: str, now: float, limit: int = 1000) -> list[str]:
         """Signed revocations of the tenant's grants that have not expired yet (newest first)."""
         with self._store.read() as s:
-            return [r.decode() for r in s.scalars(
-                select(GrantRow.revocation).where(
-                    GrantRow.tenant_id == tenant_id, GrantRow.revocation.is_not(None),
-                    GrantRow.not_after > now)
-                .order_by(GrantRow.revoked_at.desc()).limit(limit)) if r is not None]
+            return self._revocations(s, tenant_id, now, limit)
 
     def cancellations(self, tenant_id: str, now: float, limit: int = 1000) -> list[str]:
         """Signed cancellations of the tenant's jobs that have not expired yet (newest first)."""
         with self._store.read() as s:
-            return [r.decode() for r in s.scalars(
-                select(JobCancellation.envelope).where(
-                    JobCancellation.tenant_id == tenant_id, JobCancellation.expires_at > int(now))
-                .order_by(JobCancellation.created_at.desc()).limit(limit))]
+            return self._cancellations(s, tenant_id, now, limit)
+
+    def on_connect(self, tenant_id: str, root_version: int, now: float) -> ConnectEnvelopes:
+        """What a new connection is sent before any job, read in one snapshot: the tenant's roots
+        after the agent's version, its grant revocations and its job cancellations."""
+        with self._store.read() as s:
+            return ConnectEnvelopes(self._roots_after(s, tenant_id, root_version),
+                                    self._revocations(s, tenant_id, now, 1000),
+                                    self._cancellations(s, tenant_id, now, 1000))
+
+    @staticmethod
+    def _roots_after(s: Session, tenant_id: str, version: int) -> list[str]:
+        return [r.decode() for r in s.scalars(
+            select(RootVersion.envelope).where(RootVersion.tenant_id == tenant_id,
+                                               RootVersion.version > version)
+            .order_by(RootVersion.version))]
+
+    @staticmethod
+    def _revocations(s: Session, tenant_id: str, now: float, limit: int) -> list[str]:
+        return [r.decode() for r in s.scalars(
+            select(GrantRow.revocation).where(
+                GrantRow.tenant_id == tenant_id, GrantRow.revocation.is_not(None),
+                GrantRow.not_after > now)
+            .order_by(GrantRow.revoked_at.desc()).limit(limit)) if r is not None]
+
+    @staticmethod
+    def _cancellations(s: Session, tenant_id: str, now: float, limit: int) -> list[str]:
+        return [r.decode() for r in s.scalars(
+            select(JobCancellation.envelope).where(
+                JobCancellation.tenant_id == tenant_id, JobCancellation.expires_at > int(now))
+            .order_by(JobCancellation.created_at.desc()).limit(limit))]
 
     def next_delivery(self, device_id: str, exclude: set[str], agent_size: int,
                       now: float) -> Delivery | None:

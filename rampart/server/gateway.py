@@ -328,13 +328,17 @@ class Gateway:
             with contextlib.suppress(Exception):
                 await conn.send_text(text)
 
-    async def _send_revocations(self, conn: Connection) -> None:
-        """On connect, before any job: the tenant's grant revocations and job cancellations."""
-        for fetch, message in ((self._db.revocations, RevocationsMessage),
-                               (self._db.cancellations, CancellationsMessage)):
-            envelopes = await asyncio.to_thread(fetch, conn.device.tenant_id, clock.now())
-            if envelopes:
-                await conn.send(message(envelopes=envelopes))
+    async def _send_on_connect(self, conn: Connection) -> None:
+        """On connect, before any job: newer roots, then the tenant's grant revocations and job
+        cancellations (one read for the three)."""
+        got = await asyncio.to_thread(self._db.on_connect, conn.device.tenant_id, conn.root_version,
+                                      clock.now())
+        if got.roots:
+            await conn.send(RootsMessage(envelopes=got.roots))
+        if got.revocations:
+            await conn.send(RevocationsMessage(envelopes=got.revocations))
+        if got.cancellations:
+            await conn.send(CancellationsMessage(envelopes=got.cancellations))
 
     # -- one connection ------------------------------------------------------------
 
@@ -392,8 +396,7 @@ class Gateway:
                 return
         try:
             await conn.send(Welcome(status="approved" if conn.device.approved else "pending"))
-            await self._send_roots(conn)
-            await self._send_revocations(conn)
+            await self._send_on_connect(conn)
             await self._send_detection(conn)
             self._start_delivery(conn)
             await self._receive(conn)
