@@ -35,6 +35,7 @@ from . import actions, containment
 from .core import Agent
 from .device_config import DeviceConfig
 from .enroll import EnrollError, enroll, load_certificate
+from .inventory._util import stop_commands
 from .script_checks import describe
 from .state import AgentState, StateError
 from .telemetry import DEFAULT_INTERVAL_S, Telemetry
@@ -163,8 +164,13 @@ def cmd_run(a: argparse.Namespace) -> int:
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def on_signal() -> None:
+            stop.set()
+            stop_commands()  # an inventory command in a worker thread must not hold up the exit
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal)
 
         def refresh_inventory() -> bool:  # called from the job worker thread
             loop.call_soon_threadsafe(telemetry.request)

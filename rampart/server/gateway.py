@@ -142,6 +142,12 @@ class _Report:
     done: asyncio.Future[Outcome]
 
 
+def _log_failed_lookup(fut: _LookedUp) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.error("looking up the next jobs of a fan-out chunk failed; its devices look up their own",
+                  exc_info=fut.exception())
+
+
 def _forget_task(conn: Connection, task: asyncio.Task[None]) -> None:
     """Drop a finished delivery task, so an idle connection holds no task at all."""
     if conn.deliverer is task:
@@ -278,6 +284,7 @@ class Gateway:
                     for c in chunk]
             looked_up = asyncio.ensure_future(asyncio.to_thread(self._db.next_deliveries, asks,
                                                                 clock.now()))
+            looked_up.add_done_callback(_log_failed_lookup)
             for conn in chunk:
                 self._start_delivery(conn, looked_up)
 
@@ -676,13 +683,11 @@ class Gateway:
         when the bulk one failed: one bad chunk must not end its connections)."""
         device_id = conn.device.device_id
         if looked_up is not None:
-            try:
-                found = await asyncio.shield(looked_up)  # other connections wait on it too
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("looking up the next jobs of %d devices failed", BULK_WAKE_CHUNK)
-            else:
+            # Other connections wait on it too: asyncio.wait never cancels it, even when this task
+            # is cancelled. A failed lookup is logged once, by _log_failed_lookup.
+            await asyncio.wait([looked_up])
+            if not looked_up.cancelled() and looked_up.exception() is None:
+                found = looked_up.result()
                 if device_id in found:
                     return found[device_id]
         return await asyncio.to_thread(self._db.next_delivery, device_id, set(conn.sent),

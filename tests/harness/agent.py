@@ -60,9 +60,11 @@ class AgentProcess:
         try:
             return self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            where = logs.stack_of(self.proc, self.log)  # where it hangs, before it is killed
             self.proc.kill()  # still a failure (raised below), but no agent outlives its test
             self.proc.wait(timeout=10)
-            raise
+            raise AssertionError(f"agent {self.state} did not stop {timeout:.0f} s after SIGTERM; "
+                                 f"its threads:\n{where}") from None
         finally:
             self.proc = None
 

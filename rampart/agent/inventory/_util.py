@@ -11,6 +11,7 @@ import os
 import selectors
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Sequence
 
@@ -23,6 +24,18 @@ _ENV = {"PATH": SAFE_PATH, "LC_ALL": "C", "LANG": "C", "SYSTEMD_COLORS": "0", "S
 
 class CommandError(LocalFault):
     """A command is missing, timed out, produced too much output or failed."""
+
+
+#: Set when the agent stops: a collector's running command is killed at once (within POLL_S) and
+#: no new one starts, so a stopping agent never waits for an inventory command (apt can take
+#: minutes on a loaded machine) before its process ends.
+_STOPPING = threading.Event()
+POLL_S = 0.2
+
+
+def stop_commands() -> None:
+    """End every command :func:`run` is running or will run in this process (thread-safe)."""
+    _STOPPING.set()
 
 
 def read_bytes(path: str, limit: int) -> bytes:
@@ -55,6 +68,8 @@ def run(argv: Sequence[str], *, timeout: float, max_output: int, ok_codes: Seque
     code outside ``ok_codes``, runs past ``timeout`` seconds or writes more
     than ``max_output`` bytes (the child is then killed).
     """
+    if _STOPPING.is_set():
+        raise CommandError("the agent is stopping")
     exe = which(argv[0])
     if exe is None:
         raise CommandError(f"{argv[0]} not found")
@@ -77,7 +92,10 @@ def run(argv: Sequence[str], *, timeout: float, max_output: int, ok_codes: Seque
             if left <= 0:
                 problem = f"{argv[0]} timed out after {timeout:g}s"
                 break
-            if not sel.select(left):
+            if _STOPPING.is_set():
+                problem = f"{argv[0]} was ended: the agent is stopping"
+                break
+            if not sel.select(min(left, POLL_S)):
                 continue
             chunk = os.read(fd, 1 << 16)
             if not chunk:
