@@ -123,9 +123,22 @@ class DeliveryAsk:
     agent_size: int
 
 
-def _chunks(items: list[T], size: int) -> Iterator[list[T]]:
+def chunks(items: list[T], size: int) -> Iterator[list[T]]:
+    """``items`` in consecutive lists of at most ``size``."""
     for i in range(0, len(items), size):
         yield items[i:i + size]
+
+
+def _update_targets(s: Session, pairs: Sequence[tuple[str, str]], *where: Any, **values: Any) -> None:
+    """Set ``values`` on the targets of (job id, device id) ``pairs`` that also match ``where``:
+    one UPDATE per job and chunk of devices."""
+    by_job: dict[str, list[str]] = {}
+    for job_id, device_id in pairs:
+        by_job.setdefault(job_id, []).append(device_id)
+    for job_id, ids in by_job.items():
+        for chunk in chunks(ids, LOOKUP_CHUNK):
+            s.execute(update(JobTarget).where(JobTarget.job_id == job_id,
+                                              JobTarget.device_id.in_(chunk), *where).values(**values))
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,14 +183,14 @@ class _BatchRows:
         targets: set[tuple[str, str]] = set()
         stored: set[tuple[str, str]] = set()
         for job_id, device_ids in by_job.items():
-            for chunk in _chunks(sorted(device_ids), LOOKUP_CHUNK):
+            for chunk in chunks(sorted(device_ids), LOOKUP_CHUNK):
                 targets.update((job_id, d) for d in s.scalars(select(JobTarget.device_id).where(
                     JobTarget.job_id == job_id, JobTarget.device_id.in_(chunk))))
                 stored.update((job_id, d) for d in s.scalars(select(ReceiptRow.device_id).where(
                     ReceiptRow.job_id == job_id, ReceiptRow.device_id.in_(chunk))))
         devices: dict[str, _Signer] = {}
         wanted = sorted({d for (_, d) in targets})
-        for chunk in _chunks(wanted, LOOKUP_CHUNK):
+        for chunk in chunks(wanted, LOOKUP_CHUNK):
             for dev_id, tenant_id, key in s.execute(select(Device.id, Device.tenant_id, Device.public_key)
                                                     .where(Device.id.in_(chunk))):
                 devices[dev_id] = _Signer(tenant_id, _public_key(key))
@@ -295,7 +308,7 @@ class DeliveryStore:
         out: dict[str, Delivery | None] = {a.device_id: None for a in asks}
         picked: list[tuple[DeliveryAsk, str, bool]] = []
         with self._store.read() as s:
-            for chunk in _chunks(asks, LOOKUP_CHUNK):
+            for chunk in chunks(asks, LOOKUP_CHUNK):
                 ids = [a.device_id for a in chunk]
                 approved = set(s.scalars(select(Device.id).where(Device.id.in_(ids),
                                                                  Device.status == "approved")))
@@ -450,15 +463,8 @@ class DeliveryStore:
         results: list[bool | ReceiptRefused] = []
         try:
             with self._store.transaction() as s:
-                by_job: dict[str, list[str]] = {}
-                for job_id, device_id in sent:
-                    by_job.setdefault(job_id, []).append(device_id)
-                for job_id, ids in by_job.items():
-                    for chunk in _chunks(ids, LOOKUP_CHUNK):
-                        s.execute(update(JobTarget).where(
-                            JobTarget.job_id == job_id, JobTarget.device_id.in_(chunk),
-                            JobTarget.state == "pending").values(state="sent", sent_at=now))
-                for chunk in _chunks(list(seen), LOOKUP_CHUNK):
+                _update_targets(s, sent, JobTarget.state == "pending", state="sent", sent_at=now)
+                for chunk in chunks(list(seen), LOOKUP_CHUNK):
                     s.execute(update(Device).where(Device.id.in_(chunk)).values(last_seen=now))
                 rows = _BatchRows.load(s, [(d, j) for d, j, _ in receipts])
                 first_copy: set[tuple[str, str]] = set()
@@ -528,17 +534,10 @@ class DeliveryStore:
         by_tenant: dict[str, list[_Checked]] = {}
         for c in checked:
             by_tenant.setdefault(c.tenant_id, []).append(c)
-        done: dict[str, list[str]] = {}
         for tenant_id, group in by_tenant.items():
             first = self._audit.append_many(s, tenant_id, [("receipt", c.data) for c in group], now)
             s.execute(insert(ReceiptRow), [
                 {"job_id": c.job_id, "device_id": c.device_id, "envelope": c.data,
                  "outcome": c.outcome, "received_at": now, "log_index": first + i}
                 for i, c in enumerate(group)])
-            for c in group:
-                done.setdefault(c.job_id, []).append(c.device_id)
-        for job_id, ids in done.items():
-            for chunk in _chunks(ids, LOOKUP_CHUNK):
-                s.execute(update(JobTarget).where(JobTarget.job_id == job_id,
-                                                  JobTarget.device_id.in_(chunk))
-                          .values(state="done", done_at=now))
+        _update_targets(s, [(c.job_id, c.device_id) for c in checked], state="done", done_at=now)

@@ -88,7 +88,7 @@ from rampart.wire.session import (
 
 from . import clock
 from .config import ServerLimits
-from .delivery import Delivery, DeliveryAsk, DeliveryStore, DeviceIdentity, ReceiptRefused
+from .delivery import Delivery, DeliveryAsk, DeliveryStore, DeviceIdentity, ReceiptRefused, chunks
 from .device_budget import DeviceBudgets
 from .relay import SessionRelay
 from .script_checks import ResultRefused, ScriptCheckStore
@@ -278,8 +278,7 @@ class Gateway:
                 self._start_delivery(conn)
             else:
                 idle.append(conn)
-        for i in range(0, len(idle), BULK_WAKE_CHUNK):
-            chunk = idle[i:i + BULK_WAKE_CHUNK]
+        for chunk in chunks(idle, BULK_WAKE_CHUNK):
             asks = [DeliveryAsk(c.device.device_id, frozenset(c.sent), c.checkpoint_size)
                     for c in chunk]
             looked_up = asyncio.ensure_future(asyncio.to_thread(self._db.next_deliveries, asks,

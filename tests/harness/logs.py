@@ -112,9 +112,7 @@ def stacks() -> list[tuple[str, str]]:
                     text += p.read_nonblocking(1 << 16, timeout=0.5).decode("utf-8", "replace")
             label = f"stacks of pid {p.pid}: {' '.join(str(a) for a in p.args[1:6])}"
         else:
-            with open(lg, "rb") as f:
-                f.seek(sizes[id(p)])
-                text = f.read(1 << 16).decode("utf-8", "replace")
+            text = _written_since(lg, sizes[id(p)])
             label = f"stacks of pid {p.pid} ({lg.name})"
         out.append((label, busy_threads(text)))
     return out
@@ -129,9 +127,14 @@ def stack_of(proc: subprocess.Popen[bytes], log: Path) -> str:
     except OSError:
         return "(no stacks: the process has ended)"
     time.sleep(1.0)
+    return busy_threads(_written_since(log, size))
+
+
+def _written_since(log: Path, offset: int) -> str:
+    """What a process wrote to ``log`` after ``offset`` (its stack dump), up to 64 KiB."""
     with open(log, "rb") as f:
-        f.seek(size)
-        return busy_threads(f.read(1 << 16).decode("utf-8", "replace"))
+        f.seek(offset)
+        return f.read(1 << 16).decode("utf-8", "replace")
 
 
 def busy_threads(dump: str) -> str:
