@@ -240,5 +240,8 @@ def test_T16_frames_over_the_limit_count_against_the_device_and_end_in_a_block(f
     # The transport closes each over-limit frame's connection (1009); each counts, and the device ends
     # blocked: its next connection is refused (4429) and the operator is told.
     assert 1009 in codes and codes[-1] == 4429, codes
-    blocked = [a for a in _alerts(f) if a["kind"] == "device-blocked"]
+    # The transport has closed before the server counts the frame, so the block (refused at once) can be
+    # ahead of its alert (written after): the alert is waited for.
+    blocked = _wait("the device-blocked alert",
+                    lambda: [a for a in _alerts(f) if a["kind"] == "device-blocked"])
     assert len(blocked) == 1 and blocked[0]["device"] == agent.device_id
