@@ -59,6 +59,7 @@ def test_trust_public_surface_is_locked() -> None:
         "add_signature", "approvers_required", "authorize_job", "authorize_repeat",
         "check_log_progress",
         "DeviceProof", "DeviceProofs", "DeviceSet", "DeviceSetTree", "commit_devices", "expand", "is_member",
+    "ProofHash", "check_proof_hashes",
         "check_root_signatures", "decode_envelope", "decode_payload", "decode_private_key",
         "device_id_for", "encode_payload", "encode_plain_private_key", "encrypt_private_key",
         "grant_status", "key_id", "new_grant_id", "new_job_id", "new_nonce", "new_tenant_id",

@@ -89,6 +89,30 @@ def test_refusals_have_a_stable_reason(text: str, reason: str) -> None:
     assert e.value.reason == reason and reason in wire.WireError.REASONS
 
 
+def _job_with_proofs(log_hashes: list[str], device_hashes: list[str]) -> str:
+    """A job message whose log inclusion and both device-set proofs carry the given hashes."""
+    return json.dumps({
+        "type": "job", "job_id": JOB_ID, "job": "{}", "grant": "{}",
+        "log": {"checkpoint": "{}", "index": 3, "inclusion": log_hashes, "consistency": list(log_hashes)},
+        "proofs": {"job": {"index": 0, "path": device_hashes}, "grant": {"index": 1, "path": [HEX]}},
+    })
+
+
+@pytest.mark.parametrize("bad", ["AB" * 32, "g" * 64, " " * 64, "\u00e9" * 64, "ab" * 31 + "a", "ab" * 33])
+@pytest.mark.parametrize("where", ["log", "device-set"])
+def test_T13_a_job_whose_proof_hash_is_not_lowercase_hex_is_malformed(bad: str, where: str) -> None:
+    """Every hash of every proof a job carries is checked, wherever it sits in the proof."""
+    good = [HEX, HEX, HEX]
+    hashes = [HEX, bad, HEX]
+    text = _job_with_proofs(hashes, good) if where == "log" else _job_with_proofs(good, hashes)
+    with pytest.raises(wire.WireError) as e:
+        wire.decode_server_message(text)
+    assert (e.value.reason, e.value.message_type, e.value.job_id) == ("malformed", "job", JOB_ID)
+    ok = wire.decode_server_message(_job_with_proofs(good, good))
+    assert isinstance(ok, wire.JobMessage) and ok.log.inclusion == good
+    assert isinstance(ok.proofs, trust.DeviceProofs) and ok.proofs.job.path == good  # type: ignore[union-attr]
+
+
 def test_a_refused_job_names_its_id_only_when_the_id_is_well_formed() -> None:
     with pytest.raises(wire.WireError) as e:
         wire.decode_server_message(json.dumps({"type": "job", "job_id": JOB_ID, "job": 5}))

@@ -91,6 +91,7 @@ class Agent:
             max_timeout_s=self.config.max_timeout_s,
         )
         self._root: trust.TrustedRoot | None = None
+        self._checkpoint: tuple[bytes, Checkpoint] | None = None
         #: Set by the running agent: ask telemetry for an inventory now; True if the server is connected.
         self.inventory_trigger: Callable[[], bool] | None = None
         #: Held while a job or a script check runs: one at a time (rampart.agent.script_checks).
@@ -114,11 +115,16 @@ class Agent:
         return self._root
 
     def last_checkpoint(self) -> Checkpoint | None:
+        """The checkpoint this device last accepted, decoded once per stored value."""
         data = self.state.checkpoint()
         if data is None:
             return None
-        env = trust.decode_envelope(data)
-        return decode_payload(env.payload, Checkpoint)
+        cached = self._checkpoint
+        if cached is not None and cached[0] == data:
+            return cached[1]
+        cp = decode_payload(trust.decode_envelope(data).payload, Checkpoint)
+        self._checkpoint = (data, cp)
+        return cp
 
     def checkpoint_size(self) -> int:
         cp = self.last_checkpoint()

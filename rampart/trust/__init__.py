@@ -11,7 +11,16 @@ its other submodules (tests/test_code_quality.py checks both).
 """
 
 from . import merkle
-from .devset import DeviceProof, DeviceProofs, DeviceSetTree, commit_devices, expand, is_member
+from .devset import (
+    DeviceProof,
+    DeviceProofs,
+    DeviceSetTree,
+    ProofHash,
+    check_proof_hashes,
+    commit_devices,
+    expand,
+    is_member,
+)
 from .envelope import (
     Envelope,
     SignerResult,
@@ -172,5 +181,6 @@ __all__ = [
     "PASSKEY_KEY_TYPE", "PasskeyAssertion", "PasskeyCounterError", "PasskeyError", "PasskeyPublicKey",
     "add_passkey_signature", "assertion_challenge", "passkey_blob",
     "DeviceProof", "DeviceProofs", "DeviceSet", "DeviceSetTree", "commit_devices", "expand", "is_member",
+    "ProofHash", "check_proof_hashes",
     "WitnessKey", "WitnessPublicKey", "WitnessQuorumError", "cosign_checkpoint", "witness_checkpoint",
 ]

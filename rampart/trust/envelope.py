@@ -52,6 +52,10 @@ def _reject_constant(name: str) -> object:
     raise DecodeError(f"non-finite number {name} is not allowed")
 
 
+#: One decoder for every strict parse (``json.loads`` with hooks builds a new one per call).
+_STRICT_DECODER = json.JSONDecoder(object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
+
+
 def strict_json(data: bytes, *, max_bytes: int, what: str) -> object:
     """Parse JSON bytes: size-limited, UTF-8, no duplicate keys, no NaN/Infinity."""
     if not isinstance(data, (bytes, bytearray)):
@@ -60,7 +64,7 @@ def strict_json(data: bytes, *, max_bytes: int, what: str) -> object:
         raise DecodeError(f"{what}: {len(data)} bytes exceeds the limit of {max_bytes}")
     try:
         text = bytes(data).decode("utf-8")
-        return json.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
+        return _STRICT_DECODER.decode(text)
     except DecodeError:
         raise
     except (UnicodeDecodeError, ValueError, RecursionError):

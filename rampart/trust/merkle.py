@@ -179,6 +179,10 @@ def _untrusted_proof(value: object) -> list[bytes]:
         _fail(f"proof must be a list or tuple, got {type(value).__name__}")
     if len(value) > MAX_PROOF_LEN:
         _fail(f"proof has {len(value)} elements, more than the maximum {MAX_PROOF_LEN}")
+    # The common case checked in C (exact bytes of the right length: len() of an exact bytes
+    # cannot raise); anything else takes the element-by-element path and its precise error.
+    if set(map(type, value)) <= {bytes} and set(map(len, value)) <= {HASH_SIZE}:
+        return list(value)
     return [_untrusted_hash(p, f"proof element {i}") for i, p in enumerate(value)]
 
 

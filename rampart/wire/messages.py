@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from rampart.trust import DeviceProofs
+from rampart.trust import DeviceProofs, ProofHash, check_proof_hashes
 
 from .base import Count, Hex64, Message, Short, WireError
 from .check_result import CheckResult
@@ -52,7 +52,8 @@ __all__ = [
 JobId = Annotated[str, Meta(pattern=JOB_ID_PATTERN)]
 Detail = Annotated[str, Meta(max_length=MAX_DETAIL_CHARS)]
 Envelopes = Annotated[list[str], Meta(max_length=MAX_ENVELOPES)]
-Proof = Annotated[list[Hex64], Meta(max_length=MAX_PROOF_HASHES)]
+#: Hex hashes; JobLog checks them in one pass (see :data:`rampart.trust.devset.ProofHash`).
+Proof = Annotated[list[ProofHash], Meta(max_length=MAX_PROOF_HASHES)]
 Seq = Annotated[int, Meta(ge=1, le=MAX_SEQ)]
 CatalogSha = Annotated[str, Meta(pattern=r"^(?:[0-9a-f]{64})?$")]
 
@@ -96,6 +97,9 @@ class JobLog(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     index: Annotated[int, Meta(ge=0)]
     inclusion: Proof
     consistency: Proof = []
+
+    def __post_init__(self) -> None:
+        check_proof_hashes(self.inclusion, self.consistency)
 
 
 class JobMessage(Message, frozen=True, kw_only=True, tag="job"):
