@@ -90,6 +90,7 @@ from . import clock
 from .config import ServerLimits
 from .delivery import Delivery, DeliveryAsk, DeliveryStore, DeviceIdentity, ReceiptRefused, chunks
 from .device_budget import DeviceBudgets
+from .memory import TrimAfterBurst
 from .relay import SessionRelay
 from .script_checks import ResultRefused, ScriptCheckStore
 from .telemetry import Incoming, NotYet, Outcome, Refused, TelemetryStore
@@ -111,6 +112,11 @@ ALERT_BLOCKED = "device-blocked"
 ALERT_REPLACED = "device-connections"
 
 WRITE_BATCH_MAX = 512
+#: After a burst of at least this many agent writes (receipts, sent marks) and a quiet second, the
+#: heap the burst freed goes back to the system (rampart.server.memory): a fan-out's buffers do not
+#: stay resident.
+TRIM_AFTER_WRITES = 1000
+TRIM_QUIET_S = 1.0
 #: A wake of at least this many devices (a job's fan-out) looks their next jobs up together, in
 #: chunks of BULK_WAKE_CHUNK (the first agents get their job while later chunks are looked up).
 BULK_WAKE_MIN = 2
@@ -202,6 +208,7 @@ class Gateway:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._writes: asyncio.Queue[_Write] | None = None
         self._writer: asyncio.Task[None] | None = None
+        self.trimmer = TrimAfterBurst(min_units=TRIM_AFTER_WRITES, quiet_s=TRIM_QUIET_S)
         self.telemetry = telemetry
         self._reports: asyncio.Queue[_Report] | None = None
         self._report_writer: asyncio.Task[None] | None = None
@@ -383,6 +390,7 @@ class Gateway:
             for w, res in zip(receipts, results, strict=True):
                 if w.done is not None and not w.done.done():
                     w.done.set_result(res)
+            self.trimmer.note(len(batch))
 
     async def serve(self, ws: WebSocket) -> None:
         await ws.accept()
