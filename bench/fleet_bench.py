@@ -136,8 +136,10 @@ def run(n: int = 1000, *, listed: bool = False) -> dict:
         time.sleep(2.0)
         rss_warm = rss_kib(server.proc.pid)
         connect_spy = _profile(server.proc.pid, "RAMPART_BENCH_PROFILE_CONNECT")
+        connect_cpu0 = cpu_s(server.proc.pid), cpu_s(sim.pid)
         Path(str(ready) + ".go2").touch()
         connected = wait_file(ready, sim, 600)
+        connect_cpu = cpu_s(server.proc.pid) - connect_cpu0[0], cpu_s(sim.pid) - connect_cpu0[1]
         _stop_profile(connect_spy)
         time.sleep(2.0)  # let allocations settle
         rss_connected = rss_kib(server.proc.pid)
@@ -193,6 +195,9 @@ def run(n: int = 1000, *, listed: bool = False) -> dict:
             "grant_envelope_bytes": len(env.to_bytes()),
             "enrol_all_s": round(enrolled["enrol_s"], 2),
             "connect_all_s": round(connected["connect_s"], 2),
+            # CPU of the connections after the warm-up ones (the two share the machine's cores).
+            "server_cpu_ms_per_connect": round(1000 * connect_cpu[0] / max(1, n - warm), 2),
+            "simulator_cpu_ms_per_connect": round(1000 * connect_cpu[1] / max(1, n - warm), 2),
             "job_submit_s": round(submit_s, 3),
             "run_to_all_receipts_s": round(all_receipts_s, 2),
             "receipts_refused": refused,

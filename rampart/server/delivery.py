@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import msgspec
-from sqlalchemy import insert, select, update
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -63,10 +63,26 @@ from .models import (
     RootVersion,
     Tenant,
 )
+from .tenant_cache import TenantCache
 from .tenant_roots import current_root, trusted_from_store
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+# The statements every connection and every fan-out chunk runs, built once as Core statements (no
+# statement construction or ORM work per call; their compiled form is cached by SQLAlchemy).
+_DT: Table = Device.__table__  # type: ignore[assignment]
+_TT: Table = Tenant.__table__  # type: ignore[assignment]
+_JT: Table = JobTarget.__table__  # type: ignore[assignment]
+_JR: Table = JobRow.__table__  # type: ignore[assignment]
+_IDENTITY = (select(_DT.c.tenant_id, _DT.c.public_key, _DT.c.status, _TT.c.archived_at)
+             .join(_TT, _TT.c.id == _DT.c.tenant_id).where(_DT.c.id == bindparam("device")))
+_APPROVED_AMONG = select(_DT.c.id).where(_DT.c.id.in_(bindparam("ids", expanding=True)),
+                                         _DT.c.status == "approved")
+_UNDONE_OF = (select(_JT.c.device_id, _JR.c.id).join(_JR, _JT.c.job_id == _JR.c.id)
+              .where(_JT.c.device_id.in_(bindparam("ids", expanding=True)),
+                     _JT.c.state.in_(("pending", "sent")), _JR.c.expires_at > bindparam("now"))
+              .order_by(_JT.c.device_id, _JR.c.log_index))
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +127,15 @@ class ConnectEnvelopes:
     roots: list[str]
     revocations: list[str]
     cancellations: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class _TenantEnvelopes:
+    """A tenant's part of what every new connection is sent, as one snapshot read it."""
+
+    roots: tuple[tuple[int, str], ...]  # (version, envelope), oldest first
+    revocations: tuple[str, ...]
+    cancellations: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +230,10 @@ def _public_key(text: str) -> DevicePublicKey:
 
 #: Seconds a tenant's witness policy (from its current root) is reused before it is read again.
 WITNESS_POLICY_TTL_S = 2.0
+#: Seconds the envelopes every new connection of a tenant is sent (roots, revocations,
+#: cancellations) are reused: a fleet reconnecting reads them once, not once per device. A change
+#: through this process is seen at once (the gateway forgets the tenant's on publishing).
+CONNECT_ENVELOPES_TTL_S = 2.0
 PARTS_CACHE = 256
 #: Devices looked up per query of a fan-out (well under SQLite's bound parameter limit).
 LOOKUP_CHUNK = 500
@@ -228,13 +257,11 @@ class DeliveryStore:
         self._trees: OrderedDict[str, DeviceSetTree | None] = OrderedDict()
         self._witness: dict[str, tuple[float, int, frozenset[str]]] = {}
         self._cache_lock = threading.Lock()
+        self.connect_envelopes: TenantCache[_TenantEnvelopes] = TenantCache(CONNECT_ENVELOPES_TTL_S)
 
     def identity(self, device_id: str) -> DeviceIdentity | None:
         with self._store.read() as s:
-            row = s.execute(select(Device.tenant_id, Device.public_key, Device.status,
-                                   Tenant.archived_at)
-                            .join(Tenant, Tenant.id == Device.tenant_id)
-                            .where(Device.id == device_id)).first()
+            row = s.execute(_IDENTITY, {"device": device_id}).first()
         if row is None:
             return None
         tenant_id, public_key, status, archived_at = row
@@ -262,12 +289,26 @@ class DeliveryStore:
             return self._cancellations(s, tenant_id, now, limit)
 
     def on_connect(self, tenant_id: str, root_version: int, now: float) -> ConnectEnvelopes:
-        """What a new connection is sent before any job, read in one snapshot: the tenant's roots
-        after the agent's version, its grant revocations and its job cancellations."""
+        """What a new connection is sent before any job: the tenant's roots after the agent's
+        version, its grant revocations and its job cancellations (read in one snapshot, shared by
+        the tenant's connections for CONNECT_ENVELOPES_TTL_S; see :meth:`forget_tenant`)."""
+        got = self.connect_envelopes.get(tenant_id, lambda: self._tenant_envelopes(tenant_id, now))
+        return ConnectEnvelopes([env for version, env in got.roots if version > root_version],
+                                list(got.revocations), list(got.cancellations))
+
+    def _tenant_envelopes(self, tenant_id: str, now: float) -> _TenantEnvelopes:
         with self._store.read() as s:
-            return ConnectEnvelopes(self._roots_after(s, tenant_id, root_version),
-                                    self._revocations(s, tenant_id, now, 1000),
-                                    self._cancellations(s, tenant_id, now, 1000))
+            roots = tuple((v, e.decode()) for v, e in s.execute(
+                select(RootVersion.version, RootVersion.envelope)
+                .where(RootVersion.tenant_id == tenant_id).order_by(RootVersion.version)))
+            return _TenantEnvelopes(roots, tuple(self._revocations(s, tenant_id, now, 1000)),
+                                    tuple(self._cancellations(s, tenant_id, now, 1000)))
+
+    def forget_tenant(self, tenant_id: str) -> None:
+        """The tenant's roots, revocations or cancellations changed (committed): the next
+        connection reads them, and so does the next delivery's witness policy."""
+        self.connect_envelopes.forget(tenant_id)
+        self.forget_witness_policy(tenant_id)
 
     @staticmethod
     def _roots_after(s: Session, tenant_id: str, version: int) -> list[str]:
@@ -310,15 +351,9 @@ class DeliveryStore:
         with self._store.read() as s:
             for chunk in chunks(asks, LOOKUP_CHUNK):
                 ids = [a.device_id for a in chunk]
-                approved = set(s.scalars(select(Device.id).where(Device.id.in_(ids),
-                                                                 Device.status == "approved")))
+                approved = set(s.execute(_APPROVED_AMONG, {"ids": ids}).scalars())
                 undone: dict[str, list[str]] = {}
-                for dev, job_id in s.execute(
-                        select(JobTarget.device_id, JobRow.id)
-                        .join(JobRow, JobTarget.job_id == JobRow.id)
-                        .where(JobTarget.device_id.in_(ids), JobTarget.state.in_(("pending", "sent")),
-                               JobRow.expires_at > int(now))
-                        .order_by(JobTarget.device_id, JobRow.log_index)):
+                for dev, job_id in s.execute(_UNDONE_OF, {"ids": ids, "now": int(now)}):
                     undone.setdefault(dev, []).append(job_id)
                 for a in chunk:
                     jobs = [j for j in undone.get(a.device_id, ()) if j not in a.exclude]

@@ -307,7 +307,7 @@ class Gateway:
 
     def roots_published(self, tenant_id: str) -> None:
         """Push a newly published root to the tenant's connected agents (thread-safe)."""
-        self._db.forget_witness_policy(tenant_id)
+        self._db.forget_tenant(tenant_id)
         if self._loop is not None:
             asyncio.run_coroutine_threadsafe(self._push_roots(tenant_id), self._loop)
 
@@ -326,6 +326,7 @@ class Gateway:
 
     def _publish(self, tenant_id: str, fetch: Callable[[str, float], list[str]],
                  message: type[RevocationsMessage] | type[CancellationsMessage]) -> None:
+        self._db.forget_tenant(tenant_id)  # before the push: a connection after it reads the change
         if self._loop is not None:
             asyncio.run_coroutine_threadsafe(self._push_envelopes(tenant_id, fetch, message), self._loop)
 
@@ -741,6 +742,8 @@ class Gateway:
 
     def detection_changed(self) -> None:
         """A tenant's sanctioned tools or the imported catalog changed: push it (thread-safe)."""
+        if self.telemetry is not None:
+            self.telemetry.forget_detection()  # before the push: a connection after it reads the change
         if self._loop is not None:
             asyncio.run_coroutine_threadsafe(self.recheck_detection(), self._loop)
 

@@ -74,6 +74,7 @@ from .models import (
     Setting,
     Tenant,
 )
+from .tenant_cache import TenantCache
 
 log = logging.getLogger("rampart.server.telemetry")
 
@@ -82,6 +83,11 @@ FT: Table = FindingRow.__table__  # type: ignore[assignment]
 DIT: Table = DeviceInventory.__table__  # type: ignore[assignment]
 IDT: Table = InventoryDelta.__table__  # type: ignore[assignment]
 DT: Table = Device.__table__  # type: ignore[assignment]
+#: A device's stored inventory head, built once (a Core statement: no ORM work per connection).
+_HEAD_OF_DEVICE = select(DIT.c.head).where(DIT.c.device_id == bindparam("device"))
+#: Seconds a tenant's detection settings (sanctioned tools, dormant days, the catalog) are shared
+#: by its new connections before they are read again.
+CONNECT_DETECTION_TTL_S = 2.0
 
 CATALOG_KEY = "catalog.v1"
 CATALOG_META_KEY = "catalog.meta"
@@ -189,6 +195,8 @@ class TelemetryStore:
         self._builtin = builtin_catalog()
         self._catalog: CatalogInfo | None = None
         self._lock = threading.Lock()
+        self.connect_detection: TenantCache[tuple[tuple[str, ...], int, CatalogInfo | None]] = \
+            TenantCache(CONNECT_DETECTION_TTL_S)
 
     @property
     def limits(self) -> ServerLimits:
@@ -270,13 +278,26 @@ class TelemetryStore:
 
     def on_connect(self, tenant_id: str,
                    device_id: str) -> tuple[list[str], int, CatalogInfo | None, str | None]:
-        """What a new connection is sent: sanctioned slugs, dormant days, the catalog, the stored head."""
+        """What a new connection is sent: sanctioned slugs, dormant days, the catalog, the stored head.
+
+        The tenant's part is shared by its connections for CONNECT_DETECTION_TTL_S (a change
+        through this process forgets it: :meth:`forget_detection`); the head is the device's own."""
+        sanctioned, days, info = self.connect_detection.get(
+            tenant_id, lambda: self._tenant_detection(tenant_id))
         with self._store.read() as s:
-            sanctioned = list(s.scalars(select(SanctionedTool.slug).where(
+            head = s.execute(_HEAD_OF_DEVICE, {"device": device_id}).scalar()
+        return list(sanctioned), days, info, head
+
+    def _tenant_detection(self, tenant_id: str) -> tuple[tuple[str, ...], int, CatalogInfo | None]:
+        with self._store.read() as s:
+            sanctioned = tuple(s.scalars(select(SanctionedTool.slug).where(
                 SanctionedTool.tenant_id == tenant_id).order_by(SanctionedTool.slug)))
             days = s.scalar(select(Tenant.dormant_days).where(Tenant.id == tenant_id)) or 30
-            head = s.scalar(select(DeviceInventory.head).where(DeviceInventory.device_id == device_id))
-            return sanctioned, int(days), self.catalog_info(s), head
+            return sanctioned, int(days), self.catalog_info(s)
+
+    def forget_detection(self) -> None:
+        """Sanctioned tools, dormant days or the catalog changed (committed): read them afresh."""
+        self.connect_detection.forget()
 
     # --- ingest ----------------------------------------------------------------------------------
 
