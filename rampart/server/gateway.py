@@ -187,8 +187,9 @@ class Connection:
     async def send_text(self, text: str) -> None:
         """Send one message; an agent that stops reading for SEND_TIMEOUT_S loses its connection."""
         async with self.send_lock:
-            try:
-                await asyncio.wait_for(self.ws.send_text(text), SEND_TIMEOUT_S)
+            try:  # asyncio.timeout, not wait_for: no task per message sent
+                async with asyncio.timeout(SEND_TIMEOUT_S):
+                    await self.ws.send_text(text)
             except TimeoutError:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self.ws.close(CLOSE_THROTTLED), 5.0)
@@ -437,7 +438,8 @@ class Gateway:
         challenge = new_challenge()
         await ws.send_text(encode_message(challenge))
         try:
-            text = await asyncio.wait_for(self._receive_text(ws), self._limits.hello_timeout_s)
+            async with asyncio.timeout(self._limits.hello_timeout_s):
+                text = await self._receive_text(ws)
             hello = decode_hello(text) if text is not None else None
         except (TimeoutError, WireError, WebSocketDisconnect):
             hello = None
@@ -716,7 +718,8 @@ class Gateway:
                     return
                 progress.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(progress.wait(), remaining)
+                    async with asyncio.timeout(remaining):
+                        await progress.wait()
         finally:
             conn.progress = None
 
