@@ -101,6 +101,23 @@ def _median_ns(fn: Any, runs: int) -> float:
     return float(statistics.median(samples))
 
 
+def _interleaved_medians(fns: dict[str, Any], runs: int, rounds: int = 50) -> dict[str, float]:
+    """Median ns of each function, its samples taken in turns (a few of each per round), so
+    that a change of CPU speed during the run (this VM's clock and steal vary) affects them alike."""
+    for fn in fns.values():
+        fn()
+    samples: dict[str, list[int]] = {name: [] for name in fns}
+    per_round = max(1, runs // rounds)
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            out = samples[name]
+            for _ in range(per_round):
+                t0 = time.perf_counter_ns()
+                fn()
+                out.append(time.perf_counter_ns() - t0)
+    return {name: float(statistics.median(v)) for name, v in samples.items()}
+
+
 def _dev(i: int) -> str:
     return "dev-" + hashlib.sha256(str(i).encode()).hexdigest()[:24]
 
@@ -154,18 +171,22 @@ def agent_path(log_size: int = 1_000_000, fleet: int = 10_000, runs: int = 1000)
             assert isinstance(decoded, wire.JobMessage)
             agent._authorize(decoded)
 
-        path_ns = _median_ns(path, runs)
-        # The floor: every signature and hash the path must compute, timed alone.
+        # The floor: every signature and hash the path must compute, timed alone, in turns with
+        # the path itself (see _interleaved_medians).
         signatures = 4  # job, two approvers, checkpoint
         hashes = (len(msg.log.inclusion) + 2 * len(msg.log.consistency) + len(proofs.job.path)  # type: ignore[union-attr]
                   + len(proofs.grant.path) + 4)  # type: ignore[union-attr]
         sk = SigningKey.generate()
         signed = sk.sign(os.urandom(1100))
         vk = sk.verify_key
-        verify_ns = _median_ns(lambda: vk.verify(signed), runs)
         node = os.urandom(65)
-        hash_ns = _median_ns(lambda: hashlib.sha256(node).digest(), runs * 10)
-        big_ns = _median_ns(lambda: (hashlib.sha256(script).digest(), hashlib.sha256(job).digest()), runs)
+        medians = _interleaved_medians({
+            "path": path,
+            "verify": lambda: vk.verify(signed),
+            "hash": lambda: hashlib.sha256(node).digest(),
+            "big": lambda: (hashlib.sha256(script).digest(), hashlib.sha256(job).digest()),
+        }, runs)
+        path_ns, verify_ns, hash_ns, big_ns = (medians[k] for k in ("path", "verify", "hash", "big"))
         floor_ns = signatures * verify_ns + hashes * hash_ns + big_ns
     finally:
         shutil.rmtree(base, ignore_errors=True)

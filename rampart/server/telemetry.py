@@ -85,6 +85,11 @@ IDT: Table = InventoryDelta.__table__  # type: ignore[assignment]
 DT: Table = Device.__table__  # type: ignore[assignment]
 #: A device's stored inventory head, built once (a Core statement: no ORM work per connection).
 _HEAD_OF_DEVICE = select(DIT.c.head).where(DIT.c.device_id == bindparam("device"))
+#: What the overdue sweep reads of each approved device (sweep_overdue): columns, not objects.
+_APPROVED_CONTACTS = (
+    select(DT.c.id, DT.c.tenant_id, DT.c.hostname, DT.c.last_seen,
+           func.coalesce(DT.c.approved_at, DT.c.enrolled_at), DIT.c.updated_at)
+    .select_from(DT.outerjoin(DIT, DIT.c.device_id == DT.c.id)).where(DT.c.status == "approved"))
 #: Seconds a tenant's detection settings (sanctioned tools, dormant days, the catalog) are shared
 #: by its new connections before they are read again.
 CONNECT_DETECTION_TTL_S = 2.0
@@ -100,6 +105,10 @@ IDENTITY = "suspicious-identity"
 #: Finding keys the server itself writes; agents' findings under this prefix are ignored.
 SERVER_KEY_PREFIX = "server:"
 IDENTITY_KEY = SERVER_KEY_PREFIX + "identity"
+_AT: Table = AlertRow.__table__  # type: ignore[assignment]
+#: The keys of the live offline/overdue alerts (sweep_overdue compares them with what it wants).
+_LIVE_CONTACT_ALERTS = select(_AT.c.dedup_key).where(_AT.c.kind.in_((OFFLINE, OVERDUE)),
+                                                    _AT.c.status.in_(LIVE))
 #: Most severe first, for the per-device findings budget.
 _SEVERITY_RANK = {"critical": 0, "high": 1, "warning": 2}
 #: Stored snapshots are compressed; this bounds what reading one back may cost.
@@ -743,36 +752,39 @@ class TelemetryStore:
     # --- overdue and offline agents --------------------------------------------------------------
 
     def sweep_overdue(self, now: float, connected: frozenset[str]) -> tuple[int, int]:
-        """Raise ``agent-offline`` / ``agent-overdue`` alerts (once each); return how many were raised."""
+        """Raise ``agent-offline`` / ``agent-overdue`` alerts (once each); return how many were raised.
+
+        The fleet is scanned in a read snapshot, column by column (no ORM object per device, no
+        write lock while 10,000 rows are read); a write transaction opens only when an alert is to
+        be raised or resolved, and re-reads the live alerts inside it."""
         cutoff = now - self._limits.overdue_after_s
         minutes = round(self._limits.overdue_after_s / 60)
-        raised = [0, 0]
-        with self._store.transaction() as s:
-            q = (select(Device, DeviceInventory.updated_at)
-                 .outerjoin(DeviceInventory, DeviceInventory.device_id == Device.id)
-                 .where(Device.status == "approved"))
-            rows = list(s.execute(q))
-            want: dict[str, tuple[Device, str, str, str]] = {}
-            for device, inv_at in rows:
-                since = device.approved_at or device.enrolled_at
-                contact = max(device.last_seen or 0.0, inv_at or 0.0, since)
-                if contact < cutoff and device.id not in connected:
-                    want[f"{OFFLINE}:{device.id}"] = (
-                        device, OFFLINE, f"{device.hostname}: agent offline",
-                        f"device {device.id} ({device.hostname}) has not been in contact for more than "
+        want: dict[str, tuple[str, str, str, str, str]] = {}  # key -> (device, tenant, kind, subject, detail)
+        with self._store.read() as s:
+            for dev, tenant, hostname, last_seen, since, inv_at in s.execute(_APPROVED_CONTACTS):
+                contact = max(last_seen or 0.0, inv_at or 0.0, since)
+                if contact < cutoff and dev not in connected:
+                    want[f"{OFFLINE}:{dev}"] = (
+                        dev, tenant, OFFLINE, f"{hostname}: agent offline",
+                        f"device {dev} ({hostname}) has not been in contact for more than "
                         f"{minutes} minutes (last contact {_ts(contact)})")
                 elif (inv_at or since) < cutoff:
-                    want[f"{OVERDUE}:{device.id}"] = (
-                        device, OVERDUE, f"{device.hostname}: inventory overdue",
-                        f"device {device.id} ({device.hostname}) is in contact but sent no inventory for "
+                    want[f"{OVERDUE}:{dev}"] = (
+                        dev, tenant, OVERDUE, f"{hostname}: inventory overdue",
+                        f"device {dev} ({hostname}) is in contact but sent no inventory for "
                         f"more than {minutes} minutes (last inventory {_ts(inv_at)})")
+            live_keys = set(s.execute(_LIVE_CONTACT_ALERTS).scalars())
+        if live_keys == want.keys():
+            return 0, 0
+        raised = [0, 0]
+        with self._store.transaction() as s:
             live = {a.dedup_key: a for a in s.scalars(select(AlertRow).where(
                 AlertRow.kind.in_((OFFLINE, OVERDUE)), AlertRow.status.in_(LIVE)))}
-            for key, (device, kind, subject, detail) in want.items():
+            for key, (dev, tenant, kind, subject, detail) in want.items():
                 if key in live:
                     continue
-                raise_alert(s, [device.tenant_id], kind=kind, severity="warning", dedup=device.id,
-                            subject=subject, detail=detail, now=now, device_id=device.id)
+                raise_alert(s, [tenant], kind=kind, severity="warning", dedup=dev,
+                            subject=subject, detail=detail, now=now, device_id=dev)
                 raised[kind == OVERDUE] += 1
             for key, alert in live.items():
                 if key not in want:  # back in contact, or the device was removed from approval
