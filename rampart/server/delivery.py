@@ -22,7 +22,6 @@ import base64
 import functools
 import logging
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -255,7 +254,7 @@ class DeliveryStore:
         self._parts: OrderedDict[str, _JobParts] = OrderedDict()
         self._messages: OrderedDict[tuple[str, int, int, int], str | JobMessage] = OrderedDict()
         self._trees: OrderedDict[str, DeviceSetTree | None] = OrderedDict()
-        self._witness: dict[str, tuple[float, int, frozenset[str]]] = {}
+        self.witnesses: TenantCache[tuple[int, frozenset[str]]] = TenantCache(WITNESS_POLICY_TTL_S)
         self._cache_lock = threading.Lock()
         self.connect_envelopes: TenantCache[_TenantEnvelopes] = TenantCache(CONNECT_ENVELOPES_TTL_S)
 
@@ -308,7 +307,7 @@ class DeliveryStore:
         """The tenant's roots, revocations or cancellations changed (committed): the next
         connection reads them, and so does the next delivery's witness policy."""
         self.connect_envelopes.forget(tenant_id)
-        self.forget_witness_policy(tenant_id)
+        self.witnesses.forget(tenant_id)
 
     @staticmethod
     def _roots_after(s: Session, tenant_id: str, version: int) -> list[str]:
@@ -403,25 +402,15 @@ class DeliveryStore:
 
     def witness_policy(self, tenant_id: str) -> tuple[int, frozenset[str]]:
         """(co-signatures a checkpoint needs, the witness key ids) of the tenant's current root."""
-        at = time.monotonic()
-        with self._cache_lock:
-            hit = self._witness.get(tenant_id)
-        if hit is not None and hit[0] > at:
-            return hit[1], hit[2]
+        return self.witnesses.get(tenant_id, lambda: self._read_witness_policy(tenant_id))
+
+    def _read_witness_policy(self, tenant_id: str) -> tuple[int, frozenset[str]]:
         with self._store.read() as s:
             row = current_root(s, tenant_id)
-        need, ids = 0, frozenset[str]()
-        if row is not None:
-            root = trusted_from_store(row.envelope)
-            need, ids = root.root.policy.witnesses_required, frozenset(root.witnesses)
-        with self._cache_lock:
-            self._witness[tenant_id] = (at + WITNESS_POLICY_TTL_S, need, ids)
-        return need, ids
-
-    def forget_witness_policy(self, tenant_id: str) -> None:
-        """A new root was published: read its witness policy at the next delivery."""
-        with self._cache_lock:
-            self._witness.pop(tenant_id, None)
+        if row is None:
+            return 0, frozenset()
+        root = trusted_from_store(row.envelope)
+        return root.root.policy.witnesses_required, frozenset(root.witnesses)
 
     def _proofs(self, parts: _JobParts, job_id: str, device_id: str) -> DeviceProofs:
         """This device's proofs for the job's and the grant's committed sets (absent where none
