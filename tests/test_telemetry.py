@@ -433,6 +433,21 @@ def wire(tmp_path: Path, db_url: str | None) -> Iterator[tuple[RunningServer, Te
         server.stop()
 
 
+def test_a_detection_change_reaches_connected_agents_and_the_next_connection_at_once(
+        wire: tuple[RunningServer, TenantSetup, WireAgent]) -> None:
+    """Detection settings are shared by a tenant's new connections for 2 s (tenant_cache.py); a
+    change made through the server pushes to connected agents and is what the next one is sent."""
+    server, t, agent = wire
+    ok(t.owner.http.put(f"/tenants/{t.id}/settings", json={"dormant_days": 7}))
+    assert agent.wait_for("detection")["dormant_days"] == 7
+    ok(t.owner.http.put(f"/tenants/{t.id}/sanctioned-tools/anydesk"))
+    assert agent.wait_for("detection")["sanctioned"] == ["anydesk"]
+    agent.close()
+    assert agent.connect()["type"] == "welcome"  # within the cache's 2 s of the last change
+    detection = agent.wait_for("detection")
+    assert (detection["dormant_days"], detection["sanctioned"]) == (7, ["anydesk"])
+
+
 def test_t15_a_delta_on_a_base_the_server_does_not_hold_gets_inventory_full(
         wire: tuple[RunningServer, TenantSetup, WireAgent]) -> None:
     server, t, agent = wire

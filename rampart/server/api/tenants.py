@@ -150,7 +150,10 @@ def put_settings(t: TenantPath, body: TenantSettingsIn, caller: CallerDep,
         if not changes:
             raise BadRequest("nothing to change")
         ctx.audit.record(s, [t], "tenant.settings", caller.username, changes, now)
-        return settings_out(tenant)
+        out = settings_out(tenant)
+    if "dormant_days" in changes:  # agents hold it for their detection: pushed, as tools are
+        ctx.gateway.detection_changed()
+    return out
 
 
 @router.get("/tenants/{t}/members", response_model=list[MemberOut])
