@@ -106,9 +106,9 @@ IDENTITY = "suspicious-identity"
 SERVER_KEY_PREFIX = "server:"
 IDENTITY_KEY = SERVER_KEY_PREFIX + "identity"
 _AT: Table = AlertRow.__table__  # type: ignore[assignment]
-#: The keys of the live offline/overdue alerts (sweep_overdue compares them with what it wants).
-_LIVE_CONTACT_ALERTS = select(_AT.c.dedup_key).where(_AT.c.kind.in_((OFFLINE, OVERDUE)),
-                                                    _AT.c.status.in_(LIVE))
+#: The live offline/overdue alerts; sweep_overdue compares their keys with what it wants.
+_LIVE_CONTACT = (_AT.c.kind.in_((OFFLINE, OVERDUE)), _AT.c.status.in_(LIVE))
+_LIVE_CONTACT_ALERTS = select(_AT.c.dedup_key).where(*_LIVE_CONTACT)
 #: Most severe first, for the per-device findings budget.
 _SEVERITY_RANK = {"critical": 0, "high": 1, "warning": 2}
 #: Stored snapshots are compressed; this bounds what reading one back may cost.
@@ -778,8 +778,7 @@ class TelemetryStore:
             return 0, 0
         raised = [0, 0]
         with self._store.transaction() as s:
-            live = {a.dedup_key: a for a in s.scalars(select(AlertRow).where(
-                AlertRow.kind.in_((OFFLINE, OVERDUE)), AlertRow.status.in_(LIVE)))}
+            live = {a.dedup_key: a for a in s.scalars(select(AlertRow).where(*_LIVE_CONTACT))}
             for key, (dev, tenant, kind, subject, detail) in want.items():
                 if key in live:
                     continue
