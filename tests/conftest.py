@@ -91,3 +91,10 @@ def _short_pexpect(excinfo: pytest.ExceptionInfo[BaseException]) -> str:
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     item._rampart_started = logs.now()  # type: ignore[attr-defined]
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say how long the harness waited for unused TOTP steps (one code per account per 30 s)."""
+    from harness.operators import TOTP_WAITED
+    if TOTP_WAITED[0]:
+        terminalreporter.write_line(f"waited for TOTP steps: {TOTP_WAITED[0]:.0f} s")

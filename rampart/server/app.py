@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -62,6 +64,7 @@ from .config import ServerConfig, load_config
 from .context import ServerContext
 from .db import Store, migrate
 from .delivery import DeliveryStore
+from .doorbell import Doorbell, NatsOptions, redelivery_cadence
 from .errors import Refusal, ServerError, TooManyRequests, Unauthenticated
 from .gateway import Gateway
 from .gateway_listener import server_ssl_context, start_gateway_listener
@@ -322,13 +325,18 @@ def build_context(config: ServerConfig) -> ServerContext:
 
 
 def create_app(data_dir: Path | str, *, config: ServerConfig | None = None,
-               agent_listen: tuple[str, int] | None = None, tls: bool = True) -> FastAPI:
+               agent_listen: tuple[str, int] | None = None, tls: bool = True,
+               nats: NatsOptions | None = None) -> FastAPI:
     """Build the application for an initialised data directory (migrates the schema).
 
     With ``agent_listen``, the agent gateway also serves on its own lean
     listener there (:mod:`.gateway_listener`), started and stopped with the app.
+    With ``nats``, this process is one node of a deployment (:mod:`.doorbell`).
     """
     ctx = build_context(config or load_config(Path(data_dir)))
+    doorbell = Doorbell(nats, ctx.gateway, node=f"{socket.gethostname()}-{os.getpid()}") \
+        if nats is not None else None
+    ctx.gateway.doorbell = doorbell
     if agent_listen is not None:
         ctx.agent_port = agent_listen[1]
 
@@ -345,6 +353,12 @@ def create_app(data_dir: Path | str, *, config: ServerConfig | None = None,
         retaining = asyncio.create_task(_retention_cadence(ctx))
         expiring = asyncio.create_task(_root_expiry_cadence(ctx))
         auditing = asyncio.create_task(_directory_cadence(ctx))
+        tasks = [cadence, chores, notifying, checking, watching, scheduling, retaining, expiring,
+                 auditing]
+        if doorbell is not None:
+            await doorbell.start()
+            tasks.append(asyncio.create_task(redelivery_cadence(ctx.limits.redelivery_interval_s,
+                                                                ctx.gateway.redeliver_sweep)))
         listener = None
         if agent_listen is not None:
             ssl_ctx = server_ssl_context(str(ctx.config.cert_path), str(ctx.config.key_path)) \
@@ -358,11 +372,12 @@ def create_app(data_dir: Path | str, *, config: ServerConfig | None = None,
                 listener.close()
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(listener.wait_closed(), 5)
-            for task in (cadence, chores, notifying, checking, watching, scheduling, retaining,
-                         expiring, auditing):
+            for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            if doorbell is not None:
+                await doorbell.stop()
             ctx.store.dispose()
 
     app = FastAPI(title="Rampart server", version=__version__, lifespan=lifespan,

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from .audit import AuditLog
 from .config import ServerConfig, load_config, normalise_db_url
+from .doorbell import DoorbellError, NatsOptions
 from .errors import SetupError
 from .models import Account
 from .setup import InitResult, init_data_dir
@@ -56,15 +57,22 @@ def parse_proxies(items: list[str]) -> list[str]:
     return out
 
 
+def _is_shared_db(db_url: str | None, data_dir: Path) -> bool:
+    """True when the store several nodes would share is PostgreSQL (SQLite serves one process)."""
+    url = normalise_db_url(db_url) if db_url is not None else load_config(data_dir).db_url
+    return url.startswith("postgresql")
+
+
 def run_server(data_dir: Path | str, host: str, port: int, tls: bool = True,
                db_url: str | None = None, agent_listen: tuple[str, int] | None = None,
-               trusted_proxies: list[str] | None = None) -> None:
+               trusted_proxies: list[str] | None = None, nats: NatsOptions | None = None) -> None:
     """Serve the API, status page and agent gateway until interrupted (blocking).
 
     ``agent_listen`` adds the dedicated agent gateway listener (default in
     ``rampart server run``: the API host, port + 1). ``trusted_proxies``: only
     requests from these networks may set the client address with
     ``X-Forwarded-For`` (pacing and approved networks use it); none by default.
+    ``nats``: join a deployment of several nodes on one PostgreSQL (docs/scale-out.md).
     """
     config = load_config(Path(data_dir))
     if db_url is not None:
@@ -75,7 +83,7 @@ def run_server(data_dir: Path | str, host: str, port: int, tls: bool = True,
     from .gateway_listener import LISTEN_BACKLOG
     from .http_guard import guarded_protocol
 
-    app = create_app(data_dir, config=config, agent_listen=agent_listen, tls=tls)
+    app = create_app(data_dir, config=config, agent_listen=agent_listen, tls=tls, nats=nats)
     ssl: dict[str, str] = {}
     if tls:
         ssl = {"ssl_certfile": str(config.cert_path), "ssl_keyfile": str(config.key_path)}
@@ -206,6 +214,13 @@ def run_command(data: DataOpt,
                     "--trusted-proxy",
                     help="Network (CIDR) of a reverse proxy whose X-Forwarded-For is believed "
                          "(repeatable; default: none).")] = None,
+                nats: Annotated[str | None, typer.Option(
+                    "--nats",
+                    help="NATS URL (nats://HOST:PORT) joining this node to a deployment of several "
+                         "on one PostgreSQL; credentials from --nats-creds or RAMPART_NATS_USER and "
+                         "RAMPART_NATS_PASSWORD, never the URL.")] = None,
+                nats_creds: Annotated[Path | None, typer.Option(
+                    "--nats-creds", help="NATS credentials file (nkey .creds).")] = None,
                 ) -> None:
     """Serve HTTPS: API under /api/v1, status page at /, agents on the gateway port."""
     try:
@@ -217,8 +232,14 @@ def run_command(data: DataOpt,
         else:
             agent = parse_listen(agent_listen)
         proxies = parse_proxies(trusted_proxy or [])
+        if nats_creds is not None and nats is None:
+            raise SetupError("--nats-creds needs --nats")
+        bus = NatsOptions.resolve(nats, nats_creds) if nats is not None else None
+        if bus is not None and not _is_shared_db(db, data):
+            raise SetupError("--nats joins nodes that share one PostgreSQL: give --db "
+                             "postgresql://… (SQLite is one process)")
         run_server(data, host, port, tls=not no_tls, db_url=db, agent_listen=agent,
-                   trusted_proxies=proxies)
-    except SetupError as exc:
+                   trusted_proxies=proxies, nats=bus)
+    except (SetupError, DoorbellError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -67,6 +67,9 @@ class ServerLimits:
     lockout_after_failures: int = 10
     lockout_s: int = 15 * 60
     checkpoint_interval_s: float = 60.0
+    #: A node of a deployment (``--nats``) looks again for every connection this often: what a lost
+    #: doorbell left waiting goes out at the latest then (docs/design/scale-out.md).
+    redelivery_interval_s: float = 30.0
     #: Dormant-account sweep and pacing cleanup (also run once at start).
     housekeeping_interval_s: float = 600.0
     #: How often tenant roots are checked for coming expiry (also once at start; root_expiry.py).
@@ -210,7 +213,8 @@ def load_config(data_dir: Path) -> ServerConfig:
         raise SetupError(f"{path}: scheduler_interval_s must be a number of seconds in 0.5..3600")
     http: dict[str, Any] = {}
     for key, lo, hi in (("http_header_timeout_s", 1, 600), ("http_body_timeout_s", 1, 3600),
-                        ("http_connections_per_address", 1, 100_000), ("witness_wait_s", 1, 3600)):
+                        ("http_connections_per_address", 1, 100_000), ("witness_wait_s", 1, 3600),
+                        ("redelivery_interval_s", 1, 3600)):
         if key in doc:
             value = doc[key]
             if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:

@@ -90,6 +90,7 @@ from . import clock
 from .config import ServerLimits
 from .delivery import Delivery, DeliveryAsk, DeliveryStore, DeviceIdentity, ReceiptRefused, chunks
 from .device_budget import DeviceBudgets
+from .doorbell import Doorbell
 from .memory import TrimAfterBurst
 from .relay import SessionRelay
 from .script_checks import ResultRefused, ScriptCheckStore
@@ -222,6 +223,8 @@ class Gateway:
         self.blocked_count = 0
         #: Remote sessions (rampart.server.relay), set by the application.
         self.relay: SessionRelay | None = None
+        #: The other nodes of a deployment (rampart.server.doorbell), when this one joined one.
+        self.doorbell: Doorbell | None = None
 
     async def send_to_device(self, device_id: str, text: str) -> bool:
         """Send one message to a connected agent; False when it is not connected (or the send failed)."""
@@ -258,16 +261,56 @@ class Gateway:
     # -- notifications from request threads ----------------------------------------
 
     def wake(self, device_ids: Iterable[str]) -> None:
-        """New work may exist for these devices (thread-safe)."""
+        """New work may exist for these devices (thread-safe; call after the commit): here, and on
+        every other node of the deployment."""
         ids = list(device_ids)
+        self.wake_local(ids)
+        if self.doorbell is not None:
+            self.doorbell.ring_wake(ids)
+
+    def wake_local(self, device_ids: list[str]) -> None:
+        """Wake the devices connected to this node (thread-safe)."""
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._wake_now, ids)
+            self._loop.call_soon_threadsafe(self._wake_now, device_ids)
 
     def wake_tenant(self, tenant_id: str) -> None:
         """New work may be deliverable to every connected device of ``tenant_id`` (thread-safe):
         a checkpoint got the co-signatures its jobs waited for."""
+        self.tenant_changed_local(tenant_id, "checkpoint")
+        if self.doorbell is not None:
+            self.doorbell.ring_tenant(tenant_id, "checkpoint")
+
+    def tenant_changed_local(self, tenant_id: str, what: str) -> None:
+        """Act here on a change of ``tenant_id`` that a node committed (thread-safe): forget the
+        cached copy, then push it to the tenant's connections."""
+        if what == "checkpoint":
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(self._wake_tenant_now, tenant_id)
+        elif what == "roots":
+            self._db.forget_tenant(tenant_id)
+            if self._loop is not None:
+                asyncio.run_coroutine_threadsafe(self._push_roots(tenant_id), self._loop)
+        elif what == "revocations":
+            self._publish(tenant_id, self._db.revocations, RevocationsMessage)
+        elif what == "cancellations":
+            self._publish(tenant_id, self._db.cancellations, CancellationsMessage)
+
+    def _ring_tenant(self, tenant_id: str, what: str) -> None:
+        self.tenant_changed_local(tenant_id, what)
+        if self.doorbell is not None:
+            self.doorbell.ring_tenant(tenant_id, what)
+
+    def redeliver_all(self) -> None:
+        """Look again for every connection of this node (thread-safe): after NATS comes back, and
+        on the redelivery cadence, so a lost doorbell only delays a job."""
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._wake_tenant_now, tenant_id)
+            self._loop.call_soon_threadsafe(lambda: self._wake_now(list(self._conns)))
+
+    async def redeliver_sweep(self) -> int:
+        """:meth:`redeliver_all` from the event loop; returns how many connections were looked at."""
+        ids = list(self._conns)
+        self._wake_now(ids)
+        return len(ids)
 
     def _wake_tenant_now(self, tenant_id: str) -> None:
         for conn in [c for c in self._conns.values() if c.device.tenant_id == tenant_id]:
@@ -307,10 +350,8 @@ class Gateway:
         task.add_done_callback(lambda t: _forget_task(conn, t))
 
     def roots_published(self, tenant_id: str) -> None:
-        """Push a newly published root to the tenant's connected agents (thread-safe)."""
-        self._db.forget_tenant(tenant_id)
-        if self._loop is not None:
-            asyncio.run_coroutine_threadsafe(self._push_roots(tenant_id), self._loop)
+        """Push a newly published root to the tenant's connected agents, on every node (thread-safe)."""
+        self._ring_tenant(tenant_id, "roots")
 
     async def _push_roots(self, tenant_id: str) -> None:
         for conn in [c for c in self._conns.values() if c.device.tenant_id == tenant_id]:
@@ -318,12 +359,12 @@ class Gateway:
                 await self._send_roots(conn)
 
     def revocations_published(self, tenant_id: str) -> None:
-        """Push the tenant's grant revocations to its connected agents (thread-safe)."""
-        self._publish(tenant_id, self._db.revocations, RevocationsMessage)
+        """Push the tenant's grant revocations to its connected agents, on every node (thread-safe)."""
+        self._ring_tenant(tenant_id, "revocations")
 
     def cancellations_published(self, tenant_id: str) -> None:
-        """Push the tenant's job cancellations to its connected agents (thread-safe)."""
-        self._publish(tenant_id, self._db.cancellations, CancellationsMessage)
+        """Push the tenant's job cancellations to its connected agents, on every node (thread-safe)."""
+        self._ring_tenant(tenant_id, "cancellations")
 
     def _publish(self, tenant_id: str, fetch: Callable[[str, float], list[str]],
                  message: type[RevocationsMessage] | type[CancellationsMessage]) -> None:
@@ -744,7 +785,14 @@ class Gateway:
             await conn.send(InventoryAckMessage(result=head))
 
     def detection_changed(self) -> None:
-        """A tenant's sanctioned tools or the imported catalog changed: push it (thread-safe)."""
+        """A tenant's sanctioned tools or the imported catalog changed: push it, on every node
+        (thread-safe)."""
+        self.detection_changed_local()
+        if self.doorbell is not None:
+            self.doorbell.ring_detection()
+
+    def detection_changed_local(self) -> None:
+        """Forget the cached detection settings and push what changed to this node's connections."""
         if self.telemetry is not None:
             self.telemetry.forget_detection()  # before the push: a connection after it reads the change
         if self._loop is not None:

@@ -46,6 +46,10 @@ def ok(resp: httpx.Response) -> Any:
     return resp.json()
 
 
+#: Seconds the harness has slept waiting for an unused TOTP step (summarised at the session's end).
+TOTP_WAITED = [0.0]
+
+
 @dataclass
 class Totp:
     """Generates codes never reused (the server accepts each step once)."""
@@ -69,6 +73,7 @@ class Totp:
         step = max(self.last_step + 1, oldest)
         while step > int((time.time() + self.offset) // 30) + 1:
             time.sleep(1)
+            TOTP_WAITED[0] += 1
         self.last_step = step
         return pyotp.TOTP(self.secret).at(step * 30)
 
@@ -295,6 +300,18 @@ def audit_events(op: Operator, tenant_id: str) -> list[dict[str, Any]]:
     return out
 
 
-def step_up(op: Operator) -> None:
-    """Prove a fresh TOTP code on the operator's session (G5), as the CLI does when asked."""
-    ok(op.http.post("/auth/step-up", json={"code": op.totp.code()}))
+#: A step-up the server said is valid until T is reused by :func:`step_up` until T minus this margin.
+STEP_UP_MARGIN_S = 90.0
+
+
+def step_up(op: Operator, *, again: bool = False) -> None:
+    """Prove a fresh TOTP code on the operator's session (G5), as the CLI does when asked.
+
+    A session whose step-up the server said is still valid (with a margin) is not stepped up
+    again, unless ``again``: each code costs a TOTP step, one per 30 s per account."""
+    now = time.time() + op.totp.offset
+    held = op.__dict__.get("_step_up")
+    if not again and held is not None and held[0] == op.token and now < held[1] - STEP_UP_MARGIN_S:
+        return
+    doc = ok(op.http.post("/auth/step-up", json={"code": op.totp.code()}))
+    op.__dict__["_step_up"] = (op.token, float(doc["valid_until"]))

@@ -1,0 +1,258 @@
+"""Doorbells between server nodes over NATS (issue 18, docs/design/scale-out.md).
+
+Several ``rampart server run --nats URL`` processes share one PostgreSQL. What
+must not be lost (jobs, targets, receipts, roots, revocations) is committed to
+the database before a node rings; a doorbell only says "look again", and the
+node that hears it reads the database. So a lost, delayed, forged or replayed
+doorbell can delay work, never create or lose it: agents verify everything
+exactly as from one node (T1), and :meth:`Gateway.redeliver_all` finds what a
+lost doorbell left waiting.
+
+Subjects (core NATS, no JetStream; a node never hears its own, ``no_echo``):
+
+* ``rampart.wake``: ``{"devices": [...]}``, at most :data:`MAX_IDS` ids per
+  message; each node wakes the targets it holds.
+* ``rampart.tenant.<tenant>``: ``{"what": "roots" | "revocations" |
+  "cancellations" | "checkpoint"}``; each node forgets its cached copy and
+  pushes the change to that tenant's connections.
+* ``rampart.detection``: ``{}``; sanctioned tools, dormant days or the catalog
+  changed somewhere.
+
+Credentials come from a creds file or ``RAMPART_NATS_USER`` /
+``RAMPART_NATS_PASSWORD``, never from the URL (it is logged and shown).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import urllib.parse
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+log = logging.getLogger("rampart.server.doorbell")
+
+PREFIX = "rampart"
+#: Device ids per wake message (a fan-out to 10,000 targets is ten messages).
+MAX_IDS = 1000
+#: A doorbell larger than this is not ours: dropped unread.
+MAX_BODY_BYTES = 64 * 1024
+TENANT_CHANGES = frozenset({"roots", "revocations", "cancellations", "checkpoint"})
+USER_ENV = "RAMPART_NATS_USER"
+PASSWORD_ENV = "RAMPART_NATS_PASSWORD"  # noqa: S105 - the name of a variable, not a secret
+_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+class DoorbellError(ValueError):
+    """A NATS option that cannot work (said before the server starts)."""
+
+
+class Listener(Protocol):
+    """What a node does when another node rings (the gateway; called on the event loop)."""
+
+    def wake_local(self, device_ids: list[str]) -> None: ...
+
+    def tenant_changed_local(self, tenant_id: str, what: str) -> None: ...
+
+    def detection_changed_local(self) -> None: ...
+
+    def redeliver_all(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class NatsOptions:
+    """Where NATS is and how to log in (the password never in ``url``)."""
+
+    url: str
+    creds_file: Path | None = None
+    user: str | None = None
+    password: str | None = None
+
+    @classmethod
+    def resolve(cls, url: str, creds_file: Path | None = None,
+                env: dict[str, str] | None = None) -> NatsOptions:
+        """Check ``url`` (nats:// or tls://, no user info) and read credentials from ``env``."""
+        env = dict(os.environ) if env is None else env
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("nats", "tls") or not parts.hostname:
+            raise DoorbellError("--nats must be a URL such as nats://127.0.0.1:4222")
+        if parts.username or parts.password:
+            raise DoorbellError("--nats must not hold credentials: use --nats-creds FILE or "
+                                f"{USER_ENV} and {PASSWORD_ENV}")
+        if creds_file is not None and not creds_file.is_file():
+            raise DoorbellError(f"--nats-creds: {creds_file} is not a readable file")
+        user, password = env.get(USER_ENV) or None, env.get(PASSWORD_ENV) or None
+        if (user is None) != (password is None):
+            raise DoorbellError(f"set both {USER_ENV} and {PASSWORD_ENV}, or neither")
+        return cls(url=url, creds_file=creds_file, user=user, password=password)
+
+    def __repr__(self) -> str:  # the password never reaches a log line through repr
+        return f"NatsOptions(url={self.url!r}, creds_file={self.creds_file!r}, user={self.user!r})"
+
+
+def wake_messages(device_ids: Iterable[str]) -> list[tuple[str, bytes]]:
+    """The (subject, body) pairs that wake ``device_ids`` on other nodes."""
+    ids = list(device_ids)
+    return [(f"{PREFIX}.wake", json.dumps({"devices": ids[i:i + MAX_IDS]}).encode())
+            for i in range(0, len(ids), MAX_IDS)]
+
+
+def parse(subject: str, body: bytes) -> tuple[str, str | None, Any] | None:
+    """``(kind, tenant, detail)`` of a doorbell, or None for anything that is not a valid one."""
+    if len(body) > MAX_BODY_BYTES:
+        return None
+    parts = subject.split(".")
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict):
+        return None
+    if parts == [PREFIX, "detection"]:
+        return ("detection", None, None)
+    if parts == [PREFIX, "wake"]:
+        ids = doc.get("devices")
+        if (not isinstance(ids, list) or len(ids) > MAX_IDS
+                or not all(isinstance(d, str) and _ID.fullmatch(d) for d in ids)):
+            return None
+        return ("wake", None, ids)
+    if (len(parts) == 3 and parts[:2] == [PREFIX, "tenant"] and _ID.fullmatch(parts[2])
+            and doc.get("what") in TENANT_CHANGES):
+        return ("tenant", parts[2], doc["what"])
+    return None
+
+
+class Doorbell:
+    """One node's NATS connection: rings others after a commit, hears them (event-loop bound)."""
+
+    def __init__(self, options: NatsOptions, listener: Listener, *, node: str) -> None:
+        self.options = options
+        self._listener = listener
+        self._node = node
+        self._nc: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._starting: asyncio.Task[None] | None = None
+        #: Doorbells heard and refused since start (for tests and the health of a deployment).
+        self.heard = 0
+        self.dropped = 0
+        self.connected = asyncio.Event()
+
+    async def start(self) -> None:
+        """Connect in the background (retrying until NATS is up): the node serves meanwhile."""
+        self._loop = asyncio.get_running_loop()
+        self._starting = asyncio.create_task(self._connect_until_up())
+
+    async def _connect_until_up(self) -> None:
+        import nats  # loaded only on a node that joins a deployment
+
+        kwargs: dict[str, Any] = {
+            "servers": [self.options.url], "name": f"rampart-{self._node}", "no_echo": True,
+            "allow_reconnect": True, "max_reconnect_attempts": -1, "reconnect_time_wait": 1,
+            "connect_timeout": 5, "error_cb": self._on_error,
+            "disconnected_cb": self._on_disconnected, "reconnected_cb": self._on_reconnected,
+        }
+        if self.options.creds_file is not None:
+            kwargs["user_credentials"] = str(self.options.creds_file)
+        if self.options.user is not None:
+            kwargs["user"], kwargs["password"] = self.options.user, self.options.password
+        delay = 0.5
+        while True:
+            try:
+                nc = await nats.connect(**kwargs)
+                break
+            except Exception as exc:  # noqa: BLE001 - NATS down at start: keep serving, retry
+                log.warning("NATS at %s not reachable (%s); retrying in %.0f s",
+                            self.options.url, type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        await nc.subscribe(f"{PREFIX}.>", cb=self._on_message)
+        self._nc = nc
+        self.connected.set()
+        log.warning("joined the deployment through NATS at %s", self.options.url)  # shown by default
+        self._listener.redeliver_all()  # anything rung before this node listened
+
+    async def stop(self) -> None:
+        if self._starting is not None:
+            self._starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._starting
+        if self._nc is not None:
+            with contextlib.suppress(Exception):
+                await self._nc.close()
+
+    # -- ringing (thread-safe: request threads call these after their commit) --------
+
+    def ring_wake(self, device_ids: Iterable[str]) -> None:
+        for subject, body in wake_messages(device_ids):
+            self._publish(subject, body)
+
+    def ring_tenant(self, tenant_id: str, what: str) -> None:
+        assert what in TENANT_CHANGES, what
+        self._publish(f"{PREFIX}.tenant.{tenant_id}", json.dumps({"what": what}).encode())
+
+    def ring_detection(self) -> None:
+        self._publish(f"{PREFIX}.detection", b"{}")
+
+    def _publish(self, subject: str, body: bytes) -> None:
+        if self._loop is None:
+            return
+        self._loop.call_soon_threadsafe(self._publish_now, subject, body)
+
+    def _publish_now(self, subject: str, body: bytes) -> None:
+        if self._nc is None:
+            return  # not joined yet: the other nodes' redelivery sweep finds the work
+        task = asyncio.ensure_future(self._send(subject, body))
+        task.add_done_callback(_quiet)
+
+    async def _send(self, subject: str, body: bytes) -> None:
+        try:
+            await self._nc.publish(subject, body)
+        except Exception as exc:  # noqa: BLE001 - a lost doorbell only delays; the sweep finds it
+            log.warning("doorbell %s not sent (%s)", subject.split(".")[1], type(exc).__name__)
+
+    # -- hearing ---------------------------------------------------------------------
+
+    async def _on_message(self, msg: Any) -> None:
+        got = parse(msg.subject, msg.data)
+        if got is None:
+            self.dropped += 1
+            return
+        self.heard += 1
+        kind, tenant, detail = got
+        if kind == "wake":
+            self._listener.wake_local(detail)
+        elif kind == "tenant" and tenant is not None:
+            self._listener.tenant_changed_local(tenant, detail)
+        else:
+            self._listener.detection_changed_local()
+
+    async def _on_error(self, exc: Exception) -> None:
+        log.warning("NATS: %s", type(exc).__name__)
+
+    async def _on_disconnected(self) -> None:
+        log.warning("lost NATS; doorbells wait, the redelivery sweep goes on")
+
+    async def _on_reconnected(self) -> None:
+        log.warning("NATS back; looking again for every connection")
+        self._listener.redeliver_all()
+
+
+def _quiet(task: asyncio.Future[None]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+async def redelivery_cadence(interval_s: float, sweep: Callable[[], Awaitable[int]]) -> None:
+    """Every ``interval_s``: look again for every connection (what a lost doorbell left waiting)."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await sweep()
+        except Exception:
+            log.exception("redelivery sweep failed; retrying next interval")

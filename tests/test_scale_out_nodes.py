@@ -1,0 +1,224 @@
+"""Two real server nodes on one real PostgreSQL, joined by a real nats-server (issue 18).
+
+The nodes share the data directory (keys, certificate) and the database; each
+agent is enrolled through, and connected to, one node. What one node commits
+reaches agents held by the other through a NATS doorbell, and what a lost
+doorbell would have left waiting goes out when NATS comes back: the database is
+the truth, NATS only says "look again" (docs/design/scale-out.md).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness.agent import AgentProcess, stop_all, traversable_dir
+from harness.nats import NatsServer
+from harness.operators import TenantSetup, approved_grant, bootstrap_owner, ok, setup_tenant
+from harness.server import REPO, PostgresCluster, RunningServer, free_port, init_server
+
+from rampart import trust
+from rampart.server.doorbell import MAX_IDS, NatsOptions, parse, wake_messages
+from rampart.trust import REVOCATION_TYPE
+
+#: No redelivery sweep within a test: an agent on the other node gets work only through a doorbell
+#: or the look-again when NATS comes back.
+NO_SWEEP_S = 3600
+
+
+@dataclass
+class Deployment:
+    pg: PostgresCluster
+    nats: NatsServer
+    a: RunningServer
+    b: RunningServer
+    base: Path
+    agents: list[AgentProcess] = field(default_factory=list)
+
+    def wait_joined(self, node: RunningServer, since: int = 0, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = node.log_path.read_text(errors="replace")[since:]
+            if "joined the deployment" in text or "NATS back" in text:
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"{node.log_path} never joined NATS:\n{node.log_path.read_text()[-2000:]}")
+
+
+def _node(base: Path, first: RunningServer, nats: NatsServer) -> RunningServer:
+    """Another node of ``first``'s deployment: same data directory and database, its own ports."""
+    return RunningServer(data_dir=first.data_dir, port=free_port(), cert_sha256=first.cert_sha256,
+                         bootstrap_token="", db_url=first.db_url, log_path=base / "node-b.log",
+                         args=["--nats", nats.url], env=nats.env())
+
+
+@pytest.fixture
+def deployment(tmp_path: Path) -> Iterator[Deployment]:
+    pg = PostgresCluster()
+    pg.start()
+    nats = NatsServer(tmp_path / "nats").start()
+    a = b = None
+    base = traversable_dir("rampart-nodes-")
+    try:
+        a = init_server(tmp_path / "a", pg.new_database())
+        cfg = a.data_dir / "config.json"
+        cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "redelivery_interval_s": NO_SWEEP_S}))
+        a.args, a.env = ["--nats", nats.url], nats.env()
+        a.start()
+        b = _node(tmp_path, a, nats)
+        b.start()
+        d = Deployment(pg, nats, a, b, base)
+        d.wait_joined(a)
+        d.wait_joined(b)
+        yield d
+        stop_all(d.agents)
+    finally:
+        for node in (b, a):
+            if node is not None:
+                node.stop()
+        nats.stop()
+        pg.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _enrol(d: Deployment, t: TenantSetup, node: RunningServer, name: str, scratch: Path) -> AgentProcess:
+    tok = ok(t.owner.http.post(f"/tenants/{t.id}/enrollment-tokens", json={"ttl_s": 600}))
+    agent = AgentProcess(d.base / name)
+    r = agent.enroll(node.url, tok["token"], tok["root_sha256"], node.cert_sha256,
+                     "--write-root", str(scratch))
+    assert r.returncode == 0, r.stderr
+    ok(t.owner.http.post(f"/tenants/{t.id}/devices/{agent.device_id}/approve"))
+    d.agents.append(agent.start())
+    agent.wait_log(f"connected to wss://127.0.0.1:{node.agent_port}", timeout=60)
+    return agent
+
+
+def _post_job(t: TenantSetup, grant: str, devices: list[str], script: bytes, writes: Path) -> str:
+    """Submit a script job (signed by the technician) that may write in ``writes``."""
+    now = int(time.time())
+    job = trust.Job(id=trust.new_job_id(), tenant=t.id, grant=grant, signer=t.tech_key.key_id,
+                    devices=devices, action=trust.Action(kind="script", payloads=[trust.PayloadRef(
+                        name="script", sha256=hashlib.sha256(script).hexdigest(), size=len(script))]),
+                    declared=trust.Declared(writes=[str(writes)]),
+                    nonce=trust.new_nonce(), issued_at=now, expires_at=now + 3600)
+    env = trust.sign_envelope(job.PAYLOAD_TYPE, trust.encode_payload(job), [t.tech_key])
+    ok(t.tech.http.post(f"/tenants/{t.id}/jobs", json={
+        "envelope": env.to_bytes().decode(), "payloads": {"script": base64.b64encode(script).decode()}}))
+    return job.id
+
+
+def _targets(t: TenantSetup, job_id: str) -> dict[str, dict[str, Any]]:
+    return {x["device"]: x for x in ok(t.owner.http.get(f"/jobs/{job_id}"))["targets"]}
+
+
+def _wait_receipts(t: TenantSetup, job_id: str, devices: list[str], timeout: float = 45) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = _targets(t, job_id)
+        if all(got[dev]["receipt"] for dev in devices):
+            return got
+        time.sleep(0.2)
+    raise TimeoutError(f"receipts of {job_id} missing: {_targets(t, job_id)}")
+
+
+def test_a_job_stored_on_one_node_runs_on_agents_of_both_and_a_nats_outage_loses_nothing(
+        deployment: Deployment) -> None:
+    d = deployment
+    scratch = d.base / "scratch"
+    scratch.mkdir()
+    scratch.chmod(0o777)
+    owner = bootstrap_owner(d.a)
+    t = setup_tenant(owner, "acme")
+    on_a = _enrol(d, t, d.a, "agent-a", scratch)
+    on_b = _enrol(d, t, d.b, "agent-b", scratch)
+    devices = [on_a.device_id, on_b.device_id]
+    grant = approved_grant(t, devices)
+
+    # Stored on node A: the agent held by node B runs it at once (a doorbell; no sweep runs).
+    job = _post_job(t, grant, devices, f"mktemp {scratch}/ran.XXXXXX\n".encode(), scratch)
+    got = _wait_receipts(t, job, devices, timeout=30)
+    assert {dev: got[dev]["receipt"]["outcome"] for dev in devices} == {dev: "ran" for dev in devices}
+    assert len(list(scratch.glob("ran.*"))) == 2  # one file per run (the agents run as different users)
+
+    # A revocation approved on node A reaches the agent on node B at once.
+    other = ok(t.tech.http.post(f"/tenants/{t.id}/grants", json={
+        "devices": [on_b.device_id], "capabilities": ["script"], "duration_s": 600, "reason": "second"}))
+    signed = trust.add_signature(trust.decode_envelope(other["envelope"].encode()), t.approver_key)
+    ok(t.approver.http.post(f"/grants/{other['id']}/signatures",
+                            json={"envelope": signed.to_bytes().decode()}))
+    rev = trust.Revocation(tenant=t.id, grant=other["id"], issued_at=int(time.time()), reason="done")
+    ok(t.approver.http.post(f"/grants/{other['id']}/revocation", json={
+        "envelope": trust.sign_envelope(REVOCATION_TYPE, trust.encode_payload(rev),
+                                        [t.approver_key]).to_bytes().decode()}))
+    on_b.wait_log("1 grant(s) revoked", timeout=20)
+
+    # NATS stops: the doorbell for the next job is lost, and the agent on node B waits ...
+    d.nats.stop()
+    later = scratch / "later.txt"
+    job2 = _post_job(t, grant, [on_b.device_id], f"echo once >> {later}\n".encode(), scratch)
+    time.sleep(5)
+    assert _targets(t, job2)[on_b.device_id]["receipt"] is None and not later.exists()
+    # ... until NATS is back: every node looks again, and the job runs exactly once.
+    seen = len(d.b.log_path.read_text(errors="replace"))
+    d.nats.start()
+    d.wait_joined(d.b, since=seen)
+    got = _wait_receipts(t, job2, [on_b.device_id], timeout=30)
+    assert got[on_b.device_id]["receipt"]["outcome"] == "ran"
+    time.sleep(2)  # a second delivery, were there one, would have run by now
+    assert later.read_text().splitlines() == ["once"]
+    assert [x["state"] for x in _targets(t, job2).values()] == ["done"]
+
+
+def _run_cmd(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+    return subprocess.run([sys.executable, "-m", "rampart.server", "run", *args], capture_output=True,
+                          text=True, timeout=60, cwd=REPO, env={**os.environ, **(env or {})})
+
+
+def test_T1_nats_credentials_in_the_url_are_refused_and_never_echoed(tmp_path: Path) -> None:
+    srv = init_server(tmp_path, None)
+    r = _run_cmd("--data", str(srv.data_dir), "--nats", "nats://rampart:hunter2-secret@127.0.0.1:4222")
+    assert r.returncode == 2 and "--nats must not hold credentials" in r.stderr
+    assert "hunter2" not in r.stdout + r.stderr
+    # SQLite serves one process: a node cannot join a deployment on it.
+    r = _run_cmd("--data", str(srv.data_dir), "--nats", "nats://127.0.0.1:4222")
+    assert r.returncode == 2 and "share one PostgreSQL" in r.stderr
+    r = _run_cmd("--data", str(srv.data_dir), "--nats", "http://127.0.0.1:4222")
+    assert r.returncode == 2 and "nats://" in r.stderr
+    r = _run_cmd("--data", str(srv.data_dir), "--nats", "nats://127.0.0.1:4222",
+                 env={"RAMPART_NATS_USER": "rampart"})
+    assert r.returncode == 2 and "RAMPART_NATS_PASSWORD" in r.stderr
+    options = NatsOptions.resolve("nats://127.0.0.1:4222",
+                                  env={"RAMPART_NATS_USER": "u", "RAMPART_NATS_PASSWORD": "s3cret-pw"})
+    assert options.password == "s3cret-pw" and "s3cret-pw" not in repr(options)
+
+
+def test_T1_forged_or_oversized_doorbells_are_dropped_unread() -> None:
+    """A doorbell is only "look again"; one that is not well formed is not even that."""
+    good = wake_messages([f"dv-{i:026d}" for i in range(MAX_IDS + 1)])
+    assert [len(json.loads(body)["devices"]) for _, body in good] == [MAX_IDS, 1]
+    assert parse(*good[0]) == ("wake", None, json.loads(good[0][1])["devices"])
+    assert parse("rampart.tenant.tn-abc", b'{"what": "roots"}') == ("tenant", "tn-abc", "roots")
+    assert parse("rampart.detection", b"{}") == ("detection", None, None)
+    for subject, body in [
+        ("rampart.wake", json.dumps({"devices": ["dv-1"] * (MAX_IDS + 1)}).encode()),  # too many
+        ("rampart.wake", b'{"devices": ["../etc/passwd"]}'),  # not an id
+        ("rampart.wake", b'{"devices": "dv-1"}'),
+        ("rampart.wake", b"\xff\xfe"),  # not JSON
+        ("rampart.wake", b"[]"),
+        ("rampart.tenant.tn-abc", b'{"what": "drop tables"}'),  # no such change
+        ("rampart.tenant.tn a", b'{"what": "roots"}'),
+        ("rampart.other.tn-abc", b'{"what": "roots"}'),
+        ("rampart.wake", b'{"devices": []}' + b" " * (64 * 1024)),  # over the size limit
+    ]:
+        assert parse(subject, body) is None, subject
