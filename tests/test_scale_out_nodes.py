@@ -222,3 +222,53 @@ def test_T1_forged_or_oversized_doorbells_are_dropped_unread() -> None:
         ("rampart.wake", b'{"devices": []}' + b" " * (64 * 1024)),  # over the size limit
     ]:
         assert parse(subject, body) is None, subject
+
+
+class _Heard:
+    """What the gateway was asked to do by the doorbells a node heard."""
+
+    def __init__(self) -> None:
+        self.woken: list[list[str]] = []
+        self.changed: list[tuple[str, str]] = []
+        self.detection = 0
+
+    def wake_local(self, device_ids: list[str]) -> None:
+        self.woken.append(sorted(device_ids))
+
+    def tenant_changed_local(self, tenant_id: str, what: str) -> None:
+        self.changed.append((tenant_id, what))
+
+    def detection_changed_local(self) -> None:
+        self.detection += 1
+
+    def redeliver_all(self) -> None:
+        raise AssertionError("not asked for here")
+
+
+def test_T1_a_doorbell_flood_costs_one_action_per_window() -> None:
+    """Whoever holds NATS credentials may ring as often as they like: a node acts once per
+    window for all the ids and once per tenant and change (each action reads the database)."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from rampart.server.doorbell import Doorbell
+
+    heard = _Heard()
+    bell = Doorbell(NatsOptions.resolve("nats://127.0.0.1:4222", env={}), heard, node="test")
+
+    async def flood() -> None:
+        for i in range(2000):
+            await bell._on_message(SimpleNamespace(subject="rampart.tenant.tn-a", data=b'{"what": "roots"}'))
+            await bell._on_message(SimpleNamespace(subject="rampart.detection", data=b"{}"))
+            subject, body = wake_messages([f"dv-{i % 3}"])[0]
+            await bell._on_message(SimpleNamespace(subject=subject, data=body))
+        await bell._on_message(SimpleNamespace(subject="rampart.tenant.tn-b",
+                                               data=b'{"what": "cancellations"}'))
+        await bell._on_message(SimpleNamespace(subject="rampart.wake", data=b"not json"))
+        await asyncio.sleep(0.3)
+
+    asyncio.run(flood())
+    assert heard.woken == [["dv-0", "dv-1", "dv-2"]]
+    assert sorted(heard.changed) == [("tn-a", "roots"), ("tn-b", "cancellations")]
+    assert heard.detection == 1
+    assert (bell.heard, bell.dropped) == (6001, 1)

@@ -44,6 +44,9 @@ MAX_IDS = 1000
 #: A doorbell larger than this is not ours: dropped unread.
 MAX_BODY_BYTES = 64 * 1024
 TENANT_CHANGES = frozenset({"roots", "revocations", "cancellations", "checkpoint"})
+#: Doorbells heard within this window are acted on together: one wake for all the ids, one push
+#: per tenant and change (a flood of doorbells costs one database read per window, not one each).
+COALESCE_S = 0.05
 USER_ENV = "RAMPART_NATS_USER"
 PASSWORD_ENV = "RAMPART_NATS_PASSWORD"  # noqa: S105 - the name of a variable, not a secret
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -141,7 +144,8 @@ class Doorbell:
         #: Doorbells heard and refused since start (for tests and the health of a deployment).
         self.heard = 0
         self.dropped = 0
-        self.connected = asyncio.Event()
+        self._waking: set[str] = set()
+        self._changes: set[tuple[str, str | None]] = set()  # (tenant, what); ("", None): detection
 
     async def start(self) -> None:
         """Connect in the background (retrying until NATS is up): the node serves meanwhile."""
@@ -173,7 +177,6 @@ class Doorbell:
                 delay = min(delay * 2, 10.0)
         await nc.subscribe(f"{PREFIX}.>", cb=self._on_message)
         self._nc = nc
-        self.connected.set()
         log.warning("joined the deployment through NATS at %s", self.options.url)  # shown by default
         self._listener.redeliver_all()  # anything rung before this node listened
 
@@ -202,7 +205,8 @@ class Doorbell:
     def _publish(self, subject: str, body: bytes) -> None:
         if self._loop is None:
             return
-        self._loop.call_soon_threadsafe(self._publish_now, subject, body)
+        with contextlib.suppress(RuntimeError):  # the loop closed (shutting down): the sweep covers it
+            self._loop.call_soon_threadsafe(self._publish_now, subject, body)
 
     def _publish_now(self, subject: str, body: bytes) -> None:
         if self._nc is None:
@@ -225,12 +229,28 @@ class Doorbell:
             return
         self.heard += 1
         kind, tenant, detail = got
+        loop = asyncio.get_running_loop()
         if kind == "wake":
-            self._listener.wake_local(detail)
-        elif kind == "tenant" and tenant is not None:
-            self._listener.tenant_changed_local(tenant, detail)
-        else:
+            if not self._waking:
+                loop.call_later(COALESCE_S, self._wake_pending)
+            self._waking.update(detail)
+            return
+        change = (tenant or "", detail if kind == "tenant" else None)
+        if change not in self._changes:
+            self._changes.add(change)
+            loop.call_later(COALESCE_S, self._change, change)
+
+    def _wake_pending(self) -> None:
+        ids, self._waking = list(self._waking), set()
+        self._listener.wake_local(ids)
+
+    def _change(self, change: tuple[str, str | None]) -> None:
+        self._changes.discard(change)
+        tenant, what = change
+        if what is None:
             self._listener.detection_changed_local()
+        else:
+            self._listener.tenant_changed_local(tenant, what)
 
     async def _on_error(self, exc: Exception) -> None:
         log.warning("NATS: %s", type(exc).__name__)
