@@ -95,6 +95,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Say how long the harness waited for unused TOTP steps (one code per account per 30 s)."""
-    from harness.operators import TOTP_WAITED
+    from harness.operators import TOTP_WAITED, TOTP_WAITED_BY_TEST
     if TOTP_WAITED[0]:
-        terminalreporter.write_line(f"waited for TOTP steps: {TOTP_WAITED[0]:.0f} s")
+        terminalreporter.write_line(f"waited for TOTP steps: {TOTP_WAITED[0]:.0f} s; most in:")
+        for test, waited in sorted(TOTP_WAITED_BY_TEST.items(), key=lambda kv: -kv[1])[:8]:
+            terminalreporter.write_line(f"  {waited:4.0f} s  {test}")

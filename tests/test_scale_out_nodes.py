@@ -28,6 +28,7 @@ from harness.operators import TenantSetup, approved_grant, bootstrap_owner, ok, 
 from harness.server import REPO, PostgresCluster, RunningServer, free_port, init_server
 
 from rampart import trust
+from rampart.server.chores_lease import LOCK_KEY
 from rampart.server.doorbell import MAX_IDS, NatsOptions, parse, wake_messages
 from rampart.trust import REVOCATION_TYPE
 
@@ -177,6 +178,40 @@ def test_a_job_stored_on_one_node_runs_on_agents_of_both_and_a_nats_outage_loses
     time.sleep(2)  # a second delivery, were there one, would have run by now
     assert later.read_text().splitlines() == ["once"]
     assert [x["state"] for x in _targets(t, job2).values()] == ["done"]
+
+
+LEASE_LINE = "this node runs the deployment's periodic chores"
+
+
+def _lease_holders(d: Deployment) -> int:
+    import psycopg
+    with psycopg.connect(d.a.db_url or "") as conn:
+        return int(conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = %s "
+                                "AND database = (SELECT oid FROM pg_database WHERE datname = "
+                                "current_database())", (LOCK_KEY,)).fetchone()[0])  # type: ignore[index]
+
+
+def test_one_node_runs_the_chores_and_another_takes_over_when_it_dies(deployment: Deployment) -> None:
+    """Alert delivery, the scheduler and the sweeps run on one node of the deployment (a second
+    would notify twice); when that node is killed, another takes the lease within seconds."""
+    d = deployment
+
+    def holders() -> list[RunningServer]:
+        return [n for n in (d.a, d.b) if LEASE_LINE in n.log_path.read_text(errors="replace")]
+
+    deadline = time.monotonic() + 30
+    while not holders() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(3)  # both nodes have asked by now (alert delivery asks every 2 s)
+    [leader] = holders()
+    assert _lease_holders(d) == 1
+    [other] = [n for n in (d.a, d.b) if n is not leader]
+    leader.stop(kill=True)
+    deadline = time.monotonic() + 30
+    while LEASE_LINE not in other.log_path.read_text(errors="replace"):
+        assert time.monotonic() < deadline, other.log_path.read_text()[-2000:]
+        time.sleep(0.2)
+    assert _lease_holders(d) == 1
 
 
 def _run_cmd(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

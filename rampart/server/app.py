@@ -19,6 +19,7 @@ import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,7 @@ from .api.status_page import router as status_router
 from .audit import SERVER_LOG, AuditLog
 from .automation import AutomationKeyStore
 from .checks import CheckRunner
+from .chores_lease import ChoresLease
 from .config import ServerConfig, load_config
 from .context import ServerContext
 from .db import Store, migrate
@@ -219,8 +221,14 @@ async def _every(interval_s: float, run: Callable[[float], object], what: str) -
         await asyncio.sleep(interval_s)
 
 
+def _chore(ctx: ServerContext, run: Callable[[float], object]) -> Callable[[float], object]:
+    """``run`` on the node that holds the deployment's chores lease only (chores_lease.py)."""
+    return lambda now: run(now) if ctx.chores.held() else None
+
+
 async def _housekeeping_cadence(ctx: ServerContext) -> None:
-    await _every(ctx.limits.housekeeping_interval_s, lambda _now: housekeeping(ctx), "housekeeping")
+    await _every(ctx.limits.housekeeping_interval_s, _chore(ctx, lambda _now: housekeeping(ctx)),
+                 "housekeeping")
 
 
 async def _checks_cadence(ctx: ServerContext) -> None:
@@ -231,13 +239,15 @@ async def _checks_cadence(ctx: ServerContext) -> None:
     runner = CheckRunner(ctx.store, telemetry)
     while True:
         try:
-            await asyncio.to_thread(runner.run_once, clock.now())
+            await asyncio.to_thread(_chore(ctx, runner.run_once), clock.now())
         except Exception:
             log.exception("monitoring checks failed; retrying next interval")
         try:
-            if ctx.gateway.script_checks is not None:
-                await asyncio.to_thread(ctx.gateway.script_checks.sweep_overdue, clock.now(),
-                                        ctx.gateway.connected_ids())
+            checks = ctx.gateway.script_checks
+            if checks is not None:
+                connected = ctx.gateway.connected_ids()
+                await asyncio.to_thread(_chore(ctx, partial(checks.sweep_overdue, connected=connected)),
+                                        clock.now())
         except Exception:
             log.exception("script check overdue sweep failed; retrying next interval")
         await asyncio.sleep(ctx.limits.checks_interval_s)
@@ -249,7 +259,7 @@ async def _notify_cadence(ctx: ServerContext) -> None:
     try:
         while True:
             try:
-                await asyncio.to_thread(notifier.run_once, clock.now())
+                await asyncio.to_thread(_chore(ctx, notifier.run_once), clock.now())
             except Exception:
                 log.exception("alert delivery pass failed; retrying")
             await asyncio.sleep(ctx.limits.notify_interval_s)
@@ -269,8 +279,10 @@ async def _telemetry_cadence(ctx: ServerContext) -> None:
         try:
             store = ctx.gateway.telemetry
             if store is not None:
-                await asyncio.to_thread(store.sweep_overdue, clock.now(), ctx.gateway.connected_ids())
-            await ctx.gateway.recheck_detection()
+                connected = ctx.gateway.connected_ids()
+                await asyncio.to_thread(_chore(ctx, partial(store.sweep_overdue, connected=connected)),
+                                        clock.now())
+            await ctx.gateway.recheck_detection()  # this node's connections: on every node
         except Exception:
             log.exception("telemetry sweep failed; retrying next interval")
         await asyncio.sleep(min(lim.telemetry_sweep_interval_s, lim.inventory_interval_s))
@@ -279,32 +291,33 @@ async def _telemetry_cadence(ctx: ServerContext) -> None:
 async def _scheduler_cadence(ctx: ServerContext) -> None:
     """Patch cycles and scheduled backups under standing grants (docs/patching.md)."""
     scheduler = Scheduler(ctx.store, ctx.audit, ctx.automation, ctx.gateway)
-    await _every(ctx.limits.scheduler_interval_s, scheduler.run_once, "scheduler pass")
+    await _every(ctx.limits.scheduler_interval_s, _chore(ctx, scheduler.run_once), "scheduler pass")
 
 
 async def _retention_cadence(ctx: ServerContext) -> None:
     """Delete resolved findings and alerts past their retention, in bounded batches (retention.py)."""
     await _every(ctx.limits.retention_interval_s,
-                 lambda now: retention.sweep(ctx.store, ctx.limits, now, audit=ctx.audit), "retention sweep")
+                 _chore(ctx, lambda now: retention.sweep(ctx.store, ctx.limits, now, audit=ctx.audit)),
+                 "retention sweep")
 
 
 async def _root_expiry_cadence(ctx: ServerContext) -> None:
     """Alert owners 90, 30 and 7 days before a tenant root expires (root_expiry.py)."""
     await _every(ctx.limits.root_expiry_interval_s,
-                 lambda now: root_expiry.sweep(ctx.store, now), "root expiry check")
+                 _chore(ctx, lambda now: root_expiry.sweep(ctx.store, now)), "root expiry check")
 
 
 async def _directory_cadence(ctx: ServerContext) -> None:
     """Scheduled directory audits that are due, checked every scheduler tick (directory.py)."""
     await _every(ctx.limits.scheduler_interval_s,
-                 lambda now: directory.sweep(ctx.store, ctx.audit, now), "directory audit")
+                 _chore(ctx, lambda now: directory.sweep(ctx.store, ctx.audit, now)), "directory audit")
 
 
 async def _checkpoint_cadence(ctx: ServerContext) -> None:
     while True:
         await asyncio.sleep(ctx.limits.checkpoint_interval_s)
         try:
-            await asyncio.to_thread(ctx.audit.sign_due, clock.now())
+            await asyncio.to_thread(_chore(ctx, ctx.audit.sign_due), clock.now())
         except Exception:
             log.exception("checkpoint cadence failed; retrying next interval")
 
@@ -321,7 +334,8 @@ def build_context(config: ServerConfig) -> ServerContext:
     gateway.relay = SessionRelay(store, audit_log, gateway.send_to_device)
     cert = cert_sha256_of(config.cert_path) if config.cert_path.exists() else None
     return ServerContext(config=config, store=store, audit=audit_log, cert_sha256=cert,
-                         gateway=gateway, automation=AutomationKeyStore(config.keys_dir))
+                         gateway=gateway, automation=AutomationKeyStore(config.keys_dir),
+                         chores=ChoresLease(store))
 
 
 def create_app(data_dir: Path | str, *, config: ServerConfig | None = None,
@@ -378,6 +392,7 @@ def create_app(data_dir: Path | str, *, config: ServerConfig | None = None,
                     await task
             if doorbell is not None:
                 await doorbell.stop()
+            await asyncio.to_thread(ctx.chores.release)
             ctx.store.dispose()
 
     app = FastAPI(title="Rampart server", version=__version__, lifespan=lifespan,

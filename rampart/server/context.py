@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from .audit import AuditLog
 from .automation import AutomationKeyStore
+from .chores_lease import ChoresLease
 from .config import ServerConfig, ServerLimits
 from .db import Store
 
@@ -23,6 +24,8 @@ class ServerContext:
     gateway: Gateway
     #: The tenants' automation keys (scheduled payload-free jobs only; rampart/server/automation.py).
     automation: AutomationKeyStore
+    #: Whether this node runs the deployment's periodic chores now (chores_lease.py).
+    chores: ChoresLease
     #: Port of the dedicated agent gateway listener, when one runs.
     agent_port: int | None = None
 

@@ -8,6 +8,7 @@ and then play the attacker.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 import urllib.parse
 from dataclasses import dataclass, field
@@ -46,8 +47,10 @@ def ok(resp: httpx.Response) -> Any:
     return resp.json()
 
 
-#: Seconds the harness has slept waiting for an unused TOTP step (summarised at the session's end).
+#: Seconds the harness has slept waiting for an unused TOTP step, in all and per test (summarised
+#: at the session's end: each code costs one step of its account, one per 30 s).
 TOTP_WAITED = [0.0]
+TOTP_WAITED_BY_TEST: dict[str, float] = {}
 
 
 @dataclass
@@ -74,6 +77,8 @@ class Totp:
         while step > int((time.time() + self.offset) // 30) + 1:
             time.sleep(1)
             TOTP_WAITED[0] += 1
+            test = os.environ.get("PYTEST_CURRENT_TEST", "?").split(" ")[0]
+            TOTP_WAITED_BY_TEST[test] = TOTP_WAITED_BY_TEST.get(test, 0.0) + 1
         self.last_step = step
         return pyotp.TOTP(self.secret).at(step * 30)
 

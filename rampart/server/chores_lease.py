@@ -1,0 +1,72 @@
+"""Which node of a deployment runs the periodic chores (issue 18, docs/scale-out.md).
+
+The chores (alert delivery and SIEM forwarding, the patch and backup scheduler,
+monitoring checks, overdue sweeps, retention, dormant accounts, root expiry,
+directory audits, due checkpoints) must run once per deployment, not once per
+node: two nodes would send a notification twice. On PostgreSQL the node that
+holds a session-level advisory lock (on a connection kept for it) runs them;
+when that node dies, PostgreSQL ends its connection, the lock is free, and the
+next node that asks takes it. On SQLite there is one process: it always runs them.
+
+Invariant: :meth:`ChoresLease.held` answers True only while this process holds
+the lock on a connection that just answered; a lost connection is a lost lease.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from sqlalchemy import Connection, text
+
+from .db import Store
+
+log = logging.getLogger("rampart.server.chores")
+
+#: The advisory lock's key ("RAMP" in ASCII); advisory locks are scoped to the current database.
+LOCK_KEY = 0x52414D50
+
+
+class ChoresLease:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._shared = store.engine.dialect.name == "postgresql"
+        self._conn: Connection | None = None
+        self._lock = threading.Lock()
+
+    def held(self) -> bool:
+        """True when this node should run the chores now (thread-safe; may touch the database)."""
+        if not self._shared:
+            return True
+        with self._lock:
+            try:
+                if self._conn is not None:
+                    self._conn.execute(text("SELECT 1")).scalar()
+                    self._conn.commit()
+                    return True
+                conn = self._store.engine.connect()
+                got = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": LOCK_KEY}).scalar())
+                conn.commit()
+                if not got:
+                    conn.close()
+                    return False
+                self._conn = conn
+                log.warning("this node runs the deployment's periodic chores")
+                return True
+            except Exception as exc:  # noqa: BLE001 - the database is away: no lease, ask again later
+                self._drop()
+                log.warning("chores lease lost or not taken (%s)", type(exc).__name__)
+                return False
+
+    def release(self) -> None:
+        """Give the lease up (a clean stop): another node takes it at its next chore."""
+        with self._lock:
+            self._drop()
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.invalidate()  # the connection ends: PostgreSQL frees the lock with it
+            except Exception:  # noqa: BLE001,S110 - already gone
+                pass
+            self._conn = None
