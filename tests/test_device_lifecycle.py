@@ -194,7 +194,6 @@ def test_T12_an_account_that_reaches_every_tenant_cannot_become_a_customer_viewe
     tenant, or several, is refused and changes nothing; one tenant is fine."""
     w = world
     w.owner.create_account("wide-tech", "technician", None)  # MSP staff: every tenant
-    w.owner.login()
     step_up(w.owner)  # the refusal below is the tenant rule, not a missing step-up
     r = w.owner.http.put("/accounts/wide-tech/role", json={"role": "customer-viewer"})
     assert r.status_code == 400 and "exactly one tenant" in r.text

@@ -67,6 +67,11 @@ class Totp:
         query = urllib.parse.parse_qs(urllib.parse.urlparse(uri).query)
         return cls(query["secret"][0])
 
+    def unspent(self) -> str:
+        """The current step's code without spending it: for an attempt the server must refuse
+        whatever the step (a retired secret), so no step is waited for."""
+        return pyotp.TOTP(self.secret).at(int((time.time() + self.offset) // 30) * 30)
+
     def code(self) -> str:
         now = time.time() + self.offset
         now_step = int(now // 30)
