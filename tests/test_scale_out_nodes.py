@@ -243,6 +243,8 @@ def test_T1_forged_or_oversized_doorbells_are_dropped_unread() -> None:
     good = wake_messages([f"dv-{i:026d}" for i in range(MAX_IDS + 1)])
     assert [len(json.loads(body)["devices"]) for _, body in good] == [MAX_IDS, 1]
     assert parse(*good[0]) == ("wake", None, json.loads(good[0][1])["devices"])
+    [(subject, longest)] = wake_messages(["d" * 64] * MAX_IDS)  # a full chunk of the longest ids
+    assert parse(subject, longest) is not None
     assert parse("rampart.tenant.tn-abc", b'{"what": "roots"}') == ("tenant", "tn-abc", "roots")
     assert parse("rampart.detection", b"{}") == ("detection", None, None)
     for subject, body in [
@@ -254,7 +256,7 @@ def test_T1_forged_or_oversized_doorbells_are_dropped_unread() -> None:
         ("rampart.tenant.tn-abc", b'{"what": "drop tables"}'),  # no such change
         ("rampart.tenant.tn a", b'{"what": "roots"}'),
         ("rampart.other.tn-abc", b'{"what": "roots"}'),
-        ("rampart.wake", b'{"devices": []}' + b" " * (64 * 1024)),  # over the size limit
+        ("rampart.wake", b'{"devices": []}' + b" " * (128 * 1024)),  # over the size limit
     ]:
         assert parse(subject, body) is None, subject
 

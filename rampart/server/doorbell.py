@@ -42,7 +42,7 @@ PREFIX = "rampart"
 #: Device ids per wake message (a fan-out to 10,000 targets is ten messages).
 MAX_IDS = 1000
 #: A doorbell larger than this is not ours: dropped unread.
-MAX_BODY_BYTES = 64 * 1024
+MAX_BODY_BYTES = 128 * 1024
 TENANT_CHANGES = frozenset({"roots", "revocations", "cancellations", "checkpoint"})
 #: Doorbells heard within this window are acted on together: one wake for all the ids, one push
 #: per tenant and change (a flood of doorbells costs one database read per window, not one each).
