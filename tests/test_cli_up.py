@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import stat
@@ -16,7 +17,10 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
+
+from rampart import tlspin
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -152,3 +156,75 @@ def test_up_after_a_refused_totp_code_retries_with_the_same_bootstrap_token(tmp_
         assert listed.returncode == 0 and [t["name"] for t in json.loads(listed.stdout)] == ["demo"]
     finally:
         assert stop(proc, signal.SIGINT) == 0
+
+
+def free_ports(n: int) -> int:
+    """A port ``p`` with ``p .. p + n - 1`` all free (nodes take port, port + 2, …; gateways the odd ones)."""
+    while True:
+        base = free_port()
+        try:
+            for p in range(base, base + n):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+
+
+@pytest.mark.slow
+def test_up_with_three_nodes_starts_postgresql_nats_and_nodes_that_share_them(tmp_path: Path) -> None:
+    """Issue 18: `rampart up --nodes 3` runs the deployment of docs/scale-out.md on loopback: a real
+    PostgreSQL and nats-server, three nodes that share them, one of which runs the chores; the NATS
+    password is in no command line; Ctrl-C (twice) stops every child."""
+    data = tmp_path / "up"
+    port = free_ports(6)
+    proc, out = start_up(data, port, tmp_path / "up.log", "--nodes", "3")
+    state = json.loads((data / "quickstart" / "state.json").read_text())
+    try:
+        assert "3 server nodes share PostgreSQL" in out
+        urls = [f"https://127.0.0.1:{port + 2 * i}/" for i in range(3)]
+        assert "nodes (any of them serves the console, the API and agents): " + ", ".join(urls) in out
+        fingerprint = re.search(r"certificate SHA-256: ([0-9a-f]{64})", out)
+        assert fingerprint
+        for i in range(3):
+            der = tlspin.fetch_pinned_certificate("127.0.0.1", port + 2 * i, fingerprint.group(1), timeout=5)
+            with httpx.Client(verify=tlspin.pinned_context(der), timeout=10) as c:
+                assert c.get(f"{urls[i]}api/v1/health").json()["status"] == "ok"
+        logs = [(data / "quickstart" / f"{name}.log").read_text() for name in ("server", "node-2", "node-3")]
+        assert all("joined the deployment through NATS" in text for text in logs)
+        assert sum("runs the deployment's periodic chores" in text for text in logs) == 1
+        # The agent enrolled through the first node is approved in the one shared database.
+        device = re.search(r"enrolled a local agent as (dev-[0-9a-f]{24})", out)
+        assert device
+        listed = cli("devices", "list", "demo", "--json", extra=shell_env(data, "tech"))
+        assert [d["status"] for d in json.loads(listed.stdout) if d["id"] == device.group(1)] == ["approved"]
+        password = json.loads((data / "quickstart" / "credentials.json").read_text())["nats_password"]
+        cmdlines = [p.read_bytes() for p in Path("/proc").glob("[0-9]*/cmdline") if p.exists()]
+        assert password.encode() not in b"\n".join(cmdlines)
+        assert "nats://" in out and password not in out
+    finally:
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)  # impatient: the second one must not strand a child
+        rc = proc.wait(timeout=60)
+        if "pg_dir" in state:
+            shutil.rmtree(state["pg_dir"], ignore_errors=True)
+    assert rc == 0 and (tmp_path / "up.log").read_text().rstrip().endswith("stopped")
+    for p in (state["pg_port"], state["nats_port"], *[port + 2 * i for i in range(3)]):
+        with socket.socket() as s, pytest.raises(ConnectionRefusedError):
+            s.connect(("127.0.0.1", p))
+
+
+def test_up_refuses_to_switch_a_data_directory_between_one_node_and_several(tmp_path: Path) -> None:
+    """Nothing is started, and nothing in the directory changes, when the layout does not match."""
+    from rampart.server.setup import init_data_dir
+
+    one, many = tmp_path / "one", tmp_path / "many"
+    init_data_dir(one)
+    init_data_dir(many / "server")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    r = cli("up", "--data", str(one), "--listen", "127.0.0.1:9", "--nodes", "2")
+    assert r.returncode == 1 and "holds a one-node quickstart on SQLite" in r.stderr, r.stderr
+    r = cli("up", "--data", str(many), "--listen", "127.0.0.1:9")
+    assert r.returncode == 1 and "holds a multi-node quickstart: run it with --nodes" in r.stderr, r.stderr
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before

@@ -45,6 +45,7 @@ from .errors import CliError, NotLoggedIn, ServerProblem, UsageProblem
 from .output import note, say
 from .root_cmds import DEFAULT_ROOT_LIFETIME, propose, publish_proposal, sign_proposal, unsigned
 from .tenant_cmds import create_tenant, enrollment_command
+from .up_nodes import MAX_NODES, LocalDeployment
 
 DEFAULT_DATA = Path.home() / ".local" / "share" / "rampart" / "up"
 DEFAULT_LISTEN = "127.0.0.1:8443"
@@ -84,6 +85,9 @@ class Quickstart:
 
     def __init__(self, data: Path, listen: str) -> None:
         self.data = data.expanduser().resolve()
+        #: The server's data directory: DATA itself, or DATA/server once made by --nodes.
+        many = self.data / "server"
+        self.server_dir = many if (many / "config.json").exists() else self.data
         self.listen = listen
         self.host, self.port = _parse_listen(listen)
         shown = f"[{self.host}]" if ":" in self.host else self.host
@@ -127,62 +131,78 @@ class Quickstart:
 
     # --- server --------------------------------------------------------------------------
 
-    def init_server(self) -> None:
-        if (self.data / "config.json").exists():
+    def init_server(self, db_url: str | None = None) -> None:
+        """Initialise the server's data directory once (``db_url``: PostgreSQL, for ``--nodes``,
+        whose server directory is ``DATA/server``: PostgreSQL and NATS live beside it)."""
+        if (self.server_dir / "config.json").exists():
             return
         try:
             from rampart.server import init_data_dir
         except ImportError as exc:
             raise CliError(f"the server is not available in this installation ({exc})") from exc
-        say(f"initialising a server in {self.data}")
+        say(f"initialising a server in {self.server_dir}")
         try:
-            res = init_data_dir(self.data)
+            res = init_data_dir(self.server_dir, db_url)
         except Exception as exc:  # SetupError and OS errors, as one line
-            raise CliError(f"cannot initialise {self.data}: {exc}") from exc
+            raise CliError(f"cannot initialise {self.server_dir}: {exc}") from exc
         self.creds["bootstrap_token"] = res.bootstrap_token
         self.save_creds()
 
+    def check_layout(self, nodes: int) -> None:
+        """Refuse to turn a one-node quickstart into a multi-node one, or back (before starting anything)."""
+        if nodes > 1 and (self.data / "config.json").exists():
+            raise CliError(f"{self.data} holds a one-node quickstart on SQLite: give --nodes "
+                           "another --data directory")
+        if nodes == 1 and self.server_dir != self.data:
+            raise CliError(f"{self.data} holds a multi-node quickstart: run it with --nodes")
+
     def cert(self) -> bytes:
         try:
-            return ssl.PEM_cert_to_DER_cert((self.data / "tls" / "cert.pem").read_text())
+            return ssl.PEM_cert_to_DER_cert((self.server_dir / "tls" / "cert.pem").read_text())
         except (OSError, ValueError) as exc:
-            raise CliError(f"cannot read the server certificate in {self.data}/tls") from exc
+            raise CliError(f"cannot read the server certificate in {self.server_dir}/tls") from exc
 
-    def _port_in_use(self) -> bool:
+    def _port_in_use(self, port: int) -> bool:
         try:
-            with socket.create_connection((self.host, self.port), timeout=1.0):
+            with socket.create_connection((self.host, port), timeout=1.0):
                 return True
         except OSError:
             return False
 
-    def spawn(self, name: str, argv: list[str], log: Path, env: dict[str, str] | None = None
-              ) -> subprocess.Popen[bytes]:
+    def spawn(self, name: str, argv: list[str], log: Path, env: dict[str, str] | None = None,
+              **popen: Any) -> subprocess.Popen[bytes]:
         ensure_private_dir(log.parent)
         fh = os.fdopen(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fh, stderr=fh,
-                                    start_new_session=True, env=env)
+                                    start_new_session=True, env=env, **popen)
         finally:
             fh.close()
         self.children.append((name, proc))
         return proc
 
-    def start_server(self) -> None:
-        if self._port_in_use():
-            raise CliError(f"{self.listen} is already in use (another `rampart up`?): stop it or "
+    def start_server(self, name: str = "server", port: int | None = None, extra: list[str] | None = None,
+                     env: dict[str, str] | None = None) -> None:
+        """Start one server node on ``port`` (default: --listen's) and wait until it serves."""
+        port = self.port if port is None else port
+        shown = f"[{self.host}]" if ":" in self.host else self.host
+        listen = f"{shown}:{port}"
+        if self._port_in_use(port):
+            raise CliError(f"{listen} is already in use (another `rampart up`?): stop it or "
                            "use --listen")
-        log = self.qs / "server.log"
-        proc = self.spawn("server", _python_cmd("rampart.cli.main") + [
-            "server", "run", "--data", str(self.data), "--listen", self.listen], log)
+        log = self.qs / f"{name}.log"
+        proc = self.spawn(name, _python_cmd("rampart.cli.main") + [
+            "server", "run", "--data", str(self.server_dir), "--listen", listen, *(extra or [])], log,
+            env)
         want = tlspin.fingerprint(self.cert())
         deadline = time.monotonic() + READY_TIMEOUT_S
         while True:
             if proc.poll() is not None:
-                raise CliError(f"the server exited with status {proc.returncode}: see {log}")
+                raise CliError(f"the {name} exited with status {proc.returncode}: see {log}")
             try:
-                der = tlspin.fetch_certificate(self.host, self.port, timeout=2.0)
+                der = tlspin.fetch_certificate(self.host, port, timeout=2.0)
                 if tlspin.fingerprint(der) != want:
-                    raise CliError(f"{self.listen} serves another certificate than {self.data}")
+                    raise CliError(f"{listen} serves another certificate than {self.server_dir}")
                 return
             except (OSError, ssl.SSLError, tlspin.PinError):
                 pass
@@ -396,9 +416,9 @@ class Quickstart:
     # --- lifecycle ---------------------------------------------------------------------------
 
     def stop(self) -> None:
-        for _name, proc in reversed(self.children):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+        for name, proc in reversed(self.children):
+            if proc.poll() is None:  # PostgreSQL: a fast shutdown (SIGTERM waits for its clients)
+                proc.send_signal(signal.SIGINT if name == "postgres" else signal.SIGTERM)
         deadline = time.monotonic() + STOP_TIMEOUT_S
         for name, proc in reversed(self.children):
             try:
@@ -418,6 +438,25 @@ class Quickstart:
             time.sleep(0.5)
 
 
+def _start_nodes(q: Quickstart, nodes: int) -> None:
+    """PostgreSQL, NATS, then ``nodes`` server nodes sharing both (the first on --listen)."""
+    q.server_dir = q.data / "server"
+    deploy = LocalDeployment(q.data, q.state, q.creds)
+    ensure_private_dir(q.data)
+    deploy.start_postgres(q.spawn)
+    deploy.start_nats(q.spawn)
+    q.save_creds()
+    q.save_state()
+    q.init_server(deploy.db_url)
+    env = {**os.environ, **deploy.node_env()}
+    for i in range(nodes):
+        q.start_server("server" if i == 0 else f"node-{i + 1}", q.port + 2 * i,
+                       ["--nats", deploy.nats_url], env)
+    q.state["nodes"] = [q.port + 2 * i for i in range(nodes)]
+    say(f"{nodes} server nodes share PostgreSQL on 127.0.0.1:{deploy.pg_port} and NATS on "
+        f"{deploy.nats_url}")
+
+
 def _print_next(q: Quickstart, device: str | None) -> None:
     admin_dir = q.data / "operators" / ADMIN
     tech_dir = q.data / "operators" / TECH
@@ -425,6 +464,11 @@ def _print_next(q: Quickstart, device: str | None) -> None:
     dev = device or "DEVICE"
     say("")
     say(f"Rampart is running. Console (status page): {q.url}/")
+    ports = q.state.get("nodes")
+    if isinstance(ports, list) and len(ports) > 1:
+        shown = f"[{q.host}]" if ":" in q.host else q.host
+        say("  nodes (any of them serves the console, the API and agents): "
+            + ", ".join(f"https://{shown}:{p}/" for p in ports))
     say(f"  certificate SHA-256: {tlspin.fingerprint(q.cert())}")
     say(f"  admin login: user {ADMIN}, password {q.creds[ADMIN]['password']}")
     say(f"  TOTP secret and key passphrases (demo convenience): {q.creds_path}")
@@ -477,6 +521,10 @@ def up(
     ] = None,
     no_agent: Annotated[bool, typer.Option("--no-agent", help="Do not enrol or run a local agent.")
                         ] = False,
+    nodes: Annotated[int, typer.Option(
+        "--nodes", min=1, max=MAX_NODES,
+        help="Server nodes: more than 1 starts PostgreSQL and NATS on loopback too, and the nodes "
+             "on --listen's port, +2, +4… (docs/scale-out.md).")] = 1,
 ) -> None:
     """Start a complete local Rampart (server, two operators, a demo tenant and an agent)."""
     q = Quickstart(data, listen)
@@ -490,8 +538,12 @@ def up(
 
     old = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        q.init_server()
-        q.start_server()
+        q.check_layout(nodes)
+        if nodes > 1:
+            _start_nodes(q, nodes)
+        else:
+            q.init_server()
+            q.start_server()
         q.state["url"] = q.url
         q.save_state()
         admin_cfg, tech_cfg = q.operator(ADMIN), q.operator(TECH)
@@ -515,6 +567,8 @@ def up(
         say("stopping…")
     finally:
         try:
+            for s in old:  # a second Ctrl-C must not leave children running: stop() kills late ones
+                signal.signal(s, signal.SIG_IGN)
             q.stop()
         finally:
             for s, h in old.items():
