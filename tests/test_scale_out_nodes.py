@@ -309,3 +309,87 @@ def test_T1_a_doorbell_flood_costs_one_action_per_window() -> None:
     assert sorted(heard.changed) == [("tn-a", "roots"), ("tn-b", "cancellations")]
     assert heard.detection == 1
     assert (bell.heard, bell.dropped) == (6001, 1)
+
+
+RECORD = b'echo "$RAMPART_DEVICE_ID $RAMPART_JOB_ID" >> %s/runs.log\n'
+
+
+def test_T15_a_node_killed_mid_fanout_its_agents_move_to_the_other_and_nothing_runs_twice(
+        tmp_path: Path) -> None:
+    """Two nodes on 127.0.0.2 and 127.0.0.3 behind a TCP balancer on 127.0.0.1 (the agents' one
+    address); ten real agents spread over both. Two jobs stored on node A, which is killed (-9) at
+    once: its agents reconnect through the balancer to node B, and every target runs each job
+    exactly once, with every receipt stored (checked in the database and in the agents' own
+    record of what ran)."""
+    from harness.fleet import Fleet, job_writing
+    from harness.operators import step_up
+    from harness.tcp_balancer import TcpBalancer
+
+    pg = PostgresCluster()
+    pg.start()
+    nats = NatsServer(tmp_path / "nats").start()
+    port, agent_port = free_port(), free_port()
+    base = traversable_dir("rampart-failover-")
+    scratch = base / "scratch"
+    scratch.mkdir()
+    scratch.chmod(0o777)
+    (scratch / "runs.log").touch()
+    (scratch / "runs.log").chmod(0o666)
+    started: list[Any] = []
+    agents: list[AgentProcess] = []
+    try:
+        a = init_server(tmp_path / "a", pg.new_database())
+        a.host, a.port, a.agent_port = "127.0.0.2", port, agent_port
+        a.args, a.env, a.log_path = ["--nats", nats.url], nats.env(), tmp_path / "node-a.log"
+        a.start()
+        started.append(a)
+        b = RunningServer(data_dir=a.data_dir, port=port, agent_port=agent_port, host="127.0.0.3",
+                          cert_sha256=a.cert_sha256, bootstrap_token=a.bootstrap_token, db_url=a.db_url,
+                          log_path=tmp_path / "node-b.log", args=["--nats", nats.url], env=nats.env())
+        b.start()
+        started.append(b)
+        for p in (port, agent_port):
+            started.append(TcpBalancer(("127.0.0.1", p), [("127.0.0.2", p), ("127.0.0.3", p)]).start())
+        front = RunningServer(data_dir=a.data_dir, port=port, cert_sha256=a.cert_sha256, bootstrap_token="",
+                              db_url=a.db_url, log_path=tmp_path / "front.log", cert_der=a.cert_der)
+
+        owner = bootstrap_owner(b)
+        t = setup_tenant(owner, "fleet")
+        tokens = [ok(owner.http.post(f"/tenants/{t.id}/enrollment-tokens", json={"ttl_s": 600}))["token"]
+                  for _ in range(10)]
+        root_sha = ok(owner.http.get(f"/tenants/{t.id}/roots/current"))["sha256"]
+        from harness.agent import enroll_fleet
+        agents = enroll_fleet(base, front.url, front.cert_sha256, root_sha, tokens, scratch)
+        for agent in agents:
+            ok(owner.http.post(f"/tenants/{t.id}/devices/{agent.device_id}/approve"))
+        for agent in agents:  # every agent's one address is the balancer's
+            agent.wait_log(f"connected to wss://127.0.0.1:{agent_port}", timeout=60)
+        fleet = Fleet(b, t, agents, scratch)
+        devices = fleet.devices
+        grants = [approved_grant(t, devices[:5]), approved_grant(t, devices[5:])]
+        step_up(t.tech)  # a fan-out beyond the tenant's limit needs it (G5); the session is shared
+        jobs = []
+        with a.client(t.tech.token) as on_a:  # stored on node A, which fans them out ...
+            for grant, half in zip(grants, (devices[:5], devices[5:]), strict=True):
+                env, payloads, job_id = job_writing(t, grant, half, RECORD % str(scratch).encode(), scratch)
+                ok(on_a.post(f"/tenants/{t.id}/jobs", json={"envelope": env, "payloads": payloads}))
+                jobs.append(job_id)
+        a.stop(kill=True)  # ... and dies at once
+        done = fleet.wait_done(jobs, timeout=120)
+        expected = {(d, jobs[0]) for d in devices[:5]} | {(d, jobs[1]) for d in devices[5:]}
+        runs = fleet.runs()
+        assert set(runs) == expected and all(n == 1 for n in runs.values()), runs
+        receipts = [x["receipt"] for j in done.values() for x in j["targets"]]
+        assert len(receipts) == 10 and all(r and r["outcome"] == "ran" for r in receipts)
+        # The agents that were on node A are connected to node B now (B answers for all ten).
+        moved = [agent for agent in agents if agent.log_text().count("connected to") >= 2]
+        assert moved, "no agent was on node A"
+        time.sleep(2)
+        assert fleet.runs() == runs  # nothing ran again after the receipts were stored
+    finally:
+        stop_all(agents)
+        for thing in reversed(started):
+            thing.stop()
+        nats.stop()
+        pg.stop()
+        shutil.rmtree(base, ignore_errors=True)

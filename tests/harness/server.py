@@ -66,15 +66,17 @@ class RunningServer:
     env: dict[str, str] = field(default_factory=dict)
     #: Extra ``rampart server run`` arguments (e.g. --trusted-proxy).
     args: list[str] = field(default_factory=list)
+    #: The loopback address it listens on (nodes of one deployment may share ports on 127.0.0.x).
+    host: str = "127.0.0.1"
     _clients: list[httpx.Client] = field(default_factory=list)
 
     @property
     def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
+        return f"https://{self.host}:{self.port}"
 
     @property
     def ws_url(self) -> str:
-        return f"wss://127.0.0.1:{self.port}/agent/v1/ws"
+        return f"wss://{self.host}:{self.port}/agent/v1/ws"
 
     def ssl_context(self) -> ssl.SSLContext:
         return pinned_context(self.cert_der)
@@ -96,8 +98,8 @@ class RunningServer:
 
     def start(self) -> None:
         cmd = [sys.executable, "-m", "rampart.server", "run", "--data", str(self.data_dir),
-               "--listen", f"127.0.0.1:{self.port}", "--agent-listen",
-               f"127.0.0.1:{self.agent_port}", *self.args]
+               "--listen", f"{self.host}:{self.port}", "--agent-listen",
+               f"{self.host}:{self.agent_port}", *self.args]
         logs.register(self.log_path)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
@@ -109,7 +111,7 @@ class RunningServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited: {self.log_path.read_text()[-3000:]}")
             try:
-                self.cert_der = fetch_pinned_certificate("127.0.0.1", self.port, self.cert_sha256,
+                self.cert_der = fetch_pinned_certificate(self.host, self.port, self.cert_sha256,
                                                          timeout=2)
                 with httpx.Client(verify=self.ssl_context(), timeout=5) as c:
                     if c.get(self.url + "/api/v1/health").status_code == 200:
