@@ -1,7 +1,7 @@
 # Benchmarks print their numbers and write them to bench/results/.
 PY ?= .venv/bin/python
 
-.PHONY: deb agent-bundle agent-packages agent-wheels bench bench-trust bench-merkle bench-audit bench-fleet bench-inventory bench-patch bench-ingest bench-schedule bench-flood bench-cli bench-console bench-detect bench-session test up sbom
+.PHONY: deb agent-bundle agent-packages agent-wheels bench bench-trust bench-merkle bench-audit bench-fleet bench-inventory bench-patch bench-ingest bench-schedule bench-flood bench-cli bench-console bench-detect bench-session bench-scale test up sbom
 
 bench: bench-trust bench-merkle bench-audit bench-fleet bench-inventory bench-patch bench-ingest bench-schedule bench-flood bench-cli bench-console bench-detect bench-session
 
@@ -44,6 +44,10 @@ up:
 bench-fleet:
 	@mkdir -p bench/results
 	PYTHONPATH=.:tests $(PY) bench/fleet_bench.py 1000 bench/results/fleet.json
+
+bench-scale:
+	@mkdir -p bench/results
+	PYTHONPATH=.:tests $(PY) bench/scale_bench.py 1000 2 bench/results/scale.json
 
 bench-inventory:
 	@mkdir -p bench/results
