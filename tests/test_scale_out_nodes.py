@@ -151,6 +151,17 @@ def test_a_job_stored_on_one_node_runs_on_agents_of_both_and_a_nats_outage_loses
     assert {dev: got[dev]["receipt"]["outcome"] for dev in devices} == {dev: "ran" for dev in devices}
     assert len(list(scratch.glob("ran.*"))) == 2  # one file per run (the agents run as different users)
 
+    # Both nodes report both agents connected (each holds one; the other said so over NATS).
+    for node in (d.a, d.b):
+        with node.client(t.owner.token) as c:
+            deadline = time.monotonic() + 30
+            while True:
+                shown = {x["id"]: x["connected"] for x in ok(c.get(f"/tenants/{t.id}/devices"))}
+                if shown == {dev: True for dev in devices}:
+                    break
+                assert time.monotonic() < deadline, (node.log_path, shown)
+                time.sleep(0.5)
+
     # A revocation approved on node A reaches the agent on node B at once.
     other = ok(t.tech.http.post(f"/tenants/{t.id}/grants", json={
         "devices": [on_b.device_id], "capabilities": ["script"], "duration_s": 600, "reason": "second"}))
@@ -257,6 +268,10 @@ def test_T1_forged_or_oversized_doorbells_are_dropped_unread() -> None:
         ("rampart.tenant.tn a", b'{"what": "roots"}'),
         ("rampart.other.tn-abc", b'{"what": "roots"}'),
         ("rampart.wake", b'{"devices": []}' + b" " * (128 * 1024)),  # over the size limit
+        ("rampart.presence.n1", b'{"epoch": 1, "part": 1, "parts": 1, "devices": []}'),  # no part 1 of 1
+        ("rampart.presence.n1", b'{"epoch": 1, "part": 0, "parts": 101, "devices": []}'),  # too many parts
+        ("rampart.presence.n1", b'{"epoch": "1", "part": 0, "parts": 1, "devices": []}'),
+        ("rampart.presence.n.1", b'{"epoch": 1, "part": 0, "parts": 1, "devices": []}'),
     ]:
         assert parse(subject, body) is None, subject
 
@@ -268,6 +283,7 @@ class _Heard:
         self.woken: list[list[str]] = []
         self.changed: list[tuple[str, str]] = []
         self.detection = 0
+        self.present: dict[str, frozenset[str]] = {}
 
     def wake_local(self, device_ids: list[str]) -> None:
         self.woken.append(sorted(device_ids))
@@ -280,6 +296,40 @@ class _Heard:
 
     def redeliver_all(self) -> None:
         raise AssertionError("not asked for here")
+
+    def local_ids(self) -> list[str]:
+        return []
+
+    def presence(self, node: str, device_ids: frozenset[str], until: float) -> None:
+        self.present[node] = device_ids
+
+
+def test_presence_counts_only_a_complete_snapshot_and_never_an_older_one() -> None:
+    """What another node says it holds replaces what it said before only when every part of one
+    snapshot arrived; a late part of an older snapshot changes nothing."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from rampart.server.doorbell import Doorbell
+
+    heard = _Heard()
+    bell = Doorbell(NatsOptions.resolve("nats://127.0.0.1:4222", env={}), heard, node="test")
+
+    def part(epoch: int, i: int, n: int, ids: list[str]) -> SimpleNamespace:
+        return SimpleNamespace(subject="rampart.presence.n1", data=json.dumps(
+            {"epoch": epoch, "part": i, "parts": n, "devices": ids}).encode())
+
+    async def say() -> None:
+        await bell._on_message(part(1, 0, 2, ["dv-a"]))
+        assert heard.present == {}  # half a snapshot is none
+        await bell._on_message(part(1, 1, 2, ["dv-b"]))
+        assert heard.present == {"n1": frozenset({"dv-a", "dv-b"})}
+        await bell._on_message(part(2, 0, 1, ["dv-c"]))
+        assert heard.present == {"n1": frozenset({"dv-c"})}  # dv-a and dv-b moved elsewhere
+        await bell._on_message(part(1, 0, 1, ["dv-a"]))  # late, from the older snapshot
+        assert heard.present == {"n1": frozenset({"dv-c"})}
+
+    asyncio.run(say())
 
 
 def test_T1_a_doorbell_flood_costs_one_action_per_window() -> None:

@@ -17,6 +17,11 @@ Subjects (core NATS, no JetStream; a node never hears its own, ``no_echo``):
   pushes the change to that tenant's connections.
 * ``rampart.detection``: ``{}``; sanctioned tools, dormant days or the catalog
   changed somewhere.
+* ``rampart.presence.<node>``: ``{"epoch", "part", "parts", "devices"}``, every
+  :data:`PRESENCE_INTERVAL_S`: the connections a node holds, in full, in parts
+  of :data:`MAX_IDS`. Another node counts them as connected (device lists,
+  the status page, the overdue sweeps) until :data:`PRESENCE_TTL_S` after the
+  last complete snapshot: a node that dies drops out on its own.
 
 Credentials come from a creds file or ``RAMPART_NATS_USER`` /
 ``RAMPART_NATS_PASSWORD``, never from the URL (it is logged and shown).
@@ -30,6 +35,8 @@ import json
 import logging
 import os
 import re
+import secrets
+import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -44,6 +51,11 @@ MAX_IDS = 1000
 #: A doorbell larger than this is not ours: dropped unread.
 MAX_BODY_BYTES = 128 * 1024
 TENANT_CHANGES = frozenset({"roots", "revocations", "cancellations", "checkpoint"})
+#: How often a node says which connections it holds, and how long another node believes it.
+PRESENCE_INTERVAL_S = 5.0
+PRESENCE_TTL_S = 3 * PRESENCE_INTERVAL_S
+#: At most this many parts to one snapshot (100,000 connections on one node).
+MAX_PARTS = 100
 #: Doorbells heard within this window are acted on together: one wake for all the ids, one push
 #: per tenant and change (a flood of doorbells costs one database read per window, not one each).
 COALESCE_S = 0.05
@@ -66,6 +78,10 @@ class Listener(Protocol):
     def detection_changed_local(self) -> None: ...
 
     def redeliver_all(self) -> None: ...
+
+    def local_ids(self) -> list[str]: ...
+
+    def presence(self, node: str, device_ids: frozenset[str], until: float) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -119,6 +135,16 @@ def parse(subject: str, body: bytes) -> tuple[str, str | None, Any] | None:
         return None
     if parts == [PREFIX, "detection"]:
         return ("detection", None, None)
+    if len(parts) == 3 and parts[:2] == [PREFIX, "presence"] and _ID.fullmatch(parts[2]):
+        ids = doc.get("devices")
+        numbers = [v for v in (doc.get(k) for k in ("epoch", "part", "parts")) if type(v) is int]
+        if (not isinstance(ids, list) or len(ids) > MAX_IDS or len(numbers) != 3
+                or not all(isinstance(d, str) and _ID.fullmatch(d) for d in ids)):
+            return None
+        epoch, part, total = numbers
+        if not 0 <= part < total <= MAX_PARTS:
+            return None
+        return ("presence", parts[2], (epoch, part, total, ids))
     if parts == [PREFIX, "wake"]:
         ids = doc.get("devices")
         if (not isinstance(ids, list) or len(ids) > MAX_IDS
@@ -146,11 +172,19 @@ class Doorbell:
         self.dropped = 0
         self._waking: set[str] = set()
         self._changes: set[tuple[str, str | None]] = set()  # (tenant, what); ("", None): detection
+        #: This node's name on NATS subjects (random per process: a restarted node is a new one).
+        self.node_id = secrets.token_hex(8)
+        self._epoch = 0
+        self._presence_task: asyncio.Task[None] | None = None
+        #: Snapshots being assembled: node -> (epoch, parts, ids so far, parts seen).
+        self._assembling: dict[str, tuple[int, int, set[str], set[int]]] = {}
+        self._applied: dict[str, int] = {}  # node -> the epoch of its snapshot in use
 
     async def start(self) -> None:
         """Connect in the background (retrying until NATS is up): the node serves meanwhile."""
         self._loop = asyncio.get_running_loop()
         self._starting = asyncio.create_task(self._connect_until_up())
+        self._presence_task = asyncio.create_task(self._say_presence())
 
     async def _connect_until_up(self) -> None:
         import nats  # loaded only on a node that joins a deployment
@@ -181,6 +215,10 @@ class Doorbell:
         self._listener.redeliver_all()  # anything rung before this node listened
 
     async def stop(self) -> None:
+        if self._presence_task is not None:
+            self._presence_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._presence_task
         if self._starting is not None:
             self._starting.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -230,6 +268,9 @@ class Doorbell:
         self.heard += 1
         kind, tenant, detail = got
         loop = asyncio.get_running_loop()
+        if kind == "presence" and tenant is not None:
+            self._heard_presence(tenant, *detail)
+            return
         if kind == "wake":
             if not self._waking:
                 loop.call_later(COALESCE_S, self._wake_pending)
@@ -239,6 +280,39 @@ class Doorbell:
         if change not in self._changes:
             self._changes.add(change)
             loop.call_later(COALESCE_S, self._change, change)
+
+    async def _say_presence(self) -> None:
+        """Every :data:`PRESENCE_INTERVAL_S`, publish the connections this node holds, in full."""
+        while True:
+            await asyncio.sleep(PRESENCE_INTERVAL_S)
+            if self._nc is None:
+                continue
+            self._epoch += 1
+            ids = self._listener.local_ids()
+            chunks = [ids[i:i + MAX_IDS] for i in range(0, len(ids), MAX_IDS)][:MAX_PARTS] or [[]]
+            for part, chunk in enumerate(chunks):
+                await self._send(f"{PREFIX}.presence.{self.node_id}", json.dumps({
+                    "epoch": self._epoch, "part": part, "parts": len(chunks), "devices": chunk}).encode())
+
+    def _heard_presence(self, node: str, epoch: int, part: int, total: int, ids: list[str]) -> None:
+        """Assemble a node's snapshot; only a complete one replaces what it said before."""
+        if epoch <= self._applied.get(node, -1):
+            return  # a late part of a snapshot already replaced
+        got = self._assembling.get(node)
+        if got is None or got[0] != epoch:
+            if got is not None and got[0] > epoch:
+                return  # an older snapshot's part, late
+            got = (epoch, total, set(), set())
+            self._assembling[node] = got
+        _, parts, found, seen = got
+        if total != parts:
+            return
+        found.update(ids)
+        seen.add(part)
+        if len(seen) == parts:
+            del self._assembling[node]
+            self._applied[node] = epoch
+            self._listener.presence(node, frozenset(found), time.monotonic() + PRESENCE_TTL_S)
 
     def _wake_pending(self) -> None:
         ids, self._waking = list(self._waking), set()

@@ -225,6 +225,8 @@ class Gateway:
         self.relay: SessionRelay | None = None
         #: The other nodes of a deployment (rampart.server.doorbell), when this one joined one.
         self.doorbell: Doorbell | None = None
+        #: What the other nodes of a deployment said they hold: node -> (device ids, valid until).
+        self._remote: dict[str, tuple[frozenset[str], float]] = {}
 
     async def send_to_device(self, device_id: str, text: str) -> bool:
         """Send one message to a connected agent; False when it is not connected (or the send failed)."""
@@ -250,13 +252,35 @@ class Gateway:
         return True
 
     def is_connected(self, device_id: str) -> bool:
+        """Connected to this node or, in a deployment, to another (as it last said, :meth:`presence`)."""
+        return device_id in self._conns or any(device_id in ids for ids in self._remote_now())
+
+    def is_connected_here(self, device_id: str) -> bool:
+        """Connected to this node: what a remote session's relay needs."""
         return device_id in self._conns
 
     def connected_count(self) -> int:
         return len(self._conns)
 
     def connected_ids(self) -> frozenset[str]:
-        return frozenset(self._conns)
+        """The devices connected to this node and, in a deployment, to the others."""
+        remote = self._remote_now()
+        return frozenset(self._conns).union(*remote) if remote else frozenset(self._conns)
+
+    def local_ids(self) -> list[str]:
+        return list(self._conns)
+
+    def presence(self, node: str, device_ids: frozenset[str], until: float) -> None:
+        """Another node holds these connections (its latest full snapshot), valid until ``until``."""
+        self._remote[node] = (device_ids, until)
+
+    def _remote_now(self) -> list[frozenset[str]]:
+        """The snapshots still valid (a node that stopped sending them, say it died, drops out);
+        thread-safe: only the event loop writes ``_remote``, and this copies before reading."""
+        if not self._remote:
+            return []
+        now = time.monotonic()
+        return [ids for ids, until in list(self._remote.values()) if until >= now]
 
     # -- notifications from request threads ----------------------------------------
 

@@ -148,7 +148,7 @@ async def relay_socket(ws: WebSocket, job_id: str) -> None:
                                                           detail=str(exc)[:300])))
             await ws.close(CLOSE_REFUSED)
         return
-    if not ctx.gateway.is_connected(ch.device_id):
+    if not ctx.gateway.is_connected_here(ch.device_id):
         relay.notice(ch, "device-offline", f"{ch.device_id} is not connected; the session starts when it is")
 
     async def downstream() -> None:
