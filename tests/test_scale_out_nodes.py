@@ -371,7 +371,7 @@ def test_T15_a_node_killed_mid_fanout_its_agents_move_to_the_other_and_nothing_r
     once: its agents reconnect through the balancer to node B, and every target runs each job
     exactly once, with every receipt stored (checked in the database and in the agents' own
     record of what ran)."""
-    from harness.fleet import Fleet, job_writing
+    from harness.fleet import Fleet, job_writing, record_scratch
     from harness.operators import step_up
     from harness.tcp_balancer import TcpBalancer
 
@@ -380,11 +380,7 @@ def test_T15_a_node_killed_mid_fanout_its_agents_move_to_the_other_and_nothing_r
     nats = NatsServer(tmp_path / "nats").start()
     port, agent_port = free_port(), free_port()
     base = traversable_dir("rampart-failover-")
-    scratch = base / "scratch"
-    scratch.mkdir()
-    scratch.chmod(0o777)
-    (scratch / "runs.log").touch()
-    (scratch / "runs.log").chmod(0o666)
+    scratch = record_scratch(base)
     started: list[Any] = []
     agents: list[AgentProcess] = []
     try:

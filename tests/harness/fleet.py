@@ -90,15 +90,21 @@ class Fleet:
         return Counter(tuple(line.split()) for line in lines if line)  # type: ignore[misc]
 
 
-def make_fleet(server: RunningServer, n: int) -> Iterator[Fleet]:
-    base = traversable_dir("rampart-fleet-")
+def record_scratch(base: Path) -> Path:
+    """``base/scratch``, where jobs may write, holding ``runs.log``: the record every job appends
+    to. Each job runs as a uid of its own (docs/containment.md), so both exist beforehand,
+    writable by all of them."""
     scratch = base / "scratch"
     scratch.mkdir()
     scratch.chmod(0o777)
-    # Each job runs as a uid of its own (docs/containment.md): the shared record every job
-    # appends to exists beforehand, writable by all of them.
     (scratch / "runs.log").touch()
     (scratch / "runs.log").chmod(0o666)
+    return scratch
+
+
+def make_fleet(server: RunningServer, n: int) -> Iterator[Fleet]:
+    base = traversable_dir("rampart-fleet-")
+    scratch = record_scratch(base)
     owner = bootstrap_owner(server)
     t = setup_tenant(owner, "fleet")
     tokens = [ok(owner.http.post(f"/tenants/{t.id}/enrollment-tokens", json={"ttl_s": 600}))["token"]
