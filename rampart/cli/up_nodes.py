@@ -88,19 +88,20 @@ class LocalDeployment:
             tag = hashlib.sha256(str(data).encode()).hexdigest()[:12]
             self.pg_dir = home / f"rampart-up-{tag}"
 
-    @property
-    def pg_port(self) -> int:
-        port = self.state.get("pg_port")
+    def _kept_port(self, key: str) -> int:
+        """A port chosen once and kept in the quickstart state (a second `up` reuses it)."""
+        port = self.state.get(key)
         if not isinstance(port, int):
-            port = self.state["pg_port"] = _free_port()
+            port = self.state[key] = _free_port()
         return port
 
     @property
+    def pg_port(self) -> int:
+        return self._kept_port("pg_port")
+
+    @property
     def nats_port(self) -> int:
-        port = self.state.get("nats_port")
-        if not isinstance(port, int):
-            port = self.state["nats_port"] = _free_port()
-        return port
+        return self._kept_port("nats_port")
 
     @property
     def db_url(self) -> str:
