@@ -16,7 +16,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import sqlite3
 import ssl
 import stat
@@ -32,6 +31,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pyotp
 import pytest
+from harness.ports import free_port
 
 from rampart import tlspin, trust
 from rampart.cli.recovery import key_from_paper
@@ -43,12 +43,6 @@ pytestmark = pytest.mark.client_side
 
 REPO = Path(__file__).resolve().parent.parent
 PASSPHRASE = "correct horse battery staple"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

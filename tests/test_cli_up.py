@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from harness.ports import free_ports
 
 from rampart import tlspin
 
@@ -27,16 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def free_port() -> int:
     """A free port whose next one is free too (the server's agent listener takes port + 1)."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        try:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", port + 1))
-            return port
-        except OSError:
-            continue
+    return free_ports(2)
 
 
 def env() -> dict[str, str]:
@@ -156,19 +148,6 @@ def test_up_after_a_refused_totp_code_retries_with_the_same_bootstrap_token(tmp_
         assert listed.returncode == 0 and [t["name"] for t in json.loads(listed.stdout)] == ["demo"]
     finally:
         assert stop(proc, signal.SIGINT) == 0
-
-
-def free_ports(n: int) -> int:
-    """A port ``p`` with ``p .. p + n - 1`` all free (nodes take port, port + 2, …; gateways the odd ones)."""
-    while True:
-        base = free_port()
-        try:
-            for p in range(base, base + n):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,7 +29,8 @@ from harness.operators import TenantSetup, approved_grant, bootstrap_owner, ok, 
 from harness.server import REPO, PostgresCluster, RunningServer, free_port, init_server
 
 from rampart import trust
-from rampart.server.chores_lease import LOCK_KEY
+from rampart.server.chores_lease import LOCK_KEY, ChoresLease
+from rampart.server.db import Store
 from rampart.server.doorbell import MAX_IDS, NatsOptions, parse, wake_messages
 from rampart.trust import REVOCATION_TYPE
 
@@ -223,6 +225,21 @@ def test_one_node_runs_the_chores_and_another_takes_over_when_it_dies(deployment
         assert time.monotonic() < deadline, other.log_path.read_text()[-2000:]
         time.sleep(0.2)
     assert _lease_holders(d) == 1
+    # A third asker gets no lease while a node holds it, and never waits on a question already
+    # being asked (chores share the worker threads with requests): it gets the last answer at once.
+    store = Store(d.a.db_url or "")
+    try:
+        lease = ChoresLease(store)
+        assert lease.held() is False
+        answers: list[bool] = []
+        with lease._lock:  # another worker thread is asking right now
+            asker = threading.Thread(target=lambda: answers.append(lease.held()), daemon=True)
+            asker.start()
+            asker.join(timeout=5)
+        assert answers == [False]
+        assert _lease_holders(d) == 1
+    finally:
+        store.engine.dispose()
 
 
 def _run_cmd(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -536,7 +536,9 @@ def up(
     def _on_signal(signum: int, frame: Any) -> None:
         raise _Stop()
 
-    old = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    stop_signals = (signal.SIGINT, signal.SIGTERM)
+    for s in stop_signals:
+        signal.signal(s, _on_signal)
     try:
         q.check_layout(nodes)
         if nodes > 1:
@@ -566,13 +568,11 @@ def up(
     except _Stop:
         say("stopping…")
     finally:
-        try:
-            for s in old:  # a second Ctrl-C must not leave children running: stop() kills late ones
-                signal.signal(s, signal.SIG_IGN)
-            q.stop()
-        finally:
-            for s, h in old.items():
-                signal.signal(s, h)
+        # A second Ctrl-C must not leave children running, nor kill this process once they are
+        # stopped: the signals stay ignored until it exits (it does, right after "stopped").
+        for s in stop_signals:
+            signal.signal(s, signal.SIG_IGN)
+        q.stop()
     say("stopped")
 
 

@@ -9,7 +9,8 @@ when that node dies, PostgreSQL ends its connection, the lock is free, and the
 next node that asks takes it. On SQLite there is one process: it always runs them.
 
 Invariant: :meth:`ChoresLease.held` answers True only while this process holds
-the lock on a connection that just answered; a lost connection is a lost lease.
+the lock on a connection that answered at the last asking; a lost connection is
+a lost lease. It never blocks on another caller.
 """
 
 from __future__ import annotations
@@ -33,30 +34,44 @@ class ChoresLease:
         self._shared = store.engine.dialect.name == "postgresql"
         self._conn: Connection | None = None
         self._lock = threading.Lock()
+        self._last = False
 
     def held(self) -> bool:
-        """True when this node should run the chores now (thread-safe; may touch the database)."""
+        """True when this node should run the chores now (thread-safe; may touch the database).
+
+        Never waits for another caller: chores run in the shared worker threads, and one slow
+        answer from the database must not hold the others (nor the requests that share those
+        threads). A caller that finds the question already being asked gets the last answer.
+        """
         if not self._shared:
             return True
-        with self._lock:
-            try:
-                if self._conn is not None:
-                    self._conn.execute(text("SELECT 1")).scalar()
-                    self._conn.commit()
-                    return True
-                conn = self._store.engine.connect()
-                got = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": LOCK_KEY}).scalar())
-                conn.commit()
-                if not got:
-                    conn.close()
-                    return False
-                self._conn = conn
-                log.warning("this node runs the deployment's periodic chores")
+        if not self._lock.acquire(blocking=False):
+            return self._last
+        try:
+            self._last = self._ask()
+            return self._last
+        finally:
+            self._lock.release()
+
+    def _ask(self) -> bool:
+        try:
+            if self._conn is not None:
+                self._conn.execute(text("SELECT 1")).scalar()
+                self._conn.commit()
                 return True
-            except Exception as exc:  # noqa: BLE001 - the database is away: no lease, ask again later
-                self._drop()
-                log.warning("chores lease lost or not taken (%s)", type(exc).__name__)
+            conn = self._store.engine.connect()
+            got = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": LOCK_KEY}).scalar())
+            conn.commit()
+            if not got:
+                conn.close()
                 return False
+            self._conn = conn
+            log.warning("this node runs the deployment's periodic chores")
+            return True
+        except Exception as exc:  # noqa: BLE001 - the database is away: no lease, ask again later
+            self._drop()
+            log.warning("chores lease lost or not taken (%s)", type(exc).__name__)
+            return False
 
     def release(self) -> None:
         """Give the lease up (a clean stop): another node takes it at its next chore."""

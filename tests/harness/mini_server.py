@@ -13,7 +13,6 @@ import asyncio
 import base64
 import json
 import secrets
-import socket
 import threading
 import time
 from collections import defaultdict
@@ -31,14 +30,9 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from rampart import trust, wire
 from rampart.trust import DevicePublicKey, Receipt
 
+from .ports import free_port
 from .tenant import Tenant
 from .tls import make_cert
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class MiniServer:

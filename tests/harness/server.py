@@ -15,7 +15,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from pathlib import Path
 import httpx
 
 from harness import logs
+from harness.ports import free_port, free_ports  # noqa: F401 - re-exported for the tests
 from rampart.tlspin import fetch_pinned_certificate, pinned_context
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,12 +34,6 @@ PG_BIN = Path(os.environ.get("RAMPART_PG_BIN", "/usr/lib/postgresql/15/bin"))
 #: A server starts in ~3 s on an idle machine (imports); CI runs two passes on two cores, and
 #: one start once took over 30 s there.
 START_TIMEOUT_S = 90.0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _env() -> dict[str, str]:
