@@ -24,6 +24,7 @@ from harness.sessions import SessionWorld, open_shell, run, session_world
 from harness.ws_mitm import Mitm, session_frames
 
 from rampart import trust
+from rampart.agent import gateways
 from rampart.agent.state import AgentState
 from rampart.server.config import load_config
 from rampart.server.db import Store
@@ -44,8 +45,7 @@ def world(pg_cluster: Any) -> Iterator[tuple[SessionWorld, Mitm]]:
         agent.stop()
         st = AgentState(agent.state)
         with st.transaction() as db:
-            st.set_many(db,
-                        {"gateway_url": mitm.url})  # the agent now reaches the server through the attacker
+            gateways.save(st, db, [mitm.url])  # the agent now reaches the server through the attacker
         st.close()
         agent.start()
         w.wait_connected(agent.device_id)

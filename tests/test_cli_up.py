@@ -169,6 +169,10 @@ def test_up_with_three_nodes_starts_postgresql_nats_and_nodes_that_share_them(tm
             der = tlspin.fetch_pinned_certificate("127.0.0.1", port + 2 * i, fingerprint.group(1), timeout=5)
             with httpx.Client(verify=tlspin.pinned_context(der), timeout=10) as c:
                 assert c.get(f"{urls[i]}api/v1/health").json()["status"] == "ok"
+        # Enrolling agents are given every node's gateway, to try in turn (no balancer needed).
+        config = json.loads((data / "server" / "config.json").read_text())
+        assert config["agent_gateways"] == [f"wss://127.0.0.1:{port + 2 * i + 1}/agent/v1/ws"
+                                            for i in range(3)]
         logs = [(data / "quickstart" / f"{name}.log").read_text() for name in ("server", "node-2", "node-3")]
         assert all("joined the deployment through NATS" in text for text in logs)
         assert sum("runs the deployment's periodic chores" in text for text in logs) == 1

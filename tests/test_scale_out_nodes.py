@@ -61,8 +61,8 @@ class Deployment:
 def _node(base: Path, first: RunningServer, nats: NatsServer) -> RunningServer:
     """Another node of ``first``'s deployment: same data directory and database, its own ports."""
     return RunningServer(data_dir=first.data_dir, port=free_port(), cert_sha256=first.cert_sha256,
-                         bootstrap_token="", db_url=first.db_url, log_path=base / "node-b.log",
-                         args=["--nats", nats.url], env=nats.env())
+                         bootstrap_token=first.bootstrap_token, db_url=first.db_url,
+                         log_path=base / "node-b.log", args=["--nats", nats.url], env=nats.env())
 
 
 @pytest.fixture
@@ -94,11 +94,12 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def _enrol(d: Deployment, t: TenantSetup, node: RunningServer, name: str, scratch: Path) -> AgentProcess:
+def _enrol(d: Deployment, t: TenantSetup, node: RunningServer, name: str, scratch: Path,
+           *extra: str) -> AgentProcess:
     tok = ok(t.owner.http.post(f"/tenants/{t.id}/enrollment-tokens", json={"ttl_s": 600}))
     agent = AgentProcess(d.base / name)
     r = agent.enroll(node.url, tok["token"], tok["root_sha256"], node.cert_sha256,
-                     "--write-root", str(scratch))
+                     "--write-root", str(scratch), *extra)
     assert r.returncode == 0, r.stderr
     ok(t.owner.http.post(f"/tenants/{t.id}/devices/{agent.device_id}/approve"))
     d.agents.append(agent.start())
@@ -191,6 +192,31 @@ def test_a_job_stored_on_one_node_runs_on_agents_of_both_and_a_nats_outage_loses
     time.sleep(2)  # a second delivery, were there one, would have run by now
     assert later.read_text().splitlines() == ["once"]
     assert [x["state"] for x in _targets(t, job2).values()] == ["done"]
+
+
+def test_a_node_stopped_cleanly_its_agents_try_the_next_gateway_and_nothing_is_lost(
+        deployment: Deployment) -> None:
+    """No balancer: the agent knows both nodes' gateways (`enroll --gateway`, as a deployment's
+    `agent_gateways` names them). Node A stops cleanly; the agent connects to node B by itself,
+    and a job stored on B while A is gone runs there exactly once with its receipt stored."""
+    d = deployment
+    scratch = d.base / "scratch"
+    scratch.mkdir()
+    scratch.chmod(0o777)
+    owner = bootstrap_owner(d.b)  # the operators' clients talk to node B, which stays
+    t = setup_tenant(owner, "acme")
+    gateways = [f"wss://127.0.0.1:{n.agent_port}/agent/v1/ws" for n in (d.a, d.b)]
+    agent = _enrol(d, t, d.a, "agent", scratch, "--gateway", gateways[0], "--gateway", gateways[1])
+    grant = approved_grant(t, [agent.device_id])
+    d.a.stop()
+    agent.wait_log(f"connected to {gateways[1]}", timeout=30)
+    ran = scratch / "ran.txt"
+    job = _post_job(t, grant, [agent.device_id], f"echo once >> {ran}\n".encode(), scratch)
+    got = _wait_receipts(t, job, [agent.device_id], timeout=30)
+    assert got[agent.device_id]["receipt"]["outcome"] == "ran"
+    time.sleep(2)  # a second delivery, were there one, would have run by now
+    assert ran.read_text().splitlines() == ["once"]
+    assert [x["state"] for x in _targets(t, job).values()] == ["done"]
 
 
 LEASE_LINE = "this node runs the deployment's periodic chores"

@@ -25,7 +25,7 @@ import contextlib
 import logging
 import random
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -57,6 +57,7 @@ from rampart.wire import (
 from rampart.wire.limits import MAX_DETAIL_CHARS, MAX_MESSAGE_BYTES
 from rampart.wire.session import RecordingAckMessage, SessionCloseMessage, SessionFrameMessage
 
+from . import gateways
 from .core import Agent
 from .enroll import AGENT_VERSION
 from .script_checks import ScriptChecks
@@ -88,14 +89,15 @@ class Link:
     """One agent's session loop."""
 
     def __init__(self, agent: Agent, server_url: str, ssl_context: ssl.SSLContext, *,
-                 gateway_url: str | None = None, telemetry: Telemetry | None = None,
-                 checks: ScriptChecks | None = None) -> None:
+                 gateway_url: str | None = None, gateway_urls: Sequence[str] = (),
+                 telemetry: Telemetry | None = None, checks: ScriptChecks | None = None) -> None:
         self.agent = agent
         self.telemetry = telemetry
         self.checks = checks if checks is not None else ScriptChecks(agent)
         self._detection_seen = False
-        self.url = gateway_url or (
-            server_url.replace("https://", "wss://", 1).rstrip("/") + "/agent/v1/ws")
+        #: The gateways tried in turn (agent/gateways.py); ``url`` is the one tried now or last.
+        self.urls = list(gateway_urls) or [gateway_url or gateways.derived(server_url)]
+        self.url = self.urls[0]
         self.ssl = ssl_context
         self.jobs: asyncio.Queue[JobWork] = asyncio.Queue()
         self._background: set[asyncio.Task[None]] = set()
@@ -139,6 +141,9 @@ class Link:
                 self.send_text = None
                 if stop.is_set():
                     break
+                # The next attempt goes to the next gateway: a node that died or refused is
+                # behind, and the others serve the same deployment (docs/scale-out.md).
+                self.url = self.urls[(self.urls.index(self.url) + 1) % len(self.urls)]
                 try:
                     # A retired or rejected device stops talking to the server, but not for good: the
                     # server's word is not signed, and a server that was compromised while it retired

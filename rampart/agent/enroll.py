@@ -24,9 +24,11 @@ import httpx
 from rampart import tlspin, trust
 from rampart.private_files import write_private_atomic
 from rampart.trust import DeviceKey
+from rampart.wire.gateways import check_gateway_url, check_gateway_urls
 
 from .device_config import DeviceConfig
 from .errors import LocalFault
+from .gateways import save as save_gateways
 from .state import (
     CERT_FILE,
     KEY_FILE,
@@ -71,9 +73,16 @@ def load_certificate(state_dir: Path) -> bytes:
 
 
 def enroll(*, server_url: str, token: str, root_sha256: str, cert_sha256: str,
-           state_dir: Path, config: DeviceConfig, hostname: str | None = None) -> str:
-    """Enrol this device; return its device id."""
+           state_dir: Path, config: DeviceConfig, hostname: str | None = None,
+           gateways: list[str] | None = None) -> str:
+    """Enrol this device; return its device id. ``gateways`` (``--gateway``, the device's own
+    choice) replaces the list the server names."""
     host, port = split_server(server_url)
+    if gateways:
+        try:
+            gateways = check_gateway_urls(gateways)
+        except ValueError as exc:
+            raise EnrollError(f"--gateway: {exc}") from None
     try:
         pin = tlspin.normalise_fingerprint(cert_sha256)
     except ValueError as exc:
@@ -123,10 +132,10 @@ def enroll(*, server_url: str, token: str, root_sha256: str, cert_sha256: str,
         if pinned is None:
             raise EnrollError("the server did not offer the root with the pinned SHA-256")
         trusted = trust.update_root(pinned, later, now=now) if later else pinned
-        gateway = doc.get("gateway_url")
-        if gateway is not None and (not isinstance(gateway, str) or not gateway.startswith("wss://")
-                                    or len(gateway) > 512):
-            raise EnrollError("the server named an invalid agent gateway URL")
+        try:
+            named = _named_gateways(doc)
+        except ValueError as exc:
+            raise EnrollError(f"the server named an unusable agent gateway: {exc}") from None
         write_private_atomic(state_dir / POLICY_FILE,
                            (json.dumps(config.to_dict(), indent=1) + "\n").encode(), 0o600)
         with state.transaction() as db:
@@ -136,11 +145,20 @@ def enroll(*, server_url: str, token: str, root_sha256: str, cert_sha256: str,
                 state.save_root(db, v, env)
             meta = {"device_id": device_id, "tenant": trusted.tenant,
                     "server_url": f"https://{host}:{port}", "enrolled": "1"}
-            if gateway:
-                meta["gateway_url"] = gateway  # same pinned certificate as the API
             state.set_many(db, meta)
+            if gateways or named:  # every gateway serves the same pinned certificate as the API
+                save_gateways(state, db, gateways or named)
         return device_id
     except trust.TrustError as exc:
         raise EnrollError(f"the tenant root was refused: {exc}") from None
     finally:
         state.close()
+
+
+def _named_gateways(doc: dict[str, object]) -> list[str]:
+    """The gateways the enrolment answer names (``gateway_urls``, else ``gateway_url``); [] for none."""
+    many = doc.get("gateway_urls")
+    if many is not None:
+        return check_gateway_urls(many)
+    one = doc.get("gateway_url")
+    return [] if one is None else [check_gateway_url(one)]

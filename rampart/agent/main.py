@@ -31,13 +31,13 @@ from pathlib import Path
 from rampart import tlspin, trust
 from rampart.diagnostics import stacks_on_request
 
-from . import actions, containment
+from . import actions, containment, gateways
 from .core import Agent
 from .device_config import DeviceConfig
 from .enroll import EnrollError, enroll, load_certificate
 from .inventory._util import stop_commands
 from .script_checks import describe
-from .state import AgentState, StateError
+from .state import DB_FILE, AgentState, StateError
 from .telemetry import DEFAULT_INTERVAL_S, Telemetry
 
 DEFAULT_STATE = "/var/lib/rampart-agent"
@@ -86,6 +86,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="how long a session waits for local consent before it is refused (default 120)")
     e.add_argument("--session-log", default="/var/log/rampart-agent/sessions.log", metavar="PATH",
                    help="where remote session starts and ends are logged for this device's people")
+    e.add_argument("--gateway", action="append", default=[], metavar="WSS_URL",
+                   help="an agent gateway to try in turn (repeatable; replaces the list the server "
+                        "names, e.g. each node of a deployment: docs/scale-out.md)")
     actions.add_enroll_options(e)
     r = sub.add_parser("run", help="run the agent")
     r.add_argument("--state", default=DEFAULT_STATE)
@@ -94,6 +97,10 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("consent", help="accept or refuse a remote session waiting on this device")
     c.add_argument("answer", choices=["accept", "refuse"])
     c.add_argument("session", help="the session's job id, as the wall message shows it")
+    g = sub.add_parser("gateways", help="show, or replace, the gateways the agent tries in turn")
+    g.add_argument("--state", default=DEFAULT_STATE)
+    g.add_argument("url", nargs="*", metavar="WSS_URL",
+                   help="the new list, in order (restart the agent to use it); none: show the list")
     s = sub.add_parser("status", help="show the agent's enrolment and trust state")
     s.add_argument("--state", default=DEFAULT_STATE)
     s.add_argument("--json", action="store_true")
@@ -137,7 +144,8 @@ def cmd_enroll(a: argparse.Namespace) -> int:
                           require_consent=a.require_consent, consent_timeout_s=int(a.consent_timeout),
                           session_log=str(Path(a.session_log).absolute()))
     device_id = enroll(server_url=a.server, token=a.token, root_sha256=a.root_sha256,
-                       cert_sha256=a.cert_sha256, state_dir=Path(a.state), config=config)
+                       cert_sha256=a.cert_sha256, state_dir=Path(a.state), config=config,
+                       gateways=a.gateway or None)
     print(f"enrolled; containment required: {require}; write roots: {', '.join(roots) or 'none'}")
     print(f"device: {device_id}")
     return 0
@@ -153,13 +161,13 @@ def cmd_run(a: argparse.Namespace) -> int:
         if not st.enrolled:
             raise StateError(f"{state_dir} holds no enrolled agent: run 'rampart-agent enroll' first")
         server = st.get_text("server_url") or ""
-        gateway = st.get_text("gateway_url")
+        urls = gateways.load(st)
     finally:
         st.close()
     agent = Agent(state_dir)
     telemetry = Telemetry(agent, interval_s=a.inventory_interval)
     link = Link(agent, server, tlspin.pinned_context(load_certificate(state_dir)),
-                gateway_url=gateway, telemetry=telemetry)
+                gateway_urls=urls, telemetry=telemetry)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -190,6 +198,28 @@ def cmd_run(a: argparse.Namespace) -> int:
     # interpreter's own exit hang after this (seen once in CI, cause not known), end the process
     # after EXIT_GRACE_S with every thread's stack in the log instead of waiting for SIGKILL.
     faulthandler.dump_traceback_later(EXIT_GRACE_S, exit=True)
+    return 0
+
+
+def cmd_gateways(a: argparse.Namespace) -> int:
+    """Show the gateways, or replace them (checked; the device's own choice, as at enrolment)."""
+    if not (Path(a.state) / DB_FILE).is_file():  # not AgentState's: it would make the directory
+        raise StateError(f"{a.state} holds no enrolled agent: run 'rampart-agent enroll' first")
+    st = AgentState(Path(a.state))
+    try:
+        if not st.enrolled:
+            raise StateError(f"{a.state} holds no enrolled agent: run 'rampart-agent enroll' first")
+        if a.url:
+            try:
+                with st.transaction() as db:
+                    gateways.save(st, db, a.url)
+            except ValueError as exc:
+                raise EnrollError(f"gateways: {exc}; nothing changed") from None
+            print("gateways stored; restart the agent to use them")
+        for url in gateways.load(st):
+            print(url)
+    finally:
+        st.close()
     return 0
 
 
@@ -242,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_enroll(a)
         if a.cmd == "run":
             return cmd_run(a)
+        if a.cmd == "gateways":
+            return cmd_gateways(a)
         return cmd_status(a)
     except (EnrollError, StateError, trust.TrustError) as exc:
         print(f"rampart-agent: error: {exc}", file=sys.stderr)

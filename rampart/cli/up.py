@@ -448,6 +448,9 @@ def _start_nodes(q: Quickstart, nodes: int) -> None:
     q.save_creds()
     q.save_state()
     q.init_server(deploy.db_url)
+    shown = f"[{q.host}]" if ":" in q.host else q.host
+    deploy.set_agent_gateways(q.server_dir, [f"wss://{shown}:{q.port + 2 * i + 1}/agent/v1/ws"
+                                             for i in range(nodes)])
     env = {**os.environ, **deploy.node_env()}
     for i in range(nodes):
         q.start_server("server" if i == 0 else f"node-{i + 1}", q.port + 2 * i,

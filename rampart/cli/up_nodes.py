@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import json
 import os
 import pwd
 import secrets
@@ -114,6 +115,22 @@ class LocalDeployment:
     def node_env(self) -> dict[str, str]:
         """What a node needs to log in to NATS (the environment, never a flag or the URL)."""
         return {"RAMPART_NATS_USER": NATS_USER, "RAMPART_NATS_PASSWORD": self._nats_password()}
+
+    @staticmethod
+    def set_agent_gateways(server_dir: Path, urls: list[str]) -> None:
+        """Name every node's gateway in the server configuration: an enrolling agent is given the
+        list and tries the nodes in turn, so it moves on when its node stops (no load balancer)."""
+        path = server_dir / "config.json"
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise CliError(f"cannot read {path}: {exc}") from None
+        if doc.get("agent_gateways") == urls:
+            return
+        doc["agent_gateways"] = urls
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(doc, indent=1) + "\n")
+        os.replace(tmp, path)
 
     def _nats_password(self) -> str:
         pw = self.creds.get("nats_password")

@@ -8,7 +8,9 @@ Data directory layout (docs/design/protocol.md, "Server data directory")::
                          "finding_retention_days": 90, "alert_retention_days": 180,
                          "retired_device_retention_days": 90, "deleted_tenant_audit_days": 365
                          (optional; how long resolved findings and alerts, a retired
-                         device's records and a deleted tenant's audit log are kept)}
+                         device's records and a deleted tenant's audit log are kept),
+                         "agent_gateways": ["wss://node-1:8444/agent/v1/ws", ...] (optional;
+                         the nodes' gateways enrolling agents try in turn)}
     DIR/tls/cert.pem    self-signed ECDSA P-256 certificate
     DIR/tls/key.pem     0600
     DIR/keys/           0700; log-<log id>.key, 0600 each
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rampart.wire.gateways import check_gateway_urls
 from rampart.wire.limits import MAX_MESSAGE_BYTES
 
 from .device_budget import BudgetLimits
@@ -156,6 +159,9 @@ class ServerConfig:
     #: SMTP relay for alert e-mail: host, port, from, starttls, implicit_tls, username,
     #: password_env (the name of an environment variable; never the password itself).
     smtp: dict[str, Any] | None = None
+    #: Agent gateway URLs enrolling agents are told to try in turn (docs/scale-out.md); empty: the
+    #: gateway on the host they enrolled with.
+    agent_gateways: tuple[str, ...] = ()
 
     @property
     def cert_path(self) -> Path:
@@ -220,13 +226,19 @@ def load_config(data_dir: Path) -> ServerConfig:
             if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
                 raise SetupError(f"{path}: {key} must be a number in {lo}..{hi}")
             http[key] = int(value) if key.endswith("address") else float(value)
+    gateways: tuple[str, ...] = ()
+    if doc.get("agent_gateways") is not None:
+        try:
+            gateways = tuple(check_gateway_urls(doc["agent_gateways"]))
+        except ValueError as exc:
+            raise SetupError(f"{path}: agent_gateways: {exc}") from None
     findings_days = _retention_days(doc, "finding_retention_days", 90, path)
     alerts_days = _retention_days(doc, "alert_retention_days", 180, path)
     retired_days = _retention_days(doc, "retired_device_retention_days", 90, path)
     audit_days = _retention_days(doc, "deleted_tenant_audit_days", 365, path)
     return ServerConfig(data_dir=data_dir, db_url=normalise_db_url(doc["db_url"]),
                         public_url=public, shared_operator_keys=shared,
-                        smtp=_smtp(doc.get("smtp"), path),
+                        smtp=_smtp(doc.get("smtp"), path), agent_gateways=gateways,
                         limits=ServerLimits(inventory_interval_s=float(interval),
                                             scheduler_interval_s=float(tick),
                                             finding_retention_days=findings_days,

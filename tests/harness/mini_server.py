@@ -47,6 +47,8 @@ class MiniServer:
         self.receipts: dict[tuple[str, str], list[Receipt]] = defaultdict(list)
         self.ack = True
         self.messages: list[tuple[str, dict[str, Any]]] = []
+        #: Merged into every enrolment answer (a compromised server's words: T1).
+        self.enrol_extra: dict[str, Any] = {}
         self._cond = threading.Condition()
         self._loop: asyncio.AbstractEventLoop | None = None
         app = Starlette(routes=[
@@ -100,7 +102,7 @@ class MiniServer:
         device_id = trust.device_id_for(pub)
         self.devices[device_id] = pub
         return JSONResponse({"device_id": device_id, "tenant": self.tenant.id,
-                             "roots": [r.decode() for r in self.tenant.roots]})
+                             "roots": [r.decode() for r in self.tenant.roots], **self.enrol_extra})
 
     # --- WebSocket ----------------------------------------------------------------------
 

@@ -89,11 +89,23 @@ def enrol(body: EnrolIn, ctx: Ctx, request: Request) -> EnrolOut:
             select(RootVersion).where(RootVersion.tenant_id == tok.tenant_id)
             .order_by(RootVersion.version))]
         return EnrolOut(device_id=device_id, tenant=tok.tenant_id, roots=roots,
-                        gateway_url=gateway_url(ctx, request))
+                        gateway_url=gateway_url(ctx, request), gateway_urls=gateway_urls(ctx, request))
+
+
+def gateway_urls(ctx: ServerContext, request: Request) -> list[str] | None:
+    """Every gateway an agent may try in turn: the deployment's list (config ``agent_gateways``),
+    else the one :func:`gateway_url` names."""
+    if ctx.config.agent_gateways:
+        return list(ctx.config.agent_gateways)
+    one = gateway_url(ctx, request)
+    return [one] if one else None
 
 
 def gateway_url(ctx: ServerContext, request: Request) -> str | None:
-    """Where agents connect: the dedicated gateway port on the host they enrolled with."""
+    """Where agents connect: the deployment's first listed gateway, else the dedicated gateway port
+    on the host they enrolled with."""
+    if ctx.config.agent_gateways:
+        return ctx.config.agent_gateways[0]
     if ctx.agent_port is None:
         return None
     base = urlsplit(ctx.config.public_url) if ctx.config.public_url else request.url

@@ -270,6 +270,8 @@ class EnrolOut(BaseModel):
     roots: list[str]
     #: The dedicated agent gateway (same certificate); None: use /agent/v1/ws on this port.
     gateway_url: str | None = None
+    #: Every gateway the agent may try in turn (the deployment's nodes); the first is gateway_url.
+    gateway_urls: list[str] | None = None
 
 
 class DeviceOut(BaseModel):
