@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import WebSocketException
+from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from rampart.wire import (
     AckMessage,
@@ -54,6 +54,7 @@ from rampart.wire import (
     encode_message,
     sign_hello,
 )
+from rampart.wire.admission import CLOSE_TRY_AGAIN, parse_try_again
 from rampart.wire.limits import MAX_DETAIL_CHARS, MAX_MESSAGE_BYTES
 from rampart.wire.session import RecordingAckMessage, SessionCloseMessage, SessionFrameMessage
 
@@ -68,6 +69,8 @@ log = logging.getLogger("rampart.agent")
 
 BACKOFF_FIRST_S = 1.0
 BACKOFF_MAX_S = 60.0
+#: How long to wait, jittered, after a 1013 that names no delay.
+BUSY_DEFAULT_S = 10
 HANDSHAKE_TIMEOUT_S = 15.0
 #: How long a device the server called retired or rejected waits before it asks again.
 RETIRED_RECHECK_S = 3600.0
@@ -83,6 +86,13 @@ def backoff_delays(first: float = BACKOFF_FIRST_S, cap: float = BACKOFF_MAX_S) -
     while True:
         yield delay * random.uniform(0.5, 1.5)
         delay = min(cap, delay * 2)
+
+
+def busy_delay(exc: BaseException) -> int | None:
+    """The delay a gateway too busy to take this connection asked for (close 1013), else None."""
+    if isinstance(exc, ConnectionClosed) and exc.rcvd is not None and exc.rcvd.code == CLOSE_TRY_AGAIN:
+        return parse_try_again(exc.rcvd.reason) or BUSY_DEFAULT_S
+    return None
 
 
 class Link:
@@ -132,11 +142,16 @@ class Link:
         delays = backoff_delays()
         try:
             while not stop.is_set():
+                busy: int | None = None
                 try:
                     await self._session_until(stop)
                     delays = backoff_delays()
                 except (TimeoutError, OSError, WebSocketException, ValueError) as exc:
-                    log.info("connection to server lost: %s", type(exc).__name__)
+                    busy = busy_delay(exc)
+                    if busy is not None:
+                        log.info("the server is busy: trying again in about %d s", busy)
+                    else:
+                        log.info("connection to server lost: %s", type(exc).__name__)
                 self.ws = None
                 self.send_text = None
                 if stop.is_set():
@@ -148,7 +163,9 @@ class Link:
                     # A retired or rejected device stops talking to the server, but not for good: the
                     # server's word is not signed, and a server that was compromised while it retired
                     # devices must not orphan the fleet. It asks again after RETIRED_RECHECK_S.
-                    wait = RETIRED_RECHECK_S if self.refused_as else next(delays)
+                    # A busy node's own delay replaces the growing back-off (rampart.wire.admission).
+                    wait = (RETIRED_RECHECK_S if self.refused_as
+                            else busy * random.uniform(0.5, 1.5) if busy is not None else next(delays))
                     await asyncio.wait_for(stop.wait(), timeout=wait)
                 except TimeoutError:
                     pass

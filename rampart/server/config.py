@@ -30,6 +30,7 @@ from typing import Any
 from rampart.wire.gateways import check_gateway_urls
 from rampart.wire.limits import MAX_MESSAGE_BYTES
 
+from .admission import AdmissionLimits
 from .device_budget import BudgetLimits
 from .errors import SetupError
 
@@ -54,6 +55,11 @@ class ServerLimits:
     max_ws_message_bytes: int = MAX_MESSAGE_BYTES
     max_list: int = 1000
     hello_timeout_s: float = 15.0
+    #: Admission (rampart.server.admission): agent handshakes past their hello at once, how many
+    #: more may wait in line, and how long; the others are told to try again later (1013).
+    handshake_slots: int = 64
+    handshake_queue: int = 4096
+    handshake_wait_s: float = 10.0
     #: How long the gateway waits for an agent to adopt a job's checkpoint before sending the next.
     delivery_progress_timeout_s: float = 10.0
     #: How long a job of a tenant whose root asks a witness quorum waits for a co-signed checkpoint
@@ -135,6 +141,11 @@ class ServerLimits:
     @property
     def overdue_after_s(self) -> float:
         return self.inventory_interval_s * self.overdue_intervals
+
+    def admission_limits(self) -> AdmissionLimits:
+        """The handshake admission (:mod:`.admission`) these limits configure."""
+        return AdmissionLimits(slots=self.handshake_slots, queue=self.handshake_queue,
+                               wait_s=self.handshake_wait_s)
 
     def budget_limits(self) -> BudgetLimits:
         """The per-device budgets (:mod:`.device_budget`) these limits configure."""
@@ -220,12 +231,16 @@ def load_config(data_dir: Path) -> ServerConfig:
     http: dict[str, Any] = {}
     for key, lo, hi in (("http_header_timeout_s", 1, 600), ("http_body_timeout_s", 1, 3600),
                         ("http_connections_per_address", 1, 100_000), ("witness_wait_s", 1, 3600),
-                        ("redelivery_interval_s", 1, 3600)):
+                        ("redelivery_interval_s", 1, 3600), ("handshake_slots", 1, 10_000),
+                        ("handshake_queue", 0, 1_000_000), ("handshake_wait_s", 0.1, 600)):
         if key in doc:
             value = doc[key]
             if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
                 raise SetupError(f"{path}: {key} must be a number in {lo}..{hi}")
-            http[key] = int(value) if key.endswith("address") else float(value)
+            whole = key.endswith(("address", "slots", "queue"))
+            if whole and value != int(value):
+                raise SetupError(f"{path}: {key} must be a whole number in {lo}..{hi}")
+            http[key] = int(value) if whole else float(value)
     gateways: tuple[str, ...] = ()
     if doc.get("agent_gateways") is not None:
         try:

@@ -57,10 +57,12 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from rampart.wire import (
     AckMessage,
     CancellationsMessage,
+    Challenge,
     CheckAckMessage,
     CheckResultMessage,
     DetectionMessage,
     ErrorMessage,
+    Hello,
     InventoryAckMessage,
     InventoryFullMessage,
     InventoryMessage,
@@ -78,6 +80,7 @@ from rampart.wire import (
     encode_message,
     new_challenge,
 )
+from rampart.wire.admission import CLOSE_TRY_AGAIN, try_again_reason
 from rampart.wire.limits import MAX_DETAIL_CHARS
 from rampart.wire.session import (
     SessionAcceptMessage,
@@ -87,6 +90,7 @@ from rampart.wire.session import (
 )
 
 from . import clock
+from .admission import Admission
 from .config import ServerLimits
 from .delivery import Delivery, DeliveryAsk, DeliveryStore, DeviceIdentity, ReceiptRefused, chunks
 from .device_budget import DeviceBudgets
@@ -113,6 +117,19 @@ ALERT_BLOCKED = "device-blocked"
 ALERT_REPLACED = "device-connections"
 
 WRITE_BATCH_MAX = 512
+
+
+class _Slot:
+    """A handshake slot of :class:`Admission`, given back once however the handshake ends."""
+
+    def __init__(self, admission: Admission) -> None:
+        self._admission: Admission | None = admission
+
+    def release(self) -> None:
+        if self._admission is not None:
+            self._admission.leave()
+            self._admission = None
+
 #: After a burst of at least this many agent writes (receipts, sent marks) and a quiet second, the
 #: heap the burst freed goes back to the system (rampart.server.memory): a fan-out's buffers do not
 #: stay resident.
@@ -218,6 +235,8 @@ class Gateway:
         self._compactor: asyncio.Task[None] | None = None
         self.reports_stored = 0
         self.budgets = DeviceBudgets(limits.budget_limits())
+        #: Handshakes at once and in line (admission.py): a reconnect storm is spread out.
+        self.admission = Admission(limits.admission_limits())
         #: Messages refused by a device budget and devices blocked, since start (for benchmarks and tests).
         self.refused_count = 0
         self.blocked_count = 0
@@ -461,7 +480,21 @@ class Gateway:
 
     async def serve(self, ws: WebSocket) -> None:
         await ws.accept()
-        conn = await self._handshake(ws)
+        got = await self._hello(ws)
+        if got is None:
+            return
+        if not await self.admission.enter():  # a reconnect storm: this one comes back later
+            await self._close(ws, CLOSE_TRY_AGAIN, try_again_reason(self.admission.retry_after_s()))
+            return
+        slot = _Slot(self.admission)
+        try:
+            await self._serve_admitted(ws, *got, slot)
+        finally:
+            slot.release()
+
+    async def _serve_admitted(self, ws: WebSocket, challenge: Challenge, hello: Hello, slot: _Slot) -> None:
+        """One connection past its hello, holding a handshake slot until its on-connect sends are done."""
+        conn = await self._identify(ws, challenge, hello)
         if conn is None:
             return
         device_id = conn.device.device_id
@@ -479,6 +512,7 @@ class Gateway:
             await conn.send(Welcome(status="approved" if conn.device.approved else "pending"))
             await self._send_on_connect(conn)
             await self._send_detection(conn)
+            slot.release()  # the handshake is done: the next agent in line may start its own
             self._start_delivery(conn)
             await self._receive(conn)
         except WebSocketDisconnect as exc:
@@ -499,7 +533,8 @@ class Gateway:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(self._db.touch, device_id, clock.now())
 
-    async def _handshake(self, ws: WebSocket) -> Connection | None:
+    async def _hello(self, ws: WebSocket) -> tuple[Challenge, Hello] | None:
+        """The challenge sent and a well-formed hello read (no lookup yet: it costs no slot)."""
         challenge = new_challenge()
         await ws.send_text(encode_message(challenge))
         try:
@@ -515,6 +550,10 @@ class Gateway:
             # Refused before any lookup: a blocked device's reconnections cost no database work.
             await self._close(ws, CLOSE_THROTTLED)
             return None
+        return challenge, hello
+
+    async def _identify(self, ws: WebSocket, challenge: Challenge, hello: Hello) -> Connection | None:
+        """The device behind a hello, verified against its stored key; None: refused and closed."""
         device = await asyncio.to_thread(self._db.identity, hello.device)
         if device is None or not check_hello(device.public, challenge, hello):
             await self._close(ws, CLOSE_UNAUTHENTICATED)
@@ -539,10 +578,10 @@ class Gateway:
         return text
 
     @staticmethod
-    async def _close(ws: WebSocket, code: int) -> None:
+    async def _close(ws: WebSocket, code: int, reason: str = "") -> None:
         if ws.application_state != WebSocketState.DISCONNECTED:
             with contextlib.suppress(Exception):
-                await ws.close(code)
+                await ws.close(code, reason) if reason else await ws.close(code)
 
     async def _send_roots(self, conn: Connection) -> None:
         roots = await asyncio.to_thread(self._db.roots_after, conn.device.tenant_id,

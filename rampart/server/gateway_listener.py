@@ -55,9 +55,9 @@ class NativeSocket:
             return {"type": "websocket.receive", "bytes": data}
         return {"type": "websocket.receive", "text": data}
 
-    async def close(self, code: int = 1000) -> None:
+    async def close(self, code: int = 1000, reason: str = "") -> None:
         self.application_state = WebSocketState.DISCONNECTED
-        await self._conn.close(code)
+        await self._conn.close(code, reason)
 
 
 #: Pending connections the kernel may queue for the agent listener (and the API's, commands.py).

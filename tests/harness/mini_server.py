@@ -49,6 +49,10 @@ class MiniServer:
         self.messages: list[tuple[str, dict[str, Any]]] = []
         #: Merged into every enrolment answer (a compromised server's words: T1).
         self.enrol_extra: dict[str, Any] = {}
+        #: The next this many hellos are answered with a close (code, reason): a busy node.
+        self.turn_away: tuple[int, int, str] = (0, 0, "")
+        #: When each WebSocket connection arrived (time.monotonic()).
+        self.arrivals: list[float] = []
         self._cond = threading.Condition()
         self._loop: asyncio.AbstractEventLoop | None = None
         app = Starlette(routes=[
@@ -108,12 +112,18 @@ class MiniServer:
 
     async def _ws(self, ws: WebSocket) -> None:
         await ws.accept()
+        self.arrivals.append(time.monotonic())
         challenge = wire.new_challenge()
         await ws.send_text(wire.encode_message(challenge))
         try:
             hello = wire.decode_hello(await ws.receive_text())
         except wire.WireError:
             await ws.close(code=4400)
+            return
+        left, code, reason = self.turn_away
+        if left > 0:
+            self.turn_away = (left - 1, code, reason)
+            await ws.close(code=code, reason=reason)
             return
         device = hello.device
         pub = self.devices.get(device)
