@@ -48,6 +48,7 @@ bench-fleet:
 bench-scale:
 	@mkdir -p bench/results
 	PYTHONPATH=.:tests $(PY) bench/scale_bench.py 1000 2 bench/results/scale.json
+	PYTHONPATH=.:tests $(PY) bench/scale_bench.py storm 1000 5000 bench/results/scale-storm.json
 
 bench-inventory:
 	@mkdir -p bench/results

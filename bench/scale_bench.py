@@ -14,6 +14,11 @@ the same kind (PostgreSQL, NATS joined), so the ratio compares like with like
 on this machine's two shared cores.
 
     PYTHONPATH=.:tests python bench/scale_bench.py [n_agents] [nodes] [out.json]
+    PYTHONPATH=.:tests python bench/scale_bench.py storm N [N…] [out.json]
+
+``storm``: N simulated agents connected to one node, which is killed (-9) and started
+again; measured: the seconds from the restarted node's first answer until every agent
+has completed its handshake again, and how many handshakes it told to try again later.
 """
 
 from __future__ import annotations
@@ -26,7 +31,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import replace
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +61,23 @@ def _nodes(base: Path, pg: PostgresCluster, nats: NatsServer, count: int) -> lis
     return nodes
 
 
-def one_run(n: int, count: int) -> dict[str, Any]:
+@dataclass
+class Fleet:
+    base: Path
+    nodes: list[RunningServer]
+    tid: str
+    tech: Any
+    approvers: list[tuple[Any, Any]]
+    tech_key: Any
+    devices: list[str]
+    readies: list[Path]
+    sims: list[subprocess.Popen[bytes]]
+
+
+@contextmanager
+def fleet(n: int, count: int) -> Iterator[Fleet]:
+    """``count`` nodes on one PostgreSQL and NATS, ``n`` simulated agents approved and connected,
+    spread evenly (each simulator enrols its share through its own node)."""
     base = Path(tempfile.mkdtemp(prefix="rampart-scale-bench-"))
     pg = PostgresCluster()
     pg.start()
@@ -98,40 +121,7 @@ def one_run(n: int, count: int) -> dict[str, Any]:
             Path(str(ready) + ".go2").touch()
         for ready, sim in zip(readies, sims, strict=True):
             wait_file(ready, sim, 600)
-        g = ok(tech.http.post(f"/tenants/{tid}/grants", json={
-            "devices": devices, "capabilities": ["script"], "duration_s": 3600, "reason": "bench",
-            "device_set": True}))
-        env = trust.decode_envelope(g["envelope"].encode())
-        for who, key in ((a1, k1), (a2, k2)):
-            step_up(who)
-            env = trust.add_signature(env, key)
-            ok(who.http.post(f"/grants/{g['id']}/signatures", json={"envelope": env.to_bytes().decode()}))
-        script = b"#!/bin/sh\necho patched\n"
-        now = int(time.time())
-        job = trust.Job(id=trust.new_job_id(), tenant=tid, grant=g["id"], signer=tk.key_id,
-                        device_set=trust.commit_devices(devices),
-                        action=trust.Action(kind="script", payloads=[trust.PayloadRef(
-                            name="script", sha256=hashlib.sha256(script).hexdigest(), size=len(script))]),
-                        nonce=trust.new_nonce(), issued_at=now, expires_at=now + 600)
-        envelope = trust.sign_envelope(trust.Job.PAYLOAD_TYPE, trust.encode_payload(job), [tk]).to_bytes()
-        step_up(tech)
-        cpu0 = [cpu_s(node.proc.pid) for node in nodes if node.proc]
-        t0 = time.perf_counter()
-        ok(tech.http.post(f"/tenants/{tid}/jobs", json={
-            "envelope": envelope.decode(), "payloads": {"script": base64.b64encode(script).decode()},
-            "devices": devices}))
-        while True:
-            summary = ok(tech.http.get(f"/jobs/{job.id}/summary"))
-            if summary["states"].get("done", 0) == n:
-                break
-            if time.perf_counter() - t0 > 300:
-                raise TimeoutError(f"only {summary['states']} after 300 s")
-            time.sleep(0.1)
-        all_s = time.perf_counter() - t0
-        cpu = [cpu_s(node.proc.pid) - c for node, c in zip(nodes, cpu0, strict=True) if node.proc]
-        return {"nodes": count, "agents": n, "run_to_all_receipts_s": round(all_s, 2),
-                "node_cpu_during_job_s": [round(c, 2) for c in cpu],
-                "receipts_refused": n - summary["outcomes"].get("ran", 0)}
+        yield Fleet(base, nodes, tid, tech, [(a1, k1), (a2, k2)], tk, devices, readies, sims)
     finally:
         for sim in sims:
             sim.terminate()
@@ -146,11 +136,75 @@ def one_run(n: int, count: int) -> dict[str, Any]:
         shutil.rmtree(base, ignore_errors=True)
 
 
+def fanout(f: Fleet) -> dict[str, Any]:
+    """One job to every agent, stored through the first node: seconds until every receipt is stored."""
+    n, tid, tech, tk, devices = len(f.devices), f.tid, f.tech, f.tech_key, f.devices
+    g = ok(tech.http.post(f"/tenants/{tid}/grants", json={
+        "devices": devices, "capabilities": ["script"], "duration_s": 3600, "reason": "bench",
+        "device_set": True}))
+    env = trust.decode_envelope(g["envelope"].encode())
+    for who, key in f.approvers:
+        step_up(who)
+        env = trust.add_signature(env, key)
+        ok(who.http.post(f"/grants/{g['id']}/signatures", json={"envelope": env.to_bytes().decode()}))
+    script = b"#!/bin/sh\necho patched\n"
+    now = int(time.time())
+    job = trust.Job(id=trust.new_job_id(), tenant=tid, grant=g["id"], signer=tk.key_id,
+                    device_set=trust.commit_devices(devices),
+                    action=trust.Action(kind="script", payloads=[trust.PayloadRef(
+                        name="script", sha256=hashlib.sha256(script).hexdigest(), size=len(script))]),
+                    nonce=trust.new_nonce(), issued_at=now, expires_at=now + 600)
+    envelope = trust.sign_envelope(trust.Job.PAYLOAD_TYPE, trust.encode_payload(job), [tk]).to_bytes()
+    step_up(tech)
+    nodes = f.nodes
+    cpu0 = [cpu_s(node.proc.pid) for node in nodes if node.proc]
+    t0 = time.perf_counter()
+    ok(tech.http.post(f"/tenants/{tid}/jobs", json={
+        "envelope": envelope.decode(), "payloads": {"script": base64.b64encode(script).decode()},
+        "devices": devices}))
+    while True:
+        summary = ok(tech.http.get(f"/jobs/{job.id}/summary"))
+        if summary["states"].get("done", 0) == n:
+            break
+        if time.perf_counter() - t0 > 300:
+            raise TimeoutError(f"only {summary['states']} after 300 s")
+        time.sleep(0.1)
+    all_s = time.perf_counter() - t0
+    cpu = [cpu_s(node.proc.pid) - c for node, c in zip(nodes, cpu0, strict=True) if node.proc]
+    return {"nodes": len(nodes), "agents": n, "run_to_all_receipts_s": round(all_s, 2),
+            "node_cpu_during_job_s": [round(c, 2) for c in cpu],
+            "receipts_refused": n - summary["outcomes"].get("ran", 0)}
+
+
+def storm(f: Fleet) -> dict[str, Any]:
+    """The one node is killed (-9) and started again: seconds until every agent is back."""
+    [node] = f.nodes
+    for ready in f.readies:
+        Path(str(ready) + ".storm").touch()
+    t_kill = time.time()
+    node.stop(kill=True)
+    node.start()
+    t_up = time.time()
+    back = [wait_file(Path(str(ready) + ".reconnected"), sim, 600)
+            for ready, sim in zip(f.readies, f.sims, strict=True)]
+    last = max(b["last_connected_at"] for b in back)
+    log = node.log_path.read_text(errors="replace")
+    return {"agents": len(f.devices), "all_back_after_restart_s": round(last - t_up, 2),
+            "all_back_after_kill_s": round(last - t_kill, 2),
+            "restart_s": round(t_up - t_kill, 2),
+            "told_busy_1013": sum(b["told_busy"] for b in back),
+            "node_logged_busy": "busy:" in log}
+
+
 def main(argv: list[str]) -> int:
+    if len(argv) > 1 and argv[1] == "storm":
+        return storm_main(argv[1:])
     n = int(argv[1]) if len(argv) > 1 else 1000
     count = int(argv[2]) if len(argv) > 2 else 2
-    baseline = one_run(n, 1)
-    spread = one_run(n, count)
+    with fleet(n, 1) as f:
+        baseline = fanout(f)
+    with fleet(n, count) as f:
+        spread = fanout(f)
     result = {
         "benchmark": "scale-out fan-out",
         "conditions": "2-core machine; PostgreSQL (fsync off, throwaway), nats-server and every node and "
@@ -162,6 +216,28 @@ def main(argv: list[str]) -> int:
     print(json.dumps(result))
     if len(argv) > 3:
         Path(argv[3]).write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+def storm_main(argv: list[str]) -> int:
+    """``storm N... [out.json]``: a reconnect storm at each fleet size, one node."""
+    sizes = [int(x) for x in argv[1:] if x.isdigit()] or [1000]
+    out = next((x for x in argv[1:] if not x.isdigit()), None)
+    runs = []
+    for n in sizes:
+        with fleet(n, 1) as f:
+            runs.append(storm(f))
+        print(json.dumps(runs[-1]), flush=True)
+    result = {
+        "benchmark": "reconnect storm",
+        "conditions": "2-core machine; one node on PostgreSQL (fsync off, throwaway) with NATS joined; "
+                      "the simulated agents (real TLS, signed hellos, the agent's back-off and 1013 "
+                      "handling) share the cores; node killed with -9 and started again",
+        "runs": runs, "target_s_at_10000": 60.0,
+    }
+    print(json.dumps(result))
+    if out:
+        Path(out).write_text(json.dumps(result, indent=1) + "\n")
     return 0
 
 

@@ -18,6 +18,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import random
 import resource
 import signal
 import sys
@@ -30,6 +31,7 @@ import httpx
 from websockets.asyncio.client import connect
 
 from rampart import tlspin, trust, wire
+from rampart.agent.connection import backoff_delays, busy_delay
 from rampart.trust import Checkpoint, DeviceKey, Receipt
 
 
@@ -43,6 +45,10 @@ class SimAgent:
         self.checkpoint: Checkpoint | None = None
         self.receipts = 0
         self.refusals: list[str] = []
+        #: Handshakes completed, when the last one completed (time.time()), and 1013s received.
+        self.connects = 0
+        self.connected_at = 0.0
+        self.told_busy = 0
 
     def handle(self, msg: wire.JobMessage) -> bytes:
         lg = msg.log
@@ -74,7 +80,9 @@ class SimAgent:
         return trust.sign_envelope(Receipt.PAYLOAD_TYPE, trust.encode_payload(r), [self.key]).to_bytes()
 
     async def session(self, url: str, ctx: Any, connected: asyncio.Event, stop: asyncio.Event) -> None:
-        delay = 0.5
+        """Connect and serve jobs; reconnect as the real agent does (its jittered back-off, and a
+        busy node's 1013 delay in its place: rampart.agent.connection)."""
+        delays = backoff_delays()
         while not stop.is_set():
             try:
                 async with connect(url, ssl=ctx, max_size=wire.MAX_MESSAGE_BYTES, open_timeout=60,
@@ -84,8 +92,10 @@ class SimAgent:
                         self.key, ch, self.device_id, agent_version="sim", root_version=self.root.version,
                         checkpoint_size=self.checkpoint.size if self.checkpoint else 0)))
                     wire.decode_welcome(await ws.recv())
+                    self.connects += 1
+                    self.connected_at = time.time()
                     connected.set()
-                    delay = 0.5
+                    delays = backoff_delays()
                     async for raw in ws:
                         msg = wire.decode_server_message(raw)
                         if isinstance(msg, wire.JobMessage):
@@ -94,11 +104,13 @@ class SimAgent:
                                 job_id=msg.job_id, receipt=receipt.decode(),
                                 checkpoint_size=self.checkpoint.size if self.checkpoint else 0)))
                             self.receipts += 1
-            except (TimeoutError, OSError, Exception):  # noqa: BLE001 - reconnect on anything
+            except (TimeoutError, OSError, Exception) as exc:  # noqa: BLE001 - reconnect on anything
                 if stop.is_set():
                     return
-                await asyncio.sleep(delay)
-                delay = min(10.0, delay * 2)
+                busy = busy_delay(exc)
+                if busy is not None:
+                    self.told_busy += 1
+                await asyncio.sleep(busy * random.uniform(0.5, 1.5) if busy is not None else next(delays))
 
 
 async def main_async(a: argparse.Namespace) -> None:
@@ -165,6 +177,16 @@ async def main_async(a: argparse.Namespace) -> None:
     connect_s = warm_s + (time.perf_counter() - t2)  # both phases, without the pause between them
     Path(a.ready).write_text(json.dumps({
         "devices": [ag.device_id for ag in agents], "enrol_s": enrol_s, "connect_s": connect_s}))
+    # A reconnect storm (scale_bench.py): once every agent has connected a second time, say when
+    # the last one did and how often a busy node turned one away.
+    while not stop.is_set() and not Path(a.ready + ".storm").exists():
+        await asyncio.sleep(0.05)
+    while not stop.is_set() and any(ag.connects < 2 for ag in agents):
+        await asyncio.sleep(0.1)
+    if not stop.is_set():
+        Path(a.ready + ".reconnected").write_text(json.dumps({
+            "last_connected_at": max(ag.connected_at for ag in agents),
+            "told_busy": sum(ag.told_busy for ag in agents)}))
     await stop.wait()
     Path(a.ready + ".final").write_text(json.dumps({
         "receipts": sum(ag.receipts for ag in agents),
