@@ -42,6 +42,21 @@ def db_url(pg_cluster: PostgresCluster | None) -> str | None:
 
 
 @pytest.fixture
+def open_base() -> Iterator[Path]:
+    """A temporary directory that job users and agents can traverse (tmp_path is root-only),
+    removed afterwards."""
+    import shutil
+
+    from harness.agent import traversable_dir
+
+    path = traversable_dir("rampart-test-")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
 def server(tmp_path: Path, db_url: str | None) -> Iterator[RunningServer]:
     srv = start_server(tmp_path, db_url)
     try:

@@ -9,10 +9,7 @@ real agent against a node that says it is busy.
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,13 +29,8 @@ FLOOD = 60
 
 
 @pytest.fixture
-def base() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="rampart-admission-"))
-    path.chmod(0o755)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+def base(open_base: Path) -> Path:
+    return open_base
 
 
 async def _flood(server: RunningServer, n: int) -> list[tuple[int, str]]:

@@ -9,11 +9,8 @@ names unusable gateways (T1) gets no enrolment, and nothing is stored.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -42,13 +39,8 @@ def _gateways(agent: AgentProcess, *urls: str) -> subprocess.CompletedProcess[st
 
 
 @pytest.fixture
-def base() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="rampart-gateways-"))
-    path.chmod(0o755)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+def base(open_base: Path) -> Path:
+    return open_base
 
 
 def test_an_agent_given_the_deployments_gateways_tries_them_in_turn(base: Path, db_url: str | None) -> None:

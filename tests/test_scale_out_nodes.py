@@ -187,11 +187,17 @@ def test_a_job_stored_on_one_node_runs_on_agents_of_both_and_a_nats_outage_loses
     seen = len(d.b.log_path.read_text(errors="replace"))
     d.nats.start()
     d.wait_joined(d.b, since=seen)
-    got = _wait_receipts(t, job2, [on_b.device_id], timeout=30)
-    assert got[on_b.device_id]["receipt"]["outcome"] == "ran"
+    _assert_ran_once(t, job2, on_b.device_id, later)
+
+
+def _assert_ran_once(t: TenantSetup, job: str, device: str, record: Path) -> None:
+    """The job's receipt is stored as ``ran``, it wrote "once" to ``record`` a single time, and no
+    second delivery follows."""
+    got = _wait_receipts(t, job, [device], timeout=30)
+    assert got[device]["receipt"]["outcome"] == "ran"
     time.sleep(2)  # a second delivery, were there one, would have run by now
-    assert later.read_text().splitlines() == ["once"]
-    assert [x["state"] for x in _targets(t, job2).values()] == ["done"]
+    assert record.read_text().splitlines() == ["once"]
+    assert [x["state"] for x in _targets(t, job).values()] == ["done"]
 
 
 def test_a_node_stopped_cleanly_its_agents_try_the_next_gateway_and_nothing_is_lost(
@@ -212,11 +218,7 @@ def test_a_node_stopped_cleanly_its_agents_try_the_next_gateway_and_nothing_is_l
     agent.wait_log(f"connected to {gateways[1]}", timeout=30)
     ran = scratch / "ran.txt"
     job = _post_job(t, grant, [agent.device_id], f"echo once >> {ran}\n".encode(), scratch)
-    got = _wait_receipts(t, job, [agent.device_id], timeout=30)
-    assert got[agent.device_id]["receipt"]["outcome"] == "ran"
-    time.sleep(2)  # a second delivery, were there one, would have run by now
-    assert ran.read_text().splitlines() == ["once"]
-    assert [x["state"] for x in _targets(t, job).values()] == ["done"]
+    _assert_ran_once(t, job, agent.device_id, ran)
 
 
 def test_T15_postgresql_restarted_mid_fanout_loses_nothing_and_runs_nothing_twice(
