@@ -165,6 +165,12 @@ def test_a_job_stored_on_one_node_runs_on_agents_of_both_and_a_nats_outage_loses
                 assert time.monotonic() < deadline, (node.log_path, shown)
                 time.sleep(0.5)
 
+    # An inventory asked for on node A reaches the agent held by node B.
+    asked = ok(t.owner.http.post(f"/tenants/{t.id}/devices/{on_b.device_id}/inventory-request",
+                                 json={"full": False}))
+    assert asked["connected"] is True
+    on_b.wait_log("the server asked for an inventory", timeout=20)
+
     # A revocation approved on node A reaches the agent on node B at once.
     other = ok(t.tech.http.post(f"/tenants/{t.id}/grants", json={
         "devices": [on_b.device_id], "capabilities": ["script"], "duration_s": 600, "reason": "second"}))
@@ -335,7 +341,11 @@ def test_T1_forged_or_oversized_doorbells_are_dropped_unread() -> None:
     assert parse(subject, longest) is not None
     assert parse("rampart.tenant.tn-abc", b'{"what": "roots"}') == ("tenant", "tn-abc", "roots")
     assert parse("rampart.detection", b"{}") == ("detection", None, None)
+    assert parse("rampart.inventory", b'{"devices": ["dv-1"], "full": true}') == (
+        "inventory", None, (["dv-1"], True))
     for subject, body in [
+        ("rampart.inventory", b'{"devices": ["dv-1"], "full": "yes"}'),
+        ("rampart.inventory", b'{"devices": ["dv 1"]}'),
         ("rampart.wake", json.dumps({"devices": ["dv-1"] * (MAX_IDS + 1)}).encode()),  # too many
         ("rampart.wake", b'{"devices": ["../etc/passwd"]}'),  # not an id
         ("rampart.wake", b'{"devices": "dv-1"}'),
@@ -370,6 +380,9 @@ class _Heard:
 
     def detection_changed_local(self) -> None:
         self.detection += 1
+
+    def inventory_local(self, device_ids: list[str], full: bool) -> None:
+        raise AssertionError("not asked for here")
 
     def redeliver_all(self) -> None:
         raise AssertionError("not asked for here")

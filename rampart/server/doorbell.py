@@ -77,6 +77,8 @@ class Listener(Protocol):
 
     def detection_changed_local(self) -> None: ...
 
+    def inventory_local(self, device_ids: list[str], full: bool) -> None: ...
+
     def redeliver_all(self) -> None: ...
 
     def local_ids(self) -> list[str]: ...
@@ -145,12 +147,15 @@ def parse(subject: str, body: bytes) -> tuple[str, str | None, Any] | None:
         if not 0 <= part < total <= MAX_PARTS:
             return None
         return ("presence", parts[2], (epoch, part, total, ids))
-    if parts == [PREFIX, "wake"]:
+    if parts == [PREFIX, "wake"] or parts == [PREFIX, "inventory"]:
         ids = doc.get("devices")
         if (not isinstance(ids, list) or len(ids) > MAX_IDS
                 or not all(isinstance(d, str) and _ID.fullmatch(d) for d in ids)):
             return None
-        return ("wake", None, ids)
+        if parts[1] == "wake":
+            return ("wake", None, ids)
+        full = doc.get("full", False)
+        return ("inventory", None, (ids, full)) if isinstance(full, bool) else None
     if (len(parts) == 3 and parts[:2] == [PREFIX, "tenant"] and _ID.fullmatch(parts[2])
             and doc.get("what") in TENANT_CHANGES):
         return ("tenant", parts[2], doc["what"])
@@ -237,6 +242,12 @@ class Doorbell:
         assert what in TENANT_CHANGES, what
         self._publish(f"{PREFIX}.tenant.{tenant_id}", json.dumps({"what": what}).encode())
 
+    def ring_inventory(self, device_ids: list[str], full: bool) -> None:
+        """Ask the node that holds these devices for an inventory now (an operator asked here)."""
+        for i in range(0, len(device_ids), MAX_IDS):
+            self._publish(f"{PREFIX}.inventory", json.dumps({
+                "devices": device_ids[i:i + MAX_IDS], "full": full}).encode())
+
     def ring_detection(self) -> None:
         self._publish(f"{PREFIX}.detection", b"{}")
 
@@ -275,6 +286,11 @@ class Doorbell:
             if not self._waking:
                 loop.call_later(COALESCE_S, self._wake_pending)
             self._waking.update(detail)
+            return
+        if kind == "inventory":
+            # Only for devices connected here; the agent paces inventories itself, and each
+            # device's report budget bounds what a flood of these could make it send.
+            self._listener.inventory_local(*detail)
             return
         change = (tenant or "", detail if kind == "tenant" else None)
         if change not in self._changes:

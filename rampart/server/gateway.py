@@ -886,7 +886,21 @@ class Gateway:
         return pushed
 
     def request_inventory(self, device_id: str, *, full: bool = False) -> bool:
-        """Ask a connected agent for an inventory now (thread-safe); False if it is not connected here."""
+        """Ask a connected agent for an inventory now (thread-safe): through this node, or the node
+        of the deployment that holds it; False if it is connected nowhere."""
+        if self._request_here(device_id, full):
+            return True
+        if self.doorbell is None or not self.is_connected(device_id):
+            return False
+        self.doorbell.ring_inventory([device_id], full)
+        return True
+
+    def inventory_local(self, device_ids: list[str], full: bool) -> None:
+        """Another node asked for these devices' inventories: those connected here are asked."""
+        for device_id in device_ids:
+            self._request_here(device_id, full)
+
+    def _request_here(self, device_id: str, full: bool) -> bool:
         conn = self._conns.get(device_id)
         if conn is None or self._loop is None:
             return False
