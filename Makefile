@@ -49,6 +49,7 @@ bench-scale:
 	@mkdir -p bench/results
 	PYTHONPATH=.:tests $(PY) bench/scale_bench.py 1000 2 bench/results/scale.json
 	PYTHONPATH=.:tests $(PY) bench/scale_bench.py storm 1000 5000 bench/results/scale-storm.json
+	PYTHONPATH=.:tests $(PY) bench/scale_bench.py failover 1000 bench/results/scale-failover.json
 
 bench-inventory:
 	@mkdir -p bench/results

@@ -45,12 +45,24 @@ class SimAgent:
         self.checkpoint: Checkpoint | None = None
         self.receipts = 0
         self.refusals: list[str] = []
+        #: Receipts made, by job; receipts sent again for a job delivered again.
+        self.answered: dict[str, bytes] = {}
+        self.resent = 0
         #: Handshakes completed, when the last one completed (time.time()), and 1013s received.
         self.connects = 0
         self.connected_at = 0.0
         self.told_busy = 0
 
     def handle(self, msg: wire.JobMessage) -> bytes:
+        """The receipt for ``msg``: a job delivered again (its receipt was lost with a node) gets
+        the receipt already made, as the real agent answers it; it does not run twice."""
+        if msg.job_id in self.answered:
+            self.resent += 1
+            return self.answered[msg.job_id]
+        self.answered[msg.job_id] = receipt = self._answer(msg)
+        return receipt
+
+    def _answer(self, msg: wire.JobMessage) -> bytes:
         lg = msg.log
         payloads = {k: base64.b64decode(v) for k, v in msg.payloads.items()}
         outcome, refusal, detail = "ran", "", "simulated"
@@ -79,11 +91,15 @@ class SimAgent:
                     stdout_sha256=hashlib.sha256(b"").hexdigest(), started_at=now, ended_at=now)
         return trust.sign_envelope(Receipt.PAYLOAD_TYPE, trust.encode_payload(r), [self.key]).to_bytes()
 
-    async def session(self, url: str, ctx: Any, connected: asyncio.Event, stop: asyncio.Event) -> None:
-        """Connect and serve jobs; reconnect as the real agent does (its jittered back-off, and a
-        busy node's 1013 delay in its place: rampart.agent.connection)."""
+    async def session(self, urls: list[str], ctx: Any, connected: asyncio.Event, stop: asyncio.Event) -> None:
+        """Connect and serve jobs; reconnect as the real agent does (the next gateway of its list,
+        after its jittered back-off, or a busy node's 1013 delay in its place:
+        rampart.agent.connection)."""
         delays = backoff_delays()
+        turn = -1
         while not stop.is_set():
+            turn += 1
+            url = urls[turn % len(urls)]
             try:
                 async with connect(url, ssl=ctx, max_size=wire.MAX_MESSAGE_BYTES, open_timeout=60,
                                    ping_interval=None) as ws:
@@ -152,13 +168,13 @@ async def main_async(a: argparse.Namespace) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    url = gateway[0] if gateway else a.server.replace("https://", "wss://") + "/agent/v1/ws"
+    urls = a.gateway or [gateway[0] if gateway else a.server.replace("https://", "wss://") + "/agent/v1/ws"]
     events = [asyncio.Event() for _ in agents]
     tasks = []
 
     async def connect_range(lo: int, hi: int) -> None:
         for i in range(lo, hi):
-            tasks.append(asyncio.create_task(agents[i].session(url, ctx, events[i], stop)))
+            tasks.append(asyncio.create_task(agents[i].session(urls, ctx, events[i], stop)))
             if i % 50 == 49:
                 await asyncio.sleep(0)
         await asyncio.gather(*(e.wait() for e in events[lo:hi]))
@@ -190,6 +206,8 @@ async def main_async(a: argparse.Namespace) -> None:
     await stop.wait()
     Path(a.ready + ".final").write_text(json.dumps({
         "receipts": sum(ag.receipts for ag in agents),
+        "jobs_answered": sum(len(ag.answered) for ag in agents),
+        "receipts_resent": sum(ag.resent for ag in agents),
         "refusals": sorted({r for ag in agents for r in ag.refusals})}))
     for t in tasks:
         t.cancel()
@@ -203,6 +221,8 @@ def main() -> int:
     p.add_argument("--tokens", required=True)
     p.add_argument("--ready", required=True)
     p.add_argument("--warm", type=int, default=50)
+    p.add_argument("--gateway", action="append", default=[],
+                   help="a gateway to try in turn (repeatable; default: the one enrolment names)")
     asyncio.run(main_async(p.parse_args()))
     return 0
 
