@@ -10,7 +10,7 @@ next node that asks takes it. On SQLite there is one process: it always runs the
 
 Invariant: :meth:`ChoresLease.held` answers True only while this process holds
 the lock on a connection that answered at the last asking; a lost connection is
-a lost lease. It never blocks on another caller.
+a lost lease. It waits at most ASK_WAIT_S for another caller.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ log = logging.getLogger("rampart.server.chores")
 
 #: The advisory lock's key ("RAMP" in ASCII); advisory locks are scoped to the current database.
 LOCK_KEY = 0x52414D50
+#: How long a chore waits for another's question to the database before it takes the last answer.
+ASK_WAIT_S = 5.0
 
 
 class ChoresLease:
@@ -39,13 +41,15 @@ class ChoresLease:
     def held(self) -> bool:
         """True when this node should run the chores now (thread-safe; may touch the database).
 
-        Never waits for another caller: chores run in the shared worker threads, and one slow
-        answer from the database must not hold the others (nor the requests that share those
-        threads). A caller that finds the question already being asked gets the last answer.
+        Waits at most :data:`ASK_WAIT_S` for another caller: chores run in the shared worker
+        threads, and a database that does not answer must not hold them all (nor the requests
+        that share those threads). A caller that waited that long gets the last answer. (Not at
+        once: the chores that run at start all ask together, and an answer of "not yet" would
+        skip each of them until its next interval.)
         """
         if not self._shared:
             return True
-        if not self._lock.acquire(blocking=False):
+        if not self._lock.acquire(timeout=ASK_WAIT_S):
             return self._last
         try:
             self._last = self._ask()
