@@ -99,14 +99,14 @@ class Link:
     """One agent's session loop."""
 
     def __init__(self, agent: Agent, server_url: str, ssl_context: ssl.SSLContext, *,
-                 gateway_url: str | None = None, gateway_urls: Sequence[str] = (),
-                 telemetry: Telemetry | None = None, checks: ScriptChecks | None = None) -> None:
+                 gateway_urls: Sequence[str] = (), telemetry: Telemetry | None = None,
+                 checks: ScriptChecks | None = None) -> None:
         self.agent = agent
         self.telemetry = telemetry
         self.checks = checks if checks is not None else ScriptChecks(agent)
         self._detection_seen = False
         #: The gateways tried in turn (agent/gateways.py); ``url`` is the one tried now or last.
-        self.urls = list(gateway_urls) or [gateway_url or gateways.derived(server_url)]
+        self.urls = list(gateway_urls) or [gateways.derived(server_url)]
         self.url = self.urls[0]
         self.ssl = ssl_context
         self.jobs: asyncio.Queue[JobWork] = asyncio.Queue()

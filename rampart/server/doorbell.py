@@ -119,8 +119,13 @@ class NatsOptions:
 
 def wake_messages(device_ids: Iterable[str]) -> list[tuple[str, bytes]]:
     """The (subject, body) pairs that wake ``device_ids`` on other nodes."""
+    return _device_messages("wake", device_ids, {})
+
+
+def _device_messages(kind: str, device_ids: Iterable[str], extra: dict[str, Any]) -> list[tuple[str, bytes]]:
+    """``rampart.<kind>`` messages naming ``device_ids``, MAX_IDS per message, each with ``extra``."""
     ids = list(device_ids)
-    return [(f"{PREFIX}.wake", json.dumps({"devices": ids[i:i + MAX_IDS]}).encode())
+    return [(f"{PREFIX}.{kind}", json.dumps({"devices": ids[i:i + MAX_IDS], **extra}).encode())
             for i in range(0, len(ids), MAX_IDS)]
 
 
@@ -244,9 +249,8 @@ class Doorbell:
 
     def ring_inventory(self, device_ids: list[str], full: bool) -> None:
         """Ask the node that holds these devices for an inventory now (an operator asked here)."""
-        for i in range(0, len(device_ids), MAX_IDS):
-            self._publish(f"{PREFIX}.inventory", json.dumps({
-                "devices": device_ids[i:i + MAX_IDS], "full": full}).encode())
+        for subject, body in _device_messages("inventory", device_ids, {"full": full}):
+            self._publish(subject, body)
 
     def ring_detection(self) -> None:
         self._publish(f"{PREFIX}.detection", b"{}")
